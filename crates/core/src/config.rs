@@ -1,0 +1,546 @@
+//! herald's configuration: a TOML file plus `HERALD__…` environment overrides, validated on load.
+//!
+//! ```toml
+//! [kafka]                                  # any librdkafka property, passed straight through
+//! bootstrap.servers = "127.0.0.1:9092"
+//!
+//! [[route]]
+//! name = "stdout"
+//! topics = ["pipeline.stage.events"]
+//! filter = { event = "STAGE_COMPLETE", status = ["SUCCESS", "FAILED"] }
+//! dead_letter_topic = "herald.dlq"
+//! sink = { type = "stdout" }
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use regex::Regex;
+use serde::de::{self, DeserializeOwned, Deserializer};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::filter::Filter;
+
+/// Prefix of environment variables that override the file; `__` separates keys, e.g.
+/// `HERALD__KAFKA__SASL_PASSWORD=…` sets `[kafka] sasl.password`.
+pub const ENV_PREFIX: &str = "HERALD";
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// librdkafka properties shared by every Kafka client herald makes (consumers, the
+    /// dead-letter producer, `publish`, `wait`). Default: `bootstrap.servers = "127.0.0.1:9092"`.
+    #[serde(default)]
+    pub kafka: KafkaProperties,
+    /// Settings of the process as a whole.
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+    /// The routes: each moves events from Kafka topics to one sink. Written `[[route]]`.
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RouteConfig>,
+}
+
+impl Config {
+    /// Loads and validates `path`, applying `HERALD__…` environment overrides.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let file_error = |source| ConfigError::Read { path: path.to_owned(), source };
+        let raw = config::Config::builder()
+            .add_source(config::File::from(path).format(config::FileFormat::Toml).required(true))
+            .add_source(config::Environment::with_prefix(ENV_PREFIX).prefix_separator("__").separator("__"))
+            .build()
+            .map_err(file_error)?;
+        Self::from_raw(raw, path)
+    }
+
+    /// Parses and validates configuration text, as if it had been read from `origin`.
+    pub fn from_toml(text: &str, origin: &Path) -> Result<Self, ConfigError> {
+        let raw = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .build()
+            .map_err(|source| ConfigError::Read { path: origin.to_owned(), source })?;
+        Self::from_raw(raw, origin)
+    }
+
+    fn from_raw(raw: config::Config, path: &Path) -> Result<Self, ConfigError> {
+        let config: Config = serde_path_to_error::deserialize(raw).map_err(|err| ConfigError::Invalid {
+            path: path.to_owned(),
+            key: display_path(&err.path().to_string()),
+            message: err.into_inner().to_string(),
+        })?;
+        config.validate().map_err(|(key, message)| ConfigError::Invalid { path: path.to_owned(), key, message })?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot: names, ranges, regexes. Returns the offending key.
+    fn validate(&self) -> Result<(), (String, String)> {
+        let mut names = BTreeSet::new();
+        for (i, route) in self.routes.iter().enumerate() {
+            let at = |field: &str| format!("route[{i}].{field}");
+            if route.name.is_empty()
+                || !route.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            {
+                return Err((at("name"), format!("`{}` must be non-empty letters, digits, `-`, `_` or `.`", route.name)));
+            }
+            if !names.insert(route.name.as_str()) {
+                return Err((at("name"), format!("route name `{}` is used twice", route.name)));
+            }
+            if route.topics.is_empty() {
+                return Err((at("topics"), "at least one topic (or a `^regex`) is required".into()));
+            }
+            for topic in &route.topics {
+                if let Some(pattern) = topic.strip_prefix('^') {
+                    Regex::new(pattern).map_err(|err| (at("topics"), format!("`{topic}` is not a valid regex: {err}")))?;
+                } else if topic.is_empty() {
+                    return Err((at("topics"), "topic names cannot be empty".into()));
+                }
+            }
+            if route.dead_letter_topic.as_deref().is_some_and(|dlq| route.topics.iter().any(|t| t == dlq)) {
+                return Err((at("dead_letter_topic"), "the dead-letter topic cannot be one the route reads".into()));
+            }
+            if !(1..=100_000).contains(&route.batch.max_events) {
+                return Err((at("batch.max_events"), format!("{} is out of range 1..=100000", route.batch.max_events)));
+            }
+            if route.batch.max_wait.is_zero() {
+                return Err((at("batch.max_wait"), "must be greater than zero, e.g. \"100ms\"".into()));
+            }
+            if route.retry.initial_backoff.is_zero() || route.retry.initial_backoff > route.retry.max_backoff {
+                return Err((at("retry"), "need 0 < initial_backoff <= max_backoff".into()));
+            }
+            if route.sink.kind.is_empty() {
+                return Err((at("sink.type"), "the sink type is required, e.g. \"stdout\"".into()));
+            }
+        }
+        if self.runtime.progress_interval.is_zero() {
+            return Err(("runtime.progress_interval".into(), "must be greater than zero, e.g. \"10s\"".into()));
+        }
+        Ok(())
+    }
+
+    /// The route called `name`, if any.
+    pub fn route(&self, name: &str) -> Option<&RouteConfig> {
+        self.routes.iter().find(|route| route.name == name)
+    }
+}
+
+/// serde_path_to_error writes `route[0].sink` as `route[0].sink`, and `.` for the root.
+fn display_path(path: &str) -> String {
+    if path == "." || path.is_empty() {
+        "(top level)".into()
+    } else {
+        path.to_owned()
+    }
+}
+
+/// Why a configuration cannot be used. Every variant names the file; `Invalid` also the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file is missing, unreadable or not TOML.
+    #[error("cannot read config file {}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the config crate reported.
+        #[source]
+        source: config::ConfigError,
+    },
+    /// A key has a wrong, missing or unknown value.
+    #[error("{}: `{key}`: {message}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The key, e.g. `route[0].batch.max_events`.
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+/// Process-wide settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// How often `herald run` logs one progress line per route (events/s, lag, errors).
+    /// Default `"10s"`.
+    #[serde(default = "default_progress_interval", with = "humantime_serde")]
+    pub progress_interval: Duration,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self { progress_interval: default_progress_interval() }
+    }
+}
+
+fn default_progress_interval() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// One route: Kafka topics → filter → batches → one sink, in its own consumer group.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Unique name, used in logs, metrics, dead-letter headers and the default group id.
+    /// Letters, digits, `-`, `_`, `.`. Example: `"orders-to-postgres"`.
+    pub name: String,
+    /// Topics to read. A name starting with `^` is a regex, e.g. `"^pipeline\\..*"`.
+    pub topics: Vec<String>,
+    /// Kafka consumer group. Default `"herald.<name>"`: each route consumes independently, so a slow
+    /// or failing sink never holds back another route. Processes sharing a group share partitions.
+    #[serde(default)]
+    pub group_id: Option<String>,
+    /// Where a new consumer group starts: `"earliest"` (default: nothing already in the topic is
+    /// missed) or `"latest"`. Ignored once the group has committed offsets.
+    #[serde(default)]
+    pub start_from: StartFrom,
+    /// Which events the route delivers; the others are skipped (and their offsets committed).
+    /// Each key is an event field; a string must equal the field, a list must contain it.
+    /// Example: `{ event = "STAGE_COMPLETE", status = ["SUCCESS", "FAILED"] }`. Default: all.
+    #[serde(default)]
+    pub filter: Filter,
+    /// How events are grouped into sink writes.
+    #[serde(default)]
+    pub batch: BatchConfig,
+    /// How transient sink failures are retried.
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// Topic that receives messages the route can never deliver (not JSON, not a stage event,
+    /// rejected by the sink), with `__connect.errors.*` headers saying why and where from. Created
+    /// if missing. Without one, such a message stops the route with an error instead of being skipped.
+    #[serde(default)]
+    pub dead_letter_topic: Option<String>,
+    /// The sink: `type` picks the kind (e.g. `"stdout"`), the other keys are that sink's settings.
+    pub sink: SinkSpec,
+}
+
+impl RouteConfig {
+    /// The consumer group id: `group_id`, or `herald.<name>`.
+    pub fn group_id(&self) -> String {
+        self.group_id.clone().unwrap_or_else(|| format!("herald.{}", self.name))
+    }
+}
+
+/// Where a consumer group with no committed offsets starts reading.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartFrom {
+    /// The oldest message still in the topic.
+    #[default]
+    Earliest,
+    /// Only messages produced after the group first joins.
+    Latest,
+}
+
+impl StartFrom {
+    /// The librdkafka `auto.offset.reset` value.
+    pub fn as_offset_reset(self) -> &'static str {
+        match self {
+            StartFrom::Earliest => "earliest",
+            StartFrom::Latest => "latest",
+        }
+    }
+}
+
+/// Batching: a batch is written when it holds `max_events` or `max_wait` has passed since its first event.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Most events in one sink write. Default `500`, range 1..=100000.
+    #[serde(default = "default_max_events")]
+    pub max_events: usize,
+    /// Longest an event waits for its batch to fill. Default `"100ms"`.
+    #[serde(default = "default_max_wait", with = "humantime_serde")]
+    pub max_wait: Duration,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self { max_events: default_max_events(), max_wait: default_max_wait() }
+    }
+}
+
+fn default_max_events() -> usize {
+    500
+}
+
+fn default_max_wait() -> Duration {
+    Duration::from_millis(100)
+}
+
+/// Retry of transient sink failures: exponential backoff with full jitter, the same batch again,
+/// so order is kept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// First delay. Default `"200ms"`.
+    #[serde(default = "default_initial_backoff", with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    /// Longest delay. Default `"30s"`.
+    #[serde(default = "default_max_backoff", with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// Retries before the route gives up and herald exits with an error. Default: none, retry
+    /// forever (nothing is skipped; a supervisor sees the lag grow instead).
+    #[serde(default)]
+    pub max_retries: Option<u32>,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self { initial_backoff: default_initial_backoff(), max_backoff: default_max_backoff(), max_retries: None }
+    }
+}
+
+fn default_initial_backoff() -> Duration {
+    Duration::from_millis(200)
+}
+
+fn default_max_backoff() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// A route's sink: its kind, and its settings left for that sink's own typed config to read.
+#[derive(Debug, Clone)]
+pub struct SinkSpec {
+    /// The sink kind, from `type`, e.g. `"stdout"`.
+    pub kind: String,
+    /// Every other key of the `sink` table.
+    pub settings: serde_json::Map<String, Value>,
+}
+
+impl SinkSpec {
+    /// Reads the settings into a sink's config type. The error names the offending key.
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T, SinkSettingsError> {
+        let value = Value::Object(self.settings.clone());
+        serde_path_to_error::deserialize(value).map_err(|err| SinkSettingsError {
+            key: display_path(&err.path().to_string()),
+            message: err.into_inner().to_string(),
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for SinkSpec {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let mut settings = serde_json::Map::<String, Value>::deserialize(deserializer)?;
+        let kind = match settings.remove("type") {
+            Some(Value::String(kind)) => kind,
+            Some(other) => return Err(de::Error::custom(format!("`type` must be a string, not {other}"))),
+            None => return Err(de::Error::missing_field("type")),
+        };
+        Ok(Self { kind, settings })
+    }
+}
+
+/// A sink's settings do not fit its config type.
+#[derive(Debug, thiserror::Error)]
+#[error("sink setting `{key}`: {message}")]
+pub struct SinkSettingsError {
+    /// The key inside the sink table.
+    pub key: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+/// librdkafka properties, passed through unchanged.
+///
+/// Written in TOML either quoted (`"security.protocol" = "SASL_SSL"`), as dotted keys
+/// (`security.protocol = "SASL_SSL"`, which TOML nests), or with `_` for `.`
+/// (`security_protocol`, the form environment overrides take: librdkafka names have no `_`).
+/// Values may be strings, numbers or booleans. Properties whose name mentions a password,
+/// secret or key are never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KafkaProperties(BTreeMap<String, String>);
+
+impl KafkaProperties {
+    /// The properties, by librdkafka name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// One property.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    /// Sets a property, e.g. from a command-line flag.
+    pub fn set(&mut self, name: &str, value: impl Into<String>) {
+        self.0.insert(name.to_owned(), value.into());
+    }
+
+    /// The brokers, for messages to people.
+    pub fn bootstrap_servers(&self) -> &str {
+        self.get("bootstrap.servers").unwrap_or("127.0.0.1:9092")
+    }
+
+    /// Whether a property holds a secret and must not be printed.
+    pub fn is_secret(name: &str) -> bool {
+        ["password", "secret", "key", "token", "jaas"].iter().any(|word| name.contains(word))
+            && !name.ends_with(".location")
+    }
+
+    fn insert_flattened(&mut self, prefix: &str, value: Value) -> Result<(), String> {
+        let name = prefix.replace('_', ".");
+        match value {
+            Value::Object(table) => {
+                for (key, value) in table {
+                    self.insert_flattened(&format!("{prefix}.{key}"), value)?;
+                }
+            }
+            Value::String(s) => {
+                self.0.insert(name, s);
+            }
+            Value::Number(n) => {
+                self.0.insert(name, n.to_string());
+            }
+            Value::Bool(b) => {
+                self.0.insert(name, b.to_string());
+            }
+            Value::Null | Value::Array(_) => {
+                return Err(format!("`{name}` must be a string, number or boolean"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Default for KafkaProperties {
+    fn default() -> Self {
+        let mut props = BTreeMap::new();
+        props.insert("bootstrap.servers".to_owned(), "127.0.0.1:9092".to_owned());
+        Self(props)
+    }
+}
+
+impl fmt::Debug for KafkaProperties {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut map = f.debug_map();
+        for (name, value) in &self.0 {
+            if Self::is_secret(name) {
+                map.entry(name, &"<redacted>");
+            } else {
+                map.entry(name, value);
+            }
+        }
+        map.finish()
+    }
+}
+
+impl<'de> Deserialize<'de> for KafkaProperties {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let table = serde_json::Map::<String, Value>::deserialize(deserializer)?;
+        let mut props = KafkaProperties::default();
+        for (key, value) in table {
+            props.insert_flattened(&key, value).map_err(de::Error::custom)?;
+        }
+        Ok(props)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, Path::new("test.toml"))
+    }
+
+    const MINIMAL: &str = r#"
+        [[route]]
+        name = "stdout"
+        topics = ["pipeline.stage.events"]
+        sink = { type = "stdout" }
+    "#;
+
+    #[test]
+    fn minimal_route_gets_documented_defaults() {
+        let config = load(MINIMAL).unwrap();
+        let route = &config.routes[0];
+        assert_eq!(route.group_id(), "herald.stdout");
+        assert_eq!(route.start_from, StartFrom::Earliest);
+        assert_eq!(route.batch.max_events, 500);
+        assert_eq!(route.batch.max_wait, Duration::from_millis(100));
+        assert_eq!(route.retry.max_retries, None);
+        assert_eq!(route.sink.kind, "stdout");
+        assert_eq!(config.kafka.bootstrap_servers(), "127.0.0.1:9092");
+    }
+
+    #[test]
+    fn kafka_properties_accept_quoted_dotted_and_underscore_names() {
+        let config = load(
+            r#"
+            [kafka]
+            "bootstrap.servers" = "broker:9093"
+            security.protocol = "SASL_SSL"
+            sasl_mechanism = "SCRAM-SHA-512"
+            sasl.password = "hunter2"
+            message.max.bytes = 2000000
+            enable.ssl.certificate.verification = false
+            "#,
+        )
+        .unwrap();
+        let props: BTreeMap<_, _> = config.kafka.iter().collect();
+        assert_eq!(props["bootstrap.servers"], "broker:9093");
+        assert_eq!(props["security.protocol"], "SASL_SSL");
+        assert_eq!(props["sasl.mechanism"], "SCRAM-SHA-512");
+        assert_eq!(props["message.max.bytes"], "2000000");
+        assert_eq!(props["enable.ssl.certificate.verification"], "false");
+        let printed = format!("{:?}", config.kafka);
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(printed.contains("<redacted>"), "{printed}");
+    }
+
+    #[test]
+    fn unknown_key_names_file_key_and_problem() {
+        let err = load(&MINIMAL.replace("topics =", "colour = \"red\"\ntopics =")).unwrap_err().to_string();
+        assert!(err.starts_with("test.toml: `route[0]"), "{err}");
+        assert!(err.contains("unknown field `colour`"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let err = load(&format!("{MINIMAL}\nbatch = {{ max_events = \"lots\" }}")).unwrap_err().to_string();
+        assert!(err.contains("route[0].batch.max_events"), "{err}");
+    }
+
+    #[test]
+    fn bad_duration_names_the_key() {
+        let err = load(&format!("{MINIMAL}\nbatch = {{ max_wait = \"soon\" }}")).unwrap_err().to_string();
+        assert!(err.contains("route[0].batch.max_wait"), "{err}");
+    }
+
+    #[test]
+    fn missing_sink_type_is_reported() {
+        let err = load(&MINIMAL.replace("type = \"stdout\"", "pretty = true")).unwrap_err().to_string();
+        assert!(err.contains("route[0].sink") && err.contains("type"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_route_names_and_bad_regex_are_rejected() {
+        let twice = format!("{MINIMAL}{MINIMAL}");
+        assert!(load(&twice).unwrap_err().to_string().contains("used twice"));
+        let bad_regex = MINIMAL.replace("\"pipeline.stage.events\"", "\"^pipeline(\"");
+        let err = load(&bad_regex).unwrap_err().to_string();
+        assert!(err.contains("route[0].topics") && err.contains("regex"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_batch_is_rejected() {
+        let err = load(&format!("{MINIMAL}\nbatch = {{ max_events = 0 }}")).unwrap_err().to_string();
+        assert!(err.contains("route[0].batch.max_events") && err.contains("out of range"), "{err}");
+    }
+
+    #[test]
+    fn sink_settings_are_left_for_the_sink() {
+        let config = load(&MINIMAL.replace("type = \"stdout\"", "type = \"stdout\", pretty = true")).unwrap();
+        assert_eq!(config.routes[0].sink.settings.get("pretty"), Some(&Value::Bool(true)));
+    }
+
+    #[test]
+    fn not_toml_is_a_read_error_naming_the_file() {
+        let err = load("[[route]\nname=").unwrap_err();
+        assert!(matches!(err, ConfigError::Read { .. }));
+        assert!(err.to_string().contains("test.toml"));
+    }
+}

@@ -1,0 +1,170 @@
+//! The dead-letter topic: where a route puts messages it can never deliver.
+//!
+//! Each dead letter is the original message — key, value and headers unchanged — plus the
+//! headers Kafka Connect's `DeadLetterQueueReporter` writes, so existing DLQ tooling reads them.
+
+use std::time::Duration;
+
+use futures::future::try_join_all;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::Message;
+
+use crate::config::KafkaProperties;
+use crate::kafka::reliable_producer_config;
+
+/// Kafka Connect's header names.
+pub mod headers {
+    /// Topic the message was read from.
+    pub const TOPIC: &str = "__connect.errors.topic";
+    /// Partition it was read from.
+    pub const PARTITION: &str = "__connect.errors.partition";
+    /// Its offset there.
+    pub const OFFSET: &str = "__connect.errors.offset";
+    /// The connector; for herald, the route name.
+    pub const CONNECTOR: &str = "__connect.errors.connector.name";
+    /// The task; herald has one per route, `0`.
+    pub const TASK_ID: &str = "__connect.errors.task.id";
+    /// Where it failed: `VALUE_CONVERTER` (parsing) or `TASK_PUT` (the sink).
+    pub const STAGE: &str = "__connect.errors.stage";
+    /// The component that failed.
+    pub const CLASS: &str = "__connect.errors.class.name";
+    /// The error type.
+    pub const EXCEPTION_CLASS: &str = "__connect.errors.exception.class.name";
+    /// The error message.
+    pub const EXCEPTION_MESSAGE: &str = "__connect.errors.exception.message";
+    /// The error with its whole chain of causes, one per line.
+    pub const EXCEPTION_STACKTRACE: &str = "__connect.errors.exception.stacktrace";
+}
+
+/// Where in the route a message failed, as Kafka Connect names its stages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailedStage {
+    /// The message is not a stage event (not UTF-8, not JSON, fields missing or mistyped).
+    Parse,
+    /// The sink refused the event as invalid.
+    Sink,
+}
+
+impl FailedStage {
+    fn connect_name(self) -> &'static str {
+        match self {
+            FailedStage::Parse => "VALUE_CONVERTER",
+            FailedStage::Sink => "TASK_PUT",
+        }
+    }
+
+    fn class(self) -> &'static str {
+        match self {
+            FailedStage::Parse => "herald_core::event::StageEvent",
+            FailedStage::Sink => "herald_core::sink::Sink",
+        }
+    }
+}
+
+/// A message that will go to the dead-letter topic, with why.
+#[derive(Debug)]
+pub struct DeadLetter {
+    /// The original message.
+    pub message: OwnedMessage,
+    /// Where it failed.
+    pub stage: FailedStage,
+    /// The error type, e.g. `EventError::Invalid`.
+    pub error_kind: String,
+    /// The error and its causes, outermost first.
+    pub error_chain: Vec<String>,
+}
+
+impl DeadLetter {
+    /// A dead letter for `message` that failed at `stage` with `error`.
+    pub fn new(message: OwnedMessage, stage: FailedStage, error_kind: impl Into<String>, error: &dyn std::error::Error) -> Self {
+        Self { message, stage, error_kind: error_kind.into(), error_chain: error_chain(error) }
+    }
+
+    /// The error on one line, causes joined by `: `.
+    pub fn reason(&self) -> String {
+        self.error_chain.join(": ")
+    }
+}
+
+/// Every message in an error's chain of causes, outermost first.
+pub fn error_chain(error: &dyn std::error::Error) -> Vec<String> {
+    let mut chain = vec![error.to_string()];
+    let mut cause = error.source();
+    while let Some(err) = cause {
+        chain.push(err.to_string());
+        cause = err.source();
+    }
+    chain
+}
+
+/// A producer bound to one route's dead-letter topic.
+#[derive(Clone)]
+pub struct DeadLetterQueue {
+    producer: FutureProducer,
+    topic: String,
+    route: String,
+}
+
+impl DeadLetterQueue {
+    /// A dead-letter queue writing to `topic` for `route`.
+    pub fn new(props: &KafkaProperties, topic: &str, route: &str) -> Result<Self, KafkaError> {
+        let producer: FutureProducer = reliable_producer_config(props)
+            // A dead letter can be as large as any message the route reads.
+            .set("message.max.bytes", props.get("message.max.bytes").unwrap_or("10485760"))
+            .create()?;
+        Ok(Self { producer, topic: topic.to_owned(), route: route.to_owned() })
+    }
+
+    /// The topic dead letters go to.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Sends every letter and returns once the broker acknowledged all of them.
+    pub async fn send_all(&self, letters: &[DeadLetter]) -> Result<(), KafkaError> {
+        try_join_all(letters.iter().map(|letter| self.send(letter))).await?;
+        Ok(())
+    }
+
+    async fn send(&self, letter: &DeadLetter) -> Result<(), KafkaError> {
+        let original = &letter.message;
+        let mut headers = OwnedHeaders::new();
+        if let Some(existing) = original.headers() {
+            for header in existing.iter() {
+                headers = headers.insert(Header { key: header.key, value: header.value });
+            }
+        }
+        let partition = original.partition().to_string();
+        let offset = original.offset().to_string();
+        let message = letter.error_chain.first().map(String::as_str).unwrap_or_default();
+        let stacktrace = letter.error_chain.join("\ncaused by: ");
+        for (key, value) in [
+            (headers::TOPIC, original.topic()),
+            (headers::PARTITION, partition.as_str()),
+            (headers::OFFSET, offset.as_str()),
+            (headers::CONNECTOR, self.route.as_str()),
+            (headers::TASK_ID, "0"),
+            (headers::STAGE, letter.stage.connect_name()),
+            (headers::CLASS, letter.stage.class()),
+            (headers::EXCEPTION_CLASS, letter.error_kind.as_str()),
+            (headers::EXCEPTION_MESSAGE, message),
+            (headers::EXCEPTION_STACKTRACE, stacktrace.as_str()),
+        ] {
+            headers = headers.insert(Header { key, value: Some(value) });
+        }
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic).headers(headers);
+        if let Some(key) = original.key() {
+            record = record.key(key);
+        }
+        if let Some(payload) = original.payload() {
+            record = record.payload(payload);
+        }
+        self.producer
+            .send(record, Duration::from_secs(60))
+            .await
+            .map(|_delivery| ())
+            .map_err(|(err, _message)| err)
+    }
+}

@@ -1,0 +1,299 @@
+//! The stage event: the small JSON message a pipeline stage publishes when it finishes a unit of work.
+
+use std::fmt;
+
+use chrono::{DateTime, NaiveDateTime, SecondsFormat, SubsecRound, Utc};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::{Map, Value};
+
+/// The event name a finished stage publishes.
+pub const STAGE_COMPLETE: &str = "STAGE_COMPLETE";
+
+/// A stage event, as the seed's Python producer writes it:
+///
+/// ```json
+/// {"event":"STAGE_COMPLETE","stage":"bronze_ingest","source":"OrdersDB","records":14823,
+///  "timestamp":"2026-11-26T10:15:00.123456","status":"SUCCESS"}
+/// ```
+///
+/// Fields herald does not know are kept in [`StageEvent::extra`] and written back unchanged, in
+/// their original order, after the known ones; the timestamp is written back exactly as received.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageEvent {
+    /// What happened, e.g. `STAGE_COMPLETE`.
+    pub event: String,
+    /// The pipeline stage that emitted the event, e.g. `bronze_ingest`.
+    pub stage: String,
+    /// The data source the unit of work was about, e.g. `OrdersDB`; also the Kafka key.
+    pub source: String,
+    /// How many records the stage processed, when it says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records: Option<i64>,
+    /// When the stage finished.
+    pub timestamp: EventTimestamp,
+    /// The outcome, e.g. `SUCCESS` or `FAILED`.
+    pub status: String,
+    /// Every other field of the message, kept verbatim.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl StageEvent {
+    /// Parses a Kafka message value. The error says which field is missing or has the wrong type.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, EventError> {
+        let text = std::str::from_utf8(bytes).map_err(EventError::NotUtf8)?;
+        let mut deserializer = serde_json::Deserializer::from_str(text);
+        // The default recursion limit (128) bounds nesting, so a hostile message cannot blow the stack.
+        let event: StageEvent =
+            serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+                let path = err.path().to_string();
+                EventError::Invalid { path, source: err.into_inner() }
+            })?;
+        deserializer.end().map_err(|source| EventError::Invalid { path: ".".into(), source })?;
+        Ok(event)
+    }
+
+    /// The JSON text of the event, on one line.
+    pub fn to_json(&self) -> String {
+        // Serializing a struct of strings, integers and `Value`s into a String cannot fail:
+        // serde_json only fails on non-string map keys or a failing writer, and neither is possible.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// The Kafka key of the event: its source, as the seed producer keys its messages.
+    pub fn key(&self) -> &str {
+        &self.source
+    }
+
+    /// The value of a top-level field as text, for filters and templates: strings as they are,
+    /// numbers and booleans in their JSON form; `None` for a missing, null, array or object field.
+    pub fn field(&self, name: &str) -> Option<String> {
+        match name {
+            "event" => Some(self.event.clone()),
+            "stage" => Some(self.stage.clone()),
+            "source" => Some(self.source.clone()),
+            "status" => Some(self.status.clone()),
+            "timestamp" => Some(self.timestamp.raw.clone()),
+            "records" => self.records.map(|n| n.to_string()),
+            other => match self.extra.get(other)? {
+                Value::String(s) => Some(s.clone()),
+                Value::Number(n) => Some(n.to_string()),
+                Value::Bool(b) => Some(b.to_string()),
+                Value::Null | Value::Array(_) | Value::Object(_) => None,
+            },
+        }
+    }
+}
+
+/// Why a message is not a valid stage event.
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    /// The message value is not UTF-8 text.
+    #[error("message value is not UTF-8")]
+    NotUtf8(#[source] std::str::Utf8Error),
+    /// The message is not JSON, or not a stage event (a required field is missing or mistyped).
+    #[error("message is not a valid stage event at `{path}`")]
+    Invalid {
+        /// Where in the message the problem is (`.` for the whole message).
+        path: String,
+        /// What serde_json found there.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The message has no value at all (a tombstone).
+    #[error("message has no value")]
+    Empty,
+}
+
+impl EventError {
+    /// The error's type name, for dead-letter headers.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EventError::NotUtf8(_) => "herald_core::event::EventError::NotUtf8",
+            EventError::Invalid { .. } => "herald_core::event::EventError::Invalid",
+            EventError::Empty => "herald_core::event::EventError::Empty",
+        }
+    }
+}
+
+/// An event's timestamp: the text as the producer wrote it, and the instant it names.
+///
+/// Accepts RFC 3339 (`2026-11-26T10:15:00.123456+01:00`, `…Z`) and offset-less ISO 8601
+/// (`2026-11-26T10:15:00.123456`, as Python's `datetime.utcnow().isoformat()` writes), the latter
+/// read as UTC. A space may stand for the `T`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EventTimestamp {
+    raw: String,
+    instant: DateTime<Utc>,
+}
+
+impl EventTimestamp {
+    /// Parses a timestamp; the error says what formats are accepted.
+    pub fn parse(raw: &str) -> Result<Self, TimestampError> {
+        let trimmed = raw.trim();
+        let instant = DateTime::parse_from_rfc3339(trimmed)
+            .map(|t| t.with_timezone(&Utc))
+            .or_else(|_| {
+                NaiveDateTime::parse_from_str(trimmed, "%Y-%m-%dT%H:%M:%S%.f")
+                    .or_else(|_| NaiveDateTime::parse_from_str(trimmed, "%Y-%m-%d %H:%M:%S%.f"))
+                    .map(|naive| naive.and_utc())
+            })
+            .or_else(|_| {
+                DateTime::parse_from_str(trimmed, "%Y-%m-%d %H:%M:%S%.f%:z").map(|t| t.with_timezone(&Utc))
+            })
+            .map_err(|_| TimestampError { raw: raw.to_owned() })?;
+        Ok(Self { raw: raw.to_owned(), instant })
+    }
+
+    /// A timestamp for this instant, written as RFC 3339 with microseconds and `+00:00`, which
+    /// Python's `datetime.fromisoformat` reads on every supported version.
+    pub fn from_instant(instant: DateTime<Utc>) -> Self {
+        // Truncate to what the text can say, so parsing the text gives back the same instant.
+        let instant = instant.trunc_subsecs(6);
+        let raw = instant.to_rfc3339_opts(SecondsFormat::Micros, false);
+        Self { raw, instant }
+    }
+
+    /// Now, in UTC.
+    pub fn now() -> Self {
+        Self::from_instant(Utc::now())
+    }
+
+    /// The instant, in UTC.
+    pub fn instant(&self) -> DateTime<Utc> {
+        self.instant
+    }
+
+    /// The text exactly as the producer wrote it.
+    pub fn as_str(&self) -> &str {
+        &self.raw
+    }
+}
+
+impl fmt::Debug for EventTimestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.raw)
+    }
+}
+
+impl fmt::Display for EventTimestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.raw)
+    }
+}
+
+impl Serialize for EventTimestamp {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.raw)
+    }
+}
+
+impl<'de> Deserialize<'de> for EventTimestamp {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(deserializer)?;
+        EventTimestamp::parse(&raw).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A timestamp in none of the accepted formats.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "timestamp `{raw}` is not ISO 8601: expected e.g. `2026-11-26T10:15:00.123456` (read as UTC) \
+     or `2026-11-26T10:15:00Z` / `+01:00`"
+)]
+pub struct TimestampError {
+    raw: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEED: &str = r#"{"event": "STAGE_COMPLETE", "stage": "bronze_ingest", "source": "OrdersDB", "records": 14823, "timestamp": "2026-11-26T10:15:00.123456", "status": "SUCCESS"}"#;
+
+    #[test]
+    fn parses_the_seed_producers_message_with_naive_timestamp_as_utc() {
+        let event = StageEvent::from_json(SEED.as_bytes()).unwrap();
+        assert_eq!(event.event, "STAGE_COMPLETE");
+        assert_eq!(event.stage, "bronze_ingest");
+        assert_eq!(event.key(), "OrdersDB");
+        assert_eq!(event.records, Some(14823));
+        assert_eq!(event.status, "SUCCESS");
+        assert_eq!(event.timestamp.instant().to_rfc3339(), "2026-11-26T10:15:00.123456+00:00");
+        assert!(event.extra.is_empty());
+    }
+
+    #[test]
+    fn reemits_unknown_fields_and_the_raw_timestamp_unchanged() {
+        let input = r#"{"event":"STAGE_COMPLETE","stage":"s","source":"A","records":1,"timestamp":"2026-11-26 10:15:00","status":"SUCCESS","run_id":"r-9","meta":{"b":1,"a":[true,null]},"attempt":2}"#;
+        let event = StageEvent::from_json(input.as_bytes()).unwrap();
+        assert_eq!(event.to_json(), input);
+    }
+
+    #[test]
+    fn timestamps_with_offsets_are_converted_to_utc() {
+        let plus_one = EventTimestamp::parse("2026-11-26T11:15:00+01:00").unwrap();
+        let zulu = EventTimestamp::parse("2026-11-26T10:15:00Z").unwrap();
+        let naive = EventTimestamp::parse("2026-11-26T10:15:00").unwrap();
+        assert_eq!(plus_one.instant(), zulu.instant());
+        assert_eq!(naive.instant(), zulu.instant());
+        assert_eq!(plus_one.as_str(), "2026-11-26T11:15:00+01:00");
+    }
+
+    #[test]
+    fn generated_timestamps_round_trip() {
+        let now = EventTimestamp::now();
+        assert!(now.as_str().ends_with("+00:00"), "{now}");
+        assert_eq!(EventTimestamp::parse(now.as_str()).unwrap().instant(), now.instant());
+    }
+
+    #[test]
+    fn missing_field_is_named_in_the_error() {
+        let err = StageEvent::from_json(br#"{"event":"STAGE_COMPLETE","stage":"s","timestamp":"2026-11-26T10:15:00","status":"SUCCESS"}"#)
+            .unwrap_err();
+        let text = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+        assert!(text.contains("missing field `source`"), "{text}");
+    }
+
+    #[test]
+    fn wrong_type_is_located_by_path() {
+        let err = StageEvent::from_json(br#"{"event":"E","stage":"s","source":"A","records":"many","timestamp":"2026-11-26T10:15:00","status":"SUCCESS"}"#)
+            .unwrap_err();
+        match err {
+            EventError::Invalid { path, .. } => assert_eq!(path, "records"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_timestamp_not_json_and_not_utf8_are_errors() {
+        let bad_time = StageEvent::from_json(br#"{"event":"E","stage":"s","source":"A","timestamp":"yesterday","status":"S"}"#);
+        assert!(matches!(bad_time, Err(EventError::Invalid { ref path, .. }) if path == "timestamp"));
+        assert!(matches!(StageEvent::from_json(b"not json"), Err(EventError::Invalid { .. })));
+        assert!(matches!(StageEvent::from_json(&[0xff, 0xfe]), Err(EventError::NotUtf8(_))));
+        assert!(matches!(StageEvent::from_json(b"[1,2]"), Err(EventError::Invalid { .. })));
+        assert!(StageEvent::from_json(format!("{SEED} trailing").as_bytes()).is_err());
+    }
+
+    #[test]
+    fn deeply_nested_input_is_rejected_without_overflowing_the_stack() {
+        let mut deep = String::from(r#"{"event":"E","stage":"s","source":"A","timestamp":"2026-11-26T10:15:00","status":"S","x":"#);
+        deep.push_str(&"[".repeat(10_000));
+        deep.push_str(&"]".repeat(10_000));
+        deep.push('}');
+        assert!(StageEvent::from_json(deep.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn field_reads_known_and_extra_fields_as_text() {
+        let event = StageEvent::from_json(
+            br#"{"event":"E","stage":"s","source":"A","records":7,"timestamp":"2026-11-26T10:15:00","status":"S","n":1.5,"flag":true,"obj":{}}"#,
+        )
+        .unwrap();
+        assert_eq!(event.field("records").as_deref(), Some("7"));
+        assert_eq!(event.field("n").as_deref(), Some("1.5"));
+        assert_eq!(event.field("flag").as_deref(), Some("true"));
+        assert_eq!(event.field("obj"), None);
+        assert_eq!(event.field("absent"), None);
+    }
+}

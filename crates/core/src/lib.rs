@@ -1,0 +1,40 @@
+/*!
+herald-core: the parts of herald every sink and the binary share.
+
+herald moves *stage events* — the small JSON messages pipeline stages publish to Kafka when they
+finish a unit of work — to systems that cannot read Kafka. This crate holds the event model, the
+configuration, the [`Sink`] trait and the consumer runtime that drives sinks.
+
+The one decision to know: **offsets advance only after the sink has the data.** Each route reads
+with `enable.auto.offset.store=false`; a batch's offsets are stored only once [`Sink::write`]
+returned `Ok` and its dead letters were acknowledged, so a crash at any instant re-delivers rather
+than loses (at-least-once). Sinks that can store offsets with the data do better.
+
+# Layout
+- [`event`]: [`StageEvent`], its parsing and timestamps.
+- [`config`]: the TOML configuration with `HERALD__…` overrides, validated on load.
+- [`filter`]: which events a route delivers.
+- [`sink`]: the [`Sink`] trait and its error classification.
+- [`dlq`]: the dead-letter topic and its Kafka Connect headers.
+- [`kafka`]: Kafka clients from the `[kafka]` properties; topic administration.
+- [`runtime`]: [`run`], every route at work until shutdown.
+- `route`: one route's consume → sink → commit loop.
+*/
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod dlq;
+pub mod error;
+pub mod event;
+pub mod filter;
+pub mod kafka;
+mod route;
+pub mod runtime;
+pub mod sink;
+
+pub use config::{Config, ConfigError, RouteConfig, SinkSpec};
+pub use error::{RouteError, RuntimeError};
+pub use event::{EventError, EventTimestamp, StageEvent};
+pub use filter::Filter;
+pub use runtime::{run, BoundRoute};
+pub use sink::{BoxError, Rejection, Sink, SinkError, SinkRecord, WriteOutcome};

@@ -1,0 +1,343 @@
+//! One route's worker: consume → parse → filter → batch → sink → dead letters → store offsets.
+//!
+//! The loop is sequential on purpose: a batch is fully settled (sink Ok, dead letters
+//! acknowledged, offsets stored) before the next is read, which keeps per-partition order and
+//! makes "offsets advance only after the sink has the data" true by construction. librdkafka keeps
+//! fetching in the background meanwhile, bounded by `queued.max.messages.kbytes`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::OwnedMessage;
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::Message;
+use tokio::time::{sleep, sleep_until, Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::config::{KafkaProperties, RouteConfig};
+use crate::dlq::{error_chain, DeadLetter, DeadLetterQueue, FailedStage};
+use crate::error::RouteError;
+use crate::event::{EventError, StageEvent};
+use crate::kafka::client_config;
+use crate::sink::{Sink, SinkError, SinkRecord, WriteOutcome};
+
+/// Counters of one route, read by the progress reporter.
+#[derive(Debug, Default)]
+pub struct RouteStats {
+    /// Messages read from Kafka.
+    pub consumed: AtomicU64,
+    /// Events the sink accepted.
+    pub delivered: AtomicU64,
+    /// Events the filter passed over.
+    pub skipped: AtomicU64,
+    /// Messages sent to the dead-letter topic.
+    pub dead_lettered: AtomicU64,
+    /// Sink writes retried after a transient failure.
+    pub retries: AtomicU64,
+    /// Messages behind the end of the assigned partitions, from librdkafka's statistics (-1: unknown).
+    pub lag: AtomicI64,
+}
+
+/// The consumer context: observes rebalances, commits and statistics.
+pub(crate) struct RouteContext {
+    route: String,
+    stats: Arc<RouteStats>,
+}
+
+impl ClientContext for RouteContext {
+    fn stats(&self, statistics: Statistics) {
+        let lags = statistics
+            .topics
+            .values()
+            .flat_map(|topic| topic.partitions.values())
+            .filter(|partition| partition.partition >= 0 && partition.consumer_lag >= 0)
+            .map(|partition| partition.consumer_lag);
+        let (count, total) = lags.fold((0, 0), |(count, total), lag| (count + 1, total + lag));
+        self.stats.lag.store(if count == 0 { -1 } else { total }, Ordering::Relaxed);
+    }
+}
+
+impl ConsumerContext for RouteContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(partitions) = rebalance {
+            info!(route = %self.route, partitions = %describe(partitions), "Partitions revoked; committing what is done.");
+            // Offsets of settled batches are stored; commit them before another member takes over.
+            match consumer.commit_consumer_state(CommitMode::Sync) {
+                Ok(()) | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+                Err(err) => warn!(route = %self.route, error = %err, "Commit on revoke failed."),
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(partitions) => {
+                info!(route = %self.route, partitions = %describe(partitions), "Partitions assigned.")
+            }
+            Rebalance::Error(err) => error!(route = %self.route, error = %err, "Rebalance failed."),
+            Rebalance::Revoke(_) => {}
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) => debug!(route = %self.route, offsets = %describe(offsets), "Offsets committed."),
+            Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+            Err(err) => warn!(route = %self.route, error = %err, "Offset commit failed; will retry with the next."),
+        }
+    }
+}
+
+fn describe(partitions: &TopicPartitionList) -> String {
+    let parts: Vec<String> = partitions
+        .elements()
+        .iter()
+        .map(|e| match e.offset() {
+            Offset::Offset(offset) => format!("{}[{}]@{offset}", e.topic(), e.partition()),
+            _ => format!("{}[{}]", e.topic(), e.partition()),
+        })
+        .collect();
+    parts.join(",")
+}
+
+/// The consumer of one route.
+pub(crate) type RouteConsumer = StreamConsumer<RouteContext>;
+
+/// Creates the route's consumer and subscribes it to the route's topics.
+pub(crate) fn create_consumer(
+    props: &KafkaProperties,
+    route: &RouteConfig,
+    stats: Arc<RouteStats>,
+    statistics_interval_ms: u128,
+) -> Result<RouteConsumer, KafkaError> {
+    let mut config = client_config(&KafkaProperties::default());
+    // Defaults the `[kafka]` table may override…
+    config
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("queued.max.messages.kbytes", "16384")
+        .set("auto.commit.interval.ms", "1000")
+        .set("client.id", format!("herald.{}", route.name));
+    for (name, value) in props.iter() {
+        config.set(name, value);
+    }
+    // …and the settings the delivery guarantee rests on, which it may not.
+    config
+        .set("group.id", route.group_id())
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", route.start_from.as_offset_reset())
+        .set("enable.partition.eof", "false")
+        .set("statistics.interval.ms", statistics_interval_ms.to_string());
+    let context = RouteContext { route: route.name.clone(), stats };
+    let consumer: RouteConsumer = config.create_with_context(context)?;
+    let topics: Vec<&str> = route.topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics)?;
+    Ok(consumer)
+}
+
+/// A route at work.
+pub(crate) struct RouteWorker {
+    pub(crate) route: RouteConfig,
+    pub(crate) consumer: RouteConsumer,
+    pub(crate) sink: Box<dyn Sink>,
+    pub(crate) dead_letters: Option<DeadLetterQueue>,
+    pub(crate) stats: Arc<RouteStats>,
+}
+
+impl RouteWorker {
+    /// Runs until `cancel` fires or the route fails; then commits what is settled and closes the sink.
+    pub(crate) async fn run(mut self, cancel: CancellationToken) -> Result<(), RouteError> {
+        let result = self.run_batches(&cancel).await;
+        match self.consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+            Err(err) => warn!(route = %self.route.name, error = %err, "Final offset commit failed."),
+        }
+        if let Err(err) = self.sink.close().await {
+            warn!(route = %self.route.name, error = %err, "Closing the sink failed.");
+        }
+        self.consumer.unsubscribe();
+        result
+    }
+
+    async fn run_batches(&mut self, cancel: &CancellationToken) -> Result<(), RouteError> {
+        while !cancel.is_cancelled() {
+            let batch = self.next_batch(cancel).await;
+            if !batch.is_empty() {
+                self.settle(batch, cancel).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for a first message, then collects until the batch is full or `max_wait` has passed.
+    async fn next_batch(&self, cancel: &CancellationToken) -> Vec<OwnedMessage> {
+        let mut batch = Vec::new();
+        let mut deadline = None;
+        while batch.len() < self.route.batch.max_events {
+            let received = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => break,
+                received = self.consumer.recv() => received,
+            };
+            match received {
+                Ok(message) => {
+                    batch.push(message.detach());
+                    deadline.get_or_insert_with(|| Instant::now() + self.route.batch.max_wait);
+                }
+                Err(err) => {
+                    warn!(route = %self.route.name, error = %err, "Kafka consumer error; librdkafka will retry.");
+                    // Errors such as an unknown topic repeat at once: don't spin on them.
+                    sleep(std::time::Duration::from_millis(200)).await;
+                }
+            }
+        }
+        batch
+    }
+
+    /// Delivers one batch: sink writes (retried), dead letters, then the offsets.
+    async fn settle(&mut self, messages: Vec<OwnedMessage>, cancel: &CancellationToken) -> Result<(), RouteError> {
+        let stats = Arc::clone(&self.stats);
+        stats.consumed.fetch_add(messages.len() as u64, Ordering::Relaxed);
+
+        let mut records = Vec::with_capacity(messages.len());
+        let mut record_origin = Vec::with_capacity(messages.len());
+        let mut letters = Vec::new();
+        for (index, message) in messages.iter().enumerate() {
+            match parse(message) {
+                Ok(event) if self.route.filter.matches(&event) => {
+                    records.push(SinkRecord {
+                        event,
+                        topic: message.topic().to_owned(),
+                        partition: message.partition(),
+                        offset: message.offset(),
+                    });
+                    record_origin.push(index);
+                }
+                Ok(_) => {
+                    stats.skipped.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(err) => letters.push(DeadLetter::new(message.clone(), FailedStage::Parse, err.kind(), &err)),
+            }
+        }
+        // Without a dead-letter topic, fail before writing anything: the operator fixes the
+        // config and the batch is read again from its first offset.
+        self.require_dead_letter_topic(&letters)?;
+
+        if !records.is_empty() {
+            let Some(outcome) = self.write_with_retry(&records, cancel).await? else {
+                return Ok(()); // shutting down mid-retry: offsets not stored, the batch is read again
+            };
+            stats.delivered.fetch_add((records.len() - outcome.rejected.len()) as u64, Ordering::Relaxed);
+            for rejection in outcome.rejected {
+                let Some(message) = record_origin.get(rejection.index).and_then(|&i| messages.get(i)) else {
+                    return Err(RouteError::BadRejectionIndex { index: rejection.index, batch: records.len() });
+                };
+                letters.push(DeadLetter::new(message.clone(), FailedStage::Sink, "SinkRejection", rejection.error.as_ref()));
+            }
+            self.require_dead_letter_topic(&letters)?;
+        }
+
+        if let Some(queue) = &self.dead_letters {
+            if !letters.is_empty() {
+                for letter in &letters {
+                    warn!(
+                        route = %self.route.name, topic = letter.message.topic(), partition = letter.message.partition(),
+                        offset = letter.message.offset(), dead_letter_topic = queue.topic(), reason = %letter.reason(),
+                        "Message sent to the dead-letter topic."
+                    );
+                }
+                queue
+                    .send_all(&letters)
+                    .await
+                    .map_err(|source| RouteError::DeadLetter { topic: queue.topic().to_owned(), source })?;
+                stats.dead_lettered.fetch_add(letters.len() as u64, Ordering::Relaxed);
+            }
+        }
+
+        self.store_offsets(&messages);
+        Ok(())
+    }
+
+    fn require_dead_letter_topic(&self, letters: &[DeadLetter]) -> Result<(), RouteError> {
+        match (letters.first(), &self.dead_letters) {
+            (Some(letter), None) => Err(RouteError::Undeliverable {
+                topic: letter.message.topic().to_owned(),
+                partition: letter.message.partition(),
+                offset: letter.message.offset(),
+                reason: letter.reason(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Writes the batch, retrying transient failures with exponential backoff and jitter.
+    /// `Ok(None)`: cancelled while waiting to retry.
+    async fn write_with_retry(
+        &mut self,
+        records: &[SinkRecord],
+        cancel: &CancellationToken,
+    ) -> Result<Option<WriteOutcome>, RouteError> {
+        let policy = &self.route.retry;
+        let mut delays = ExponentialBuilder::default()
+            .with_min_delay(policy.initial_backoff)
+            .with_max_delay(policy.max_backoff)
+            .with_jitter()
+            .with_max_times(policy.max_retries.map_or(usize::MAX, |n| n as usize))
+            .build();
+        let mut attempt: u64 = 0;
+        loop {
+            attempt += 1;
+            let error = match self.sink.write(records).await {
+                Ok(outcome) => return Ok(Some(outcome)),
+                Err(error @ SinkError::Fatal(_)) => return Err(RouteError::Sink(error)),
+                Err(error) => error,
+            };
+            let Some(delay) = delays.next() else {
+                return Err(RouteError::RetriesExhausted { retries: attempt - 1, source: error });
+            };
+            self.stats.retries.fetch_add(1, Ordering::Relaxed);
+            warn!(
+                route = %self.route.name, attempt, retry_in = ?delay, batch = records.len(),
+                error = %error_chain(&error).join(": "), "Sink write failed; retrying."
+            );
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(None),
+                _ = sleep(delay) => {}
+            }
+        }
+    }
+
+    /// Marks every message of a settled batch as done: the next commit includes them.
+    fn store_offsets(&self, messages: &[OwnedMessage]) {
+        let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+        for message in messages {
+            let entry = next.entry((message.topic(), message.partition())).or_insert(0);
+            *entry = (*entry).max(message.offset() + 1);
+        }
+        let mut offsets = TopicPartitionList::new();
+        for ((topic, partition), offset) in next {
+            if let Err(err) = offsets.add_partition_offset(topic, partition, Offset::Offset(offset)) {
+                warn!(route = %self.route.name, error = %err, "Cannot record an offset to store.");
+            }
+        }
+        if let Err(err) = self.consumer.store_offsets(&offsets) {
+            // The partitions were revoked meanwhile: their new owner reads these messages again.
+            debug!(route = %self.route.name, error = %err, "Offsets not stored (partition revoked?).");
+        }
+    }
+}
+
+fn parse(message: &OwnedMessage) -> Result<StageEvent, EventError> {
+    match message.payload() {
+        Some(payload) => StageEvent::from_json(payload),
+        None => Err(EventError::Empty),
+    }
+}

@@ -1,0 +1,133 @@
+//! `run`: every route at work until shutdown, with a progress line per route.
+
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::config::{Config, RouteConfig};
+use crate::dlq::DeadLetterQueue;
+use crate::error::{RouteError, RuntimeError};
+use crate::kafka::ensure_topic;
+use crate::route::{create_consumer, RouteStats, RouteWorker};
+use crate::sink::Sink;
+
+/// A route with the sink built for it.
+pub struct BoundRoute {
+    /// The route's configuration.
+    pub config: RouteConfig,
+    /// Its sink, already built (and health-checked, if the caller wishes).
+    pub sink: Box<dyn Sink>,
+}
+
+/// Runs every route until `shutdown` completes or a route fails.
+///
+/// On shutdown each route stops fetching, finishes its in-flight batch, commits its offsets,
+/// closes its sink and leaves its consumer group; then `run` returns `Ok`. When a route fails, the
+/// others are shut down the same way and the route's error is returned.
+pub async fn run(config: &Config, routes: Vec<BoundRoute>, shutdown: impl Future<Output = ()>) -> Result<(), RuntimeError> {
+    let cancel = CancellationToken::new();
+    let mut workers = JoinSet::new();
+    let mut all_stats = Vec::new();
+    for BoundRoute { config: route, sink } in routes {
+        let name = route.name.clone();
+        let stats = Arc::new(RouteStats::default());
+        let worker = match start_route(config, route, sink, Arc::clone(&stats)).await {
+            Ok(worker) => worker,
+            Err(source) => {
+                cancel.cancel();
+                while workers.join_next().await.is_some() {}
+                return Err(RuntimeError::Route { route: name, source });
+            }
+        };
+        all_stats.push((name.clone(), stats));
+        let token = cancel.child_token();
+        workers.spawn(async move { (name, worker.run(token).await) });
+    }
+    info!(routes = all_stats.len(), "herald is running.");
+    let progress = tokio::spawn(report_progress(all_stats, config.runtime.progress_interval, cancel.clone()));
+
+    let mut first_error = None;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown, if !cancel.is_cancelled() => {
+                info!("Shutting down: finishing in-flight batches and committing offsets.");
+                cancel.cancel();
+            }
+            joined = workers.join_next() => {
+                let Some(joined) = joined else { break };
+                let failure = match joined {
+                    Ok((_, Ok(()))) => None,
+                    Ok((route, Err(source))) => Some(RuntimeError::Route { route, source }),
+                    Err(source) => Some(RuntimeError::Task { route: "?".into(), source }),
+                };
+                if let Some(failure) = failure {
+                    error!(error = %crate::dlq::error_chain(&failure).join(": "), "Route failed; stopping the others.");
+                    first_error.get_or_insert(failure);
+                    cancel.cancel();
+                }
+            }
+        }
+    }
+    cancel.cancel();
+    progress.abort();
+    first_error.map_or(Ok(()), Err)
+}
+
+async fn start_route(
+    config: &Config,
+    route: RouteConfig,
+    sink: Box<dyn Sink>,
+    stats: Arc<RouteStats>,
+) -> Result<RouteWorker, RouteError> {
+    let dead_letters = match &route.dead_letter_topic {
+        Some(topic) => {
+            let setup = |source| RouteError::DeadLetterSetup { topic: topic.clone(), source };
+            ensure_topic(&config.kafka, topic, 1).await.map_err(setup)?;
+            Some(DeadLetterQueue::new(&config.kafka, topic, &route.name).map_err(setup)?)
+        }
+        None => None,
+    };
+    let statistics_ms = config.runtime.progress_interval.as_millis().min(60_000);
+    let consumer = create_consumer(&config.kafka, &route, Arc::clone(&stats), statistics_ms).map_err(RouteError::Consumer)?;
+    info!(route = %route.name, group = %route.group_id(), topics = ?route.topics, sink = %route.sink.kind, "Route started.");
+    Ok(RouteWorker { route, consumer, sink, dead_letters, stats })
+}
+
+/// Logs one line per route every `interval`: rates since the last line, totals and lag.
+async fn report_progress(routes: Vec<(String, Arc<RouteStats>)>, interval: Duration, cancel: CancellationToken) {
+    let mut last: Vec<u64> = vec![0; routes.len()];
+    let mut last_at = Instant::now();
+    let mut ticker = tokio::time::interval(interval);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let elapsed = last_at.elapsed().as_secs_f64().max(0.001);
+        last_at = Instant::now();
+        for ((name, stats), previous) in routes.iter().zip(last.iter_mut()) {
+            let consumed = stats.consumed.load(Ordering::Relaxed);
+            let rate = (consumed - *previous) as f64 / elapsed;
+            *previous = consumed;
+            let lag = stats.lag.load(Ordering::Relaxed);
+            info!(
+                route = %name,
+                events_per_s = format_args!("{rate:.1}"),
+                consumed,
+                delivered = stats.delivered.load(Ordering::Relaxed),
+                skipped = stats.skipped.load(Ordering::Relaxed),
+                dead_lettered = stats.dead_lettered.load(Ordering::Relaxed),
+                retries = stats.retries.load(Ordering::Relaxed),
+                lag = %if lag < 0 { "unknown".to_string() } else { lag.to_string() },
+                "Progress."
+            );
+        }
+    }
+}

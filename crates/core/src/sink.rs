@@ -1,0 +1,86 @@
+//! The contract between the runtime and a sink.
+
+use async_trait::async_trait;
+
+use crate::event::StageEvent;
+
+/// A boxed error from a sink's own error type, kept as the cause.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// One event on its way to a sink, with the Kafka coordinates it was read from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SinkRecord {
+    /// The parsed event.
+    pub event: StageEvent,
+    /// The topic it was read from.
+    pub topic: String,
+    /// The partition it was read from.
+    pub partition: i32,
+    /// Its offset in that partition.
+    pub offset: i64,
+}
+
+/// A destination for stage events.
+///
+/// The runtime calls [`Sink::write`] with batches in per-partition offset order, one batch at a
+/// time, and advances the consumer offsets of a batch only after `write` returned `Ok`.
+#[async_trait]
+pub trait Sink: Send + Sync {
+    /// Makes one cheap real call (`SELECT 1`, `PING`, …) proving the sink is reachable.
+    async fn healthcheck(&mut self) -> Result<(), SinkError>;
+
+    /// Delivers a batch.
+    ///
+    /// `Ok` means the sink has **durably accepted** every record of the batch except those listed
+    /// in [`WriteOutcome::rejected`], which it will never accept (they go to the dead-letter
+    /// topic). `Err(SinkError::Retriable)` means nothing may be assumed delivered: the runtime
+    /// writes the same batch again after a backoff, so writes should be idempotent where the sink
+    /// allows. `Err(SinkError::Fatal)` stops the route.
+    async fn write(&mut self, batch: &[SinkRecord]) -> Result<WriteOutcome, SinkError>;
+
+    /// Flushes and releases resources at shutdown.
+    async fn close(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+/// What a successful [`Sink::write`] could not deliver.
+#[derive(Debug, Default)]
+pub struct WriteOutcome {
+    /// Records the sink will never accept, by index into the batch, each with the reason.
+    pub rejected: Vec<Rejection>,
+}
+
+impl WriteOutcome {
+    /// Every record was accepted.
+    pub fn all_accepted() -> Self {
+        Self::default()
+    }
+}
+
+/// One record a sink refused as invalid.
+#[derive(Debug)]
+pub struct Rejection {
+    /// Index of the record in the batch passed to [`Sink::write`].
+    pub index: usize,
+    /// Why the sink refused it.
+    pub error: BoxError,
+}
+
+/// A failed sink call, classified for the retry loop.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// A failure that may pass (connection lost, timeout, throttled): retry the batch.
+    #[error("sink temporarily failed")]
+    Retriable(#[source] BoxError),
+    /// A failure that retrying cannot fix (bad credentials, missing table): stop the route.
+    #[error("sink failed")]
+    Fatal(#[source] BoxError),
+}
+
+impl SinkError {
+    /// Whether the runtime should retry.
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, SinkError::Retriable(_))
+    }
+}
