@@ -1,1 +1,50 @@
-fn main() {}
+//! The `herald` command: glue between the command line and the herald crates.
+//!
+//! All behaviour lives in the libraries (`herald-core` and the sink crates); this binary parses
+//! arguments, installs logging, builds sinks from the config and maps errors to exit codes.
+
+mod cli;
+mod sinks;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = match cli.command {
+        Command::Run(_) | Command::Check(_) => "info",
+        Command::Publish(_) | Command::Wait(_) => "warn",
+    };
+    let filter = cli
+        .log
+        .as_deref()
+        .map(EnvFilter::try_new)
+        .unwrap_or_else(|| EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new(default_level)));
+    let filter = match filter {
+        Ok(filter) => filter,
+        Err(err) => {
+            eprintln!("error: invalid --log / RUST_LOG filter: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(cli::execute(cli.command)) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! Settings of the stdout sink.
+
+use serde::Deserialize;
+
+use crate::sink::StdoutSink;
+
+/// `sink = { type = "stdout" }`, optionally with `stream = "stderr"`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StdoutSinkConfig {
+    /// Where the lines go: `"stdout"` (default) or `"stderr"`.
+    #[serde(default)]
+    pub stream: OutputStream,
+}
+
+/// A standard stream of the process.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputStream {
+    /// Standard output.
+    #[default]
+    Stdout,
+    /// Standard error, shared with the log.
+    Stderr,
+}
+
+impl StdoutSinkConfig {
+    /// The sink these settings describe.
+    pub fn build(&self) -> Box<dyn herald_core::Sink> {
+        Box::new(StdoutSink::new(self.stream))
+    }
+}

@@ -1,0 +1,101 @@
+//! `herald check`: is the config valid, and can herald reach everything it names?
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::Args;
+use herald_core::dlq::error_chain;
+use herald_core::kafka::partition_counts;
+use herald_core::Config;
+
+use crate::sinks;
+
+/// Arguments of `herald check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The config file.
+    #[arg(long, short, env = "HERALD_CONFIG", default_value = "config/herald.toml")]
+    pub config: PathBuf,
+    /// How long to wait for Kafka before calling it unreachable.
+    #[arg(long, default_value = "10s", value_parser = super::parse_duration)]
+    pub timeout: Duration,
+}
+
+/// Collects one line per thing checked.
+struct Report {
+    problems: usize,
+}
+
+impl Report {
+    fn ok(&self, what: &str, detail: impl std::fmt::Display) {
+        println!("ok    {what:<28} {detail}");
+    }
+
+    fn fail(&mut self, what: &str, detail: impl std::fmt::Display) {
+        self.problems += 1;
+        println!("FAIL  {what:<28} {detail}");
+    }
+}
+
+pub async fn check(args: CheckArgs) -> Result<ExitCode> {
+    let mut report = Report { problems: 0 };
+    let config = match Config::load(&args.config) {
+        Ok(config) => config,
+        Err(err) => {
+            report.fail("config", error_chain(&err).join(": "));
+            println!("\n1 problem found.");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    report.ok("config", format!("{} ({} routes)", args.config.display(), config.routes.len()));
+
+    let topics: Vec<String> = config
+        .routes
+        .iter()
+        .flat_map(|route| route.topics.iter().filter(|topic| !topic.starts_with('^')).cloned())
+        .collect();
+    let props = config.kafka.clone();
+    let timeout = args.timeout;
+    let lookup = tokio::task::spawn_blocking(move || partition_counts(&props, &topics, timeout)).await?;
+    let brokers = config.kafka.bootstrap_servers();
+    let partitions = match lookup {
+        Ok(partitions) => {
+            report.ok("kafka", format!("{brokers} answered"));
+            Some(partitions)
+        }
+        Err(err) => {
+            report.fail("kafka", format!("cannot reach {brokers}: {}", error_chain(&err).join(": ")));
+            None
+        }
+    };
+
+    for route in &config.routes {
+        let label = format!("route {}", route.name);
+        if let Some(partitions) = &partitions {
+            for topic in &route.topics {
+                match partitions.iter().find(|(name, _)| name == topic) {
+                    Some((_, 0)) => report.fail(&label, format!("topic `{topic}` does not exist")),
+                    Some((_, n)) => report.ok(&label, format!("topic `{topic}`: {n} partitions")),
+                    None => report.ok(&label, format!("topics matching `{topic}` (regex)")),
+                }
+            }
+        }
+        match sinks::build(route).await {
+            Ok(mut sink) => match sink.healthcheck().await {
+                Ok(()) => report.ok(&label, format!("sink `{}` reachable", route.sink.kind)),
+                Err(err) => report.fail(&label, format!("sink `{}`: {}", route.sink.kind, error_chain(&err).join(": "))),
+            },
+            Err(err) => report.fail(&label, format!("{err:#}")),
+        }
+    }
+
+    if report.problems == 0 {
+        println!("\nAll checks passed.");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("\n{} problem{} found.", report.problems, if report.problems == 1 { "" } else { "s" });
+        Ok(ExitCode::FAILURE)
+    }
+}

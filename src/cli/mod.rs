@@ -1,0 +1,92 @@
+//! Command-line arguments and the subcommands.
+
+mod check;
+mod publish;
+mod run;
+mod wait;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use herald_core::config::KafkaProperties;
+use herald_core::Config;
+
+/// The topic the seed producer and consumer use, and herald's default.
+pub const DEFAULT_TOPIC: &str = "pipeline.stage.events";
+
+/// herald: a bridge between Kafka stage events and systems that cannot speak Kafka.
+#[derive(Debug, Parser)]
+#[command(name = "herald", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Log filter, e.g. `info` or `herald_core=debug` (default: `info` for run/check, `warn`
+    /// otherwise; `RUST_LOG` also works).
+    #[arg(long, global = true, env = "HERALD_LOG")]
+    pub log: Option<String>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the bridge: every route of the config until SIGINT/SIGTERM.
+    Run(run::RunArgs),
+    /// Validate the config and connect to Kafka and every sink; say exactly what is wrong.
+    Check(check::CheckArgs),
+    /// Publish one stage event and exit once the broker acknowledged it.
+    Publish(publish::PublishArgs),
+    /// Block until a matching stage event arrives (or arrived within --since); print it.
+    Wait(wait::WaitArgs),
+}
+
+/// Runs a subcommand; `Ok` carries the process exit code.
+pub async fn execute(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Run(args) => run::run(args).await,
+        Command::Check(args) => check::check(args).await,
+        Command::Publish(args) => publish::publish(args).await,
+        Command::Wait(args) => wait::wait(args).await,
+    }
+}
+
+/// Where `publish` and `wait` find Kafka: a config file's `[kafka]` table, then `--brokers`.
+#[derive(Debug, Args)]
+pub struct KafkaArgs {
+    /// Config file whose `[kafka]` properties (TLS, SASL, …) to use.
+    #[arg(long, short, env = "HERALD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Kafka bootstrap servers; overrides the config file's. Default `127.0.0.1:9092`.
+    #[arg(long, short, env = "HERALD_BROKERS")]
+    pub brokers: Option<String>,
+    /// The topic.
+    #[arg(long, short, default_value = DEFAULT_TOPIC)]
+    pub topic: String,
+}
+
+impl KafkaArgs {
+    /// The Kafka properties these arguments select.
+    pub fn properties(&self) -> Result<KafkaProperties> {
+        let mut props = match &self.config {
+            Some(path) => Config::load(path)?.kafka,
+            None => KafkaProperties::default(),
+        };
+        if let Some(brokers) = &self.brokers {
+            props.set("bootstrap.servers", brokers.as_str());
+        }
+        Ok(props)
+    }
+}
+
+/// Parses `30s`, `5m`, `2h`, `1h 30m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|err| format!("`{text}` is not a duration like 30s, 5m or 2h: {err}"))
+}
+
+/// Loads the config, with the file named in the error.
+pub fn load_config(path: &std::path::Path) -> Result<Config> {
+    Config::load(path).with_context(|| "invalid configuration".to_string())
+}

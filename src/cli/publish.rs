@@ -1,0 +1,85 @@
+//! `herald publish`: the seed's `publish_stage_complete`, from a shell step.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use clap::Args;
+use herald_core::event::STAGE_COMPLETE;
+use herald_core::kafka::reliable_producer_config;
+use herald_core::{EventTimestamp, StageEvent};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::Value;
+
+use super::KafkaArgs;
+
+/// Arguments of `herald publish`.
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// The data source (also the Kafka key), e.g. `OrdersDB`.
+    #[arg(long)]
+    pub source: String,
+    /// The stage that finished, e.g. `bronze_ingest`.
+    #[arg(long)]
+    pub stage: String,
+    /// Records processed.
+    #[arg(long)]
+    pub records: Option<i64>,
+    /// The outcome.
+    #[arg(long, default_value = "SUCCESS")]
+    pub status: String,
+    /// The event name.
+    #[arg(long, default_value = STAGE_COMPLETE)]
+    pub event: String,
+    /// The event time (ISO 8601); default now, in UTC.
+    #[arg(long, value_parser = parse_timestamp)]
+    pub timestamp: Option<EventTimestamp>,
+    /// An extra field, `name=value` (value read as JSON when it parses, else as text). Repeatable.
+    #[arg(long = "field", value_name = "NAME=VALUE", value_parser = parse_field)]
+    pub fields: Vec<(String, Value)>,
+    /// Give up if the broker has not acknowledged within this time.
+    #[arg(long, default_value = "30s", value_parser = super::parse_duration)]
+    pub timeout: Duration,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+}
+
+fn parse_timestamp(text: &str) -> Result<EventTimestamp, String> {
+    EventTimestamp::parse(text).map_err(|err| err.to_string())
+}
+
+fn parse_field(text: &str) -> Result<(String, Value), String> {
+    let (name, value) = text.split_once('=').ok_or_else(|| format!("`{text}` is not NAME=VALUE"))?;
+    if ["event", "stage", "source", "records", "timestamp", "status"].contains(&name) {
+        return Err(format!("`{name}` has its own flag: --{name}"));
+    }
+    let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_owned()));
+    Ok((name.to_owned(), value))
+}
+
+pub async fn publish(args: PublishArgs) -> Result<ExitCode> {
+    let event = StageEvent {
+        event: args.event,
+        stage: args.stage,
+        source: args.source,
+        records: args.records,
+        timestamp: args.timestamp.unwrap_or_else(EventTimestamp::now),
+        status: args.status,
+        extra: args.fields.into_iter().collect(),
+    };
+    let props = args.kafka.properties()?;
+    let producer: FutureProducer = reliable_producer_config(&props)
+        .set("message.timeout.ms", args.timeout.as_millis().max(1).to_string())
+        .create()
+        .context("cannot create the Kafka producer")?;
+    let payload = event.to_json();
+    let record = FutureRecord::to(&args.kafka.topic).key(event.key()).payload(&payload);
+    let delivery = producer
+        .send(record, args.timeout)
+        .await
+        .map_err(|(err, _)| anyhow!(err))
+        .with_context(|| format!("publishing to `{}` at {} failed", args.kafka.topic, props.bootstrap_servers()))?;
+    println!("{payload}");
+    eprintln!("published to {}[{}]@{}", args.kafka.topic, delivery.partition, delivery.offset);
+    Ok(ExitCode::SUCCESS)
+}
