@@ -1,0 +1,199 @@
+//! `herald publish`, `wait` and `check`, and bad input on the command line.
+
+mod common;
+
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use common::*;
+use rdkafka::Message;
+
+fn run_herald(args: &[&str]) -> Output {
+    herald().args(args).stdin(Stdio::null()).output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_writes_the_seed_event_keyed_by_source() {
+    let topic = unique("events");
+    create_topic(&topic, 3).await;
+    let out = run_herald(&[
+        "publish", "--brokers", BROKERS, "--topic", &topic, "--source", "OrdersDB", "--stage", "bronze_ingest",
+        "--records", "14823", "--field", "run_id=r-7",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let message = consume_all(&topic, 1).remove(0);
+    assert_eq!(message.key(), Some(&b"OrdersDB"[..]));
+    let event: serde_json::Value = serde_json::from_slice(message.payload().unwrap()).unwrap();
+    assert_eq!(event["event"], "STAGE_COMPLETE");
+    assert_eq!(event["stage"], "bronze_ingest");
+    assert_eq!(event["source"], "OrdersDB");
+    assert_eq!(event["records"], 14823);
+    assert_eq!(event["status"], "SUCCESS");
+    assert_eq!(event["run_id"], "r-7");
+    let timestamp = event["timestamp"].as_str().unwrap();
+    assert!(herald_core::EventTimestamp::parse(timestamp).is_ok(), "{timestamp}");
+    // What was printed is what was sent.
+    assert_eq!(text(&out.stdout).trim(), std::str::from_utf8(message.payload().unwrap()).unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_returns_an_event_published_before_it_started() {
+    let topic = unique("events");
+    create_topic(&topic, 3).await;
+    let published = run_herald(&["publish", "--brokers", BROKERS, "--topic", &topic, "--source", "OrdersDB", "--stage", "bronze_ingest", "--records", "5"]);
+    assert!(published.status.success(), "{}", text(&published.stderr));
+
+    let out = run_herald(&["wait", "--brokers", BROKERS, "--topic", &topic, "--source", "OrdersDB", "--timeout", "60s"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), text(&published.stdout));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_prefers_the_newest_matching_event_in_its_look_back() {
+    let topic = unique("events");
+    create_topic(&topic, 1).await;
+    let now = chrono::Utc::now();
+    let at = |secs: i64| (now - chrono::Duration::seconds(secs)).format("%Y-%m-%dT%H:%M:%S%.6f").to_string();
+    let events = [
+        format!(r#"{{"event":"STAGE_COMPLETE","stage":"bronze","source":"OrdersDB","timestamp":"{}","status":"FAILED"}}"#, at(30)),
+        format!(r#"{{"event":"STAGE_COMPLETE","stage":"bronze","source":"OrdersDB","timestamp":"{}","status":"SUCCESS","attempt":2}}"#, at(20)),
+        format!(r#"{{"event":"STAGE_COMPLETE","stage":"bronze","source":"UsersDB","timestamp":"{}","status":"FAILED"}}"#, at(10)),
+    ];
+    let batch: Vec<(Option<&str>, &[u8])> = events.iter().map(|e| (Some("k"), e.as_bytes())).collect();
+    produce(&topic, &batch).await;
+
+    let out = run_herald(&["wait", "--brokers", BROKERS, "--topic", &topic, "--source", "OrdersDB", "--stage", "bronze", "--timeout", "60s"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains(r#""attempt":2"#), "{}", text(&out.stdout));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_exits_3_when_the_stage_failed_unless_allowed() {
+    let topic = unique("events");
+    create_topic(&topic, 1).await;
+    let published = run_herald(&["publish", "--brokers", BROKERS, "--topic", &topic, "--source", "OrdersDB", "--stage", "bronze", "--status", "FAILED"]);
+    assert!(published.status.success());
+
+    let failed = run_herald(&["wait", "--brokers", BROKERS, "--topic", &topic, "--source", "OrdersDB", "--timeout", "60s"]);
+    assert_eq!(failed.status.code(), Some(3), "{}", text(&failed.stderr));
+    assert!(text(&failed.stdout).contains("FAILED"));
+    let allowed = run_herald(&["wait", "--brokers", BROKERS, "--topic", &topic, "--source", "OrdersDB", "--timeout", "60s", "--allow-failed"]);
+    assert_eq!(allowed.status.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_times_out_with_124_when_nothing_matches_and_ignores_events_older_than_since() {
+    let topic = unique("events");
+    create_topic(&topic, 1).await;
+    let old = r#"{"event":"STAGE_COMPLETE","stage":"bronze","source":"OrdersDB","timestamp":"2020-01-01T00:00:00","status":"SUCCESS"}"#;
+    produce(&topic, &[(Some("OrdersDB"), old.as_bytes())]).await;
+    let other = run_herald(&["publish", "--brokers", BROKERS, "--topic", &topic, "--source", "UsersDB", "--stage", "bronze"]);
+    assert!(other.status.success());
+
+    let out = run_herald(&["wait", "--brokers", BROKERS, "--topic", &topic, "--source", "OrdersDB", "--timeout", "3s"]);
+    assert_eq!(out.status.code(), Some(124), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).is_empty());
+    assert!(text(&out.stderr).contains("no STAGE_COMPLETE event for source `OrdersDB`"), "{}", text(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_wakes_up_on_an_event_published_while_it_waits() {
+    let topic = unique("events");
+    create_topic(&topic, 3).await;
+    let waiter = herald()
+        .args(["wait", "--brokers", BROKERS, "--topic", &topic, "--source", "OrdersDB", "--stage", "silver", "--timeout", "90s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Publish a non-matching stage first, then the awaited one.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for stage in ["bronze", "silver"] {
+        let out = run_herald(&["publish", "--brokers", BROKERS, "--topic", &topic, "--source", "OrdersDB", "--stage", stage]);
+        assert!(out.status.success());
+    }
+    let out = waiter.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains(r#""stage":"silver""#), "{}", text(&out.stdout));
+}
+
+#[test]
+fn check_reports_an_unreachable_broker() {
+    let config = TempConfig::new(&stdout_route_config("r", "t", "").replace(BROKERS, "127.0.0.1:1"));
+    let out = run_herald(&["check", "--timeout", "3s", "--config", config.path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let report = text(&out.stdout);
+    assert!(report.contains("FAIL  kafka") && report.contains("cannot reach 127.0.0.1:1"), "{report}");
+}
+
+#[test]
+fn check_passes_on_a_good_config_against_the_real_broker() {
+    require_kafka();
+    let out = run_herald(&["check", "--config", "config/herald.toml"]);
+    let report = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    assert!(report.contains("ok    kafka") && report.contains("All checks passed"), "{report}");
+}
+
+#[test]
+fn check_and_run_name_the_file_and_key_of_a_bad_config() {
+    let config = TempConfig::new(&stdout_route_config("r", "t", "colour = \"red\""));
+    let path = config.path.to_str().unwrap();
+    let check = run_herald(&["check", "--config", path]);
+    assert_eq!(check.status.code(), Some(1));
+    let report = text(&check.stdout);
+    assert!(report.contains(path) && report.contains("route[0]") && report.contains("unknown field `colour`"), "{report}");
+
+    let run = run_herald(&["run", "--config", path]);
+    assert_eq!(run.status.code(), Some(1));
+    let error = text(&run.stderr);
+    assert!(error.contains(path) && error.contains("unknown field `colour`"), "{error}");
+    assert!(!error.contains("panicked"), "{error}");
+}
+
+#[test]
+fn an_unknown_sink_type_or_sink_setting_is_named() {
+    let unknown_type = TempConfig::new(&stdout_route_config("r", "t", "").replace("type = \"stdout\"", "type = \"kafka-connect\""));
+    let out = run_herald(&["run", "--config", unknown_type.path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("unknown sink type `kafka-connect`"), "{}", text(&out.stderr));
+
+    let bad_setting = TempConfig::new(&stdout_route_config("r", "t", "").replace("type = \"stdout\"", "type = \"stdout\", stream = \"printer\""));
+    let out = run_herald(&["run", "--config", bad_setting.path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let error = text(&out.stderr);
+    assert!(error.contains("route `r`") && error.contains("stream") && error.contains("printer"), "{error}");
+}
+
+#[test]
+fn a_missing_config_file_and_a_bad_flag_are_clear_errors() {
+    let out = run_herald(&["run", "--config", "/nonexistent/herald.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("/nonexistent/herald.toml"), "{}", text(&out.stderr));
+
+    let out = run_herald(&["wait", "--source", "A", "--timeout", "soon"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("`soon` is not a duration"), "{}", text(&out.stderr));
+
+    let out = run_herald(&["publish", "--stage", "s"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("--source"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn every_shipped_config_file_loads() {
+    let mut count = 0;
+    for entry in std::fs::read_dir("config").unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            herald_core::Config::load(&path).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
+            count += 1;
+        }
+    }
+    assert!(count >= 2);
+}
