@@ -1,5 +1,7 @@
 //! `herald publish`, `wait` and `check`, and bad input on the command line.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::process::{Output, Stdio};
@@ -21,8 +23,19 @@ async fn publish_writes_the_seed_event_keyed_by_source() {
     let topic = unique("events");
     create_topic(&topic, 3).await;
     let out = run_herald(&[
-        "publish", "--brokers", BROKERS, "--topic", &topic, "--source", "OrdersDB", "--stage", "bronze_ingest",
-        "--records", "14823", "--field", "run_id=r-7",
+        "publish",
+        "--brokers",
+        BROKERS,
+        "--topic",
+        &topic,
+        "--source",
+        "OrdersDB",
+        "--stage",
+        "bronze_ingest",
+        "--records",
+        "14823",
+        "--field",
+        "run_id=r-7",
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
 
@@ -45,10 +58,23 @@ async fn publish_writes_the_seed_event_keyed_by_source() {
 async fn wait_returns_an_event_published_before_it_started() {
     let topic = unique("events");
     create_topic(&topic, 3).await;
-    let published = run_herald(&["publish", "--brokers", BROKERS, "--topic", &topic, "--source", "OrdersDB", "--stage", "bronze_ingest", "--records", "5"]);
+    let published = run_herald(&[
+        "publish",
+        "--brokers",
+        BROKERS,
+        "--topic",
+        &topic,
+        "--source",
+        "OrdersDB",
+        "--stage",
+        "bronze_ingest",
+        "--records",
+        "5",
+    ]);
     assert!(published.status.success(), "{}", text(&published.stderr));
 
-    let out = run_herald(&["wait", "--brokers", BROKERS, "--topic", &topic, "--source", "OrdersDB", "--timeout", "60s"]);
+    let out =
+        run_herald(&["wait", "--brokers", BROKERS, "--topic", &topic, "--source", "OrdersDB", "--timeout", "60s"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), text(&published.stdout));
 }
@@ -60,14 +86,35 @@ async fn wait_prefers_the_newest_matching_event_in_its_look_back() {
     let now = chrono::Utc::now();
     let at = |secs: i64| (now - chrono::Duration::seconds(secs)).format("%Y-%m-%dT%H:%M:%S%.6f").to_string();
     let events = [
-        format!(r#"{{"event":"STAGE_COMPLETE","stage":"bronze","source":"OrdersDB","timestamp":"{}","status":"FAILED"}}"#, at(30)),
-        format!(r#"{{"event":"STAGE_COMPLETE","stage":"bronze","source":"OrdersDB","timestamp":"{}","status":"SUCCESS","attempt":2}}"#, at(20)),
-        format!(r#"{{"event":"STAGE_COMPLETE","stage":"bronze","source":"UsersDB","timestamp":"{}","status":"FAILED"}}"#, at(10)),
+        format!(
+            r#"{{"event":"STAGE_COMPLETE","stage":"bronze","source":"OrdersDB","timestamp":"{}","status":"FAILED"}}"#,
+            at(30)
+        ),
+        format!(
+            r#"{{"event":"STAGE_COMPLETE","stage":"bronze","source":"OrdersDB","timestamp":"{}","status":"SUCCESS","attempt":2}}"#,
+            at(20)
+        ),
+        format!(
+            r#"{{"event":"STAGE_COMPLETE","stage":"bronze","source":"UsersDB","timestamp":"{}","status":"FAILED"}}"#,
+            at(10)
+        ),
     ];
     let batch: Vec<(Option<&str>, &[u8])> = events.iter().map(|e| (Some("k"), e.as_bytes())).collect();
     produce(&topic, &batch).await;
 
-    let out = run_herald(&["wait", "--brokers", BROKERS, "--topic", &topic, "--source", "OrdersDB", "--stage", "bronze", "--timeout", "60s"]);
+    let out = run_herald(&[
+        "wait",
+        "--brokers",
+        BROKERS,
+        "--topic",
+        &topic,
+        "--source",
+        "OrdersDB",
+        "--stage",
+        "bronze",
+        "--timeout",
+        "60s",
+    ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains(r#""attempt":2"#), "{}", text(&out.stdout));
 }
@@ -76,13 +123,37 @@ async fn wait_prefers_the_newest_matching_event_in_its_look_back() {
 async fn wait_exits_3_when_the_stage_failed_unless_allowed() {
     let topic = unique("events");
     create_topic(&topic, 1).await;
-    let published = run_herald(&["publish", "--brokers", BROKERS, "--topic", &topic, "--source", "OrdersDB", "--stage", "bronze", "--status", "FAILED"]);
+    let published = run_herald(&[
+        "publish",
+        "--brokers",
+        BROKERS,
+        "--topic",
+        &topic,
+        "--source",
+        "OrdersDB",
+        "--stage",
+        "bronze",
+        "--status",
+        "FAILED",
+    ]);
     assert!(published.status.success());
 
-    let failed = run_herald(&["wait", "--brokers", BROKERS, "--topic", &topic, "--source", "OrdersDB", "--timeout", "60s"]);
+    let failed =
+        run_herald(&["wait", "--brokers", BROKERS, "--topic", &topic, "--source", "OrdersDB", "--timeout", "60s"]);
     assert_eq!(failed.status.code(), Some(3), "{}", text(&failed.stderr));
     assert!(text(&failed.stdout).contains("FAILED"));
-    let allowed = run_herald(&["wait", "--brokers", BROKERS, "--topic", &topic, "--source", "OrdersDB", "--timeout", "60s", "--allow-failed"]);
+    let allowed = run_herald(&[
+        "wait",
+        "--brokers",
+        BROKERS,
+        "--topic",
+        &topic,
+        "--source",
+        "OrdersDB",
+        "--timeout",
+        "60s",
+        "--allow-failed",
+    ]);
     assert_eq!(allowed.status.code(), Some(0));
 }
 
@@ -92,7 +163,8 @@ async fn wait_times_out_with_124_when_nothing_matches_and_ignores_events_older_t
     create_topic(&topic, 1).await;
     let old = r#"{"event":"STAGE_COMPLETE","stage":"bronze","source":"OrdersDB","timestamp":"2020-01-01T00:00:00","status":"SUCCESS"}"#;
     produce(&topic, &[(Some("OrdersDB"), old.as_bytes())]).await;
-    let other = run_herald(&["publish", "--brokers", BROKERS, "--topic", &topic, "--source", "UsersDB", "--stage", "bronze"]);
+    let other =
+        run_herald(&["publish", "--brokers", BROKERS, "--topic", &topic, "--source", "UsersDB", "--stage", "bronze"]);
     assert!(other.status.success());
 
     let out = run_herald(&["wait", "--brokers", BROKERS, "--topic", &topic, "--source", "OrdersDB", "--timeout", "3s"]);
@@ -106,7 +178,19 @@ async fn wait_wakes_up_on_an_event_published_while_it_waits() {
     let topic = unique("events");
     create_topic(&topic, 3).await;
     let waiter = herald()
-        .args(["wait", "--brokers", BROKERS, "--topic", &topic, "--source", "OrdersDB", "--stage", "silver", "--timeout", "90s"])
+        .args([
+            "wait",
+            "--brokers",
+            BROKERS,
+            "--topic",
+            &topic,
+            "--source",
+            "OrdersDB",
+            "--stage",
+            "silver",
+            "--timeout",
+            "90s",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -114,7 +198,8 @@ async fn wait_wakes_up_on_an_event_published_while_it_waits() {
     // Publish a non-matching stage first, then the awaited one.
     tokio::time::sleep(Duration::from_secs(2)).await;
     for stage in ["bronze", "silver"] {
-        let out = run_herald(&["publish", "--brokers", BROKERS, "--topic", &topic, "--source", "OrdersDB", "--stage", stage]);
+        let out =
+            run_herald(&["publish", "--brokers", BROKERS, "--topic", &topic, "--source", "OrdersDB", "--stage", stage]);
         assert!(out.status.success());
     }
     let out = waiter.wait_with_output().unwrap();
@@ -147,7 +232,10 @@ fn check_and_run_name_the_file_and_key_of_a_bad_config() {
     let check = run_herald(&["check", "--config", path]);
     assert_eq!(check.status.code(), Some(1));
     let report = text(&check.stdout);
-    assert!(report.contains(path) && report.contains("route[0]") && report.contains("unknown field `colour`"), "{report}");
+    assert!(
+        report.contains(path) && report.contains("route[0]") && report.contains("unknown field `colour`"),
+        "{report}"
+    );
 
     let run = run_herald(&["run", "--config", path]);
     assert_eq!(run.status.code(), Some(1));
@@ -158,12 +246,15 @@ fn check_and_run_name_the_file_and_key_of_a_bad_config() {
 
 #[test]
 fn an_unknown_sink_type_or_sink_setting_is_named() {
-    let unknown_type = TempConfig::new(&stdout_route_config("r", "t", "").replace("type = \"stdout\"", "type = \"kafka-connect\""));
+    let unknown_type =
+        TempConfig::new(&stdout_route_config("r", "t", "").replace("type = \"stdout\"", "type = \"kafka-connect\""));
     let out = run_herald(&["run", "--config", unknown_type.path.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("unknown sink type `kafka-connect`"), "{}", text(&out.stderr));
 
-    let bad_setting = TempConfig::new(&stdout_route_config("r", "t", "").replace("type = \"stdout\"", "type = \"stdout\", stream = \"printer\""));
+    let bad_setting = TempConfig::new(
+        &stdout_route_config("r", "t", "").replace("type = \"stdout\"", "type = \"stdout\", stream = \"printer\""),
+    );
     let out = run_herald(&["run", "--config", bad_setting.path.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let error = text(&out.stderr);

@@ -148,7 +148,8 @@ async fn sigterm_commits_offsets_so_a_restart_redelivers_nothing_already_printed
     let lines = restarted.wait_for_lines(second.len());
     // A sentinel produced last is printed last: anything re-delivered would show before it.
     produce(&topic, &[(Some("A"), event_json("A", "bronze", "SUCCESS", 999).as_bytes())]).await;
-    let lines = restarted.wait_until(|l| l.len() > lines.len() && seqs(l).iter().any(|(_, seq)| *seq == 999), "the sentinel");
+    let lines =
+        restarted.wait_until(|l| l.len() > lines.len() && seqs(l).iter().any(|(_, seq)| *seq == 999), "the sentinel");
     let seen = seqs(&lines);
     let mut expected = second.clone();
     expected.push(("A".to_owned(), 999));

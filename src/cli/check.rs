@@ -85,7 +85,9 @@ pub async fn check(args: CheckArgs) -> Result<ExitCode> {
         match sinks::build(route).await {
             Ok(mut sink) => match sink.healthcheck().await {
                 Ok(()) => report.ok(&label, format!("sink `{}` reachable", route.sink.kind)),
-                Err(err) => report.fail(&label, format!("sink `{}`: {}", route.sink.kind, error_chain(&err).join(": "))),
+                Err(err) => {
+                    report.fail(&label, format!("sink `{}`: {}", route.sink.kind, error_chain(&err).join(": ")))
+                }
             },
             Err(err) => report.fail(&label, format!("{err:#}")),
         }

@@ -2,7 +2,7 @@
 //!
 //! Every test owns its topics and consumer groups (random names), so tests run in parallel.
 //! They need the services of `scripts/services up`; without them they fail saying so.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -212,7 +212,12 @@ impl Herald {
             if let Some(status) = self.child.try_wait().unwrap() {
                 panic!("herald exited ({status}) before {what}; printed {} lines; log:\n{}", lines.len(), self.log());
             }
-            assert!(Instant::now() < deadline, "no {what} after {PATIENCE:?}; got {}; log:\n{}", lines.len(), self.log());
+            assert!(
+                Instant::now() < deadline,
+                "no {what} after {PATIENCE:?}; got {}; log:\n{}",
+                lines.len(),
+                self.log()
+            );
             thread::sleep(Duration::from_millis(50));
         }
     }

@@ -83,7 +83,10 @@ impl Config {
             if route.name.is_empty()
                 || !route.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
             {
-                return Err((at("name"), format!("`{}` must be non-empty letters, digits, `-`, `_` or `.`", route.name)));
+                return Err((
+                    at("name"),
+                    format!("`{}` must be non-empty letters, digits, `-`, `_` or `.`", route.name),
+                ));
             }
             if !names.insert(route.name.as_str()) {
                 return Err((at("name"), format!("route name `{}` is used twice", route.name)));
@@ -93,7 +96,8 @@ impl Config {
             }
             for topic in &route.topics {
                 if let Some(pattern) = topic.strip_prefix('^') {
-                    Regex::new(pattern).map_err(|err| (at("topics"), format!("`{topic}` is not a valid regex: {err}")))?;
+                    Regex::new(pattern)
+                        .map_err(|err| (at("topics"), format!("`{topic}` is not a valid regex: {err}")))?;
                 } else if topic.is_empty() {
                     return Err((at("topics"), "topic names cannot be empty".into()));
                 }

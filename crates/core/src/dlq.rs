@@ -78,7 +78,12 @@ pub struct DeadLetter {
 
 impl DeadLetter {
     /// A dead letter for `message` that failed at `stage` with `error`.
-    pub fn new(message: OwnedMessage, stage: FailedStage, error_kind: impl Into<String>, error: &dyn std::error::Error) -> Self {
+    pub fn new(
+        message: OwnedMessage,
+        stage: FailedStage,
+        error_kind: impl Into<String>,
+        error: &dyn std::error::Error,
+    ) -> Self {
         Self { message, stage, error_kind: error_kind.into(), error_chain: error_chain(error) }
     }
 
@@ -161,10 +166,6 @@ impl DeadLetterQueue {
         if let Some(payload) = original.payload() {
             record = record.payload(payload);
         }
-        self.producer
-            .send(record, Duration::from_secs(60))
-            .await
-            .map(|_delivery| ())
-            .map_err(|(err, _message)| err)
+        self.producer.send(record, Duration::from_secs(60)).await.map(|_delivery| ()).map_err(|(err, _message)| err)
     }
 }

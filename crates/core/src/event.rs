@@ -44,11 +44,10 @@ impl StageEvent {
         let text = std::str::from_utf8(bytes).map_err(EventError::NotUtf8)?;
         let mut deserializer = serde_json::Deserializer::from_str(text);
         // The default recursion limit (128) bounds nesting, so a hostile message cannot blow the stack.
-        let event: StageEvent =
-            serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
-                let path = err.path().to_string();
-                EventError::Invalid { path, source: err.into_inner() }
-            })?;
+        let event: StageEvent = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+            let path = err.path().to_string();
+            EventError::Invalid { path, source: err.into_inner() }
+        })?;
         deserializer.end().map_err(|source| EventError::Invalid { path: ".".into(), source })?;
         Ok(event)
     }
@@ -138,9 +137,7 @@ impl EventTimestamp {
                     .or_else(|_| NaiveDateTime::parse_from_str(trimmed, "%Y-%m-%d %H:%M:%S%.f"))
                     .map(|naive| naive.and_utc())
             })
-            .or_else(|_| {
-                DateTime::parse_from_str(trimmed, "%Y-%m-%d %H:%M:%S%.f%:z").map(|t| t.with_timezone(&Utc))
-            })
+            .or_else(|_| DateTime::parse_from_str(trimmed, "%Y-%m-%d %H:%M:%S%.f%:z").map(|t| t.with_timezone(&Utc)))
             .map_err(|_| TimestampError { raw: raw.to_owned() })?;
         Ok(Self { raw: raw.to_owned(), instant })
     }
@@ -249,8 +246,10 @@ mod tests {
 
     #[test]
     fn missing_field_is_named_in_the_error() {
-        let err = StageEvent::from_json(br#"{"event":"STAGE_COMPLETE","stage":"s","timestamp":"2026-11-26T10:15:00","status":"SUCCESS"}"#)
-            .unwrap_err();
+        let err = StageEvent::from_json(
+            br#"{"event":"STAGE_COMPLETE","stage":"s","timestamp":"2026-11-26T10:15:00","status":"SUCCESS"}"#,
+        )
+        .unwrap_err();
         let text = format!("{err}: {}", std::error::Error::source(&err).unwrap());
         assert!(text.contains("missing field `source`"), "{text}");
     }
@@ -267,7 +266,8 @@ mod tests {
 
     #[test]
     fn bad_timestamp_not_json_and_not_utf8_are_errors() {
-        let bad_time = StageEvent::from_json(br#"{"event":"E","stage":"s","source":"A","timestamp":"yesterday","status":"S"}"#);
+        let bad_time =
+            StageEvent::from_json(br#"{"event":"E","stage":"s","source":"A","timestamp":"yesterday","status":"S"}"#);
         assert!(matches!(bad_time, Err(EventError::Invalid { ref path, .. }) if path == "timestamp"));
         assert!(matches!(StageEvent::from_json(b"not json"), Err(EventError::Invalid { .. })));
         assert!(matches!(StageEvent::from_json(&[0xff, 0xfe]), Err(EventError::NotUtf8(_))));
@@ -277,7 +277,9 @@ mod tests {
 
     #[test]
     fn deeply_nested_input_is_rejected_without_overflowing_the_stack() {
-        let mut deep = String::from(r#"{"event":"E","stage":"s","source":"A","timestamp":"2026-11-26T10:15:00","status":"S","x":"#);
+        let mut deep = String::from(
+            r#"{"event":"E","stage":"s","source":"A","timestamp":"2026-11-26T10:15:00","status":"S","x":"#,
+        );
         deep.push_str(&"[".repeat(10_000));
         deep.push_str(&"]".repeat(10_000));
         deep.push('}');

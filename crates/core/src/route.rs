@@ -240,7 +240,12 @@ impl RouteWorker {
                 let Some(message) = record_origin.get(rejection.index).and_then(|&i| messages.get(i)) else {
                     return Err(RouteError::BadRejectionIndex { index: rejection.index, batch: records.len() });
                 };
-                letters.push(DeadLetter::new(message.clone(), FailedStage::Sink, "SinkRejection", rejection.error.as_ref()));
+                letters.push(DeadLetter::new(
+                    message.clone(),
+                    FailedStage::Sink,
+                    "SinkRejection",
+                    rejection.error.as_ref(),
+                ));
             }
             self.require_dead_letter_topic(&letters)?;
         }

@@ -29,7 +29,11 @@ pub struct BoundRoute {
 /// On shutdown each route stops fetching, finishes its in-flight batch, commits its offsets,
 /// closes its sink and leaves its consumer group; then `run` returns `Ok`. When a route fails, the
 /// others are shut down the same way and the route's error is returned.
-pub async fn run(config: &Config, routes: Vec<BoundRoute>, shutdown: impl Future<Output = ()>) -> Result<(), RuntimeError> {
+pub async fn run(
+    config: &Config,
+    routes: Vec<BoundRoute>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RuntimeError> {
     let cancel = CancellationToken::new();
     let mut workers = JoinSet::new();
     let mut all_stats = Vec::new();
@@ -94,7 +98,8 @@ async fn start_route(
         None => None,
     };
     let statistics_ms = config.runtime.progress_interval.as_millis().min(60_000);
-    let consumer = create_consumer(&config.kafka, &route, Arc::clone(&stats), statistics_ms).map_err(RouteError::Consumer)?;
+    let consumer =
+        create_consumer(&config.kafka, &route, Arc::clone(&stats), statistics_ms).map_err(RouteError::Consumer)?;
     info!(route = %route.name, group = %route.group_id(), topics = ?route.topics, sink = %route.sink.kind, "Route started.");
     Ok(RouteWorker { route, consumer, sink, dead_letters, stats })
 }
