@@ -1,0 +1,95 @@
+//! Errors of the Postgres sink.
+
+use herald_core::SinkError;
+
+use crate::service::{classify, Failure};
+
+/// What went wrong talking to Postgres or with the sink's settings.
+#[derive(Debug, thiserror::Error)]
+pub enum PostgresSinkError {
+    /// A setting is invalid.
+    #[error("sink setting `{key}`: {reason}")]
+    Config {
+        /// The key inside the sink table.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The URL does not parse.
+    #[error("invalid Postgres URL (the URL itself is not shown: it may hold a password)")]
+    Url(#[source] sqlx::Error),
+    /// Connecting failed.
+    #[error("cannot connect to Postgres")]
+    Connect(#[source] sqlx::Error),
+    /// Creating herald's tables failed.
+    #[error("migrating herald's tables in schema `{schema}` failed")]
+    Migrate {
+        /// The schema.
+        schema: String,
+        /// What sqlx reported.
+        #[source]
+        source: sqlx::migrate::MigrateError,
+    },
+    /// Reading the table's columns from the catalog failed.
+    #[error("cannot read the columns of `{table}`")]
+    Catalog {
+        /// The table.
+        table: String,
+        /// What Postgres said.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The table does not exist (or is not visible to herald's user).
+    #[error("table {table} does not exist (greenfield tables are created by `herald migrate` or `herald run`)")]
+    NoTable {
+        /// The table.
+        table: String,
+    },
+    /// Mapped columns are missing or of an incompatible type.
+    #[error("table {table} does not fit the mapping: {}", problems.join("; "))]
+    Mapping {
+        /// The table.
+        table: String,
+        /// One line per problem.
+        problems: Vec<String>,
+    },
+    /// A statement failed.
+    #[error("Postgres query failed")]
+    Query(#[from] sqlx::Error),
+}
+
+impl PostgresSinkError {
+    /// What the failure means for the batch.
+    pub(crate) fn failure(&self) -> Failure {
+        match self {
+            PostgresSinkError::Query(err) | PostgresSinkError::Connect(err) | PostgresSinkError::Catalog { source: err, .. } => {
+                classify(err)
+            }
+            PostgresSinkError::Migrate { source: sqlx::migrate::MigrateError::Execute(err), .. } => classify(err),
+            _ => Failure::Fatal,
+        }
+    }
+
+    /// Whether retrying can succeed.
+    pub fn is_retriable(&self) -> bool {
+        self.failure() == Failure::Transient
+    }
+}
+
+impl From<PostgresSinkError> for SinkError {
+    fn from(err: PostgresSinkError) -> Self {
+        if err.is_retriable() {
+            SinkError::Retriable(Box::new(err))
+        } else {
+            SinkError::Fatal(Box::new(err))
+        }
+    }
+}
+
+/// An event the table refused in an earlier delivery of the same batch (before a crash), found
+/// again in `herald_rejections` on replay.
+#[derive(Debug, thiserror::Error)]
+#[error("rejected by the table on an earlier delivery: {reason}")]
+pub(crate) struct PreviouslyRejected {
+    pub(crate) reason: String,
+}

@@ -1,0 +1,36 @@
+/*!
+herald-sink-postgres: stage events into a Postgres status table, exactly once.
+
+Two table situations, both first-class: **greenfield**, where herald owns `pipeline_status`
+(one row per event) and `pipeline_status_latest` (the newest event per source and stage, for
+pollers), created by embedded sqlx migrations; and **legacy**, an existing table written through
+a column mapping, with constant columns and an upsert key.
+
+The one decision to know: **the Kafka offsets live in Postgres, in the same transaction as the
+rows.** Each batch locks its partitions' rows in `herald_offsets`, drops events below the stored
+offset (already written before a crash or rebalance), writes the rest with one `INSERT … SELECT
+FROM UNNEST(…)` per table and moves the offsets, then commits. A crash at any instant neither
+loses nor duplicates a row, whatever Kafka's own committed offsets say; the row locks also fence
+a zombie consumer during a rebalance. A row the table refuses is found by replaying the batch
+row by row under savepoints, recorded in `herald_rejections` and handed back for the
+dead-letter topic; the rest of the batch is written.
+
+Layout: `config.rs` (settings, validation, table plans), `sink.rs` (the transaction),
+`service.rs` (identifiers, catalog check, statements, error classification), `error.rs`.
+*/
+#![deny(missing_docs)]
+
+mod config;
+mod error;
+mod service;
+mod sink;
+
+pub use config::{LegacyTableConfig, PostgresSinkConfig, WriteMode};
+pub use error::PostgresSinkError;
+pub use sink::Setup;
+
+/// The `type` that selects this sink in a route's `sink` table.
+pub const KIND: &str = "postgres";
+
+/// The `origin` herald writes on greenfield rows that came from Kafka.
+pub const ORIGIN_KAFKA: &str = "kafka";

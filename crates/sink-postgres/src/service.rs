@@ -1,0 +1,378 @@
+//! Postgres I/O: identifiers, the catalog check, the batched statements and error classification.
+//!
+//! Every value is bound as a parameter. Identifiers come from the config, are validated by
+//! [`Ident::new`] and always quoted; the only other SQL text spliced in is a column type as the
+//! catalog's `format_type` spells it.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use herald_core::SinkRecord;
+use sqlx::postgres::PgRow;
+use sqlx::{PgConnection, Row};
+
+use crate::config::{FieldSource, TablePlan};
+use crate::error::PostgresSinkError;
+
+/// A validated SQL identifier: letters, digits, `_`, `$`; not starting with a digit; ≤ 63 bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct Ident(String);
+
+impl Ident {
+    pub(crate) fn new(name: &str) -> Result<Self, String> {
+        let valid_start = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+        let valid_rest = name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$');
+        if !valid_start || !valid_rest || name.len() > 63 {
+            return Err(format!("`{name}` is not a plain SQL identifier (letters, digits, `_`; at most 63)"));
+        }
+        Ok(Self(name.to_owned()))
+    }
+
+    /// An identifier written in herald's own code.
+    pub(crate) fn trusted(name: &'static str) -> Self {
+        Self(name.to_owned())
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Ident {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Validation admits no `"`, so quoting cannot be escaped.
+        write!(f, "\"{}\"", self.0)
+    }
+}
+
+/// `table` or `schema.table`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct QualifiedName {
+    schema: Option<Ident>,
+    name: Ident,
+}
+
+impl QualifiedName {
+    pub(crate) fn new(schema: Option<Ident>, name: Ident) -> Self {
+        Self { schema, name }
+    }
+
+    pub(crate) fn parse(text: &str) -> Result<Self, String> {
+        match text.split_once('.') {
+            Some((schema, name)) => Ok(Self { schema: Some(Ident::new(schema)?), name: Ident::new(name)? }),
+            None => Ok(Self { schema: None, name: Ident::new(text)? }),
+        }
+    }
+}
+
+impl fmt::Display for QualifiedName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.schema {
+            Some(schema) => write!(f, "{schema}.{}", self.name),
+            None => write!(f, "{}", self.name),
+        }
+    }
+}
+
+/// What a failed statement means for the batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Failure {
+    /// Connection lost, server restarting, deadlock, timeout: retry the batch.
+    Transient,
+    /// A value the table refuses (SQLSTATE class 22 data exception, 23 constraint violation):
+    /// find the offending rows and reject only them.
+    Row,
+    /// Missing table or column, permissions, bad SQL: retrying cannot help.
+    Fatal,
+}
+
+/// Decides per error whether a retry can help.
+pub(crate) fn classify(error: &sqlx::Error) -> Failure {
+    match error {
+        sqlx::Error::Database(db) => match db.code() {
+            Some(code) => classify_sqlstate(&code),
+            None => Failure::Fatal,
+        },
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => Failure::Transient,
+        _ => Failure::Fatal,
+    }
+}
+
+fn classify_sqlstate(code: &str) -> Failure {
+    match code.get(..2) {
+        Some("22" | "23") => Failure::Row,
+        // connection exception, transaction rollback (serialization, deadlock), insufficient
+        // resources, operator intervention (shutdown, query canceled), system error
+        Some("08" | "40" | "53" | "57" | "58") => Failure::Transient,
+        _ => Failure::Fatal,
+    }
+}
+
+/// One table's prepared write: the statement and the column types it casts to.
+#[derive(Debug)]
+pub(crate) struct TableWriter {
+    plan: TablePlan,
+    sql: String,
+    /// Indexes into `plan.columns` of the columns fed from arrays (all but constants).
+    array_columns: Vec<usize>,
+}
+
+impl TableWriter {
+    /// Reads the table's columns from the catalog, checks the mapping against them and builds
+    /// the statement.
+    pub(crate) async fn prepare(conn: &mut PgConnection, plan: TablePlan) -> Result<Self, PostgresSinkError> {
+        let table = plan.table.to_string();
+        let rows: Vec<PgRow> = sqlx::query(
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), t.typcategory::text, t.typname::text
+             FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+             WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
+        )
+        .bind(&table)
+        .fetch_all(conn)
+        .await
+        .map_err(|source| PostgresSinkError::Catalog { table: table.clone(), source })?;
+        if rows.is_empty() {
+            return Err(PostgresSinkError::NoTable { table });
+        }
+        let mut catalog: HashMap<String, (String, String, String)> = HashMap::new();
+        for row in rows {
+            catalog.insert(row.try_get(0)?, (row.try_get(1)?, row.try_get(2)?, row.try_get(3)?));
+        }
+
+        let mut casts = Vec::new();
+        let mut problems = Vec::new();
+        for (column, source) in &plan.columns {
+            match catalog.get(column.as_str()) {
+                None => problems.push(format!("no column `{}`", column.as_str())),
+                Some((sql_type, category, type_name)) => {
+                    if !compatible(source, category, type_name) {
+                        problems.push(format!(
+                            "column `{}` is `{sql_type}`, which cannot hold {}",
+                            column.as_str(),
+                            describe(source)
+                        ));
+                    }
+                    casts.push(sql_type.clone());
+                }
+            }
+        }
+        if !problems.is_empty() {
+            return Err(PostgresSinkError::Mapping { table, problems });
+        }
+
+        let array_columns: Vec<usize> = (0..plan.columns.len())
+            .filter(|&i| !matches!(plan.columns[i].1, FieldSource::Constant(_)))
+            .collect();
+        let sql = build_statement(&plan, &casts, &array_columns);
+        Ok(Self { plan, sql, array_columns })
+    }
+
+    /// Writes `records` in one statement (for an upsert, the newest per key of them).
+    pub(crate) async fn write(&self, conn: &mut PgConnection, records: &[&SinkRecord]) -> Result<(), sqlx::Error> {
+        let kept: Vec<&SinkRecord>;
+        let records = match &self.plan.upsert {
+            Some(_) => {
+                kept = self.newest_per_key(records);
+                &kept
+            }
+            None => records,
+        };
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut query = sqlx::query(&self.sql);
+        for &index in &self.array_columns {
+            let source = &self.plan.columns[index].1;
+            let values: Vec<Option<String>> = records.iter().map(|record| value(record, source)).collect();
+            query = query.bind(values);
+        }
+        for (_, source) in &self.plan.columns {
+            if let FieldSource::Constant(constant) = source {
+                query = query.bind(constant.as_str());
+            }
+        }
+        query.execute(conn).await?;
+        Ok(())
+    }
+
+    /// One statement cannot update the same row twice: keep the newest event per conflict key
+    /// (timestamp, then Kafka offset), as the database would.
+    fn newest_per_key<'a>(&self, records: &[&'a SinkRecord]) -> Vec<&'a SinkRecord> {
+        let Some(upsert) = &self.plan.upsert else { return records.to_vec() };
+        let key_sources: Vec<&FieldSource> = upsert
+            .conflict_key
+            .iter()
+            .filter_map(|key| self.plan.columns.iter().find(|(column, _)| column == key).map(|(_, source)| source))
+            .collect();
+        let mut newest: HashMap<Vec<Option<String>>, &'a SinkRecord> = HashMap::new();
+        let mut order = Vec::new();
+        for &record in records {
+            let key: Vec<Option<String>> = key_sources.iter().map(|source| value(record, source)).collect();
+            match newest.get_mut(&key) {
+                Some(current) => {
+                    let rank = |r: &SinkRecord| (r.event.timestamp.instant(), r.offset);
+                    if rank(record) >= rank(current) {
+                        *current = record;
+                    }
+                }
+                None => {
+                    order.push(key.clone());
+                    newest.insert(key, record);
+                }
+            }
+        }
+        order.iter().filter_map(|key| newest.get(key).copied()).collect()
+    }
+}
+
+fn build_statement(plan: &TablePlan, casts: &[String], array_columns: &[usize]) -> String {
+    let target: Vec<String> = plan.columns.iter().map(|(column, _)| column.to_string()).collect();
+    let mut constant_param = array_columns.len();
+    let selected: Vec<String> = plan
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(i, (_, source))| match source {
+            FieldSource::Constant(_) => {
+                constant_param += 1;
+                format!("CAST(${constant_param}::text AS {})", casts[i])
+            }
+            _ => {
+                let position = array_columns.iter().position(|&c| c == i).map_or(0, |p| p + 1);
+                format!("CAST(u.c{position} AS {})", casts[i])
+            }
+        })
+        .collect();
+    let arrays: Vec<String> = (1..=array_columns.len()).map(|p| format!("${p}::text[]")).collect();
+    let aliases: Vec<String> = (1..=array_columns.len()).map(|p| format!("c{p}")).collect();
+    let mut sql = format!(
+        "INSERT INTO {} AS t ({}) SELECT {} FROM UNNEST({}) AS u({})",
+        plan.table,
+        target.join(", "),
+        selected.join(", "),
+        arrays.join(", "),
+        aliases.join(", ")
+    );
+    if let Some(upsert) = &plan.upsert {
+        let keys: Vec<String> = upsert.conflict_key.iter().map(ToString::to_string).collect();
+        let updates: Vec<String> = plan
+            .columns
+            .iter()
+            .filter(|(column, _)| !upsert.conflict_key.contains(column))
+            .map(|(column, _)| format!("{column} = EXCLUDED.{column}"))
+            .collect();
+        let action = if updates.is_empty() { "NOTHING".to_owned() } else { format!("UPDATE SET {}", updates.join(", ")) };
+        sql.push_str(&format!(" ON CONFLICT ({}) DO {action}", keys.join(", ")));
+        if let (false, Some(time)) = (updates.is_empty(), &upsert.time_column) {
+            // An older or replayed event never replaces a newer one: timestamp, then offset.
+            let tie = match &upsert.offset_column {
+                Some(offset) => format!("(t.{time} = EXCLUDED.{time} AND (t.{offset} IS NULL OR t.{offset} <= EXCLUDED.{offset}))"),
+                None => format!("t.{time} = EXCLUDED.{time}"),
+            };
+            sql.push_str(&format!(" WHERE t.{time} IS NULL OR t.{time} < EXCLUDED.{time} OR {tie}"));
+        }
+    }
+    sql
+}
+
+/// The text a column receives for `record`; Postgres casts it to the column's type.
+fn value(record: &SinkRecord, source: &FieldSource) -> Option<String> {
+    match source {
+        // Normalised to UTC with an explicit offset, so `timestamptz` and `timestamp` columns
+        // both receive the instant regardless of the session's TimeZone.
+        FieldSource::Field(name) if name == "timestamp" => {
+            Some(record.event.timestamp.instant().to_rfc3339_opts(chrono::SecondsFormat::Micros, false))
+        }
+        FieldSource::Field(name) => record.event.field(name),
+        FieldSource::Event => Some(record.event.to_json()),
+        FieldSource::Topic => Some(record.topic.clone()),
+        FieldSource::Partition => Some(record.partition.to_string()),
+        FieldSource::Offset => Some(record.offset.to_string()),
+        FieldSource::Constant(value) => Some(value.clone()),
+    }
+}
+
+/// Whether a column of this type category can hold the source's values (pg_type.typcategory:
+/// S string, N numeric, D date/time, E enum, U user-defined such as json, B boolean).
+fn compatible(source: &FieldSource, category: &str, type_name: &str) -> bool {
+    match source {
+        FieldSource::Field(name) if name == "timestamp" => matches!(category, "D" | "S"),
+        FieldSource::Field(name) if name == "records" => matches!(category, "N" | "S"),
+        FieldSource::Field(name) if matches!(name.as_str(), "event" | "stage" | "source" | "status") => {
+            matches!(category, "S" | "E")
+        }
+        FieldSource::Event => matches!(type_name, "json" | "jsonb") || category == "S",
+        FieldSource::Topic => category == "S",
+        FieldSource::Partition | FieldSource::Offset => matches!(category, "N" | "S"),
+        FieldSource::Field(_) | FieldSource::Constant(_) => true,
+    }
+}
+
+fn describe(source: &FieldSource) -> String {
+    match source {
+        FieldSource::Field(name) => format!("event field `{name}`"),
+        FieldSource::Event => "the event JSON".into(),
+        FieldSource::Topic => "the Kafka topic".into(),
+        FieldSource::Partition => "the Kafka partition".into(),
+        FieldSource::Offset => "the Kafka offset".into(),
+        FieldSource::Constant(value) => format!("the constant `{value}`"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::UpsertPlan;
+
+    #[test]
+    fn identifiers_are_validated_and_quoted() {
+        assert_eq!(Ident::new("src_system").unwrap().to_string(), "\"src_system\"");
+        assert_eq!(QualifiedName::parse("ops.job_status").unwrap().to_string(), "\"ops\".\"job_status\"");
+        for bad in ["", "1abc", "a-b", "a\"b", "a b", "a;b", &"x".repeat(64)] {
+            assert!(Ident::new(bad).is_err(), "{bad}");
+        }
+        assert!(QualifiedName::parse("a.b.c").is_err());
+    }
+
+    #[test]
+    fn sqlstates_are_classified() {
+        assert_eq!(classify_sqlstate("22001"), Failure::Row); // value too long
+        assert_eq!(classify_sqlstate("23505"), Failure::Row); // unique violation
+        assert_eq!(classify_sqlstate("57P01"), Failure::Transient); // admin shutdown
+        assert_eq!(classify_sqlstate("40P01"), Failure::Transient); // deadlock
+        assert_eq!(classify_sqlstate("08006"), Failure::Transient); // connection failure
+        assert_eq!(classify_sqlstate("42P01"), Failure::Fatal); // undefined table
+        assert_eq!(classify_sqlstate("28P01"), Failure::Fatal); // bad password
+    }
+
+    #[test]
+    fn upsert_statement_binds_values_and_keeps_the_newest() {
+        let plan = TablePlan {
+            table: QualifiedName::parse("ops.job_status").unwrap(),
+            columns: vec![
+                (Ident::new("src").unwrap(), FieldSource::Field("source".into())),
+                (Ident::new("at").unwrap(), FieldSource::Field("timestamp".into())),
+                (Ident::new("by").unwrap(), FieldSource::Constant("herald".into())),
+            ],
+            upsert: Some(UpsertPlan {
+                conflict_key: vec![Ident::new("src").unwrap()],
+                time_column: Some(Ident::new("at").unwrap()),
+                offset_column: None,
+            }),
+        };
+        let sql = build_statement(&plan, &["text".into(), "timestamp with time zone".into(), "text".into()], &[0, 1]);
+        assert_eq!(
+            sql,
+            "INSERT INTO \"ops\".\"job_status\" AS t (\"src\", \"at\", \"by\") \
+             SELECT CAST(u.c1 AS text), CAST(u.c2 AS timestamp with time zone), CAST($3::text AS text) \
+             FROM UNNEST($1::text[], $2::text[]) AS u(c1, c2) \
+             ON CONFLICT (\"src\") DO UPDATE SET \"at\" = EXCLUDED.\"at\", \"by\" = EXCLUDED.\"by\" \
+             WHERE t.\"at\" IS NULL OR t.\"at\" < EXCLUDED.\"at\" OR t.\"at\" = EXCLUDED.\"at\""
+        );
+    }
+}

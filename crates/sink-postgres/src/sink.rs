@@ -1,0 +1,322 @@
+//! The Postgres sink: one transaction per batch, offsets stored with the rows.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use herald_core::{Rejection, Sink, SinkError, SinkRecord, WriteOutcome};
+use secrecy::ExposeSecret;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{Connection, PgConnection, Row};
+use tracing::{debug, info, warn};
+
+use crate::config::PostgresSinkConfig;
+use crate::error::{PostgresSinkError, PreviouslyRejected};
+use crate::service::{Failure, Ident, TableWriter};
+
+/// What to do before the sink is ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Setup {
+    /// Create or update herald's tables first (what `herald run` and `herald migrate` do).
+    Migrate,
+    /// Only check that the tables fit the mapping (what `herald check` does): changes nothing.
+    CheckOnly,
+}
+
+impl PostgresSinkConfig {
+    fn connect_options(&self) -> Result<PgConnectOptions, PostgresSinkError> {
+        let options = PgConnectOptions::from_str(self.url.expose_secret()).map_err(PostgresSinkError::Url)?;
+        let statement_timeout = format!("{}ms", self.statement_timeout.as_millis());
+        Ok(options
+            .application_name("herald")
+            .options([("statement_timeout", statement_timeout.as_str()), ("TimeZone", "UTC")]))
+    }
+
+    /// Creates or updates herald's tables (idempotent; concurrent runs serialise on sqlx's
+    /// advisory lock).
+    pub async fn migrate(&self) -> Result<(), PostgresSinkError> {
+        let schema = self.schema_ident()?;
+        let mut conn = PgConnection::connect_with(&self.connect_options()?).await.map_err(PostgresSinkError::Connect)?;
+        let exists = sqlx::query("SELECT 1 FROM pg_namespace WHERE nspname = $1")
+            .bind(schema.as_str())
+            .fetch_optional(&mut conn)
+            .await?
+            .is_some();
+        if !exists {
+            sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}")).execute(&mut conn).await?;
+        }
+        // The migrations name tables unqualified: run them inside the schema, on a connection of
+        // their own so no pooled connection keeps this search_path.
+        sqlx::query(&format!("SET search_path TO {schema}")).execute(&mut conn).await?;
+        let migrate_error = |source| PostgresSinkError::Migrate { schema: schema.as_str().to_owned(), source };
+        let mut offsets = sqlx::migrate!("migrations/offsets");
+        offsets.set_ignore_missing(true);
+        offsets.run(&mut conn).await.map_err(migrate_error)?;
+        if self.table.is_none() {
+            let mut greenfield = sqlx::migrate!("migrations/greenfield");
+            greenfield.set_ignore_missing(true);
+            greenfield.run(&mut conn).await.map_err(migrate_error)?;
+        }
+        let _ = conn.close().await;
+        Ok(())
+    }
+
+    /// Connects, migrates (or only checks) and prepares the table writes. `consumer_group` keys
+    /// the stored offsets: routes sharing a group share them.
+    pub async fn build(&self, consumer_group: &str, setup: Setup) -> Result<Box<dyn Sink>, PostgresSinkError> {
+        Ok(Box::new(PostgresSink::connect(self, consumer_group, setup).await?))
+    }
+}
+
+/// Writes batches of events and their offsets in one transaction.
+pub(crate) struct PostgresSink {
+    pool: PgPool,
+    writers: Vec<TableWriter>,
+    schema: Ident,
+    consumer_group: String,
+}
+
+impl PostgresSink {
+    async fn connect(config: &PostgresSinkConfig, consumer_group: &str, setup: Setup) -> Result<Self, PostgresSinkError> {
+        let plans = config.plans()?;
+        if setup == Setup::Migrate {
+            config.migrate().await?;
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(config.pool_size.max(1))
+            .acquire_timeout(config.connect_timeout)
+            .connect_lazy_with(config.connect_options()?);
+        let mut conn = pool.acquire().await.map_err(PostgresSinkError::Connect)?;
+        let mut writers = Vec::with_capacity(plans.len());
+        for plan in plans {
+            writers.push(TableWriter::prepare(&mut conn, plan).await?);
+        }
+        let schema = config.schema_ident()?;
+        if setup == Setup::CheckOnly {
+            let offsets = format!("{schema}.herald_offsets");
+            let present: Option<String> =
+                sqlx::query_scalar("SELECT to_regclass($1)::text").bind(&offsets).fetch_one(&mut *conn).await?;
+            if present.is_none() {
+                return Err(PostgresSinkError::NoTable { table: offsets });
+            }
+        }
+        drop(conn);
+        info!(consumer_group, tables = writers.len(), "Postgres sink ready.");
+        Ok(Self { pool, writers, schema, consumer_group: consumer_group.to_owned() })
+    }
+
+    /// One attempt at the whole batch. `row_by_row` isolates each event under a savepoint, so
+    /// a row the table refuses is rejected alone.
+    async fn write_batch(&self, batch: &[SinkRecord], row_by_row: bool) -> Result<WriteOutcome, PostgresSinkError> {
+        let mut tx = self.pool.begin().await?;
+        let stored = self.lock_offsets(&mut tx, batch).await?;
+        let is_new = |record: &SinkRecord| {
+            record.offset >= stored.get(&(record.topic.clone(), record.partition)).copied().unwrap_or(0)
+        };
+        let fresh: Vec<(usize, &SinkRecord)> = batch.iter().enumerate().filter(|(_, r)| is_new(r)).collect();
+        let mut outcome = WriteOutcome::all_accepted();
+        if fresh.len() < batch.len() {
+            debug!(replayed = batch.len() - fresh.len(), "Skipping events already in Postgres.");
+            outcome.rejected = self.previous_rejections(&mut tx, batch, &is_new).await?;
+        }
+
+        let mut new_rejections = Vec::new();
+        if row_by_row {
+            for &(index, record) in &fresh {
+                sqlx::query("SAVEPOINT herald_row").execute(&mut *tx).await?;
+                match self.write_rows(&mut tx, &[record]).await {
+                    Ok(()) => {
+                        sqlx::query("RELEASE SAVEPOINT herald_row").execute(&mut *tx).await?;
+                    }
+                    Err(err) if crate::service::classify(&err) == Failure::Row => {
+                        sqlx::query("ROLLBACK TO SAVEPOINT herald_row").execute(&mut *tx).await?;
+                        warn!(topic = %record.topic, partition = record.partition, offset = record.offset, error = %err, "Row rejected by the table.");
+                        new_rejections.push((index, err));
+                    }
+                    Err(err) => return Err(err.into()),
+                }
+            }
+        } else {
+            let records: Vec<&SinkRecord> = fresh.iter().map(|&(_, record)| record).collect();
+            self.write_rows(&mut tx, &records).await?;
+        }
+
+        if !new_rejections.is_empty() {
+            self.record_rejections(&mut tx, batch, &new_rejections).await?;
+        }
+        self.store_offsets(&mut tx, batch).await?;
+        tx.commit().await?;
+        outcome.rejected.extend(
+            new_rejections.into_iter().map(|(index, err)| Rejection { index, error: Box::new(PostgresSinkError::Query(err)) }),
+        );
+        Ok(outcome)
+    }
+
+    async fn write_rows(&self, conn: &mut PgConnection, records: &[&SinkRecord]) -> Result<(), sqlx::Error> {
+        for writer in &self.writers {
+            writer.write(conn, records).await?;
+        }
+        Ok(())
+    }
+
+    /// Makes sure each partition of the batch has an offsets row, locks those rows (fencing any
+    /// other writer of the same partitions until commit) and returns the next offsets to write.
+    async fn lock_offsets(
+        &self,
+        conn: &mut PgConnection,
+        batch: &[SinkRecord],
+    ) -> Result<HashMap<(String, i32), i64>, sqlx::Error> {
+        let partitions: Vec<(String, i32)> =
+            batch.iter().map(|r| (r.topic.clone(), r.partition)).collect::<HashSet<_>>().into_iter().collect();
+        let (topics, numbers): (Vec<String>, Vec<i32>) = partitions.into_iter().unzip();
+        let table = format!("{}.herald_offsets", self.schema);
+        sqlx::query(&format!(
+            "INSERT INTO {table} (consumer_group, topic, partition, next_offset)
+             SELECT $1, u.topic, u.partition, 0 FROM UNNEST($2::text[], $3::int[]) AS u(topic, partition)
+             ON CONFLICT DO NOTHING"
+        ))
+        .bind(&self.consumer_group)
+        .bind(&topics)
+        .bind(&numbers)
+        .execute(&mut *conn)
+        .await?;
+        let rows = sqlx::query(&format!(
+            "SELECT topic, partition, next_offset FROM {table}
+             WHERE consumer_group = $1 AND (topic, partition) IN (SELECT * FROM UNNEST($2::text[], $3::int[]))
+             ORDER BY topic, partition FOR UPDATE"
+        ))
+        .bind(&self.consumer_group)
+        .bind(&topics)
+        .bind(&numbers)
+        .fetch_all(&mut *conn)
+        .await?;
+        rows.iter().map(|row| Ok(((row.try_get(0)?, row.try_get(1)?), row.try_get(2)?))).collect()
+    }
+
+    /// Moves each partition's offset past the batch.
+    async fn store_offsets(&self, conn: &mut PgConnection, batch: &[SinkRecord]) -> Result<(), sqlx::Error> {
+        let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+        for record in batch {
+            let entry = next.entry((record.topic.as_str(), record.partition)).or_insert(0);
+            *entry = (*entry).max(record.offset + 1);
+        }
+        let mut topics = Vec::new();
+        let mut partitions = Vec::new();
+        let mut offsets = Vec::new();
+        for ((topic, partition), offset) in next {
+            topics.push(topic.to_owned());
+            partitions.push(partition);
+            offsets.push(offset);
+        }
+        sqlx::query(&format!(
+            "UPDATE {}.herald_offsets AS o SET next_offset = GREATEST(o.next_offset, u.next_offset), updated_at = now()
+             FROM UNNEST($2::text[], $3::int[], $4::bigint[]) AS u(topic, partition, next_offset)
+             WHERE o.consumer_group = $1 AND o.topic = u.topic AND o.partition = u.partition",
+            self.schema
+        ))
+        .bind(&self.consumer_group)
+        .bind(&topics)
+        .bind(&partitions)
+        .bind(&offsets)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    async fn record_rejections(
+        &self,
+        conn: &mut PgConnection,
+        batch: &[SinkRecord],
+        rejections: &[(usize, sqlx::Error)],
+    ) -> Result<(), sqlx::Error> {
+        let mut topics = Vec::new();
+        let mut partitions = Vec::new();
+        let mut offsets = Vec::new();
+        let mut reasons = Vec::new();
+        for (index, err) in rejections {
+            if let Some(record) = batch.get(*index) {
+                topics.push(record.topic.clone());
+                partitions.push(record.partition);
+                offsets.push(record.offset);
+                reasons.push(err.to_string());
+            }
+        }
+        sqlx::query(&format!(
+            "INSERT INTO {}.herald_rejections (consumer_group, topic, partition, \"offset\", reason)
+             SELECT $1, * FROM UNNEST($2::text[], $3::int[], $4::bigint[], $5::text[]) ON CONFLICT DO NOTHING",
+            self.schema
+        ))
+        .bind(&self.consumer_group)
+        .bind(&topics)
+        .bind(&partitions)
+        .bind(&offsets)
+        .bind(&reasons)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    /// For replayed events, the ones the table refused last time: they go to the dead-letter
+    /// topic again, since the crash may have come before the first dead letter was acknowledged.
+    async fn previous_rejections(
+        &self,
+        conn: &mut PgConnection,
+        batch: &[SinkRecord],
+        is_new: &impl Fn(&SinkRecord) -> bool,
+    ) -> Result<Vec<Rejection>, sqlx::Error> {
+        let replayed: Vec<(usize, &SinkRecord)> = batch.iter().enumerate().filter(|(_, r)| !is_new(r)).collect();
+        let topics: Vec<&str> = replayed.iter().map(|(_, r)| r.topic.as_str()).collect();
+        let partitions: Vec<i32> = replayed.iter().map(|(_, r)| r.partition).collect();
+        let offsets: Vec<i64> = replayed.iter().map(|(_, r)| r.offset).collect();
+        let rows = sqlx::query(&format!(
+            "SELECT topic, partition, \"offset\", reason FROM {}.herald_rejections
+             WHERE consumer_group = $1
+               AND (topic, partition, \"offset\") IN (SELECT * FROM UNNEST($2::text[], $3::int[], $4::bigint[]))",
+            self.schema
+        ))
+        .bind(&self.consumer_group)
+        .bind(&topics)
+        .bind(&partitions)
+        .bind(&offsets)
+        .fetch_all(conn)
+        .await?;
+        let mut reasons: HashMap<(String, i32, i64), String> = HashMap::new();
+        for row in rows {
+            reasons.insert((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?), row.try_get(3)?);
+        }
+        Ok(replayed
+            .into_iter()
+            .filter_map(|(index, r)| {
+                let reason = reasons.remove(&(r.topic.clone(), r.partition, r.offset))?;
+                Some(Rejection { index, error: Box::new(PreviouslyRejected { reason }) })
+            })
+            .collect())
+    }
+}
+
+#[async_trait]
+impl Sink for PostgresSink {
+    async fn healthcheck(&mut self) -> Result<(), SinkError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(PostgresSinkError::Query)?;
+        Ok(())
+    }
+
+    async fn write(&mut self, batch: &[SinkRecord]) -> Result<WriteOutcome, SinkError> {
+        if batch.is_empty() {
+            return Ok(WriteOutcome::all_accepted());
+        }
+        match self.write_batch(batch, false).await {
+            Ok(outcome) => Ok(outcome),
+            Err(err) if err.failure() == Failure::Row => {
+                debug!(error = %err, "Batch refused; writing it row by row to find the bad rows.");
+                Ok(self.write_batch(batch, true).await?)
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    async fn close(&mut self) -> Result<(), SinkError> {
+        self.pool.close().await;
+        Ok(())
+    }
+}
