@@ -16,7 +16,7 @@ use cli::{Cli, Command};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
-        Command::Run(_) | Command::Check(_) => "info",
+        Command::Run(_) | Command::Check(_) | Command::Migrate(_) => "info",
         Command::Publish(_) | Command::Wait(_) => "warn",
     };
     let filter = cli

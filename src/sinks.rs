@@ -2,12 +2,22 @@
 
 use anyhow::{bail, Context, Result};
 use herald_core::{RouteConfig, Sink};
+use herald_sink_postgres::Setup;
 
 /// Every sink type this binary knows, for error messages.
-pub const KNOWN: &[&str] = &[herald_sink_stdout::KIND];
+pub const KNOWN: &[&str] = &[herald_sink_stdout::KIND, herald_sink_postgres::KIND];
+
+/// Why a sink is being built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// `herald run`: create what the sink needs (tables), then deliver.
+    Run,
+    /// `herald check`: connect and verify, change nothing.
+    Check,
+}
 
 /// Parses the route's sink settings with that sink's typed config and builds the sink.
-pub async fn build(route: &RouteConfig) -> Result<Box<dyn Sink>> {
+pub async fn build(route: &RouteConfig, purpose: Purpose) -> Result<Box<dyn Sink>> {
     let spec = &route.sink;
     let context = || format!("route `{}`: sink `{}`", route.name, spec.kind);
     match spec.kind.as_str() {
@@ -15,6 +25,28 @@ pub async fn build(route: &RouteConfig) -> Result<Box<dyn Sink>> {
             let config: herald_sink_stdout::StdoutSinkConfig = spec.parse().with_context(context)?;
             Ok(config.build())
         }
+        herald_sink_postgres::KIND => {
+            let config: herald_sink_postgres::PostgresSinkConfig = spec.parse().with_context(context)?;
+            let setup = match purpose {
+                Purpose::Run => Setup::Migrate,
+                Purpose::Check => Setup::CheckOnly,
+            };
+            config.build(&route.group_id(), setup).await.with_context(context)
+        }
         other => bail!("route `{}`: unknown sink type `{other}`; known types: {}", route.name, KNOWN.join(", ")),
+    }
+}
+
+/// Creates or updates the tables of every route's sink that has any; returns what was migrated.
+pub async fn migrate(route: &RouteConfig) -> Result<Option<String>> {
+    let spec = &route.sink;
+    let context = || format!("route `{}`: sink `{}`", route.name, spec.kind);
+    match spec.kind.as_str() {
+        herald_sink_postgres::KIND => {
+            let config: herald_sink_postgres::PostgresSinkConfig = spec.parse().with_context(context)?;
+            config.migrate().await.with_context(context)?;
+            Ok(Some(format!("schema `{}`", config.schema)))
+        }
+        _ => Ok(None),
     }
 }

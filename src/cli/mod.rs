@@ -1,6 +1,7 @@
 //! Command-line arguments and the subcommands.
 
 mod check;
+mod migrate;
 mod publish;
 mod run;
 mod wait;
@@ -37,6 +38,8 @@ pub enum Command {
     Run(run::RunArgs),
     /// Validate the config and connect to Kafka and every sink; say exactly what is wrong.
     Check(check::CheckArgs),
+    /// Create or update the tables herald's sinks own (idempotent; `run` does it too).
+    Migrate(migrate::MigrateArgs),
     /// Publish one stage event and exit once the broker acknowledged it.
     Publish(publish::PublishArgs),
     /// Block until a matching stage event arrives (or arrived within --since); print it.
@@ -48,6 +51,7 @@ pub async fn execute(command: Command) -> Result<ExitCode> {
     match command {
         Command::Run(args) => run::run(args).await,
         Command::Check(args) => check::check(args).await,
+        Command::Migrate(args) => migrate::migrate(args).await,
         Command::Publish(args) => publish::publish(args).await,
         Command::Wait(args) => wait::wait(args).await,
     }

@@ -184,7 +184,8 @@ impl PostgresSinkConfig {
         let mut columns = Vec::new();
         for (column, source) in &legacy.columns {
             let ident = Ident::new(column).map_err(|reason| invalid("table.columns", reason))?;
-            let source = FieldSource::parse(source).map_err(|reason| invalid(&format!("table.columns.{column}"), reason))?;
+            let source =
+                FieldSource::parse(source).map_err(|reason| invalid(&format!("table.columns.{column}"), reason))?;
             columns.push((ident, source));
         }
         for (column, value) in &legacy.constants {
@@ -194,14 +195,17 @@ impl PostgresSinkConfig {
             let ident = Ident::new(column).map_err(|reason| invalid("table.constants", reason))?;
             columns.push((ident, FieldSource::Constant(value.clone())));
         }
-        let find = |wanted: &FieldSource| {
-            columns.iter().find(|(_, source)| source == wanted).map(|(ident, _)| ident.clone())
-        };
-        let mode = self.mode.unwrap_or(if legacy.conflict_key.is_empty() { WriteMode::Append } else { WriteMode::Upsert });
+        let find =
+            |wanted: &FieldSource| columns.iter().find(|(_, source)| source == wanted).map(|(ident, _)| ident.clone());
+        let mode =
+            self.mode.unwrap_or(if legacy.conflict_key.is_empty() { WriteMode::Append } else { WriteMode::Upsert });
         let upsert = match mode {
             WriteMode::Append => None,
             WriteMode::Both => {
-                return Err(invalid("mode", "\"both\" needs the greenfield tables; a legacy table takes \"append\" or \"upsert\"".into()))
+                return Err(invalid(
+                    "mode",
+                    "\"both\" needs the greenfield tables; a legacy table takes \"append\" or \"upsert\"".into(),
+                ))
             }
             WriteMode::Upsert => {
                 if legacy.conflict_key.is_empty() {
@@ -275,7 +279,10 @@ mod tests {
         let upsert = plans[0].upsert.as_ref().unwrap();
         assert_eq!(upsert.time_column.as_ref().unwrap().as_str(), "finished_at");
         assert!(upsert.offset_column.is_none());
-        assert!(plans[0].columns.iter().any(|(c, s)| c.as_str() == "updated_by" && *s == FieldSource::Constant("herald".into())));
+        assert!(plans[0]
+            .columns
+            .iter()
+            .any(|(c, s)| c.as_str() == "updated_by" && *s == FieldSource::Constant("herald".into())));
     }
 
     #[test]

@@ -62,9 +62,9 @@ impl PostgresSinkError {
     /// What the failure means for the batch.
     pub(crate) fn failure(&self) -> Failure {
         match self {
-            PostgresSinkError::Query(err) | PostgresSinkError::Connect(err) | PostgresSinkError::Catalog { source: err, .. } => {
-                classify(err)
-            }
+            PostgresSinkError::Query(err)
+            | PostgresSinkError::Connect(err)
+            | PostgresSinkError::Catalog { source: err, .. } => classify(err),
             PostgresSinkError::Migrate { source: sqlx::migrate::MigrateError::Execute(err), .. } => classify(err),
             _ => Failure::Fatal,
         }

@@ -128,7 +128,8 @@ impl TableWriter {
     pub(crate) async fn prepare(conn: &mut PgConnection, plan: TablePlan) -> Result<Self, PostgresSinkError> {
         let table = plan.table.to_string();
         let rows: Vec<PgRow> = sqlx::query(
-            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), t.typcategory::text, t.typname::text
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), t.typcategory::text, t.typname::text,
+                    format_type(a.atttypid, NULL)
              FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
              WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
         )
@@ -139,9 +140,10 @@ impl TableWriter {
         if rows.is_empty() {
             return Err(PostgresSinkError::NoTable { table });
         }
-        let mut catalog: HashMap<String, (String, String, String)> = HashMap::new();
+        // name → (type as declared, category, type name, type without modifiers)
+        let mut catalog: HashMap<String, (String, String, String, String)> = HashMap::new();
         for row in rows {
-            catalog.insert(row.try_get(0)?, (row.try_get(1)?, row.try_get(2)?, row.try_get(3)?));
+            catalog.insert(row.try_get(0)?, (row.try_get(1)?, row.try_get(2)?, row.try_get(3)?, row.try_get(4)?));
         }
 
         let mut casts = Vec::new();
@@ -149,7 +151,7 @@ impl TableWriter {
         for (column, source) in &plan.columns {
             match catalog.get(column.as_str()) {
                 None => problems.push(format!("no column `{}`", column.as_str())),
-                Some((sql_type, category, type_name)) => {
+                Some((sql_type, category, type_name, base_type)) => {
                     if !compatible(source, category, type_name) {
                         problems.push(format!(
                             "column `{}` is `{sql_type}`, which cannot hold {}",
@@ -157,7 +159,9 @@ impl TableWriter {
                             describe(source)
                         ));
                     }
-                    casts.push(sql_type.clone());
+                    // Cast to the type without its modifier: an explicit cast to `varchar(8)` would
+                    // silently truncate, while assigning to the column checks the length.
+                    casts.push(base_type.clone());
                 }
             }
         }
@@ -165,9 +169,8 @@ impl TableWriter {
             return Err(PostgresSinkError::Mapping { table, problems });
         }
 
-        let array_columns: Vec<usize> = (0..plan.columns.len())
-            .filter(|&i| !matches!(plan.columns[i].1, FieldSource::Constant(_)))
-            .collect();
+        let array_columns: Vec<usize> =
+            (0..plan.columns.len()).filter(|&i| !matches!(plan.columns[i].1, FieldSource::Constant(_))).collect();
         let sql = build_statement(&plan, &casts, &array_columns);
         Ok(Self { plan, sql, array_columns })
     }
@@ -266,12 +269,15 @@ fn build_statement(plan: &TablePlan, casts: &[String], array_columns: &[usize]) 
             .filter(|(column, _)| !upsert.conflict_key.contains(column))
             .map(|(column, _)| format!("{column} = EXCLUDED.{column}"))
             .collect();
-        let action = if updates.is_empty() { "NOTHING".to_owned() } else { format!("UPDATE SET {}", updates.join(", ")) };
+        let action =
+            if updates.is_empty() { "NOTHING".to_owned() } else { format!("UPDATE SET {}", updates.join(", ")) };
         sql.push_str(&format!(" ON CONFLICT ({}) DO {action}", keys.join(", ")));
         if let (false, Some(time)) = (updates.is_empty(), &upsert.time_column) {
             // An older or replayed event never replaces a newer one: timestamp, then offset.
             let tie = match &upsert.offset_column {
-                Some(offset) => format!("(t.{time} = EXCLUDED.{time} AND (t.{offset} IS NULL OR t.{offset} <= EXCLUDED.{offset}))"),
+                Some(offset) => {
+                    format!("(t.{time} = EXCLUDED.{time} AND (t.{offset} IS NULL OR t.{offset} <= EXCLUDED.{offset}))")
+                }
                 None => format!("t.{time} = EXCLUDED.{time}"),
             };
             sql.push_str(&format!(" WHERE t.{time} IS NULL OR t.{time} < EXCLUDED.{time} OR {tie}"));

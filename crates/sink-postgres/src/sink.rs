@@ -36,7 +36,12 @@ impl PostgresSinkConfig {
     /// advisory lock).
     pub async fn migrate(&self) -> Result<(), PostgresSinkError> {
         let schema = self.schema_ident()?;
-        let mut conn = PgConnection::connect_with(&self.connect_options()?).await.map_err(PostgresSinkError::Connect)?;
+        let mut conn =
+            PgConnection::connect_with(&self.connect_options()?).await.map_err(PostgresSinkError::Connect)?;
+        // Several herald processes may start at once: one migrates, the others then find it done.
+        // (sqlx's own migration lock comes too late to cover creating the schema.) Closing the
+        // connection releases the lock, on error paths too.
+        sqlx::query("SELECT pg_advisory_lock(hashtext('herald.migrate'))").execute(&mut conn).await?;
         let exists = sqlx::query("SELECT 1 FROM pg_namespace WHERE nspname = $1")
             .bind(schema.as_str())
             .fetch_optional(&mut conn)
@@ -77,7 +82,11 @@ pub(crate) struct PostgresSink {
 }
 
 impl PostgresSink {
-    async fn connect(config: &PostgresSinkConfig, consumer_group: &str, setup: Setup) -> Result<Self, PostgresSinkError> {
+    async fn connect(
+        config: &PostgresSinkConfig,
+        consumer_group: &str,
+        setup: Setup,
+    ) -> Result<Self, PostgresSinkError> {
         let plans = config.plans()?;
         if setup == Setup::Migrate {
             config.migrate().await?;
@@ -147,7 +156,9 @@ impl PostgresSink {
         self.store_offsets(&mut tx, batch).await?;
         tx.commit().await?;
         outcome.rejected.extend(
-            new_rejections.into_iter().map(|(index, err)| Rejection { index, error: Box::new(PostgresSinkError::Query(err)) }),
+            new_rejections
+                .into_iter()
+                .map(|(index, err)| Rejection { index, error: Box::new(PostgresSinkError::Query(err)) }),
         );
         Ok(outcome)
     }
