@@ -1,6 +1,6 @@
 //! The Postgres sink against a real Postgres (`scripts/services up`), through the `Sink` API.
 //! Each test works in a schema of its own, so tests run in parallel.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::type_complexity)]
 
 use std::collections::HashMap;
 
