@@ -16,7 +16,8 @@ use cli::{Cli, Command};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
-        Command::Run(_) | Command::Check(_) | Command::Migrate(_) => "info",
+        // sqlx reports Postgres NOTICEs ("relation … already exists, skipping") at info.
+        Command::Run(_) | Command::Check(_) | Command::Migrate(_) => "info,sqlx=warn",
         Command::Publish(_) | Command::Wait(_) => "warn",
     };
     let filter = cli

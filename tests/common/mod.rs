@@ -144,6 +144,9 @@ pub fn stdout_route_config(route: &str, topic: &str, extra: &str) -> String {
         r#"
 [kafka]
 bootstrap.servers = "{BROKERS}"
+# A SIGKILLed member holds its partitions until its session expires: keep that short in tests.
+session.timeout.ms = 6000
+heartbeat.interval.ms = 1000
 
 [runtime]
 progress_interval = "1s"
@@ -160,7 +163,7 @@ sink = {{ type = "stdout" }}
 /// The `herald` binary under test.
 pub fn herald() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
-    command.env_remove("HERALD_CONFIG").env_remove("HERALD_BROKERS").env("HERALD_LOG", "info");
+    command.env_remove("HERALD_CONFIG").env_remove("HERALD_BROKERS").env("HERALD_LOG", "info,sqlx=warn");
     command
 }
 

@@ -1,0 +1,357 @@
+//! Kafka → `herald run` → Postgres, end to end: real broker, real Postgres, the real binary.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use herald_core::dlq::headers;
+use rand::Rng;
+use rdkafka::Message;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+
+const URL: &str = "postgres://herald:herald@127.0.0.1:5432/herald";
+
+async fn pool(url: &str) -> PgPool {
+    PgPoolOptions::new().max_connections(2).connect(url).await.unwrap_or_else(|err| {
+        panic!("no Postgres at {url} ({err}): start the test services with `scripts/services up`")
+    })
+}
+
+fn postgres_route(route: &str, topic: &str, sink: &str, extra: &str) -> String {
+    format!(
+        r#"
+[kafka]
+bootstrap.servers = "{BROKERS}"
+# A SIGKILLed member holds its partitions until its session expires: keep that short in tests.
+session.timeout.ms = 6000
+heartbeat.interval.ms = 1000
+
+[runtime]
+progress_interval = "1s"
+
+[[route]]
+name = "{route}"
+topics = ["{topic}"]
+{extra}
+[route.sink]
+type = "postgres"
+{sink}
+"#
+    )
+}
+
+/// Polls `sql` (a count) until it returns at least `expected`; panics with herald's log otherwise.
+async fn wait_for_count(pool: &PgPool, sql: &str, expected: i64, herald: &mut Herald) -> i64 {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let count: i64 = sqlx::query_scalar(sql).fetch_one(pool).await.unwrap_or(-1);
+        if count >= expected {
+            return count;
+        }
+        assert!(Instant::now() < deadline, "only {count} of {expected} rows; log:\n{}", herald.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_legacy_poller_of_pipeline_status_sees_every_event_in_per_source_order() {
+    let pool = pool(URL).await;
+    let topic = unique("events");
+    let schema = unique("poller").replace('-', "_");
+    create_topic(&topic, 3).await;
+    let config = TempConfig::new(&postgres_route(
+        &unique("route"),
+        &topic,
+        &format!("url = \"{URL}\"\nschema = \"{schema}\""),
+        "batch = { max_events = 50, max_wait = \"20ms\" }",
+    ));
+    let mut herald = Herald::run(&config);
+    herald.wait_for_log("Partitions assigned");
+
+    // The seed's pipeline_status pattern: a coordinator polling every 200 ms for new rows.
+    let poller_pool = pool.clone();
+    let poll_sql =
+        format!("SELECT id, source, (payload->>'seq')::int FROM {schema}.pipeline_status WHERE id > $1 ORDER BY id");
+    let poller = tokio::spawn(async move {
+        let mut seen: Vec<(String, usize)> = Vec::new();
+        let mut last_id = 0i64;
+        let deadline = Instant::now() + PATIENCE;
+        while seen.len() < 500 && Instant::now() < deadline {
+            let rows: Vec<(i64, String, i32)> =
+                sqlx::query_as(&poll_sql).bind(last_id).fetch_all(&poller_pool).await.unwrap_or_default();
+            for (id, source, seq) in rows {
+                last_id = id;
+                seen.push((source, seq as usize));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        seen
+    });
+    let produced = produce_events(&topic, &["OrdersDB", "UsersDB", "Billing", "Ledger", "Crm"], 500).await;
+
+    let seen = poller.await.unwrap();
+    assert_eq!(seen.len(), produced.len(), "the poller saw every event once; log:\n{}", herald.log());
+    assert_eq!(seen.iter().cloned().collect::<BTreeSet<_>>(), produced.iter().cloned().collect::<BTreeSet<_>>());
+    assert_per_key_order(&seen);
+    let latest: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {schema}.pipeline_status_latest"))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(latest, 5, "one latest row per source (one stage)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_into_postgres_across_repeated_sigkills() {
+    let pool = pool(URL).await;
+    let topic = unique("events");
+    let schema = unique("eo").replace('-', "_");
+    create_topic(&topic, 3).await;
+    let produced = produce_events(&topic, &["A", "B", "C", "D", "E", "F"], 20_000).await;
+    let config = TempConfig::new(&postgres_route(
+        &unique("route"),
+        &topic,
+        &format!("url = \"{URL}\"\nschema = \"{schema}\"\nmode = \"append\""),
+        "batch = { max_events = 25, max_wait = \"5ms\" }",
+    ));
+    let count_sql = format!("SELECT count(*) FROM {schema}.pipeline_status");
+
+    let mut rng = rand::rng();
+    let mut kills = 0;
+    for round in 0..4 {
+        let before: i64 = sqlx::query_scalar(&count_sql).fetch_one(&pool).await.unwrap_or(0);
+        if before >= produced.len() as i64 {
+            break;
+        }
+        let mut herald = Herald::run(&config);
+        // Kill at a random moment once this run has written something, while it is still writing.
+        wait_for_count(&pool, &count_sql, before + 1, &mut herald).await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..200))).await;
+        let now: i64 = sqlx::query_scalar(&count_sql).fetch_one(&pool).await.unwrap();
+        herald.signal("KILL");
+        herald.wait_exit();
+        if now < produced.len() as i64 {
+            kills += 1;
+        }
+        eprintln!("round {round}: killed at about {now} rows");
+    }
+    assert!(kills >= 2, "the kills should land mid-stream (only {kills} did)");
+
+    let mut herald = Herald::run(&config);
+    wait_for_count(&pool, &count_sql, produced.len() as i64, &mut herald).await;
+    // A sentinel produced last: once it is in, nothing older can still be on its way.
+    produce(&topic, &[(Some("A"), event_json("A", "sentinel", "SUCCESS", 99_999).as_bytes())]).await;
+    wait_for_count(&pool, &format!("{count_sql} WHERE stage = 'sentinel'"), 1, &mut herald).await;
+
+    let rows: Vec<(String, i32, i32, i64)> = sqlx::query_as(&format!(
+        "SELECT source, (payload->>'seq')::int, kafka_partition, kafka_offset FROM {schema}.pipeline_status WHERE stage <> 'sentinel'"
+    ))
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), produced.len(), "no row missing, none twice");
+    let coordinates: BTreeSet<(i32, i64)> = rows.iter().map(|r| (r.2, r.3)).collect();
+    assert_eq!(coordinates.len(), produced.len(), "no offset written twice");
+    let seen: BTreeSet<(String, usize)> = rows.iter().map(|r| (r.0.clone(), r.1 as usize)).collect();
+    assert_eq!(seen, produced.iter().cloned().collect::<BTreeSet<_>>());
+}
+
+/// A Postgres server of the test's own, so stopping it disturbs no other test.
+struct PrivatePostgres {
+    dir: PathBuf,
+    port: u16,
+    bin: PathBuf,
+}
+
+impl PrivatePostgres {
+    fn start() -> Self {
+        let version = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL server binaries: run `scripts/services up`")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok()?.parse::<u32>().ok())
+            .max()
+            .unwrap();
+        let bin = PathBuf::from(format!("/usr/lib/postgresql/{version}/bin"));
+        let dir = std::env::temp_dir().join(unique("herald-pg"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = rand::rng().random_range(20_000..30_000);
+        let pg = Self { dir, port, bin };
+        pg.as_postgres(&format!("chown postgres {}", pg.dir.display()), true);
+        pg.as_postgres(
+            &format!("{}/initdb -D {}/data -A trust -U herald >/dev/null", pg.bin.display(), pg.dir.display()),
+            false,
+        );
+        pg.control("start");
+        pg
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://herald@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn control(&self, action: &str) {
+        let options = format!("-p {} -k {} -c listen_addresses=127.0.0.1", self.port, self.dir.display());
+        self.as_postgres(
+            &format!(
+                "{}/pg_ctl -D {dir}/data -l {dir}/log -m fast -w -o '{options}' {action} >/dev/null",
+                self.bin.display(),
+                dir = self.dir.display()
+            ),
+            false,
+        );
+    }
+
+    fn as_postgres(&self, command: &str, as_root: bool) {
+        let status = if as_root {
+            Command::new("sh").args(["-c", command]).status()
+        } else {
+            Command::new("su").args(["postgres", "-c", command]).status()
+        }
+        .unwrap();
+        assert!(status.success(), "`{command}` failed");
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = Command::new("su")
+            .args([
+                "postgres",
+                "-c",
+                &format!("{}/pg_ctl -D {}/data -m immediate stop", self.bin.display(), self.dir.display()),
+            ])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_stopped_and_restarted_mid_stream_loses_nothing() {
+    let server = PrivatePostgres::start();
+    let pool = pool(&server.url()).await;
+    let topic = unique("events");
+    create_topic(&topic, 2).await;
+    let config = TempConfig::new(&postgres_route(
+        &unique("route"),
+        &topic,
+        &format!("url = \"{}\"\nmode = \"append\"\nconnect_timeout = \"1s\"", server.url()),
+        "retry = { initial_backoff = \"100ms\", max_backoff = \"1s\" }",
+    ));
+    let first = produce_events(&topic, &["A", "B", "C"], 200).await;
+    let mut herald = Herald::run(&config);
+    let count_sql = "SELECT count(*) FROM pipeline_status";
+    wait_for_count(&pool, count_sql, first.len() as i64, &mut herald).await;
+    pool.close().await;
+
+    server.control("stop");
+    let second: Vec<String> = (200..500).map(|seq| event_json("A", "bronze_ingest", "SUCCESS", seq)).collect();
+    let batch: Vec<(Option<&str>, &[u8])> = second.iter().map(|m| (Some("A"), m.as_bytes())).collect();
+    produce(&topic, &batch).await;
+    herald.wait_for_log("Sink write failed; retrying.");
+    server.control("start");
+
+    let pool = self::pool(&server.url()).await;
+    wait_for_count(&pool, count_sql, 500, &mut herald).await;
+    produce(&topic, &[(Some("A"), event_json("A", "sentinel", "SUCCESS", 999).as_bytes())]).await;
+    wait_for_count(&pool, "SELECT count(*) FROM pipeline_status WHERE stage = 'sentinel'", 1, &mut herald).await;
+    let seqs: Vec<i32> =
+        sqlx::query_scalar("SELECT (payload->>'seq')::int FROM pipeline_status WHERE stage <> 'sentinel' ORDER BY 1")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(seqs, (0..500).collect::<Vec<i32>>(), "every event once, across the outage");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_row_alone_goes_to_the_dead_letter_topic_and_the_rest_is_written() {
+    let pool = pool(URL).await;
+    let topic = unique("events");
+    let dlq = unique("dlq");
+    let schema = unique("legacy").replace('-', "_");
+    create_topic(&topic, 1).await;
+    sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&pool).await.unwrap();
+    sqlx::query(&format!(
+        "CREATE TABLE {schema}.job_status (src_system varchar(40), step varchar(40), state varchar(8), row_count int, finished_at timestamptz, updated_by text)"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let events: Vec<String> = (0..20)
+        .map(|seq| {
+            event_json(
+                &format!("src{seq}"),
+                "bronze",
+                if seq == 13 { "SUCCEEDED_WITH_WARNINGS" } else { "SUCCESS" },
+                seq,
+            )
+        })
+        .collect();
+    let batch: Vec<(Option<&str>, &[u8])> = events.iter().map(|m| (Some("k"), m.as_bytes())).collect();
+    produce(&topic, &batch).await;
+    let route = unique("route");
+    let config = TempConfig::new(&postgres_route(
+        &route,
+        &topic,
+        &format!(
+            "url = \"{URL}\"\nschema = \"{schema}\"\n[route.sink.table]\nname = \"{schema}.job_status\"\n\
+             columns = {{ src_system = \"source\", step = \"stage\", state = \"status\", row_count = \"records\", finished_at = \"timestamp\" }}\n\
+             constants = {{ updated_by = \"herald\" }}"
+        ),
+        &format!("dead_letter_topic = \"{dlq}\""),
+    ));
+    let mut herald = Herald::run(&config);
+    wait_for_count(&pool, &format!("SELECT count(*) FROM {schema}.job_status"), 19, &mut herald).await;
+
+    let letters = consume_all(&dlq, 1);
+    assert_eq!(letters[0].payload(), Some(events[13].as_bytes()));
+    assert_eq!(header(&letters[0], headers::OFFSET).as_deref(), Some("13"));
+    assert_eq!(header(&letters[0], headers::STAGE).as_deref(), Some("TASK_PUT"));
+    let reason = header(&letters[0], headers::EXCEPTION_STACKTRACE).unwrap();
+    assert!(reason.contains("too long"), "{reason}");
+    let written: Vec<i32> = sqlx::query_scalar(&format!(
+        "SELECT row_count FROM {schema}.job_status WHERE updated_by = 'herald' ORDER BY row_count"
+    ))
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(written, (0..20).filter(|&s| s != 13).collect::<Vec<i32>>());
+}
+
+#[test]
+fn check_reports_a_mapping_that_does_not_fit_the_table_and_migrate_creates_the_greenfield_tables() {
+    let schema = unique("chk").replace('-', "_");
+    let legacy = TempConfig::new(&postgres_route(
+        "r",
+        "pipeline.stage.events",
+        &format!(
+            "url = \"{URL}\"\n[route.sink.table]\nname = \"{schema}.missing_table\"\ncolumns = {{ a = \"source\" }}"
+        ),
+        "",
+    ));
+    let out = herald().args(["check", "--config"]).arg(&legacy.path).output().unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(
+        report.contains("FAIL  route r") && report.contains(&format!("\"{schema}\".\"missing_table\" does not exist")),
+        "{report}"
+    );
+
+    let greenfield = TempConfig::new(&postgres_route(
+        "r",
+        "pipeline.stage.events",
+        &format!("url = \"{URL}\"\nschema = \"{schema}\""),
+        "",
+    ));
+    let out = herald().args(["check", "--config"]).arg(&greenfield.path).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "tables not migrated yet");
+    let out = herald().args(["migrate", "--config"]).arg(&greenfield.path).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = herald().args(["check", "--config"]).arg(&greenfield.path).output().unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    assert!(report.contains("sink `postgres` reachable"), "{report}");
+}
