@@ -355,3 +355,52 @@ fn check_reports_a_mapping_that_does_not_fit_the_table_and_migrate_creates_the_g
     assert_eq!(out.status.code(), Some(0), "{report}");
     assert!(report.contains("sink `postgres` reachable"), "{report}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_whose_kafka_offsets_are_gone_resumes_from_the_offsets_stored_in_postgres() {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+
+    let pool = pool(URL).await;
+    let topic = unique("events");
+    let group = unique("group");
+    let schema = unique("resume").replace('-', "_");
+    create_topic(&topic, 1).await;
+    // `latest`: without the sink's offsets, a group that lost its Kafka offsets would skip ahead.
+    let config = TempConfig::new(&postgres_route(
+        &unique("route"),
+        &topic,
+        &format!("url = \"{URL}\"\nschema = \"{schema}\"\nmode = \"append\""),
+        &format!("group_id = \"{group}\"\nstart_from = \"latest\""),
+    ));
+    let count_sql = format!("SELECT count(*) FROM {schema}.pipeline_status");
+    let mut herald = Herald::run(&config);
+    herald.wait_for_log("Partitions assigned");
+    produce_events(&topic, &["A"], 100).await;
+    wait_for_count(&pool, &count_sql, 100, &mut herald).await;
+    herald.signal("TERM");
+    assert!(herald.wait_exit().success());
+
+    // The group's Kafka offsets expire (here: are deleted) while herald is down and events arrive.
+    let admin: AdminClient<DefaultClientContext> =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", BROKERS).create().unwrap();
+    let deleted = admin.delete_groups(&[group.as_str()], &AdminOptions::new()).await.unwrap();
+    assert!(deleted.iter().all(|r| r.is_ok()), "{deleted:?}");
+    let missed: Vec<String> = (100..150).map(|seq| event_json("A", "bronze_ingest", "SUCCESS", seq)).collect();
+    let batch: Vec<(Option<&str>, &[u8])> = missed.iter().map(|m| (Some("A"), m.as_bytes())).collect();
+    produce(&topic, &batch).await;
+
+    let mut restarted = Herald::run(&config);
+    restarted.wait_for_log("Partitions assigned");
+    produce(&topic, &[(Some("A"), event_json("A", "sentinel", "SUCCESS", 999).as_bytes())]).await;
+    wait_for_count(&pool, &format!("{count_sql} WHERE stage = 'sentinel'"), 1, &mut restarted).await;
+    let seqs: Vec<i32> =
+        sqlx::query_scalar(&format!("SELECT (payload->>'seq')::int FROM {schema}.pipeline_status ORDER BY 1"))
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let mut expected: Vec<i32> = (0..150).collect();
+    expected.push(999);
+    assert_eq!(seqs, expected, "resumed at Postgres' offset 100: nothing skipped, nothing twice");
+    assert!(restarted.log().contains("Resuming where the sink's stored offset says"), "{}", restarted.log());
+}

@@ -5,9 +5,9 @@
 //! makes "offsets advance only after the sink has the data" true by construction. librdkafka keeps
 //! fetching in the background meanwhile, bounded by `queued.max.messages.kbytes`.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use rdkafka::client::ClientContext;
@@ -49,6 +49,33 @@ pub struct RouteStats {
 pub(crate) struct RouteContext {
     route: String,
     stats: Arc<RouteStats>,
+    /// Partitions assigned or revoked since the worker last looked, for `Sink::stored_offsets`.
+    changes: Mutex<AssignmentChanges>,
+    /// Whether `changes` holds anything: checked per message without taking the lock.
+    changed: AtomicBool,
+}
+
+/// Partitions whose ownership changed in a rebalance.
+#[derive(Debug, Default)]
+struct AssignmentChanges {
+    assigned: Vec<(String, i32)>,
+    revoked: Vec<(String, i32)>,
+}
+
+impl RouteContext {
+    fn record(&self, partitions: &TopicPartitionList, assigned: bool) {
+        let mut changes = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
+        let list = if assigned { &mut changes.assigned } else { &mut changes.revoked };
+        list.extend(partitions.elements().iter().map(|e| (e.topic().to_owned(), e.partition())));
+        self.changed.store(true, Ordering::Release);
+    }
+
+    fn take_changes(&self) -> Option<AssignmentChanges> {
+        if !self.changed.swap(false, Ordering::AcqRel) {
+            return None;
+        }
+        Some(std::mem::take(&mut *self.changes.lock().unwrap_or_else(PoisonError::into_inner)))
+    }
 }
 
 impl ClientContext for RouteContext {
@@ -67,6 +94,7 @@ impl ClientContext for RouteContext {
 impl ConsumerContext for RouteContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(partitions) = rebalance {
+            self.record(partitions, false);
             info!(route = %self.route, partitions = %describe(partitions), "Partitions revoked; committing what is done.");
             // Offsets of settled batches are stored; commit them before another member takes over.
             match consumer.commit_consumer_state(CommitMode::Sync) {
@@ -79,6 +107,7 @@ impl ConsumerContext for RouteContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(partitions) => {
+                self.record(partitions, true);
                 info!(route = %self.route, partitions = %describe(partitions), "Partitions assigned.")
             }
             Rebalance::Error(err) => error!(route = %self.route, error = %err, "Rebalance failed."),
@@ -135,7 +164,12 @@ pub(crate) fn create_consumer(
         .set("auto.offset.reset", route.start_from.as_offset_reset())
         .set("enable.partition.eof", "false")
         .set("statistics.interval.ms", statistics_interval_ms.to_string());
-    let context = RouteContext { route: route.name.clone(), stats };
+    let context = RouteContext {
+        route: route.name.clone(),
+        stats,
+        changes: Mutex::new(AssignmentChanges::default()),
+        changed: AtomicBool::new(false),
+    };
     let consumer: RouteConsumer = config.create_with_context(context)?;
     let topics: Vec<&str> = route.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
@@ -149,6 +183,9 @@ pub(crate) struct RouteWorker {
     pub(crate) sink: Box<dyn Sink>,
     pub(crate) dead_letters: Option<DeadLetterQueue>,
     pub(crate) stats: Arc<RouteStats>,
+    /// Where newly assigned partitions must resume, per the sink's own stored offsets; checked
+    /// against the first message of each.
+    pub(crate) resume_at: HashMap<(String, i32), i64>,
 }
 
 impl RouteWorker {
@@ -168,7 +205,7 @@ impl RouteWorker {
 
     async fn run_batches(&mut self, cancel: &CancellationToken) -> Result<(), RouteError> {
         while !cancel.is_cancelled() {
-            let batch = self.next_batch(cancel).await;
+            let batch = self.next_batch(cancel).await?;
             if !batch.is_empty() {
                 self.settle(batch, cancel).await?;
             }
@@ -177,7 +214,7 @@ impl RouteWorker {
     }
 
     /// Waits for a first message, then collects until the batch is full or `max_wait` has passed.
-    async fn next_batch(&self, cancel: &CancellationToken) -> Vec<OwnedMessage> {
+    async fn next_batch(&mut self, cancel: &CancellationToken) -> Result<Vec<OwnedMessage>, RouteError> {
         let mut batch = Vec::new();
         let mut deadline = None;
         while batch.len() < self.route.batch.max_events {
@@ -189,7 +226,14 @@ impl RouteWorker {
             };
             match received {
                 Ok(message) => {
-                    batch.push(message.detach());
+                    let message = message.detach();
+                    if let Some(changes) = self.consumer.context().take_changes() {
+                        self.apply_assignment_changes(changes, cancel).await?;
+                    }
+                    if !self.resume_where_the_sink_left_off(&message, &mut batch) {
+                        continue;
+                    }
+                    batch.push(message);
                     deadline.get_or_insert_with(|| Instant::now() + self.route.batch.max_wait);
                 }
                 Err(err) => {
@@ -199,7 +243,69 @@ impl RouteWorker {
                 }
             }
         }
-        batch
+        Ok(batch)
+    }
+
+    /// Asks the sink where newly assigned partitions should resume (retrying transient failures).
+    async fn apply_assignment_changes(
+        &mut self,
+        changes: AssignmentChanges,
+        cancel: &CancellationToken,
+    ) -> Result<(), RouteError> {
+        for partition in &changes.revoked {
+            self.resume_at.remove(partition);
+        }
+        if changes.assigned.is_empty() {
+            return Ok(());
+        }
+        let mut delays = ExponentialBuilder::default()
+            .with_min_delay(self.route.retry.initial_backoff)
+            .with_max_delay(self.route.retry.max_backoff)
+            .with_jitter()
+            .without_max_times()
+            .build();
+        let stored = loop {
+            match self.sink.stored_offsets(&changes.assigned).await {
+                Ok(stored) => break stored,
+                Err(error @ SinkError::Fatal(_)) => return Err(RouteError::Sink(error)),
+                Err(error) => {
+                    let delay = delays.next().unwrap_or(self.route.retry.max_backoff);
+                    warn!(route = %self.route.name, error = %error_chain(&error).join(": "), retry_in = ?delay, "Cannot read the sink's stored offsets; retrying.");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return Ok(()),
+                        _ = sleep(delay) => {}
+                    }
+                }
+            }
+        };
+        for (partition, offset) in stored {
+            debug!(route = %self.route.name, topic = %partition.0, partition = partition.1, offset, "Sink has stored an offset.");
+            self.resume_at.insert(partition, offset);
+        }
+        Ok(())
+    }
+
+    /// For the first message of a newly assigned partition: when the sink stored a different
+    /// next offset than Kafka's committed one, seek there, drop what was read of that partition
+    /// and return false. The sink's offset wins because it was written with the data.
+    fn resume_where_the_sink_left_off(&mut self, message: &OwnedMessage, batch: &mut Vec<OwnedMessage>) -> bool {
+        let key = (message.topic().to_owned(), message.partition());
+        let Some(resume) = self.resume_at.remove(&key) else { return true };
+        if message.offset() == resume {
+            return true;
+        }
+        info!(
+            route = %self.route.name, topic = %key.0, partition = key.1, from = message.offset(), to = resume,
+            "Resuming where the sink's stored offset says."
+        );
+        batch.retain(|m| !(m.topic() == key.0 && m.partition() == key.1));
+        if let Err(err) = self.consumer.seek(&key.0, key.1, Offset::Offset(resume), std::time::Duration::from_secs(10))
+        {
+            // The sink still drops what it already has; only the shortcut is lost.
+            warn!(route = %self.route.name, error = %err, "Seek to the sink's stored offset failed; continuing from Kafka's.");
+            return true;
+        }
+        false
     }
 
     /// Delivers one batch: sink writes (retried), dead letters, then the offsets.

@@ -38,6 +38,17 @@ pub trait Sink: Send + Sync {
     /// allows. `Err(SinkError::Fatal)` stops the route.
     async fn write(&mut self, batch: &[SinkRecord]) -> Result<WriteOutcome, SinkError>;
 
+    /// Where each of `partitions` should resume, for a sink that stores consumed offsets itself,
+    /// in the same transaction as the data (`next offset to deliver`, by topic and partition).
+    ///
+    /// The runtime asks when partitions are assigned and starts each one there rather than at
+    /// Kafka's committed offset, which may lag behind the sink's, or be gone. The default, no
+    /// offsets, leaves Kafka's committed offsets in charge.
+    async fn stored_offsets(&mut self, partitions: &[(String, i32)]) -> Result<Vec<((String, i32), i64)>, SinkError> {
+        let _ = partitions;
+        Ok(Vec::new())
+    }
+
     /// Flushes and releases resources at shutdown.
     async fn close(&mut self) -> Result<(), SinkError> {
         Ok(())

@@ -326,6 +326,27 @@ impl Sink for PostgresSink {
         }
     }
 
+    async fn stored_offsets(&mut self, partitions: &[(String, i32)]) -> Result<Vec<((String, i32), i64)>, SinkError> {
+        let (topics, numbers): (Vec<&str>, Vec<i32>) = partitions.iter().map(|(t, p)| (t.as_str(), *p)).unzip();
+        let rows = sqlx::query(&format!(
+            "SELECT topic, partition, next_offset FROM {}.herald_offsets
+             WHERE consumer_group = $1 AND (topic, partition) IN (SELECT * FROM UNNEST($2::text[], $3::int[]))",
+            self.schema
+        ))
+        .bind(&self.consumer_group)
+        .bind(&topics)
+        .bind(&numbers)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(PostgresSinkError::Query)?;
+        let offsets = rows
+            .iter()
+            .map(|row| Ok(((row.try_get(0)?, row.try_get(1)?), row.try_get(2)?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(PostgresSinkError::Query)?;
+        Ok(offsets)
+    }
+
     async fn close(&mut self) -> Result<(), SinkError> {
         self.pool.close().await;
         Ok(())
