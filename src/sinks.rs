@@ -37,6 +37,23 @@ pub async fn build(route: &RouteConfig, purpose: Purpose) -> Result<Box<dyn Sink
     }
 }
 
+/// Checks the route's sink settings without connecting to anything.
+pub fn validate(route: &RouteConfig) -> Result<()> {
+    let spec = &route.sink;
+    let context = || format!("route `{}`: sink `{}`", route.name, spec.kind);
+    match spec.kind.as_str() {
+        herald_sink_stdout::KIND => {
+            spec.parse::<herald_sink_stdout::StdoutSinkConfig>().with_context(context)?;
+        }
+        herald_sink_postgres::KIND => {
+            let config: herald_sink_postgres::PostgresSinkConfig = spec.parse().with_context(context)?;
+            config.validate().with_context(context)?;
+        }
+        other => bail!("route `{}`: unknown sink type `{other}`; known types: {}", route.name, KNOWN.join(", ")),
+    }
+    Ok(())
+}
+
 /// Creates or updates the tables of every route's sink that has any; returns what was migrated.
 pub async fn migrate(route: &RouteConfig) -> Result<Option<String>> {
     let spec = &route.sink;

@@ -277,14 +277,28 @@ fn a_missing_config_file_and_a_bad_flag_are_clear_errors() {
 }
 
 #[test]
-fn every_shipped_config_file_loads() {
+fn every_shipped_config_file_and_its_sink_settings_are_valid() {
     let mut count = 0;
     for entry in std::fs::read_dir("config").unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
-            herald_core::Config::load(&path).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
+            let out = run_herald(&["check", "--offline", "--config", path.to_str().unwrap()]);
+            assert_eq!(out.status.code(), Some(0), "{}: {}", path.display(), text(&out.stdout));
+            assert!(text(&out.stdout).contains("settings valid"));
             count += 1;
         }
     }
-    assert!(count >= 2);
+    assert!(count >= 4);
+}
+
+#[test]
+fn check_offline_reports_bad_sink_settings() {
+    let config = TempConfig::new(&stdout_route_config("r", "t", "").replace(
+        "type = \"stdout\"",
+        "type = \"postgres\", url = \"postgres://x\", table = { name = \"a;b\", columns = { c = \"source\" } }",
+    ));
+    let out = run_herald(&["check", "--offline", "--config", config.path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let report = text(&out.stdout);
+    assert!(report.contains("FAIL  route r") && report.contains("table.name") && report.contains("`a;b`"), "{report}");
 }

@@ -18,6 +18,9 @@ pub struct CheckArgs {
     /// The config file.
     #[arg(long, short, env = "HERALD_CONFIG", default_value = "config/herald.toml")]
     pub config: PathBuf,
+    /// Only validate the file and every sink's settings; connect to nothing.
+    #[arg(long)]
+    pub offline: bool,
     /// How long to wait for Kafka before calling it unreachable.
     #[arg(long, default_value = "10s", value_parser = super::parse_duration)]
     pub timeout: Duration,
@@ -37,6 +40,16 @@ impl Report {
         self.problems += 1;
         println!("FAIL  {what:<28} {detail}");
     }
+
+    fn finish(&self) -> ExitCode {
+        if self.problems == 0 {
+            println!("\nAll checks passed.");
+            ExitCode::SUCCESS
+        } else {
+            println!("\n{} problem{} found.", self.problems, if self.problems == 1 { "" } else { "s" });
+            ExitCode::FAILURE
+        }
+    }
 }
 
 pub async fn check(args: CheckArgs) -> Result<ExitCode> {
@@ -50,6 +63,16 @@ pub async fn check(args: CheckArgs) -> Result<ExitCode> {
         }
     };
     report.ok("config", format!("{} ({} routes)", args.config.display(), config.routes.len()));
+    if args.offline {
+        for route in &config.routes {
+            let label = format!("route {}", route.name);
+            match sinks::validate(route) {
+                Ok(()) => report.ok(&label, format!("sink `{}` settings valid", route.sink.kind)),
+                Err(err) => report.fail(&label, format!("{err:#}")),
+            }
+        }
+        return Ok(report.finish());
+    }
 
     let topics: Vec<String> = config
         .routes
@@ -93,11 +116,5 @@ pub async fn check(args: CheckArgs) -> Result<ExitCode> {
         }
     }
 
-    if report.problems == 0 {
-        println!("\nAll checks passed.");
-        Ok(ExitCode::SUCCESS)
-    } else {
-        println!("\n{} problem{} found.", report.problems, if report.problems == 1 { "" } else { "s" });
-        Ok(ExitCode::FAILURE)
-    }
+    Ok(report.finish())
 }

@@ -46,13 +46,19 @@ pub struct Config {
 
 impl Config {
     /// Loads and validates `path`, applying `HERALD__…` environment overrides.
+    ///
+    /// `${NAME}` and `${NAME:-default}` in the file are replaced by environment variables first,
+    /// so secrets inside `[[route]]` tables (which `HERALD__…` cannot reach) stay out of the file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let file_error = |source| ConfigError::Read { path: path.to_owned(), source };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_owned(), source })?;
+        let text = interpolate_env(&text, |name| std::env::var(name).ok()).map_err(|(line, message)| {
+            ConfigError::Invalid { path: path.to_owned(), key: format!("line {line}"), message }
+        })?;
         let raw = config::Config::builder()
-            .add_source(config::File::from(path).format(config::FileFormat::Toml).required(true))
+            .add_source(config::File::from_str(&text, config::FileFormat::Toml))
             .add_source(config::Environment::with_prefix(ENV_PREFIX).prefix_separator("__").separator("__"))
             .build()
-            .map_err(file_error)?;
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Self::from_raw(raw, path)
     }
 
@@ -130,6 +136,50 @@ impl Config {
     }
 }
 
+/// Replaces `${NAME}` / `${NAME:-default}` with `lookup(NAME)`; `$${` stands for a literal `${`.
+/// Errors carry the 1-based line.
+fn interpolate_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, (usize, String)> {
+    let mut out = String::with_capacity(text.len());
+    for (number, line) in text.split_inclusive('\n').enumerate() {
+        let mut rest = line;
+        while let Some(start) = rest.find("${") {
+            if rest[..start].ends_with('$') {
+                out.push_str(&rest[..start - 1]);
+                out.push_str("${");
+                rest = &rest[start + 2..];
+                continue;
+            }
+            out.push_str(&rest[..start]);
+            let Some(end) = rest[start..].find('}') else {
+                return Err((number + 1, "`${` without a closing `}`".into()));
+            };
+            let inner = &rest[start + 2..start + end];
+            let (name, default) = match inner.split_once(":-") {
+                Some((name, default)) => (name, Some(default)),
+                None => (inner, None),
+            };
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err((number + 1, format!("`${{{inner}}}` is not a variable name")));
+            }
+            match (lookup(name), default) {
+                (Some(value), _) => out.push_str(&value),
+                (None, Some(default)) => out.push_str(default),
+                (None, None) => {
+                    return Err((
+                        number + 1,
+                        format!(
+                            "environment variable `{name}` is not set (write `${{{name}:-default}}` for a default)"
+                        ),
+                    ))
+                }
+            }
+            rest = &rest[start + end + 1..];
+        }
+        out.push_str(rest);
+    }
+    Ok(out)
+}
+
 /// serde_path_to_error writes `route[0].sink` as `route[0].sink`, and `.` for the root.
 fn display_path(path: &str) -> String {
     if path == "." || path.is_empty() {
@@ -142,7 +192,16 @@ fn display_path(path: &str) -> String {
 /// Why a configuration cannot be used. Every variant names the file; `Invalid` also the key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file is missing, unreadable or not TOML.
+    /// The file cannot be read.
+    #[error("cannot read config file {}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not TOML.
     #[error("cannot read config file {}", path.display())]
     Read {
         /// The file.
@@ -539,6 +598,20 @@ mod tests {
     fn sink_settings_are_left_for_the_sink() {
         let config = load(&MINIMAL.replace("type = \"stdout\"", "type = \"stdout\", pretty = true")).unwrap();
         assert_eq!(config.routes[0].sink.settings.get("pretty"), Some(&Value::Bool(true)));
+    }
+
+    #[test]
+    fn environment_variables_are_interpolated_with_defaults_and_escapes() {
+        let lookup = |name: &str| (name == "PG_PASSWORD").then(|| "s3cret".to_string());
+        let text = "url = \"postgres://u:${PG_PASSWORD}@${PG_HOST:-localhost}/db\"\nliteral = \"$${NOT_A_VAR}\"\n";
+        assert_eq!(
+            interpolate_env(text, lookup).unwrap(),
+            "url = \"postgres://u:s3cret@localhost/db\"\nliteral = \"${NOT_A_VAR}\"\n"
+        );
+        let err = interpolate_env("a = 1\nb = \"${MISSING}\"\n", lookup).unwrap_err();
+        assert_eq!(err.0, 2);
+        assert!(err.1.contains("`MISSING` is not set"), "{}", err.1);
+        assert!(interpolate_env("x = \"${unterminated\"", lookup).is_err());
     }
 
     #[test]

@@ -151,6 +151,11 @@ pub(crate) struct UpsertPlan {
 }
 
 impl PostgresSinkConfig {
+    /// Checks the settings without connecting: identifiers, mapping, mode.
+    pub fn validate(&self) -> Result<(), PostgresSinkError> {
+        self.plans().map(drop)
+    }
+
     /// herald's own schema, validated.
     pub(crate) fn schema_ident(&self) -> Result<Ident, PostgresSinkError> {
         Ident::new(&self.schema).map_err(|reason| PostgresSinkError::Config { key: "schema".into(), reason })
