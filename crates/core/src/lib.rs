@@ -15,6 +15,7 @@ than loses (at-least-once). Sinks that can store offsets with the data do better
 - [`config`]: the TOML configuration with `HERALD__…` overrides, validated on load.
 - [`filter`]: which events a route delivers.
 - [`sink`]: the [`Sink`] trait and its error classification.
+- [`template`]: `{field}` templates for channels, keys and topics.
 - [`dlq`]: the dead-letter topic and its Kafka Connect headers.
 - [`kafka`]: Kafka clients from the `[kafka]` properties; topic administration.
 - [`runtime`]: [`run`], every route at work until shutdown.
@@ -31,6 +32,7 @@ pub mod kafka;
 mod route;
 pub mod runtime;
 pub mod sink;
+pub mod template;
 
 pub use config::{Config, ConfigError, RouteConfig, SinkSpec};
 pub use error::{RouteError, RuntimeError};
@@ -38,3 +40,4 @@ pub use event::{EventError, EventTimestamp, StageEvent};
 pub use filter::Filter;
 pub use runtime::{run, BoundRoute};
 pub use sink::{BoxError, Rejection, Sink, SinkError, SinkRecord, WriteOutcome};
+pub use template::Template;

@@ -1,0 +1,133 @@
+//! Settings of the Redis sink.
+
+use std::time::Duration;
+
+use herald_core::Template;
+use secrecy::SecretString;
+use serde::Deserialize;
+
+use crate::error::RedisSinkError;
+use crate::sink::RedisSink;
+
+/// `sink = { type = "redis", url = "redis://…", publish = {}, latest_key = {}, stream = {} }`:
+/// at least one of `publish`, `latest_key`, `stream`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSinkConfig {
+    /// `redis://[user:password@]host:6379[/db]`, or `rediss://…` for TLS. Never printed.
+    pub url: SecretString,
+    /// Publish each event on a channel.
+    #[serde(default)]
+    pub publish: Option<PublishConfig>,
+    /// Keep the newest event per key.
+    #[serde(default)]
+    pub latest_key: Option<LatestKeyConfig>,
+    /// Append each event to a stream.
+    #[serde(default)]
+    pub stream: Option<StreamConfig>,
+    /// How long to wait for a connection. Default `"5s"`.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// How long to wait for Redis to answer a batch before it counts as failed (and is retried).
+    /// Default `"10s"`.
+    #[serde(default = "default_response_timeout", with = "humantime_serde")]
+    pub response_timeout: Duration,
+}
+
+/// `publish = { channel = "pipeline.{source}.{stage}" }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishConfig {
+    /// Channel template. Default `"pipeline.stage.events"`.
+    #[serde(default = "default_channel")]
+    pub channel: Template,
+}
+
+/// `latest_key = { key = "pipeline:status:{source}:{stage}", ttl = "7d" }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LatestKeyConfig {
+    /// Key template. Default `"pipeline:status:{source}:{stage}"`.
+    #[serde(default = "default_latest_key")]
+    pub key: Template,
+    /// Expire the key this long after its last update. Default: never.
+    #[serde(default, with = "humantime_serde")]
+    pub ttl: Option<Duration>,
+}
+
+/// `stream = { key = "pipeline:events", max_len = 100000 }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamConfig {
+    /// Stream key template. Default `"pipeline:events"`.
+    #[serde(default = "default_stream_key")]
+    pub key: Template,
+    /// Trim the stream to about this many entries (`MAXLEN ~`). Default `100000`; `0` never trims.
+    #[serde(default = "default_max_len")]
+    pub max_len: u64,
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_response_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn template(text: &str) -> Template {
+    // The defaults are literals checked by the unit test below.
+    Template::parse(text).unwrap_or_else(|_| unreachable!("default templates parse"))
+}
+
+fn default_channel() -> Template {
+    template("pipeline.stage.events")
+}
+
+fn default_latest_key() -> Template {
+    template("pipeline:status:{source}:{stage}")
+}
+
+fn default_stream_key() -> Template {
+    template("pipeline:events")
+}
+
+fn default_max_len() -> u64 {
+    100_000
+}
+
+impl RedisSinkConfig {
+    /// Checks the settings without connecting.
+    pub fn validate(&self) -> Result<(), RedisSinkError> {
+        if self.publish.is_none() && self.latest_key.is_none() && self.stream.is_none() {
+            return Err(RedisSinkError::Config(
+                "enable at least one of `publish`, `latest_key`, `stream` (e.g. `publish = {}`)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The sink these settings describe. Connects lazily: a Redis that is down at start is
+    /// retried like one that goes down later.
+    pub fn build(&self) -> Result<Box<dyn herald_core::Sink>, RedisSinkError> {
+        self.validate()?;
+        Ok(Box::new(RedisSink::new(self)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse_and_at_least_one_output_is_required() {
+        let config: RedisSinkConfig =
+            serde_json::from_str(r#"{"url":"redis://127.0.0.1","publish":{},"latest_key":{},"stream":{}}"#).unwrap();
+        assert_eq!(config.publish.unwrap().channel.as_str(), "pipeline.stage.events");
+        assert_eq!(config.latest_key.unwrap().key.as_str(), "pipeline:status:{source}:{stage}");
+        assert_eq!(config.stream.unwrap().max_len, 100_000);
+        let none: RedisSinkConfig = serde_json::from_str(r#"{"url":"redis://127.0.0.1"}"#).unwrap();
+        assert!(none.validate().is_err());
+        assert!(serde_json::from_str::<RedisSinkConfig>(r#"{"url":"x","publish":{"channel":"a{b"}}"#).is_err());
+    }
+}
