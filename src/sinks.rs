@@ -5,7 +5,8 @@ use herald_core::{RouteConfig, Sink};
 use herald_sink_postgres::Setup;
 
 /// Every sink type this binary knows, for error messages.
-pub const KNOWN: &[&str] = &[herald_sink_stdout::KIND, herald_sink_postgres::KIND, herald_sink_redis::KIND];
+pub const KNOWN: &[&str] =
+    &[herald_sink_stdout::KIND, herald_sink_postgres::KIND, herald_sink_redis::KIND, herald_sink_sns::KIND];
 
 /// Why a sink is being built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +38,10 @@ pub async fn build(route: &RouteConfig, purpose: Purpose) -> Result<Box<dyn Sink
             let config: herald_sink_redis::RedisSinkConfig = spec.parse().with_context(context)?;
             config.build().with_context(context)
         }
+        herald_sink_sns::KIND => {
+            let config: herald_sink_sns::SnsSinkConfig = spec.parse().with_context(context)?;
+            config.build().await.with_context(context)
+        }
         other => bail!("route `{}`: unknown sink type `{other}`; known types: {}", route.name, KNOWN.join(", ")),
     }
 }
@@ -55,6 +60,10 @@ pub fn validate(route: &RouteConfig) -> Result<()> {
         }
         herald_sink_redis::KIND => {
             let config: herald_sink_redis::RedisSinkConfig = spec.parse().with_context(context)?;
+            config.validate().with_context(context)?;
+        }
+        herald_sink_sns::KIND => {
+            let config: herald_sink_sns::SnsSinkConfig = spec.parse().with_context(context)?;
             config.validate().with_context(context)?;
         }
         other => bail!("route `{}`: unknown sink type `{other}`; known types: {}", route.name, KNOWN.join(", ")),

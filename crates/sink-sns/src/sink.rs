@@ -1,0 +1,273 @@
+//! The SNS sink: events → `PublishBatch` calls, partial failures retried entry by entry.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_sns::error::ProvideErrorMetadata;
+use aws_sdk_sns::types::{MessageAttributeValue, PublishBatchRequestEntry};
+use aws_sdk_sns::Client;
+use herald_core::{BoxError, Rejection, Sink, SinkError, SinkRecord, WriteOutcome};
+use sha2::{Digest, Sha256};
+use tracing::warn;
+
+use crate::config::SnsSinkConfig;
+use crate::error::{EntryRejected, EntryTooLarge, SnsSinkError};
+use crate::service::{classify, Failure};
+
+/// SNS's limit on one message with its attributes, and on one `PublishBatch` request.
+const MAX_BYTES: usize = 256 * 1024;
+/// SNS's limit on entries per `PublishBatch`.
+const MAX_ENTRIES: usize = 10;
+/// Attempts at entries that failed for SNS's own reasons, within one `write`.
+const ENTRY_ATTEMPTS: usize = 5;
+
+pub(crate) struct SnsSink {
+    config: SnsSinkConfig,
+    client: Client,
+}
+
+/// One message ready to publish.
+struct Entry {
+    /// Index of its record in the batch; also its id within a `PublishBatch`.
+    index: usize,
+    topic: String,
+    body: String,
+    subject: Option<String>,
+    attributes: HashMap<String, MessageAttributeValue>,
+    /// FIFO only: the Kafka key (the source) and an id fixed by the Kafka coordinates.
+    fifo: Option<(String, String)>,
+    bytes: usize,
+}
+
+impl Entry {
+    fn to_request(&self) -> Result<PublishBatchRequestEntry, BoxError> {
+        let mut builder = PublishBatchRequestEntry::builder()
+            .id(self.index.to_string())
+            .message(&self.body)
+            .set_subject(self.subject.clone())
+            .set_message_attributes(Some(self.attributes.clone()));
+        if let Some((group, dedup)) = &self.fifo {
+            builder = builder.message_group_id(group).message_deduplication_id(dedup);
+        }
+        Ok(builder.build()?)
+    }
+}
+
+fn is_fifo(topic: &str) -> bool {
+    topic.ends_with(".fifo")
+}
+
+/// A deduplication id that is the same every time this Kafka message is delivered.
+fn deduplication_id(record: &SinkRecord) -> String {
+    let digest = Sha256::digest(format!("{}/{}/{}", record.topic, record.partition, record.offset));
+    digest.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+impl SnsSink {
+    pub(crate) fn new(config: SnsSinkConfig, client: Client) -> Self {
+        Self { config, client }
+    }
+
+    fn topic_for(&self, record: &SinkRecord) -> Option<String> {
+        let routed = self.config.topic_by.as_ref().and_then(|routing| {
+            let value = record.event.field(&routing.field)?;
+            routing.topics.get(&value).cloned()
+        });
+        routed.or_else(|| self.config.topic_arn.clone())
+    }
+
+    fn entry(&self, index: usize, record: &SinkRecord) -> Result<Entry, BoxError> {
+        let topic = self.topic_for(record).ok_or_else(|| -> BoxError {
+            format!("no topic: `topic_by` has no entry for this event and `topic_arn` is not set").into()
+        })?;
+        let body = match &self.config.message {
+            Some(template) => template.render(&record.event)?,
+            None => record.event.to_json(),
+        };
+        let subject = self.config.subject.as_ref().map(|t| t.render(&record.event)).transpose()?;
+        let mut attributes = HashMap::new();
+        let mut bytes = body.len() + subject.as_ref().map_or(0, String::len);
+        for (name, kind) in &self.config.attributes {
+            let Some(value) = record.event.field(name).filter(|v| !v.is_empty()) else { continue };
+            bytes += name.len() + kind.as_str().len() + value.len();
+            attributes.insert(
+                name.clone(),
+                MessageAttributeValue::builder().data_type(kind.as_str()).string_value(value).build()?,
+            );
+        }
+        if bytes > MAX_BYTES {
+            return Err(Box::new(EntryTooLarge { bytes, limit: MAX_BYTES }));
+        }
+        let fifo = is_fifo(&topic).then(|| (record.event.key().to_owned(), deduplication_id(record)));
+        Ok(Entry { index, topic, body, subject, attributes, fifo, bytes })
+    }
+
+    /// Publishes entries for one topic in `PublishBatch` calls, in order. Returns the entries SNS
+    /// refused for their content; entries failing for SNS's own reasons are retried here.
+    async fn publish_topic(&self, topic: &str, entries: &[Entry]) -> Result<Vec<Rejection>, SnsSinkError> {
+        let mut rejected = Vec::new();
+        let mut start = 0;
+        while start < entries.len() {
+            let mut end = start;
+            let mut bytes = 0;
+            while end < entries.len() && end - start < MAX_ENTRIES && bytes + entries[end].bytes <= MAX_BYTES {
+                bytes += entries[end].bytes;
+                end += 1;
+            }
+            rejected.extend(self.publish_chunk(topic, &entries[start..end]).await?);
+            start = end;
+        }
+        Ok(rejected)
+    }
+
+    async fn publish_chunk(&self, topic: &str, chunk: &[Entry]) -> Result<Vec<Rejection>, SnsSinkError> {
+        let mut pending: Vec<&Entry> = chunk.iter().collect();
+        let mut rejected = Vec::new();
+        let mut delay = Duration::from_millis(100);
+        for attempt in 1..=ENTRY_ATTEMPTS {
+            let mut requests = Vec::with_capacity(pending.len());
+            for entry in &pending {
+                match entry.to_request() {
+                    Ok(request) => requests.push(request),
+                    Err(error) => rejected.push(Rejection { index: entry.index, error }),
+                }
+            }
+            pending.retain(|entry| !rejected.iter().any(|r| r.index == entry.index));
+            if requests.is_empty() {
+                return Ok(rejected);
+            }
+            let sent = self
+                .client
+                .publish_batch()
+                .topic_arn(topic)
+                .set_publish_batch_request_entries(Some(requests))
+                .send()
+                .await;
+            let output = match sent {
+                Ok(output) => output,
+                Err(error) => match classify(&error) {
+                    // One bad entry can fail the whole request: find it by publishing one by one.
+                    Failure::Invalid => return self.publish_one_by_one(topic, &pending, rejected).await,
+                    failure => return Err(SnsSinkError::call("PublishBatch", topic, failure, Box::new(error))),
+                },
+            };
+            let mut retry = Vec::new();
+            let mut last = String::new();
+            for failed in output.failed() {
+                let Some(entry) = pending.iter().find(|e| e.index.to_string() == failed.id()) else { continue };
+                let code = failed.code().to_owned();
+                let message = failed.message().unwrap_or_default().to_owned();
+                if failed.sender_fault() {
+                    rejected.push(Rejection { index: entry.index, error: Box::new(EntryRejected { code, message }) });
+                } else {
+                    last = format!("{code}: {message}");
+                    retry.push(*entry);
+                }
+            }
+            if retry.is_empty() {
+                return Ok(rejected);
+            }
+            if attempt == ENTRY_ATTEMPTS {
+                return Err(SnsSinkError::StillFailing {
+                    topic: topic.to_owned(),
+                    count: retry.len(),
+                    attempts: attempt,
+                    last,
+                });
+            }
+            warn!(topic, failed = retry.len(), attempt, reason = %last, "SNS failed some entries; retrying those.");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+            pending = retry;
+        }
+        Ok(rejected)
+    }
+
+    async fn publish_one_by_one(
+        &self,
+        topic: &str,
+        entries: &[&Entry],
+        mut rejected: Vec<Rejection>,
+    ) -> Result<Vec<Rejection>, SnsSinkError> {
+        for entry in entries {
+            let mut request = self
+                .client
+                .publish()
+                .topic_arn(topic)
+                .message(&entry.body)
+                .set_subject(entry.subject.clone())
+                .set_message_attributes(Some(entry.attributes.clone()));
+            if let Some((group, dedup)) = &entry.fifo {
+                request = request.message_group_id(group).message_deduplication_id(dedup);
+            }
+            if let Err(error) = request.send().await {
+                match classify(&error) {
+                    Failure::Invalid => {
+                        let code = error.code().unwrap_or("InvalidParameter").to_owned();
+                        let message = error.message().unwrap_or_default().to_owned();
+                        rejected
+                            .push(Rejection { index: entry.index, error: Box::new(EntryRejected { code, message }) });
+                    }
+                    failure => return Err(SnsSinkError::call("Publish", topic, failure, Box::new(error))),
+                }
+            }
+        }
+        Ok(rejected)
+    }
+}
+
+#[async_trait]
+impl Sink for SnsSink {
+    async fn healthcheck(&mut self) -> Result<(), SinkError> {
+        let mut unreachable = Vec::new();
+        for topic in self.config.topics() {
+            if let Err(error) = self.client.get_topic_attributes().topic_arn(topic).send().await {
+                let detail =
+                    error.code().map_or_else(|| herald_core::dlq::error_chain(&error).join(": "), str::to_owned);
+                unreachable.push(format!("{topic}: {detail}"));
+            }
+        }
+        if unreachable.is_empty() {
+            Ok(())
+        } else {
+            Err(SnsSinkError::Unreachable(unreachable).into())
+        }
+    }
+
+    async fn write(&mut self, batch: &[SinkRecord]) -> Result<WriteOutcome, SinkError> {
+        let mut outcome = WriteOutcome::all_accepted();
+        // Entries grouped by topic, each group in batch order (per-source order for FIFO topics).
+        let mut by_topic: Vec<(String, Vec<Entry>)> = Vec::new();
+        for (index, record) in batch.iter().enumerate() {
+            match self.entry(index, record) {
+                Ok(entry) => match by_topic.iter_mut().find(|(topic, _)| *topic == entry.topic) {
+                    Some((_, entries)) => entries.push(entry),
+                    None => by_topic.push((entry.topic.clone(), vec![entry])),
+                },
+                Err(error) => outcome.rejected.push(Rejection { index, error }),
+            }
+        }
+        for (topic, entries) in &by_topic {
+            outcome.rejected.extend(self.publish_topic(topic, entries).await?);
+        }
+        Ok(outcome)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deduplication_ids_depend_only_on_kafka_coordinates() {
+        let event = herald_core::StageEvent::from_json(
+            br#"{"event":"E","stage":"s","source":"A","timestamp":"2026-11-26T10:00:00","status":"S"}"#,
+        )
+        .unwrap();
+        let record = |offset| SinkRecord { event: event.clone(), topic: "t".repeat(249), partition: 2, offset };
+        assert_eq!(deduplication_id(&record(7)), deduplication_id(&record(7)));
+        assert_ne!(deduplication_id(&record(7)), deduplication_id(&record(8)));
+        assert_eq!(deduplication_id(&record(7)).len(), 64, "within SNS's 128-character limit");
+    }
+}
