@@ -79,7 +79,7 @@ impl SnsSink {
 
     fn entry(&self, index: usize, record: &SinkRecord) -> Result<Entry, BoxError> {
         let topic = self.topic_for(record).ok_or_else(|| -> BoxError {
-            format!("no topic: `topic_by` has no entry for this event and `topic_arn` is not set").into()
+            "no topic: `topic_by` has no entry for this event and `topic_arn` is not set".into()
         })?;
         let body = match &self.config.message {
             Some(template) => template.render(&record.event)?,
