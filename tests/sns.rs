@@ -116,7 +116,7 @@ timeout = "2s"
     ));
     let mut herald = Herald::run(&config);
     let mut seen = BTreeSet::new();
-    let mut drain_until = |count: usize, herald: &Herald| {
+    let drain_until = |count: usize, herald: &Herald| {
         let (sqs, queue_url) = (sqs.clone(), queue_url.clone());
         let log = herald.log();
         async move {
