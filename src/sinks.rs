@@ -1,7 +1,7 @@
 //! The sink registry: a route's `sink.type` → the sink crate that builds it.
 
 use anyhow::{bail, Context, Result};
-use herald_core::{RouteConfig, Sink};
+use herald_core::{RouteConfig, Sink, SourceSpec};
 use herald_sink_postgres::Setup;
 
 /// Every sink type this binary knows, for error messages.
@@ -82,5 +82,22 @@ pub async fn migrate(route: &RouteConfig) -> Result<Option<String>> {
             Ok(Some(format!("schema `{}`", config.schema)))
         }
         _ => Ok(None),
+    }
+}
+
+/// The source a `[[source]]` table describes, parsed and validated.
+pub fn source(spec: &SourceSpec) -> Result<herald_source_postgres::PostgresSourceConfig> {
+    let context = || format!("source `{}` (type `{}`)", spec.name, spec.kind);
+    match spec.kind.as_str() {
+        herald_source_postgres::KIND => {
+            let config: herald_source_postgres::PostgresSourceConfig = spec.parse().with_context(context)?;
+            config.validate().with_context(context)?;
+            Ok(config)
+        }
+        other => bail!(
+            "source `{}`: unknown source type `{other}`; known types: {}",
+            spec.name,
+            herald_source_postgres::KIND
+        ),
     }
 }

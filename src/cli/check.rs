@@ -71,6 +71,12 @@ pub async fn check(args: CheckArgs) -> Result<ExitCode> {
                 Err(err) => report.fail(&label, format!("{err:#}")),
             }
         }
+        for spec in &config.sources {
+            match sinks::source(spec) {
+                Ok(_) => report.ok(&format!("source {}", spec.name), "settings valid"),
+                Err(err) => report.fail(&format!("source {}", spec.name), format!("{err:#}")),
+            }
+        }
         return Ok(report.finish());
     }
 
@@ -116,5 +122,15 @@ pub async fn check(args: CheckArgs) -> Result<ExitCode> {
         }
     }
 
+    for spec in &config.sources {
+        let label = format!("source {}", spec.name);
+        match sinks::source(spec) {
+            Ok(source) => match source.check().await {
+                Ok(()) => report.ok(&label, "table and mapped columns found"),
+                Err(err) => report.fail(&label, error_chain(&err).join(": ")),
+            },
+            Err(err) => report.fail(&label, format!("{err:#}")),
+        }
+    }
     Ok(report.finish())
 }

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 
 use crate::sinks;
@@ -23,6 +23,11 @@ pub async fn migrate(args: MigrateArgs) -> Result<ExitCode> {
             Some(what) => println!("ok    route {:<22} {} migrated", route.name, what),
             None => println!("-     route {:<22} sink `{}` has no tables", route.name, route.sink.kind),
         }
+    }
+    for spec in &config.sources {
+        let source = sinks::source(spec)?;
+        source.migrate().await.with_context(|| format!("source `{}`", spec.name))?;
+        println!("ok    source {:<21} change capture installed", spec.name);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use futures::future::try_join_all;
 use herald_core::BoundRoute;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::sinks;
@@ -20,9 +22,15 @@ pub struct RunArgs {
 
 pub async fn run(args: RunArgs) -> Result<ExitCode> {
     let config = super::load_config(&args.config)?;
-    if config.routes.is_empty() {
-        bail!("{}: no [[route]] is configured, so there is nothing to run", args.config.display());
+    if config.routes.is_empty() && config.sources.is_empty() {
+        bail!("{}: no [[route]] or [[source]] is configured, so there is nothing to run", args.config.display());
     }
+    let sources = config
+        .sources
+        .iter()
+        .map(|spec| Ok((spec.name.clone(), sinks::source(spec)?)))
+        .collect::<Result<Vec<_>>>()
+        .with_context(|| format!("{}", args.config.display()))?;
     let mut routes = Vec::with_capacity(config.routes.len());
     for route in &config.routes {
         let mut sink =
@@ -34,7 +42,40 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         routes.push(BoundRoute { config: route.clone(), sink });
     }
     info!(config = %args.config.display(), brokers = config.kafka.bootstrap_servers(), "Starting herald.");
-    herald_core::run(&config, routes, shutdown_signal()).await.context("herald stopped on an error")?;
+    let stop = CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            shutdown_signal().await;
+            stop.cancel();
+        }
+    });
+    // Routes and sources run side by side; whichever fails first stops the other cleanly.
+    let run_routes = async {
+        let result = if routes.is_empty() {
+            stop.cancelled().await;
+            Ok(())
+        } else {
+            herald_core::run(&config, routes, stop.cancelled()).await.context("herald stopped on an error")
+        };
+        stop.cancel();
+        result
+    };
+    let run_sources = async {
+        let result = try_join_all(sources.iter().map(|(name, source)| {
+            let stop = stop.clone();
+            let kafka = &config.kafka;
+            async move { source.run(name, kafka, stop).await.with_context(|| format!("source `{name}` stopped")) }
+        }))
+        .await;
+        if result.is_err() {
+            stop.cancel();
+        }
+        result
+    };
+    let (routes_result, sources_result) = tokio::join!(run_routes, run_sources);
+    routes_result?;
+    sources_result?;
     info!("herald stopped cleanly.");
     Ok(ExitCode::SUCCESS)
 }

@@ -42,6 +42,10 @@ pub struct Config {
     /// The routes: each moves events from Kafka topics to one sink. Written `[[route]]`.
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteConfig>,
+    /// The sources: each turns writes to a database table into Kafka stage events. Written
+    /// `[[source]]`, with `name`, `type` (e.g. `"postgres"`) and that source's settings.
+    #[serde(default, rename = "source")]
+    pub sources: Vec<SourceSpec>,
 }
 
 impl Config {
@@ -122,6 +126,20 @@ impl Config {
             }
             if route.sink.kind.is_empty() {
                 return Err((at("sink.type"), "the sink type is required, e.g. \"stdout\"".into()));
+            }
+        }
+        let mut source_names = BTreeSet::new();
+        for (i, source) in self.sources.iter().enumerate() {
+            let valid = !source.name.is_empty()
+                && source.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            if !valid {
+                return Err((
+                    format!("source[{i}].name"),
+                    format!("`{}` must be non-empty letters, digits, `-`, `_` or `.`", source.name),
+                ));
+            }
+            if !source_names.insert(source.name.as_str()) {
+                return Err((format!("source[{i}].name"), format!("source name `{}` is used twice", source.name)));
             }
         }
         if self.runtime.progress_interval.is_zero() {
@@ -393,6 +411,36 @@ impl<'de> Deserialize<'de> for SinkSpec {
             None => return Err(de::Error::missing_field("type")),
         };
         Ok(Self { kind, settings })
+    }
+}
+
+/// A source: its name and kind, and its settings left for that source's own typed config.
+#[derive(Debug, Clone)]
+pub struct SourceSpec {
+    /// Unique name, used in logs, the transactional id and the cursor's key.
+    pub name: String,
+    /// The source kind, from `type`, e.g. `"postgres"`.
+    pub kind: String,
+    /// Every other key of the `[[source]]` table.
+    pub settings: serde_json::Map<String, Value>,
+}
+
+impl SourceSpec {
+    /// Reads the settings into a source's config type. The error names the offending key.
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T, SinkSettingsError> {
+        SinkSpec { kind: self.kind.clone(), settings: self.settings.clone() }.parse()
+    }
+}
+
+impl<'de> Deserialize<'de> for SourceSpec {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let SinkSpec { kind, mut settings } = SinkSpec::deserialize(deserializer)?;
+        let name = match settings.remove("name") {
+            Some(Value::String(name)) => name,
+            Some(other) => return Err(de::Error::custom(format!("`name` must be a string, not {other}"))),
+            None => return Err(de::Error::missing_field("name")),
+        };
+        Ok(Self { name, kind, settings })
     }
 }
 

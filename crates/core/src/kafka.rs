@@ -31,8 +31,21 @@ pub fn reliable_producer_config(props: &KafkaProperties) -> ClientConfig {
 /// Creates `topic` with `partitions` partitions unless it exists. The replication factor is the
 /// broker default (`-1`), so this works on a one-broker test cluster and a real one alike.
 pub async fn ensure_topic(props: &KafkaProperties, topic: &str, partitions: i32) -> Result<(), KafkaError> {
+    ensure_topic_with(props, topic, partitions, &[]).await
+}
+
+/// [`ensure_topic`] with topic configs, e.g. `("cleanup.policy", "compact")`, used on creation only.
+pub async fn ensure_topic_with(
+    props: &KafkaProperties,
+    topic: &str,
+    partitions: i32,
+    configs: &[(&str, &str)],
+) -> Result<(), KafkaError> {
     let admin: AdminClient<DefaultClientContext> = client_config(props).create()?;
-    let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1));
+    let mut new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1));
+    for (name, value) in configs {
+        new_topic = new_topic.set(name, value);
+    }
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let results = admin.create_topics([&new_topic], &options).await?;
     for result in results {

@@ -34,7 +34,7 @@ pub mod runtime;
 pub mod sink;
 pub mod template;
 
-pub use config::{Config, ConfigError, RouteConfig, SinkSpec};
+pub use config::{Config, ConfigError, RouteConfig, SinkSpec, SourceSpec};
 pub use error::{RouteError, RuntimeError};
 pub use event::{EventError, EventTimestamp, StageEvent};
 pub use filter::Filter;

@@ -18,6 +18,24 @@ pub struct SinkRecord {
     pub partition: i32,
     /// Its offset in that partition.
     pub offset: i64,
+    /// Where the event was born when not on Kafka: the `herald.origin` header herald's own
+    /// sources set, e.g. `postgres:public.pipeline_status`. A sink writing that very table skips
+    /// the event, so a row never travels back to where it came from.
+    pub origin: Option<String>,
+}
+
+/// The header naming where a message herald published was born.
+pub const ORIGIN_HEADER: &str = "herald.origin";
+
+/// The `herald.origin` header of a message, if any.
+pub fn origin_of(message: &impl rdkafka::Message) -> Option<String> {
+    use rdkafka::message::Headers;
+    let headers = message.headers()?;
+    headers
+        .iter()
+        .find(|header| header.key == ORIGIN_HEADER)
+        .and_then(|header| header.value)
+        .map(|value| String::from_utf8_lossy(value).into_owned())
 }
 
 /// A destination for stage events.

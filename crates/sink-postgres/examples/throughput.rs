@@ -35,6 +35,7 @@ async fn main() {
                 topic: "bench".into(),
                 partition: (i % 3) as i32,
                 offset: (i / 3) as i64,
+                origin: None,
             }
         })
         .collect();

@@ -120,6 +120,9 @@ pub(crate) struct TableWriter {
     sql: String,
     /// Indexes into `plan.columns` of the columns fed from arrays (all but constants).
     array_columns: Vec<usize>,
+    /// `postgres:<schema>.<table>`, as herald's Postgres source names rows of this table in the
+    /// `herald.origin` header: such events came from this table and are not written back.
+    origin: String,
 }
 
 impl TableWriter {
@@ -134,7 +137,7 @@ impl TableWriter {
              WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
         )
         .bind(&table)
-        .fetch_all(conn)
+        .fetch_all(&mut *conn)
         .await
         .map_err(|source| PostgresSinkError::Catalog { table: table.clone(), source })?;
         if rows.is_empty() {
@@ -172,18 +175,23 @@ impl TableWriter {
         let array_columns: Vec<usize> =
             (0..plan.columns.len()).filter(|&i| !matches!(plan.columns[i].1, FieldSource::Constant(_))).collect();
         let sql = build_statement(&plan, &casts, &array_columns);
-        Ok(Self { plan, sql, array_columns })
+        let resolved: String = sqlx::query_scalar(
+            "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.oid = to_regclass($1)",
+        )
+        .bind(&table)
+        .fetch_one(&mut *conn)
+        .await?;
+        Ok(Self { plan, sql, array_columns, origin: format!("postgres:{resolved}") })
     }
 
     /// Writes `records` in one statement (for an upsert, the newest per key of them).
     pub(crate) async fn write(&self, conn: &mut PgConnection, records: &[&SinkRecord]) -> Result<(), sqlx::Error> {
-        let kept: Vec<&SinkRecord>;
+        let not_from_here: Vec<&SinkRecord> =
+            records.iter().copied().filter(|r| r.origin.as_deref() != Some(self.origin.as_str())).collect();
         let records = match &self.plan.upsert {
-            Some(_) => {
-                kept = self.newest_per_key(records);
-                &kept
-            }
-            None => records,
+            Some(_) => self.newest_per_key(&not_from_here),
+            None => not_from_here,
         };
         if records.is_empty() {
             return Ok(());

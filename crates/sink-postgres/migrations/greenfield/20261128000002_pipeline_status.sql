@@ -8,10 +8,12 @@ CREATE TABLE IF NOT EXISTS pipeline_status (
     source          text        NOT NULL,
     records         bigint,
     status          text        NOT NULL,
-    event_time      timestamptz NOT NULL,
-    payload         jsonb       NOT NULL,
-    -- 'kafka' for rows herald wrote from Kafka; the Postgres source never republishes those.
-    origin          text        NOT NULL DEFAULT 'kafka',
+    event_time      timestamptz NOT NULL DEFAULT now(),
+    -- The whole event as received; rows written straight into the table may leave it out.
+    payload         jsonb,
+    -- 'kafka' on rows herald wrote from Kafka, which the Postgres source never republishes;
+    -- rows written straight into the table get 'db'.
+    origin          text        NOT NULL DEFAULT 'db',
     kafka_topic     text,
     kafka_partition integer,
     kafka_offset    bigint,
@@ -27,9 +29,9 @@ CREATE TABLE IF NOT EXISTS pipeline_status_latest (
     event           text        NOT NULL,
     records         bigint,
     status          text        NOT NULL,
-    event_time      timestamptz NOT NULL,
-    payload         jsonb       NOT NULL,
-    origin          text        NOT NULL DEFAULT 'kafka',
+    event_time      timestamptz NOT NULL DEFAULT now(),
+    payload         jsonb,
+    origin          text        NOT NULL DEFAULT 'db',
     kafka_topic     text,
     kafka_partition integer,
     kafka_offset    bigint,

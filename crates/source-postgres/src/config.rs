@@ -1,0 +1,202 @@
+//! Settings of the Postgres source.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+use crate::error::SourceError;
+
+/// `[[source]] name = "status-table", type = "postgres", url = "postgres://…", …`.
+///
+/// Without `table`, the source watches herald's greenfield `pipeline_status` in `schema`, and
+/// skips the rows herald's sink wrote there (`origin = 'kafka'`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSourceConfig {
+    /// Connection URL (TLS with `sslmode=require` …). Never printed.
+    pub url: SecretString,
+    /// Schema of herald's tables (`herald_changes`, and the greenfield `pipeline_status`).
+    /// Default `"public"`.
+    #[serde(default = "default_schema")]
+    pub schema: String,
+    /// The table to watch, `table` or `schema.table`. Default: the greenfield `pipeline_status`.
+    #[serde(default)]
+    pub table: Option<String>,
+    /// Kafka topic the events go to. Default `"pipeline.stage.events"`.
+    #[serde(default = "default_topic")]
+    pub topic: String,
+    /// Event field → column, the sink's mapping reversed, e.g.
+    /// `{ source = "src_system", stage = "step", status = "state", records = "row_count", timestamp = "finished_at" }`.
+    /// Default (greenfield): `event`, `stage`, `source`, `records`, `status` from the same-named
+    /// columns, `timestamp` from `event_time`, and extra fields from the `payload` JSON column.
+    #[serde(default)]
+    pub columns: Option<BTreeMap<String, String>>,
+    /// Event field → constant, for fields the table has no column for, e.g.
+    /// `{ event = "STAGE_COMPLETE" }`.
+    #[serde(default)]
+    pub constants: BTreeMap<String, String>,
+    /// The event field whose value is the Kafka key. Default `"source"`, as `herald publish`.
+    #[serde(default = "default_key_field")]
+    pub key_field: String,
+    /// Rows not to publish because herald's sink wrote them (no loops). Default (greenfield):
+    /// `{ column = "origin", value = "kafka" }`; for a legacy table, the sink's marker constant,
+    /// e.g. `{ column = "updated_by", value = "herald" }`.
+    #[serde(default)]
+    pub skip_when: Option<SkipWhen>,
+    /// Where rows that cannot become events go, with the reason in `__connect.errors.*` headers.
+    /// Default `"herald.dlq.<name>"`.
+    #[serde(default)]
+    pub dead_letter_topic: Option<String>,
+    /// The compacted topic holding each source's cursor, written in the same Kafka transaction
+    /// as the events. Default `"herald.source-offsets"`.
+    #[serde(default = "default_offsets_topic")]
+    pub offsets_topic: String,
+    /// Most changes published in one Kafka transaction. Default `500`.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Safety interval: besides `LISTEN`, changes are looked for this often. Default `"5s"`.
+    #[serde(default = "default_poll_interval", with = "humantime_serde")]
+    pub poll_interval: Duration,
+}
+
+/// Skip rows whose `column` holds `value`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SkipWhen {
+    /// The column.
+    pub column: String,
+    /// The value marking rows herald's sink wrote.
+    pub value: String,
+}
+
+fn default_schema() -> String {
+    "public".into()
+}
+
+fn default_topic() -> String {
+    "pipeline.stage.events".into()
+}
+
+fn default_key_field() -> String {
+    "source".into()
+}
+
+fn default_offsets_topic() -> String {
+    "herald.source-offsets".into()
+}
+
+fn default_batch_size() -> usize {
+    500
+}
+
+fn default_poll_interval() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// The validated plan: which table, how rows become events.
+#[derive(Debug, Clone)]
+pub(crate) struct Plan {
+    pub(crate) schema: String,
+    /// The watched table as written in the config (resolved through the catalog later).
+    pub(crate) table: String,
+    pub(crate) columns: BTreeMap<String, String>,
+    pub(crate) payload_column: Option<String>,
+    pub(crate) skip_when: Option<SkipWhen>,
+}
+
+fn plain_identifier(name: &str) -> bool {
+    name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name.len() <= 63
+}
+
+impl PostgresSourceConfig {
+    /// Checks the settings without connecting.
+    pub fn validate(&self) -> Result<(), SourceError> {
+        self.plan().map(drop)
+    }
+
+    pub(crate) fn plan(&self) -> Result<Plan, SourceError> {
+        let invalid = |key: &str, reason: String| Err(SourceError::Config { key: key.into(), reason });
+        if !plain_identifier(&self.schema) {
+            return invalid("schema", format!("`{}` is not a plain SQL identifier", self.schema));
+        }
+        if let Some(table) = &self.table {
+            let parts: Vec<&str> = table.split('.').collect();
+            if parts.len() > 2 || !parts.iter().all(|p| plain_identifier(p)) {
+                return invalid("table", format!("`{table}` is not `table` or `schema.table` of plain identifiers"));
+            }
+        }
+        if self.batch_size == 0 || self.batch_size > 10_000 {
+            return invalid("batch_size", format!("{} is out of range 1..=10000", self.batch_size));
+        }
+        if self.poll_interval.is_zero() {
+            return invalid("poll_interval", "must be greater than zero".into());
+        }
+        let greenfield = self.table.is_none();
+        let columns = match &self.columns {
+            Some(columns) => columns.clone(),
+            None if greenfield => [
+                ("event", "event"),
+                ("stage", "stage"),
+                ("source", "source"),
+                ("records", "records"),
+                ("status", "status"),
+                ("timestamp", "event_time"),
+            ]
+            .into_iter()
+            .map(|(field, column)| (field.to_owned(), column.to_owned()))
+            .collect(),
+            None => return invalid("columns", "a legacy table needs `columns` (event field → column)".into()),
+        };
+        for required in ["event", "stage", "source", "status", "timestamp"] {
+            if !columns.contains_key(required) && !self.constants.contains_key(required) {
+                return invalid("columns", format!("no column or constant gives the event field `{required}`"));
+            }
+        }
+        let skip_when = match (&self.skip_when, greenfield) {
+            (Some(skip), _) => Some(skip.clone()),
+            (None, true) => Some(SkipWhen { column: "origin".into(), value: "kafka".into() }),
+            (None, false) => None,
+        };
+        Ok(Plan {
+            schema: self.schema.clone(),
+            table: self.table.clone().unwrap_or_else(|| format!("{}.pipeline_status", self.schema)),
+            columns,
+            payload_column: greenfield.then(|| "payload".to_owned()),
+            skip_when,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn greenfield_defaults_and_legacy_requirements() {
+        let greenfield: PostgresSourceConfig = serde_json::from_str(r#"{"url":"postgres://x"}"#).unwrap();
+        let plan = greenfield.plan().unwrap();
+        assert_eq!(plan.table, "public.pipeline_status");
+        assert_eq!(plan.columns["timestamp"], "event_time");
+        assert_eq!(plan.skip_when.unwrap().value, "kafka");
+
+        let legacy: PostgresSourceConfig = serde_json::from_str(
+            r#"{"url":"x","table":"ops.job_status","constants":{"event":"STAGE_COMPLETE"},
+                "columns":{"source":"src_system","stage":"step","status":"state","timestamp":"finished_at"}}"#,
+        )
+        .unwrap();
+        assert!(legacy.plan().unwrap().skip_when.is_none());
+
+        for bad in [
+            r#"{"url":"x","table":"ops.job_status"}"#,
+            r#"{"url":"x","table":"a;b","columns":{}}"#,
+            r#"{"url":"x","table":"t","columns":{"source":"s","stage":"st","status":"x","timestamp":"t"}}"#,
+            r#"{"url":"x","batch_size":0}"#,
+        ] {
+            assert!(serde_json::from_str::<PostgresSourceConfig>(bad).unwrap().plan().is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,40 @@
+/*!
+herald-source-postgres: inserts and updates of a Postgres status table become Kafka stage events.
+
+Legacy producers keep writing status rows (a `RUNNING` row, later updated to `SUCCESS`); Kafka
+consumers see them as ordinary stage events within milliseconds, keyed and shaped as
+`herald publish` writes them, with a `herald.origin` header naming the table.
+
+The decisions to know:
+- **Capture**: a trigger records each inserted or updated row in `herald_changes` with the id of
+  its transaction, and `pg_notify`s; herald `LISTEN`s, and also catches up from its cursor on
+  start, after a lost connection and on a slow safety interval.
+- **No row missed**: an id or timestamp cursor misses rows whose transactions commit out of
+  order. herald reads only changes of transactions older than the snapshot's `xmin` (no
+  transaction still running can add one before them), in (txid, id) order.
+- **Exactly once into Kafka**: each batch of events and the cursor after it (a record on a
+  compacted offsets topic) commit in one Kafka transaction; on start herald reads the cursor back
+  with `read_committed`. A SIGKILL mid-transaction leaves nothing visible and nothing skipped.
+- **One active publisher**: instances take a Postgres advisory lock per source; standbys poll for
+  it and take over within about a second when the active one dies. `init_transactions` on the
+  same transactional id fences a zombie.
+- **No loops**: rows herald's sink wrote (`origin = 'kafka'`, or the configured marker) are not
+  published; and the sink does not write back events whose `herald.origin` is its own table.
+
+Layout: `config.rs`, `capture.rs` (Postgres side), `publisher.rs` (Kafka side), `source.rs`
+(the loop), `error.rs`.
+*/
+#![deny(missing_docs)]
+
+mod capture;
+mod config;
+mod error;
+mod publisher;
+mod source;
+
+pub use capture::Cursor;
+pub use config::{PostgresSourceConfig, SkipWhen};
+pub use error::SourceError;
+
+/// The `type` that selects this source in a `[[source]]` table.
+pub const KIND: &str = "postgres";

@@ -1,0 +1,178 @@
+//! The Kafka side: a transactional producer that publishes a batch of events together with the
+//! source's cursor, and reads the cursor back on start.
+
+use std::time::Duration;
+
+use futures::future::try_join_all;
+use herald_core::config::KafkaProperties;
+use herald_core::kafka::{client_config, ensure_topic, ensure_topic_with};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::Message;
+
+use crate::capture::Cursor;
+use crate::error::SourceError;
+
+/// How long a transaction may stay open before the broker aborts it.
+const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One message to publish.
+pub(crate) struct Outgoing {
+    pub(crate) topic: String,
+    pub(crate) key: Option<String>,
+    pub(crate) value: String,
+    pub(crate) headers: Vec<(&'static str, String)>,
+}
+
+/// Publishes batches exactly once: the events and the cursor that follows them commit in one
+/// Kafka transaction, so `read_committed` consumers see each row once and a restart resumes
+/// exactly after the last committed batch.
+pub(crate) struct Publisher {
+    producer: FutureProducer,
+    offsets_topic: String,
+    cursor_key: String,
+}
+
+impl Publisher {
+    /// Creates the topics it writes (if missing), then a transactional producer whose
+    /// `init_transactions` fences any earlier producer of this source and aborts its open
+    /// transaction.
+    pub(crate) async fn start(
+        props: &KafkaProperties,
+        source: &str,
+        topics: &[&str],
+        offsets_topic: &str,
+    ) -> Result<Self, SourceError> {
+        for topic in topics {
+            ensure_topic(props, topic, 1).await.map_err(SourceError::kafka("creating a topic"))?;
+        }
+        ensure_topic_with(props, offsets_topic, 1, &[("cleanup.policy", "compact")])
+            .await
+            .map_err(SourceError::kafka("creating the offsets topic"))?;
+        let producer: FutureProducer = client_config(props)
+            .set("transactional.id", format!("herald.source.{source}"))
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("transaction.timeout.ms", TRANSACTION_TIMEOUT.as_millis().to_string())
+            .set("linger.ms", "1")
+            .create()
+            .map_err(SourceError::kafka("creating the transactional producer"))?;
+        let init = producer.clone();
+        tokio::task::spawn_blocking(move || init.init_transactions(Duration::from_secs(30)))
+            .await?
+            .map_err(SourceError::kafka("initialising transactions"))?;
+        Ok(Self { producer, offsets_topic: offsets_topic.to_owned(), cursor_key: source.to_owned() })
+    }
+
+    /// The cursor committed last, read from the offsets topic with `read_committed`.
+    pub(crate) async fn committed_cursor(&self, props: &KafkaProperties) -> Result<Option<Cursor>, SourceError> {
+        let props = props.clone();
+        let topic = self.offsets_topic.clone();
+        let key = self.cursor_key.clone();
+        tokio::task::spawn_blocking(move || read_cursor(&props, &topic, &key)).await?
+    }
+
+    /// Publishes `messages` and moves the cursor to `cursor`, atomically.
+    pub(crate) async fn publish(&self, messages: Vec<Outgoing>, cursor: Cursor) -> Result<(), SourceError> {
+        self.producer.begin_transaction().map_err(SourceError::kafka("beginning a transaction"))?;
+        let result = self.send_all(&messages, cursor).await;
+        let producer = self.producer.clone();
+        match result {
+            Ok(()) => tokio::task::spawn_blocking(move || producer.commit_transaction(Duration::from_secs(30)))
+                .await?
+                .map_err(SourceError::kafka("committing a transaction")),
+            Err(err) => {
+                // Nothing of this batch becomes visible; the cursor stays where it was.
+                let _ = tokio::task::spawn_blocking(move || producer.abort_transaction(Duration::from_secs(30))).await;
+                Err(err)
+            }
+        }
+    }
+
+    async fn send_all(&self, messages: &[Outgoing], cursor: Cursor) -> Result<(), SourceError> {
+        let mut deliveries = Vec::with_capacity(messages.len() + 1);
+        let cursor_value = format!(r#"{{"txid":{},"id":{}}}"#, cursor.txid, cursor.id);
+        let all = messages
+            .iter()
+            .map(|m| (m.topic.as_str(), m.key.as_deref(), m.value.as_str(), m.headers.as_slice()))
+            .chain(std::iter::once((
+                self.offsets_topic.as_str(),
+                Some(self.cursor_key.as_str()),
+                cursor_value.as_str(),
+                &[][..],
+            )));
+        for (topic, key, value, headers) in all {
+            let mut owned = OwnedHeaders::new();
+            for (name, header) in headers {
+                owned = owned.insert(Header { key: name, value: Some(header.as_str()) });
+            }
+            let mut record: FutureRecord<'_, str, str> = FutureRecord::to(topic).payload(value).headers(owned);
+            if let Some(key) = key {
+                record = record.key(key);
+            }
+            let delivery =
+                self.producer.send_result(record).map_err(|(err, _)| SourceError::kafka("queueing a message")(err))?;
+            deliveries.push(async move {
+                match delivery.await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err((err, _))) => Err(SourceError::kafka("delivering a message")(err)),
+                    Err(_canceled) => {
+                        Err(SourceError::kafka("delivering a message")(rdkafka::error::KafkaError::Canceled))
+                    }
+                }
+            });
+        }
+        try_join_all(deliveries).await?;
+        Ok(())
+    }
+}
+
+fn read_cursor(props: &KafkaProperties, topic: &str, key: &str) -> Result<Option<Cursor>, SourceError> {
+    let consumer: BaseConsumer = client_config(props)
+        .set("group.id", format!("herald.source-offsets-reader.{key}"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .map_err(SourceError::kafka("creating the offsets reader"))?;
+    let timeout = Duration::from_secs(15);
+    let (start, end) =
+        consumer.fetch_watermarks(topic, 0, timeout).map_err(SourceError::kafka("reading offsets watermarks"))?;
+    if end <= start {
+        return Ok(None);
+    }
+    let mut assignment = TopicPartitionList::new();
+    assignment
+        .add_partition_offset(topic, 0, Offset::Beginning)
+        .map_err(SourceError::kafka("assigning the offsets topic"))?;
+    consumer.assign(&assignment).map_err(SourceError::kafka("assigning the offsets topic"))?;
+    let mut cursor = None;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let position = consumer
+            .position()
+            .ok()
+            .and_then(|p| p.find_partition(topic, 0).and_then(|e| e.offset().to_raw()))
+            .unwrap_or(-1);
+        // Transaction markers take offsets too, so "done" is the position, not the last message.
+        if position >= end || std::time::Instant::now() > deadline {
+            break;
+        }
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(message)) => {
+                if message.key() == Some(key.as_bytes()) {
+                    cursor = message.payload().and_then(parse_cursor);
+                }
+            }
+            Some(Err(err)) => return Err(SourceError::kafka("reading the offsets topic")(err)),
+            None => {}
+        }
+    }
+    Ok(cursor)
+}
+
+fn parse_cursor(payload: &[u8]) -> Option<Cursor> {
+    let value: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    Some(Cursor { txid: value["txid"].as_u64()?, id: value["id"].as_i64()? })
+}

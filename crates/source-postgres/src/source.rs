@@ -1,0 +1,260 @@
+//! The source at work: standby until it holds the lock, then LISTEN, catch up, publish.
+
+use std::time::Duration;
+
+use herald_core::config::KafkaProperties;
+use herald_core::dlq::headers;
+use herald_core::sink::ORIGIN_HEADER;
+use herald_core::StageEvent;
+use secrecy::ExposeSecret;
+use serde_json::{Map, Value};
+use sqlx::postgres::{PgConnectOptions, PgListener};
+use sqlx::{Connection, PgConnection};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::capture::{self, Change, Cursor};
+use crate::config::{Plan, PostgresSourceConfig};
+use crate::error::SourceError;
+use crate::publisher::{Outgoing, Publisher};
+
+/// The `pg_notify` channel the capture trigger signals.
+const CHANNEL: &str = "herald_changes";
+/// How often a standby tries to take the lock.
+const STANDBY_POLL: Duration = Duration::from_secs(1);
+/// How soon to look again when an open transaction holds changes back.
+const HELD_BACK_POLL: Duration = Duration::from_millis(20);
+
+impl PostgresSourceConfig {
+    fn connect_options(&self) -> Result<PgConnectOptions, SourceError> {
+        let options: PgConnectOptions = self.url.expose_secret().parse().map_err(SourceError::Url)?;
+        Ok(options.application_name("herald-source"))
+    }
+
+    /// Installs the change capture (table, function, trigger); idempotent. `herald migrate` and
+    /// the active instance at start call it.
+    pub async fn migrate(&self) -> Result<(), SourceError> {
+        let plan = self.plan()?;
+        let mut conn =
+            PgConnection::connect_with(&self.connect_options()?).await.map_err(SourceError::postgres("connecting"))?;
+        capture::install(&mut conn, &plan.schema, &plan.table).await?;
+        let _ = conn.close().await;
+        Ok(())
+    }
+
+    /// Connects and checks the table and its mapped columns, changing nothing.
+    pub async fn check(&self) -> Result<(), SourceError> {
+        let plan = self.plan()?;
+        let mut conn =
+            PgConnection::connect_with(&self.connect_options()?).await.map_err(SourceError::postgres("connecting"))?;
+        let resolved = capture::resolve(&mut conn, &plan.table).await?;
+        let wanted: Vec<String> =
+            plan.columns.values().cloned().chain(plan.skip_when.iter().map(|s| s.column.clone())).collect();
+        let missing = capture::missing_columns(&mut conn, &resolved, wanted.iter()).await?;
+        if !missing.is_empty() {
+            return Err(SourceError::MissingColumns { table: resolved, missing });
+        }
+        Ok(())
+    }
+
+    /// Runs the source named `name` until `cancel`: standby while another instance holds its
+    /// lock, active otherwise. Transient failures (Postgres or Kafka down, fenced) send it back
+    /// to standby and it tries again; configuration errors end it.
+    pub async fn run(&self, name: &str, kafka: &KafkaProperties, cancel: CancellationToken) -> Result<(), SourceError> {
+        let plan = self.plan()?;
+        while !cancel.is_cancelled() {
+            match self.run_once(name, &plan, kafka, &cancel).await {
+                Ok(()) => {}
+                Err(err) if err.is_transient() => {
+                    warn!(source = name, error = %herald_core::dlq::error_chain(&err).join(": "), "Source stepped down; retrying.");
+                    tokio::select! {
+                        _ = cancel.cancelled() => {}
+                        _ = tokio::time::sleep(STANDBY_POLL) => {}
+                    }
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(())
+    }
+
+    async fn run_once(
+        &self,
+        name: &str,
+        plan: &Plan,
+        kafka: &KafkaProperties,
+        cancel: &CancellationToken,
+    ) -> Result<(), SourceError> {
+        // The lock lives as long as this connection: if the process dies, Postgres drops the
+        // connection and the lock with it, and a standby takes over.
+        let mut lock =
+            PgConnection::connect_with(&self.connect_options()?).await.map_err(SourceError::postgres("connecting"))?;
+        let lock_key = format!("herald.source.{name}");
+        let mut announced = false;
+        loop {
+            let acquired: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
+                .bind(&lock_key)
+                .fetch_one(&mut lock)
+                .await
+                .map_err(SourceError::postgres("taking the source lock"))?;
+            if acquired {
+                break;
+            }
+            if !announced {
+                info!(source = name, "Another instance publishes this source; standing by.");
+                announced = true;
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(STANDBY_POLL) => {}
+            }
+        }
+
+        let mut conn =
+            PgConnection::connect_with(&self.connect_options()?).await.map_err(SourceError::postgres("connecting"))?;
+        let table = capture::install(&mut conn, &plan.schema, &plan.table).await?;
+        let dead_letter_topic = self.dead_letter_topic.clone().unwrap_or_else(|| format!("herald.dlq.{name}"));
+        let publisher =
+            Publisher::start(kafka, name, &[self.topic.as_str(), dead_letter_topic.as_str()], &self.offsets_topic)
+                .await?;
+        let mut cursor = publisher.committed_cursor(kafka).await?.unwrap_or_default();
+        info!(source = name, table = %table, topic = %self.topic, txid = cursor.txid, change = cursor.id, "Source active.");
+
+        let mut listener = PgListener::connect_with(&sqlx::PgPool::connect_lazy_with(self.connect_options()?))
+            .await
+            .map_err(SourceError::postgres("connecting the listener"))?;
+        listener.listen(CHANNEL).await.map_err(SourceError::postgres("listening"))?;
+        let worker =
+            Worker { name, plan, config: self, table: &table, dead_letter_topic: &dead_letter_topic, publisher };
+
+        loop {
+            let held_back = worker.catch_up(&mut conn, &mut cursor).await?;
+            let wait = if held_back { HELD_BACK_POLL } else { self.poll_interval };
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                notification = listener.try_recv() => match notification {
+                    Ok(Some(_)) => {}
+                    // The listener lost its connection (and reconnects on the next call):
+                    // notifications sent meanwhile are gone, and the catch-up finds their rows.
+                    Ok(None) => warn!(source = name, "Notification connection lost; catching up."),
+                    Err(err) => return Err(SourceError::postgres("receiving notifications")(err)),
+                },
+                _ = tokio::time::sleep(wait) => {
+                    // Still holding the lock? A dead lock connection means a standby may be active.
+                    sqlx::query("SELECT 1").execute(&mut lock).await.map_err(SourceError::postgres("checking the source lock"))?;
+                }
+            }
+        }
+    }
+}
+
+/// What the active instance needs to turn changes into messages.
+struct Worker<'a> {
+    name: &'a str,
+    plan: &'a Plan,
+    config: &'a PostgresSourceConfig,
+    table: &'a str,
+    dead_letter_topic: &'a str,
+    publisher: Publisher,
+}
+
+impl Worker<'_> {
+    /// Publishes every readable change after `cursor`, a transaction per batch. Returns whether
+    /// some changes are still held back by an open transaction.
+    async fn catch_up(&self, conn: &mut PgConnection, cursor: &mut Cursor) -> Result<bool, SourceError> {
+        loop {
+            let changes =
+                capture::read_changes(conn, &self.plan.schema, self.table, *cursor, self.config.batch_size).await?;
+            let Some(last) = changes.last().map(|c| c.cursor) else {
+                return capture::held_back(conn, &self.plan.schema, self.table, *cursor).await;
+            };
+            let messages: Vec<Outgoing> = changes.iter().filter_map(|change| self.message(change)).collect();
+            let count = messages.len();
+            self.publisher.publish(messages, last).await?;
+            *cursor = last;
+            tracing::debug!(
+                source = self.name,
+                changes = changes.len(),
+                published = count,
+                "Published a batch of changes."
+            );
+            if changes.len() < self.config.batch_size {
+                return capture::held_back(conn, &self.plan.schema, self.table, *cursor).await;
+            }
+        }
+    }
+
+    /// The message for one change: its event, a dead letter when it cannot be one, or nothing
+    /// for a row herald's own sink wrote.
+    fn message(&self, change: &Change) -> Option<Outgoing> {
+        if let Some(skip) = &self.plan.skip_when {
+            if change.row.get(&skip.column).and_then(Value::as_str) == Some(skip.value.as_str()) {
+                return None;
+            }
+        }
+        let origin = format!("postgres:{}", self.table);
+        let provenance = vec![
+            (ORIGIN_HEADER, origin.clone()),
+            ("herald.origin.change", change.cursor.id.to_string()),
+            ("herald.origin.operation", change.operation.clone()),
+        ];
+        match self.event(change) {
+            Ok((event, key)) => Some(Outgoing {
+                topic: self.config.topic.clone(),
+                key: Some(key),
+                value: event.to_json(),
+                headers: provenance,
+            }),
+            Err(reason) => {
+                warn!(source = self.name, change = change.cursor.id, reason = %reason, "Row cannot become a stage event; sent to the dead-letter topic.");
+                let mut letter_headers = provenance;
+                letter_headers.extend([
+                    (headers::TOPIC, origin),
+                    (headers::PARTITION, "-1".to_owned()),
+                    (headers::OFFSET, change.cursor.id.to_string()),
+                    (headers::CONNECTOR, self.name.to_owned()),
+                    (headers::TASK_ID, "0".to_owned()),
+                    (headers::STAGE, "VALUE_CONVERTER".to_owned()),
+                    (headers::CLASS, "herald_source_postgres".to_owned()),
+                    (headers::EXCEPTION_CLASS, "herald_core::event::EventError".to_owned()),
+                    (headers::EXCEPTION_MESSAGE, reason.clone()),
+                    (headers::EXCEPTION_STACKTRACE, reason),
+                ]);
+                Some(Outgoing {
+                    topic: self.dead_letter_topic.to_owned(),
+                    key: None,
+                    value: Value::Object(change.row.clone()).to_string(),
+                    headers: letter_headers,
+                })
+            }
+        }
+    }
+
+    /// The row as a stage event, and its key.
+    fn event(&self, change: &Change) -> Result<(StageEvent, String), String> {
+        let mut object = Map::new();
+        if let Some(Value::Object(payload)) = self.plan.payload_column.as_ref().and_then(|c| change.row.get(c)) {
+            object.extend(payload.clone());
+        }
+        for (field, column) in &self.plan.columns {
+            match change.row.get(column) {
+                Some(Value::Null) | None => {
+                    object.remove(field);
+                }
+                Some(value) => {
+                    object.insert(field.clone(), value.clone());
+                }
+            }
+        }
+        for (field, value) in &self.config.constants {
+            object.entry(field.clone()).or_insert_with(|| Value::String(value.clone()));
+        }
+        let bytes = Value::Object(object).to_string();
+        let event =
+            StageEvent::from_json(bytes.as_bytes()).map_err(|err| herald_core::dlq::error_chain(&err).join(": "))?;
+        let key = event
+            .field(&self.config.key_field)
+            .ok_or_else(|| format!("the event has no key field `{}`", self.config.key_field))?;
+        Ok((event, key))
+    }
+}
