@@ -1,0 +1,353 @@
+//! Postgres status-table writes → `herald run` ([[source]]) → Kafka, end to end.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use common::*;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::OwnedMessage;
+use rdkafka::{ClientConfig, Message};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+
+const URL: &str = "postgres://herald:herald@127.0.0.1:5432/herald";
+
+async fn pool() -> PgPool {
+    PgPoolOptions::new().max_connections(4).connect(URL).await.unwrap_or_else(|err| {
+        panic!("no Postgres at {URL} ({err}): start the test services with `scripts/services up`")
+    })
+}
+
+/// A greenfield schema of the test's own (herald migrate creates the tables), and its name.
+async fn greenfield(pool: &PgPool) -> String {
+    let schema = unique("src").replace('-', "_");
+    let config = TempConfig::new(&format!(
+        "[[route]]\nname = \"m\"\ntopics = [\"x\"]\n[route.sink]\ntype = \"postgres\"\nurl = \"{URL}\"\nschema = \"{schema}\"\n"
+    ));
+    let out = herald().args(["migrate", "--config"]).arg(&config.path).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let _ = pool;
+    schema
+}
+
+fn source_config(name: &str, schema: &str, topic: &str, extra: &str) -> String {
+    format!(
+        r#"
+[kafka]
+bootstrap.servers = "{BROKERS}"
+session.timeout.ms = 6000
+heartbeat.interval.ms = 1000
+
+[[source]]
+name = "{name}"
+type = "postgres"
+url = "{URL}"
+schema = "{schema}"
+topic = "{topic}"
+offsets_topic = "{topic}.offsets"
+poll_interval = "1s"
+{extra}
+"#
+    )
+}
+
+async fn insert(pool: &PgPool, schema: &str, source: &str, stage: &str, status: &str, records: i64) {
+    sqlx::query(&format!("INSERT INTO {schema}.pipeline_status (event, stage, source, records, status) VALUES ('STAGE_COMPLETE', $1, $2, $3, $4)"))
+        .bind(stage)
+        .bind(source)
+        .bind(records)
+        .bind(status)
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+/// Reads `topic` with `read_committed` until `count` messages arrived, then a little longer to
+/// catch any extra.
+fn read_committed(topic: &str, count: usize) -> Vec<OwnedMessage> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", BROKERS)
+        .set("group.id", unique("reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    let mut messages = Vec::new();
+    let mut quiet_since = None;
+    loop {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(result) => {
+                messages.push(result.unwrap().detach());
+                quiet_since = None;
+            }
+            None if messages.len() >= count => {
+                let since = *quiet_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > Duration::from_secs(2) {
+                    return messages;
+                }
+            }
+            None => {}
+        }
+        assert!(Instant::now() < deadline, "only {} of {count} messages on {topic}", messages.len());
+    }
+}
+
+fn json(message: &OwnedMessage) -> serde_json::Value {
+    serde_json::from_slice(message.payload().unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inserts_and_updates_become_keyed_stage_events_with_their_origin() {
+    let pool = pool().await;
+    let schema = greenfield(&pool).await;
+    let topic = unique("events");
+    let config = TempConfig::new(&source_config(&unique("src"), &schema, &topic, ""));
+    let mut herald = Herald::run(&config);
+    herald.wait_for_log("Source active");
+
+    // A legacy job: a RUNNING row, later updated to SUCCESS.
+    sqlx::query(&format!(
+        "INSERT INTO {schema}.pipeline_status (event, stage, source, status, event_time) VALUES ('STAGE_COMPLETE', 'bronze_ingest', 'OrdersDB', 'RUNNING', '2026-11-26 10:00:00+00')"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(&format!(
+        "UPDATE {schema}.pipeline_status SET status = 'SUCCESS', records = 14823, event_time = '2026-11-26 10:15:00.123456+00' WHERE source = 'OrdersDB'"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    let messages = read_committed(&topic, 2);
+    assert_eq!(messages.len(), 2, "{}", herald.log());
+    assert_eq!(messages[0].key(), Some(&b"OrdersDB"[..]));
+    let (running, success) = (json(&messages[0]), json(&messages[1]));
+    assert_eq!(running["status"], "RUNNING");
+    assert_eq!(success["status"], "SUCCESS");
+    assert_eq!(success["records"], 14823);
+    assert_eq!(success["stage"], "bronze_ingest");
+    let timestamp = herald_core::EventTimestamp::parse(success["timestamp"].as_str().unwrap()).unwrap();
+    assert_eq!(timestamp.instant().to_rfc3339(), "2026-11-26T10:15:00.123456+00:00");
+    assert_eq!(header(&messages[1], "herald.origin"), Some(format!("postgres:{schema}.pipeline_status")));
+    assert_eq!(header(&messages[1], "herald.origin.operation").as_deref(), Some("UPDATE"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_that_commits_after_a_later_one_is_not_missed() {
+    let pool = pool().await;
+    let schema = greenfield(&pool).await;
+    let topic = unique("events");
+    let config = TempConfig::new(&source_config(&unique("src"), &schema, &topic, ""));
+    let mut herald = Herald::run(&config);
+    herald.wait_for_log("Source active");
+
+    // A takes the lower change id but commits last; B commits first. An id cursor that moved
+    // past B while A was open would never see A.
+    let mut a = pool.begin().await.unwrap();
+    sqlx::query(&format!("INSERT INTO {schema}.pipeline_status (event, stage, source, status) VALUES ('STAGE_COMPLETE', 's', 'A', 'SUCCESS')"))
+        .execute(&mut *a)
+        .await
+        .unwrap();
+    let mut b = pool.begin().await.unwrap();
+    sqlx::query(&format!("INSERT INTO {schema}.pipeline_status (event, stage, source, status) VALUES ('STAGE_COMPLETE', 's', 'B', 'SUCCESS')"))
+        .execute(&mut *b)
+        .await
+        .unwrap();
+    b.commit().await.unwrap();
+    // Give herald every chance to read B (and, with a naive cursor, to skip A for good).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    a.commit().await.unwrap();
+    insert(&pool, &schema, "C", "s", "SUCCESS", 0).await;
+
+    let messages = read_committed(&topic, 3);
+    let sources: Vec<String> = messages.iter().map(|m| json(m)["source"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(sources.iter().cloned().collect::<BTreeSet<_>>(), ["A", "B", "C"].map(String::from).into());
+    assert_eq!(sources.len(), 3, "each once: {sources:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_transaction_and_restart_publish_every_row_exactly_once() {
+    let pool = pool().await;
+    let schema = greenfield(&pool).await;
+    let topic = unique("events");
+    let config = TempConfig::new(&source_config(&unique("src"), &schema, &topic, "batch_size = 20"));
+    // The capture starts when it is installed: install it before the legacy writer starts.
+    let out = herald().args(["migrate", "--config"]).arg(&config.path).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let total = 3000;
+    let writer = {
+        let (pool, schema) = (pool.clone(), schema.clone());
+        tokio::spawn(async move {
+            for chunk in 0..(total / 100) {
+                let mut tx = pool.begin().await.unwrap();
+                for i in 0..100 {
+                    let seq = chunk * 100 + i;
+                    sqlx::query(&format!(
+                        "INSERT INTO {schema}.pipeline_status (event, stage, source, records, status) VALUES ('STAGE_COMPLETE', 's', $1, $2, 'SUCCESS')"
+                    ))
+                    .bind(format!("src{}", seq % 7))
+                    .bind(seq as i64)
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+                }
+                tx.commit().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    for _ in 0..3 {
+        let mut herald = Herald::run(&config);
+        herald.wait_for_log("Source active");
+        tokio::time::sleep(Duration::from_millis(300 + rand::random::<u64>() % 400)).await;
+        herald.signal("KILL");
+        herald.wait_exit();
+    }
+    writer.await.unwrap();
+    let mut herald = Herald::run(&config);
+    herald.wait_for_log("Source active");
+
+    let messages = read_committed(&topic, total);
+    let mut seen: BTreeMap<i64, usize> = BTreeMap::new();
+    for message in &messages {
+        *seen.entry(json(message)["records"].as_i64().unwrap()).or_default() += 1;
+    }
+    let duplicates: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(duplicates.is_empty(), "published twice: {duplicates:?}");
+    assert_eq!(seen.len(), total, "every row published; log:\n{}", herald.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sink_and_source_on_one_table_never_loop() {
+    let pool = pool().await;
+    let schema = greenfield(&pool).await;
+    let topic = unique("events");
+    create_topic(&topic, 3).await;
+    let config = TempConfig::new(&format!(
+        "{}\n[[route]]\nname = \"{}\"\ntopics = [\"{topic}\"]\n[route.sink]\ntype = \"postgres\"\nurl = \"{URL}\"\nschema = \"{schema}\"\nmode = \"append\"\n",
+        source_config(&unique("src"), &schema, &topic, ""),
+        unique("route"),
+    ));
+    let mut herald = Herald::run(&config);
+    herald.wait_for_log("Source active");
+    herald.wait_for_log("Partitions assigned");
+
+    // Both directions busy at once: Kafka producers and legacy row writers.
+    let kafka_side = tokio::spawn({
+        let topic = topic.clone();
+        async move { produce_events(&topic, &["K1", "K2", "K3"], 200).await }
+    });
+    for i in 0..150 {
+        insert(&pool, &schema, &format!("D{}", i % 3), "db_stage", "SUCCESS", 10_000 + i).await;
+    }
+    kafka_side.await.unwrap();
+
+    // Kafka: 200 Kafka-born + 150 table-born events, each once.
+    let messages = read_committed(&topic, 350);
+    let mut on_kafka: BTreeMap<i64, usize> = BTreeMap::new();
+    for message in &messages {
+        *on_kafka.entry(json(message)["records"].as_i64().unwrap()).or_default() += 1;
+    }
+    assert_eq!(messages.len(), 350, "no event came back around; log:\n{}", herald.log());
+    assert!(on_kafka.values().all(|n| *n == 1));
+    // The table: the same 350, each once (Kafka-born written by the sink, table-born not again).
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let rows: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {schema}.pipeline_status"))
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        if rows >= 350 || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let counts: Vec<(String, i64)> = sqlx::query_as(&format!(
+        "SELECT origin, count(*) FROM {schema}.pipeline_status GROUP BY origin ORDER BY origin"
+    ))
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(counts, vec![("db".to_owned(), 150), ("kafka".to_owned(), 200)]);
+    let distinct: i64 = sqlx::query_scalar(&format!("SELECT count(DISTINCT records) FROM {schema}.pipeline_status"))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(distinct, 350);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_takes_over_when_the_active_instance_is_killed() {
+    let pool = pool().await;
+    let schema = greenfield(&pool).await;
+    let topic = unique("events");
+    let config = TempConfig::new(&source_config(&unique("src"), &schema, &topic, ""));
+    let mut first = Herald::run(&config);
+    first.wait_for_log("Source active");
+    let mut second = Herald::run(&config);
+    second.wait_for_log("standing by");
+    for i in 0..50 {
+        insert(&pool, &schema, "A", "s", "SUCCESS", i).await;
+    }
+    read_committed(&topic, 50);
+
+    first.signal("KILL");
+    first.wait_exit();
+    for i in 50..100 {
+        insert(&pool, &schema, "A", "s", "SUCCESS", i).await;
+    }
+    second.wait_for_log("Source active");
+    let messages = read_committed(&topic, 100);
+    let records: Vec<i64> = messages.iter().map(|m| json(m)["records"].as_i64().unwrap()).collect();
+    assert_eq!(records, (0..100).collect::<Vec<_>>(), "in order, each once, across the takeover");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_that_cannot_be_an_event_goes_to_the_dead_letter_topic_and_the_rest_flows() {
+    let pool = pool().await;
+    let schema = unique("legacy").replace('-', "_");
+    sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&pool).await.unwrap();
+    sqlx::query(&format!(
+        "CREATE TABLE {schema}.job_status (src_system text, step text, state text, finished_at timestamp)"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let topic = unique("events");
+    let dlq = unique("dlq");
+    let config = TempConfig::new(&source_config(
+        &unique("src"),
+        &schema,
+        &topic,
+        &format!(
+            "table = \"{schema}.job_status\"\ndead_letter_topic = \"{dlq}\"\nconstants = {{ event = \"STAGE_COMPLETE\" }}\n\
+             columns = {{ source = \"src_system\", stage = \"step\", status = \"state\", timestamp = \"finished_at\" }}"
+        ),
+    ));
+    let mut herald = Herald::run(&config);
+    herald.wait_for_log("Source active");
+    for (source, state) in [(Some("A"), "SUCCESS"), (None, "SUCCESS"), (Some("B"), "FAILED")] {
+        sqlx::query(&format!("INSERT INTO {schema}.job_status VALUES ($1, 'bronze', $2, now())"))
+            .bind(source)
+            .bind(state)
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    let events = read_committed(&topic, 2);
+    let sources: Vec<String> = events.iter().map(|m| json(m)["source"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(sources, ["A", "B"]);
+    let letters = read_committed(&dlq, 1);
+    assert_eq!(letters.len(), 1);
+    let reason = header(&letters[0], "__connect.errors.exception.message").unwrap();
+    assert!(reason.contains("missing field `source`"), "{reason}");
+    assert_eq!(json(&letters[0])["state"], "SUCCESS");
+}
