@@ -160,11 +160,10 @@ fn read_cursor(props: &KafkaProperties, topic: &str, key: &str) -> Result<Option
             break;
         }
         match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(message)) => {
-                if message.key() == Some(key.as_bytes()) {
-                    cursor = message.payload().and_then(parse_cursor);
-                }
+            Some(Ok(message)) if message.key() == Some(key.as_bytes()) => {
+                cursor = message.payload().and_then(parse_cursor);
             }
+            Some(Ok(_)) => {}
             Some(Err(err)) => return Err(SourceError::kafka("reading the offsets topic")(err)),
             None => {}
         }
