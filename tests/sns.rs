@@ -25,7 +25,7 @@ impl PrivateMoto {
         let cache = std::env::var_os("HERALD_CACHE")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache"));
-        let server = cache.join("moto-venv/bin/moto_server");
+        let server = cache.join("venv/bin/moto_server");
         assert!(server.exists(), "{} is missing: start the test services with `scripts/services up`", server.display());
         let port = rand::rng().random_range(40_000..50_000);
         let child = Command::new(server)
