@@ -42,11 +42,11 @@ impl Publisher {
     pub(crate) async fn start(
         props: &KafkaProperties,
         source: &str,
-        topics: &[&str],
+        topics: Vec<String>,
         offsets_topic: &str,
     ) -> Result<Self, SourceError> {
         for topic in topics {
-            ensure_topic(props, topic, 1).await.map_err(SourceError::kafka("creating a topic"))?;
+            ensure_topic(props, &topic, 1).await.map_err(SourceError::kafka("creating a topic"))?;
         }
         ensure_topic_with(props, offsets_topic, 1, &[("cleanup.policy", "compact")])
             .await

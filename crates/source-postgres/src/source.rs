@@ -115,7 +115,7 @@ impl PostgresSourceConfig {
         let table = capture::install(&mut conn, &plan.schema, &plan.table).await?;
         let dead_letter_topic = self.dead_letter_topic.clone().unwrap_or_else(|| format!("herald.dlq.{name}"));
         let publisher =
-            Publisher::start(kafka, name, &[self.topic.as_str(), dead_letter_topic.as_str()], &self.offsets_topic)
+            Publisher::start(kafka, name, vec![self.topic.clone(), dead_letter_topic.clone()], &self.offsets_topic)
                 .await?;
         let mut cursor = publisher.committed_cursor(kafka).await?.unwrap_or_default();
         info!(source = name, table = %table, topic = %self.topic, txid = cursor.txid, change = cursor.id, "Source active.");
