@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -50,13 +51,27 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
             stop.cancel();
         }
     });
+    let observer = herald_core::Observer::new().context("cannot register metrics")?;
+    if let Some(listen) = config.admin.listen {
+        let stopped = stop.clone();
+        let (_, serve) = herald_admin::bind(listen, Arc::clone(&observer), async move { stopped.cancelled().await })
+            .await
+            .context("admin API")?;
+        tokio::spawn(async move {
+            if let Err(err) = serve.await {
+                warn!(error = %err, "Admin API stopped.");
+            }
+        });
+    }
     // Routes and sources run side by side; whichever fails first stops the other cleanly.
     let run_routes = async {
         let result = if routes.is_empty() {
             stop.cancelled().await;
             Ok(())
         } else {
-            herald_core::run(&config, routes, stop.cancelled()).await.context("herald stopped on an error")
+            herald_core::run(&config, routes, Arc::clone(&observer), stop.cancelled())
+                .await
+                .context("herald stopped on an error")
         };
         stop.cancel();
         result

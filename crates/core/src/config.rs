@@ -39,6 +39,9 @@ pub struct Config {
     /// Settings of the process as a whole.
     #[serde(default)]
     pub runtime: RuntimeConfig,
+    /// The admin HTTP API (metrics, health, routes). Off unless `listen` is set.
+    #[serde(default)]
+    pub admin: AdminConfig,
     /// The routes: each moves events from Kafka topics to one sink. Written `[[route]]`.
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteConfig>,
@@ -142,6 +145,14 @@ impl Config {
                 return Err((format!("source[{i}].name"), format!("source name `{}` is used twice", source.name)));
             }
         }
+        if let Some(listen) = self.admin.listen {
+            if !listen.ip().is_loopback() && !self.admin.allow_remote {
+                return Err((
+                    "admin.listen".into(),
+                    format!("{listen} is reachable from other machines; set `admin.allow_remote = true` to mean it"),
+                ));
+            }
+        }
         if self.runtime.progress_interval.is_zero() {
             return Err(("runtime.progress_interval".into(), "must be greater than zero, e.g. \"10s\"".into()));
         }
@@ -238,6 +249,21 @@ pub enum ConfigError {
         /// What is wrong with it.
         message: String,
     },
+}
+
+/// The admin HTTP API: `/metrics`, `/health/live`, `/health/ready`, `/routes`,
+/// `POST /routes/{name}/pause|resume`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address to serve on, e.g. `"127.0.0.1:9464"` (port 0: any free port, logged at start).
+    /// Default: no admin API.
+    #[serde(default)]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Allow `listen` on an address other machines can reach. Default `false`: the API has no
+    /// authentication, so it binds to loopback unless told otherwise.
+    #[serde(default)]
+    pub allow_remote: bool,
 }
 
 /// Process-wide settings.
@@ -660,6 +686,14 @@ mod tests {
         assert_eq!(err.0, 2);
         assert!(err.1.contains("`MISSING` is not set"), "{}", err.1);
         assert!(interpolate_env("x = \"${unterminated\"", lookup).is_err());
+    }
+
+    #[test]
+    fn the_admin_api_stays_on_loopback_unless_allowed() {
+        assert!(load(&format!("[admin]\nlisten = \"127.0.0.1:9464\"\n{MINIMAL}")).is_ok());
+        let err = load(&format!("[admin]\nlisten = \"0.0.0.0:9464\"\n{MINIMAL}")).unwrap_err().to_string();
+        assert!(err.contains("admin.listen") && err.contains("allow_remote"), "{err}");
+        assert!(load(&format!("[admin]\nlisten = \"0.0.0.0:9464\"\nallow_remote = true\n{MINIMAL}")).is_ok());
     }
 
     #[test]

@@ -19,6 +19,7 @@ than loses (at-least-once). Sinks that can store offsets with the data do better
 - [`dlq`]: the dead-letter topic and its Kafka Connect headers.
 - [`kafka`]: Kafka clients from the `[kafka]` properties; topic administration.
 - [`runtime`]: [`run`], every route at work until shutdown.
+- [`observe`]: Prometheus metrics and each route's live state, for the admin API.
 - `route`: one route's consume → sink → commit loop.
 */
 #![deny(missing_docs)]
@@ -29,6 +30,7 @@ pub mod error;
 pub mod event;
 pub mod filter;
 pub mod kafka;
+pub mod observe;
 mod route;
 pub mod runtime;
 pub mod sink;
@@ -38,6 +40,7 @@ pub use config::{Config, ConfigError, RouteConfig, SinkSpec, SourceSpec};
 pub use error::{RouteError, RuntimeError};
 pub use event::{EventError, EventTimestamp, StageEvent};
 pub use filter::Filter;
+pub use observe::Observer;
 pub use runtime::{run, BoundRoute};
 pub use sink::{BoxError, Rejection, Sink, SinkError, SinkRecord, WriteOutcome};
 pub use template::Template;

@@ -6,7 +6,7 @@
 //! fetching in the background meanwhile, bounded by `queued.max.messages.kbytes`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -26,29 +26,13 @@ use crate::dlq::{error_chain, DeadLetter, DeadLetterQueue, FailedStage};
 use crate::error::RouteError;
 use crate::event::{EventError, StageEvent};
 use crate::kafka::client_config;
+use crate::observe::RouteShared;
 use crate::sink::{Sink, SinkError, SinkRecord, WriteOutcome};
-
-/// Counters of one route, read by the progress reporter.
-#[derive(Debug, Default)]
-pub struct RouteStats {
-    /// Messages read from Kafka.
-    pub consumed: AtomicU64,
-    /// Events the sink accepted.
-    pub delivered: AtomicU64,
-    /// Events the filter passed over.
-    pub skipped: AtomicU64,
-    /// Messages sent to the dead-letter topic.
-    pub dead_lettered: AtomicU64,
-    /// Sink writes retried after a transient failure.
-    pub retries: AtomicU64,
-    /// Messages behind the end of the assigned partitions, from librdkafka's statistics (-1: unknown).
-    pub lag: AtomicI64,
-}
 
 /// The consumer context: observes rebalances, commits and statistics.
 pub(crate) struct RouteContext {
     route: String,
-    stats: Arc<RouteStats>,
+    stats: Arc<RouteShared>,
     /// Partitions assigned or revoked since the worker last looked, for `Sink::stored_offsets`.
     changes: Mutex<AssignmentChanges>,
     /// Whether `changes` holds anything: checked per message without taking the lock.
@@ -88,6 +72,13 @@ impl ClientContext for RouteContext {
             .map(|partition| partition.consumer_lag);
         let (count, total) = lags.fold((0, 0), |(count, total), lag| (count + 1, total + lag));
         self.stats.lag.store(if count == 0 { -1 } else { total }, Ordering::Relaxed);
+        for (name, topic) in &statistics.topics {
+            for partition in topic.partitions.values().filter(|p| p.partition >= 0 && p.consumer_lag >= 0) {
+                self.stats.set_partition_lag(name, partition.partition, partition.consumer_lag);
+            }
+        }
+        let up = statistics.brokers.values().any(|broker| broker.state == "UP");
+        self.stats.kafka_up.store(up, Ordering::Relaxed);
     }
 }
 
@@ -95,6 +86,9 @@ impl ConsumerContext for RouteContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(partitions) = rebalance {
             self.record(partitions, false);
+            let revoked: Vec<String> =
+                partitions.elements().iter().map(|e| format!("{}[{}]", e.topic(), e.partition())).collect();
+            self.stats.update(|state| state.assigned.retain(|p| !revoked.contains(p)));
             info!(route = %self.route, partitions = %describe(partitions), "Partitions revoked; committing what is done.");
             // Offsets of settled batches are stored; commit them before another member takes over.
             match consumer.commit_consumer_state(CommitMode::Sync) {
@@ -108,6 +102,13 @@ impl ConsumerContext for RouteContext {
         match rebalance {
             Rebalance::Assign(partitions) => {
                 self.record(partitions, true);
+                self.stats.update(|state| {
+                    state
+                        .assigned
+                        .extend(partitions.elements().iter().map(|e| format!("{}[{}]", e.topic(), e.partition())));
+                    state.assigned.sort();
+                    state.assigned.dedup();
+                });
                 info!(route = %self.route, partitions = %describe(partitions), "Partitions assigned.")
             }
             Rebalance::Error(err) => error!(route = %self.route, error = %err, "Rebalance failed."),
@@ -143,7 +144,7 @@ pub(crate) type RouteConsumer = StreamConsumer<RouteContext>;
 pub(crate) fn create_consumer(
     props: &KafkaProperties,
     route: &RouteConfig,
-    stats: Arc<RouteStats>,
+    stats: Arc<RouteShared>,
     statistics_interval_ms: u128,
 ) -> Result<RouteConsumer, KafkaError> {
     let mut config = client_config(&KafkaProperties::default());
@@ -182,7 +183,9 @@ pub(crate) struct RouteWorker {
     pub(crate) consumer: RouteConsumer,
     pub(crate) sink: Box<dyn Sink>,
     pub(crate) dead_letters: Option<DeadLetterQueue>,
-    pub(crate) stats: Arc<RouteStats>,
+    pub(crate) stats: Arc<RouteShared>,
+    /// Messages received while paused, delivered first after resuming.
+    pub(crate) held: Vec<OwnedMessage>,
     /// Where newly assigned partitions must resume, per the sink's own stored offsets; checked
     /// against the first message of each.
     pub(crate) resume_at: HashMap<(String, i32), i64>,
@@ -204,8 +207,14 @@ impl RouteWorker {
     }
 
     async fn run_batches(&mut self, cancel: &CancellationToken) -> Result<(), RouteError> {
+        let mut pause_requests = self.stats.pause_requests();
+        self.stats.update(|state| state.status = "running");
         while !cancel.is_cancelled() {
-            let batch = self.next_batch(cancel).await?;
+            if *pause_requests.borrow_and_update() {
+                self.pause_until_resumed(&mut pause_requests, cancel).await;
+                continue;
+            }
+            let batch = self.next_batch(&mut pause_requests, cancel).await?;
             if !batch.is_empty() {
                 self.settle(batch, cancel).await?;
             }
@@ -213,14 +222,62 @@ impl RouteWorker {
         Ok(())
     }
 
+    /// Pauses every assigned partition (and any assigned meanwhile) until resumed or cancelled,
+    /// still polling so the consumer keeps its group membership. Messages already fetched are
+    /// held and delivered first after resuming.
+    async fn pause_until_resumed(
+        &mut self,
+        requests: &mut tokio::sync::watch::Receiver<bool>,
+        cancel: &CancellationToken,
+    ) {
+        info!(route = %self.route.name, "Route paused.");
+        self.stats.update(|state| state.status = "paused");
+        let pause_all = |consumer: &RouteConsumer| {
+            if let Ok(assignment) = consumer.assignment() {
+                if let Err(err) = consumer.pause(&assignment) {
+                    warn!(error = %err, "Pausing partitions failed.");
+                }
+            }
+        };
+        pause_all(&self.consumer);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                changed = requests.changed() => {
+                    if changed.is_err() || !*requests.borrow_and_update() {
+                        break;
+                    }
+                }
+                received = self.consumer.recv() => match received {
+                    Ok(message) => self.held.push(message.detach()),
+                    Err(err) => warn!(route = %self.route.name, error = %err, "Kafka consumer error while paused."),
+                },
+                _ = sleep(std::time::Duration::from_millis(500)) => pause_all(&self.consumer),
+            }
+        }
+        if let Ok(assignment) = self.consumer.assignment() {
+            if let Err(err) = self.consumer.resume(&assignment) {
+                warn!(route = %self.route.name, error = %err, "Resuming partitions failed.");
+            }
+        }
+        self.stats.update(|state| state.status = "running");
+        info!(route = %self.route.name, "Route resumed.");
+    }
+
     /// Waits for a first message, then collects until the batch is full or `max_wait` has passed.
-    async fn next_batch(&mut self, cancel: &CancellationToken) -> Result<Vec<OwnedMessage>, RouteError> {
-        let mut batch = Vec::new();
-        let mut deadline = None;
+    async fn next_batch(
+        &mut self,
+        pause_requests: &mut tokio::sync::watch::Receiver<bool>,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<OwnedMessage>, RouteError> {
+        let mut batch = std::mem::take(&mut self.held);
+        let mut deadline = (!batch.is_empty()).then(|| Instant::now() + self.route.batch.max_wait);
         while batch.len() < self.route.batch.max_events {
             let received = tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
+                // A pause request ends the batch here; the caller pauses.
+                _ = pause_requests.changed() => break,
                 _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => break,
                 received = self.consumer.recv() => received,
             };
@@ -311,7 +368,7 @@ impl RouteWorker {
     /// Delivers one batch: sink writes (retried), dead letters, then the offsets.
     async fn settle(&mut self, messages: Vec<OwnedMessage>, cancel: &CancellationToken) -> Result<(), RouteError> {
         let stats = Arc::clone(&self.stats);
-        stats.consumed.fetch_add(messages.len() as u64, Ordering::Relaxed);
+        stats.consumed.inc_by(messages.len() as u64);
 
         let mut records = Vec::with_capacity(messages.len());
         let mut record_origin = Vec::with_capacity(messages.len());
@@ -329,7 +386,7 @@ impl RouteWorker {
                     record_origin.push(index);
                 }
                 Ok(_) => {
-                    stats.skipped.fetch_add(1, Ordering::Relaxed);
+                    stats.skipped.inc();
                 }
                 Err(err) => letters.push(DeadLetter::new(message.clone(), FailedStage::Parse, err.kind(), &err)),
             }
@@ -339,10 +396,14 @@ impl RouteWorker {
         self.require_dead_letter_topic(&letters)?;
 
         if !records.is_empty() {
-            let Some(outcome) = self.write_with_retry(&records, cancel).await? else {
+            let timer = stats.write_seconds.start_timer();
+            let written = self.write_with_retry(&records, cancel).await;
+            timer.observe_duration();
+            let Some(outcome) = written? else {
                 return Ok(()); // shutting down mid-retry: offsets not stored, the batch is read again
             };
-            stats.delivered.fetch_add((records.len() - outcome.rejected.len()) as u64, Ordering::Relaxed);
+            stats.delivered.inc_by((records.len() - outcome.rejected.len()) as u64);
+            stats.update(|state| state.last_event_at = Some(chrono::Utc::now()));
             for rejection in outcome.rejected {
                 let Some(message) = record_origin.get(rejection.index).and_then(|&i| messages.get(i)) else {
                     return Err(RouteError::BadRejectionIndex { index: rejection.index, batch: records.len() });
@@ -370,7 +431,7 @@ impl RouteWorker {
                     .send_all(&letters)
                     .await
                     .map_err(|source| RouteError::DeadLetter { topic: queue.topic().to_owned(), source })?;
-                stats.dead_lettered.fetch_add(letters.len() as u64, Ordering::Relaxed);
+                stats.dead_lettered.inc_by(letters.len() as u64);
             }
         }
 
@@ -408,14 +469,26 @@ impl RouteWorker {
         loop {
             attempt += 1;
             let error = match self.sink.write(records).await {
-                Ok(outcome) => return Ok(Some(outcome)),
+                Ok(outcome) => {
+                    if attempt > 1 {
+                        self.stats.sink_failing.store(false, Ordering::Relaxed);
+                        self.stats.update(|state| state.status = "running");
+                    }
+                    return Ok(Some(outcome));
+                }
                 Err(error @ SinkError::Fatal(_)) => return Err(RouteError::Sink(error)),
                 Err(error) => error,
             };
+            self.stats.sink_failing.store(true, Ordering::Relaxed);
+            let reason = error_chain(&error).join(": ");
+            self.stats.update(|state| {
+                state.status = "retrying";
+                state.last_error = Some(reason);
+            });
             let Some(delay) = delays.next() else {
                 return Err(RouteError::RetriesExhausted { retries: attempt - 1, source: error });
             };
-            self.stats.retries.fetch_add(1, Ordering::Relaxed);
+            self.stats.retries.inc();
             warn!(
                 route = %self.route.name, attempt, retry_in = ?delay, batch = records.len(),
                 error = %error_chain(&error).join(": "), "Sink write failed; retrying."

@@ -13,7 +13,8 @@ use crate::config::{Config, RouteConfig};
 use crate::dlq::DeadLetterQueue;
 use crate::error::{RouteError, RuntimeError};
 use crate::kafka::ensure_topic;
-use crate::route::{create_consumer, RouteStats, RouteWorker};
+use crate::observe::{Observer, RouteShared};
+use crate::route::{create_consumer, RouteWorker};
 use crate::sink::Sink;
 
 /// A route with the sink built for it.
@@ -29,9 +30,12 @@ pub struct BoundRoute {
 /// On shutdown each route stops fetching, finishes its in-flight batch, commits its offsets,
 /// closes its sink and leaves its consumer group; then `run` returns `Ok`. When a route fails, the
 /// others are shut down the same way and the route's error is returned.
+///
+/// `observer` receives every route's metrics and state, for the admin API.
 pub async fn run(
     config: &Config,
     routes: Vec<BoundRoute>,
+    observer: Arc<Observer>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RuntimeError> {
     let cancel = CancellationToken::new();
@@ -39,7 +43,7 @@ pub async fn run(
     let mut all_stats = Vec::new();
     for BoundRoute { config: route, sink } in routes {
         let name = route.name.clone();
-        let stats = Arc::new(RouteStats::default());
+        let stats = observer.route(&name);
         let worker = match start_route(config, route, sink, Arc::clone(&stats)).await {
             Ok(worker) => worker,
             Err(source) => {
@@ -66,8 +70,18 @@ pub async fn run(
             joined = workers.join_next() => {
                 let Some(joined) = joined else { break };
                 let failure = match joined {
-                    Ok((_, Ok(()))) => None,
-                    Ok((route, Err(source))) => Some(RuntimeError::Route { route, source }),
+                    Ok((route, Ok(()))) => {
+                        observer.route(&route).update(|state| state.status = "stopped");
+                        None
+                    }
+                    Ok((route, Err(source))) => {
+                        let reason = crate::dlq::error_chain(&source).join(": ");
+                        observer.route(&route).update(|state| {
+                            state.status = "failed";
+                            state.last_error = Some(reason);
+                        });
+                        Some(RuntimeError::Route { route, source })
+                    }
                     Err(source) => Some(RuntimeError::Task { route: "?".into(), source }),
                 };
                 if let Some(failure) = failure {
@@ -87,7 +101,7 @@ async fn start_route(
     config: &Config,
     route: RouteConfig,
     sink: Box<dyn Sink>,
-    stats: Arc<RouteStats>,
+    stats: Arc<RouteShared>,
 ) -> Result<RouteWorker, RouteError> {
     let dead_letters = match &route.dead_letter_topic {
         Some(topic) => {
@@ -101,11 +115,11 @@ async fn start_route(
     let consumer =
         create_consumer(&config.kafka, &route, Arc::clone(&stats), statistics_ms).map_err(RouteError::Consumer)?;
     info!(route = %route.name, group = %route.group_id(), topics = ?route.topics, sink = %route.sink.kind, "Route started.");
-    Ok(RouteWorker { route, consumer, sink, dead_letters, stats, resume_at: Default::default() })
+    Ok(RouteWorker { route, consumer, sink, dead_letters, stats, held: Vec::new(), resume_at: Default::default() })
 }
 
 /// Logs one line per route every `interval`: rates since the last line, totals and lag.
-async fn report_progress(routes: Vec<(String, Arc<RouteStats>)>, interval: Duration, cancel: CancellationToken) {
+async fn report_progress(routes: Vec<(String, Arc<RouteShared>)>, interval: Duration, cancel: CancellationToken) {
     let mut last: Vec<u64> = vec![0; routes.len()];
     let mut last_at = Instant::now();
     let mut ticker = tokio::time::interval(interval);
@@ -118,7 +132,7 @@ async fn report_progress(routes: Vec<(String, Arc<RouteStats>)>, interval: Durat
         let elapsed = last_at.elapsed().as_secs_f64().max(0.001);
         last_at = Instant::now();
         for ((name, stats), previous) in routes.iter().zip(last.iter_mut()) {
-            let consumed = stats.consumed.load(Ordering::Relaxed);
+            let consumed = stats.consumed.get();
             let rate = (consumed - *previous) as f64 / elapsed;
             *previous = consumed;
             let lag = stats.lag.load(Ordering::Relaxed);
@@ -126,10 +140,10 @@ async fn report_progress(routes: Vec<(String, Arc<RouteStats>)>, interval: Durat
                 route = %name,
                 events_per_s = format_args!("{rate:.1}"),
                 consumed,
-                delivered = stats.delivered.load(Ordering::Relaxed),
-                skipped = stats.skipped.load(Ordering::Relaxed),
-                dead_lettered = stats.dead_lettered.load(Ordering::Relaxed),
-                retries = stats.retries.load(Ordering::Relaxed),
+                delivered = stats.delivered.get(),
+                skipped = stats.skipped.get(),
+                dead_lettered = stats.dead_lettered.get(),
+                retries = stats.retries.get(),
                 lag = %if lag < 0 { "unknown".to_string() } else { lag.to_string() },
                 "Progress."
             );

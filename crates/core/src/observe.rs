@@ -1,0 +1,207 @@
+//! What the runtime shows operators: Prometheus metrics and each route's live state, shared
+//! between the route workers (which write it) and the admin API (which reads it and asks routes
+//! to pause or resume).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use chrono::{DateTime, Utc};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+use serde::Serialize;
+use tokio::sync::watch;
+
+/// Metrics and live state of every route and source of one process.
+pub struct Observer {
+    registry: Registry,
+    consumed: IntCounterVec,
+    delivered: IntCounterVec,
+    skipped: IntCounterVec,
+    dead_lettered: IntCounterVec,
+    retried: IntCounterVec,
+    write_seconds: HistogramVec,
+    lag: IntGaugeVec,
+    source_published: IntCounterVec,
+    source_batches: IntCounterVec,
+    routes: RwLock<BTreeMap<String, Arc<RouteShared>>>,
+}
+
+impl Observer {
+    /// A fresh observer with its metrics registered.
+    pub fn new() -> Result<Arc<Self>, prometheus::Error> {
+        let registry = Registry::new_custom(Some("herald".into()), None)?;
+        let counter = |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+            let counter = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(counter.clone()))?;
+            Ok(counter)
+        };
+        let consumed = counter("route_consumed_total", "Messages a route read from Kafka.", &["route"])?;
+        let delivered = counter("route_delivered_total", "Events a route's sink accepted.", &["route"])?;
+        let skipped = counter("route_skipped_total", "Events a route's filter passed over.", &["route"])?;
+        let dead_lettered =
+            counter("route_dead_lettered_total", "Messages a route sent to its dead-letter topic.", &["route"])?;
+        let retried =
+            counter("route_retried_total", "Sink writes a route retried after a transient failure.", &["route"])?;
+        let source_published = counter("source_published_total", "Events a source published to Kafka.", &["source"])?;
+        let source_batches =
+            counter("source_transactions_total", "Kafka transactions a source committed.", &["source"])?;
+        let write_seconds = HistogramVec::new(
+            HistogramOpts::new("route_write_seconds", "Time to write one batch to the sink, retries included.")
+                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            &["route"],
+        )?;
+        registry.register(Box::new(write_seconds.clone()))?;
+        let lag = IntGaugeVec::new(
+            Opts::new("route_consumer_lag", "Messages between a route's position and the end of a partition."),
+            &["route", "topic", "partition"],
+        )?;
+        registry.register(Box::new(lag.clone()))?;
+        Ok(Arc::new(Self {
+            registry,
+            consumed,
+            delivered,
+            skipped,
+            dead_lettered,
+            retried,
+            write_seconds,
+            lag,
+            source_published,
+            source_batches,
+            routes: RwLock::new(BTreeMap::new()),
+        }))
+    }
+
+    /// The shared state of route `name`, created on first use.
+    pub fn route(&self, name: &str) -> Arc<RouteShared> {
+        if let Some(route) = self.routes.read().unwrap_or_else(PoisonError::into_inner).get(name) {
+            return Arc::clone(route);
+        }
+        let (paused, _) = watch::channel(false);
+        let route = Arc::new(RouteShared {
+            name: name.to_owned(),
+            consumed: self.consumed.with_label_values(&[name]),
+            delivered: self.delivered.with_label_values(&[name]),
+            skipped: self.skipped.with_label_values(&[name]),
+            dead_lettered: self.dead_lettered.with_label_values(&[name]),
+            retries: self.retried.with_label_values(&[name]),
+            write_seconds: self.write_seconds.with_label_values(&[name]),
+            lag_by_partition: self.lag.clone(),
+            lag: AtomicI64::new(-1),
+            kafka_up: AtomicBool::new(false),
+            sink_failing: AtomicBool::new(false),
+            paused,
+            state: Mutex::new(RouteState::default()),
+        });
+        let mut routes = self.routes.write().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(routes.entry(name.to_owned()).or_insert(route))
+    }
+
+    /// Every route's shared state, by name.
+    pub fn routes(&self) -> Vec<Arc<RouteShared>> {
+        self.routes.read().unwrap_or_else(PoisonError::into_inner).values().cloned().collect()
+    }
+
+    /// Counters a source bumps: events published, transactions committed.
+    pub fn source(&self, name: &str) -> (IntCounter, IntCounter) {
+        (self.source_published.with_label_values(&[name]), self.source_batches.with_label_values(&[name]))
+    }
+
+    /// All metrics in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        // Encoding gathered metric families into a Vec cannot fail: the text encoder only fails
+        // on a failing writer or on families that the registry itself would have refused.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buffer);
+        String::from_utf8_lossy(&buffer).into_owned()
+    }
+
+    /// `Ok` when every route reaches Kafka and its sink; otherwise what does not.
+    pub fn readiness(&self) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        for route in self.routes() {
+            if !route.kafka_up.load(Ordering::Relaxed) {
+                problems.push(format!("route {}: no Kafka broker reachable", route.name));
+            }
+            if route.sink_failing.load(Ordering::Relaxed) {
+                problems.push(format!("route {}: sink failing", route.name));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+/// One route's metrics and state.
+pub struct RouteShared {
+    /// The route's name.
+    pub name: String,
+    /// Messages read from Kafka.
+    pub consumed: IntCounter,
+    /// Events the sink accepted.
+    pub delivered: IntCounter,
+    /// Events the filter passed over.
+    pub skipped: IntCounter,
+    /// Messages sent to the dead-letter topic.
+    pub dead_lettered: IntCounter,
+    /// Sink writes retried.
+    pub retries: IntCounter,
+    /// Batch write latency.
+    pub write_seconds: Histogram,
+    lag_by_partition: IntGaugeVec,
+    /// Total consumer lag of the assigned partitions (-1: unknown).
+    pub lag: AtomicI64,
+    /// Whether librdkafka reports a broker up.
+    pub kafka_up: AtomicBool,
+    /// Whether the sink's last write failed and is being retried.
+    pub sink_failing: AtomicBool,
+    paused: watch::Sender<bool>,
+    state: Mutex<RouteState>,
+}
+
+/// A route's state as the admin API shows it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RouteState {
+    /// `starting`, `running`, `retrying`, `paused`, `stopped` or `failed`.
+    pub status: &'static str,
+    /// Assigned partitions, as `topic[partition]`.
+    pub assigned: Vec<String>,
+    /// The last error, if any.
+    pub last_error: Option<String>,
+    /// When the last event was delivered.
+    pub last_event_at: Option<DateTime<Utc>>,
+}
+
+impl RouteShared {
+    /// Asks the route to pause (true) or resume (false) consuming; it keeps its group membership.
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.send_replace(paused);
+    }
+
+    /// A receiver the worker watches for pause requests.
+    pub fn pause_requests(&self) -> watch::Receiver<bool> {
+        self.paused.subscribe()
+    }
+
+    /// The route's state now.
+    pub fn state(&self) -> RouteState {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Updates the state.
+    pub fn update(&self, change: impl FnOnce(&mut RouteState)) {
+        change(&mut self.state.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+
+    /// Records one partition's lag.
+    pub fn set_partition_lag(&self, topic: &str, partition: i32, lag: i64) {
+        let gauge: IntGauge =
+            self.lag_by_partition.with_label_values(&[self.name.as_str(), topic, &partition.to_string()]);
+        gauge.set(lag);
+    }
+}

@@ -1,0 +1,106 @@
+//! The admin HTTP API of a running `herald run`: metrics, health, routes, pause and resume.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::*;
+
+/// One HTTP/1.1 request; returns the status code and the body.
+fn http(address: &str, method: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(address).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+fn admin_address(herald: &mut Herald) -> String {
+    herald.wait_for_log("Admin API listening.");
+    let log = herald.log();
+    let start = log.find("address=").unwrap() + "address=".len();
+    log[start..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .trim_matches(|c: char| !c.is_ascii_digit() && c != '.' && c != ':')
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_health_and_routes_report_what_the_route_did() {
+    let topic = unique("events");
+    let route = unique("route");
+    create_topic(&topic, 2).await;
+    let config =
+        TempConfig::new(&format!("[admin]\nlisten = \"127.0.0.1:0\"\n{}", stdout_route_config(&route, &topic, "")));
+    let mut herald = Herald::run(&config);
+    let address = admin_address(&mut herald);
+    produce_events(&topic, &["A", "B"], 40).await;
+    herald.wait_for_lines(40);
+
+    let (status, live) = http(&address, "GET", "/health/live");
+    assert_eq!((status, live.trim()), (200, "ok"));
+    let (status, metrics) = http(&address, "GET", "/metrics");
+    assert_eq!(status, 200);
+    assert!(metrics.contains(&format!("herald_route_delivered_total{{route=\"{route}\"}} 40")), "{metrics}");
+    assert!(metrics.contains(&format!("herald_route_consumed_total{{route=\"{route}\"}} 40")), "{metrics}");
+    assert!(metrics.contains("herald_route_write_seconds_bucket"), "{metrics}");
+
+    let (status, routes) = http(&address, "GET", "/routes");
+    assert_eq!(status, 200);
+    let routes: serde_json::Value = serde_json::from_str(&routes).unwrap();
+    let view = &routes[0];
+    assert_eq!(view["name"], route.as_str());
+    assert_eq!(view["status"], "running");
+    assert_eq!(view["delivered"], 40);
+    let assigned: Vec<&str> = view["assigned"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+    assert_eq!(assigned, [format!("{topic}[0]"), format!("{topic}[1]")]);
+    assert!(view["last_event_at"].is_string());
+
+    // Ready once librdkafka's statistics (every progress interval, 1 s here) saw the broker up.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let (status, body) = http(&address, "GET", "/health/ready");
+        if status == 200 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never ready: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(http(&address, "POST", "/routes/no-such-route/pause").0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_route_delivers_nothing_until_resumed() {
+    let topic = unique("events");
+    let route = unique("route");
+    create_topic(&topic, 1).await;
+    let config =
+        TempConfig::new(&format!("[admin]\nlisten = \"127.0.0.1:0\"\n{}", stdout_route_config(&route, &topic, "")));
+    let mut herald = Herald::run(&config);
+    let address = admin_address(&mut herald);
+    produce_events(&topic, &["A"], 10).await;
+    herald.wait_for_lines(10);
+
+    assert_eq!(http(&address, "POST", &format!("/routes/{route}/pause")).0, 202);
+    herald.wait_for_log("Route paused.");
+    let more: Vec<String> = (10..30).map(|seq| event_json("A", "bronze", "SUCCESS", seq)).collect();
+    let batch: Vec<(Option<&str>, &[u8])> = more.iter().map(|m| (Some("A"), m.as_bytes())).collect();
+    produce(&topic, &batch).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(herald.lines().len(), 10, "nothing delivered while paused");
+    let routes: serde_json::Value = serde_json::from_str(&http(&address, "GET", "/routes").1).unwrap();
+    assert_eq!(routes[0]["status"], "paused");
+
+    assert_eq!(http(&address, "POST", &format!("/routes/{route}/resume")).0, 202);
+    let lines = herald.wait_for_lines(30);
+    assert_eq!(seqs(&lines).into_iter().map(|(_, s)| s).collect::<Vec<_>>(), (0..30).collect::<Vec<_>>());
+}
