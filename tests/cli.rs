@@ -279,7 +279,8 @@ fn a_missing_config_file_and_a_bad_flag_are_clear_errors() {
 #[test]
 fn every_shipped_config_file_and_its_sink_settings_are_valid() {
     let mut count = 0;
-    for entry in std::fs::read_dir("config").unwrap() {
+    let files = std::fs::read_dir("config").unwrap().chain(std::fs::read_dir("docker").unwrap());
+    for entry in files {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
             let out = run_herald(&["check", "--offline", "--config", path.to_str().unwrap()]);
