@@ -189,6 +189,11 @@ impl Herald {
         Self { child, stdout, stderr }
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The lines printed so far.
     pub fn lines(&self) -> Vec<String> {
         self.stdout.lock().unwrap().clone()

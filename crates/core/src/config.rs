@@ -319,6 +319,10 @@ pub struct RouteConfig {
     /// if missing. Without one, such a message stops the route with an error instead of being skipped.
     #[serde(default)]
     pub dead_letter_topic: Option<String>,
+    /// Messages larger than this are not stage events: they go to the dead-letter topic
+    /// unparsed. Default `1048576` (1 MiB); stage events are a few hundred bytes.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
     /// The sink: `type` picks the kind (e.g. `"stdout"`), the other keys are that sink's settings.
     pub sink: SinkSpec,
 }
@@ -367,6 +371,10 @@ impl Default for BatchConfig {
     fn default() -> Self {
         Self { max_events: default_max_events(), max_wait: default_max_wait() }
     }
+}
+
+fn default_max_message_bytes() -> usize {
+    1024 * 1024
 }
 
 fn default_max_events() -> usize {

@@ -38,6 +38,10 @@ pub mod headers {
     pub const EXCEPTION_STACKTRACE: &str = "__connect.errors.exception.stacktrace";
 }
 
+/// The largest dead letter herald sends, unless `[kafka] message.max.bytes` says otherwise;
+/// dead-letter topics herald creates accept it.
+pub const MAX_MESSAGE_BYTES: &str = "16777216";
+
 /// Where in the route a message failed, as Kafka Connect names its stages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailedStage {
@@ -117,7 +121,7 @@ impl DeadLetterQueue {
     pub fn new(props: &KafkaProperties, topic: &str, route: &str) -> Result<Self, KafkaError> {
         let producer: FutureProducer = reliable_producer_config(props)
             // A dead letter can be as large as any message the route reads.
-            .set("message.max.bytes", props.get("message.max.bytes").unwrap_or("10485760"))
+            .set("message.max.bytes", props.get("message.max.bytes").unwrap_or(MAX_MESSAGE_BYTES))
             .create()?;
         Ok(Self { producer, topic: topic.to_owned(), route: route.to_owned() })
     }

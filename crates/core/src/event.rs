@@ -102,6 +102,14 @@ pub enum EventError {
     /// The message has no value at all (a tombstone).
     #[error("message has no value")]
     Empty,
+    /// The message is larger than the route accepts.
+    #[error("message is {size} bytes, over the route's max_message_bytes of {limit}")]
+    TooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
 }
 
 impl EventError {
@@ -111,6 +119,7 @@ impl EventError {
             EventError::NotUtf8(_) => "herald_core::event::EventError::NotUtf8",
             EventError::Invalid { .. } => "herald_core::event::EventError::Invalid",
             EventError::Empty => "herald_core::event::EventError::Empty",
+            EventError::TooLarge { .. } => "herald_core::event::EventError::TooLarge",
         }
     }
 }

@@ -374,7 +374,7 @@ impl RouteWorker {
         let mut record_origin = Vec::with_capacity(messages.len());
         let mut letters = Vec::new();
         for (index, message) in messages.iter().enumerate() {
-            match parse(message) {
+            match parse(message, self.route.max_message_bytes) {
                 Ok(event) if self.route.filter.matches(&event) => {
                     records.push(SinkRecord {
                         event,
@@ -520,8 +520,9 @@ impl RouteWorker {
     }
 }
 
-fn parse(message: &OwnedMessage) -> Result<StageEvent, EventError> {
+fn parse(message: &OwnedMessage, limit: usize) -> Result<StageEvent, EventError> {
     match message.payload() {
+        Some(payload) if payload.len() > limit => Err(EventError::TooLarge { size: payload.len(), limit }),
         Some(payload) => StageEvent::from_json(payload),
         None => Err(EventError::Empty),
     }

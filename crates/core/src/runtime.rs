@@ -12,7 +12,7 @@ use tracing::{error, info};
 use crate::config::{Config, RouteConfig};
 use crate::dlq::DeadLetterQueue;
 use crate::error::{RouteError, RuntimeError};
-use crate::kafka::ensure_topic;
+use crate::kafka::ensure_topic_with;
 use crate::observe::{Observer, RouteShared};
 use crate::route::{create_consumer, RouteWorker};
 use crate::sink::Sink;
@@ -106,7 +106,11 @@ async fn start_route(
     let dead_letters = match &route.dead_letter_topic {
         Some(topic) => {
             let setup = |source| RouteError::DeadLetterSetup { topic: topic.clone(), source };
-            ensure_topic(&config.kafka, topic, 1).await.map_err(setup)?;
+            // A dead letter is as large as the message it carries: let the topic take what the
+            // dead-letter producer may send.
+            ensure_topic_with(&config.kafka, topic, 1, &[("max.message.bytes", crate::dlq::MAX_MESSAGE_BYTES)])
+                .await
+                .map_err(setup)?;
             Some(DeadLetterQueue::new(&config.kafka, topic, &route.name).map_err(setup)?)
         }
         None => None,
