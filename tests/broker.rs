@@ -19,6 +19,7 @@ struct PrivateKafka {
     dir: PathBuf,
     plain_port: u16,
     sasl_port: u16,
+    tls_port: u16,
     child: Option<Child>,
 }
 
@@ -39,22 +40,41 @@ impl PrivateKafka {
         let dir = std::env::temp_dir().join(unique("herald-kafka"));
         std::fs::create_dir_all(&dir).unwrap();
         let base = rand::rng().random_range(50_000..59_000);
-        let kafka = Self { dir, plain_port: base, sasl_port: base + 1, child: None };
+        let kafka = Self { dir, plain_port: base, sasl_port: base + 1, tls_port: base + 3, child: None };
         let controller = base + 2;
+        // A throwaway certificate for 127.0.0.1, made with the JDK's keytool; its PEM is the CA.
+        let keystore = kafka.dir.join("broker.p12");
+        let keytool = Command::new("keytool")
+            .args(["-genkeypair", "-alias", "broker", "-keyalg", "RSA", "-keysize", "2048", "-validity", "2"])
+            .args(["-dname", "CN=127.0.0.1", "-ext", "SAN=IP:127.0.0.1", "-storetype", "PKCS12"])
+            .args(["-storepass", "test-store", "-keypass", "test-store", "-keystore"])
+            .arg(&keystore)
+            .output()
+            .unwrap();
+        assert!(keytool.status.success(), "keytool: {}", String::from_utf8_lossy(&keytool.stderr));
+        let pem = Command::new("keytool")
+            .args(["-exportcert", "-rfc", "-alias", "broker", "-storepass", "test-store", "-keystore"])
+            .arg(&keystore)
+            .output()
+            .unwrap();
+        std::fs::write(kafka.dir.join("ca.pem"), pem.stdout).unwrap();
         std::fs::write(
             kafka.dir.join("server.properties"),
             format!(
                 "process.roles=broker,controller\nnode.id=1\ncontroller.quorum.voters=1@127.0.0.1:{controller}\n\
-                 listeners=PLAINTEXT://127.0.0.1:{plain},SASL_PLAINTEXT://127.0.0.1:{sasl},CONTROLLER://127.0.0.1:{controller}\n\
-                 advertised.listeners=PLAINTEXT://127.0.0.1:{plain},SASL_PLAINTEXT://127.0.0.1:{sasl}\n\
+                 listeners=PLAINTEXT://127.0.0.1:{plain},SASL_PLAINTEXT://127.0.0.1:{sasl},SSL://127.0.0.1:{tls},CONTROLLER://127.0.0.1:{controller}\n\
+                 advertised.listeners=PLAINTEXT://127.0.0.1:{plain},SASL_PLAINTEXT://127.0.0.1:{sasl},SSL://127.0.0.1:{tls}\n\
                  controller.listener.names=CONTROLLER\ninter.broker.listener.name=PLAINTEXT\n\
-                 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT\n\
+                 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,SSL:SSL\n\
+                 ssl.keystore.type=PKCS12\nssl.keystore.location={keystore}\nssl.keystore.password=test-store\nssl.key.password=test-store\n\
                  sasl.enabled.mechanisms=SCRAM-SHA-256\n\
                  listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;\n\
                  log.dirs={data}\noffsets.topic.replication.factor=1\ntransaction.state.log.replication.factor=1\n\
                  transaction.state.log.min.isr=1\ngroup.initial.rebalance.delay.ms=0\nauto.create.topics.enable=false\n",
                 plain = kafka.plain_port,
                 sasl = kafka.sasl_port,
+                tls = kafka.tls_port,
+                keystore = keystore.display(),
                 data = kafka.dir.join("data").display(),
             ),
         )
@@ -67,7 +87,11 @@ impl PrivateKafka {
             .args(["--add-scram", &format!("SCRAM-SHA-256=[name={SCRAM_USER},password={SCRAM_PASSWORD}]")])
             .output()
             .unwrap();
-        assert!(format.status.success(), "formatting the private broker failed: {}", String::from_utf8_lossy(&format.stderr));
+        assert!(
+            format.status.success(),
+            "formatting the private broker failed: {}",
+            String::from_utf8_lossy(&format.stderr)
+        );
         let mut kafka = kafka;
         kafka.launch();
         kafka
@@ -198,4 +222,33 @@ sink = {{ type = "stdout" }}
     assert_eq!(out.status.code(), Some(1), "{report}");
     assert!(report.contains("FAIL  kafka"), "{report}");
     assert!(!report.contains("wrong-password") && !String::from_utf8_lossy(&out.stderr).contains("wrong-password"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_settings_in_kafka_properties_reach_a_tls_listener() {
+    let kafka = PrivateKafka::start();
+    let topic = unique("events");
+    herald_core::kafka::ensure_topic(&kafka.props(), &topic, 1).await.unwrap();
+    produce_to(&kafka.brokers(), &topic, 0..10).await;
+    let config = TempConfig::new(&format!(
+        r#"
+[kafka]
+bootstrap.servers = "127.0.0.1:{port}"
+security.protocol = "SSL"
+ssl.ca.location = "{ca}"
+
+[[route]]
+name = "{route}"
+topics = ["{topic}"]
+sink = {{ type = "stdout" }}
+"#,
+        port = kafka.tls_port,
+        ca = kafka.dir.join("ca.pem").display(),
+        route = unique("route"),
+    ));
+    let out = herald().args(["check", "--config"]).arg(&config.path).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    let mut running = Herald::run(&config);
+    let lines = running.wait_for_lines(10);
+    assert_eq!(seqs(&lines).into_iter().map(|(_, s)| s).collect::<Vec<_>>(), (0..10).collect::<Vec<_>>());
 }
