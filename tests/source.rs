@@ -107,7 +107,9 @@ async fn inserts_and_updates_become_keyed_stage_events_with_their_origin() {
     let pool = pool().await;
     let schema = greenfield(&pool).await;
     let topic = unique("events");
-    let config = TempConfig::new(&source_config(&unique("src"), &schema, &topic, ""));
+    let name = unique("src");
+    let config =
+        TempConfig::new(&format!("[admin]\nlisten = \"127.0.0.1:0\"\n{}", source_config(&name, &schema, &topic, "")));
     let mut herald = Herald::run(&config);
     herald.wait_for_log("Source active");
 
@@ -137,6 +139,23 @@ async fn inserts_and_updates_become_keyed_stage_events_with_their_origin() {
     assert_eq!(timestamp.instant().to_rfc3339(), "2026-11-26T10:15:00.123456+00:00");
     assert_eq!(header(&messages[1], "herald.origin"), Some(format!("postgres:{schema}.pipeline_status")));
     assert_eq!(header(&messages[1], "herald.origin.operation").as_deref(), Some("UPDATE"));
+
+    // The admin API counts what the source published.
+    let log = herald.log();
+    let start = log.find("address=").unwrap() + "address=".len();
+    let address = log[start..].split_whitespace().next().unwrap().to_owned();
+    let metrics = http_get(&address, "/metrics");
+    assert!(metrics.contains(&format!("herald_source_published_total{{source=\"{name}\"}} 2")), "{metrics}");
+    assert!(metrics.contains(&format!("herald_source_backlog{{source=\"{name}\"}} 0")), "{metrics}");
+}
+
+fn http_get(address: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

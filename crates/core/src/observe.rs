@@ -26,6 +26,7 @@ pub struct Observer {
     lag: IntGaugeVec,
     source_published: IntCounterVec,
     source_batches: IntCounterVec,
+    source_backlog: IntGaugeVec,
     routes: RwLock<BTreeMap<String, Arc<RouteShared>>>,
 }
 
@@ -48,6 +49,11 @@ impl Observer {
         let source_published = counter("source_published_total", "Events a source published to Kafka.", &["source"])?;
         let source_batches =
             counter("source_transactions_total", "Kafka transactions a source committed.", &["source"])?;
+        let source_backlog = IntGaugeVec::new(
+            Opts::new("source_backlog", "Captured changes a source has not published yet (its cursor lag)."),
+            &["source"],
+        )?;
+        registry.register(Box::new(source_backlog.clone()))?;
         let write_seconds = HistogramVec::new(
             HistogramOpts::new("route_write_seconds", "Time to write one batch to the sink, retries included.")
                 .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
@@ -70,6 +76,7 @@ impl Observer {
             lag,
             source_published,
             source_batches,
+            source_backlog,
             routes: RwLock::new(BTreeMap::new()),
         }))
     }
@@ -104,9 +111,13 @@ impl Observer {
         self.routes.read().unwrap_or_else(PoisonError::into_inner).values().cloned().collect()
     }
 
-    /// Counters a source bumps: events published, transactions committed.
-    pub fn source(&self, name: &str) -> (IntCounter, IntCounter) {
-        (self.source_published.with_label_values(&[name]), self.source_batches.with_label_values(&[name]))
+    /// The metrics a source updates.
+    pub fn source(&self, name: &str) -> SourceMetrics {
+        SourceMetrics {
+            published: self.source_published.with_label_values(&[name]),
+            transactions: self.source_batches.with_label_values(&[name]),
+            backlog: self.source_backlog.with_label_values(&[name]),
+        }
     }
 
     /// All metrics in the Prometheus text format.
@@ -133,6 +144,29 @@ impl Observer {
             Ok(())
         } else {
             Err(problems)
+        }
+    }
+}
+
+/// One source's metrics.
+#[derive(Clone)]
+pub struct SourceMetrics {
+    /// Events published.
+    pub published: IntCounter,
+    /// Kafka transactions committed.
+    pub transactions: IntCounter,
+    /// Captured changes not yet published.
+    pub backlog: IntGauge,
+}
+
+impl SourceMetrics {
+    /// Metrics registered nowhere, for a source run without an admin API.
+    pub fn detached() -> Self {
+        let counter = |name: &str| IntCounter::new(name, "unregistered").unwrap_or_else(|_| unreachable!("valid name"));
+        Self {
+            published: counter("published"),
+            transactions: counter("transactions"),
+            backlog: IntGauge::new("backlog", "unregistered").unwrap_or_else(|_| unreachable!("valid name")),
         }
     }
 }

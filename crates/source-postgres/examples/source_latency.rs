@@ -42,7 +42,7 @@ async fn main() {
     config.migrate().await.unwrap();
     let cancel = CancellationToken::new();
     let kafka = KafkaProperties::default();
-    let source = config.run("latency", &kafka, cancel.clone());
+    let source = config.run("latency", &kafka, herald_core::observe::SourceMetrics::detached(), cancel.clone());
     let workload = measure(&pool, &schema, &topic, run, cancel.clone());
     let (source_result, ()) = tokio::join!(source, workload);
     source_result.unwrap();

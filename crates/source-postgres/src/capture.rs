@@ -153,21 +153,23 @@ pub(crate) async fn read_changes(
     Ok(changes)
 }
 
-/// Whether changes after `cursor` exist that the xmin bound still holds back (a transaction
-/// older than them is open): then it is worth looking again soon rather than at the next poll.
-pub(crate) async fn held_back(
+/// How many captured changes after `cursor` are not published yet — after a full catch-up,
+/// those the xmin bound still holds back (a transaction older than them is open), worth looking
+/// at again soon rather than at the next poll. Counted up to 10,000.
+pub(crate) async fn backlog(
     conn: &mut PgConnection,
     schema: &str,
     table: &str,
     cursor: Cursor,
-) -> Result<bool, SourceError> {
+) -> Result<i64, SourceError> {
     sqlx::query_scalar(&format!(
-        "SELECT EXISTS (SELECT 1 FROM \"{schema}\".herald_changes WHERE source_table = $1 AND (txid, id) > ($2::text::xid8, $3))"
+        "SELECT count(*) FROM (SELECT 1 FROM \"{schema}\".herald_changes
+         WHERE source_table = $1 AND (txid, id) > ($2::text::xid8, $3) LIMIT 10000) AS pending"
     ))
     .bind(table)
     .bind(cursor.txid.to_string())
     .bind(cursor.id)
     .fetch_one(&mut *conn)
     .await
-    .map_err(SourceError::postgres("looking for held-back changes"))
+    .map_err(SourceError::postgres("counting unpublished changes"))
 }

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use herald_core::config::KafkaProperties;
 use herald_core::dlq::headers;
+use herald_core::observe::SourceMetrics;
 use herald_core::sink::ORIGIN_HEADER;
 use herald_core::StageEvent;
 use secrecy::ExposeSecret;
@@ -60,10 +61,16 @@ impl PostgresSourceConfig {
     /// Runs the source named `name` until `cancel`: standby while another instance holds its
     /// lock, active otherwise. Transient failures (Postgres or Kafka down, fenced) send it back
     /// to standby and it tries again; configuration errors end it.
-    pub async fn run(&self, name: &str, kafka: &KafkaProperties, cancel: CancellationToken) -> Result<(), SourceError> {
+    pub async fn run(
+        &self,
+        name: &str,
+        kafka: &KafkaProperties,
+        metrics: SourceMetrics,
+        cancel: CancellationToken,
+    ) -> Result<(), SourceError> {
         let plan = self.plan()?;
         while !cancel.is_cancelled() {
-            match self.run_once(name, &plan, kafka, &cancel).await {
+            match self.run_once(name, &plan, kafka, &metrics, &cancel).await {
                 Ok(()) => {}
                 Err(err) if err.is_transient() => {
                     warn!(source = name, error = %herald_core::dlq::error_chain(&err).join(": "), "Source stepped down; retrying.");
@@ -83,6 +90,7 @@ impl PostgresSourceConfig {
         name: &str,
         plan: &Plan,
         kafka: &KafkaProperties,
+        metrics: &SourceMetrics,
         cancel: &CancellationToken,
     ) -> Result<(), SourceError> {
         // The lock lives as long as this connection: if the process dies, Postgres drops the
@@ -124,8 +132,15 @@ impl PostgresSourceConfig {
             .await
             .map_err(SourceError::postgres("connecting the listener"))?;
         listener.listen(CHANNEL).await.map_err(SourceError::postgres("listening"))?;
-        let worker =
-            Worker { name, plan, config: self, table: &table, dead_letter_topic: &dead_letter_topic, publisher };
+        let worker = Worker {
+            name,
+            plan,
+            config: self,
+            table: &table,
+            dead_letter_topic: &dead_letter_topic,
+            publisher,
+            metrics,
+        };
 
         loop {
             let held_back = worker.catch_up(&mut conn, &mut cursor).await?;
@@ -156,6 +171,7 @@ struct Worker<'a> {
     table: &'a str,
     dead_letter_topic: &'a str,
     publisher: Publisher,
+    metrics: &'a SourceMetrics,
 }
 
 impl Worker<'_> {
@@ -166,12 +182,16 @@ impl Worker<'_> {
             let changes =
                 capture::read_changes(conn, &self.plan.schema, self.table, *cursor, self.config.batch_size).await?;
             let Some(last) = changes.last().map(|c| c.cursor) else {
-                return capture::held_back(conn, &self.plan.schema, self.table, *cursor).await;
+                let backlog = capture::backlog(conn, &self.plan.schema, self.table, *cursor).await?;
+                self.metrics.backlog.set(backlog);
+                return Ok(backlog > 0);
             };
             let messages: Vec<Outgoing> = changes.iter().filter_map(|change| self.message(change)).collect();
             let count = messages.len();
             self.publisher.publish(messages, last).await?;
             *cursor = last;
+            self.metrics.published.inc_by(count as u64);
+            self.metrics.transactions.inc();
             tracing::debug!(
                 source = self.name,
                 changes = changes.len(),
@@ -179,7 +199,9 @@ impl Worker<'_> {
                 "Published a batch of changes."
             );
             if changes.len() < self.config.batch_size {
-                return capture::held_back(conn, &self.plan.schema, self.table, *cursor).await;
+                let backlog = capture::backlog(conn, &self.plan.schema, self.table, *cursor).await?;
+                self.metrics.backlog.set(backlog);
+                return Ok(backlog > 0);
             }
         }
     }
