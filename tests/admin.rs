@@ -3,36 +3,9 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
 use common::*;
-
-/// One HTTP/1.1 request; returns the status code and the body.
-fn http(address: &str, method: &str, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(address).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(stream, "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
-    (status, body)
-}
-
-fn admin_address(herald: &mut Herald) -> String {
-    herald.wait_for_log("Admin API listening.");
-    let log = herald.log();
-    let start = log.find("address=").unwrap() + "address=".len();
-    log[start..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .trim_matches(|c: char| !c.is_ascii_digit() && c != '.' && c != ':')
-        .to_owned()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_health_and_routes_report_what_the_route_did() {

@@ -141,21 +141,10 @@ async fn inserts_and_updates_become_keyed_stage_events_with_their_origin() {
     assert_eq!(header(&messages[1], "herald.origin.operation").as_deref(), Some("UPDATE"));
 
     // The admin API counts what the source published.
-    let log = herald.log();
-    let start = log.find("address=").unwrap() + "address=".len();
-    let address = log[start..].split_whitespace().next().unwrap().to_owned();
-    let metrics = http_get(&address, "/metrics");
+    let address = admin_address(&mut herald);
+    let (_, metrics) = http(&address, "GET", "/metrics");
     assert!(metrics.contains(&format!("herald_source_published_total{{source=\"{name}\"}} 2")), "{metrics}");
     assert!(metrics.contains(&format!("herald_source_backlog{{source=\"{name}\"}} 0")), "{metrics}");
-}
-
-fn http_get(address: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(address).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

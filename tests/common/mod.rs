@@ -305,3 +305,25 @@ pub fn assert_per_key_order(seen: &[(String, usize)]) {
         last.insert(source, *seq);
     }
 }
+
+/// One HTTP/1.1 request to the admin API; returns the status code and the body.
+pub fn http(address: &str, method: &str, path: &str) -> (u16, String) {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+/// The admin API address a running herald logged.
+pub fn admin_address(herald: &mut Herald) -> String {
+    herald.wait_for_log("Admin API listening.");
+    let log = herald.log();
+    let start = log.find("address=").unwrap() + "address=".len();
+    log[start..].split_whitespace().next().unwrap().to_owned()
+}

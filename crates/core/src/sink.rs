@@ -108,6 +108,15 @@ pub enum SinkError {
 }
 
 impl SinkError {
+    /// Wraps a sink's own error as retriable or fatal, as that sink classified it.
+    pub fn classified(error: impl std::error::Error + Send + Sync + 'static, retriable: bool) -> Self {
+        if retriable {
+            SinkError::Retriable(Box::new(error))
+        } else {
+            SinkError::Fatal(Box::new(error))
+        }
+    }
+
     /// Whether the runtime should retry.
     pub fn is_retriable(&self) -> bool {
         matches!(self, SinkError::Retriable(_))

@@ -78,11 +78,8 @@ impl PostgresSinkError {
 
 impl From<PostgresSinkError> for SinkError {
     fn from(err: PostgresSinkError) -> Self {
-        if err.is_retriable() {
-            SinkError::Retriable(Box::new(err))
-        } else {
-            SinkError::Fatal(Box::new(err))
-        }
+        let retriable = err.is_retriable();
+        SinkError::classified(err, retriable)
     }
 }
 

@@ -34,10 +34,7 @@ impl RedisSinkError {
 
 impl From<RedisSinkError> for SinkError {
     fn from(err: RedisSinkError) -> Self {
-        if err.is_retriable() {
-            SinkError::Retriable(Box::new(err))
-        } else {
-            SinkError::Fatal(Box::new(err))
-        }
+        let retriable = err.is_retriable();
+        SinkError::classified(err, retriable)
     }
 }

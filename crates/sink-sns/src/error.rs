@@ -69,11 +69,8 @@ impl SnsSinkError {
 
 impl From<SnsSinkError> for SinkError {
     fn from(err: SnsSinkError) -> Self {
-        if err.is_retriable() {
-            SinkError::Retriable(Box::new(err))
-        } else {
-            SinkError::Fatal(Box::new(err))
-        }
+        let retriable = err.is_retriable();
+        SinkError::classified(err, retriable)
     }
 }
 

@@ -32,10 +32,7 @@ impl From<std::io::Error> for StdoutSinkError {
 
 impl From<StdoutSinkError> for SinkError {
     fn from(err: StdoutSinkError) -> Self {
-        if err.is_retriable() {
-            SinkError::Retriable(Box::new(err))
-        } else {
-            SinkError::Fatal(Box::new(err))
-        }
+        let retriable = err.is_retriable();
+        SinkError::classified(err, retriable)
     }
 }
