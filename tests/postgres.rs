@@ -26,11 +26,7 @@ async fn pool(url: &str) -> PgPool {
 fn postgres_route(route: &str, topic: &str, sink: &str, extra: &str) -> String {
     format!(
         r#"
-[kafka]
-bootstrap.servers = "{BROKERS}"
-# A SIGKILLed member holds its partitions until its session expires: keep that short in tests.
-session.timeout.ms = 6000
-heartbeat.interval.ms = 1000
+{kafka}
 
 [runtime]
 progress_interval = "1s"
@@ -42,7 +38,8 @@ topics = ["{topic}"]
 [route.sink]
 type = "postgres"
 {sink}
-"#
+"#,
+        kafka = kafka_section()
     )
 }
 

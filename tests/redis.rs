@@ -16,10 +16,7 @@ use redis::AsyncCommands;
 fn redis_route(route: &str, topic: &str, sink: &str) -> String {
     format!(
         r#"
-[kafka]
-bootstrap.servers = "{BROKERS}"
-session.timeout.ms = 6000
-heartbeat.interval.ms = 1000
+{kafka}
 
 [runtime]
 progress_interval = "1s"
@@ -31,7 +28,8 @@ retry = {{ initial_backoff = "100ms", max_backoff = "1s" }}
 [route.sink]
 type = "redis"
 {sink}
-"#
+"#,
+        kafka = kafka_section()
     )
 }
 

@@ -25,10 +25,7 @@ async fn three_processes_share_six_partitions_and_survive_a_kill_and_restart_exa
     create_topic(&topic, 6).await;
     let config = TempConfig::new(&format!(
         r#"
-[kafka]
-bootstrap.servers = "{BROKERS}"
-session.timeout.ms = 6000
-heartbeat.interval.ms = 1000
+{kafka}
 
 [[route]]
 name = "{route}"
@@ -40,6 +37,7 @@ url = "{URL}"
 schema = "{schema}"
 mode = "append"
 "#,
+        kafka = kafka_section(),
         route = unique("route")
     ));
     let mut members: Vec<Herald> = (0..3).map(|_| Herald::run(&config)).collect();

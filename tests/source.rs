@@ -36,10 +36,7 @@ async fn greenfield(pool: &PgPool) -> String {
 fn source_config(name: &str, schema: &str, topic: &str, extra: &str) -> String {
     format!(
         r#"
-[kafka]
-bootstrap.servers = "{BROKERS}"
-session.timeout.ms = 6000
-heartbeat.interval.ms = 1000
+{kafka}
 
 [[source]]
 name = "{name}"
@@ -50,7 +47,8 @@ topic = "{topic}"
 offsets_topic = "{topic}.offsets"
 poll_interval = "1s"
 {extra}
-"#
+"#,
+        kafka = kafka_section()
     )
 }
 

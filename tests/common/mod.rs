@@ -138,15 +138,17 @@ impl Drop for TempConfig {
     }
 }
 
+/// The `[kafka]` table every test config starts with. A SIGKILLed member holds its partitions
+/// until its session expires: keep that short in tests.
+pub fn kafka_section() -> String {
+    format!("[kafka]\nbootstrap.servers = \"{BROKERS}\"\nsession.timeout.ms = 6000\nheartbeat.interval.ms = 1000\n")
+}
+
 /// A config with one stdout route reading `topic`.
 pub fn stdout_route_config(route: &str, topic: &str, extra: &str) -> String {
     format!(
         r#"
-[kafka]
-bootstrap.servers = "{BROKERS}"
-# A SIGKILLed member holds its partitions until its session expires: keep that short in tests.
-session.timeout.ms = 6000
-heartbeat.interval.ms = 1000
+{kafka}
 
 [runtime]
 progress_interval = "1s"
@@ -156,7 +158,8 @@ name = "{route}"
 topics = ["{topic}"]
 {extra}
 sink = {{ type = "stdout" }}
-"#
+"#,
+        kafka = kafka_section()
     )
 }
 

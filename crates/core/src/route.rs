@@ -315,12 +315,7 @@ impl RouteWorker {
         if changes.assigned.is_empty() {
             return Ok(());
         }
-        let mut delays = ExponentialBuilder::default()
-            .with_min_delay(self.route.retry.initial_backoff)
-            .with_max_delay(self.route.retry.max_backoff)
-            .with_jitter()
-            .without_max_times()
-            .build();
+        let mut delays = retry_delays(&self.route.retry, None);
         let stored = loop {
             match self.sink.stored_offsets(&changes.assigned).await {
                 Ok(stored) => break stored,
@@ -459,12 +454,7 @@ impl RouteWorker {
         cancel: &CancellationToken,
     ) -> Result<Option<WriteOutcome>, RouteError> {
         let policy = &self.route.retry;
-        let mut delays = ExponentialBuilder::default()
-            .with_min_delay(policy.initial_backoff)
-            .with_max_delay(policy.max_backoff)
-            .with_jitter()
-            .with_max_times(policy.max_retries.map_or(usize::MAX, |n| n as usize))
-            .build();
+        let mut delays = retry_delays(policy, policy.max_retries);
         let mut attempt: u64 = 0;
         loop {
             attempt += 1;
@@ -518,6 +508,16 @@ impl RouteWorker {
             debug!(route = %self.route.name, error = %err, "Offsets not stored (partition revoked?).");
         }
     }
+}
+
+/// The route's backoff: exponential with jitter between its bounds, `limit` delays at most.
+fn retry_delays(policy: &crate::config::RetryConfig, limit: Option<u32>) -> impl Iterator<Item = std::time::Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(policy.initial_backoff)
+        .with_max_delay(policy.max_backoff)
+        .with_jitter()
+        .with_max_times(limit.map_or(usize::MAX, |n| n as usize))
+        .build()
 }
 
 fn parse(message: &OwnedMessage, limit: usize) -> Result<StageEvent, EventError> {
