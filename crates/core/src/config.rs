@@ -121,9 +121,6 @@ impl Config {
             if !(1..=100_000).contains(&route.batch.max_events) {
                 return Err((at("batch.max_events"), format!("{} is out of range 1..=100000", route.batch.max_events)));
             }
-            if route.batch.max_wait.is_zero() {
-                return Err((at("batch.max_wait"), "must be greater than zero, e.g. \"100ms\"".into()));
-            }
             if route.retry.initial_backoff.is_zero() || route.retry.initial_backoff > route.retry.max_backoff {
                 return Err((at("retry"), "need 0 < initial_backoff <= max_backoff".into()));
             }
@@ -355,14 +352,17 @@ impl StartFrom {
     }
 }
 
-/// Batching: a batch is written when it holds `max_events` or `max_wait` has passed since its first event.
+/// Batching, the way a Kafka consumer's poll does it: a batch takes every event already fetched,
+/// up to `max_events`, so it is small when traffic is light (no added latency) and grows by itself
+/// when the sink is the bottleneck. `max_wait` adds a linger for more.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchConfig {
     /// Most events in one sink write. Default `500`, range 1..=100000.
     #[serde(default = "default_max_events")]
     pub max_events: usize,
-    /// Longest an event waits for its batch to fill. Default `"100ms"`.
+    /// How long a batch lingers for more events once those already fetched are taken, counted
+    /// from its first event; it never lingers past `max_events`. Default `"0ms"`: write at once.
     #[serde(default = "default_max_wait", with = "humantime_serde")]
     pub max_wait: Duration,
 }
@@ -382,7 +382,7 @@ fn default_max_events() -> usize {
 }
 
 fn default_max_wait() -> Duration {
-    Duration::from_millis(100)
+    Duration::ZERO
 }
 
 /// Retry of transient sink failures: exponential backoff with full jitter, the same batch again,
@@ -605,7 +605,7 @@ mod tests {
         assert_eq!(route.group_id(), "herald.stdout");
         assert_eq!(route.start_from, StartFrom::Earliest);
         assert_eq!(route.batch.max_events, 500);
-        assert_eq!(route.batch.max_wait, Duration::from_millis(100));
+        assert_eq!(route.batch.max_wait, Duration::ZERO);
         assert_eq!(route.retry.max_retries, None);
         assert_eq!(route.sink.kind, "stdout");
         assert_eq!(config.kafka.bootstrap_servers(), "127.0.0.1:9092");

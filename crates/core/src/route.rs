@@ -264,7 +264,8 @@ impl RouteWorker {
         info!(route = %self.route.name, "Route resumed.");
     }
 
-    /// Waits for a first message, then collects until the batch is full or `max_wait` has passed.
+    /// Waits for a first message, then takes what is already fetched, lingering up to `max_wait`
+    /// for more, until the batch is full.
     async fn next_batch(
         &mut self,
         pause_requests: &mut tokio::sync::watch::Receiver<bool>,
@@ -278,8 +279,10 @@ impl RouteWorker {
                 _ = cancel.cancelled() => break,
                 // A pause request ends the batch here; the caller pauses.
                 _ = pause_requests.changed() => break,
-                _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => break,
+                // Before the deadline: what is already fetched joins the batch even when the
+                // linger is over, so a backlog is written in full batches.
                 received = self.consumer.recv() => received,
+                _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => break,
             };
             match received {
                 Ok(message) => {

@@ -1,5 +1,7 @@
 //! The Redis sink: each batch one pipelined `MULTI`/`EXEC`.
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use herald_core::{Rejection, Sink, SinkError, SinkRecord, WriteOutcome};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -9,26 +11,40 @@ use secrecy::ExposeSecret;
 use crate::config::{LatestKeyConfig, PublishConfig, RedisSinkConfig, StreamConfig};
 use crate::error::RedisSinkError;
 
-/// Sets `KEYS[1]` to `ARGV[1]` unless `KEYS[2]` ranks the stored event newer than this one
-/// (`ARGV[2]` event time in µs, then `ARGV[3]` Kafka offset); `ARGV[4]` is a TTL in ms, 0 for none.
+/// For each pair `KEYS[2i-1]`, `KEYS[2i]` (a latest key and its rank key): sets the key to its
+/// event unless the rank key ranks the stored event newer. `ARGV[1]` is a TTL in ms (0 for none),
+/// then per pair three values: the event JSON, its event time in µs, its Kafka offset. One call
+/// per batch: a script call costs far more than the few commands inside it.
 const SET_IF_NEWER: &str = r"
-local rank = redis.call('GET', KEYS[2])
-if rank then
-  local ts, off = string.match(rank, '^(%-?%d+):(%-?%d+)$')
-  local nts, noff = tonumber(ARGV[2]), tonumber(ARGV[3])
-  ts, off = tonumber(ts), tonumber(off)
-  if ts and (nts < ts or (nts == ts and noff < off)) then return 0 end
+local ttl = tonumber(ARGV[1])
+local written = 0
+for pair = 0, #KEYS / 2 - 1 do
+  local key, rank_key = KEYS[pair * 2 + 1], KEYS[pair * 2 + 2]
+  local value, nts, noff = ARGV[pair * 3 + 2], tonumber(ARGV[pair * 3 + 3]), tonumber(ARGV[pair * 3 + 4])
+  local newer = true
+  local rank = redis.call('GET', rank_key)
+  if rank then
+    local ts, off = string.match(rank, '^(%-?%d+):(%-?%d+)$')
+    ts, off = tonumber(ts), tonumber(off)
+    if ts and (nts < ts or (nts == ts and noff < off)) then newer = false end
+  end
+  if newer then
+    local new_rank = ARGV[pair * 3 + 3] .. ':' .. ARGV[pair * 3 + 4]
+    if ttl > 0 then
+      redis.call('SET', key, value, 'PX', ttl)
+      redis.call('SET', rank_key, new_rank, 'PX', ttl)
+    else
+      redis.call('SET', key, value)
+      redis.call('SET', rank_key, new_rank)
+    end
+    written = written + 1
+  end
 end
-local ttl = tonumber(ARGV[4])
-if ttl > 0 then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
-  redis.call('SET', KEYS[2], ARGV[2] .. ':' .. ARGV[3], 'PX', ttl)
-else
-  redis.call('SET', KEYS[1], ARGV[1])
-  redis.call('SET', KEYS[2], ARGV[2] .. ':' .. ARGV[3])
-end
-return 1
+return written
 ";
+
+/// Most latest keys in one script call, which keeps its argument list modest.
+const KEYS_PER_SCRIPT_CALL: usize = 1000;
 
 /// The suffix of the companion key holding the rank of a latest key's event.
 pub(crate) const RANK_SUFFIX: &str = "#rank";
@@ -58,34 +74,63 @@ impl RedisSink {
         })
     }
 
-    /// Adds one event's commands to the transaction, or says why it cannot be delivered.
-    fn add_event(
+    /// One event's rendered templates, or why it cannot be delivered. Rendered all at once, so
+    /// an event is written whole or not at all.
+    fn render(&self, record: &SinkRecord) -> Result<Rendered, herald_core::template::MissingField> {
+        Ok(Rendered {
+            latest_key: self.latest_key.as_ref().map(|c| c.key.render(&record.event)).transpose()?,
+            channel: self.publish.as_ref().map(|c| c.channel.render(&record.event)).transpose()?,
+            stream: self.stream.as_ref().map(|c| c.key.render(&record.event)).transpose()?,
+        })
+    }
+
+    /// The latest-key updates of a batch: one script call per `KEYS_PER_SCRIPT_CALL` keys. Only
+    /// the newest event of each key in the batch is sent (same rank as the script's: event time,
+    /// then offset, the later one on a tie), which is what the script would keep anyway.
+    fn add_latest_keys(
         &self,
         pipe: &mut Pipeline,
-        record: &SinkRecord,
-        json: &str,
-    ) -> Result<(), herald_core::template::MissingField> {
-        // Render every template first, so an event is added whole or not at all.
-        let latest = self.latest_key.as_ref().map(|c| c.key.render(&record.event)).transpose()?;
-        let channel = self.publish.as_ref().map(|c| c.channel.render(&record.event)).transpose()?;
-        let stream = self.stream.as_ref().map(|c| c.key.render(&record.event)).transpose()?;
-        if let (Some(key), Some(config)) = (latest, &self.latest_key) {
-            let ttl_ms = config.ttl.map_or(0, |ttl| ttl.as_millis().max(1));
-            pipe.cmd("EVALSHA")
-                .arg(&self.script_sha)
-                .arg(2)
-                .arg(&key)
-                .arg(format!("{key}{RANK_SUFFIX}"))
-                .arg(json)
-                .arg(record.event.timestamp.instant().timestamp_micros())
-                .arg(record.offset)
-                .arg(ttl_ms.to_string())
-                .ignore();
+        batch: &[SinkRecord],
+        jsons: &[String],
+        rendered: &[Option<Rendered>],
+    ) {
+        let Some(config) = &self.latest_key else { return };
+        let rank = |index: usize| (batch[index].event.timestamp.instant().timestamp_micros(), batch[index].offset);
+        let mut newest: HashMap<&str, usize> = HashMap::new();
+        for (index, item) in rendered.iter().enumerate() {
+            let Some(key) = item.as_ref().and_then(|r| r.latest_key.as_deref()) else { continue };
+            newest
+                .entry(key)
+                .and_modify(|kept| {
+                    if rank(index) >= rank(*kept) {
+                        *kept = index;
+                    }
+                })
+                .or_insert(index);
         }
-        if let Some(channel) = channel {
+        let mut winners: Vec<(&str, usize)> = newest.into_iter().collect();
+        winners.sort_unstable_by_key(|&(_, index)| index);
+        let ttl_ms = config.ttl.map_or(0, |ttl| ttl.as_millis().max(1));
+        for chunk in winners.chunks(KEYS_PER_SCRIPT_CALL) {
+            let command = pipe.cmd("EVALSHA").arg(&self.script_sha).arg(chunk.len() * 2);
+            for (key, _) in chunk {
+                command.arg(*key).arg(format!("{key}{RANK_SUFFIX}"));
+            }
+            command.arg(ttl_ms.to_string());
+            for &(_, index) in chunk {
+                let (micros, offset) = rank(index);
+                command.arg(&jsons[index]).arg(micros).arg(offset);
+            }
+            command.ignore();
+        }
+    }
+
+    /// One event's publish and stream append.
+    fn add_event(&self, pipe: &mut Pipeline, record: &SinkRecord, json: &str, rendered: &Rendered) {
+        if let Some(channel) = &rendered.channel {
             pipe.cmd("PUBLISH").arg(channel).arg(json).ignore();
         }
-        if let (Some(key), Some(config)) = (stream, &self.stream) {
+        if let (Some(key), Some(config)) = (&rendered.stream, &self.stream) {
             let command = pipe.cmd("XADD").arg(key);
             if config.max_len > 0 {
                 command.arg("MAXLEN").arg("~").arg(config.max_len);
@@ -102,8 +147,14 @@ impl RedisSink {
                 .arg(record.offset)
                 .ignore();
         }
-        Ok(())
     }
+}
+
+/// The rendered templates of one event.
+struct Rendered {
+    latest_key: Option<String>,
+    channel: Option<String>,
+    stream: Option<String>,
 }
 
 #[async_trait]
@@ -115,12 +166,25 @@ impl Sink for RedisSink {
 
     async fn write(&mut self, batch: &[SinkRecord]) -> Result<WriteOutcome, SinkError> {
         let mut outcome = WriteOutcome::all_accepted();
+        let jsons: Vec<String> = batch.iter().map(|record| record.event.to_json()).collect();
+        let rendered: Vec<Option<Rendered>> = batch
+            .iter()
+            .enumerate()
+            .map(|(index, record)| match self.render(record) {
+                Ok(rendered) => Some(rendered),
+                Err(missing) => {
+                    outcome.rejected.push(Rejection { index, error: Box::new(missing) });
+                    None
+                }
+            })
+            .collect();
+        // One transaction: the latest keys are updated before any subscriber hears of the batch.
         let mut pipe = redis::pipe();
         pipe.atomic();
-        for (index, record) in batch.iter().enumerate() {
-            let json = record.event.to_json();
-            if let Err(missing) = self.add_event(&mut pipe, record, &json) {
-                outcome.rejected.push(Rejection { index, error: Box::new(missing) });
+        self.add_latest_keys(&mut pipe, batch, &jsons, &rendered);
+        for ((record, json), rendered) in batch.iter().zip(&jsons).zip(&rendered) {
+            if let Some(rendered) = rendered {
+                self.add_event(&mut pipe, record, json, rendered);
             }
         }
         if outcome.rejected.len() == batch.len() {
