@@ -1,0 +1,212 @@
+//! `herald-bench`: measures the herald binary against the local services (`scripts/services up`)
+//! — throughput per sink, send → visible latency as each sink's reader sees it, the Postgres
+//! source, memory and CPU, start-up, and the polling baseline herald replaces. It prints
+//! markdown tables; `all` also writes them, a JSON copy and an SVG plot into `--out`.
+//!
+//! ```sh
+//! cargo build --release --bin herald --bin herald-bench
+//! target/release/herald-bench all --out docs/bench
+//! target/release/herald-bench latency redis --rate 1000 --duration 10s
+//! ```
+
+mod baseline;
+mod load;
+mod observe;
+mod plot;
+mod process;
+mod sinks;
+mod source;
+mod startup;
+mod stats;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use herald_core::config::KafkaProperties;
+
+use crate::load::Pace;
+use crate::sinks::SinkKind;
+use crate::stats::Row;
+
+/// Benchmarks of herald against real services.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// The herald binary to measure.
+    #[arg(long, global = true, default_value = "target/release/herald")]
+    herald: PathBuf,
+    /// Kafka bootstrap servers.
+    #[arg(long, global = true, env = "HERALD_BENCH_BROKERS", default_value = "127.0.0.1:9092")]
+    brokers: String,
+    /// Postgres URL.
+    #[arg(long, global = true, env = "HERALD_PG_URL", default_value = "postgres://herald:herald@127.0.0.1:5432/herald")]
+    postgres: String,
+    /// Redis URL.
+    #[arg(long, global = true, env = "HERALD_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    redis: String,
+    /// SNS/SQS endpoint (the emulator).
+    #[arg(long, global = true, env = "HERALD_SNS_ENDPOINT", default_value = "http://127.0.0.1:4566")]
+    aws_endpoint: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Events/s through one sink: N events produced as fast as possible.
+    Throughput {
+        /// The sink.
+        sink: SinkKind,
+        /// How many events.
+        #[arg(long, default_value_t = 100_000)]
+        events: u64,
+    },
+    /// Send → visible latency through one sink at a set rate.
+    Latency {
+        /// The sink.
+        sink: SinkKind,
+        /// Events per second.
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
+        /// How long to send.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
+    /// Insert committed → Kafka consumer latency of the Postgres source.
+    Source {
+        /// Rows inserted per second.
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        /// How long to insert.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
+    /// herald next to jobs polling the status table every 1 s and 5 s, on the same events.
+    Baseline {
+        /// Events per second.
+        #[arg(long, default_value_t = 10.0)]
+        rate: f64,
+        /// How long to send.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
+    /// Start-up time to all sinks connected, and idle memory.
+    Startup,
+    /// Every measure of docs/benchmarks.md; writes results.md, results.json and baseline.svg.
+    All {
+        /// Where to write the results.
+        #[arg(long, default_value = "target/bench")]
+        out: PathBuf,
+    },
+}
+
+/// Where the services are, and the herald binary.
+pub struct Services {
+    herald: PathBuf,
+    brokers: String,
+    postgres: String,
+    redis: String,
+    aws_endpoint: String,
+    runs: AtomicU32,
+}
+
+impl Services {
+    /// A name unique to this run of `what`: topics, schemas, channels and groups derive from it.
+    pub fn run_name(&self, what: &str) -> String {
+        format!("{what}-{}-{}", std::process::id(), self.runs.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Kafka client properties for the broker.
+    pub fn kafka(&self) -> KafkaProperties {
+        let mut props = KafkaProperties::default();
+        props.set("bootstrap.servers", self.brokers.clone());
+        props
+    }
+
+    /// AWS SDK settings for the emulator.
+    pub async fn aws(&self) -> aws_config::SdkConfig {
+        aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .endpoint_url(&self.aws_endpoint)
+            .credentials_provider(aws_sdk_sns::config::Credentials::new("test", "test", None, None, "herald-bench"))
+            .load()
+            .await
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let services = Services {
+        herald: cli.herald,
+        brokers: cli.brokers,
+        postgres: cli.postgres,
+        redis: cli.redis,
+        aws_endpoint: cli.aws_endpoint,
+        runs: AtomicU32::new(0),
+    };
+    let events_in = |rate: f64, duration: Duration| (rate * duration.as_secs_f64()).round().max(1.0) as u64;
+    println!("{}", Row::HEADER);
+    let rows = match cli.command {
+        Command::Throughput { sink, events } => vec![sinks::run(&services, sink, events, Pace::Max).await?],
+        Command::Latency { sink, rate, duration } => {
+            vec![sinks::run(&services, sink, events_in(rate, duration), Pace::Rate(rate)).await?]
+        }
+        Command::Source { rate, duration } => vec![source::run(&services, rate, events_in(rate, duration)).await?],
+        Command::Baseline { rate, duration } => baseline::run(&services, rate, events_in(rate, duration)).await?,
+        Command::Startup => vec![startup::run(&services).await?],
+        Command::All { out } => return all(&services, &out).await,
+    };
+    for row in &rows {
+        println!("{}", row.markdown());
+    }
+    Ok(())
+}
+
+/// Runs every measure, printing each row as it comes, then writes the files.
+async fn all(services: &Services, out: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let mut rows = Vec::new();
+    let mut record = |new: Vec<Row>| {
+        for row in &new {
+            println!("{}", row.markdown());
+        }
+        rows.extend(new);
+    };
+    record(vec![startup::run(services).await?]);
+    for (sink, events) in [
+        (SinkKind::Stdout, 200_000),
+        (SinkKind::PostgresAppend, 100_000),
+        (SinkKind::PostgresUpsert, 100_000),
+        (SinkKind::Redis, 100_000),
+        (SinkKind::SnsSingle, 1_000),
+        (SinkKind::Sns, 2_000),
+    ] {
+        record(vec![sinks::run(services, sink, events, Pace::Max).await?]);
+    }
+    for sink in [SinkKind::Stdout, SinkKind::Redis, SinkKind::PostgresAppend, SinkKind::PostgresUpsert] {
+        record(vec![sinks::run(services, sink, 10_000, Pace::Rate(1000.0)).await?]);
+    }
+    record(vec![sinks::run(services, SinkKind::Sns, 500, Pace::Rate(50.0)).await?]);
+    record(vec![source::run(services, 100.0, 1000).await?]);
+    let baseline_rows = baseline::run(services, 10.0, 300).await?;
+    plot::latency_bars(
+        &baseline_rows,
+        "A stage event, 10 events/s: herald vs polling the status table",
+        &out.join("baseline.svg"),
+    )?;
+    record(baseline_rows);
+
+    let mut markdown = format!("{}\n", Row::HEADER);
+    for row in &rows {
+        markdown.push_str(&row.markdown());
+        markdown.push('\n');
+    }
+    std::fs::write(out.join("results.md"), markdown).context("writing results.md")?;
+    std::fs::write(out.join("results.json"), serde_json::to_string_pretty(&rows)?).context("writing results.json")?;
+    eprintln!("herald-bench: wrote results.md, results.json and baseline.svg to {}", out.display());
+    Ok(())
+}

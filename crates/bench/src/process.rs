@@ -1,0 +1,156 @@
+//! The herald process under test: started from its binary on a generated config, its log
+//! watched, its memory and CPU read from `/proc`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::observe::Visible;
+
+/// Linux's `USER_HZ`, the unit of `utime`/`stime` in `/proc/<pid>/stat`; 100 on every mainstream
+/// architecture.
+const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
+
+/// A running `herald run`.
+pub struct HeraldProcess {
+    child: Child,
+    /// When the process was spawned.
+    pub spawned: Instant,
+    log: Arc<Mutex<Vec<(Instant, String)>>>,
+    config: PathBuf,
+}
+
+/// What herald used, read from `/proc`.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Usage {
+    /// Resident memory now, MiB.
+    pub rss_mib: f64,
+    /// Peak resident memory since start (`VmHWM`), MiB.
+    pub peak_rss_mib: f64,
+    /// User + system CPU time since start, seconds.
+    pub cpu_seconds: f64,
+}
+
+impl HeraldProcess {
+    /// Writes `config` to a file and starts `binary run` on it. With `stdout_events`, every line
+    /// herald prints on stdout is an event, timestamped as it arrives; otherwise stdout is dropped.
+    pub fn start(binary: &Path, name: &str, config: &str, stdout_events: Option<Arc<Visible>>) -> Result<Self> {
+        if !binary.exists() {
+            bail!("{} does not exist; build it first with `cargo build --release --bin herald`", binary.display());
+        }
+        let path = std::env::temp_dir().join(format!("herald-bench-{name}.toml"));
+        std::fs::write(&path, config).with_context(|| format!("writing {}", path.display()))?;
+        let spawned = Instant::now();
+        let mut child = Command::new(binary)
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("HERALD_LOG", "info,sqlx=warn")
+            .stdin(Stdio::null())
+            .stdout(if stdout_events.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let log: Arc<Mutex<Vec<(Instant, String)>>> = Arc::default();
+        if let Some(stderr) = child.stderr.take() {
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    log.lock().unwrap_or_else(PoisonError::into_inner).push((Instant::now(), line));
+                }
+            });
+        }
+        if let (Some(stdout), Some(visible)) = (child.stdout.take(), stdout_events) {
+            std::thread::spawn(move || {
+                for line in BufReader::with_capacity(1 << 20, stdout).lines().map_while(Result::ok) {
+                    visible.saw_payload(&line);
+                }
+            });
+        }
+        Ok(Self { child, spawned, log, config: path })
+    }
+
+    /// When a log line containing `text` appeared, waiting up to `patience` for it.
+    pub fn wait_for_log(&mut self, text: &str, patience: Duration) -> Result<Instant> {
+        self.wait_for_logs(text, 1, patience)
+    }
+
+    /// When the `count`-th log line containing `text` appeared.
+    pub fn wait_for_logs(&mut self, text: &str, count: usize, patience: Duration) -> Result<Instant> {
+        let deadline = Instant::now() + patience;
+        loop {
+            let found = {
+                let log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+                log.iter().filter(|(_, line)| line.contains(text)).nth(count - 1).map(|(at, _)| *at)
+            };
+            if let Some(at) = found {
+                return Ok(at);
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!("herald exited ({status}) before logging {text:?}; its log:\n{}", self.log_text());
+            }
+            if Instant::now() > deadline {
+                bail!("herald did not log {text:?} within {patience:?}; its log:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Everything herald logged so far.
+    pub fn log_text(&self) -> String {
+        let log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+        log.iter().map(|(_, line)| line.as_str()).collect::<Vec<_>>().join("\n")
+    }
+
+    /// Memory and CPU now.
+    pub fn usage(&self) -> Result<Usage> {
+        let pid = self.child.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).context("reading /proc/<pid>/status")?;
+        let kib = |field: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(field))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|value| value.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).context("reading /proc/<pid>/stat")?;
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("").split_whitespace().collect();
+        let ticks = |index: usize| fields.get(index).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        // utime and stime are fields 14 and 15 of stat, i.e. 11 and 12 after the name.
+        Ok(Usage {
+            rss_mib: kib("VmRSS:") / 1024.0,
+            peak_rss_mib: kib("VmHWM:") / 1024.0,
+            cpu_seconds: (ticks(11) + ticks(12)) / CLOCK_TICKS_PER_SECOND,
+        })
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub fn stop(mut self) -> Result<()> {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                bail!("herald did not stop within 30 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for HeraldProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let _ = std::fs::remove_file(&self.config);
+    }
+}

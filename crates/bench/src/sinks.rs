@@ -1,0 +1,337 @@
+//! One route to one sink, driven from Kafka: throughput flat out, or latency at a set rate.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use aws_sdk_sqs::types::QueueAttributeName;
+use futures::StreamExt;
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+
+use crate::load::{self, Pace};
+use crate::observe::Visible;
+use crate::process::HeraldProcess;
+use crate::stats::{Percentiles, Row};
+use crate::Services;
+
+/// The sink a run routes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SinkKind {
+    /// Lines on herald's stdout.
+    Stdout,
+    /// Postgres `pipeline_status`, a row per event, exactly once.
+    PostgresAppend,
+    /// Postgres `pipeline_status_latest`, newest event per source and stage.
+    PostgresUpsert,
+    /// Redis: publish on a channel per source, and the latest key per source and stage.
+    Redis,
+    /// AWS SNS (the emulator) with `PublishBatch`, read from an SQS queue subscribed to the topic.
+    Sns,
+    /// As `sns`, but batches of one event: one call per event, the baseline for `PublishBatch`.
+    SnsSingle,
+}
+
+impl SinkKind {
+    fn slug(self) -> &'static str {
+        match self {
+            Self::Stdout => "stdout",
+            Self::PostgresAppend => "postgres-append",
+            Self::PostgresUpsert => "postgres-upsert",
+            Self::Redis => "redis",
+            Self::Sns => "sns",
+            Self::SnsSingle => "sns-single",
+        }
+    }
+}
+
+/// A sink made ready for one run: its `[route.sink]` TOML and what the reader needs.
+struct Prepared {
+    sink_toml: String,
+    max_events: usize,
+    schema: Option<String>,
+    sqs: Option<(aws_sdk_sqs::Client, String)>,
+}
+
+/// Routes `events` events at `pace` through herald to `sink`, and measures them as its reader
+/// sees them.
+pub async fn run(services: &Services, sink: SinkKind, events: u64, pace: Pace) -> Result<Row> {
+    let run = services.run_name(sink.slug());
+    let topic = format!("bench.{run}");
+    herald_core::kafka::ensure_topic(&services.kafka(), &topic, 3).await.context("creating the bench topic")?;
+    let prepared = prepare(services, sink, &run).await?;
+    let group = format!("herald-bench.{run}");
+    let config = format!(
+        "[kafka]\nbootstrap.servers = \"{brokers}\"\n\n[[route]]\nname = \"bench\"\ntopics = [\"{topic}\"]\n\
+         group_id = \"{group}\"\ndead_letter_topic = \"{topic}.dlq\"\nbatch = {{ max_events = {max_events} }}\n\
+         [route.sink]\n{sink_toml}",
+        brokers = services.brokers,
+        max_events = prepared.max_events,
+        sink_toml = prepared.sink_toml,
+    );
+    let visible = Arc::new(Visible::default());
+    let stdout = (sink == SinkKind::Stdout).then(|| Arc::clone(&visible));
+    let mut herald = HeraldProcess::start(&services.herald, &run, &config, stdout)?;
+    herald.wait_for_log("Partitions assigned.", Duration::from_secs(60))?;
+
+    // The reader, connected before the first event is sent.
+    let pool = match &prepared.schema {
+        Some(_) => Some(PgPool::connect(&services.postgres).await.context("connecting to Postgres")?),
+        None => None,
+    };
+    let mut readers = Vec::new();
+    if let (Pace::Rate(_), Some(pool), Some(schema)) = (pace, &pool, &prepared.schema) {
+        let table = if sink == SinkKind::PostgresAppend { "pipeline_status" } else { "pipeline_status_latest" };
+        readers.push(notify_on_commit(pool, &services.postgres, schema, table, &visible).await?);
+    }
+    if sink == SinkKind::Redis {
+        readers.push(subscribe(&services.redis, &format!("bench.{run}.*"), &visible).await?);
+    }
+    if let Some((sqs, queue)) = &prepared.sqs {
+        for _ in 0..4 {
+            readers.push(tokio::spawn(receive(sqs.clone(), queue.clone(), Arc::clone(&visible))));
+        }
+    }
+
+    let producer = load::producer(&services.brokers, pace)?;
+    let before = herald.usage()?;
+    let sent = load::produce(&producer, &topic, &run, events, pace).await?;
+    let patience = Duration::from_secs(120 + events / 1000);
+    let all_visible_at = match (&pool, sink, pace) {
+        // Flat out, a trigger per row would slow the sink it measures: watch the offsets
+        // herald commits in the same transaction as the rows instead.
+        (Some(pool), _, Pace::Max) => {
+            let schema = prepared.schema.as_deref().unwrap_or("public");
+            wait_for_offsets(pool, schema, &group, &topic, events, patience).await?
+        }
+        _ => {
+            visible.wait_for(events as usize, patience).await.with_context(|| herald.log_text())?;
+            visible.first_seen().iter().map(|(_, at)| *at).max().unwrap_or_else(Instant::now)
+        }
+    };
+    let after = herald.usage()?;
+    herald.stop()?;
+    for reader in readers {
+        reader.abort();
+    }
+
+    let first_sent = sent.first().copied().unwrap_or_else(Instant::now);
+    let window = all_visible_at.saturating_duration_since(first_sent).as_secs_f64();
+    let latency = Percentiles::between(&sent, &visible.first_seen());
+    if let (Some(pool), Some(schema)) = (&pool, &prepared.schema) {
+        sqlx::query(&format!("DROP SCHEMA {schema} CASCADE")).execute(pool).await.context("dropping the schema")?;
+    }
+    let mode = match pace {
+        Pace::Max => "throughput",
+        Pace::Rate(_) => "latency",
+    };
+    Ok(Row {
+        name: format!("{} {mode}", sink.slug()),
+        events: events as usize,
+        offered_rate: match pace {
+            Pace::Max => None,
+            Pace::Rate(rate) => Some(rate),
+        },
+        throughput: events as f64 / window.max(f64::EPSILON),
+        latency,
+        usage: Some(after),
+        cpu_percent: Some((after.cpu_seconds - before.cpu_seconds) / window.max(f64::EPSILON) * 100.0),
+        note: format!("batch.max_events = {}", prepared.max_events),
+    })
+}
+
+async fn prepare(services: &Services, sink: SinkKind, run: &str) -> Result<Prepared> {
+    let schema = format!("bench_{}", run.replace(['-', '.'], "_"));
+    let postgres = |mode: &str| {
+        format!("type = \"postgres\"\nurl = \"{}\"\nschema = \"{schema}\"\nmode = \"{mode}\"\n", services.postgres)
+    };
+    Ok(match sink {
+        SinkKind::Stdout => {
+            Prepared { sink_toml: "type = \"stdout\"\n".into(), max_events: 1000, schema: None, sqs: None }
+        }
+        SinkKind::PostgresAppend | SinkKind::PostgresUpsert => {
+            let pool = PgPool::connect(&services.postgres).await.context("connecting to Postgres")?;
+            sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&pool).await.context("creating the schema")?;
+            pool.close().await;
+            let mode = if sink == SinkKind::PostgresAppend { "append" } else { "upsert" };
+            Prepared { sink_toml: postgres(mode), max_events: 1000, schema: Some(schema), sqs: None }
+        }
+        SinkKind::Redis => Prepared {
+            sink_toml: format!(
+                "type = \"redis\"\nurl = \"{}\"\npublish = {{ channel = \"bench.{run}.{{source}}\" }}\n\
+                 latest_key = {{ key = \"bench:{run}:{{source}}:{{stage}}\", ttl = \"10m\" }}\n",
+                services.redis
+            ),
+            max_events: 1000,
+            schema: None,
+            sqs: None,
+        },
+        SinkKind::Sns | SinkKind::SnsSingle => {
+            let (topic_arn, sqs, queue) = sns_topic_with_queue(services, run).await?;
+            Prepared {
+                sink_toml: format!(
+                    "type = \"sns\"\ntopic_arn = \"{topic_arn}\"\nendpoint = \"{}\"\nregion = \"us-east-1\"\n\
+                     access_key_id = \"test\"\nsecret_access_key = \"test\"\n",
+                    services.aws_endpoint
+                ),
+                max_events: if sink == SinkKind::Sns { 100 } else { 1 },
+                schema: None,
+                sqs: Some((sqs, queue)),
+            }
+        }
+    })
+}
+
+/// An SNS topic and an SQS queue subscribed to it, on the emulator.
+pub async fn sns_topic_with_queue(services: &Services, run: &str) -> Result<(String, aws_sdk_sqs::Client, String)> {
+    let aws = services.aws().await;
+    let sns = aws_sdk_sns::Client::new(&aws);
+    let sqs = aws_sdk_sqs::Client::new(&aws);
+    let name = run.replace('.', "-");
+    let topic_arn = sns
+        .create_topic()
+        .name(&name)
+        .send()
+        .await
+        .context("creating the SNS topic (is the emulator up?)")?
+        .topic_arn()
+        .context("CreateTopic returned no ARN")?
+        .to_owned();
+    let queue = sqs
+        .create_queue()
+        .queue_name(&name)
+        .send()
+        .await
+        .context("creating the SQS queue")?
+        .queue_url()
+        .context("CreateQueue returned no URL")?
+        .to_owned();
+    let attributes = sqs
+        .get_queue_attributes()
+        .queue_url(&queue)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .context("reading the queue ARN")?;
+    let queue_arn = attributes
+        .attributes()
+        .and_then(|a| a.get(&QueueAttributeName::QueueArn))
+        .context("the queue has no ARN")?
+        .clone();
+    sns.subscribe()
+        .topic_arn(&topic_arn)
+        .protocol("sqs")
+        .endpoint(queue_arn)
+        .attributes("RawMessageDelivery", "true")
+        .send()
+        .await
+        .context("subscribing the queue")?;
+    Ok((topic_arn, sqs, queue))
+}
+
+/// Reads the queue until aborted. Messages are left in place under a long visibility timeout:
+/// deleting them would load the emulator that herald is publishing to.
+async fn receive(sqs: aws_sdk_sqs::Client, queue: String, visible: Arc<Visible>) {
+    loop {
+        match sqs
+            .receive_message()
+            .queue_url(&queue)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .visibility_timeout(3600)
+            .send()
+            .await
+        {
+            Ok(received) => {
+                for message in received.messages() {
+                    visible.saw_payload(message.body().unwrap_or_default());
+                }
+            }
+            Err(err) => {
+                eprintln!("herald-bench: SQS receive failed: {err}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// A Redis subscriber on `pattern`, subscribed when this returns.
+pub async fn subscribe(url: &str, pattern: &str, visible: &Arc<Visible>) -> Result<tokio::task::JoinHandle<()>> {
+    let client = redis::Client::open(url).context("the Redis URL")?;
+    let mut pubsub = client.get_async_pubsub().await.context("connecting to Redis")?;
+    pubsub.psubscribe(pattern).await.context("subscribing")?;
+    let visible = Arc::clone(visible);
+    Ok(tokio::spawn(async move {
+        let mut messages = pubsub.on_message();
+        while let Some(message) = messages.next().await {
+            if let Ok(payload) = message.get_payload::<String>() {
+                visible.saw_payload(&payload);
+            }
+        }
+    }))
+}
+
+/// A trigger that `NOTIFY`s each row's `records` on commit, and a listener recording them: the
+/// moment a polling reader could first see the row.
+async fn notify_on_commit(
+    pool: &PgPool,
+    url: &str,
+    schema: &str,
+    table: &str,
+    visible: &Arc<Visible>,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let channel = format!("{schema}_committed");
+    sqlx::query(&format!(
+        "CREATE FUNCTION {schema}.notify_committed() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN PERFORM pg_notify('{channel}', NEW.records::text); RETURN NULL; END $$"
+    ))
+    .execute(pool)
+    .await
+    .context("creating the notify function")?;
+    sqlx::query(&format!(
+        "CREATE TRIGGER notify_committed AFTER INSERT OR UPDATE ON {schema}.{table} \
+         FOR EACH ROW EXECUTE FUNCTION {schema}.notify_committed()"
+    ))
+    .execute(pool)
+    .await
+    .context("creating the notify trigger")?;
+    let mut listener = PgListener::connect(url).await.context("connecting the listener")?;
+    listener.listen(&channel).await.context("listening")?;
+    let visible = Arc::clone(visible);
+    Ok(tokio::spawn(async move {
+        while let Ok(notification) = listener.recv().await {
+            if let Ok(seq) = notification.payload().parse() {
+                visible.saw(seq);
+            }
+        }
+    }))
+}
+
+/// Waits until herald's stored offsets for `topic` (written in the same transaction as the rows,
+/// in the sink's schema) add up to `events`, and returns when they did.
+async fn wait_for_offsets(
+    pool: &PgPool,
+    schema: &str,
+    group: &str,
+    topic: &str,
+    events: u64,
+    patience: Duration,
+) -> Result<Instant> {
+    let deadline = Instant::now() + patience;
+    let query = format!(
+        "SELECT coalesce(sum(next_offset), 0)::bigint FROM {schema}.herald_offsets WHERE consumer_group = $1 AND topic = $2"
+    );
+    loop {
+        let total: i64 = sqlx::query_scalar(&query)
+            .bind(group)
+            .bind(topic)
+            .fetch_one(pool)
+            .await
+            .context("reading herald's stored offsets")?;
+        if u64::try_from(total).unwrap_or(0) >= events {
+            return Ok(Instant::now());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "only {total} of {events} rows committed within {patience:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
