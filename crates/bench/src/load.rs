@@ -47,15 +47,22 @@ pub fn producer(brokers: &str, pace: Pace) -> Result<FutureProducer> {
         .context("creating the load producer")
 }
 
-/// Sends `events` events to `topic` at `pace`, and returns each one's send time, by sequence
-/// number, once the broker has acknowledged them all.
-pub async fn produce(producer: &FutureProducer, topic: &str, run: &str, events: u64, pace: Pace) -> Result<Vec<Instant>> {
-    let mut sent = Vec::with_capacity(events as usize);
-    let mut deliveries = Vec::with_capacity(events as usize);
+/// Sends the events numbered `seqs` to `topic` at `pace`, and returns each one's send time, in
+/// order, once the broker has acknowledged them all.
+pub async fn produce(
+    producer: &FutureProducer,
+    topic: &str,
+    run: &str,
+    seqs: std::ops::Range<u64>,
+    pace: Pace,
+) -> Result<Vec<Instant>> {
+    let count = (seqs.end - seqs.start) as usize;
+    let mut sent = Vec::with_capacity(count);
+    let mut deliveries = Vec::with_capacity(count);
     let start = tokio::time::Instant::now();
-    for seq in 0..events {
+    for seq in seqs.clone() {
         if let Pace::Rate(rate) = pace {
-            tokio::time::sleep_until(start + Duration::from_secs_f64(seq as f64 / rate)).await;
+            tokio::time::sleep_until(start + Duration::from_secs_f64((seq - seqs.start) as f64 / rate)).await;
         }
         let (key, json) = event(run, seq);
         loop {
@@ -81,4 +88,18 @@ pub async fn produce(producer: &FutureProducer, topic: &str, run: &str, events: 
     }
     producer.flush(Duration::from_secs(30)).context("flushing the load producer")?;
     Ok(sent)
+}
+
+/// The sequence number of warm-up events, outside any run's range.
+pub const WARMUP_SEQ: u64 = 1 << 40;
+
+/// Sends one warm-up event and waits for the broker's acknowledgement.
+pub async fn send_warmup(producer: &FutureProducer, topic: &str, run: &str) -> Result<()> {
+    let (key, json) = event(run, WARMUP_SEQ);
+    producer
+        .send(FutureRecord::to(topic).key(&key).payload(&json), Duration::from_secs(10))
+        .await
+        .map_err(|(err, _)| err)
+        .context("producing the warm-up event")?;
+    Ok(())
 }

@@ -29,6 +29,12 @@ impl Visible {
         }
     }
 
+    /// Forgets everything seen so far.
+    pub fn clear(&self) {
+        self.seen.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        self.count.store(0, Ordering::Release);
+    }
+
     /// How many events were seen.
     pub fn count(&self) -> usize {
         self.count.load(Ordering::Acquire)

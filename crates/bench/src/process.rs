@@ -99,6 +99,29 @@ impl HeraldProcess {
         }
     }
 
+    /// The admin API's address, from its log line (the config binds port 0).
+    pub fn admin_address(&mut self) -> Result<String> {
+        self.wait_for_log("Admin API listening.", Duration::from_secs(30))?;
+        let log = self.log_text();
+        let line = log.lines().find(|line| line.contains("Admin API listening.")).unwrap_or_default();
+        let address = line.split("address=").nth(1).and_then(|rest| rest.split_whitespace().next());
+        address.map(str::to_owned).with_context(|| format!("no address in {line:?}"))
+    }
+
+    /// `POST path` to the admin API: a one-shot HTTP/1.1 request, all this harness needs.
+    pub fn admin_post(&mut self, path: &str) -> Result<()> {
+        use std::io::{Read, Write};
+        let address = self.admin_address()?;
+        let mut stream = std::net::TcpStream::connect(&address).with_context(|| format!("connecting to {address}"))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(stream, "POST {path} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        let status = response.split_whitespace().nth(1).unwrap_or_default();
+        anyhow::ensure!(status.starts_with('2'), "POST {path} answered {status}");
+        Ok(())
+    }
+
     /// Everything herald logged so far.
     pub fn log_text(&self) -> String {
         let log = self.log.lock().unwrap_or_else(PoisonError::into_inner);

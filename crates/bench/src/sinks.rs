@@ -11,7 +11,7 @@ use sqlx::PgPool;
 
 use crate::load::{self, Pace};
 use crate::observe::Visible;
-use crate::process::HeraldProcess;
+use crate::process::{HeraldProcess, Usage};
 use crate::stats::{Percentiles, Row};
 use crate::Services;
 
@@ -62,7 +62,7 @@ pub async fn run(services: &Services, sink: SinkKind, events: u64, pace: Pace) -
     let prepared = prepare(services, sink, &run).await?;
     let group = format!("herald-bench.{run}");
     let config = format!(
-        "[kafka]\nbootstrap.servers = \"{brokers}\"\n\n[[route]]\nname = \"bench\"\ntopics = [\"{topic}\"]\n\
+        "[kafka]\nbootstrap.servers = \"{brokers}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[[route]]\nname = \"bench\"\ntopics = [\"{topic}\"]\n\
          group_id = \"{group}\"\ndead_letter_topic = \"{topic}.dlq\"\nbatch = {{ max_events = {max_events} }}\n\
          [route.sink]\n{sink_toml}",
         brokers = services.brokers,
@@ -93,23 +93,57 @@ pub async fn run(services: &Services, sink: SinkKind, events: u64, pace: Pace) -
         }
     }
 
+    // Warm-up: one event all the way through, so the measure starts with the consumer fetching
+    // and every connection open, not with the group's first offset lookups.
     let producer = load::producer(&services.brokers, pace)?;
+    load::send_warmup(&producer, &topic, &run).await?;
+    let schema = prepared.schema.as_deref().unwrap_or("public");
+    let warmup_patience = Duration::from_secs(60);
+    match (&pool, pace) {
+        (Some(pool), Pace::Max) => {
+            wait_for_offsets(pool, schema, &group, &topic, 1, warmup_patience).await?;
+        }
+        _ => visible.wait_for(1, warmup_patience).await.with_context(|| herald.log_text())?,
+    }
+    visible.clear();
+
     let before = herald.usage()?;
-    let sent = load::produce(&producer, &topic, &run, events, pace).await?;
+    let sent = load::produce(&producer, &topic, &run, 0..events, pace).await?;
+    let sending_seconds = sent.last().zip(sent.first()).map_or(0.0, |(last, first)| (*last - *first).as_secs_f64());
     let patience = Duration::from_secs(120 + events / 1000);
     let all_visible_at = match (&pool, sink, pace) {
         // Flat out, a trigger per row would slow the sink it measures: watch the offsets
         // herald commits in the same transaction as the rows instead.
-        (Some(pool), _, Pace::Max) => {
-            let schema = prepared.schema.as_deref().unwrap_or("public");
-            wait_for_offsets(pool, schema, &group, &topic, events, patience).await?
-        }
+        (Some(pool), _, Pace::Max) => wait_for_offsets(pool, schema, &group, &topic, events + 1, patience).await?,
         _ => {
             visible.wait_for(events as usize, patience).await.with_context(|| herald.log_text())?;
             visible.first_seen().iter().map(|(_, at)| *at).max().unwrap_or_else(Instant::now)
         }
     };
     let after = herald.usage()?;
+
+    // Flat out, the producer shares the two cores with herald and the broker. herald's own rate
+    // is its drain rate: pause the route, let a backlog of the same size build, resume.
+    let drain_rate = match pace {
+        Pace::Max => {
+            herald.admin_post("/routes/bench/pause")?;
+            herald.wait_for_log("Route paused.", Duration::from_secs(30))?;
+            visible.clear();
+            load::produce(&producer, &topic, &run, events..2 * events, pace).await?;
+            let resumed = Instant::now();
+            herald.admin_post("/routes/bench/resume")?;
+            let drained_at = match &pool {
+                Some(pool) => wait_for_offsets(pool, schema, &group, &topic, 2 * events + 1, patience).await?,
+                None => {
+                    visible.wait_for(events as usize, patience).await.with_context(|| herald.log_text())?;
+                    visible.first_seen().iter().map(|(_, at)| *at).max().unwrap_or_else(Instant::now)
+                }
+            };
+            Some(events as f64 / drained_at.saturating_duration_since(resumed).as_secs_f64().max(f64::EPSILON))
+        }
+        Pace::Rate(_) => None,
+    };
+    let peak = herald.usage()?;
     herald.stop()?;
     for reader in readers {
         reader.abort();
@@ -117,7 +151,11 @@ pub async fn run(services: &Services, sink: SinkKind, events: u64, pace: Pace) -
 
     let first_sent = sent.first().copied().unwrap_or_else(Instant::now);
     let window = all_visible_at.saturating_duration_since(first_sent).as_secs_f64();
-    let latency = Percentiles::between(&sent, &visible.first_seen());
+    // Flat out, latency is only queueing: report it at a set rate.
+    let latency = match pace {
+        Pace::Max => None,
+        Pace::Rate(_) => Percentiles::between(&sent, &visible.first_seen()),
+    };
     if let (Some(pool), Some(schema)) = (&pool, &prepared.schema) {
         sqlx::query(&format!("DROP SCHEMA {schema} CASCADE")).execute(pool).await.context("dropping the schema")?;
     }
@@ -134,9 +172,14 @@ pub async fn run(services: &Services, sink: SinkKind, events: u64, pace: Pace) -
         },
         throughput: events as f64 / window.max(f64::EPSILON),
         latency,
-        usage: Some(after),
+        usage: Some(Usage { peak_rss_mib: peak.peak_rss_mib, ..after }),
+        drain_rate,
         cpu_percent: Some((after.cpu_seconds - before.cpu_seconds) / window.max(f64::EPSILON) * 100.0),
-        note: format!("batch.max_events = {}", prepared.max_events),
+        note: format!(
+            "batch.max_events = {}; the load was sent in {sending_seconds:.2} s ({:.0} events/s)",
+            prepared.max_events,
+            events as f64 / sending_seconds.max(f64::EPSILON)
+        ),
     })
 }
 

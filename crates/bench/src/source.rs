@@ -86,6 +86,7 @@ constants = {{ event = "STAGE_COMPLETE" }}
         events: rows as usize,
         offered_rate: Some(rate),
         throughput: rows as f64 / window.max(f64::EPSILON),
+        drain_rate: None,
         latency: Percentiles::between(&committed, &seen),
         usage: Some(after),
         cpu_percent: Some((after.cpu_seconds - before.cpu_seconds) / window.max(f64::EPSILON) * 100.0),

@@ -50,6 +50,7 @@ pub async fn run(services: &Services) -> Result<Row> {
         events: 0,
         offered_rate: None,
         throughput: 0.0,
+        drain_rate: None,
         latency: None,
         usage: Some(idle),
         cpu_percent: None,

@@ -56,6 +56,8 @@ pub struct Row {
     pub offered_rate: Option<f64>,
     /// Events/s from the first send to the last event visible.
     pub throughput: f64,
+    /// Events/s herald drained from a backlog of `events`, the producer idle meanwhile.
+    pub drain_rate: Option<f64>,
     /// Send → visible latency.
     pub latency: Option<Percentiles>,
     /// herald's memory and CPU during the run (CPU time spent while the events flowed).
@@ -68,18 +70,19 @@ pub struct Row {
 
 impl Row {
     /// The table header matching `markdown`.
-    pub const HEADER: &'static str = "| measure | events | rate | events/s | p50 ms | p95 ms | p99 ms | max ms | peak RSS MiB | CPU % | note |\n|---|---|---|---|---|---|---|---|---|---|---|";
+    pub const HEADER: &'static str = "| measure | events | rate | events/s | drain events/s | p50 ms | p95 ms | p99 ms | max ms | peak RSS MiB | CPU % | note |\n|---|---|---|---|---|---|---|---|---|---|---|---|";
 
     /// One markdown table row.
     pub fn markdown(&self) -> String {
         let ms = |value: Option<f64>| value.map_or("–".to_owned(), |v| format!("{v:.1}"));
         let latency = self.latency;
         format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             self.name,
             self.events,
             self.offered_rate.map_or("max".to_owned(), |r| format!("{r:.0}/s")),
             if self.throughput > 0.0 { format!("{:.0}", self.throughput) } else { "–".to_owned() },
+            self.drain_rate.map_or("–".to_owned(), |r| format!("{r:.0}")),
             ms(latency.map(|l| l.p50)),
             ms(latency.map(|l| l.p95)),
             ms(latency.map(|l| l.p99)),
