@@ -67,10 +67,8 @@ pub async fn run(services: &Services, rate: f64, events: u64) -> Result<Vec<Row>
         let (key, json) = load::event(&run, seq);
         sent.push(Instant::now());
         let row = sqlx::query(&insert).bind(&key).bind(i64::try_from(seq).unwrap_or(i64::MAX)).execute(&pool);
-        let event = producer.send(
-            rdkafka::producer::FutureRecord::to(&topic).key(&key).payload(&json),
-            Duration::from_secs(10),
-        );
+        let event = producer
+            .send(rdkafka::producer::FutureRecord::to(&topic).key(&key).payload(&json), Duration::from_secs(10));
         let (row, event) = tokio::join!(row, event);
         row.context("inserting a status row")?;
         event.map_err(|(err, _)| err).context("producing an event")?;
@@ -103,7 +101,7 @@ pub async fn run(services: &Services, rate: f64, events: u64) -> Result<Vec<Row>
             offered_rate: Some(rate),
             throughput: 0.0,
             drain_rate: None,
-        latency: Percentiles::between(&sent, &seen.first_seen()),
+            latency: Percentiles::between(&sent, &seen.first_seen()),
             usage: None,
             cpu_percent: None,
             note: format!("{:.2} queries/s per polling job", queries.load(Ordering::Relaxed) as f64 / elapsed),

@@ -42,7 +42,12 @@ struct Cli {
     #[arg(long, global = true, env = "HERALD_BENCH_BROKERS", default_value = "127.0.0.1:9092")]
     brokers: String,
     /// Postgres URL.
-    #[arg(long, global = true, env = "HERALD_PG_URL", default_value = "postgres://herald:herald@127.0.0.1:5432/herald")]
+    #[arg(
+        long,
+        global = true,
+        env = "HERALD_PG_URL",
+        default_value = "postgres://herald:herald@127.0.0.1:5432/herald"
+    )]
     postgres: String,
     /// Redis URL.
     #[arg(long, global = true, env = "HERALD_REDIS_URL", default_value = "redis://127.0.0.1:6379")]

@@ -59,7 +59,8 @@ constants = {{ event = "STAGE_COMPLETE" }}
     let before = herald.usage()?;
     let start = tokio::time::Instant::now();
     let mut committed = Vec::with_capacity(rows as usize);
-    let insert = format!("INSERT INTO {schema}.status (source, stage, status, seq) VALUES ($1, 'bench', 'SUCCESS', $2)");
+    let insert =
+        format!("INSERT INTO {schema}.status (source, stage, status, seq) VALUES ($1, 'bench', 'SUCCESS', $2)");
     for seq in 0..rows {
         tokio::time::sleep_until(start + Duration::from_secs_f64(seq as f64 / rate)).await;
         sqlx::query(&insert)

@@ -18,7 +18,7 @@ pub const STAGE_COMPLETE: &str = "STAGE_COMPLETE";
 ///
 /// Fields herald does not know are kept in [`StageEvent::extra`] and written back unchanged, in
 /// their original order, after the known ones; the timestamp is written back exactly as received.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StageEvent {
     /// What happened, e.g. `STAGE_COMPLETE`.
     pub event: String,
@@ -42,14 +42,20 @@ impl StageEvent {
     /// Parses a Kafka message value. The error says which field is missing or has the wrong type.
     pub fn from_json(bytes: &[u8]) -> Result<Self, EventError> {
         let text = std::str::from_utf8(bytes).map_err(EventError::NotUtf8)?;
-        let mut deserializer = serde_json::Deserializer::from_str(text);
         // The default recursion limit (128) bounds nesting, so a hostile message cannot blow the stack.
-        let event: StageEvent = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
-            let path = err.path().to_string();
-            EventError::Invalid { path, source: err.into_inner() }
-        })?;
-        deserializer.end().map_err(|source| EventError::Invalid { path: ".".into(), source })?;
-        Ok(event)
+        match serde_json::from_str(text) {
+            Ok(event) => Ok(event),
+            // Parse again, tracking the path, only to say where the problem is.
+            Err(_) => {
+                let mut deserializer = serde_json::Deserializer::from_str(text);
+                let _: StageEvent = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+                    let path = err.path().to_string();
+                    EventError::Invalid { path, source: err.into_inner() }
+                })?;
+                let end = deserializer.end();
+                Err(EventError::Invalid { path: ".".into(), source: end.err().unwrap_or_else(|| trailing_error(text)) })
+            }
+        }
     }
 
     /// The JSON text of the event, on one line.
@@ -81,6 +87,100 @@ impl StageEvent {
                 Value::Null | Value::Array(_) | Value::Object(_) => None,
             },
         }
+    }
+}
+
+/// serde_json's own error for `text`, which the fast parse refused but the tracking parse took.
+fn trailing_error(text: &str) -> serde_json::Error {
+    serde_json::from_str::<StageEvent>(text).err().unwrap_or_else(|| serde::de::Error::custom("not a stage event"))
+}
+
+/// Deserialized by hand rather than derived with `#[serde(flatten)]`, which buffers every field
+/// before reading it and made parsing herald's most expensive step per event.
+impl<'de> Deserialize<'de> for StageEvent {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(StageEventVisitor)
+    }
+}
+
+/// A key of a stage event object: a known field, or any other.
+enum Field {
+    Event,
+    Stage,
+    Source,
+    Records,
+    Timestamp,
+    Status,
+    Other(String),
+}
+
+impl<'de> Deserialize<'de> for Field {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FieldVisitor;
+        impl serde::de::Visitor<'_> for FieldVisitor {
+            type Value = Field;
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str("a field name")
+            }
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<Field, E> {
+                Ok(match name {
+                    "event" => Field::Event,
+                    "stage" => Field::Stage,
+                    "source" => Field::Source,
+                    "records" => Field::Records,
+                    "timestamp" => Field::Timestamp,
+                    "status" => Field::Status,
+                    other => Field::Other(other.to_owned()),
+                })
+            }
+        }
+        deserializer.deserialize_identifier(FieldVisitor)
+    }
+}
+
+struct StageEventVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StageEventVisitor {
+    type Value = StageEvent;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("a stage event object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<StageEvent, A::Error> {
+        use serde::de::Error;
+        fn once<T, E: Error>(slot: &mut Option<T>, name: &'static str, value: T) -> Result<(), E> {
+            if slot.replace(value).is_some() {
+                return Err(E::duplicate_field(name));
+            }
+            Ok(())
+        }
+        let (mut event, mut stage, mut source, mut timestamp, mut status) = (None, None, None, None, None);
+        let mut records: Option<Option<i64>> = None;
+        let mut extra = Map::new();
+        while let Some(field) = map.next_key::<Field>()? {
+            match field {
+                Field::Event => once(&mut event, "event", map.next_value::<String>()?)?,
+                Field::Stage => once(&mut stage, "stage", map.next_value::<String>()?)?,
+                Field::Source => once(&mut source, "source", map.next_value::<String>()?)?,
+                Field::Records => once(&mut records, "records", map.next_value::<Option<i64>>()?)?,
+                Field::Timestamp => once(&mut timestamp, "timestamp", map.next_value::<EventTimestamp>()?)?,
+                Field::Status => once(&mut status, "status", map.next_value::<String>()?)?,
+                Field::Other(name) => {
+                    let value = map.next_value::<Value>()?;
+                    extra.insert(name, value);
+                }
+            }
+        }
+        Ok(StageEvent {
+            event: event.ok_or_else(|| A::Error::missing_field("event"))?,
+            stage: stage.ok_or_else(|| A::Error::missing_field("stage"))?,
+            source: source.ok_or_else(|| A::Error::missing_field("source"))?,
+            records: records.flatten(),
+            timestamp: timestamp.ok_or_else(|| A::Error::missing_field("timestamp"))?,
+            status: status.ok_or_else(|| A::Error::missing_field("status"))?,
+            extra,
+        })
     }
 }
 
@@ -138,17 +238,22 @@ pub struct EventTimestamp {
 impl EventTimestamp {
     /// Parses a timestamp; the error says what formats are accepted.
     pub fn parse(raw: &str) -> Result<Self, TimestampError> {
+        Self::parse_owned(raw.to_owned())
+    }
+
+    fn parse_owned(raw: String) -> Result<Self, TimestampError> {
         let trimmed = raw.trim();
+        // The two common forms first, with chrono's fixed-format parsers; the format strings
+        // (parsed anew on every call) only for the rarer spellings.
         let instant = DateTime::parse_from_rfc3339(trimmed)
             .map(|t| t.with_timezone(&Utc))
-            .or_else(|_| {
-                NaiveDateTime::parse_from_str(trimmed, "%Y-%m-%dT%H:%M:%S%.f")
-                    .or_else(|_| NaiveDateTime::parse_from_str(trimmed, "%Y-%m-%d %H:%M:%S%.f"))
-                    .map(|naive| naive.and_utc())
-            })
-            .or_else(|_| DateTime::parse_from_str(trimmed, "%Y-%m-%d %H:%M:%S%.f%:z").map(|t| t.with_timezone(&Utc)))
-            .map_err(|_| TimestampError { raw: raw.to_owned() })?;
-        Ok(Self { raw: raw.to_owned(), instant })
+            .or_else(|_| trimmed.parse::<NaiveDateTime>().map(|naive| naive.and_utc()))
+            .or_else(|_| NaiveDateTime::parse_from_str(trimmed, "%Y-%m-%d %H:%M:%S%.f").map(|naive| naive.and_utc()))
+            .or_else(|_| DateTime::parse_from_str(trimmed, "%Y-%m-%d %H:%M:%S%.f%:z").map(|t| t.with_timezone(&Utc)));
+        match instant {
+            Ok(instant) => Ok(Self { raw, instant }),
+            Err(_) => Err(TimestampError { raw }),
+        }
     }
 
     /// A timestamp for this instant, written as RFC 3339 with microseconds and `+00:00`, which
@@ -197,7 +302,7 @@ impl Serialize for EventTimestamp {
 impl<'de> Deserialize<'de> for EventTimestamp {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let raw = String::deserialize(deserializer)?;
-        EventTimestamp::parse(&raw).map_err(serde::de::Error::custom)
+        EventTimestamp::parse_owned(raw).map_err(serde::de::Error::custom)
     }
 }
 

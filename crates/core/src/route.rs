@@ -152,6 +152,9 @@ pub(crate) fn create_consumer(
     config
         .set("partition.assignment.strategy", "cooperative-sticky")
         .set("queued.max.messages.kbytes", "16384")
+        // When the prefetch queue is full, look again soon: librdkafka's default (1 s) leaves a
+        // fast sink idle for most of that second once it has drained the queue.
+        .set("fetch.queue.backoff.ms", "20")
         .set("auto.commit.interval.ms", "1000")
         .set("client.id", format!("herald.{}", route.name));
     for (name, value) in props.iter() {
