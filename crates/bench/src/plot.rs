@@ -7,6 +7,9 @@ use plotters::prelude::*;
 
 use crate::stats::Row;
 
+/// Reads one percentile.
+type Pick = fn(&crate::stats::Percentiles) -> f64;
+
 /// Draws grouped bars (p50, p95, p99, max) for each row that has latencies, into an SVG file.
 pub fn latency_bars(rows: &[Row], title: &str, path: &Path) -> Result<()> {
     let rows: Vec<&Row> = rows.iter().filter(|row| row.latency.is_some()).collect();
@@ -38,7 +41,7 @@ pub fn latency_bars(rows: &[Row], title: &str, path: &Path) -> Result<()> {
         .y_desc("send → seen, ms (log scale)")
         .draw()
         .map_err(|e| anyhow!("{e}"))?;
-    let series: [(&str, RGBColor, fn(&crate::stats::Percentiles) -> f64); 4] = [
+    let series: [(&str, RGBColor, Pick); 4] = [
         ("p50", RGBColor(66, 133, 244), |l| l.p50),
         ("p95", RGBColor(251, 188, 5), |l| l.p95),
         ("p99", RGBColor(234, 67, 53), |l| l.p99),

@@ -48,7 +48,7 @@ impl HeraldProcess {
         let mut child = Command::new(binary)
             .args(["run", "--config"])
             .arg(&path)
-            .env("HERALD_LOG", "info,sqlx=warn")
+            .env("HERALD_LOG", std::env::var("HERALD_LOG").unwrap_or_else(|_| "info,sqlx=warn".into()))
             .stdin(Stdio::null())
             .stdout(if stdout_events.is_some() { Stdio::piped() } else { Stdio::null() })
             .stderr(Stdio::piped())

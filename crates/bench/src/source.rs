@@ -33,7 +33,7 @@ pub async fn run(services: &Services, rate: f64, rows: u64) -> Result<Row> {
     let config = format!(
         r#"[kafka]
 bootstrap.servers = "{brokers}"
-
+{debug}
 [[source]]
 name = "{run}"
 type = "postgres"
@@ -48,6 +48,8 @@ constants = {{ event = "STAGE_COMPLETE" }}
 "#,
         brokers = services.brokers,
         url = services.postgres,
+        // librdkafka's debug contexts, e.g. `eos,protocol`, to see where a transaction's time goes.
+        debug = std::env::var("HERALD_BENCH_KAFKA_DEBUG").map(|d| format!("debug = \"{d}\"")).unwrap_or_default(),
     );
     let mut herald = HeraldProcess::start(&services.herald, &run, &config, None)?;
     herald.wait_for_log("Source active.", Duration::from_secs(60))?;
@@ -56,11 +58,22 @@ constants = {{ event = "STAGE_COMPLETE" }}
     let stop = Arc::new(AtomicBool::new(false));
     let reader = read_committed(&services.brokers, &topic, Arc::clone(&visible), Arc::clone(&stop))?;
 
+    let insert =
+        format!("INSERT INTO {schema}.status (source, stage, status, seq) VALUES ($1, 'bench', 'SUCCESS', $2)");
+    // Warm-up: one row all the way through, so the measure starts with the reader fetching, not
+    // with its first offset lookup.
+    sqlx::query(&insert)
+        .bind("source-warmup")
+        .bind(i64::try_from(crate::load::WARMUP_SEQ).unwrap_or(i64::MAX))
+        .execute(&pool)
+        .await
+        .context("inserting the warm-up row")?;
+    visible.wait_for(1, Duration::from_secs(60)).await.with_context(|| herald.log_text())?;
+    visible.clear();
+
     let before = herald.usage()?;
     let start = tokio::time::Instant::now();
     let mut committed = Vec::with_capacity(rows as usize);
-    let insert =
-        format!("INSERT INTO {schema}.status (source, stage, status, seq) VALUES ($1, 'bench', 'SUCCESS', $2)");
     for seq in 0..rows {
         tokio::time::sleep_until(start + Duration::from_secs_f64(seq as f64 / rate)).await;
         sqlx::query(&insert)
@@ -74,6 +87,9 @@ constants = {{ event = "STAGE_COMPLETE" }}
     let patience = Duration::from_secs(60);
     visible.wait_for(rows as usize, patience).await.with_context(|| herald.log_text())?;
     let after = herald.usage()?;
+    if std::env::var_os("HERALD_BENCH_SHOW_LOG").is_some() {
+        eprintln!("{}", herald.log_text());
+    }
     herald.stop()?;
     stop.store(true, Ordering::Relaxed);
     let _ = reader.join();

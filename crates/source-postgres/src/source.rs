@@ -179,8 +179,10 @@ impl Worker<'_> {
     /// some changes are still held back by an open transaction.
     async fn catch_up(&self, conn: &mut PgConnection, cursor: &mut Cursor) -> Result<bool, SourceError> {
         loop {
+            let started = std::time::Instant::now();
             let changes =
                 capture::read_changes(conn, &self.plan.schema, self.table, *cursor, self.config.batch_size).await?;
+            let read = started.elapsed();
             let Some(last) = changes.last().map(|c| c.cursor) else {
                 let backlog = capture::backlog(conn, &self.plan.schema, self.table, *cursor).await?;
                 self.metrics.backlog.set(backlog);
@@ -189,6 +191,7 @@ impl Worker<'_> {
             let messages: Vec<Outgoing> = changes.iter().filter_map(|change| self.message(change)).collect();
             let count = messages.len();
             self.publisher.publish(messages, last).await?;
+            let published = started.elapsed() - read;
             *cursor = last;
             self.metrics.published.inc_by(count as u64);
             self.metrics.transactions.inc();
@@ -196,6 +199,8 @@ impl Worker<'_> {
                 source = self.name,
                 changes = changes.len(),
                 published = count,
+                read_ms = read.as_secs_f64() * 1000.0,
+                publish_ms = published.as_secs_f64() * 1000.0,
                 "Published a batch of changes."
             );
             if changes.len() < self.config.batch_size {
