@@ -175,13 +175,21 @@ async fn main() -> Result<()> {
 async fn all(services: &Services, out: &std::path::Path) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let mut rows = Vec::new();
-    let mut record = |new: Vec<Row>| {
-        for row in &new {
-            println!("{}", row.markdown());
+    let mut failures = Vec::new();
+    // A measure that fails is reported and the others still run.
+    let mut record = |name: &str, result: Result<Vec<Row>>| match result {
+        Ok(new) => {
+            for row in &new {
+                println!("{}", row.markdown());
+            }
+            rows.extend(new);
         }
-        rows.extend(new);
+        Err(err) => {
+            eprintln!("herald-bench: {name} failed: {err:#}");
+            failures.push(format!("{name}: {err}"));
+        }
     };
-    record(vec![startup::run(services).await?]);
+    record("startup", startup::run(services).await.map(|row| vec![row]));
     for (sink, events) in [
         (SinkKind::Stdout, 200_000),
         (SinkKind::PostgresAppend, 100_000),
@@ -190,20 +198,23 @@ async fn all(services: &Services, out: &std::path::Path) -> Result<()> {
         (SinkKind::SnsSingle, 1_000),
         (SinkKind::Sns, 2_000),
     ] {
-        record(vec![sinks::run(services, sink, events, Pace::Max).await?]);
+        record("throughput", sinks::run(services, sink, events, Pace::Max).await.map(|row| vec![row]));
     }
     for sink in [SinkKind::Stdout, SinkKind::Redis, SinkKind::PostgresAppend, SinkKind::PostgresUpsert] {
-        record(vec![sinks::run(services, sink, 10_000, Pace::Rate(1000.0)).await?]);
+        record("latency", sinks::run(services, sink, 10_000, Pace::Rate(1000.0)).await.map(|row| vec![row]));
     }
-    record(vec![sinks::run(services, SinkKind::Sns, 500, Pace::Rate(50.0)).await?]);
-    record(vec![source::run(services, 100.0, 1000).await?]);
-    let baseline_rows = baseline::run(services, 10.0, 300).await?;
-    plot::latency_bars(
-        &baseline_rows,
-        "A stage event, 10 events/s: herald vs polling the status table",
-        &out.join("baseline.svg"),
-    )?;
-    record(baseline_rows);
+    record("sns latency", sinks::run(services, SinkKind::Sns, 500, Pace::Rate(50.0)).await.map(|row| vec![row]));
+    record("source", source::run(services, 100.0, 1000).await.map(|row| vec![row]));
+    record("source", source::run(services, 1000.0, 10_000).await.map(|row| vec![row]));
+    let baseline = baseline::run(services, 10.0, 300).await;
+    if let Ok(baseline_rows) = &baseline {
+        plot::latency_bars(
+            baseline_rows,
+            "A stage event, 10 events/s: herald vs polling the status table",
+            &out.join("baseline.svg"),
+        )?;
+    }
+    record("baseline", baseline);
 
     let mut markdown = format!("{}\n", Row::HEADER);
     for row in &rows {
@@ -213,5 +224,6 @@ async fn all(services: &Services, out: &std::path::Path) -> Result<()> {
     std::fs::write(out.join("results.md"), markdown).context("writing results.md")?;
     std::fs::write(out.join("results.json"), serde_json::to_string_pretty(&rows)?).context("writing results.json")?;
     eprintln!("herald-bench: wrote results.md, results.json and baseline.svg to {}", out.display());
+    anyhow::ensure!(failures.is_empty(), "{} measure(s) failed: {}", failures.len(), failures.join("; "));
     Ok(())
 }

@@ -108,18 +108,34 @@ impl HeraldProcess {
         address.map(str::to_owned).with_context(|| format!("no address in {line:?}"))
     }
 
-    /// `POST path` to the admin API: a one-shot HTTP/1.1 request, all this harness needs.
+    /// `POST path` to the admin API.
     pub fn admin_post(&mut self, path: &str) -> Result<()> {
+        self.admin_request("POST", path).map(drop)
+    }
+
+    /// How many events the route's sink has accepted, from `GET /routes`.
+    pub fn delivered(&mut self) -> Result<u64> {
+        let body = self.admin_request("GET", "/routes")?;
+        let routes: serde_json::Value = serde_json::from_str(&body).context("GET /routes is not JSON")?;
+        routes[0]["delivered"].as_u64().with_context(|| format!("no delivered count in {body}"))
+    }
+
+    /// One request to the admin API, its body back: a one-shot HTTP/1.1 exchange, all this
+    /// harness needs.
+    fn admin_request(&mut self, method: &str, path: &str) -> Result<String> {
         use std::io::{Read, Write};
         let address = self.admin_address()?;
         let mut stream = std::net::TcpStream::connect(&address).with_context(|| format!("connecting to {address}"))?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        write!(stream, "POST {path} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )?;
         let mut response = String::new();
         stream.read_to_string(&mut response)?;
         let status = response.split_whitespace().nth(1).unwrap_or_default();
-        anyhow::ensure!(status.starts_with('2'), "POST {path} answered {status}");
-        Ok(())
+        anyhow::ensure!(status.starts_with('2'), "{method} {path} answered {status}");
+        Ok(response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default())
     }
 
     /// Everything herald logged so far.

@@ -59,7 +59,7 @@ pub async fn run(services: &Services, sink: SinkKind, events: u64, pace: Pace) -
     let run = services.run_name(sink.slug());
     let topic = format!("bench.{run}");
     herald_core::kafka::ensure_topic(&services.kafka(), &topic, 3).await.context("creating the bench topic")?;
-    let prepared = prepare(services, sink, &run).await?;
+    let prepared = prepare(services, sink, &run, pace).await?;
     let group = format!("herald-bench.{run}");
     let config = format!(
         "[kafka]\nbootstrap.servers = \"{brokers}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[[route]]\nname = \"bench\"\ntopics = [\"{topic}\"]\n\
@@ -88,38 +88,33 @@ pub async fn run(services: &Services, sink: SinkKind, events: u64, pace: Pace) -
         readers.push(subscribe(&services.redis, &format!("bench.{run}.*"), &visible).await?);
     }
     if let Some((sqs, queue)) = &prepared.sqs {
-        for _ in 0..4 {
+        for _ in 0..2 {
             readers.push(tokio::spawn(receive(sqs.clone(), queue.clone(), Arc::clone(&visible))));
         }
     }
+
+    // How the run knows events arrived: flat out, a trigger per row would slow the Postgres sink
+    // it measures, so watch the offsets herald commits in the same transaction as the rows; and
+    // the emulator's SNS → SQS fan-out is far slower than SNS, so count what SNS accepted.
+    let schema = prepared.schema.as_deref().unwrap_or("public");
+    let watch = match (&pool, pace, sink) {
+        (Some(pool), Pace::Max, _) => Watch::Offsets { pool, schema, group: &group, topic: &topic },
+        (None, Pace::Max, SinkKind::Sns | SinkKind::SnsSingle) => Watch::Accepted,
+        _ => Watch::Reader(&visible),
+    };
 
     // Warm-up: one event all the way through, so the measure starts with the consumer fetching
     // and every connection open, not with the group's first offset lookups.
     let producer = load::producer(&services.brokers, pace)?;
     load::send_warmup(&producer, &topic, &run).await?;
-    let schema = prepared.schema.as_deref().unwrap_or("public");
-    let warmup_patience = Duration::from_secs(60);
-    match (&pool, pace) {
-        (Some(pool), Pace::Max) => {
-            wait_for_offsets(pool, schema, &group, &topic, 1, warmup_patience).await?;
-        }
-        _ => visible.wait_for(1, warmup_patience).await.with_context(|| herald.log_text())?,
-    }
+    watch.wait(&mut herald, 1, 1, Duration::from_secs(60)).await?;
     visible.clear();
 
     let before = herald.usage()?;
     let sent = load::produce(&producer, &topic, &run, 0..events, pace).await?;
     let sending_seconds = sent.last().zip(sent.first()).map_or(0.0, |(last, first)| (*last - *first).as_secs_f64());
     let patience = Duration::from_secs(120 + events / 1000);
-    let all_visible_at = match (&pool, sink, pace) {
-        // Flat out, a trigger per row would slow the sink it measures: watch the offsets
-        // herald commits in the same transaction as the rows instead.
-        (Some(pool), _, Pace::Max) => wait_for_offsets(pool, schema, &group, &topic, events + 1, patience).await?,
-        _ => {
-            visible.wait_for(events as usize, patience).await.with_context(|| herald.log_text())?;
-            visible.first_seen().iter().map(|(_, at)| *at).max().unwrap_or_else(Instant::now)
-        }
-    };
+    let all_visible_at = watch.wait(&mut herald, events, events + 1, patience).await?;
     let after = herald.usage()?;
 
     // Flat out, the producer shares the two cores with herald and the broker. herald's own rate
@@ -132,13 +127,7 @@ pub async fn run(services: &Services, sink: SinkKind, events: u64, pace: Pace) -
             load::produce(&producer, &topic, &run, events..2 * events, pace).await?;
             let resumed = Instant::now();
             herald.admin_post("/routes/bench/resume")?;
-            let drained_at = match &pool {
-                Some(pool) => wait_for_offsets(pool, schema, &group, &topic, 2 * events + 1, patience).await?,
-                None => {
-                    visible.wait_for(events as usize, patience).await.with_context(|| herald.log_text())?;
-                    visible.first_seen().iter().map(|(_, at)| *at).max().unwrap_or_else(Instant::now)
-                }
-            };
+            let drained_at = watch.wait(&mut herald, events, 2 * events + 1, patience).await?;
             Some(events as f64 / drained_at.saturating_duration_since(resumed).as_secs_f64().max(f64::EPSILON))
         }
         Pace::Rate(_) => None,
@@ -183,7 +172,7 @@ pub async fn run(services: &Services, sink: SinkKind, events: u64, pace: Pace) -
     })
 }
 
-async fn prepare(services: &Services, sink: SinkKind, run: &str) -> Result<Prepared> {
+async fn prepare(services: &Services, sink: SinkKind, run: &str, pace: Pace) -> Result<Prepared> {
     let schema = format!("bench_{}", run.replace(['-', '.'], "_"));
     let postgres = |mode: &str| {
         format!("type = \"postgres\"\nurl = \"{}\"\nschema = \"{schema}\"\nmode = \"{mode}\"\n", services.postgres)
@@ -210,7 +199,15 @@ async fn prepare(services: &Services, sink: SinkKind, run: &str) -> Result<Prepa
             sqs: None,
         },
         SinkKind::Sns | SinkKind::SnsSingle => {
-            let (topic_arn, sqs, queue) = sns_topic_with_queue(services, run).await?;
+            // Flat out, SNS's acceptance is measured, and a subscribed queue would only load the
+            // emulator; at a set rate the queue is the reader.
+            let (topic_arn, sqs) = match pace {
+                Pace::Max => (sns_topic(services, run).await?, None),
+                Pace::Rate(_) => {
+                    let (topic_arn, sqs, queue) = sns_topic_with_queue(services, run).await?;
+                    (topic_arn, Some((sqs, queue)))
+                }
+            };
             Prepared {
                 sink_toml: format!(
                     "type = \"sns\"\ntopic_arn = \"{topic_arn}\"\nendpoint = \"{}\"\nregion = \"us-east-1\"\n\
@@ -219,10 +216,22 @@ async fn prepare(services: &Services, sink: SinkKind, run: &str) -> Result<Prepa
                 ),
                 max_events: if sink == SinkKind::Sns { 100 } else { 1 },
                 schema: None,
-                sqs: Some((sqs, queue)),
+                sqs,
             }
         }
     })
+}
+
+/// An SNS topic on the emulator.
+pub async fn sns_topic(services: &Services, run: &str) -> Result<String> {
+    let sns = aws_sdk_sns::Client::new(&services.aws().await);
+    let created = sns
+        .create_topic()
+        .name(run.replace('.', "-"))
+        .send()
+        .await
+        .context("creating the SNS topic (is the emulator up?)")?;
+    Ok(created.topic_arn().context("CreateTopic returned no ARN")?.to_owned())
 }
 
 /// An SNS topic and an SQS queue subscribed to it, on the emulator.
@@ -231,15 +240,7 @@ pub async fn sns_topic_with_queue(services: &Services, run: &str) -> Result<(Str
     let sns = aws_sdk_sns::Client::new(&aws);
     let sqs = aws_sdk_sqs::Client::new(&aws);
     let name = run.replace('.', "-");
-    let topic_arn = sns
-        .create_topic()
-        .name(&name)
-        .send()
-        .await
-        .context("creating the SNS topic (is the emulator up?)")?
-        .topic_arn()
-        .context("CreateTopic returned no ARN")?
-        .to_owned();
+    let topic_arn = sns_topic(services, run).await?;
     let queue = sqs
         .create_queue()
         .queue_name(&name)
@@ -272,28 +273,37 @@ pub async fn sns_topic_with_queue(services: &Services, run: &str) -> Result<(Str
     Ok((topic_arn, sqs, queue))
 }
 
-/// Reads the queue until aborted. Messages are left in place under a long visibility timeout:
-/// deleting them would load the emulator that herald is publishing to.
+/// Reads the queue until aborted, deleting what it read: the emulator scans every message a
+/// queue holds on each receive, so a queue left full slows it, and herald's publishing with it.
 async fn receive(sqs: aws_sdk_sqs::Client, queue: String, visible: Arc<Visible>) {
     loop {
-        match sqs
-            .receive_message()
-            .queue_url(&queue)
-            .max_number_of_messages(10)
-            .wait_time_seconds(1)
-            .visibility_timeout(3600)
-            .send()
-            .await
-        {
-            Ok(received) => {
-                for message in received.messages() {
-                    visible.saw_payload(message.body().unwrap_or_default());
-                }
-            }
+        let received = sqs.receive_message().queue_url(&queue).max_number_of_messages(10).send().await;
+        let messages = match received {
+            Ok(received) => received.messages.unwrap_or_default(),
             Err(err) => {
                 eprintln!("herald-bench: SQS receive failed: {err}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
             }
+        };
+        let mut delete = sqs.delete_message_batch().queue_url(&queue);
+        for (index, message) in messages.iter().enumerate() {
+            visible.saw_payload(message.body().unwrap_or_default());
+            if let Some(handle) = message.receipt_handle() {
+                let entry = aws_sdk_sqs::types::DeleteMessageBatchRequestEntry::builder()
+                    .id(index.to_string())
+                    .receipt_handle(handle)
+                    .build();
+                if let Ok(entry) = entry {
+                    delete = delete.entries(entry);
+                }
+            }
+        }
+        if messages.is_empty() {
+            // Short polls: the emulator's long polling keeps a worker busy that publishing needs.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        } else if let Err(err) = delete.send().await {
+            eprintln!("herald-bench: SQS delete failed: {err}");
         }
     }
 }
@@ -348,6 +358,43 @@ async fn notify_on_commit(
             }
         }
     }))
+}
+
+/// How a run sees that events arrived.
+enum Watch<'a> {
+    /// The sink's reader: each event as it sees it.
+    Reader(&'a Visible),
+    /// The offsets the Postgres sink stores with its rows.
+    Offsets { pool: &'a PgPool, schema: &'a str, group: &'a str, topic: &'a str },
+    /// What the sink accepted, per herald's admin API.
+    Accepted,
+}
+
+impl Watch<'_> {
+    /// Waits until the reader has seen `seen` events since it was last cleared, or the sink
+    /// holds `total` events since the run began; returns when.
+    async fn wait(&self, herald: &mut HeraldProcess, seen: u64, total: u64, patience: Duration) -> Result<Instant> {
+        match self {
+            Watch::Reader(visible) => {
+                visible.wait_for(seen as usize, patience).await.with_context(|| herald.log_text())?;
+                Ok(visible.first_seen().iter().map(|(_, at)| *at).max().unwrap_or_else(Instant::now))
+            }
+            Watch::Offsets { pool, schema, group, topic } => {
+                wait_for_offsets(pool, schema, group, topic, total, patience).await
+            }
+            Watch::Accepted => {
+                let deadline = Instant::now() + patience;
+                loop {
+                    let delivered = herald.delivered()?;
+                    if delivered >= total {
+                        return Ok(Instant::now());
+                    }
+                    anyhow::ensure!(Instant::now() < deadline, "only {delivered} of {total} events accepted");
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }
+    }
 }
 
 /// Waits until herald's stored offsets for `topic` (written in the same transaction as the rows,

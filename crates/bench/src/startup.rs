@@ -16,7 +16,7 @@ pub async fn run(services: &Services) -> Result<Row> {
     let schema = format!("bench_{}", run.replace(['-', '.'], "_"));
     let pool = PgPool::connect(&services.postgres).await.context("connecting to Postgres")?;
     sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&pool).await.context("creating the schema")?;
-    let (topic_arn, _, _) = crate::sinks::sns_topic_with_queue(services, &run).await?;
+    let topic_arn = crate::sinks::sns_topic(services, &run).await?;
     let mut config = format!("[kafka]\nbootstrap.servers = \"{}\"\n", services.brokers);
     let sinks = [
         ("stdout", "type = \"stdout\"".to_owned()),
