@@ -56,6 +56,11 @@ pub async fn run(services: &Services, rate: f64, events: u64) -> Result<Vec<Row>
 
     // The stage: each finished unit of work is a status row and a Kafka event, at the same moment.
     let producer = load::producer(&services.brokers, Pace::Rate(rate))?;
+    // Warm-up, as for every herald measure: one event through, so the first is not also the
+    // consumer's first fetch. The pollers need none: they are always querying.
+    load::send_warmup(&producer, &topic, &run).await?;
+    herald_seen.wait_for(1, Duration::from_secs(60)).await.with_context(|| herald.log_text())?;
+    herald_seen.clear();
     let insert = format!(
         "INSERT INTO {schema}.pipeline_status (source, stage, status, records) VALUES ($1, 'bench', 'SUCCESS', $2)"
     );

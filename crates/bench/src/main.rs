@@ -100,6 +100,11 @@ enum Command {
     },
     /// Start-up time to all sinks connected, and idle memory.
     Startup,
+    /// Draws baseline.svg again from a results.json that `all` wrote.
+    Plot {
+        /// The results.json.
+        results: PathBuf,
+    },
     /// Every measure of docs/benchmarks.md; writes results.md, results.json and baseline.svg.
     All {
         /// Where to write the results.
@@ -164,10 +169,28 @@ async fn main() -> Result<()> {
         Command::Baseline { rate, duration } => baseline::run(&services, rate, events_in(rate, duration)).await?,
         Command::Startup => vec![startup::run(&services).await?],
         Command::All { out } => return all(&services, &out).await,
+        Command::Plot { results } => return plot_baseline(&results),
     };
     for row in &rows {
         println!("{}", row.markdown());
     }
+    Ok(())
+}
+
+/// The title of the baseline plot.
+const BASELINE_TITLE: &str = "A stage event, 10 events/s: herald vs polling the status table";
+
+/// Draws baseline.svg, next to `results`, from the baseline rows in it.
+fn plot_baseline(results: &std::path::Path) -> Result<()> {
+    let text = std::fs::read_to_string(results).with_context(|| format!("reading {}", results.display()))?;
+    let rows: Vec<Row> =
+        serde_json::from_str(&text).with_context(|| format!("{} is not results.json", results.display()))?;
+    let baseline: Vec<Row> =
+        rows.into_iter().filter(|row| row.name.starts_with("herald → ") || row.name.starts_with("poll ")).collect();
+    anyhow::ensure!(!baseline.is_empty(), "{} holds no baseline rows", results.display());
+    let out = results.with_file_name("baseline.svg");
+    plot::latency_bars(&baseline, BASELINE_TITLE, &out)?;
+    eprintln!("herald-bench: wrote {}", out.display());
     Ok(())
 }
 
@@ -208,11 +231,7 @@ async fn all(services: &Services, out: &std::path::Path) -> Result<()> {
     record("source", source::run(services, 1000.0, 10_000).await.map(|row| vec![row]));
     let baseline = baseline::run(services, 10.0, 300).await;
     if let Ok(baseline_rows) = &baseline {
-        plot::latency_bars(
-            baseline_rows,
-            "A stage event, 10 events/s: herald vs polling the status table",
-            &out.join("baseline.svg"),
-        )?;
+        plot::latency_bars(baseline_rows, BASELINE_TITLE, &out.join("baseline.svg"))?;
     }
     record("baseline", baseline);
 

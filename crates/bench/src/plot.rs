@@ -4,6 +4,7 @@ use std::path::Path;
 
 use anyhow::{anyhow, Result};
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::stats::Row;
 
@@ -24,23 +25,19 @@ pub fn latency_bars(rows: &[Row], title: &str, path: &Path) -> Result<()> {
         .y_label_area_size(80)
         .build_cartesian_2d(0.0..rows.len() as f64 * slots, (0.1..highest * 3.0).log_scale())
         .map_err(|e| anyhow!("{e}"))?;
-    let names: Vec<String> = rows.iter().map(|r| r.name.clone()).collect();
     chart
         .configure_mesh()
         .disable_x_mesh()
-        .x_labels(rows.len() * 2 + 1)
-        .x_label_formatter(&|x| {
-            // Label only the middle of each group.
-            let group = (x / slots).floor();
-            if (x - (group * slots + slots / 2.0)).abs() < 0.6 {
-                names.get(group as usize).cloned().unwrap_or_default()
-            } else {
-                String::new()
-            }
-        })
+        .x_labels(0)
         .y_desc("send → seen, ms (log scale)")
         .draw()
         .map_err(|e| anyhow!("{e}"))?;
+    // Each reader's name under its group of bars.
+    let label_style = ("sans-serif", 15).into_font().color(&BLACK).pos(Pos::new(HPos::Center, VPos::Top));
+    for (group, row) in rows.iter().enumerate() {
+        let (x, y) = chart.backend_coord(&(group as f64 * slots + slots / 2.0, 0.1));
+        root.draw(&Text::new(row.name.clone(), (x, y + 8), label_style.clone())).map_err(|e| anyhow!("{e}"))?;
+    }
     let series: [(&str, RGBColor, Pick); 4] = [
         ("p50", RGBColor(66, 133, 244), |l| l.p50),
         ("p95", RGBColor(251, 188, 5), |l| l.p95),
@@ -68,4 +65,33 @@ pub fn latency_bars(rows: &[Row], title: &str, path: &Path) -> Result<()> {
         .map_err(|e| anyhow!("{e}"))?;
     root.present().map_err(|e| anyhow!("{e}"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::Percentiles;
+
+    #[test]
+    fn draws_a_bar_per_percentile_and_reader() {
+        let row = |name: &str, scale: f64| Row {
+            name: name.into(),
+            events: 10,
+            offered_rate: Some(1.0),
+            throughput: 0.0,
+            drain_rate: None,
+            latency: Some(Percentiles { count: 10, p50: scale, p95: 2.0 * scale, p99: 3.0 * scale, max: 4.0 * scale }),
+            usage: None,
+            cpu_percent: None,
+            note: String::new(),
+        };
+        let path = std::env::temp_dir().join(format!("herald-bench-plot-{}.svg", std::process::id()));
+        latency_bars(&[row("herald", 2.0), row("poll every 1s", 500.0)], "test", &path).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert!(svg.starts_with("<svg"), "{}", &svg[..svg.len().min(80)]);
+        // Eight bars plus the four legend swatches, and every reader named on the axis.
+        assert!(svg.matches("<rect").count() >= 12, "{svg}");
+        assert!(svg.contains("herald") && svg.contains("poll every 1s"));
+    }
 }

@@ -25,7 +25,7 @@ pub struct HeraldProcess {
 }
 
 /// What herald used, read from `/proc`.
-#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
 pub struct Usage {
     /// Resident memory now, MiB.
     pub rss_mib: f64,

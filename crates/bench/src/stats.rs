@@ -2,12 +2,12 @@
 
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::process::Usage;
 
 /// Latency percentiles of one run, in milliseconds.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct Percentiles {
     /// Events measured.
     pub count: usize,
@@ -46,7 +46,7 @@ impl Percentiles {
 }
 
 /// One line of results.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Row {
     /// What was measured, e.g. `postgres-append throughput`.
     pub name: String,

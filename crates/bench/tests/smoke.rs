@@ -1,0 +1,58 @@
+//! The harness itself, end to end against the test services (`scripts/services up`): short runs
+//! whose rows must account for every event sent. Numbers are not checked; timing claims live in
+//! docs/benchmarks.md, not in tests.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The herald binary next to this harness's own, built by `cargo test --workspace`.
+fn herald() -> PathBuf {
+    let herald = PathBuf::from(env!("CARGO_BIN_EXE_herald-bench")).with_file_name("herald");
+    assert!(
+        herald.exists(),
+        "{} is missing: run `cargo test --workspace` or `cargo build --bin herald`",
+        herald.display()
+    );
+    herald
+}
+
+/// Runs `herald-bench <args>` and returns its table rows, split into trimmed cells.
+fn bench(args: &[&str]) -> Vec<Vec<String>> {
+    let output =
+        Command::new(env!("CARGO_BIN_EXE_herald-bench")).arg("--herald").arg(herald()).args(args).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "herald-bench {args:?} failed (start the test services with `scripts/services up`):\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+        .lines()
+        .skip(2) // header and separator
+        .map(|line| line.trim_matches('|').split('|').map(|cell| cell.trim().to_owned()).collect())
+        .collect()
+}
+
+#[test]
+fn a_latency_run_sees_every_event_and_reports_percentiles_in_order() {
+    let rows = bench(&["latency", "stdout", "--rate", "200", "--duration", "2s"]);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let row = &rows[0];
+    assert_eq!(row[0], "stdout latency");
+    assert_eq!(row[1], "400", "events sent");
+    let ms: Vec<f64> = row[5..9].iter().map(|cell| cell.parse().unwrap()).collect();
+    assert!(ms.windows(2).all(|pair| pair[0] <= pair[1]), "p50 <= p95 <= p99 <= max: {ms:?}");
+    assert!(row[9].parse::<f64>().unwrap() > 0.0, "peak RSS measured: {row:?}");
+}
+
+#[test]
+fn the_polling_baseline_reports_herald_and_both_pollers_on_the_same_events() {
+    let rows = bench(&["baseline", "--rate", "5", "--duration", "4s"]);
+    let names: Vec<&str> = rows.iter().map(|row| row[0].as_str()).collect();
+    assert_eq!(names, ["herald → Redis subscriber", "poll pipeline_status every 1s", "poll pipeline_status every 5s"]);
+    for row in &rows {
+        assert_eq!(row[1], "20", "every reader saw all 20 events: {row:?}");
+    }
+    assert!(rows[1][11].contains("queries/s"), "{:?}", rows[1]);
+}
