@@ -19,7 +19,7 @@ use crate::Services;
 /// The three readers' rows, herald first.
 pub async fn run(services: &Services, rate: f64, events: u64) -> Result<Vec<Row>> {
     let run = services.run_name("baseline");
-    let schema = format!("bench_{}", run.replace(['-', '.'], "_"));
+    let schema = Services::schema_for(&run);
     let topic = format!("bench.{run}");
     herald_core::kafka::ensure_topic(&services.kafka(), &topic, 3).await.context("creating the bench topic")?;
     let pool = PgPool::connect(&services.postgres).await.context("connecting to Postgres")?;

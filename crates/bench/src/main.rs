@@ -129,6 +129,11 @@ impl Services {
         format!("{what}-{}-{}", std::process::id(), self.runs.fetch_add(1, Ordering::Relaxed))
     }
 
+    /// The Postgres schema of the run named `run`: a valid identifier, unique like the name.
+    pub fn schema_for(run: &str) -> String {
+        format!("bench_{}", run.replace(['-', '.'], "_"))
+    }
+
     /// Kafka client properties for the broker.
     pub fn kafka(&self) -> KafkaProperties {
         let mut props = KafkaProperties::default();

@@ -173,7 +173,7 @@ pub async fn run(services: &Services, sink: SinkKind, events: u64, pace: Pace) -
 }
 
 async fn prepare(services: &Services, sink: SinkKind, run: &str, pace: Pace) -> Result<Prepared> {
-    let schema = format!("bench_{}", run.replace(['-', '.'], "_"));
+    let schema = Services::schema_for(run);
     let postgres = |mode: &str| {
         format!("type = \"postgres\"\nurl = \"{}\"\nschema = \"{schema}\"\nmode = \"{mode}\"\n", services.postgres)
     };

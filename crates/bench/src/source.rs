@@ -20,7 +20,7 @@ use crate::Services;
 /// measures each from its insert's commit to its event in a consumer.
 pub async fn run(services: &Services, rate: f64, rows: u64) -> Result<Row> {
     let run = services.run_name("source");
-    let schema = format!("bench_{}", run.replace(['-', '.'], "_"));
+    let schema = Services::schema_for(&run);
     let topic = format!("bench.{run}");
     let pool = PgPool::connect(&services.postgres).await.context("connecting to Postgres")?;
     sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&pool).await.context("creating the schema")?;

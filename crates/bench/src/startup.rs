@@ -13,7 +13,7 @@ use crate::Services;
 /// One route per sink kind (stdout, Postgres, Redis, SNS) on one herald.
 pub async fn run(services: &Services) -> Result<Row> {
     let run = services.run_name("startup");
-    let schema = format!("bench_{}", run.replace(['-', '.'], "_"));
+    let schema = Services::schema_for(&run);
     let pool = PgPool::connect(&services.postgres).await.context("connecting to Postgres")?;
     sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&pool).await.context("creating the schema")?;
     let topic_arn = crate::sinks::sns_topic(services, &run).await?;

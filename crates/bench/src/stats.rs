@@ -80,7 +80,11 @@ impl Row {
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             self.name,
             self.events,
-            self.offered_rate.map_or("max".to_owned(), |r| format!("{r:.0}/s")),
+            match (self.events, self.offered_rate) {
+                (0, _) => "–".to_owned(),
+                (_, None) => "max".to_owned(),
+                (_, Some(rate)) => format!("{rate:.0}/s"),
+            },
             if self.throughput > 0.0 { format!("{:.0}", self.throughput) } else { "–".to_owned() },
             self.drain_rate.map_or("–".to_owned(), |r| format!("{r:.0}")),
             ms(latency.map(|l| l.p50)),
