@@ -4,7 +4,7 @@
 //! markdown tables; `all` also writes them, a JSON copy and an SVG plot into `--out`.
 //!
 //! ```sh
-//! cargo build --release --bin herald --bin herald-bench
+//! cargo build --release -p herald -p herald-bench
 //! target/release/herald-bench all --out docs/bench
 //! target/release/herald-bench latency redis --rate 1000 --duration 10s
 //! ```

@@ -40,7 +40,7 @@ impl HeraldProcess {
     /// herald prints on stdout is an event, timestamped as it arrives; otherwise stdout is dropped.
     pub fn start(binary: &Path, name: &str, config: &str, stdout_events: Option<Arc<Visible>>) -> Result<Self> {
         if !binary.exists() {
-            bail!("{} does not exist; build it first with `cargo build --release --bin herald`", binary.display());
+            bail!("{} does not exist; build it first with `cargo build --release -p herald`", binary.display());
         }
         let path = std::env::temp_dir().join(format!("herald-bench-{name}.toml"));
         std::fs::write(&path, config).with_context(|| format!("writing {}", path.display()))?;

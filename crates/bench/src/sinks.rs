@@ -119,6 +119,7 @@ pub async fn run(services: &Services, sink: SinkKind, events: u64, pace: Pace) -
 
     // Flat out, the producer shares the two cores with herald and the broker. herald's own rate
     // is its drain rate: pause the route, let a backlog of the same size build, resume.
+    let mut first_after_resume = None;
     let drain_rate = match pace {
         Pace::Max => {
             herald.admin_post("/routes/bench/pause")?;
@@ -128,6 +129,8 @@ pub async fn run(services: &Services, sink: SinkKind, events: u64, pace: Pace) -
             let resumed = Instant::now();
             herald.admin_post("/routes/bench/resume")?;
             let drained_at = watch.wait(&mut herald, events, 2 * events + 1, patience).await?;
+            // How long the route took to get going again, where the reader says.
+            first_after_resume = visible.first_seen().iter().map(|(_, at)| *at).min().map(|at| at - resumed);
             Some(events as f64 / drained_at.saturating_duration_since(resumed).as_secs_f64().max(f64::EPSILON))
         }
         Pace::Rate(_) => None,
@@ -165,9 +168,13 @@ pub async fn run(services: &Services, sink: SinkKind, events: u64, pace: Pace) -
         drain_rate,
         cpu_percent: Some((after.cpu_seconds - before.cpu_seconds) / window.max(f64::EPSILON) * 100.0),
         note: format!(
-            "batch.max_events = {}; the load was sent in {sending_seconds:.2} s ({:.0} events/s)",
+            "batch.max_events = {}; the load was sent in {sending_seconds:.2} s ({:.0} events/s){}",
             prepared.max_events,
-            events as f64 / sending_seconds.max(f64::EPSILON)
+            events as f64 / sending_seconds.max(f64::EPSILON),
+            first_after_resume.map_or(String::new(), |wait| format!(
+                "; first event {:.0} ms after resume",
+                wait.as_secs_f64() * 1000.0
+            )),
         ),
     })
 }
