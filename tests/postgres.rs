@@ -24,23 +24,7 @@ async fn pool(url: &str) -> PgPool {
 }
 
 fn postgres_route(route: &str, topic: &str, sink: &str, extra: &str) -> String {
-    format!(
-        r#"
-{kafka}
-
-[runtime]
-progress_interval = "1s"
-
-[[route]]
-name = "{route}"
-topics = ["{topic}"]
-{extra}
-[route.sink]
-type = "postgres"
-{sink}
-"#,
-        kafka = kafka_section()
-    )
+    route_config(route, topic, extra, &format!("[route.sink]\ntype = \"postgres\"\n{sink}"))
 }
 
 /// Polls `sql` (a count) until it returns at least `expected`; panics with herald's log otherwise.

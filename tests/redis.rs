@@ -14,23 +14,8 @@ use rand::Rng;
 use redis::AsyncCommands;
 
 fn redis_route(route: &str, topic: &str, sink: &str) -> String {
-    format!(
-        r#"
-{kafka}
-
-[runtime]
-progress_interval = "1s"
-
-[[route]]
-name = "{route}"
-topics = ["{topic}"]
-retry = {{ initial_backoff = "100ms", max_backoff = "1s" }}
-[route.sink]
-type = "redis"
-{sink}
-"#,
-        kafka = kafka_section()
-    )
+    let retry = r#"retry = { initial_backoff = "100ms", max_backoff = "1s" }"#;
+    route_config(route, topic, retry, &format!("[route.sink]\ntype = \"redis\"\n{sink}"))
 }
 
 fn seq_of(json: &str) -> usize {

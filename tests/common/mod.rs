@@ -144,8 +144,9 @@ pub fn kafka_section() -> String {
     format!("[kafka]\nbootstrap.servers = \"{BROKERS}\"\nsession.timeout.ms = 6000\nheartbeat.interval.ms = 1000\n")
 }
 
-/// A config with one stdout route reading `topic`.
-pub fn stdout_route_config(route: &str, topic: &str, extra: &str) -> String {
+/// A config with one route reading `topic`: the `extra` lines in the route, then `sink`, the
+/// sink's TOML (an inline `sink = {…}` or a `[route.sink]` table).
+pub fn route_config(route: &str, topic: &str, extra: &str, sink: &str) -> String {
     format!(
         r#"
 {kafka}
@@ -157,10 +158,15 @@ progress_interval = "1s"
 name = "{route}"
 topics = ["{topic}"]
 {extra}
-sink = {{ type = "stdout" }}
+{sink}
 "#,
         kafka = kafka_section()
     )
+}
+
+/// A config with one stdout route reading `topic`.
+pub fn stdout_route_config(route: &str, topic: &str, extra: &str) -> String {
+    route_config(route, topic, extra, r#"sink = { type = "stdout" }"#)
 }
 
 /// The `herald` binary under test.

@@ -22,6 +22,8 @@ pub struct HeraldProcess {
     pub spawned: Instant,
     log: Arc<Mutex<Vec<(Instant, String)>>>,
     config: PathBuf,
+    /// The admin API's address, once read from the log.
+    admin: Option<String>,
 }
 
 /// What herald used, read from `/proc`.
@@ -70,7 +72,7 @@ impl HeraldProcess {
                 }
             });
         }
-        Ok(Self { child, spawned, log, config: path })
+        Ok(Self { child, spawned, log, config: path, admin: None })
     }
 
     /// When a log line containing `text` appeared, waiting up to `patience` for it.
@@ -100,12 +102,18 @@ impl HeraldProcess {
     }
 
     /// The admin API's address, from its log line (the config binds port 0).
+    /// Read from the log once: `Watch::Accepted` asks for it every few milliseconds.
     pub fn admin_address(&mut self) -> Result<String> {
+        if let Some(address) = &self.admin {
+            return Ok(address.clone());
+        }
         self.wait_for_log("Admin API listening.", Duration::from_secs(30))?;
         let log = self.log_text();
         let line = log.lines().find(|line| line.contains("Admin API listening.")).unwrap_or_default();
         let address = line.split("address=").nth(1).and_then(|rest| rest.split_whitespace().next());
-        address.map(str::to_owned).with_context(|| format!("no address in {line:?}"))
+        let address = address.map(str::to_owned).with_context(|| format!("no address in {line:?}"))?;
+        self.admin = Some(address.clone());
+        Ok(address)
     }
 
     /// `POST path` to the admin API.
