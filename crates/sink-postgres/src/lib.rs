@@ -8,8 +8,9 @@ a column mapping, with constant columns and an upsert key.
 
 The one decision to know: **the Kafka offsets live in Postgres, in the same transaction as the
 rows.** Each batch locks its partitions' rows in `herald_offsets`, drops events below the stored
-offset (already written before a crash or rebalance), writes the rest with one `INSERT … SELECT
-FROM UNNEST(…)` per table and moves the offsets, then commits. A crash at any instant neither
+offset (already written before a crash or rebalance), writes the rest with one statement per table
+(`COPY … FROM STDIN` to append into a plain table, `INSERT … SELECT FROM UNNEST(…)` to upsert or
+to write a view) and moves the offsets, then commits. A crash at any instant neither
 loses nor duplicates a row, whatever Kafka's own committed offsets say; the row locks also fence
 a zombie consumer during a rebalance. A row the table refuses is found by replaying the batch
 row by row under savepoints, recorded in `herald_rejections` and handed back for the

@@ -118,6 +118,10 @@ fn classify_sqlstate(code: &str) -> Failure {
 pub(crate) struct TableWriter {
     plan: TablePlan,
     sql: String,
+    /// `COPY … FROM STDIN` for appends into a plain table: half the server time of the
+    /// `INSERT … UNNEST` for the same rows. `None` for upserts, views and tables with rules
+    /// (which `COPY` would bypass).
+    copy: Option<String>,
     /// Indexes into `plan.columns` of the columns fed from arrays (all but constants).
     array_columns: Vec<usize>,
     /// `postgres:<schema>.<table>`, as herald's Postgres source names rows of this table in the
@@ -175,17 +179,20 @@ impl TableWriter {
         let array_columns: Vec<usize> =
             (0..plan.columns.len()).filter(|&i| !matches!(plan.columns[i].1, FieldSource::Constant(_))).collect();
         let sql = build_statement(&plan, &casts, &array_columns);
-        let resolved: String = sqlx::query_scalar(
-            "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        let (resolved, plain_table): (String, bool) = sqlx::query_as(
+            "SELECT n.nspname || '.' || c.relname, c.relkind IN ('r', 'p') AND NOT c.relhasrules
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
              WHERE c.oid = to_regclass($1)",
         )
         .bind(&table)
         .fetch_one(&mut *conn)
         .await?;
-        Ok(Self { plan, sql, array_columns, origin: format!("postgres:{resolved}") })
+        let copy = (plan.upsert.is_none() && plain_table).then(|| copy_statement(&plan));
+        Ok(Self { plan, sql, copy, array_columns, origin: format!("postgres:{resolved}") })
     }
 
-    /// Writes `records` in one statement (for an upsert, the newest per key of them).
+    /// Writes `records` in one statement: `COPY` for an append into a plain table, else
+    /// `INSERT … UNNEST` (for an upsert, of the newest per key of them).
     pub(crate) async fn write(&self, conn: &mut PgConnection, records: &[&SinkRecord]) -> Result<(), sqlx::Error> {
         let not_from_here: Vec<&SinkRecord> =
             records.iter().copied().filter(|r| r.origin.as_deref() != Some(self.origin.as_str())).collect();
@@ -194,6 +201,16 @@ impl TableWriter {
             None => not_from_here,
         };
         if records.is_empty() {
+            return Ok(());
+        }
+        if let Some(copy) = &self.copy {
+            let mut rows = Vec::with_capacity(records.len() * 256);
+            for record in &records {
+                self.copy_row(&mut rows, record);
+            }
+            let mut copy_in = conn.copy_in_raw(copy).await?;
+            copy_in.send(rows).await?;
+            copy_in.finish().await?;
             return Ok(());
         }
         let mut query = sqlx::query(&self.sql);
@@ -209,6 +226,20 @@ impl TableWriter {
         }
         query.execute(conn).await?;
         Ok(())
+    }
+
+    /// Appends `record` as one line of `COPY`'s text format: tab-separated, `\N` for NULL.
+    fn copy_row(&self, out: &mut Vec<u8>, record: &SinkRecord) {
+        for (i, (_, source)) in self.plan.columns.iter().enumerate() {
+            if i > 0 {
+                out.push(b'\t');
+            }
+            match value(record, source) {
+                Some(text) => copy_escape(out, &text),
+                None => out.extend_from_slice(b"\\N"),
+            }
+        }
+        out.push(b'\n');
     }
 
     /// One statement cannot update the same row twice: keep the newest event per conflict key
@@ -294,6 +325,25 @@ fn build_statement(plan: &TablePlan, casts: &[String], array_columns: &[usize]) 
     sql
 }
 
+fn copy_statement(plan: &TablePlan) -> String {
+    let target: Vec<String> = plan.columns.iter().map(|(column, _)| column.to_string()).collect();
+    format!("COPY {} ({}) FROM STDIN", plan.table, target.join(", "))
+}
+
+/// Writes `text` as a `COPY` text-format value: backslash, tab, newline and carriage return
+/// escaped, so a value can neither end its column or row early nor read as `\N`.
+fn copy_escape(out: &mut Vec<u8>, text: &str) {
+    for byte in text.bytes() {
+        match byte {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            other => out.push(other),
+        }
+    }
+}
+
 /// The text a column receives for `record`; Postgres casts it to the column's type.
 fn value(record: &SinkRecord, source: &FieldSource) -> Option<String> {
     match source {
@@ -362,6 +412,13 @@ mod tests {
         assert_eq!(classify_sqlstate("08006"), Failure::Transient); // connection failure
         assert_eq!(classify_sqlstate("42P01"), Failure::Fatal); // undefined table
         assert_eq!(classify_sqlstate("28P01"), Failure::Fatal); // bad password
+    }
+
+    #[test]
+    fn copy_values_cannot_break_out_of_their_column() {
+        let mut out = Vec::new();
+        copy_escape(&mut out, "a\tb\nc\rd\\N");
+        assert_eq!(out, b"a\\tb\\nc\\rd\\\\N");
     }
 
     #[test]

@@ -261,6 +261,68 @@ async fn legacy_table_gets_mapped_columns_constants_and_newest_wins() {
 }
 
 #[tokio::test]
+async fn appended_values_keep_tabs_newlines_backslashes_and_nulls_intact() {
+    let pool = pool().await;
+    let schema = unique("escape");
+    let mut sink = greenfield(&schema, "append").await;
+    let awkward = serde_json::json!({
+        "event": "STAGE_COMPLETE", "stage": "line1\nline2\r", "source": "a\tb\\c", "status": "\\N",
+        "timestamp": "2026-11-26T10:00:00", "note": "\"quoted\" ünïcode ✓ \\.",
+    });
+    let plain = serde_json::json!({
+        "event": "STAGE_COMPLETE", "stage": "s", "source": "src", "status": "OK", "timestamp": "2026-11-26T10:00:01",
+    });
+    let batch = vec![
+        record(StageEvent::from_json(awkward.to_string().as_bytes()).unwrap(), 0, 0),
+        record(StageEvent::from_json(plain.to_string().as_bytes()).unwrap(), 0, 1),
+    ];
+    assert!(sink.write(&batch).await.unwrap().rejected.is_empty());
+
+    let rows: Vec<(String, String, String, Option<i64>, serde_json::Value)> = sqlx::query_as(&format!(
+        "SELECT source, stage, status, records, payload FROM {schema}.pipeline_status ORDER BY id"
+    ))
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(
+        (rows[0].0.as_str(), rows[0].1.as_str(), rows[0].2.as_str(), rows[0].3),
+        ("a\tb\\c", "line1\nline2\r", "\\N", None)
+    );
+    assert_eq!(rows[0].4["note"], awkward["note"]);
+    assert_eq!(rows[1].4["source"], "src");
+}
+
+#[tokio::test]
+async fn a_view_over_a_legacy_table_is_appended_to_through_insert() {
+    let pool = pool().await;
+    let schema = unique("view");
+    legacy_table(&pool, &schema).await;
+    // COPY cannot write a view; the sink falls back to INSERT, which Postgres routes to the table.
+    sqlx::query(&format!("CREATE VIEW {schema}.job_status_v AS SELECT * FROM {schema}.job_status"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    let table = serde_json::json!({
+        "name": format!("{schema}.job_status_v"),
+        "columns": { "src_system": "source", "step": "stage", "state": "status" },
+    });
+    let mut sink = config(serde_json::json!({ "schema": schema, "mode": "append", "table": table }))
+        .build("g", Setup::Migrate)
+        .await
+        .unwrap();
+    let batch: Vec<SinkRecord> = (0..3)
+        .map(|i| record(event(&format!("src{i}"), "bronze", "SUCCESS", "2026-11-26T10:00:00", i), 0, i as i64))
+        .collect();
+    assert!(sink.write(&batch).await.unwrap().rejected.is_empty());
+    let written: Vec<String> = sqlx::query_scalar(&format!("SELECT src_system FROM {schema}.job_status ORDER BY id"))
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(written, ["src0", "src1", "src2"]);
+}
+
+#[tokio::test]
 async fn a_row_the_table_refuses_is_rejected_alone_and_again_on_replay() {
     let pool = pool().await;
     let schema = unique("poison");
