@@ -1,5 +1,6 @@
 //! The stage event: the small JSON message a pipeline stage publishes when it finishes a unit of work.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, SubsecRound, Utc};
@@ -72,18 +73,19 @@ impl StageEvent {
 
     /// The value of a top-level field as text, for filters and templates: strings as they are,
     /// numbers and booleans in their JSON form; `None` for a missing, null, array or object field.
-    pub fn field(&self, name: &str) -> Option<String> {
+    /// Strings are borrowed: filters, templates and sinks read fields of every event.
+    pub fn field(&self, name: &str) -> Option<Cow<'_, str>> {
         match name {
-            "event" => Some(self.event.clone()),
-            "stage" => Some(self.stage.clone()),
-            "source" => Some(self.source.clone()),
-            "status" => Some(self.status.clone()),
-            "timestamp" => Some(self.timestamp.raw.clone()),
-            "records" => self.records.map(|n| n.to_string()),
+            "event" => Some(Cow::Borrowed(&self.event)),
+            "stage" => Some(Cow::Borrowed(&self.stage)),
+            "source" => Some(Cow::Borrowed(&self.source)),
+            "status" => Some(Cow::Borrowed(&self.status)),
+            "timestamp" => Some(Cow::Borrowed(&self.timestamp.raw)),
+            "records" => self.records.map(|n| Cow::Owned(n.to_string())),
             other => match self.extra.get(other)? {
-                Value::String(s) => Some(s.clone()),
-                Value::Number(n) => Some(n.to_string()),
-                Value::Bool(b) => Some(b.to_string()),
+                Value::String(s) => Some(Cow::Borrowed(s)),
+                Value::Number(n) => Some(Cow::Owned(n.to_string())),
+                Value::Bool(b) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
                 Value::Null | Value::Array(_) | Value::Object(_) => None,
             },
         }

@@ -4,6 +4,7 @@
 //! [`Ident::new`] and always quoted; the only other SQL text spliced in is a column type as the
 //! catalog's `format_type` spells it.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 
@@ -216,7 +217,8 @@ impl TableWriter {
         let mut query = sqlx::query(&self.sql);
         for &index in &self.array_columns {
             let source = &self.plan.columns[index].1;
-            let values: Vec<Option<String>> = records.iter().map(|record| value(record, source)).collect();
+            let values: Vec<Option<String>> =
+                records.iter().map(|record| value(record, source).map(Cow::into_owned)).collect();
             query = query.bind(values);
         }
         for (_, source) in &self.plan.columns {
@@ -234,8 +236,14 @@ impl TableWriter {
             if i > 0 {
                 out.push(b'\t');
             }
+            if let FieldSource::Event = source {
+                // Serialized straight into the buffer: the event JSON is the widest column.
+                // Writing into a Vec cannot fail, nor can serializing an event (see `to_json`).
+                let _ = serde_json::to_writer(CopyEscaped(out), &record.event);
+                continue;
+            }
             match value(record, source) {
-                Some(text) => copy_escape(out, &text),
+                Some(text) => copy_escape(out, text.as_bytes()),
                 None => out.extend_from_slice(b"\\N"),
             }
         }
@@ -251,10 +259,10 @@ impl TableWriter {
             .iter()
             .filter_map(|key| self.plan.columns.iter().find(|(column, _)| column == key).map(|(_, source)| source))
             .collect();
-        let mut newest: HashMap<Vec<Option<String>>, &'a SinkRecord> = HashMap::new();
+        let mut newest: HashMap<Vec<Option<Cow<'_, str>>>, &'a SinkRecord> = HashMap::new();
         let mut order = Vec::new();
         for &record in records {
-            let key: Vec<Option<String>> = key_sources.iter().map(|source| value(record, source)).collect();
+            let key: Vec<Option<Cow<'_, str>>> = key_sources.iter().map(|&source| value(record, source)).collect();
             match newest.get_mut(&key) {
                 Some(current) => {
                     let rank = |r: &SinkRecord| (r.event.timestamp.instant(), r.offset);
@@ -331,33 +339,53 @@ fn copy_statement(plan: &TablePlan) -> String {
 }
 
 /// Writes `text` as a `COPY` text-format value: backslash, tab, newline and carriage return
-/// escaped, so a value can neither end its column or row early nor read as `\N`.
-fn copy_escape(out: &mut Vec<u8>, text: &str) {
-    for byte in text.bytes() {
-        match byte {
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            other => out.push(other),
-        }
+/// escaped, so a value can neither end its column or row early nor read as `\N`. Runs between
+/// those bytes are copied whole.
+fn copy_escape(out: &mut Vec<u8>, bytes: &[u8]) {
+    let mut start = 0;
+    for (i, &byte) in bytes.iter().enumerate() {
+        let escaped: &[u8] = match byte {
+            b'\\' => b"\\\\",
+            b'\t' => b"\\t",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        out.extend_from_slice(escaped);
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+}
+
+/// Escapes what is written through it for `COPY`'s text format.
+struct CopyEscaped<'a>(&'a mut Vec<u8>);
+
+impl std::io::Write for CopyEscaped<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        copy_escape(self.0, bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
-/// The text a column receives for `record`; Postgres casts it to the column's type.
-fn value(record: &SinkRecord, source: &FieldSource) -> Option<String> {
+/// The text a column receives for `record`; Postgres converts it to the column's type.
+fn value<'a>(record: &'a SinkRecord, source: &'a FieldSource) -> Option<Cow<'a, str>> {
     match source {
         // Normalised to UTC with an explicit offset, so `timestamptz` and `timestamp` columns
         // both receive the instant regardless of the session's TimeZone.
         FieldSource::Field(name) if name == "timestamp" => {
-            Some(record.event.timestamp.instant().to_rfc3339_opts(chrono::SecondsFormat::Micros, false))
+            Some(Cow::Owned(record.event.timestamp.instant().to_rfc3339_opts(chrono::SecondsFormat::Micros, false)))
         }
         FieldSource::Field(name) => record.event.field(name),
-        FieldSource::Event => Some(record.event.to_json()),
-        FieldSource::Topic => Some(record.topic.clone()),
-        FieldSource::Partition => Some(record.partition.to_string()),
-        FieldSource::Offset => Some(record.offset.to_string()),
-        FieldSource::Constant(value) => Some(value.clone()),
+        FieldSource::Event => Some(Cow::Owned(record.event.to_json())),
+        FieldSource::Topic => Some(Cow::Borrowed(&record.topic)),
+        FieldSource::Partition => Some(Cow::Owned(record.partition.to_string())),
+        FieldSource::Offset => Some(Cow::Owned(record.offset.to_string())),
+        FieldSource::Constant(value) => Some(Cow::Borrowed(value)),
     }
 }
 
@@ -417,7 +445,7 @@ mod tests {
     #[test]
     fn copy_values_cannot_break_out_of_their_column() {
         let mut out = Vec::new();
-        copy_escape(&mut out, "a\tb\nc\rd\\N");
+        copy_escape(&mut out, "a\tb\nc\rd\\N".as_bytes());
         assert_eq!(out, b"a\\tb\\nc\\rd\\\\N");
     }
 

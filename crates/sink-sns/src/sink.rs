@@ -72,7 +72,7 @@ impl SnsSink {
     fn topic_for(&self, record: &SinkRecord) -> Option<String> {
         let routed = self.config.topic_by.as_ref().and_then(|routing| {
             let value = record.event.field(&routing.field)?;
-            routing.topics.get(&value).cloned()
+            routing.topics.get(value.as_ref()).cloned()
         });
         routed.or_else(|| self.config.topic_arn.clone())
     }
@@ -93,7 +93,7 @@ impl SnsSink {
             bytes += name.len() + kind.as_str().len() + value.len();
             attributes.insert(
                 name.clone(),
-                MessageAttributeValue::builder().data_type(kind.as_str()).string_value(value).build()?,
+                MessageAttributeValue::builder().data_type(kind.as_str()).string_value(value.into_owned()).build()?,
             );
         }
         if bytes > MAX_BYTES {

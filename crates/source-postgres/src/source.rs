@@ -281,6 +281,7 @@ impl Worker<'_> {
             StageEvent::from_json(bytes.as_bytes()).map_err(|err| herald_core::dlq::error_chain(&err).join(": "))?;
         let key = event
             .field(&self.config.key_field)
+            .map(std::borrow::Cow::into_owned)
             .ok_or_else(|| format!("the event has no key field `{}`", self.config.key_field))?;
         Ok((event, key))
     }
