@@ -1,11 +1,14 @@
 //! The reproduction behind docs/benchmarks.md's note on the source's latency tail: a bare rdkafka
 //! transactional `FutureProducer`, no herald code, writing one message to each of two topics per
 //! transaction (as the source writes an event and its cursor), 200 transactions 10 ms apart.
-//! Prints commit-time percentiles; a ~100 ms max is the stall. Needs the local broker
-//! (`scripts/services up`). A harness that prints numbers, not a test.
+//! Prints transaction-time percentiles; a ~100 ms max is the stall: `commit_transaction` called
+//! right after the delivery futures resolved flushes while rdkafka's polling thread has not yet
+//! released the delivery report, and waits out a 100 ms poll. With `settle`, the probe first
+//! waits for `in_flight_count() == 0`, as herald's publisher does, and the stall is gone.
+//! Needs the local broker (`scripts/services up`). A harness that prints numbers, not a test.
 //!
 //! ```sh
-//! cargo run --release -p herald-source-postgres --example txn_commit_probe -- [RETRY_BACKOFF_MS]
+//! cargo run --release -p herald-source-postgres --example txn_commit_probe -- [RETRY_BACKOFF_MS] [settle]
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -17,6 +20,7 @@ use rdkafka::ClientConfig;
 #[tokio::main]
 async fn main() {
     let backoff = std::env::args().nth(1).unwrap_or_else(|| "100".into());
+    let settle = std::env::args().nth(2).as_deref() == Some("settle");
     let run = std::process::id();
     let (events, cursor) = (format!("probe-{run}"), format!("probe-{run}.offsets"));
     for topic in [&events, &cursor] {
@@ -39,6 +43,11 @@ async fn main() {
         first.await.unwrap().unwrap();
         second.await.unwrap().unwrap();
         let delivered = start.elapsed();
+        if settle {
+            while producer.in_flight_count() > 0 {
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+        }
         let committing = producer.clone();
         tokio::task::spawn_blocking(move || committing.commit_transaction(Duration::from_secs(10)))
             .await
