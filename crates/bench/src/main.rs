@@ -218,11 +218,13 @@ async fn all(services: &Services, out: &std::path::Path) -> Result<()> {
         }
     };
     record("startup", startup::run(services).await.map(|row| vec![row]));
+    // Several seconds of load per sink, so the start of the run (fetch ramp-up, the first
+    // batches) is a small part of the window.
     for (sink, events) in [
-        (SinkKind::Stdout, 200_000),
-        (SinkKind::PostgresAppend, 100_000),
-        (SinkKind::PostgresUpsert, 100_000),
-        (SinkKind::Redis, 100_000),
+        (SinkKind::Stdout, 1_000_000),
+        (SinkKind::PostgresAppend, 300_000),
+        (SinkKind::PostgresUpsert, 300_000),
+        (SinkKind::Redis, 300_000),
         (SinkKind::SnsSingle, 1_000),
         (SinkKind::Sns, 2_000),
     ] {
