@@ -333,6 +333,7 @@ fn build_statement(plan: &TablePlan, casts: &[String], array_columns: &[usize]) 
     sql
 }
 
+/// `COPY <table> (<columns>) FROM STDIN` in the plan's column order, text format.
 fn copy_statement(plan: &TablePlan) -> String {
     let target: Vec<String> = plan.columns.iter().map(|(column, _)| column.to_string()).collect();
     format!("COPY {} ({}) FROM STDIN", plan.table, target.join(", "))
