@@ -114,6 +114,9 @@ fn classify_sqlstate(code: &str) -> Failure {
     }
 }
 
+/// Rows per `CopyData` message of an append.
+const COPY_CHUNK_ROWS: usize = 250;
+
 /// One table's prepared write: the statement and the column types it casts to.
 #[derive(Debug)]
 pub(crate) struct TableWriter {
@@ -205,12 +208,16 @@ impl TableWriter {
             return Ok(());
         }
         if let Some(copy) = &self.copy {
-            let mut rows = Vec::with_capacity(records.len() * 256);
-            for record in &records {
-                self.copy_row(&mut rows, record);
-            }
+            // Streamed in chunks: Postgres inserts one while the next is built.
             let mut copy_in = conn.copy_in_raw(copy).await?;
-            copy_in.send(rows).await?;
+            let mut rows = Vec::with_capacity(COPY_CHUNK_ROWS * 384);
+            for chunk in records.chunks(COPY_CHUNK_ROWS) {
+                rows.clear();
+                for record in chunk {
+                    self.copy_row(&mut rows, record);
+                }
+                copy_in.send(rows.as_slice()).await?;
+            }
             copy_in.finish().await?;
             return Ok(());
         }

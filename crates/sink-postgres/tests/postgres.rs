@@ -352,6 +352,33 @@ async fn a_row_the_table_refuses_is_rejected_alone_and_again_on_replay() {
 }
 
 #[tokio::test]
+async fn a_row_refused_deep_in_a_large_append_is_rejected_alone() {
+    // The append streams its rows in chunks; the table refuses one in a later chunk.
+    let pool = pool().await;
+    let schema = unique("poison_deep");
+    legacy_table(&pool, &schema).await;
+    let mut sink = legacy_config(&schema, "append").build("g", Setup::Migrate).await.unwrap();
+    let batch: Vec<SinkRecord> = (0..1200)
+        .map(|i| {
+            let status = if i == 1100 { "WAY_TOO_LONG_FOR_VARCHAR_8" } else { "SUCCESS" };
+            record(event(&format!("src{i}"), "bronze", status, "2026-11-26T10:00:00", i), 0, i as i64)
+        })
+        .collect();
+    let outcome = sink.write(&batch).await.unwrap();
+    assert_eq!(outcome.rejected.iter().map(|r| r.index).collect::<Vec<_>>(), vec![1100]);
+    let written: Vec<i32> = sqlx::query_scalar(&format!("SELECT row_count FROM {schema}.job_status ORDER BY id"))
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    let expected: Vec<i32> = (0..1200).filter(|&i| i != 1100).collect();
+    assert_eq!(written, expected);
+    // The connection went back to the pool usable: the next batch is written.
+    let next = vec![record(event("later", "bronze", "SUCCESS", "2026-11-26T10:00:00", 1200), 0, 1200)];
+    assert!(sink.write(&next).await.unwrap().rejected.is_empty());
+    assert_eq!(count(&pool, &format!("SELECT count(*) FROM {schema}.job_status")).await, 1200);
+}
+
+#[tokio::test]
 async fn check_names_missing_and_incompatible_columns_and_changes_nothing() {
     let pool = pool().await;
     let schema = unique("check");
