@@ -322,18 +322,24 @@ async fn a_view_over_a_legacy_table_is_appended_to_through_insert() {
     assert_eq!(written, ["src0", "src1", "src2"]);
 }
 
+/// `len` events from `src0` on, at offsets 0…, whose status at `bad` is too long for the legacy
+/// table's `varchar(8)`.
+fn batch_with_a_bad_status(len: usize, bad: usize) -> Vec<SinkRecord> {
+    (0..len)
+        .map(|i| {
+            let status = if i == bad { "WAY_TOO_LONG_FOR_VARCHAR_8" } else { "SUCCESS" };
+            record(event(&format!("src{i}"), "bronze", status, "2026-11-26T10:00:00", i), 0, i as i64)
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn a_row_the_table_refuses_is_rejected_alone_and_again_on_replay() {
     let pool = pool().await;
     let schema = unique("poison");
     legacy_table(&pool, &schema).await;
     let mut sink = legacy_config(&schema, "append").build("g", Setup::Migrate).await.unwrap();
-    let batch: Vec<SinkRecord> = (0..10)
-        .map(|i| {
-            let status = if i == 4 { "WAY_TOO_LONG_FOR_VARCHAR_8" } else { "SUCCESS" };
-            record(event(&format!("src{i}"), "bronze", status, "2026-11-26T10:00:00", i), 0, i as i64)
-        })
-        .collect();
+    let batch = batch_with_a_bad_status(10, 4);
     let outcome = sink.write(&batch).await.unwrap();
     let rejected: Vec<usize> = outcome.rejected.iter().map(|r| r.index).collect();
     assert_eq!(rejected, vec![4]);
@@ -358,12 +364,7 @@ async fn a_row_refused_deep_in_a_large_append_is_rejected_alone() {
     let schema = unique("poison_deep");
     legacy_table(&pool, &schema).await;
     let mut sink = legacy_config(&schema, "append").build("g", Setup::Migrate).await.unwrap();
-    let batch: Vec<SinkRecord> = (0..1200)
-        .map(|i| {
-            let status = if i == 1100 { "WAY_TOO_LONG_FOR_VARCHAR_8" } else { "SUCCESS" };
-            record(event(&format!("src{i}"), "bronze", status, "2026-11-26T10:00:00", i), 0, i as i64)
-        })
-        .collect();
+    let batch = batch_with_a_bad_status(1200, 1100);
     let outcome = sink.write(&batch).await.unwrap();
     assert_eq!(outcome.rejected.iter().map(|r| r.index).collect::<Vec<_>>(), vec![1100]);
     let written: Vec<i32> = sqlx::query_scalar(&format!("SELECT row_count FROM {schema}.job_status ORDER BY id"))

@@ -57,9 +57,9 @@ impl Publisher {
             .set("acks", "all")
             .set("transaction.timeout.ms", TRANSACTION_TIMEOUT.as_millis().to_string())
             .set("linger.ms", "1")
-            // A commit sent while the broker still writes the previous transaction's markers is
-            // refused (CONCURRENT_TRANSACTIONS) and retried after `retry.backoff.ms`; librdkafka's
-            // 100 ms default put that wait on ~1% of transactions at 100 changes/s.
+            // A transaction begun while the broker still writes the previous one's markers is
+            // refused (CONCURRENT_TRANSACTIONS) and retried after `retry.backoff.ms`; with
+            // librdkafka's 100 ms default, about 1 transaction in 1,600 waited that long.
             .set("retry.backoff.ms", "10")
             .create()
             .map_err(SourceError::kafka("creating the transactional producer"))?;
