@@ -32,7 +32,7 @@ pub async fn build(route: &RouteConfig, purpose: Purpose) -> Result<Box<dyn Sink
                 Purpose::Run => Setup::Migrate,
                 Purpose::Check => Setup::CheckOnly,
             };
-            config.build(&route.group_id(), setup).await.with_context(context)
+            config.build(&route.name, &route.group_id(), setup).await.with_context(context)
         }
         herald_sink_redis::KIND => {
             let config: herald_sink_redis::RedisSinkConfig = spec.parse().with_context(context)?;
@@ -78,7 +78,7 @@ pub async fn migrate(route: &RouteConfig) -> Result<Option<String>> {
     match spec.kind.as_str() {
         herald_sink_postgres::KIND => {
             let config: herald_sink_postgres::PostgresSinkConfig = spec.parse().with_context(context)?;
-            config.migrate().await.with_context(context)?;
+            config.migrate(&route.name).await.with_context(context)?;
             Ok(Some(format!("schema `{}`", config.schema)))
         }
         _ => Ok(None),

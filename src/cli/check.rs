@@ -125,7 +125,7 @@ pub async fn check(args: CheckArgs) -> Result<ExitCode> {
     for spec in &config.sources {
         let label = format!("source {}", spec.name);
         match sinks::source(spec) {
-            Ok(source) => match source.check().await {
+            Ok(source) => match source.check(&spec.name).await {
                 Ok(()) => report.ok(&label, "table and mapped columns found"),
                 Err(err) => report.fail(&label, error_chain(&err).join(": ")),
             },

@@ -1,9 +1,10 @@
-//! `herald migrate`: create or update the tables herald's sinks own.
+//! `herald migrate`: create or update the tables herald's sinks own and install the sources'
+//! change capture; or, with `--drop-source`, forget a source that was taken out of service.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use crate::sinks;
@@ -14,10 +15,34 @@ pub struct MigrateArgs {
     /// The config file.
     #[arg(long, short, env = "HERALD_CONFIG", default_value = "config/herald.toml")]
     pub config: PathBuf,
+    /// Instead of migrating, forget the source of this name (a `[[source]]` of the config):
+    /// captured changes of its table are no longer kept for it. Run it after taking a source
+    /// out of service; the trigger stays for the table's other sources.
+    #[arg(long, value_name = "NAME")]
+    pub drop_source: Option<String>,
 }
 
 pub async fn migrate(args: MigrateArgs) -> Result<ExitCode> {
     let config = super::load_config(&args.config)?;
+    if let Some(name) = &args.drop_source {
+        let Some(spec) = config.sources.iter().find(|spec| &spec.name == name) else {
+            let known: Vec<&str> = config.sources.iter().map(|spec| spec.name.as_str()).collect();
+            bail!(
+                "{}: no [[source]] named `{name}` (sources: {})",
+                args.config.display(),
+                if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+            );
+        };
+        let source = sinks::source(spec)?;
+        let had = source.drop_source(name).await.with_context(|| format!("source `{name}`"))?;
+        let what = if had {
+            "forgotten: its table's captured changes are no longer kept for it"
+        } else {
+            "had nothing to forget"
+        };
+        println!("ok    source {name:<21} {what}");
+        return Ok(ExitCode::SUCCESS);
+    }
     for route in &config.routes {
         match sinks::migrate(route).await? {
             Some(what) => println!("ok    route {:<22} {} migrated", route.name, what),
@@ -26,7 +51,7 @@ pub async fn migrate(args: MigrateArgs) -> Result<ExitCode> {
     }
     for spec in &config.sources {
         let source = sinks::source(spec)?;
-        source.migrate().await.with_context(|| format!("source `{}`", spec.name))?;
+        source.migrate(&spec.name).await.with_context(|| format!("source `{}`", spec.name))?;
         println!("ok    source {:<21} change capture installed", spec.name);
     }
     Ok(ExitCode::SUCCESS)

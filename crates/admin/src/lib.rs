@@ -3,10 +3,11 @@ herald-admin: the HTTP API operators use, what Kafka Connect's REST API gives th
 
 | endpoint | answer |
 |---|---|
-| `GET /metrics` | Prometheus text: per route consumed, delivered, skipped, dead-lettered, retried, batch write latency, lag per partition; per source events published and transactions |
+| `GET /metrics` | Prometheus text: per route consumed, delivered, skipped, dead-lettered, retried, batch write latency, lag per partition; per source events published, transactions, backlog and rows held in `herald_changes` |
 | `GET /health/live` | `200` while the process serves |
 | `GET /health/ready` | `200` when every route reaches Kafka and its sink, else `503` with what does not |
 | `GET /routes` | each route: status, assigned partitions, lag, counters, last error, last event time |
+| `GET /sources` | each source: events published, transactions, backlog (captured, not yet published), rows held in `herald_changes` |
 | `POST /routes/{name}/pause`, `/resume` | stop or restart consuming, keeping the group membership |
 
 The one decision to know: the API has no authentication, so the config refuses to bind it beyond
@@ -58,6 +59,7 @@ pub fn router(observer: Arc<Observer>) -> Router {
         .route("/health/live", get(|| async { "ok\n" }))
         .route("/health/ready", get(ready))
         .route("/routes", get(routes))
+        .route("/sources", get(sources))
         .route("/routes/{name}/pause", post(pause))
         .route("/routes/{name}/resume", post(resume))
         .with_state(observer)
@@ -108,6 +110,32 @@ async fn routes(State(observer): State<Arc<Observer>>) -> Json<Vec<RouteView>> {
                     dead_lettered: route.dead_lettered.get(),
                     retries: route.retries.get(),
                 }
+            })
+            .collect(),
+    )
+}
+
+/// One source in `GET /sources`.
+#[derive(Debug, Serialize)]
+struct SourceView {
+    name: String,
+    published: u64,
+    transactions: u64,
+    backlog: i64,
+    capture_rows: i64,
+}
+
+async fn sources(State(observer): State<Arc<Observer>>) -> Json<Vec<SourceView>> {
+    Json(
+        observer
+            .sources()
+            .into_iter()
+            .map(|(name, metrics)| SourceView {
+                name,
+                published: metrics.published.get(),
+                transactions: metrics.transactions.get(),
+                backlog: metrics.backlog.get(),
+                capture_rows: metrics.capture_rows.get(),
             })
             .collect(),
     )

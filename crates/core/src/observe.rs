@@ -27,6 +27,8 @@ pub struct Observer {
     source_published: IntCounterVec,
     source_batches: IntCounterVec,
     source_backlog: IntGaugeVec,
+    source_capture_rows: IntGaugeVec,
+    sources: RwLock<BTreeMap<String, SourceMetrics>>,
     routes: RwLock<BTreeMap<String, Arc<RouteShared>>>,
 }
 
@@ -54,6 +56,14 @@ impl Observer {
             &["source"],
         )?;
         registry.register(Box::new(source_backlog.clone()))?;
+        let source_capture_rows = IntGaugeVec::new(
+            Opts::new(
+                "source_capture_rows",
+                "Rows a trigger-capture source's table holds in herald_changes (published ones are deleted).",
+            ),
+            &["source"],
+        )?;
+        registry.register(Box::new(source_capture_rows.clone()))?;
         let write_seconds = HistogramVec::new(
             HistogramOpts::new("route_write_seconds", "Time to write one batch to the sink, retries included.")
                 .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
@@ -77,6 +87,8 @@ impl Observer {
             source_published,
             source_batches,
             source_backlog,
+            source_capture_rows,
+            sources: RwLock::new(BTreeMap::new()),
             routes: RwLock::new(BTreeMap::new()),
         }))
     }
@@ -111,13 +123,26 @@ impl Observer {
         self.routes.read().unwrap_or_else(PoisonError::into_inner).values().cloned().collect()
     }
 
-    /// The metrics a source updates.
+    /// The metrics a source updates (registered on first use).
     pub fn source(&self, name: &str) -> SourceMetrics {
-        SourceMetrics {
+        let metrics = SourceMetrics {
             published: self.source_published.with_label_values(&[name]),
             transactions: self.source_batches.with_label_values(&[name]),
             backlog: self.source_backlog.with_label_values(&[name]),
-        }
+            capture_rows: self.source_capture_rows.with_label_values(&[name]),
+        };
+        self.sources.write().unwrap_or_else(PoisonError::into_inner).insert(name.to_owned(), metrics.clone());
+        metrics
+    }
+
+    /// Every source's metrics, by name.
+    pub fn sources(&self) -> Vec<(String, SourceMetrics)> {
+        self.sources
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(name, metrics)| (name.clone(), metrics.clone()))
+            .collect()
     }
 
     /// All metrics in the Prometheus text format.
@@ -157,6 +182,8 @@ pub struct SourceMetrics {
     pub transactions: IntCounter,
     /// Captured changes not yet published.
     pub backlog: IntGauge,
+    /// Rows the source's table holds in `herald_changes` (trigger capture).
+    pub capture_rows: IntGauge,
 }
 
 impl SourceMetrics {
@@ -167,6 +194,7 @@ impl SourceMetrics {
             published: counter("published"),
             transactions: counter("transactions"),
             backlog: IntGauge::new("backlog", "unregistered").unwrap_or_else(|_| unreachable!("valid name")),
+            capture_rows: IntGauge::new("capture_rows", "unregistered").unwrap_or_else(|_| unreachable!("valid name")),
         }
     }
 }

@@ -7,7 +7,7 @@ use secrecy::SecretString;
 use serde::Deserialize;
 
 use crate::error::PostgresSinkError;
-use crate::service::{Ident, QualifiedName};
+use herald_pg::{Ident, QualifiedName};
 
 /// `sink = { type = "postgres", url = "postgres://…", … }`.
 ///

@@ -2,7 +2,7 @@
 
 use herald_core::SinkError;
 
-use crate::service::{classify, Failure};
+use herald_pg::{classify, Failure, PgError};
 
 /// What went wrong talking to Postgres or with the sink's settings.
 #[derive(Debug, thiserror::Error)]
@@ -15,21 +15,12 @@ pub enum PostgresSinkError {
         /// What is wrong.
         reason: String,
     },
-    /// The URL does not parse.
-    #[error("invalid Postgres URL (the URL itself is not shown: it may hold a password)")]
-    Url(#[source] sqlx::Error),
     /// Connecting failed.
     #[error("cannot connect to Postgres")]
     Connect(#[source] sqlx::Error),
-    /// Creating herald's tables failed.
-    #[error("migrating herald's tables in schema `{schema}` failed")]
-    Migrate {
-        /// The schema.
-        schema: String,
-        /// What sqlx reported.
-        #[source]
-        source: sqlx::migrate::MigrateError,
-    },
+    /// Naming the connection, migrating herald's tables or other shared Postgres work failed.
+    #[error(transparent)]
+    Pg(#[from] PgError),
     /// Reading the table's columns from the catalog failed.
     #[error("cannot read the columns of `{table}`")]
     Catalog {
@@ -65,7 +56,7 @@ impl PostgresSinkError {
             PostgresSinkError::Query(err)
             | PostgresSinkError::Connect(err)
             | PostgresSinkError::Catalog { source: err, .. } => classify(err),
-            PostgresSinkError::Migrate { source: sqlx::migrate::MigrateError::Execute(err), .. } => classify(err),
+            PostgresSinkError::Pg(err) => err.failure(),
             _ => Failure::Fatal,
         }
     }

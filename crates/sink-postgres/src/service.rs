@@ -6,7 +6,6 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::fmt;
 
 use herald_core::SinkRecord;
 use sqlx::postgres::PgRow;
@@ -14,105 +13,6 @@ use sqlx::{PgConnection, Row};
 
 use crate::config::{FieldSource, TablePlan};
 use crate::error::PostgresSinkError;
-
-/// A validated SQL identifier: letters, digits, `_`, `$`; not starting with a digit; ≤ 63 bytes.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) struct Ident(String);
-
-impl Ident {
-    pub(crate) fn new(name: &str) -> Result<Self, String> {
-        let valid_start = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
-        let valid_rest = name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$');
-        if !valid_start || !valid_rest || name.len() > 63 {
-            return Err(format!("`{name}` is not a plain SQL identifier (letters, digits, `_`; at most 63)"));
-        }
-        Ok(Self(name.to_owned()))
-    }
-
-    /// An identifier written in herald's own code.
-    pub(crate) fn trusted(name: &'static str) -> Self {
-        Self(name.to_owned())
-    }
-
-    pub(crate) fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for Ident {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Validation admits no `"`, so quoting cannot be escaped.
-        write!(f, "\"{}\"", self.0)
-    }
-}
-
-/// `table` or `schema.table`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct QualifiedName {
-    schema: Option<Ident>,
-    name: Ident,
-}
-
-impl QualifiedName {
-    pub(crate) fn new(schema: Option<Ident>, name: Ident) -> Self {
-        Self { schema, name }
-    }
-
-    pub(crate) fn parse(text: &str) -> Result<Self, String> {
-        match text.split_once('.') {
-            Some((schema, name)) => Ok(Self { schema: Some(Ident::new(schema)?), name: Ident::new(name)? }),
-            None => Ok(Self { schema: None, name: Ident::new(text)? }),
-        }
-    }
-}
-
-impl fmt::Display for QualifiedName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.schema {
-            Some(schema) => write!(f, "{schema}.{}", self.name),
-            None => write!(f, "{}", self.name),
-        }
-    }
-}
-
-/// What a failed statement means for the batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Failure {
-    /// Connection lost, server restarting, deadlock, timeout: retry the batch.
-    Transient,
-    /// A value the table refuses (SQLSTATE class 22 data exception, 23 constraint violation):
-    /// find the offending rows and reject only them.
-    Row,
-    /// Missing table or column, permissions, bad SQL: retrying cannot help.
-    Fatal,
-}
-
-/// Decides per error whether a retry can help.
-pub(crate) fn classify(error: &sqlx::Error) -> Failure {
-    match error {
-        sqlx::Error::Database(db) => match db.code() {
-            Some(code) => classify_sqlstate(&code),
-            None => Failure::Fatal,
-        },
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed
-        | sqlx::Error::Protocol(_) => Failure::Transient,
-        _ => Failure::Fatal,
-    }
-}
-
-fn classify_sqlstate(code: &str) -> Failure {
-    match code.get(..2) {
-        Some("22" | "23") => Failure::Row,
-        // connection exception, transaction rollback (serialization, deadlock), insufficient
-        // resources, operator intervention (shutdown, query canceled), system error
-        Some("08" | "40" | "53" | "57" | "58") => Failure::Transient,
-        _ => Failure::Fatal,
-    }
-}
 
 /// Rows per `CopyData` message of an append.
 const COPY_CHUNK_ROWS: usize = 250;
@@ -428,27 +328,7 @@ fn describe(source: &FieldSource) -> String {
 mod tests {
     use super::*;
     use crate::config::UpsertPlan;
-
-    #[test]
-    fn identifiers_are_validated_and_quoted() {
-        assert_eq!(Ident::new("src_system").unwrap().to_string(), "\"src_system\"");
-        assert_eq!(QualifiedName::parse("ops.job_status").unwrap().to_string(), "\"ops\".\"job_status\"");
-        for bad in ["", "1abc", "a-b", "a\"b", "a b", "a;b", &"x".repeat(64)] {
-            assert!(Ident::new(bad).is_err(), "{bad}");
-        }
-        assert!(QualifiedName::parse("a.b.c").is_err());
-    }
-
-    #[test]
-    fn sqlstates_are_classified() {
-        assert_eq!(classify_sqlstate("22001"), Failure::Row); // value too long
-        assert_eq!(classify_sqlstate("23505"), Failure::Row); // unique violation
-        assert_eq!(classify_sqlstate("57P01"), Failure::Transient); // admin shutdown
-        assert_eq!(classify_sqlstate("40P01"), Failure::Transient); // deadlock
-        assert_eq!(classify_sqlstate("08006"), Failure::Transient); // connection failure
-        assert_eq!(classify_sqlstate("42P01"), Failure::Fatal); // undefined table
-        assert_eq!(classify_sqlstate("28P01"), Failure::Fatal); // bad password
-    }
+    use herald_pg::{Ident, QualifiedName};
 
     #[test]
     fn copy_values_cannot_break_out_of_their_column() {

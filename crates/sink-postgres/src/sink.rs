@@ -1,18 +1,17 @@
 //! The Postgres sink: one transaction per batch, offsets stored with the rows.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::str::FromStr;
 
 use async_trait::async_trait;
 use herald_core::{Rejection, Sink, SinkError, SinkRecord, WriteOutcome};
-use secrecy::ExposeSecret;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Connection, PgConnection, Row};
 use tracing::{debug, info, warn};
 
 use crate::config::PostgresSinkConfig;
 use crate::error::{PostgresSinkError, PreviouslyRejected};
-use crate::service::{Failure, Ident, TableWriter};
+use crate::service::TableWriter;
+use herald_pg::{Ddl, Failure, Ident};
 
 /// What to do before the sink is ready.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,52 +23,40 @@ pub enum Setup {
 }
 
 impl PostgresSinkConfig {
-    fn connect_options(&self) -> Result<PgConnectOptions, PostgresSinkError> {
-        let options = PgConnectOptions::from_str(self.url.expose_secret()).map_err(PostgresSinkError::Url)?;
+    /// Options for connections named `herald/<route>`, with the statement timeout and UTC.
+    fn connect_options(&self, route: &str) -> Result<PgConnectOptions, PostgresSinkError> {
         let statement_timeout = format!("{}ms", self.statement_timeout.as_millis());
-        Ok(options
-            .application_name("herald")
+        Ok(herald_pg::connect_options(&self.url, route)?
             .options([("statement_timeout", statement_timeout.as_str()), ("TimeZone", "UTC")]))
     }
 
-    /// Creates or updates herald's tables (idempotent; concurrent runs serialise on sqlx's
-    /// advisory lock).
-    pub async fn migrate(&self) -> Result<(), PostgresSinkError> {
+    /// Creates or updates herald's tables for route `route` (idempotent). When they are current
+    /// it issues no DDL; otherwise every statement runs under a short `lock_timeout` and is
+    /// retried, so it never queues ahead of the application's writers.
+    pub async fn migrate(&self, route: &str) -> Result<(), PostgresSinkError> {
         let schema = self.schema_ident()?;
         let mut conn =
-            PgConnection::connect_with(&self.connect_options()?).await.map_err(PostgresSinkError::Connect)?;
-        // Several herald processes may start at once: one migrates, the others then find it done.
-        // (sqlx's own migration lock comes too late to cover creating the schema.) Closing the
-        // connection releases the lock, on error paths too.
-        sqlx::query("SELECT pg_advisory_lock(hashtext('herald.migrate'))").execute(&mut conn).await?;
-        let exists = sqlx::query("SELECT 1 FROM pg_namespace WHERE nspname = $1")
-            .bind(schema.as_str())
-            .fetch_optional(&mut conn)
-            .await?
-            .is_some();
-        if !exists {
-            sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}")).execute(&mut conn).await?;
-        }
-        // The migrations name tables unqualified: run them inside the schema, on a connection of
-        // their own so no pooled connection keeps this search_path.
-        sqlx::query(&format!("SET search_path TO {schema}")).execute(&mut conn).await?;
-        let migrate_error = |source| PostgresSinkError::Migrate { schema: schema.as_str().to_owned(), source };
+            PgConnection::connect_with(&self.connect_options(route)?).await.map_err(PostgresSinkError::Connect)?;
         let mut offsets = sqlx::migrate!("migrations/offsets");
         offsets.set_ignore_missing(true);
-        offsets.run(&mut conn).await.map_err(migrate_error)?;
+        let mut migrators = vec![offsets];
         if self.table.is_none() {
-            let mut greenfield = sqlx::migrate!("migrations/greenfield");
-            greenfield.set_ignore_missing(true);
-            greenfield.run(&mut conn).await.map_err(migrate_error)?;
+            migrators.push(herald_pg::greenfield_migrator());
         }
+        let result = herald_pg::migrate_in_schema(&mut conn, &schema, &migrators, &Ddl::default()).await;
         let _ = conn.close().await;
-        Ok(())
+        Ok(result?)
     }
 
-    /// Connects, migrates (or only checks) and prepares the table writes. `consumer_group` keys
-    /// the stored offsets: routes sharing a group share them.
-    pub async fn build(&self, consumer_group: &str, setup: Setup) -> Result<Box<dyn Sink>, PostgresSinkError> {
-        Ok(Box::new(PostgresSink::connect(self, consumer_group, setup).await?))
+    /// Connects for route `route`, migrates (or only checks) and prepares the table writes.
+    /// `consumer_group` keys the stored offsets: routes sharing a group share them.
+    pub async fn build(
+        &self,
+        route: &str,
+        consumer_group: &str,
+        setup: Setup,
+    ) -> Result<Box<dyn Sink>, PostgresSinkError> {
+        Ok(Box::new(PostgresSink::connect(self, route, consumer_group, setup).await?))
     }
 }
 
@@ -84,17 +71,18 @@ pub(crate) struct PostgresSink {
 impl PostgresSink {
     async fn connect(
         config: &PostgresSinkConfig,
+        route: &str,
         consumer_group: &str,
         setup: Setup,
     ) -> Result<Self, PostgresSinkError> {
         let plans = config.plans()?;
         if setup == Setup::Migrate {
-            config.migrate().await?;
+            config.migrate(route).await?;
         }
         let pool = PgPoolOptions::new()
             .max_connections(config.pool_size.max(1))
             .acquire_timeout(config.connect_timeout)
-            .connect_lazy_with(config.connect_options()?);
+            .connect_lazy_with(config.connect_options(route)?);
         let mut conn = pool.acquire().await.map_err(PostgresSinkError::Connect)?;
         let mut writers = Vec::with_capacity(plans.len());
         for plan in plans {
@@ -137,7 +125,7 @@ impl PostgresSink {
                     Ok(()) => {
                         sqlx::query("RELEASE SAVEPOINT herald_row").execute(&mut *tx).await?;
                     }
-                    Err(err) if crate::service::classify(&err) == Failure::Row => {
+                    Err(err) if herald_pg::classify(&err) == Failure::Row => {
                         sqlx::query("ROLLBACK TO SAVEPOINT herald_row").execute(&mut *tx).await?;
                         warn!(topic = %record.topic, partition = record.partition, offset = record.offset, error = %err, "Row rejected by the table.");
                         new_rejections.push((index, err));

@@ -2,7 +2,10 @@
 
 use std::collections::BTreeMap;
 
+use herald_pg::{Ddl, Ident, PgError};
+use sqlx::migrate::Migrator;
 use sqlx::{PgConnection, Row};
+use tracing::info;
 
 use crate::error::SourceError;
 
@@ -23,55 +26,159 @@ pub(crate) struct Change {
     pub(crate) row: serde_json::Map<String, serde_json::Value>,
 }
 
-/// Creates `herald_changes` and the capture function in `schema` (idempotent; serialised by an
-/// advisory lock), then the trigger on `table`. Returns the table's `schema.name`.
-pub(crate) async fn install(conn: &mut PgConnection, schema: &str, table: &str) -> Result<String, SourceError> {
-    sqlx::query("SELECT pg_advisory_lock(hashtext('herald.migrate'))")
-        .execute(&mut *conn)
-        .await
-        .map_err(SourceError::postgres("taking the migration lock"))?;
-    let result = install_locked(conn, schema, table).await;
-    let _ = sqlx::query("SELECT pg_advisory_unlock(hashtext('herald.migrate'))").execute(&mut *conn).await;
-    result
+/// `tgtype` of `AFTER INSERT OR UPDATE … FOR EACH ROW` (ROW 1 | INSERT 4 | UPDATE 16).
+const TRIGGER_TYPE: i16 = 1 | 4 | 16;
+
+/// herald's capture migrations (`herald_changes`, its clean-up ledger, the trigger function),
+/// plus the greenfield tables when the source watches `pipeline_status`.
+fn migrators(greenfield: bool) -> Vec<Migrator> {
+    let mut capture = sqlx::migrate!("migrations/capture");
+    capture.set_ignore_missing(true);
+    let mut migrators = vec![capture];
+    if greenfield {
+        migrators.push(herald_pg::greenfield_migrator());
+    }
+    migrators
 }
 
-async fn install_locked(conn: &mut PgConnection, schema: &str, table: &str) -> Result<String, SourceError> {
-    let exists = sqlx::query("SELECT 1 FROM pg_namespace WHERE nspname = $1")
-        .bind(schema)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(SourceError::postgres("looking up herald's schema"))?
-        .is_some();
-    // Identifiers were validated as plain (letters, digits, `_`) by the config.
-    if !exists {
-        sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
-            .execute(&mut *conn)
-            .await
-            .map_err(SourceError::postgres("creating herald's schema"))?;
+/// Whether the capture of `table` is installed and current: every capture migration applied
+/// and herald's trigger on the table, enabled, calling herald's function for inserts and
+/// updates. Reads the catalog only.
+pub(crate) async fn installed(
+    conn: &mut PgConnection,
+    schema: &Ident,
+    table: &str,
+    greenfield: bool,
+) -> Result<bool, SourceError> {
+    if herald_pg::pending_migrations(conn, schema, &migrators(greenfield)).await? {
+        return Ok(false);
     }
-    sqlx::query(&format!("SET search_path TO \"{schema}\""))
-        .execute(&mut *conn)
-        .await
-        .map_err(SourceError::postgres("entering herald's schema"))?;
-    let mut migrator = sqlx::migrate!("migrations/capture");
-    migrator.set_ignore_missing(true);
-    let migrated = migrator.run(&mut *conn).await;
-    sqlx::query("RESET search_path")
-        .execute(&mut *conn)
-        .await
-        .map_err(SourceError::postgres("leaving herald's schema"))?;
-    migrated.map_err(|source| SourceError::Migrate { schema: schema.to_owned(), source })?;
+    let quoted: Vec<String> = table.split('.').map(|part| format!("\"{part}\"")).collect();
+    let trigger = sqlx::query_scalar::<_, i32>(
+        "SELECT 1 FROM pg_trigger
+         WHERE tgrelid = to_regclass($1) AND tgname = 'herald_capture' AND NOT tgisinternal
+           AND tgenabled <> 'D' AND tgtype = $2 AND tgfoid = to_regprocedure($3)",
+    )
+    .bind(quoted.join("."))
+    .bind(TRIGGER_TYPE)
+    .bind(format!("{schema}.herald_capture()"))
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(SourceError::postgres("looking for the capture trigger"))?;
+    Ok(trigger.is_some())
+}
 
+/// Creates `herald_changes`, its ledger and the capture function in `schema` (and the greenfield
+/// tables when watched), then the trigger on `table`; idempotent. Every statement runs under
+/// `ddl`'s short `lock_timeout` and is retried with backoff, so it never waits in the lock
+/// queue ahead of the table's writers. Returns the table's `schema.name`.
+pub(crate) async fn install(
+    conn: &mut PgConnection,
+    schema: &Ident,
+    table: &str,
+    greenfield: bool,
+    ddl: &Ddl,
+) -> Result<String, SourceError> {
+    herald_pg::migrate_in_schema(conn, schema, &migrators(greenfield), ddl).await?;
     let resolved = resolve(conn, table).await?;
     let (table_schema, table_name) = resolved.split_once('.').unwrap_or(("public", resolved.as_str()));
+    let watched = format!("\"{table_schema}\".\"{table_name}\"");
+    let statement = format!(
+        "CREATE OR REPLACE TRIGGER herald_capture AFTER INSERT OR UPDATE ON {watched}
+         FOR EACH ROW EXECUTE FUNCTION {schema}.herald_capture()"
+    );
+    ddl.run(conn, "creating the capture trigger", std::slice::from_ref(&watched), None, async |conn| {
+        sqlx::query(&statement).execute(conn).await.map(drop).map_err(PgError::query("creating the capture trigger"))
+    })
+    .await?;
+    info!(table = %resolved, "Change capture installed.");
+    Ok(resolved)
+}
+
+/// Records that `source` has published everything up to `cursor` of `table`.
+pub(crate) async fn record_progress(
+    conn: &mut PgConnection,
+    schema: &Ident,
+    source: &str,
+    table: &str,
+    cursor: Cursor,
+) -> Result<(), SourceError> {
     sqlx::query(&format!(
-        "CREATE OR REPLACE TRIGGER herald_capture AFTER INSERT OR UPDATE ON \"{table_schema}\".\"{table_name}\"
-         FOR EACH ROW EXECUTE FUNCTION \"{schema}\".herald_capture()"
+        "INSERT INTO {schema}.herald_capture_progress AS p (source_name, source_table, txid, id)
+         VALUES ($1, $2, $3::text::xid8, $4)
+         ON CONFLICT (source_name) DO UPDATE
+         SET source_table = EXCLUDED.source_table, txid = EXCLUDED.txid, id = EXCLUDED.id, updated_at = now()"
     ))
+    .bind(source)
+    .bind(table)
+    .bind(cursor.txid.to_string())
+    .bind(cursor.id)
     .execute(&mut *conn)
     .await
-    .map_err(SourceError::postgres("creating the capture trigger"))?;
-    Ok(resolved)
+    .map_err(SourceError::postgres("recording the source's progress"))?;
+    Ok(())
+}
+
+/// Deletes up to `limit` changes of `table` that every source of the table has published (at or
+/// below the lowest progress recorded for it). Returns how many it deleted.
+pub(crate) async fn prune(
+    conn: &mut PgConnection,
+    schema: &Ident,
+    table: &str,
+    limit: i64,
+) -> Result<u64, SourceError> {
+    let done = sqlx::query(&format!(
+        "WITH bound AS (
+             SELECT txid, id FROM {schema}.herald_capture_progress
+             WHERE source_table = $1 ORDER BY txid, id LIMIT 1
+         ), doomed AS (
+             SELECT c.id FROM {schema}.herald_changes c, bound b
+             WHERE c.source_table = $1 AND (c.txid, c.id) <= (b.txid, b.id)
+             ORDER BY c.txid, c.id LIMIT $2
+         )
+         DELETE FROM {schema}.herald_changes c USING doomed d WHERE c.id = d.id"
+    ))
+    .bind(table)
+    .bind(limit)
+    .execute(&mut *conn)
+    .await
+    .map_err(SourceError::postgres("deleting published changes"))?;
+    Ok(done.rows_affected())
+}
+
+/// Removes `source`'s clean-up progress, if the ledger exists. Returns whether it had a row.
+pub(crate) async fn forget(conn: &mut PgConnection, schema: &Ident, source: &str) -> Result<bool, SourceError> {
+    let ledger: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
+        .bind(format!("{schema}.herald_capture_progress"))
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(SourceError::postgres("looking for the clean-up ledger"))?;
+    if ledger.is_none() {
+        return Ok(false);
+    }
+    let done = sqlx::query(&format!("DELETE FROM {schema}.herald_capture_progress WHERE source_name = $1"))
+        .bind(source)
+        .execute(&mut *conn)
+        .await
+        .map_err(SourceError::postgres("forgetting the source's progress"))?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// How many changes of `table` `herald_changes` holds, counted up to `limit`.
+pub(crate) async fn held_rows(
+    conn: &mut PgConnection,
+    schema: &Ident,
+    table: &str,
+    limit: i64,
+) -> Result<i64, SourceError> {
+    sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM (SELECT 1 FROM {schema}.herald_changes WHERE source_table = $1 LIMIT $2) AS held"
+    ))
+    .bind(table)
+    .bind(limit)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(SourceError::postgres("counting captured changes"))
 }
 
 /// The table's `schema.name`, as the trigger records it.
@@ -113,13 +220,13 @@ pub(crate) async fn missing_columns(
 /// because its txid is at least the xmin this read was bounded by.
 pub(crate) async fn read_changes(
     conn: &mut PgConnection,
-    schema: &str,
+    schema: &Ident,
     table: &str,
     cursor: Cursor,
     limit: usize,
 ) -> Result<Vec<Change>, SourceError> {
     let rows = sqlx::query(&format!(
-        "SELECT id, txid::text, operation, row_data FROM \"{schema}\".herald_changes
+        "SELECT id, txid::text, operation, row_data FROM {schema}.herald_changes
          WHERE source_table = $1
            AND txid < pg_snapshot_xmin(pg_current_snapshot())
            AND (txid, id) > ($2::text::xid8, $3)
@@ -158,12 +265,12 @@ pub(crate) async fn read_changes(
 /// at again soon rather than at the next poll. Counted up to 10,000.
 pub(crate) async fn backlog(
     conn: &mut PgConnection,
-    schema: &str,
+    schema: &Ident,
     table: &str,
     cursor: Cursor,
 ) -> Result<i64, SourceError> {
     sqlx::query_scalar(&format!(
-        "SELECT count(*) FROM (SELECT 1 FROM \"{schema}\".herald_changes
+        "SELECT count(*) FROM (SELECT 1 FROM {schema}.herald_changes
          WHERE source_table = $1 AND (txid, id) > ($2::text::xid8, $3) LIMIT 10000) AS pending"
     ))
     .bind(table)

@@ -6,6 +6,8 @@ use std::time::Duration;
 use secrecy::SecretString;
 use serde::Deserialize;
 
+use herald_pg::Ident;
+
 use crate::error::SourceError;
 
 /// `[[source]] name = "status-table", type = "postgres", url = "postgres://…", …`.
@@ -59,6 +61,12 @@ pub struct PostgresSourceConfig {
     /// Safety interval: besides `LISTEN`, changes are looked for this often. Default `"5s"`.
     #[serde(default = "default_poll_interval", with = "humantime_serde")]
     pub poll_interval: Duration,
+    /// Warn when `herald_changes` holds more than this many rows of the watched table.
+    /// Published changes are deleted once every source of the table has published them, so
+    /// the table normally holds about one batch; a growing count means a source of this table
+    /// is stopped or removed (see `herald migrate --drop-source`). Default `100000`.
+    #[serde(default = "default_max_capture_rows")]
+    pub max_capture_rows: i64,
 }
 
 /// Skip rows whose `column` holds `value`.
@@ -91,6 +99,10 @@ fn default_batch_size() -> usize {
     500
 }
 
+fn default_max_capture_rows() -> i64 {
+    100_000
+}
+
 fn default_poll_interval() -> Duration {
     Duration::from_secs(5)
 }
@@ -98,7 +110,10 @@ fn default_poll_interval() -> Duration {
 /// The validated plan: which table, how rows become events.
 #[derive(Debug, Clone)]
 pub(crate) struct Plan {
-    pub(crate) schema: String,
+    /// herald's schema (`herald_changes`, and the greenfield tables).
+    pub(crate) schema: Ident,
+    /// Whether the watched table is herald's greenfield `pipeline_status` (created if missing).
+    pub(crate) greenfield: bool,
     /// The watched table as written in the config (resolved through the catalog later).
     pub(crate) table: String,
     pub(crate) columns: BTreeMap<String, String>,
@@ -120,9 +135,10 @@ impl PostgresSourceConfig {
 
     pub(crate) fn plan(&self) -> Result<Plan, SourceError> {
         let invalid = |key: &str, reason: String| Err(SourceError::Config { key: key.into(), reason });
-        if !plain_identifier(&self.schema) {
-            return invalid("schema", format!("`{}` is not a plain SQL identifier", self.schema));
-        }
+        let schema = match Ident::new(&self.schema) {
+            Ok(schema) => schema,
+            Err(reason) => return invalid("schema", reason),
+        };
         if let Some(table) = &self.table {
             let parts: Vec<&str> = table.split('.').collect();
             if parts.len() > 2 || !parts.iter().all(|p| plain_identifier(p)) {
@@ -131,6 +147,9 @@ impl PostgresSourceConfig {
         }
         if self.batch_size == 0 || self.batch_size > 10_000 {
             return invalid("batch_size", format!("{} is out of range 1..=10000", self.batch_size));
+        }
+        if self.max_capture_rows < 1 {
+            return invalid("max_capture_rows", "must be at least 1".into());
         }
         if self.poll_interval.is_zero() {
             return invalid("poll_interval", "must be greater than zero".into());
@@ -162,7 +181,8 @@ impl PostgresSourceConfig {
             (None, false) => None,
         };
         Ok(Plan {
-            schema: self.schema.clone(),
+            schema,
+            greenfield,
             table: self.table.clone().unwrap_or_else(|| format!("{}.pipeline_status", self.schema)),
             columns,
             payload_column: greenfield.then(|| "payload".to_owned()),

@@ -1,5 +1,6 @@
 //! Errors of the Postgres source.
 
+use herald_pg::{classify, Failure, PgError};
 use rdkafka::error::KafkaError;
 
 /// What stopped the source (or made it step down).
@@ -13,9 +14,6 @@ pub enum SourceError {
         /// What is wrong.
         reason: String,
     },
-    /// The URL does not parse (not shown: it may hold a password).
-    #[error("invalid Postgres URL")]
-    Url(#[source] sqlx::Error),
     /// A Postgres call failed.
     #[error("Postgres: {context}")]
     Postgres {
@@ -25,15 +23,9 @@ pub enum SourceError {
         #[source]
         source: sqlx::Error,
     },
-    /// Installing the change capture failed.
-    #[error("installing the change capture in schema `{schema}` failed")]
-    Migrate {
-        /// herald's schema.
-        schema: String,
-        /// What sqlx reported.
-        #[source]
-        source: sqlx::migrate::MigrateError,
-    },
+    /// Shared Postgres work failed: connecting, migrating, DDL that never got its lock.
+    #[error(transparent)]
+    Pg(#[from] PgError),
     /// The watched table does not exist.
     #[error("table `{0}` does not exist")]
     NoTable(String),
@@ -85,8 +77,16 @@ impl SourceError {
         }
     }
 
-    /// Whether the source should go back to standby and try again, rather than stop herald.
+    /// Whether the source should go back to standby and try again, rather than stop herald:
+    /// Kafka trouble, and the Postgres errors [`herald_pg::classify`] calls transient (lost
+    /// connection, server restarting, a lock not granted in time). A missing table or a
+    /// permission error stops herald with its message instead of retrying forever.
     pub fn is_transient(&self) -> bool {
-        matches!(self, SourceError::Postgres { .. } | SourceError::Kafka { .. } | SourceError::Fenced(_))
+        match self {
+            SourceError::Postgres { source, .. } => classify(source) == Failure::Transient,
+            SourceError::Pg(err) => err.is_transient(),
+            SourceError::Kafka { .. } | SourceError::Fenced(_) => true,
+            _ => false,
+        }
     }
 }

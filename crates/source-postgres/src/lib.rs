@@ -29,6 +29,7 @@ Layout: `config.rs`, `capture.rs` (Postgres side), `publisher.rs` (Kafka side), 
 mod capture;
 mod config;
 mod error;
+mod prune;
 mod publisher;
 mod source;
 

@@ -7,16 +7,18 @@ use herald_core::dlq::headers;
 use herald_core::observe::SourceMetrics;
 use herald_core::sink::ORIGIN_HEADER;
 use herald_core::StageEvent;
-use secrecy::ExposeSecret;
+use herald_pg::Ddl;
 use serde_json::{Map, Value};
 use sqlx::postgres::{PgConnectOptions, PgListener};
 use sqlx::{Connection, PgConnection};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::capture::{self, Change, Cursor};
 use crate::config::{Plan, PostgresSourceConfig};
 use crate::error::SourceError;
+use crate::prune::Pruner;
 use crate::publisher::{Outgoing, Publisher};
 
 /// The `pg_notify` channel the capture trigger signals.
@@ -27,27 +29,43 @@ const STANDBY_POLL: Duration = Duration::from_secs(1);
 const HELD_BACK_POLL: Duration = Duration::from_millis(20);
 
 impl PostgresSourceConfig {
-    fn connect_options(&self) -> Result<PgConnectOptions, SourceError> {
-        let options: PgConnectOptions = self.url.expose_secret().parse().map_err(SourceError::Url)?;
-        Ok(options.application_name("herald-source"))
+    /// Options for connections named `herald/<source name>`.
+    fn connect_options(&self, name: &str) -> Result<PgConnectOptions, SourceError> {
+        Ok(herald_pg::connect_options(&self.url, name)?)
     }
 
-    /// Installs the change capture (table, function, trigger); idempotent. `herald migrate` and
-    /// the active instance at start call it.
-    pub async fn migrate(&self) -> Result<(), SourceError> {
+    /// Installs the change capture (herald's tables and function, the greenfield table when
+    /// it is the one watched, the trigger); idempotent, and a no-op (no DDL, no lock) when the
+    /// capture is installed and current. `herald migrate` calls it; `herald run` calls it only
+    /// for a table not yet captured.
+    pub async fn migrate(&self, name: &str) -> Result<(), SourceError> {
         let plan = self.plan()?;
-        let mut conn =
-            PgConnection::connect_with(&self.connect_options()?).await.map_err(SourceError::postgres("connecting"))?;
-        capture::install(&mut conn, &plan.schema, &plan.table).await?;
+        let mut conn = PgConnection::connect_with(&self.connect_options(name)?)
+            .await
+            .map_err(SourceError::postgres("connecting"))?;
+        let result = ensure_capture(&mut conn, &plan).await;
         let _ = conn.close().await;
-        Ok(())
+        result.map(drop)
+    }
+
+    /// Forgets source `name`: removes its clean-up progress, so captured changes of its table
+    /// are no longer kept for it. Returns whether it had any.
+    pub async fn drop_source(&self, name: &str) -> Result<bool, SourceError> {
+        let plan = self.plan()?;
+        let mut conn = PgConnection::connect_with(&self.connect_options(name)?)
+            .await
+            .map_err(SourceError::postgres("connecting"))?;
+        let result = capture::forget(&mut conn, &plan.schema, name).await;
+        let _ = conn.close().await;
+        result
     }
 
     /// Connects and checks the table and its mapped columns, changing nothing.
-    pub async fn check(&self) -> Result<(), SourceError> {
+    pub async fn check(&self, name: &str) -> Result<(), SourceError> {
         let plan = self.plan()?;
-        let mut conn =
-            PgConnection::connect_with(&self.connect_options()?).await.map_err(SourceError::postgres("connecting"))?;
+        let mut conn = PgConnection::connect_with(&self.connect_options(name)?)
+            .await
+            .map_err(SourceError::postgres("connecting"))?;
         let resolved = capture::resolve(&mut conn, &plan.table).await?;
         let wanted: Vec<String> =
             plan.columns.values().cloned().chain(plan.skip_when.iter().map(|s| s.column.clone())).collect();
@@ -95,8 +113,9 @@ impl PostgresSourceConfig {
     ) -> Result<(), SourceError> {
         // The lock lives as long as this connection: if the process dies, Postgres drops the
         // connection and the lock with it, and a standby takes over.
-        let mut lock =
-            PgConnection::connect_with(&self.connect_options()?).await.map_err(SourceError::postgres("connecting"))?;
+        let mut lock = PgConnection::connect_with(&self.connect_options(name)?)
+            .await
+            .map_err(SourceError::postgres("connecting"))?;
         let lock_key = format!("herald.source.{name}");
         let mut announced = false;
         loop {
@@ -118,17 +137,34 @@ impl PostgresSourceConfig {
             }
         }
 
-        let mut conn =
-            PgConnection::connect_with(&self.connect_options()?).await.map_err(SourceError::postgres("connecting"))?;
-        let table = capture::install(&mut conn, &plan.schema, &plan.table).await?;
+        let mut conn = PgConnection::connect_with(&self.connect_options(name)?)
+            .await
+            .map_err(SourceError::postgres("connecting"))?;
+        let table = ensure_capture(&mut conn, plan).await?;
         let dead_letter_topic = self.dead_letter_topic.clone().unwrap_or_else(|| format!("herald.dlq.{name}"));
         let publisher =
             Publisher::start(kafka, name, vec![self.topic.clone(), dead_letter_topic.clone()], &self.offsets_topic)
                 .await?;
         let mut cursor = publisher.committed_cursor(kafka).await?.unwrap_or_default();
         info!(source = name, table = %table, topic = %self.topic, txid = cursor.txid, change = cursor.id, "Source active.");
+        // Deletes what has been published, on a connection and task of its own; it stops with
+        // this activation (the guard cancels it on every way out).
+        let (published, published_rx) = watch::channel(cursor);
+        let pruner_stop = cancel.child_token();
+        let _stop_pruner = pruner_stop.clone().drop_guard();
+        tokio::spawn(
+            Pruner {
+                name: name.to_owned(),
+                options: self.connect_options(name)?,
+                schema: plan.schema.clone(),
+                table: table.clone(),
+                max_rows: self.max_capture_rows,
+                metrics: metrics.clone(),
+            }
+            .run(published_rx, pruner_stop),
+        );
 
-        let mut listener = PgListener::connect_with(&sqlx::PgPool::connect_lazy_with(self.connect_options()?))
+        let mut listener = PgListener::connect_with(&sqlx::PgPool::connect_lazy_with(self.connect_options(name)?))
             .await
             .map_err(SourceError::postgres("connecting the listener"))?;
         listener.listen(CHANNEL).await.map_err(SourceError::postgres("listening"))?;
@@ -140,6 +176,7 @@ impl PostgresSourceConfig {
             dead_letter_topic: &dead_letter_topic,
             publisher,
             metrics,
+            published,
         };
 
         loop {
@@ -172,6 +209,8 @@ struct Worker<'a> {
     dead_letter_topic: &'a str,
     publisher: Publisher,
     metrics: &'a SourceMetrics,
+    /// Tells the pruner the cursor of the last committed Kafka transaction.
+    published: watch::Sender<Cursor>,
 }
 
 impl Worker<'_> {
@@ -193,6 +232,7 @@ impl Worker<'_> {
             self.publisher.publish(messages, last).await?;
             let published = started.elapsed() - read;
             *cursor = last;
+            self.published.send_replace(last);
             self.metrics.published.inc_by(count as u64);
             self.metrics.transactions.inc();
             tracing::debug!(
@@ -285,4 +325,22 @@ impl Worker<'_> {
             .ok_or_else(|| format!("the event has no key field `{}`", self.config.key_field))?;
         Ok((event, key))
     }
+}
+
+/// Installs the capture unless it is installed and current, in which case it issues no DDL
+/// at all (DDL on the watched table would queue behind any open transaction of its writers).
+/// Returns the watched table's `schema.name`.
+async fn ensure_capture(conn: &mut PgConnection, plan: &Plan) -> Result<String, SourceError> {
+    let current = match capture::resolve(conn, &plan.table).await {
+        Ok(_) => capture::installed(conn, &plan.schema, &plan.table, plan.greenfield).await?,
+        // The greenfield table is created by the install below.
+        Err(SourceError::NoTable(_)) if plan.greenfield => false,
+        Err(err) => return Err(err),
+    };
+    if current {
+        let table = capture::resolve(conn, &plan.table).await?;
+        tracing::debug!(table = %table, "Change capture is installed and current; no DDL.");
+        return Ok(table);
+    }
+    capture::install(conn, &plan.schema, &plan.table, plan.greenfield, &Ddl::default()).await
 }

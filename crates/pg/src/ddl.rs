@@ -1,0 +1,166 @@
+//! DDL on a database that application writers share: never wait in the lock queue ahead of them.
+//!
+//! Postgres grants locks in queue order. A `CREATE TRIGGER` waiting behind one long transaction
+//! makes every later `INSERT` of that table wait behind the `CREATE TRIGGER`, so one open
+//! transaction plus one waiting DDL stops the whole legacy pipeline. herald's DDL therefore runs
+//! under a short `lock_timeout`: when the lock is not granted in time the statement gives up
+//! (and the writers behind it proceed), herald logs who holds the lock, backs off, and tries
+//! again.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use sqlx::{PgConnection, Row};
+use tracing::warn;
+
+use crate::error::PgError;
+use crate::sqlstate::is_lock_timeout;
+
+/// How herald runs DDL: a short wait per try, tries with backoff, a limit on the whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ddl {
+    /// Longest one try waits for its lock before giving up (and letting writers pass).
+    pub lock_timeout: Duration,
+    /// How long to keep trying before the DDL fails with [`PgError::LockNotGranted`].
+    pub give_up_after: Duration,
+}
+
+impl Default for Ddl {
+    fn default() -> Self {
+        Self { lock_timeout: Duration::from_secs(2), give_up_after: Duration::from_secs(300) }
+    }
+}
+
+/// A session holding a lock that herald's DDL waited for, as `pg_locks`/`pg_stat_activity`
+/// show it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Blocker {
+    /// Backend pid (`pg_terminate_backend` takes it).
+    pub pid: i32,
+    /// The session's `application_name`.
+    pub application: String,
+    /// The session's user.
+    pub user: String,
+    /// `active`, `idle in transaction`, …
+    pub state: String,
+    /// Seconds since its transaction began.
+    pub transaction_age_secs: f64,
+    /// The lock mode it holds, e.g. `RowExclusiveLock`.
+    pub mode: String,
+    /// The relation it holds the lock on.
+    pub relation: String,
+}
+
+impl fmt::Display for Blocker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "pid {} (application `{}`, user `{}`, {}, transaction open {:.1}s, {} on {})",
+            self.pid, self.application, self.user, self.state, self.transaction_age_secs, self.mode, self.relation
+        )
+    }
+}
+
+impl Ddl {
+    /// Runs `attempt` on `conn` under `lock_timeout` until it succeeds, fails for another
+    /// reason, or `give_up_after` has passed. `relations` (e.g. `"ops"."job_status"`) and
+    /// `schema` say whose locks to report when a try times out. The session's `lock_timeout`
+    /// is reset afterwards.
+    pub async fn run<T>(
+        &self,
+        conn: &mut PgConnection,
+        what: &'static str,
+        relations: &[String],
+        schema: Option<&str>,
+        mut attempt: impl AsyncFnMut(&mut PgConnection) -> Result<T, PgError>,
+    ) -> Result<T, PgError> {
+        let started = Instant::now();
+        let mut backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(250))
+            .with_max_delay(Duration::from_secs(10))
+            .with_jitter()
+            .without_max_times()
+            .build();
+        let timeout = format!("SET lock_timeout = '{}ms'", self.lock_timeout.as_millis().max(1));
+        let mut tries = 0_u32;
+        loop {
+            tries += 1;
+            sqlx::query(&timeout).execute(&mut *conn).await.map_err(PgError::query("setting lock_timeout"))?;
+            let result = attempt(&mut *conn).await;
+            let reset = sqlx::query("RESET lock_timeout").execute(&mut *conn).await;
+            let error = match result {
+                Ok(value) => {
+                    reset.map_err(PgError::query("resetting lock_timeout"))?;
+                    return Ok(value);
+                }
+                Err(error) if lock_timed_out(&error) => error,
+                Err(error) => return Err(error),
+            };
+            let blockers = lock_holders(conn, relations, schema).await.unwrap_or_default();
+            let described = if blockers.is_empty() {
+                "(none left)".to_owned()
+            } else {
+                blockers.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+            };
+            let waited = started.elapsed();
+            if waited >= self.give_up_after {
+                warn!(what, tries, blockers = %described, error = %error, "DDL never got its lock; giving up.");
+                return Err(PgError::LockNotGranted { what, waited, blockers });
+            }
+            let pause = backoff.next().unwrap_or(Duration::from_secs(10));
+            warn!(
+                what,
+                tries,
+                lock_timeout_ms = self.lock_timeout.as_millis() as u64,
+                retry_in_ms = pause.as_millis() as u64,
+                blockers = %described,
+                "DDL did not get its lock in time; it stepped out of the lock queue so writers are not held up, and will try again."
+            );
+            tokio::time::sleep(pause).await;
+        }
+    }
+}
+
+fn lock_timed_out(error: &PgError) -> bool {
+    match error {
+        PgError::Query { source, .. } => is_lock_timeout(source),
+        PgError::Migrate { source: sqlx::migrate::MigrateError::Execute(source), .. } => is_lock_timeout(source),
+        _ => false,
+    }
+}
+
+/// Sessions other than this one holding locks on `relations` or on any relation of `schema`.
+pub(crate) async fn lock_holders(
+    conn: &mut PgConnection,
+    relations: &[String],
+    schema: Option<&str>,
+) -> Result<Vec<Blocker>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT a.pid, coalesce(a.application_name, ''), coalesce(a.usename::text, ''), coalesce(a.state, ''),
+                coalesce(extract(epoch FROM now() - a.xact_start), 0)::float8, l.mode, l.relation::regclass::text
+         FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+         WHERE l.locktype = 'relation' AND l.granted AND l.pid <> pg_backend_pid()
+           AND (l.relation IN (SELECT to_regclass(name) FROM unnest($1::text[]) AS name)
+                OR l.relation IN (SELECT oid FROM pg_class WHERE relnamespace = to_regnamespace($2)))
+         ORDER BY a.xact_start NULLS LAST, a.pid
+         LIMIT 20",
+    )
+    .bind(relations)
+    .bind(schema.map(|s| format!("\"{s}\"")))
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(Blocker {
+                pid: row.try_get(0)?,
+                application: row.try_get(1)?,
+                user: row.try_get(2)?,
+                state: row.try_get(3)?,
+                transaction_age_secs: row.try_get(4)?,
+                mode: row.try_get(5)?,
+                relation: row.try_get(6)?,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,70 @@
+//! One reading of Postgres errors for every herald component.
+
+/// What a failed statement means to the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Connection lost, server restarting, deadlock, a lock not granted in time: try again.
+    Transient,
+    /// A value the table refuses (SQLSTATE class 22 data exception, 23 constraint violation):
+    /// only that row is at fault.
+    Row,
+    /// Missing table or column, permissions, bad SQL: retrying cannot help.
+    Fatal,
+}
+
+/// Decides per error whether a retry can help.
+pub fn classify(error: &sqlx::Error) -> Failure {
+    match error {
+        sqlx::Error::Database(db) => match db.code() {
+            Some(code) => classify_sqlstate(&code),
+            None => Failure::Fatal,
+        },
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => Failure::Transient,
+        _ => Failure::Fatal,
+    }
+}
+
+/// The SQLSTATE of `lock_timeout` expiring (`lock_not_available`).
+pub(crate) const LOCK_NOT_AVAILABLE: &str = "55P03";
+
+/// Whether `error` is a `lock_timeout` that expired.
+pub(crate) fn is_lock_timeout(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some(LOCK_NOT_AVAILABLE))
+}
+
+fn classify_sqlstate(code: &str) -> Failure {
+    match code {
+        // lock_not_available (lock_timeout), object_in_use: someone else holds it for now.
+        LOCK_NOT_AVAILABLE | "55006" => return Failure::Transient,
+        _ => {}
+    }
+    match code.get(..2) {
+        Some("22" | "23") => Failure::Row,
+        // connection exception, transaction rollback (serialization, deadlock), insufficient
+        // resources, operator intervention (shutdown, query canceled), system error
+        Some("08" | "40" | "53" | "57" | "58") => Failure::Transient,
+        _ => Failure::Fatal,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlstates_are_classified() {
+        assert_eq!(classify_sqlstate("23505"), Failure::Row); // unique violation
+        assert_eq!(classify_sqlstate("22001"), Failure::Row); // string too long
+        assert_eq!(classify_sqlstate("40P01"), Failure::Transient); // deadlock
+        assert_eq!(classify_sqlstate("57P01"), Failure::Transient); // admin shutdown
+        assert_eq!(classify_sqlstate("55P03"), Failure::Transient); // lock_timeout
+        assert_eq!(classify_sqlstate("42P01"), Failure::Fatal); // undefined table
+        assert_eq!(classify_sqlstate("42501"), Failure::Fatal); // permission denied
+        assert_eq!(classify(&sqlx::Error::PoolTimedOut), Failure::Transient);
+    }
+}
