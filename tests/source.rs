@@ -357,3 +357,181 @@ async fn a_row_that_cannot_be_an_event_goes_to_the_dead_letter_topic_and_the_res
     assert!(reason.contains("missing field `source`"), "{reason}");
     assert_eq!(json(&letters[0])["state"], "SUCCESS");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_transaction_on_the_watched_table_does_not_stall_writers_when_herald_starts() {
+    let pool = pool().await;
+    let schema = greenfield(&pool).await;
+    let topic = unique("events");
+    let name = unique("src");
+    let config = TempConfig::new(&source_config(&name, &schema, &topic, ""));
+    let out = herald().args(["migrate", "--config"]).arg(&config.path).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // A legacy job inserted its RUNNING row and is still working when herald starts.
+    let mut job = pool.begin().await.unwrap();
+    sqlx::query(&format!(
+        "INSERT INTO {schema}.pipeline_status (event, stage, source, status) VALUES ('STAGE_COMPLETE', 'bronze', 'OrdersDB', 'RUNNING')"
+    ))
+    .execute(&mut *job)
+    .await
+    .unwrap();
+    let mut herald = Herald::run(&config);
+    herald.wait_for_log("Source active");
+
+    // Another writer of the same table is not held up by anything herald did at start.
+    let writer = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(URL.parse::<sqlx::postgres::PgConnectOptions>().unwrap().options([("statement_timeout", "1s")]))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    sqlx::query(&format!(
+        "INSERT INTO {schema}.pipeline_status (event, stage, source, status) VALUES ('STAGE_COMPLETE', 'bronze', 'Payments', 'SUCCESS')"
+    ))
+    .execute(&writer)
+    .await
+    .unwrap_or_else(|err| panic!("a writer was stalled by herald's start: {err}\n{}", herald.log()));
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(500), "the insert took {took:?}");
+    // herald's connections say whose they are.
+    let named: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1")
+        .bind(format!("herald/{name}"))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(named >= 2, "lock and reader connections are named herald/{name}: {named}");
+
+    job.commit().await.unwrap();
+    let messages = read_committed(&topic, 2);
+    let mut sources: Vec<String> = messages.iter().map(|m| json(m)["source"].as_str().unwrap().to_owned()).collect();
+    sources.sort();
+    assert_eq!(sources, ["OrdersDB", "Payments"], "both rows, each once");
+    assert!(!herald.log().contains("Change capture installed"), "run did no DDL:\n{}", herald.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn published_changes_are_deleted_and_a_sigkill_mid_stream_duplicates_nothing() {
+    let pool = pool().await;
+    let schema = greenfield(&pool).await;
+    let topic = unique("events");
+    let name = unique("src");
+    let config = TempConfig::new(&format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n{}",
+        source_config(&name, &schema, &topic, "batch_size = 500")
+    ));
+    let out = herald().args(["migrate", "--config"]).arg(&config.path).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let total: i64 = 50_000;
+    for chunk in 0..10 {
+        sqlx::query(&format!(
+            "INSERT INTO {schema}.pipeline_status (event, stage, source, records, status)
+             SELECT 'STAGE_COMPLETE', 's', 'src' || (n % 7), n, 'SUCCESS' FROM generate_series($1::bigint, $2::bigint) AS n"
+        ))
+        .bind(chunk * 5_000)
+        .bind(chunk * 5_000 + 4_999)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    let held = |pool: PgPool, schema: String| async move {
+        sqlx::query_scalar::<_, i64>(&format!("SELECT count(*) FROM {schema}.herald_changes"))
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    assert_eq!(held(pool.clone(), schema.clone()).await, total);
+
+    // Killed while publishing (and deleting), then restarted.
+    let mut first = Herald::run(&config);
+    first.wait_for_log("Source active");
+    let deadline = Instant::now() + PATIENCE;
+    while held(pool.clone(), schema.clone()).await > total - 5_000 {
+        assert!(Instant::now() < deadline, "nothing deleted:\n{}", first.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.signal("KILL");
+    first.wait_exit();
+    let mut herald = Herald::run(&config);
+    let admin = admin_address(&mut herald);
+    herald.wait_for_log("Source active");
+
+    let messages = read_committed(&topic, total as usize);
+    let mut seen: BTreeMap<i64, usize> = BTreeMap::new();
+    for message in &messages {
+        *seen.entry(json(message)["records"].as_i64().unwrap()).or_default() += 1;
+    }
+    let duplicates: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).take(5).collect();
+    assert!(duplicates.is_empty(), "published twice: {duplicates:?}");
+    assert_eq!(seen.len(), total as usize, "every row published");
+
+    // What is published is deleted: at most one batch stays behind.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let left = held(pool.clone(), schema.clone()).await;
+        if left <= 500 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{left} changes still held:\n{}", herald.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let progress: i64 =
+        sqlx::query_scalar(&format!("SELECT count(*) FROM {schema}.herald_capture_progress WHERE source_name = $1"))
+            .bind(&name)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(progress, 1);
+    // The admin API shows what the table holds (measured every few seconds).
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (status, body) = http(&admin, "GET", "/sources");
+        assert_eq!(status, 200);
+        let sources: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let source = &sources.as_array().unwrap()[0];
+        assert_eq!(source["name"], name.as_str());
+        if source["capture_rows"].as_i64().unwrap() <= 500 && source["published"].as_i64().unwrap() > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_alone_creates_the_greenfield_table_and_drop_source_forgets_it() {
+    let pool = pool().await;
+    let schema = unique("fresh").replace('-', "_");
+    let name = unique("src");
+    let config = TempConfig::new(&source_config(&name, &schema, &unique("events"), ""));
+    let out = herald().args(["migrate", "--config"]).arg(&config.path).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let table: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
+        .bind(format!("{schema}.pipeline_status"))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(table.is_some(), "the greenfield table exists");
+    // Idempotent, and quiet: nothing left to do.
+    let again = herald().args(["migrate", "--config"]).arg(&config.path).output().unwrap();
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+
+    sqlx::query(&format!(
+        "INSERT INTO {schema}.herald_capture_progress (source_name, source_table, txid, id) VALUES ($1, 'x', '1', 1)"
+    ))
+    .bind(&name)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let out = herald().args(["migrate", "--drop-source", &name, "--config"]).arg(&config.path).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("forgotten"));
+    let left: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {schema}.herald_capture_progress"))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+    let unknown = herald().args(["migrate", "--drop-source", "nope", "--config"]).arg(&config.path).output().unwrap();
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no [[source]] named `nope`"));
+}

@@ -23,7 +23,8 @@ use crate::error::SourceError;
 pub(crate) const PRUNE_BATCH: i64 = 5_000;
 /// Least time between two rounds, so a busy source does not prune after every transaction.
 const MIN_ROUND_INTERVAL: Duration = Duration::from_millis(200);
-/// How often the held row count is measured and, when over the limit, warned about.
+/// How often the held row count is measured and, when over the limit, warned about; also the
+/// longest the pruner sleeps.
 const COUNT_INTERVAL: Duration = Duration::from_secs(5);
 /// How long to wait before trying again after a failed round.
 const RETRY_AFTER: Duration = Duration::from_secs(5);
@@ -43,7 +44,9 @@ pub(crate) struct Pruner {
 }
 
 impl Pruner {
-    /// Prunes after each cursor `published` reports (the first one at once), until `stop`.
+    /// Prunes after each cursor `published` reports (the first one at once), and at least every
+    /// [`COUNT_INTERVAL`] (so the held-row count stays current when nothing is published), until
+    /// `stop`.
     pub(crate) async fn run(self, mut published: watch::Receiver<Cursor>, stop: CancellationToken) {
         let mut conn: Option<PgConnection> = None;
         let mut last_count: Option<Instant> = None;
@@ -52,6 +55,7 @@ impl Pruner {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 changed = published.changed() => if changed.is_err() { break },
+                _ = tokio::time::sleep(COUNT_INTERVAL) => {}
             }
             let cursor = *published.borrow_and_update();
             let round = async {
