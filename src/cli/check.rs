@@ -126,7 +126,7 @@ pub async fn check(args: CheckArgs) -> Result<ExitCode> {
         let label = format!("source {}", spec.name);
         match sinks::source(spec) {
             Ok(source) => match source.check(&spec.name).await {
-                Ok(()) => report.ok(&label, "table and mapped columns found"),
+                Ok(found) => report.ok(&label, found),
                 Err(err) => report.fail(&label, error_chain(&err).join(": ")),
             },
             Err(err) => report.fail(&label, format!("{err:#}")),

@@ -11,6 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub mod source;
+
 use herald_core::config::KafkaProperties;
 use rand::distr::{Alphanumeric, SampleString};
 use rdkafka::consumer::{BaseConsumer, Consumer};

@@ -7,7 +7,7 @@ herald-admin: the HTTP API operators use, what Kafka Connect's REST API gives th
 | `GET /health/live` | `200` while the process serves |
 | `GET /health/ready` | `200` when every route reaches Kafka and its sink, else `503` with what does not |
 | `GET /routes` | each route: status, assigned partitions, lag, counters, last error, last event time |
-| `GET /sources` | each source: events published, transactions, backlog (captured, not yet published), rows held in `herald_changes` |
+| `GET /sources` | each source: events published, transactions, backlog (captured, not yet published), rows held in `herald_changes` (trigger capture), WAL its slot holds back (WAL capture) |
 | `POST /routes/{name}/pause`, `/resume` | stop or restart consuming, keeping the group membership |
 
 The one decision to know: the API has no authentication, so the config refuses to bind it beyond
@@ -123,6 +123,7 @@ struct SourceView {
     transactions: u64,
     backlog: i64,
     capture_rows: i64,
+    retained_wal_bytes: i64,
 }
 
 async fn sources(State(observer): State<Arc<Observer>>) -> Json<Vec<SourceView>> {
@@ -136,6 +137,7 @@ async fn sources(State(observer): State<Arc<Observer>>) -> Json<Vec<SourceView>>
                 transactions: metrics.transactions.get(),
                 backlog: metrics.backlog.get(),
                 capture_rows: metrics.capture_rows.get(),
+                retained_wal_bytes: metrics.retained_wal_bytes.get(),
             })
             .collect(),
     )

@@ -28,6 +28,7 @@ pub struct Observer {
     source_batches: IntCounterVec,
     source_backlog: IntGaugeVec,
     source_capture_rows: IntGaugeVec,
+    source_retained_wal: IntGaugeVec,
     sources: RwLock<BTreeMap<String, SourceMetrics>>,
     routes: RwLock<BTreeMap<String, Arc<RouteShared>>>,
 }
@@ -64,6 +65,14 @@ impl Observer {
             &["source"],
         )?;
         registry.register(Box::new(source_capture_rows.clone()))?;
+        let source_retained_wal = IntGaugeVec::new(
+            Opts::new(
+                "source_retained_wal_bytes",
+                "WAL a WAL-capture source's replication slot holds back (from its restart LSN to the server's).",
+            ),
+            &["source"],
+        )?;
+        registry.register(Box::new(source_retained_wal.clone()))?;
         let write_seconds = HistogramVec::new(
             HistogramOpts::new("route_write_seconds", "Time to write one batch to the sink, retries included.")
                 .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
@@ -88,6 +97,7 @@ impl Observer {
             source_batches,
             source_backlog,
             source_capture_rows,
+            source_retained_wal,
             sources: RwLock::new(BTreeMap::new()),
             routes: RwLock::new(BTreeMap::new()),
         }))
@@ -130,6 +140,7 @@ impl Observer {
             transactions: self.source_batches.with_label_values(&[name]),
             backlog: self.source_backlog.with_label_values(&[name]),
             capture_rows: self.source_capture_rows.with_label_values(&[name]),
+            retained_wal_bytes: self.source_retained_wal.with_label_values(&[name]),
         };
         self.sources.write().unwrap_or_else(PoisonError::into_inner).insert(name.to_owned(), metrics.clone());
         metrics
@@ -184,6 +195,8 @@ pub struct SourceMetrics {
     pub backlog: IntGauge,
     /// Rows the source's table holds in `herald_changes` (trigger capture).
     pub capture_rows: IntGauge,
+    /// WAL the source's replication slot holds back, in bytes (WAL capture).
+    pub retained_wal_bytes: IntGauge,
 }
 
 impl SourceMetrics {
@@ -195,6 +208,8 @@ impl SourceMetrics {
             transactions: counter("transactions"),
             backlog: IntGauge::new("backlog", "unregistered").unwrap_or_else(|_| unreachable!("valid name")),
             capture_rows: IntGauge::new("capture_rows", "unregistered").unwrap_or_else(|_| unreachable!("valid name")),
+            retained_wal_bytes: IntGauge::new("retained_wal_bytes", "unregistered")
+                .unwrap_or_else(|_| unreachable!("valid name")),
         }
     }
 }

@@ -61,12 +61,44 @@ pub struct PostgresSourceConfig {
     /// Safety interval: besides `LISTEN`, changes are looked for this often. Default `"5s"`.
     #[serde(default = "default_poll_interval", with = "humantime_serde")]
     pub poll_interval: Duration,
+    /// How changes are captured. `"trigger"` (default): a trigger records each change in
+    /// `herald_changes`; works on any Postgres and role that may create a trigger. `"wal"`:
+    /// logical replication (pgoutput) from a replication slot; no trigger, no extra writes, but
+    /// needs `wal_level = logical` and a role with the `REPLICATION` attribute, and a slot that
+    /// is not read pins WAL (see `max_retained_wal_mb`).
+    #[serde(default)]
+    pub capture: Capture,
+    /// WAL capture: the replication slot. Default `herald_<source name>` (characters other than
+    /// letters, digits and `_` become `_`).
+    #[serde(default)]
+    pub slot: Option<String>,
+    /// WAL capture: the publication limited to the watched table. Default: the slot's name.
+    /// herald creates it when its role owns the table; otherwise a DBA creates it with
+    /// `CREATE PUBLICATION <name> FOR TABLE <table> WITH (publish = 'insert, update')`.
+    #[serde(default)]
+    pub publication: Option<String>,
+    /// WAL capture: warn when the slot holds back more WAL than this many MiB (a stopped herald
+    /// pins WAL until the disk is full; bound it on the server with `max_slot_wal_keep_size`).
+    /// Default `1024`.
+    #[serde(default = "default_max_retained_wal_mb")]
+    pub max_retained_wal_mb: u64,
     /// Warn when `herald_changes` holds more than this many rows of the watched table.
     /// Published changes are deleted once every source of the table has published them, so
     /// the table normally holds about one batch; a growing count means a source of this table
     /// is stopped or removed (see `herald migrate --drop-source`). Default `100000`.
     #[serde(default = "default_max_capture_rows")]
     pub max_capture_rows: i64,
+}
+
+/// How a source captures the changes of its table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Capture {
+    /// A trigger writes each change into `herald_changes`; herald reads it in commit-safe order.
+    #[default]
+    Trigger,
+    /// Logical replication: pgoutput from a replication slot, in the WAL's commit order.
+    Wal,
 }
 
 /// Skip rows whose `column` holds `value`.
@@ -99,6 +131,10 @@ fn default_batch_size() -> usize {
     500
 }
 
+fn default_max_retained_wal_mb() -> u64 {
+    1024
+}
+
 fn default_max_capture_rows() -> i64 {
     100_000
 }
@@ -128,6 +164,24 @@ fn plain_identifier(name: &str) -> bool {
 }
 
 impl PostgresSourceConfig {
+    /// The replication slot of source `name` (WAL capture).
+    pub fn slot_name(&self, name: &str) -> String {
+        self.slot.clone().unwrap_or_else(|| {
+            let cleaned: String = name
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c.to_ascii_lowercase() } else { '_' })
+                .collect();
+            let mut slot = format!("herald_{cleaned}");
+            slot.truncate(63);
+            slot
+        })
+    }
+
+    /// The publication of source `name` (WAL capture).
+    pub fn publication_name(&self, name: &str) -> String {
+        self.publication.clone().unwrap_or_else(|| self.slot_name(name))
+    }
+
     /// Checks the settings without connecting.
     pub fn validate(&self) -> Result<(), SourceError> {
         self.plan().map(drop)
@@ -147,6 +201,22 @@ impl PostgresSourceConfig {
         }
         if self.batch_size == 0 || self.batch_size > 10_000 {
             return invalid("batch_size", format!("{} is out of range 1..=10000", self.batch_size));
+        }
+        if let Some(slot) = &self.slot {
+            let valid = !slot.is_empty()
+                && slot.len() <= 63
+                && slot.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            if !valid {
+                return invalid("slot", format!("`{slot}`: a slot name is 1 to 63 lower-case letters, digits or `_`"));
+            }
+        }
+        if let Some(publication) = &self.publication {
+            if let Err(reason) = Ident::new(publication) {
+                return invalid("publication", reason);
+            }
+        }
+        if self.capture == Capture::Trigger && (self.slot.is_some() || self.publication.is_some()) {
+            return invalid("capture", "`slot` and `publication` are for `capture = \"wal\"`".into());
         }
         if self.max_capture_rows < 1 {
             return invalid("max_capture_rows", "must be at least 1".into());

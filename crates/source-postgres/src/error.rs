@@ -49,6 +49,24 @@ pub enum SourceError {
     /// Another instance took over this source's transactional id: this one must stop publishing.
     #[error("fenced: another herald instance now publishes this source")]
     Fenced(#[source] KafkaError),
+    /// The replication stream broke off (connection lost, server restarting, the slot still
+    /// held by a reader that is going away): the source reconnects.
+    #[error("replication: {context}: {reason}")]
+    ReplicationLost {
+        /// What was being done.
+        context: &'static str,
+        /// What the replication client reported.
+        reason: String,
+    },
+    /// The replication stream failed in a way retrying cannot mend (authentication, a missing
+    /// slot or publication, a malformed message).
+    #[error("replication: {context}: {reason}")]
+    Replication {
+        /// What was being done.
+        context: &'static str,
+        /// What went wrong.
+        reason: String,
+    },
     /// A blocking task died.
     #[error("internal task failed")]
     Task(#[from] tokio::task::JoinError),
@@ -85,7 +103,7 @@ impl SourceError {
         match self {
             SourceError::Postgres { source, .. } => classify(source) == Failure::Transient,
             SourceError::Pg(err) => err.is_transient(),
-            SourceError::Kafka { .. } | SourceError::Fenced(_) => true,
+            SourceError::Kafka { .. } | SourceError::Fenced(_) | SourceError::ReplicationLost { .. } => true,
             _ => false,
         }
     }

@@ -31,10 +31,12 @@ mod config;
 mod error;
 mod prune;
 mod publisher;
+mod rows;
 mod source;
+mod wal;
 
 pub use capture::Cursor;
-pub use config::{PostgresSourceConfig, SkipWhen};
+pub use config::{Capture, PostgresSourceConfig, SkipWhen};
 pub use error::SourceError;
 
 /// The `type` that selects this source in a `[[source]]` table.

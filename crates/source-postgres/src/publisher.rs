@@ -18,6 +18,26 @@ use crate::error::SourceError;
 /// How long a transaction may stay open before the broker aborts it.
 const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// A source's position, stored on the offsets topic in the same Kafka transaction as the
+/// events before it: the trigger mode's (txid, change id) cursor, the WAL mode's commit LSN.
+pub(crate) trait Checkpoint: Sized + Send + 'static {
+    /// The record's JSON value.
+    fn encode(&self) -> String;
+    /// Reads a record back; `None` for a record of another shape (another capture mode).
+    fn decode(payload: &[u8]) -> Option<Self>;
+}
+
+impl Checkpoint for Cursor {
+    fn encode(&self) -> String {
+        format!(r#"{{"txid":{},"id":{}}}"#, self.txid, self.id)
+    }
+
+    fn decode(payload: &[u8]) -> Option<Self> {
+        let value: serde_json::Value = serde_json::from_slice(payload).ok()?;
+        Some(Cursor { txid: value["txid"].as_u64()?, id: value["id"].as_i64()? })
+    }
+}
+
 /// One message to publish.
 pub(crate) struct Outgoing {
     pub(crate) topic: String,
@@ -70,16 +90,16 @@ impl Publisher {
         Ok(Self { producer, offsets_topic: offsets_topic.to_owned(), cursor_key: source.to_owned() })
     }
 
-    /// The cursor committed last, read from the offsets topic with `read_committed`.
-    pub(crate) async fn committed_cursor(&self, props: &KafkaProperties) -> Result<Option<Cursor>, SourceError> {
+    /// The position committed last, read from the offsets topic with `read_committed`.
+    pub(crate) async fn committed<C: Checkpoint>(&self, props: &KafkaProperties) -> Result<Option<C>, SourceError> {
         let props = props.clone();
         let topic = self.offsets_topic.clone();
         let key = self.cursor_key.clone();
-        tokio::task::spawn_blocking(move || read_cursor(&props, &topic, &key)).await?
+        tokio::task::spawn_blocking(move || read_checkpoint(&props, &topic, &key)).await?
     }
 
-    /// Publishes `messages` and moves the cursor to `cursor`, atomically.
-    pub(crate) async fn publish(&self, messages: Vec<Outgoing>, cursor: Cursor) -> Result<(), SourceError> {
+    /// Publishes `messages` and moves the position to `cursor`, atomically.
+    pub(crate) async fn publish(&self, messages: Vec<Outgoing>, cursor: &impl Checkpoint) -> Result<(), SourceError> {
         self.producer.begin_transaction().map_err(SourceError::kafka("beginning a transaction"))?;
         let result = self.send_all(&messages, cursor).await;
         let producer = self.producer.clone();
@@ -112,9 +132,9 @@ impl Publisher {
         }
     }
 
-    async fn send_all(&self, messages: &[Outgoing], cursor: Cursor) -> Result<(), SourceError> {
+    async fn send_all(&self, messages: &[Outgoing], cursor: &impl Checkpoint) -> Result<(), SourceError> {
         let mut deliveries = Vec::with_capacity(messages.len() + 1);
-        let cursor_value = format!(r#"{{"txid":{},"id":{}}}"#, cursor.txid, cursor.id);
+        let cursor_value = cursor.encode();
         let all = messages
             .iter()
             .map(|m| (m.topic.as_str(), m.key.as_deref(), m.value.as_str(), m.headers.as_slice()))
@@ -150,7 +170,7 @@ impl Publisher {
     }
 }
 
-fn read_cursor(props: &KafkaProperties, topic: &str, key: &str) -> Result<Option<Cursor>, SourceError> {
+fn read_checkpoint<C: Checkpoint>(props: &KafkaProperties, topic: &str, key: &str) -> Result<Option<C>, SourceError> {
     let consumer: BaseConsumer = client_config(props)
         .set("group.id", format!("herald.source-offsets-reader.{key}"))
         .set("enable.auto.commit", "false")
@@ -182,7 +202,7 @@ fn read_cursor(props: &KafkaProperties, topic: &str, key: &str) -> Result<Option
         }
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(message)) if message.key() == Some(key.as_bytes()) => {
-                cursor = message.payload().and_then(parse_cursor);
+                cursor = message.payload().and_then(C::decode);
             }
             Some(Ok(_)) => {}
             Some(Err(err)) => return Err(SourceError::kafka("reading the offsets topic")(err)),
@@ -190,9 +210,4 @@ fn read_cursor(props: &KafkaProperties, topic: &str, key: &str) -> Result<Option
         }
     }
     Ok(cursor)
-}
-
-fn parse_cursor(payload: &[u8]) -> Option<Cursor> {
-    let value: serde_json::Value = serde_json::from_slice(payload).ok()?;
-    Some(Cursor { txid: value["txid"].as_u64()?, id: value["id"].as_i64()? })
 }

@@ -3,23 +3,21 @@
 use std::time::Duration;
 
 use herald_core::config::KafkaProperties;
-use herald_core::dlq::headers;
 use herald_core::observe::SourceMetrics;
-use herald_core::sink::ORIGIN_HEADER;
-use herald_core::StageEvent;
 use herald_pg::Ddl;
-use serde_json::{Map, Value};
 use sqlx::postgres::{PgConnectOptions, PgListener};
 use sqlx::{Connection, PgConnection};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::capture::{self, Change, Cursor};
-use crate::config::{Plan, PostgresSourceConfig};
+use crate::capture::{self, Cursor};
+use crate::config::{Capture, Plan, PostgresSourceConfig};
 use crate::error::SourceError;
 use crate::prune::Pruner;
 use crate::publisher::{Outgoing, Publisher};
+use crate::rows::RowMapper;
+use crate::wal::{self, WalNames, WalPosition, WalStream};
 
 /// The `pg_notify` channel the capture trigger signals.
 const CHANNEL: &str = "herald_changes";
@@ -43,25 +41,38 @@ impl PostgresSourceConfig {
         let mut conn = PgConnection::connect_with(&self.connect_options(name)?)
             .await
             .map_err(SourceError::postgres("connecting"))?;
-        let result = ensure_capture(&mut conn, &plan).await;
+        let result = match self.capture {
+            Capture::Trigger => ensure_capture(&mut conn, &plan).await,
+            Capture::Wal => ensure_wal(&mut conn, &plan, &self.wal_names(name)).await,
+        };
         let _ = conn.close().await;
         result.map(drop)
     }
 
-    /// Forgets source `name`: removes its clean-up progress, so captured changes of its table
-    /// are no longer kept for it. Returns whether it had any.
+    fn wal_names(&self, name: &str) -> WalNames {
+        WalNames { slot: self.slot_name(name), publication: self.publication_name(name) }
+    }
+
+    /// Forgets source `name`. Trigger capture: removes its clean-up progress, so captured
+    /// changes of its table are no longer kept for it. WAL capture: drops its replication slot
+    /// (which would otherwise pin WAL forever) and its publication. Returns whether there was
+    /// anything to remove.
     pub async fn drop_source(&self, name: &str) -> Result<bool, SourceError> {
         let plan = self.plan()?;
         let mut conn = PgConnection::connect_with(&self.connect_options(name)?)
             .await
             .map_err(SourceError::postgres("connecting"))?;
-        let result = capture::forget(&mut conn, &plan.schema, name).await;
+        let result = match self.capture {
+            Capture::Trigger => capture::forget(&mut conn, &plan.schema, name).await,
+            Capture::Wal => wal::drop_capture(&mut conn, &self.wal_names(name)).await,
+        };
         let _ = conn.close().await;
         result
     }
 
-    /// Connects and checks the table and its mapped columns, changing nothing.
-    pub async fn check(&self, name: &str) -> Result<(), SourceError> {
+    /// Connects and checks the table and its mapped columns, changing nothing; for WAL capture
+    /// also the replication slot and the WAL it holds back. Returns what it found.
+    pub async fn check(&self, name: &str) -> Result<String, SourceError> {
         let plan = self.plan()?;
         let mut conn = PgConnection::connect_with(&self.connect_options(name)?)
             .await
@@ -73,7 +84,36 @@ impl PostgresSourceConfig {
         if !missing.is_empty() {
             return Err(SourceError::MissingColumns { table: resolved, missing });
         }
-        Ok(())
+        if self.capture == Capture::Trigger {
+            return Ok("table and mapped columns found".into());
+        }
+        let names = self.wal_names(name);
+        let slot = wal::slot_state(&mut conn, &names.slot).await?;
+        let _ = conn.close().await;
+        match slot {
+            None => Ok(format!(
+                "table and mapped columns found; slot `{}` not created yet (`herald migrate` creates it)",
+                names.slot
+            )),
+            Some((_, retained)) if retained > self.max_retained_wal_bytes() => Err(SourceError::Config {
+                key: "max_retained_wal_mb".into(),
+                reason: format!(
+                    "slot `{}` holds back {} MiB of WAL, more than {} MiB: is its herald running?",
+                    names.slot,
+                    retained / (1024 * 1024),
+                    self.max_retained_wal_mb
+                ),
+            }),
+            Some((_, retained)) => Ok(format!(
+                "table and mapped columns found; slot `{}` holds back {} KiB of WAL",
+                names.slot,
+                retained / 1024
+            )),
+        }
+    }
+
+    fn max_retained_wal_bytes(&self) -> i64 {
+        i64::try_from(self.max_retained_wal_mb.saturating_mul(1024 * 1024)).unwrap_or(i64::MAX)
     }
 
     /// Runs the source named `name` until `cancel`: standby while another instance holds its
@@ -140,12 +180,40 @@ impl PostgresSourceConfig {
         let mut conn = PgConnection::connect_with(&self.connect_options(name)?)
             .await
             .map_err(SourceError::postgres("connecting"))?;
-        let table = ensure_capture(&mut conn, plan).await?;
+        let names = self.wal_names(name);
+        let table = match self.capture {
+            Capture::Trigger => ensure_capture(&mut conn, plan).await?,
+            Capture::Wal => ensure_wal(&mut conn, plan, &names).await?,
+        };
         let dead_letter_topic = self.dead_letter_topic.clone().unwrap_or_else(|| format!("herald.dlq.{name}"));
         let publisher =
             Publisher::start(kafka, name, vec![self.topic.clone(), dead_letter_topic.clone()], &self.offsets_topic)
                 .await?;
-        let mut cursor = publisher.committed_cursor(kafka).await?.unwrap_or_default();
+        if self.capture == Capture::Wal {
+            let in_kafka = publisher.committed::<WalPosition>(kafka).await?.map_or(0, |position| position.0);
+            let (confirmed, _) = wal::slot_state(&mut conn, &names.slot).await?.ok_or_else(|| {
+                SourceError::Replication { context: "starting", reason: format!("slot `{}` vanished", names.slot) }
+            })?;
+            // The server never goes back before the slot's confirmed LSN; and what Kafka has is
+            // skipped. Behind the slot is only what an idle slot moved past: nothing of ours.
+            let start = in_kafka.max(confirmed);
+            info!(source = name, table = %table, topic = %self.topic, slot = %names.slot, lsn = %pgwire_replication::Lsn::from_u64(start), "Source active.");
+            let stream = WalStream {
+                name,
+                table: &table,
+                rows: RowMapper { name, plan, config: self, table: &table, dead_letter_topic: &dead_letter_topic },
+                publisher,
+                metrics,
+                batch_size: self.batch_size,
+                conn,
+                lock,
+                max_retained_bytes: self.max_retained_wal_bytes(),
+                names: names.clone(),
+            };
+            let config = wal::replication_config(&self.url, &herald_pg::application_name(name), &names, start)?;
+            return stream.run(config, start, cancel).await;
+        }
+        let mut cursor = publisher.committed::<Cursor>(kafka).await?.unwrap_or_default();
         info!(source = name, table = %table, topic = %self.topic, txid = cursor.txid, change = cursor.id, "Source active.");
         // Deletes what has been published, on a connection and task of its own; it stops with
         // this activation (the guard cancels it on every way out).
@@ -173,7 +241,7 @@ impl PostgresSourceConfig {
             plan,
             config: self,
             table: &table,
-            dead_letter_topic: &dead_letter_topic,
+            rows: RowMapper { name, plan, config: self, table: &table, dead_letter_topic: &dead_letter_topic },
             publisher,
             metrics,
             published,
@@ -206,7 +274,7 @@ struct Worker<'a> {
     plan: &'a Plan,
     config: &'a PostgresSourceConfig,
     table: &'a str,
-    dead_letter_topic: &'a str,
+    rows: RowMapper<'a>,
     publisher: Publisher,
     metrics: &'a SourceMetrics,
     /// Tells the pruner the cursor of the last committed Kafka transaction.
@@ -227,9 +295,12 @@ impl Worker<'_> {
                 self.metrics.backlog.set(backlog);
                 return Ok(backlog > 0);
             };
-            let messages: Vec<Outgoing> = changes.iter().filter_map(|change| self.message(change)).collect();
+            let messages: Vec<Outgoing> = changes
+                .iter()
+                .filter_map(|change| self.rows.message(&change.row, &change.cursor.id.to_string(), &change.operation))
+                .collect();
             let count = messages.len();
-            self.publisher.publish(messages, last).await?;
+            self.publisher.publish(messages, &last).await?;
             let published = started.elapsed() - read;
             *cursor = last;
             self.published.send_replace(last);
@@ -250,81 +321,6 @@ impl Worker<'_> {
             }
         }
     }
-
-    /// The message for one change: its event, a dead letter when it cannot be one, or nothing
-    /// for a row herald's own sink wrote.
-    fn message(&self, change: &Change) -> Option<Outgoing> {
-        if let Some(skip) = &self.plan.skip_when {
-            if change.row.get(&skip.column).and_then(Value::as_str) == Some(skip.value.as_str()) {
-                return None;
-            }
-        }
-        let origin = format!("postgres:{}", self.table);
-        let provenance = vec![
-            (ORIGIN_HEADER, origin.clone()),
-            ("herald.origin.change", change.cursor.id.to_string()),
-            ("herald.origin.operation", change.operation.clone()),
-        ];
-        match self.event(change) {
-            Ok((event, key)) => Some(Outgoing {
-                topic: self.config.topic.clone(),
-                key: Some(key),
-                value: event.to_json(),
-                headers: provenance,
-            }),
-            Err(reason) => {
-                warn!(source = self.name, change = change.cursor.id, reason = %reason, "Row cannot become a stage event; sent to the dead-letter topic.");
-                let mut letter_headers = provenance;
-                letter_headers.extend([
-                    (headers::TOPIC, origin),
-                    (headers::PARTITION, "-1".to_owned()),
-                    (headers::OFFSET, change.cursor.id.to_string()),
-                    (headers::CONNECTOR, self.name.to_owned()),
-                    (headers::TASK_ID, "0".to_owned()),
-                    (headers::STAGE, "VALUE_CONVERTER".to_owned()),
-                    (headers::CLASS, "herald_source_postgres".to_owned()),
-                    (headers::EXCEPTION_CLASS, "herald_core::event::EventError".to_owned()),
-                    (headers::EXCEPTION_MESSAGE, reason.clone()),
-                    (headers::EXCEPTION_STACKTRACE, reason),
-                ]);
-                Some(Outgoing {
-                    topic: self.dead_letter_topic.to_owned(),
-                    key: None,
-                    value: Value::Object(change.row.clone()).to_string(),
-                    headers: letter_headers,
-                })
-            }
-        }
-    }
-
-    /// The row as a stage event, and its key.
-    fn event(&self, change: &Change) -> Result<(StageEvent, String), String> {
-        let mut object = Map::new();
-        if let Some(Value::Object(payload)) = self.plan.payload_column.as_ref().and_then(|c| change.row.get(c)) {
-            object.extend(payload.clone());
-        }
-        for (field, column) in &self.plan.columns {
-            match change.row.get(column) {
-                Some(Value::Null) | None => {
-                    object.remove(field);
-                }
-                Some(value) => {
-                    object.insert(field.clone(), value.clone());
-                }
-            }
-        }
-        for (field, value) in &self.config.constants {
-            object.entry(field.clone()).or_insert_with(|| Value::String(value.clone()));
-        }
-        let bytes = Value::Object(object).to_string();
-        let event =
-            StageEvent::from_json(bytes.as_bytes()).map_err(|err| herald_core::dlq::error_chain(&err).join(": "))?;
-        let key = event
-            .field(&self.config.key_field)
-            .map(std::borrow::Cow::into_owned)
-            .ok_or_else(|| format!("the event has no key field `{}`", self.config.key_field))?;
-        Ok((event, key))
-    }
 }
 
 /// Installs the capture unless it is installed and current, in which case it issues no DDL
@@ -343,4 +339,16 @@ async fn ensure_capture(conn: &mut PgConnection, plan: &Plan) -> Result<String, 
         return Ok(table);
     }
     capture::install(conn, &plan.schema, &plan.table, plan.greenfield, &Ddl::default()).await
+}
+
+/// Makes the table ready for WAL capture (the greenfield table created when it is the one
+/// watched; the publication and the slot when missing). Returns the table's `schema.name`.
+async fn ensure_wal(conn: &mut PgConnection, plan: &Plan, names: &WalNames) -> Result<String, SourceError> {
+    let ddl = Ddl::default();
+    if plan.greenfield {
+        herald_pg::migrate_in_schema(conn, &plan.schema, &[herald_pg::greenfield_migrator()], &ddl).await?;
+    }
+    let table = capture::resolve(conn, &plan.table).await?;
+    wal::ensure(conn, &table, names, &ddl).await?;
+    Ok(table)
 }

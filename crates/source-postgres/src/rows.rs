@@ -1,0 +1,98 @@
+//! Rows become stage events: the column mapping, constants, the key, loop prevention and dead
+//! letters, the same for both capture modes.
+
+use herald_core::dlq::headers;
+use herald_core::sink::ORIGIN_HEADER;
+use herald_core::StageEvent;
+use serde_json::{Map, Value};
+use tracing::warn;
+
+use crate::config::{Plan, PostgresSourceConfig};
+use crate::publisher::Outgoing;
+
+/// How one source turns rows of its table into messages.
+pub(crate) struct RowMapper<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) plan: &'a Plan,
+    pub(crate) config: &'a PostgresSourceConfig,
+    /// The watched table, `schema.name`.
+    pub(crate) table: &'a str,
+    pub(crate) dead_letter_topic: &'a str,
+}
+
+impl RowMapper<'_> {
+    /// The message for one changed `row` (at `position`, by `operation`): its event, a dead
+    /// letter when it cannot be one, or nothing for a row herald's own sink wrote.
+    pub(crate) fn message(&self, row: &Map<String, Value>, position: &str, operation: &str) -> Option<Outgoing> {
+        if let Some(skip) = &self.plan.skip_when {
+            if row.get(&skip.column).and_then(Value::as_str) == Some(skip.value.as_str()) {
+                return None;
+            }
+        }
+        let origin = format!("postgres:{}", self.table);
+        let provenance = vec![
+            (ORIGIN_HEADER, origin.clone()),
+            ("herald.origin.change", position.to_owned()),
+            ("herald.origin.operation", operation.to_owned()),
+        ];
+        match self.event(row) {
+            Ok((event, key)) => Some(Outgoing {
+                topic: self.config.topic.clone(),
+                key: Some(key),
+                value: event.to_json(),
+                headers: provenance,
+            }),
+            Err(reason) => {
+                warn!(source = self.name, change = position, reason = %reason, "Row cannot become a stage event; sent to the dead-letter topic.");
+                let mut letter_headers = provenance;
+                letter_headers.extend([
+                    (headers::TOPIC, origin),
+                    (headers::PARTITION, "-1".to_owned()),
+                    (headers::OFFSET, position.to_owned()),
+                    (headers::CONNECTOR, self.name.to_owned()),
+                    (headers::TASK_ID, "0".to_owned()),
+                    (headers::STAGE, "VALUE_CONVERTER".to_owned()),
+                    (headers::CLASS, "herald_source_postgres".to_owned()),
+                    (headers::EXCEPTION_CLASS, "herald_core::event::EventError".to_owned()),
+                    (headers::EXCEPTION_MESSAGE, reason.clone()),
+                    (headers::EXCEPTION_STACKTRACE, reason),
+                ]);
+                Some(Outgoing {
+                    topic: self.dead_letter_topic.to_owned(),
+                    key: None,
+                    value: Value::Object(row.clone()).to_string(),
+                    headers: letter_headers,
+                })
+            }
+        }
+    }
+
+    /// The row as a stage event, and its key.
+    fn event(&self, row: &Map<String, Value>) -> Result<(StageEvent, String), String> {
+        let mut object = Map::new();
+        if let Some(Value::Object(payload)) = self.plan.payload_column.as_ref().and_then(|c| row.get(c)) {
+            object.extend(payload.clone());
+        }
+        for (field, column) in &self.plan.columns {
+            match row.get(column) {
+                Some(Value::Null) | None => {
+                    object.remove(field);
+                }
+                Some(value) => {
+                    object.insert(field.clone(), value.clone());
+                }
+            }
+        }
+        for (field, value) in &self.config.constants {
+            object.entry(field.clone()).or_insert_with(|| Value::String(value.clone()));
+        }
+        let bytes = Value::Object(object).to_string();
+        let event =
+            StageEvent::from_json(bytes.as_bytes()).map_err(|err| herald_core::dlq::error_chain(&err).join(": "))?;
+        let key = event
+            .field(&self.config.key_field)
+            .map(std::borrow::Cow::into_owned)
+            .ok_or_else(|| format!("the event has no key field `{}`", self.config.key_field))?;
+        Ok((event, key))
+    }
+}

@@ -1,0 +1,321 @@
+//! The Postgres source with `capture = "wal"` (logical replication), end to end: the same
+//! promises as the trigger mode, without a trigger or `herald_changes`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::source::*;
+use common::*;
+use rdkafka::Message;
+use sqlx::PgPool;
+
+/// A WAL source of its own: a unique slot (named so `scripts/services up` may drop it if a
+/// killed run leaves it behind), dropped again by [`WalSource::drop`].
+struct WalSource {
+    name: String,
+    slot: String,
+    config: TempConfig,
+}
+
+impl WalSource {
+    fn new(schema: &str, topic: &str, extra: &str) -> Self {
+        let name = unique("wsrc");
+        let slot = format!("herald_waltest_{}", rand::random::<u32>());
+        let config = TempConfig::new(&format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n{}",
+            source_config(&name, schema, topic, &format!("capture = \"wal\"\nslot = \"{slot}\"\n{extra}"))
+        ));
+        Self { name, slot, config }
+    }
+
+    fn migrate(&self) {
+        let out = herald().args(["migrate", "--config"]).arg(&self.config.path).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Drops the slot and the publication, as an operator retiring the source would.
+    fn drop_capture(&self) {
+        let out = herald().args(["migrate", "--drop-source", &self.name, "--config"]).arg(&self.config.path).output();
+        let out = out.unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+async fn slot_exists(pool: &PgPool, slot: &str) -> bool {
+    sqlx::query_scalar::<_, i32>("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1")
+        .bind(slot)
+        .fetch_optional(pool)
+        .await
+        .unwrap()
+        .is_some()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_capture_publishes_inserts_and_updates_with_no_trigger_and_no_extra_writes() {
+    let pool = pool().await;
+    let schema = greenfield(&pool).await;
+    let topic = unique("events");
+    let source = WalSource::new(&schema, &topic, "");
+    source.migrate();
+    assert!(slot_exists(&pool, &source.slot).await);
+    let triggers: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass($1)")
+        .bind(format!("{schema}.pipeline_status"))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(triggers, 0, "no trigger on the watched table");
+
+    let mut herald = Herald::run(&source.config);
+    let admin = admin_address(&mut herald);
+    herald.wait_for_log("Source active");
+    sqlx::query(&format!(
+        "INSERT INTO {schema}.pipeline_status (event, stage, source, status, event_time, payload) VALUES ('STAGE_COMPLETE', 'bronze_ingest', 'OrdersDB', 'RUNNING', '2026-11-26 10:00:00+00', '{{\"run_id\": \"r-7\"}}')"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(&format!(
+        "UPDATE {schema}.pipeline_status SET status = 'SUCCESS', records = 14823, event_time = '2026-11-26 10:15:00.123456+00' WHERE source = 'OrdersDB'"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    let messages = read_committed(&topic, 2);
+    assert_eq!(messages.len(), 2, "{}", herald.log());
+    assert_eq!(messages[0].key(), Some(&b"OrdersDB"[..]));
+    let (running, success) = (json(&messages[0]), json(&messages[1]));
+    assert_eq!(running["status"], "RUNNING");
+    assert_eq!(running["run_id"], "r-7", "extra fields come from the payload column");
+    assert_eq!(success["status"], "SUCCESS");
+    assert_eq!(success["records"], 14823);
+    let timestamp = herald_core::EventTimestamp::parse(success["timestamp"].as_str().unwrap()).unwrap();
+    assert_eq!(timestamp.instant().to_rfc3339(), "2026-11-26T10:15:00.123456+00:00");
+    assert_eq!(header(&messages[1], "herald.origin"), Some(format!("postgres:{schema}.pipeline_status")));
+    assert_eq!(header(&messages[1], "herald.origin.operation").as_deref(), Some("UPDATE"));
+    let herald_changes: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
+        .bind(format!("{schema}.herald_changes"))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(herald_changes.is_none(), "WAL capture writes no change table");
+
+    // The slot is measured, and `check` reports it.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (_, body) = http(&admin, "GET", "/sources");
+        let sources: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if sources[0]["retained_wal_bytes"].as_i64().unwrap() > 0 && sources[0]["published"] == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let check = common::herald().args(["check", "--config"]).arg(&source.config.path).output().unwrap();
+    assert!(String::from_utf8_lossy(&check.stdout).contains(&format!("slot `{}` holds back", source.slot)));
+
+    herald.signal("TERM");
+    assert!(herald.wait_exit().success());
+    source.drop_capture();
+    assert!(!slot_exists(&pool, &source.slot).await, "drop-source removes the slot");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_capture_follows_commit_order_and_misses_no_late_commit() {
+    let pool = pool().await;
+    let schema = greenfield(&pool).await;
+    let topic = unique("events");
+    let source = WalSource::new(&schema, &topic, "");
+    source.migrate();
+    let mut herald = Herald::run(&source.config);
+    herald.wait_for_log("Source active");
+
+    // A inserts first and commits last; B commits first.
+    let mut a = pool.begin().await.unwrap();
+    sqlx::query(&format!("INSERT INTO {schema}.pipeline_status (event, stage, source, status) VALUES ('STAGE_COMPLETE', 's', 'A', 'SUCCESS')"))
+        .execute(&mut *a)
+        .await
+        .unwrap();
+    insert(&pool, &schema, "B", "s", "SUCCESS", 0).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    a.commit().await.unwrap();
+    insert(&pool, &schema, "C", "s", "SUCCESS", 0).await;
+
+    let messages = read_committed(&topic, 3);
+    let sources: Vec<String> = messages.iter().map(|m| json(m)["source"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(sources, ["B", "A", "C"], "each once, in commit order");
+    herald.signal("TERM");
+    herald.wait_exit();
+    source.drop_capture();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_capture_sigkill_rounds_publish_every_row_exactly_once() {
+    let pool = pool().await;
+    let schema = greenfield(&pool).await;
+    let topic = unique("events");
+    let source = WalSource::new(&schema, &topic, "batch_size = 50");
+    source.migrate();
+    let total = 3000;
+    let writer = {
+        let (pool, schema) = (pool.clone(), schema.clone());
+        tokio::spawn(async move {
+            for chunk in 0..(total / 100) {
+                let mut tx = pool.begin().await.unwrap();
+                for i in 0..100 {
+                    let seq = chunk * 100 + i;
+                    sqlx::query(&format!(
+                        "INSERT INTO {schema}.pipeline_status (event, stage, source, records, status) VALUES ('STAGE_COMPLETE', 's', $1, $2, 'SUCCESS')"
+                    ))
+                    .bind(format!("src{}", seq % 7))
+                    .bind(seq as i64)
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+                }
+                tx.commit().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    for _ in 0..3 {
+        let mut herald = Herald::run(&source.config);
+        herald.wait_for_log("Source active");
+        tokio::time::sleep(Duration::from_millis(300 + rand::random::<u64>() % 400)).await;
+        herald.signal("KILL");
+        herald.wait_exit();
+    }
+    writer.await.unwrap();
+    let mut herald = Herald::run(&source.config);
+    herald.wait_for_log("Source active");
+
+    let messages = read_committed(&topic, total);
+    let mut seen: BTreeMap<i64, usize> = BTreeMap::new();
+    for message in &messages {
+        *seen.entry(json(message)["records"].as_i64().unwrap()).or_default() += 1;
+    }
+    let duplicates: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).take(5).collect();
+    assert!(duplicates.is_empty(), "published twice: {duplicates:?}");
+    assert_eq!(seen.len(), total, "every row published; log:\n{}", herald.log());
+    // Per source key, in commit order.
+    let records: Vec<i64> = messages.iter().map(|m| json(m)["records"].as_i64().unwrap()).collect();
+    assert!(records.windows(2).all(|pair| pair[0] < pair[1]), "commit order kept");
+    herald.signal("TERM");
+    herald.wait_exit();
+    source.drop_capture();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_standby_takes_over_the_slot_when_the_active_instance_is_killed() {
+    let pool = pool().await;
+    let schema = greenfield(&pool).await;
+    let topic = unique("events");
+    let source = WalSource::new(&schema, &topic, "");
+    source.migrate();
+    let mut first = Herald::run(&source.config);
+    first.wait_for_log("Source active");
+    let mut second = Herald::run(&source.config);
+    second.wait_for_log("standing by");
+    for i in 0..50 {
+        insert(&pool, &schema, "A", "s", "SUCCESS", i).await;
+    }
+    read_committed(&topic, 50);
+
+    first.signal("KILL");
+    first.wait_exit();
+    let killed_at = Instant::now();
+    for i in 50..100 {
+        insert(&pool, &schema, "A", "s", "SUCCESS", i).await;
+    }
+    second.wait_for_log("Streaming from the replication slot");
+    let messages = read_committed(&topic, 100);
+    let records: Vec<i64> = messages.iter().map(|m| json(m)["records"].as_i64().unwrap()).collect();
+    assert_eq!(records, (0..100).collect::<Vec<_>>(), "in order, each once, across the takeover");
+    assert!(killed_at.elapsed() < Duration::from_secs(30), "takeover took {:?}", killed_at.elapsed());
+    second.signal("TERM");
+    second.wait_exit();
+    source.drop_capture();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_sink_and_source_on_one_table_never_loop() {
+    let pool = pool().await;
+    let schema = greenfield(&pool).await;
+    let topic = unique("events");
+    create_topic(&topic, 3).await;
+    let source = WalSource::new(&schema, &topic, "");
+    let config = TempConfig::new(&format!(
+        "{}\n[[route]]\nname = \"{}\"\ntopics = [\"{topic}\"]\n[route.sink]\ntype = \"postgres\"\nurl = \"{URL}\"\nschema = \"{schema}\"\nmode = \"append\"\n",
+        std::fs::read_to_string(&source.config.path).unwrap(),
+        unique("route"),
+    ));
+    let mut herald = Herald::run(&config);
+    herald.wait_for_log("Source active");
+    herald.wait_for_log("Partitions assigned");
+    let kafka_side = tokio::spawn({
+        let topic = topic.clone();
+        async move { produce_events(&topic, &["K1", "K2", "K3"], 200).await }
+    });
+    for i in 0..150 {
+        insert(&pool, &schema, &format!("D{}", i % 3), "db_stage", "SUCCESS", 10_000 + i).await;
+    }
+    kafka_side.await.unwrap();
+
+    let messages = read_committed(&topic, 350);
+    assert_eq!(messages.len(), 350, "no event came back around; log:\n{}", herald.log());
+    let mut on_kafka: BTreeMap<i64, usize> = BTreeMap::new();
+    for message in &messages {
+        *on_kafka.entry(json(message)["records"].as_i64().unwrap()).or_default() += 1;
+    }
+    assert!(on_kafka.values().all(|n| *n == 1));
+    let counts: Vec<(String, i64)> = sqlx::query_as(&format!(
+        "SELECT origin, count(*) FROM {schema}.pipeline_status GROUP BY origin ORDER BY origin"
+    ))
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(counts, vec![("db".to_owned(), 150), ("kafka".to_owned(), 200)]);
+    herald.signal("TERM");
+    herald.wait_exit();
+    source.drop_capture();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_capture_refuses_a_table_whose_updates_it_would_break() {
+    let pool = pool().await;
+    let schema = unique("legacy").replace('-', "_");
+    sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&pool).await.unwrap();
+    // No primary key: in a publication of updates, Postgres would refuse this table's UPDATEs.
+    sqlx::query(&format!("CREATE TABLE {schema}.job_status (src text, step text, state text, at timestamptz)"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    let source = WalSource::new(
+        &schema,
+        &unique("events"),
+        &format!(
+            "table = \"{schema}.job_status\"\nconstants = {{ event = \"STAGE_COMPLETE\" }}\n\
+             columns = {{ source = \"src\", stage = \"step\", status = \"state\", timestamp = \"at\" }}"
+        ),
+    );
+    let out = herald().args(["migrate", "--config"]).arg(&source.config.path).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no replica identity") && stderr.contains("REPLICA IDENTITY FULL"), "{stderr}");
+    assert!(!slot_exists(&pool, &source.slot).await, "nothing was created");
+    let published: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_publication WHERE pubname = $1")
+        .bind(&source.slot)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(published, 0);
+    // The application's UPDATE still works.
+    sqlx::query(&format!("INSERT INTO {schema}.job_status VALUES ('A', 's', 'RUNNING', now())"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query(&format!("UPDATE {schema}.job_status SET state = 'SUCCESS'")).execute(&pool).await.unwrap();
+}
