@@ -82,12 +82,25 @@ enum Command {
     },
     /// Insert committed → Kafka consumer latency of the Postgres source.
     Source {
+        /// How the source captures changes.
+        #[arg(long, value_enum, default_value = "trigger")]
+        capture: source::Capture,
         /// Rows inserted per second.
         #[arg(long, default_value_t = 100.0)]
         rate: f64,
         /// How long to insert.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         duration: Duration,
+    },
+    /// What capture costs the watched table's writers: insert rate and Postgres CPU with no
+    /// capture, trigger capture and WAL capture, alternating.
+    SourceOverhead {
+        /// Single-row transactions per run.
+        #[arg(long, default_value_t = 5_000)]
+        rows: u64,
+        /// Rounds of the three modes.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
     /// herald next to jobs polling the status table every 1 s and 5 s, on the same events.
     Baseline {
@@ -170,7 +183,10 @@ async fn main() -> Result<()> {
         Command::Latency { sink, rate, duration } => {
             vec![sinks::run(&services, sink, events_in(rate, duration), Pace::Rate(rate)).await?]
         }
-        Command::Source { rate, duration } => vec![source::run(&services, rate, events_in(rate, duration)).await?],
+        Command::Source { capture, rate, duration } => {
+            vec![source::run(&services, capture, rate, events_in(rate, duration)).await?]
+        }
+        Command::SourceOverhead { rows, rounds } => source::writer_overhead(&services, rows, rounds).await?,
         Command::Baseline { rate, duration } => baseline::run(&services, rate, events_in(rate, duration)).await?,
         Command::Startup => vec![startup::run(&services).await?],
         Command::All { out } => return all(&services, &out).await,
@@ -234,8 +250,11 @@ async fn all(services: &Services, out: &std::path::Path) -> Result<()> {
         record("latency", sinks::run(services, sink, 10_000, Pace::Rate(1000.0)).await.map(|row| vec![row]));
     }
     record("sns latency", sinks::run(services, SinkKind::Sns, 500, Pace::Rate(50.0)).await.map(|row| vec![row]));
-    record("source", source::run(services, 100.0, 1000).await.map(|row| vec![row]));
-    record("source", source::run(services, 1000.0, 10_000).await.map(|row| vec![row]));
+    for capture in [source::Capture::Trigger, source::Capture::Wal] {
+        record("source", source::run(services, capture, 100.0, 1000).await.map(|row| vec![row]));
+        record("source", source::run(services, capture, 1000.0, 10_000).await.map(|row| vec![row]));
+    }
+    record("source overhead", source::writer_overhead(services, 5_000, 3).await);
     let baseline = baseline::run(services, 10.0, 300).await;
     if let Ok(baseline_rows) = &baseline {
         plot::latency_bars(baseline_rows, BASELINE_TITLE, &out.join("baseline.svg"))?;

@@ -13,7 +13,7 @@ use crate::observe::Visible;
 
 /// Linux's `USER_HZ`, the unit of `utime`/`stime` in `/proc/<pid>/stat`; 100 on every mainstream
 /// architecture.
-const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
+pub const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
 
 /// A running `herald run`.
 pub struct HeraldProcess {

@@ -1,5 +1,6 @@
-//! The Postgres source: a row insert committed → the event read by a `read_committed` Kafka
-//! consumer, through the herald binary.
+//! The Postgres source, through the herald binary: a row insert committed → the event read by
+//! a `read_committed` Kafka consumer, in both capture modes; and what capture costs the writers
+//! of the watched table (their insert rate, Postgres's CPU) against no capture at all.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -16,21 +17,66 @@ use crate::process::HeraldProcess;
 use crate::stats::{Percentiles, Row};
 use crate::Services;
 
-/// Inserts `rows` rows at `rate` rows/s into a status table herald's source watches, and
-/// measures each from its insert's commit to its event in a consumer.
-pub async fn run(services: &Services, rate: f64, rows: u64) -> Result<Row> {
-    let run = services.run_name("source");
-    let schema = Services::schema_for(&run);
-    let topic = format!("bench.{run}");
-    let pool = PgPool::connect(&services.postgres).await.context("connecting to Postgres")?;
-    sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&pool).await.context("creating the schema")?;
-    sqlx::query(&format!(
-        "CREATE TABLE {schema}.status (source text, stage text, status text, seq bigint, at timestamptz DEFAULT now())"
-    ))
-    .execute(&pool)
-    .await
-    .context("creating the status table")?;
-    let config = format!(
+/// How the measured source captures changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Capture {
+    /// No source at all: the writers' reference.
+    Off,
+    /// `capture = "trigger"`.
+    Trigger,
+    /// `capture = "wal"`.
+    Wal,
+}
+
+impl Capture {
+    fn label(self) -> &'static str {
+        match self {
+            Capture::Off => "off",
+            Capture::Trigger => "trigger",
+            Capture::Wal => "wal",
+        }
+    }
+}
+
+/// A status table and, unless `capture` is off, a herald source watching it.
+struct Watched {
+    pool: PgPool,
+    schema: String,
+    topic: String,
+    slot: String,
+    herald: Option<HeraldProcess>,
+}
+
+impl Watched {
+    async fn create(services: &Services, capture: Capture) -> Result<Self> {
+        let run = services.run_name(&format!("source-{}", capture.label()));
+        let schema = Services::schema_for(&run);
+        let topic = format!("bench.{run}");
+        let slot = format!("herald_waltest_{}", schema.trim_start_matches("bench_"));
+        let pool = PgPool::connect(&services.postgres).await.context("connecting to Postgres")?;
+        sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&pool).await.context("creating the schema")?;
+        // A primary key, as WAL capture needs (and most status tables have).
+        sqlx::query(&format!(
+            "CREATE TABLE {schema}.status (id bigserial PRIMARY KEY, source text, stage text, status text, seq bigint, at timestamptz DEFAULT now())"
+        ))
+        .execute(&pool)
+        .await
+        .context("creating the status table")?;
+        let mut watched = Self { pool, schema, topic, slot, herald: None };
+        if capture != Capture::Off {
+            watched.start(services, &run, capture)?;
+        }
+        Ok(watched)
+    }
+
+    fn start(&mut self, services: &Services, run: &str, capture: Capture) -> Result<()> {
+        let (schema, topic) = (&self.schema, &self.topic);
+        let wal = if capture == Capture::Wal {
+            format!("capture = \"wal\"\nslot = \"{}\"", self.slot)
+        } else {
+            String::new()
+        };
+        let config = format!(
         r#"[kafka]
 bootstrap.servers = "{brokers}"
 {debug}
@@ -45,14 +91,61 @@ offsets_topic = "{topic}.offsets"
 key_field = "source"
 columns = {{ source = "source", stage = "stage", status = "status", records = "seq", timestamp = "at" }}
 constants = {{ event = "STAGE_COMPLETE" }}
+{wal}
 "#,
-        brokers = services.brokers,
-        url = services.postgres,
-        // librdkafka's debug contexts, e.g. `eos,protocol`, to see where a transaction's time goes.
-        debug = std::env::var("HERALD_BENCH_KAFKA_DEBUG").map(|d| format!("debug = \"{d}\"")).unwrap_or_default(),
-    );
-    let mut herald = HeraldProcess::start(&services.herald, &run, &config, None)?;
-    herald.wait_for_log("Source active.", Duration::from_secs(60))?;
+            brokers = services.brokers,
+            url = services.postgres,
+            // librdkafka's debug contexts, e.g. `eos,protocol`, to see where a transaction's time goes.
+            debug =
+                std::env::var("HERALD_BENCH_KAFKA_DEBUG").map(|d| format!("debug = \"{d}\"")).unwrap_or_default(),
+        );
+        let mut herald = HeraldProcess::start(&services.herald, run, &config, None)?;
+        herald.wait_for_log("Source active.", Duration::from_secs(60))?;
+        self.herald = Some(herald);
+        Ok(())
+    }
+
+    /// Stops herald, drops the schema, the slot and the publication.
+    async fn drop(mut self) -> Result<()> {
+        if let Some(herald) = self.herald.take() {
+            herald.stop()?;
+        }
+        sqlx::query(&format!("DROP SCHEMA {} CASCADE", self.schema))
+            .execute(&self.pool)
+            .await
+            .context("dropping the schema")?;
+        // The slot may stay active for a moment after herald exits.
+        for _ in 0..50 {
+            let dropped = sqlx::query(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active",
+            )
+            .bind(&self.slot)
+            .execute(&self.pool)
+            .await;
+            let left: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1")
+                .bind(&self.slot)
+                .fetch_optional(&self.pool)
+                .await
+                .context("looking up the slot")?;
+            if dropped.is_ok() && left.is_none() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        sqlx::query(&format!("DROP PUBLICATION IF EXISTS {}", self.slot))
+            .execute(&self.pool)
+            .await
+            .context("dropping the publication")?;
+        Ok(())
+    }
+}
+
+/// Inserts `rows` rows at `rate` rows/s into a status table herald's source watches (with
+/// `capture`), and measures each from its insert's commit to its event in a consumer.
+pub async fn run(services: &Services, capture: Capture, rate: f64, rows: u64) -> Result<Row> {
+    let watched = Watched::create(services, capture).await?;
+    let (pool, schema, topic) = (watched.pool.clone(), watched.schema.clone(), watched.topic.clone());
+    let herald = watched.herald.as_ref().context("a source latency run needs a capture mode")?;
 
     let visible = Arc::new(Visible::default());
     let stop = Arc::new(AtomicBool::new(false));
@@ -90,16 +183,15 @@ constants = {{ event = "STAGE_COMPLETE" }}
     if std::env::var_os("HERALD_BENCH_SHOW_LOG").is_some() {
         eprintln!("{}", herald.log_text());
     }
-    herald.stop()?;
     stop.store(true, Ordering::Relaxed);
     let _ = reader.join();
-    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE")).execute(&pool).await.context("dropping the schema")?;
+    watched.drop().await?;
 
     let seen = visible.first_seen();
     let last = seen.iter().map(|(_, at)| *at).max().unwrap_or_else(Instant::now);
     let window = last.saturating_duration_since(committed.first().copied().unwrap_or(last)).as_secs_f64();
     Ok(Row {
-        name: "source latency (insert committed → read_committed consumer)".into(),
+        name: format!("source latency, {} capture (insert committed → read_committed consumer)", capture.label()),
         events: rows as usize,
         offered_rate: Some(rate),
         throughput: rows as f64 / window.max(f64::EPSILON),
@@ -109,6 +201,110 @@ constants = {{ event = "STAGE_COMPLETE" }}
         cpu_percent: Some((after.cpu_seconds - before.cpu_seconds) / window.max(f64::EPSILON) * 100.0),
         note: "a Kafka transaction per batch of changes".into(),
     })
+}
+
+/// What capture costs the table's writers: one writer inserts `rows` single-row transactions as
+/// fast as it can, into a table with no capture, trigger capture and WAL capture in turn
+/// (`rounds` times, alternating, each with only its own herald running), and waits until
+/// herald has published them all. Reports per mode the median insert rate (and its range), the
+/// ratio to no capture, and Postgres's CPU time (every `postgres` process) per 1,000 rows.
+pub async fn writer_overhead(services: &Services, rows: u64, rounds: usize) -> Result<Vec<Row>> {
+    let modes = [Capture::Off, Capture::Trigger, Capture::Wal];
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
+    let mut cpu_per_k: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
+    for _ in 0..rounds {
+        for (index, capture) in modes.iter().enumerate() {
+            let watched = Watched::create(services, *capture).await?;
+            let visible = Arc::new(Visible::default());
+            let stop = Arc::new(AtomicBool::new(false));
+            let reader = (*capture != Capture::Off)
+                .then(|| read_committed(&services.brokers, &watched.topic, Arc::clone(&visible), Arc::clone(&stop)))
+                .transpose()?;
+            let mut writer = watched.pool.acquire().await.context("connecting the writer")?;
+            let insert = format!(
+                "INSERT INTO {}.status (source, stage, status, seq) VALUES ($1, 'bench', 'SUCCESS', $2)",
+                watched.schema
+            );
+            // Warm the writer's statement cache and, with capture, the whole path.
+            sqlx::query(&insert)
+                .bind("source-warmup")
+                .bind(i64::try_from(crate::load::WARMUP_SEQ).unwrap_or(i64::MAX))
+                .execute(&mut *writer)
+                .await
+                .context("inserting the warm-up row")?;
+            if reader.is_some() {
+                visible.wait_for(1, Duration::from_secs(60)).await?;
+                visible.clear();
+            }
+            let cpu_before = postgres_cpu_seconds();
+            let started = Instant::now();
+            for seq in 0..rows {
+                sqlx::query(&insert)
+                    .bind(format!("source-{}", seq % crate::load::SOURCES))
+                    .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+                    .execute(&mut *writer)
+                    .await
+                    .context("inserting a row")?;
+            }
+            rates[index].push(rows as f64 / started.elapsed().as_secs_f64());
+            if reader.is_some() {
+                visible.wait_for(rows as usize, Duration::from_secs(120)).await?;
+            }
+            cpu_per_k[index].push((postgres_cpu_seconds() - cpu_before) / rows as f64 * 1000.0);
+            stop.store(true, Ordering::Relaxed);
+            if let Some(reader) = reader {
+                let _ = reader.join();
+            }
+            drop(writer);
+            watched.drop().await?;
+        }
+    }
+    let median = |values: &[f64]| {
+        let mut sorted = values.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
+    };
+    let off = median(&rates[0]);
+    Ok(modes
+        .iter()
+        .enumerate()
+        .map(|(index, capture)| {
+            let runs: Vec<String> = rates[index].iter().map(|rate| format!("{rate:.0}")).collect();
+            Row {
+                name: format!("writer inserts, {} capture (single-row transactions)", capture.label()),
+                events: rows as usize,
+                offered_rate: None,
+                throughput: median(&rates[index]),
+                drain_rate: None,
+                latency: None,
+                usage: None,
+                cpu_percent: None,
+                note: format!(
+                    "runs {}; {:.0}% of off; Postgres CPU {:.2} s per 1,000 rows, all published",
+                    runs.join(", "),
+                    median(&rates[index]) / off.max(f64::EPSILON) * 100.0,
+                    median(&cpu_per_k[index])
+                ),
+            }
+        })
+        .collect())
+}
+
+/// User + system CPU seconds of every `postgres` process now (backends, WAL sender, writers).
+fn postgres_cpu_seconds() -> f64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return 0.0 };
+    entries
+        .filter_map(Result::ok)
+        .filter(|entry| entry.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .filter_map(|entry| std::fs::read_to_string(entry.path().join("stat")).ok())
+        .filter(|stat| stat.contains("(postgres)"))
+        .map(|stat| {
+            let fields: Vec<&str> =
+                stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("").split_whitespace().collect();
+            let ticks = |index: usize| fields.get(index).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            (ticks(11) + ticks(12)) / crate::process::CLOCK_TICKS_PER_SECOND
+        })
+        .sum()
 }
 
 /// A `read_committed` consumer of partition 0 of `topic`, from the beginning, on its own thread.
