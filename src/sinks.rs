@@ -101,3 +101,29 @@ pub fn source(spec: &SourceSpec) -> Result<herald_source_postgres::PostgresSourc
         ),
     }
 }
+
+/// Every `[[source]]`, parsed and validated, with their names; two WAL sources may not share a
+/// replication slot or a publication (one would confirm WAL the other has not published).
+pub fn sources(specs: &[SourceSpec]) -> Result<Vec<(String, herald_source_postgres::PostgresSourceConfig)>> {
+    let sources = specs.iter().map(|spec| Ok((spec.name.clone(), source(spec)?))).collect::<Result<Vec<_>>>()?;
+    let mut slots: std::collections::BTreeMap<String, &str> = std::collections::BTreeMap::new();
+    let mut publications: std::collections::BTreeMap<String, &str> = std::collections::BTreeMap::new();
+    for (name, config) in &sources {
+        if config.capture != herald_source_postgres::Capture::Wal {
+            continue;
+        }
+        if let Some(other) = slots.insert(config.slot_name(name), name) {
+            bail!(
+                "sources `{other}` and `{name}` would share replication slot `{}`: set `slot` on one of them",
+                config.slot_name(name)
+            );
+        }
+        if let Some(other) = publications.insert(config.publication_name(name), name) {
+            bail!(
+                "sources `{other}` and `{name}` would share publication `{}`: set `publication` on one of them",
+                config.publication_name(name)
+            );
+        }
+    }
+    Ok(sources)
+}

@@ -411,7 +411,7 @@ async fn published_changes_are_deleted_and_a_sigkill_mid_stream_duplicates_nothi
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_source_alone_creates_the_greenfield_table_and_drop_source_forgets_it() {
+async fn a_source_alone_creates_the_greenfield_table_and_drop_source_removes_its_capture() {
     let pool = pool().await;
     let schema = unique("fresh").replace('-', "_");
     let name = unique("src");
@@ -428,13 +428,16 @@ async fn a_source_alone_creates_the_greenfield_table_and_drop_source_forgets_it(
     let again = herald().args(["migrate", "--config"]).arg(&config.path).output().unwrap();
     assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
 
-    sqlx::query(&format!(
-        "INSERT INTO {schema}.herald_capture_progress (source_name, source_table, txid, id) VALUES ($1, 'x', '1', 1)"
+    // migrate registered the source: no change of the table is deleted before it published it.
+    let registered: i64 = sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM {schema}.herald_capture_progress WHERE source_name = $1 AND source_table = $2"
     ))
     .bind(&name)
-    .execute(&pool)
+    .bind(format!("{schema}.pipeline_status"))
+    .fetch_one(&pool)
     .await
     .unwrap();
+    assert_eq!(registered, 1);
     let out = herald().args(["migrate", "--drop-source", &name, "--config"]).arg(&config.path).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("forgotten"));
@@ -443,6 +446,13 @@ async fn a_source_alone_creates_the_greenfield_table_and_drop_source_forgets_it(
         .await
         .unwrap();
     assert_eq!(left, 0);
+    // It was the table's last source: the trigger is gone, the writers pay nothing more.
+    let triggers: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass($1)")
+        .bind(format!("{schema}.pipeline_status"))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(triggers, 0);
     let unknown = herald().args(["migrate", "--drop-source", "nope", "--config"]).arg(&config.path).output().unwrap();
     assert!(!unknown.status.success());
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no [[source]] named `nope`"));

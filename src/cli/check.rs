@@ -63,6 +63,12 @@ pub async fn check(args: CheckArgs) -> Result<ExitCode> {
         }
     };
     report.ok("config", format!("{} ({} routes)", args.config.display(), config.routes.len()));
+    // Each source's own errors are reported below; this adds what only shows across sources.
+    if config.sources.iter().all(|spec| sinks::source(spec).is_ok()) {
+        if let Err(err) = sinks::sources(&config.sources) {
+            report.fail("sources", format!("{err:#}"));
+        }
+    }
     if args.offline {
         for route in &config.routes {
             let label = format!("route {}", route.name);

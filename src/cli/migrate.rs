@@ -15,9 +15,9 @@ pub struct MigrateArgs {
     /// The config file.
     #[arg(long, short, env = "HERALD_CONFIG", default_value = "config/herald.toml")]
     pub config: PathBuf,
-    /// Instead of migrating, forget the source of this name (a `[[source]]` of the config):
-    /// captured changes of its table are no longer kept for it. Run it after taking a source
-    /// out of service; the trigger stays for the table's other sources.
+    /// Instead of migrating, retire the source of this name (a `[[source]]` of the config, still
+    /// there): WAL capture drops its slot and publication; trigger capture stops keeping the
+    /// table's changes for it and, when no other source reads the table, drops the trigger.
     #[arg(long, value_name = "NAME")]
     pub drop_source: Option<String>,
 }
@@ -28,7 +28,7 @@ pub async fn migrate(args: MigrateArgs) -> Result<ExitCode> {
         let Some(spec) = config.sources.iter().find(|spec| &spec.name == name) else {
             let known: Vec<&str> = config.sources.iter().map(|spec| spec.name.as_str()).collect();
             bail!(
-                "{}: no [[source]] named `{name}` (sources: {})",
+                "{}: no [[source]] named `{name}` (sources: {}); keep a source's [[source]] in the config until it is retired",
                 args.config.display(),
                 if known.is_empty() { "none".to_owned() } else { known.join(", ") }
             );
@@ -36,7 +36,7 @@ pub async fn migrate(args: MigrateArgs) -> Result<ExitCode> {
         let source = sinks::source(spec)?;
         let had = source.drop_source(name).await.with_context(|| format!("source `{name}`"))?;
         let what = if had {
-            "forgotten: its table's captured changes are no longer kept for it"
+            "forgotten: its slot and publication, or its claim on the table's captured changes, are removed"
         } else {
             "had nothing to forget"
         };

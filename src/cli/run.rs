@@ -26,12 +26,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     if config.routes.is_empty() && config.sources.is_empty() {
         bail!("{}: no [[route]] or [[source]] is configured, so there is nothing to run", args.config.display());
     }
-    let sources = config
-        .sources
-        .iter()
-        .map(|spec| Ok((spec.name.clone(), sinks::source(spec)?)))
-        .collect::<Result<Vec<_>>>()
-        .with_context(|| format!("{}", args.config.display()))?;
+    let sources = sinks::sources(&config.sources).with_context(|| format!("{}", args.config.display()))?;
     let mut routes = Vec::with_capacity(config.routes.len());
     for route in &config.routes {
         let mut sink =

@@ -77,7 +77,7 @@ impl Watched {
             String::new()
         };
         let config = format!(
-        r#"[kafka]
+            r#"[kafka]
 bootstrap.servers = "{brokers}"
 {debug}
 [[source]]
@@ -96,8 +96,7 @@ constants = {{ event = "STAGE_COMPLETE" }}
             brokers = services.brokers,
             url = services.postgres,
             // librdkafka's debug contexts, e.g. `eos,protocol`, to see where a transaction's time goes.
-            debug =
-                std::env::var("HERALD_BENCH_KAFKA_DEBUG").map(|d| format!("debug = \"{d}\"")).unwrap_or_default(),
+            debug = std::env::var("HERALD_BENCH_KAFKA_DEBUG").map(|d| format!("debug = \"{d}\"")).unwrap_or_default(),
         );
         let mut herald = HeraldProcess::start(&services.herald, run, &config, None)?;
         herald.wait_for_log("Source active.", Duration::from_secs(60))?;

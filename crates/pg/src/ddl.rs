@@ -28,7 +28,10 @@ pub struct Ddl {
 
 impl Default for Ddl {
     fn default() -> Self {
-        Self { lock_timeout: Duration::from_secs(2), give_up_after: Duration::from_secs(300) }
+        // While a DDL statement waits for its lock, the writers that come after it wait too: a
+        // try must be short enough that a writer held up by it barely notices, and long enough
+        // for the transactions holding the lock now to end on a busy table.
+        Self { lock_timeout: Duration::from_millis(500), give_up_after: Duration::from_secs(300) }
     }
 }
 
@@ -125,7 +128,11 @@ impl Ddl {
 fn lock_timed_out(error: &PgError) -> bool {
     match error {
         PgError::Query { source, .. } => is_lock_timeout(source),
-        PgError::Migrate { source: sqlx::migrate::MigrateError::Execute(source), .. } => is_lock_timeout(source),
+        PgError::Migrate {
+            source:
+                sqlx::migrate::MigrateError::Execute(source) | sqlx::migrate::MigrateError::ExecuteMigration(source, _),
+            ..
+        } => is_lock_timeout(source),
         _ => false,
     }
 }
@@ -141,6 +148,7 @@ pub(crate) async fn lock_holders(
                 coalesce(extract(epoch FROM now() - a.xact_start), 0)::float8, l.mode, l.relation::regclass::text
          FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
          WHERE l.locktype = 'relation' AND l.granted AND l.pid <> pg_backend_pid()
+           AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
            AND (l.relation IN (SELECT to_regclass(name) FROM unnest($1::text[]) AS name)
                 OR l.relation IN (SELECT oid FROM pg_class WHERE relnamespace = to_regnamespace($2)))
          ORDER BY a.xact_start NULLS LAST, a.pid

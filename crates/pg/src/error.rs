@@ -55,7 +55,11 @@ impl PgError {
     pub fn failure(&self) -> Failure {
         match self {
             PgError::Query { source, .. } => classify(source),
-            PgError::Migrate { source: sqlx::migrate::MigrateError::Execute(source), .. } => classify(source),
+            PgError::Migrate {
+                source:
+                    sqlx::migrate::MigrateError::Execute(source) | sqlx::migrate::MigrateError::ExecuteMigration(source, _),
+                ..
+            } => classify(source),
             PgError::LockNotGranted { .. } => Failure::Transient,
             PgError::Url(_) | PgError::Migrate { .. } => Failure::Fatal,
         }

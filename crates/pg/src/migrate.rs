@@ -29,12 +29,20 @@ pub fn greenfield_migrator() -> Migrator {
 pub async fn migrate_in_schema(
     conn: &mut PgConnection,
     schema: &Ident,
-    migrators: &[Migrator],
+    mut migrators: Vec<Migrator>,
     ddl: &Ddl,
 ) -> Result<(), PgError> {
-    if !pending_migrations(conn, schema, migrators).await? {
+    if !pending_migrations(conn, schema, &migrators).await? {
         return Ok(());
     }
+    // herald's own advisory lock serialises herald processes. sqlx's lock is one per database
+    // (shared with every other sqlx application there), and a migration that fails, as one
+    // whose lock_timeout expired does, returns without releasing it: a retry on the same
+    // connection would hold it for the connection's life.
+    for migrator in &mut migrators {
+        migrator.set_locking(false);
+    }
+    let migrators = migrators.as_slice();
     let schema_name = schema.as_str();
     ddl.run(conn, "taking herald's migration lock", &[], None, async |conn| {
         sqlx::query(MIGRATION_LOCK).execute(conn).await.map(drop).map_err(PgError::query("taking the migration lock"))

@@ -43,7 +43,7 @@ impl PostgresSinkConfig {
         if self.table.is_none() {
             migrators.push(herald_pg::greenfield_migrator());
         }
-        let result = herald_pg::migrate_in_schema(&mut conn, &schema, &migrators, &Ddl::default()).await;
+        let result = herald_pg::migrate_in_schema(&mut conn, &schema, migrators, &Ddl::default()).await;
         let _ = conn.close().await;
         Ok(result?)
     }

@@ -79,7 +79,7 @@ pub(crate) async fn install(
     greenfield: bool,
     ddl: &Ddl,
 ) -> Result<String, SourceError> {
-    herald_pg::migrate_in_schema(conn, schema, &migrators(greenfield), ddl).await?;
+    herald_pg::migrate_in_schema(conn, schema, migrators(greenfield), ddl).await?;
     let resolved = resolve(conn, table).await?;
     let (table_schema, table_name) = resolved.split_once('.').unwrap_or(("public", resolved.as_str()));
     let watched = format!("\"{table_schema}\".\"{table_name}\"");
@@ -93,6 +93,82 @@ pub(crate) async fn install(
     .await?;
     info!(table = %resolved, "Change capture installed.");
     Ok(resolved)
+}
+
+/// Registers `source` as a reader of `table`'s changes (if it is not yet): from now on no
+/// change of the table is deleted before this source has published it.
+pub(crate) async fn register(
+    conn: &mut PgConnection,
+    schema: &Ident,
+    source: &str,
+    table: &str,
+) -> Result<(), SourceError> {
+    sqlx::query(&format!(
+        "INSERT INTO {schema}.herald_capture_progress (source_name, source_table, txid, id)
+         VALUES ($1, $2, '0'::xid8, 0) ON CONFLICT (source_name) DO NOTHING"
+    ))
+    .bind(source)
+    .bind(table)
+    .execute(&mut *conn)
+    .await
+    .map_err(SourceError::postgres("registering the source"))?;
+    Ok(())
+}
+
+/// How many sources are registered as readers of `table`.
+pub(crate) async fn readers(conn: &mut PgConnection, schema: &Ident, table: &str) -> Result<i64, SourceError> {
+    let ledger: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
+        .bind(format!("{schema}.herald_capture_progress"))
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(SourceError::postgres("looking for the clean-up ledger"))?;
+    if ledger.is_none() {
+        return Ok(0);
+    }
+    sqlx::query_scalar(&format!("SELECT count(*) FROM {schema}.herald_capture_progress WHERE source_table = $1"))
+        .bind(table)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(SourceError::postgres("counting the table's sources"))
+}
+
+/// Removes the capture of `table` its last source no longer needs: the trigger (DDL under
+/// `ddl`) and the table's captured changes (in batches).
+pub(crate) async fn uninstall(
+    conn: &mut PgConnection,
+    schema: &Ident,
+    table: &str,
+    ddl: &Ddl,
+) -> Result<(), SourceError> {
+    let watched = table.split('.').map(|part| format!("\"{part}\"")).collect::<Vec<_>>().join(".");
+    let statement = format!("DROP TRIGGER IF EXISTS herald_capture ON {watched}");
+    ddl.run(conn, "dropping the capture trigger", std::slice::from_ref(&watched), None, async |conn| {
+        sqlx::query(&statement).execute(conn).await.map(drop).map_err(PgError::query("dropping the capture trigger"))
+    })
+    .await?;
+    let changes: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
+        .bind(format!("{schema}.herald_changes"))
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(SourceError::postgres("looking for herald_changes"))?;
+    if changes.is_some() {
+        loop {
+            let deleted = sqlx::query(&format!(
+                "DELETE FROM {schema}.herald_changes WHERE id IN
+                 (SELECT id FROM {schema}.herald_changes WHERE source_table = $1 LIMIT 5000)"
+            ))
+            .bind(table)
+            .execute(&mut *conn)
+            .await
+            .map_err(SourceError::postgres("deleting the table's captured changes"))?
+            .rows_affected();
+            if deleted < 5000 {
+                break;
+            }
+        }
+    }
+    info!(table, "Change capture removed: no source reads this table any more.");
+    Ok(())
 }
 
 /// Records that `source` has published everything up to `cursor` of `table`.

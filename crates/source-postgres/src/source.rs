@@ -42,7 +42,7 @@ impl PostgresSourceConfig {
             .await
             .map_err(SourceError::postgres("connecting"))?;
         let result = match self.capture {
-            Capture::Trigger => ensure_capture(&mut conn, &plan).await,
+            Capture::Trigger => ensure_capture(&mut conn, &plan, name).await,
             Capture::Wal => ensure_wal(&mut conn, &plan, &self.wal_names(name)).await,
         };
         let _ = conn.close().await;
@@ -53,8 +53,9 @@ impl PostgresSourceConfig {
         WalNames { slot: self.slot_name(name), publication: self.publication_name(name) }
     }
 
-    /// Forgets source `name`. Trigger capture: removes its clean-up progress, so captured
-    /// changes of its table are no longer kept for it. WAL capture: drops its replication slot
+    /// Retires source `name`. Trigger capture: removes its clean-up progress, so captured
+    /// changes of its table are no longer kept for it, and when it was the table's last source,
+    /// the trigger and the table's captured changes. WAL capture: drops its replication slot
     /// (which would otherwise pin WAL forever) and its publication. Returns whether there was
     /// anything to remove.
     pub async fn drop_source(&self, name: &str) -> Result<bool, SourceError> {
@@ -63,7 +64,7 @@ impl PostgresSourceConfig {
             .await
             .map_err(SourceError::postgres("connecting"))?;
         let result = match self.capture {
-            Capture::Trigger => capture::forget(&mut conn, &plan.schema, name).await,
+            Capture::Trigger => retire_trigger_source(&mut conn, &plan, name).await,
             Capture::Wal => wal::drop_capture(&mut conn, &self.wal_names(name)).await,
         };
         let _ = conn.close().await;
@@ -182,7 +183,7 @@ impl PostgresSourceConfig {
             .map_err(SourceError::postgres("connecting"))?;
         let names = self.wal_names(name);
         let table = match self.capture {
-            Capture::Trigger => ensure_capture(&mut conn, plan).await?,
+            Capture::Trigger => ensure_capture(&mut conn, plan, name).await?,
             Capture::Wal => ensure_wal(&mut conn, plan, &names).await?,
         };
         let dead_letter_topic = self.dead_letter_topic.clone().unwrap_or_else(|| format!("herald.dlq.{name}"));
@@ -326,19 +327,39 @@ impl Worker<'_> {
 /// Installs the capture unless it is installed and current, in which case it issues no DDL
 /// at all (DDL on the watched table would queue behind any open transaction of its writers).
 /// Returns the watched table's `schema.name`.
-async fn ensure_capture(conn: &mut PgConnection, plan: &Plan) -> Result<String, SourceError> {
+/// Also registers source `name` as a reader of the table's changes, so none is deleted
+/// before it has published them.
+async fn ensure_capture(conn: &mut PgConnection, plan: &Plan, name: &str) -> Result<String, SourceError> {
     let current = match capture::resolve(conn, &plan.table).await {
         Ok(_) => capture::installed(conn, &plan.schema, &plan.table, plan.greenfield).await?,
         // The greenfield table is created by the install below.
         Err(SourceError::NoTable(_)) if plan.greenfield => false,
         Err(err) => return Err(err),
     };
-    if current {
+    let table = if current {
         let table = capture::resolve(conn, &plan.table).await?;
         tracing::debug!(table = %table, "Change capture is installed and current; no DDL.");
-        return Ok(table);
+        table
+    } else {
+        capture::install(conn, &plan.schema, &plan.table, plan.greenfield, &Ddl::default()).await?
+    };
+    capture::register(conn, &plan.schema, name, &table).await?;
+    Ok(table)
+}
+
+/// Forgets trigger source `name`; when no source reads its table any more, removes the
+/// trigger and the table's captured changes too. Returns whether the source was registered.
+async fn retire_trigger_source(conn: &mut PgConnection, plan: &Plan, name: &str) -> Result<bool, SourceError> {
+    let had = capture::forget(conn, &plan.schema, name).await?;
+    let table = match capture::resolve(conn, &plan.table).await {
+        Ok(table) => table,
+        Err(SourceError::NoTable(_)) => return Ok(had),
+        Err(err) => return Err(err),
+    };
+    if capture::readers(conn, &plan.schema, &table).await? == 0 {
+        capture::uninstall(conn, &plan.schema, &table, &Ddl::default()).await?;
     }
-    capture::install(conn, &plan.schema, &plan.table, plan.greenfield, &Ddl::default()).await
+    Ok(had)
 }
 
 /// Makes the table ready for WAL capture (the greenfield table created when it is the one
@@ -346,7 +367,7 @@ async fn ensure_capture(conn: &mut PgConnection, plan: &Plan) -> Result<String, 
 async fn ensure_wal(conn: &mut PgConnection, plan: &Plan, names: &WalNames) -> Result<String, SourceError> {
     let ddl = Ddl::default();
     if plan.greenfield {
-        herald_pg::migrate_in_schema(conn, &plan.schema, &[herald_pg::greenfield_migrator()], &ddl).await?;
+        herald_pg::migrate_in_schema(conn, &plan.schema, vec![herald_pg::greenfield_migrator()], &ddl).await?;
     }
     let table = capture::resolve(conn, &plan.table).await?;
     wal::ensure(conn, &table, names, &ddl).await?;

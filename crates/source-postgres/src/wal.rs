@@ -657,7 +657,9 @@ impl WalStream<'_> {
 impl SourceError {
     pub(crate) fn replication(context: &'static str) -> impl FnOnce(PgWireError) -> Self {
         move |error| match error {
-            PgWireError::Io(_) | PgWireError::Task(_) => {
+            // Internal: the client's worker ended while a receive was being dropped (our
+            // `now_or_never`); the session is gone either way, and a new one can start.
+            PgWireError::Io(_) | PgWireError::Task(_) | PgWireError::Internal(_) => {
                 SourceError::ReplicationLost { context, reason: error.to_string() }
             }
             // A slot another reader still holds (a standby's takeover races the old session's
