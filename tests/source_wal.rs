@@ -319,3 +319,54 @@ async fn wal_capture_refuses_a_table_whose_updates_it_would_break() {
         .unwrap();
     sqlx::query(&format!("UPDATE {schema}.job_status SET state = 'SUCCESS'")).execute(&pool).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_capture_publishes_a_huge_transaction_in_batches_exactly_once_across_a_sigkill() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let pool = pool().await;
+    let schema = greenfield(&pool).await;
+    let topic = unique("events");
+    let source = WalSource::new(&schema, &topic, "batch_size = 200");
+    source.migrate();
+    let mut first = Herald::run(&source.config);
+    first.wait_for_log("Streaming from the replication slot");
+
+    // One legacy transaction of 20,000 rows: far more than a batch (and than one Kafka
+    // transaction should hold).
+    let total: i64 = 20_000;
+    sqlx::query(&format!(
+        "INSERT INTO {schema}.pipeline_status (event, stage, source, records, status)
+         SELECT 'STAGE_COMPLETE', 'bulk', 'src' || (n % 7), n, 'SUCCESS' FROM generate_series(0, $1 - 1) AS n"
+    ))
+    .bind(total)
+    .execute(&pool)
+    .await
+    .unwrap();
+    // Killed once part of it is in Kafka.
+    let watcher: BaseConsumer = rdkafka::ClientConfig::new().set("bootstrap.servers", BROKERS).create().unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (_, high) = watcher.fetch_watermarks(&topic, 0, Duration::from_secs(5)).unwrap_or((0, 0));
+        if high > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "nothing published:\n{}", first.log());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    first.signal("KILL");
+    first.wait_exit();
+    let mut herald = Herald::run(&source.config);
+    herald.wait_for_log("Source active");
+
+    let messages = read_committed(&topic, total as usize);
+    let mut seen: BTreeMap<i64, usize> = BTreeMap::new();
+    for message in &messages {
+        *seen.entry(json(message)["records"].as_i64().unwrap()).or_default() += 1;
+    }
+    let duplicates: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).take(5).collect();
+    assert!(duplicates.is_empty(), "published twice: {duplicates:?}");
+    assert_eq!(seen.len(), total as usize, "every row of the transaction, once; log:\n{}", herald.log());
+    herald.signal("TERM");
+    herald.wait_exit();
+    source.drop_capture();
+}

@@ -191,13 +191,14 @@ impl PostgresSourceConfig {
             Publisher::start(kafka, name, vec![self.topic.clone(), dead_letter_topic.clone()], &self.offsets_topic)
                 .await?;
         if self.capture == Capture::Wal {
-            let in_kafka = publisher.committed::<WalPosition>(kafka).await?.map_or(0, |position| position.0);
+            let in_kafka = publisher.committed::<WalPosition>(kafka).await?.unwrap_or_default();
             let (confirmed, _) = wal::slot_state(&mut conn, &names.slot).await?.ok_or_else(|| {
                 SourceError::Replication { context: "starting", reason: format!("slot `{}` vanished", names.slot) }
             })?;
+            wal::check_history(&mut conn, in_kafka.lsn).await?;
             // The server never goes back before the slot's confirmed LSN; and what Kafka has is
             // skipped. Behind the slot is only what an idle slot moved past: nothing of ours.
-            let start = in_kafka.max(confirmed);
+            let start = in_kafka.lsn.max(confirmed);
             info!(source = name, table = %table, topic = %self.topic, slot = %names.slot, lsn = %pgwire_replication::Lsn::from_u64(start), "Source active.");
             let stream = WalStream {
                 name,
@@ -212,7 +213,7 @@ impl PostgresSourceConfig {
                 names: names.clone(),
             };
             let config = wal::replication_config(&self.url, &herald_pg::application_name(name), &names, start)?;
-            return stream.run(config, start, cancel).await;
+            return stream.run(config, wal::Progress::new(start, in_kafka), cancel).await;
         }
         let mut cursor = publisher.committed::<Cursor>(kafka).await?.unwrap_or_default();
         info!(source = name, table = %table, topic = %self.topic, txid = cursor.txid, change = cursor.id, "Source active.");

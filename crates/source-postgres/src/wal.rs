@@ -30,18 +30,119 @@ const SLOT_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 /// How soon a confirmed LSN reaches the server.
 const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 
-/// The WAL mode's position: the end LSN of the last transaction whose events are in Kafka.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) struct WalPosition(pub(crate) u64);
+/// The WAL mode's position in Kafka: the end LSN of the last whole transaction published, and,
+/// when a batch ended inside a large transaction, how many of that transaction's row changes
+/// were published. A transaction of any size is published in batches of `batch_size`, and a
+/// restart skips exactly what is already in Kafka.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct WalPosition {
+    /// End LSN of the last whole transaction published.
+    pub(crate) lsn: u64,
+    /// A transaction published in part: its commit LSN and how many of its row changes (of the
+    /// watched table, in WAL order) are in Kafka.
+    pub(crate) partial: Option<Partial>,
+}
+
+/// A transaction published in part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Partial {
+    /// Where its commit record starts (pgoutput's Begin `final_lsn`): the same on every replay.
+    pub(crate) commit: u64,
+    /// Row changes of the watched table published.
+    pub(crate) done: u64,
+}
 
 impl Checkpoint for WalPosition {
     fn encode(&self) -> String {
-        format!(r#"{{"lsn":{}}}"#, self.0)
+        match self.partial {
+            None => format!(r#"{{"lsn":{}}}"#, self.lsn),
+            Some(partial) => {
+                format!(r#"{{"lsn":{},"partial_commit":{},"partial_done":{}}}"#, self.lsn, partial.commit, partial.done)
+            }
+        }
     }
 
     fn decode(payload: &[u8]) -> Option<Self> {
         let value: Value = serde_json::from_slice(payload).ok()?;
-        Some(WalPosition(value["lsn"].as_u64()?))
+        let partial = match (value["partial_commit"].as_u64(), value["partial_done"].as_u64()) {
+            (Some(commit), Some(done)) => Some(Partial { commit, done }),
+            _ => None,
+        };
+        Some(WalPosition { lsn: value["lsn"].as_u64()?, partial })
+    }
+}
+
+/// Which row changes of a session are new, and where a publish leaves the source: the
+/// decisions of the stream, free of I/O.
+#[derive(Debug)]
+pub(crate) struct Progress {
+    /// Transactions whose commit record starts before this are in Kafka already.
+    start: u64,
+    /// A transaction partly in Kafka before this session.
+    resume: Option<Partial>,
+    /// End LSN of the last whole transaction seen.
+    complete_end: u64,
+    current: Option<Transaction>,
+}
+
+#[derive(Debug)]
+struct Transaction {
+    commit: u64,
+    /// Row changes of the watched table seen so far.
+    seen: u64,
+    /// How many of the first ones are in Kafka already.
+    skip: u64,
+    /// Committed before `start`: all of it is in Kafka already.
+    old: bool,
+}
+
+impl Progress {
+    /// A session starting at `start` (see [`WalStream::run`]) after `resumed` was read back.
+    pub(crate) fn new(start: u64, resumed: WalPosition) -> Self {
+        Self { start, resume: resumed.partial, complete_end: start, current: None }
+    }
+
+    /// A transaction begins; its commit record starts at `commit`.
+    pub(crate) fn begin(&mut self, commit: u64) {
+        let skip = self.resume.filter(|partial| partial.commit == commit).map_or(0, |partial| partial.done);
+        self.current = Some(Transaction { commit, seen: 0, skip, old: commit < self.start });
+    }
+
+    /// A row change of the watched table: whether it is new (to be published).
+    pub(crate) fn admit(&mut self) -> bool {
+        match &mut self.current {
+            Some(transaction) if !transaction.old => {
+                transaction.seen += 1;
+                transaction.seen > transaction.skip
+            }
+            _ => false,
+        }
+    }
+
+    /// The transaction commits, ending at `end`. Returns whether it was new.
+    pub(crate) fn commit(&mut self, end: u64) -> bool {
+        let new = self.current.take().is_some_and(|transaction| !transaction.old);
+        if new {
+            self.complete_end = self.complete_end.max(end);
+        }
+        new
+    }
+
+    /// Whether a transaction is open.
+    pub(crate) fn in_transaction(&self) -> bool {
+        self.current.is_some()
+    }
+
+    /// Where the source is once everything admitted so far is published.
+    pub(crate) fn checkpoint(&self) -> WalPosition {
+        WalPosition {
+            lsn: self.complete_end,
+            partial: self
+                .current
+                .as_ref()
+                .filter(|transaction| !transaction.old && transaction.seen > 0)
+                .map(|transaction| Partial { commit: transaction.commit, done: transaction.seen }),
+        }
     }
 }
 
@@ -131,7 +232,21 @@ pub(crate) async fn ensure(
         }
         None => {
             // Waits for transactions running now to end (it needs a consistent starting point),
-            // but takes no lock on any table: writers are not held up.
+            // but takes no lock on any table: writers are not held up. Say what it waits for.
+            let oldest = sqlx::query(
+                "SELECT pid, coalesce(application_name, ''), extract(epoch FROM now() - xact_start)::float8
+                 FROM pg_stat_activity WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()
+                 ORDER BY xact_start LIMIT 1",
+            )
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(SourceError::postgres("looking for open transactions"))?;
+            if let Some(row) = oldest {
+                let pid: i32 = row.try_get(0).map_err(SourceError::postgres("reading pg_stat_activity"))?;
+                let application: String = row.try_get(1).map_err(SourceError::postgres("reading pg_stat_activity"))?;
+                let age: f64 = row.try_get(2).map_err(SourceError::postgres("reading pg_stat_activity"))?;
+                info!(slot = %names.slot, pid, application, transaction_age_secs = age, "Creating the replication slot waits for the transactions open now to end; the oldest:");
+            }
             let created = sqlx::query("SELECT pg_create_logical_replication_slot($1, 'pgoutput')")
                 .bind(&names.slot)
                 .execute(&mut *conn)
@@ -218,6 +333,30 @@ pub(crate) async fn slot_state(conn: &mut PgConnection, slot: &str) -> Result<Op
         }
         None => Ok(None),
     }
+}
+
+/// Refuses a cursor from another WAL history: Kafka's LSN ahead of the server's means the
+/// database was restored or failed over to a replica that was behind, or the offsets topic
+/// belongs to another database. Starting anyway would skip new rows silently.
+pub(crate) async fn check_history(conn: &mut PgConnection, in_kafka: u64) -> Result<(), SourceError> {
+    let current: i64 = sqlx::query_scalar("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(SourceError::postgres("reading the server's WAL position"))?;
+    if in_kafka > current.max(0) as u64 {
+        return Err(SourceError::Config {
+            key: "offsets_topic".into(),
+            reason: format!(
+                "the source's cursor in Kafka (LSN {}) is ahead of this server's WAL ({}): the database was \
+                 restored or failed over to a replica that was behind, or the offsets topic belongs to another \
+                 database. herald will not guess which rows are new; to start from the slot, use a new source \
+                 name or a new offsets_topic",
+                Lsn::from_u64(in_kafka),
+                Lsn::from_u64(current.max(0) as u64)
+            ),
+        });
+    }
+    Ok(())
 }
 
 async fn require_logical_wal(conn: &mut PgConnection) -> Result<(), SourceError> {
@@ -377,16 +516,29 @@ fn decode(mut data: &[u8], relations: &mut HashMap<u32, Relation>) -> Result<Opt
             let relation =
                 relations.get(&data.get_u32()).ok_or_else(|| malformed("a change for an unknown relation"))?;
             let mut kind = data.get_u8();
+            let mut old = None;
             if kind == b'K' || kind == b'O' {
-                // The old key or row of an update: not needed for the event.
-                skip_tuple(&mut data)?;
+                // The old key (or, with REPLICA IDENTITY FULL, the old row) of an update.
+                old = Some(tuple(&mut data, &relation.columns)?.0);
                 need(data, 1)?;
                 kind = data.get_u8();
             }
             if kind != b'N' {
                 return Err(malformed("expected a new tuple"));
             }
-            let row = tuple(&mut data, &relation.columns)?;
+            let (mut row, unchanged) = tuple(&mut data, &relation.columns)?;
+            // Large values an UPDATE left alone are not sent; the old row has them when the
+            // table's replica identity is FULL.
+            for column in unchanged {
+                match old.as_mut().and_then(|old| old.remove(&column)) {
+                    Some(value) => {
+                        row.insert(column, value);
+                    }
+                    None => {
+                        warn!(table = %relation.table, column = %column, "An UPDATE left a large value unchanged and Postgres did not send it; the event lacks it (REPLICA IDENTITY FULL on the table sends it).");
+                    }
+                }
+            }
             Ok(Some(RowChange {
                 table: relation.table.clone(),
                 operation: if tag == b'I' { "INSERT" } else { "UPDATE" },
@@ -397,27 +549,14 @@ fn decode(mut data: &[u8], relations: &mut HashMap<u32, Relation>) -> Result<Opt
     }
 }
 
-fn skip_tuple(data: &mut &[u8]) -> Result<(), SourceError> {
-    need(data, 2)?;
-    for _ in 0..data.get_i16().max(0) {
-        need(data, 1)?;
-        if let b't' | b'b' = data.get_u8() {
-            need(data, 4)?;
-            let length = data.get_i32().max(0) as usize;
-            need(data, length)?;
-            data.advance(length);
-        }
-    }
-    Ok(())
-}
-
-/// A new tuple as a JSON object keyed by column name, shaped like `to_jsonb(row)` (what the
-/// trigger mode records), so both modes give the same events. Unchanged TOASTed values are
-/// not sent by Postgres and are left out.
-fn tuple(data: &mut &[u8], columns: &[(String, u32)]) -> Result<Map<String, Value>, SourceError> {
+/// A tuple as a JSON object keyed by column name, shaped like `to_jsonb(row)` (what the
+/// trigger mode records), so both modes give the same events; and the columns whose (large,
+/// TOASTed) values Postgres did not send because an UPDATE left them unchanged.
+fn tuple(data: &mut &[u8], columns: &[(String, u32)]) -> Result<(Map<String, Value>, Vec<String>), SourceError> {
     need(data, 2)?;
     let count = data.get_i16().max(0) as usize;
     let mut row = Map::new();
+    let mut unchanged = Vec::new();
     for index in 0..count {
         need(data, 1)?;
         let kind = data.get_u8();
@@ -426,7 +565,7 @@ fn tuple(data: &mut &[u8], columns: &[(String, u32)]) -> Result<Map<String, Valu
             b'n' => {
                 row.insert(name.clone(), Value::Null);
             }
-            b'u' => {}
+            b'u' => unchanged.push(name.clone()),
             b't' => {
                 need(data, 4)?;
                 let length = data.get_i32().max(0) as usize;
@@ -438,7 +577,7 @@ fn tuple(data: &mut &[u8], columns: &[(String, u32)]) -> Result<Map<String, Valu
             _ => return Err(malformed("unknown tuple value kind")),
         }
     }
-    Ok(row)
+    Ok((row, unchanged))
 }
 
 /// A column's text value as `to_jsonb` would give it.
@@ -501,20 +640,20 @@ pub(crate) struct WalStream<'a> {
 }
 
 impl WalStream<'_> {
-    /// Streams from `config` (which starts at `start`, the LSN in Kafka) until `cancel` or an
-    /// error. Events are published a batch of whole transactions at a time: as many as have
-    /// arrived when the stream pauses, up to `batch_size` events.
+    /// Streams from `config` (which starts at `progress`'s start) until `cancel` or an error.
+    /// Events are published as many whole transactions as have arrived when the stream pauses,
+    /// up to `batch_size` events; a larger transaction in batches of `batch_size`.
     pub(crate) async fn run(
         mut self,
         config: ReplicationConfig,
-        start: u64,
+        progress: Progress,
         cancel: &CancellationToken,
     ) -> Result<(), SourceError> {
         let mut client =
             ReplicationClient::connect(config).await.map_err(SourceError::replication("connecting for replication"))?;
         client.wait_started().await.map_err(SourceError::replication("starting replication"))?;
-        info!(source = self.name, slot = %self.names.slot, lsn = %Lsn::from_u64(start), "Streaming from the replication slot.");
-        let result = self.stream(&mut client, start, cancel).await;
+        info!(source = self.name, slot = %self.names.slot, lsn = %Lsn::from_u64(progress.checkpoint().lsn), "Streaming from the replication slot.");
+        let result = self.stream(&mut client, progress, cancel).await;
         client.stop();
         let _ = client.shutdown().await;
         result
@@ -523,24 +662,24 @@ impl WalStream<'_> {
     async fn stream(
         &mut self,
         client: &mut ReplicationClient,
-        start: u64,
+        mut progress: Progress,
         cancel: &CancellationToken,
     ) -> Result<(), SourceError> {
         let mut relations = HashMap::new();
-        let mut transaction: Vec<Outgoing> = Vec::new();
-        let mut in_transaction = false;
         let mut batch: Vec<Outgoing> = Vec::new();
-        let mut batch_end: Option<u64> = None;
-        let mut confirmed = start;
+        // Whether whole transactions were added to the batch since the last publish.
+        let mut batch_has_commits = false;
+        let mut confirmed = progress.checkpoint().lsn;
         let mut slot_check = tokio::time::interval(SLOT_CHECK_INTERVAL);
         loop {
             // Between transactions with a batch waiting: take what has already arrived, and
             // publish as soon as nothing more has.
-            let event = if batch_end.is_some() && !in_transaction {
+            let event = if batch_has_commits && !progress.in_transaction() {
                 match client.recv().now_or_never() {
                     Some(event) => event,
                     None => {
-                        confirmed = self.publish(client, &mut batch, &mut batch_end).await?.unwrap_or(confirmed);
+                        confirmed = self.publish(client, &mut batch, &progress, confirmed).await?;
+                        batch_has_commits = false;
                         continue;
                     }
                 }
@@ -555,46 +694,52 @@ impl WalStream<'_> {
                 }
             };
             let Some(event) = event.map_err(SourceError::replication("receiving"))? else {
-                return Err(SourceError::Replication {
+                return Err(SourceError::ReplicationLost {
                     context: "receiving",
                     reason: "the server ended the replication stream".into(),
                 });
             };
             match event {
-                ReplicationEvent::Begin { .. } => {
-                    in_transaction = true;
-                    transaction.clear();
-                }
+                ReplicationEvent::Begin { final_lsn, .. } => progress.begin(final_lsn.as_u64()),
                 ReplicationEvent::XLogData { wal_start, data, .. } => {
-                    if let Some(change) = decode(&data, &mut relations)? {
-                        if change.table == self.table {
-                            let position = wal_start.to_string();
-                            transaction.extend(self.rows.message(&change.row, &position, change.operation));
-                        }
+                    let Some(change) = decode(&data, &mut relations)? else { continue };
+                    if change.table != self.table || !progress.admit() {
+                        continue;
+                    }
+                    let position = wal_start.to_string();
+                    batch.extend(self.rows.message(&change.row, &position, change.operation));
+                    // A large transaction goes out in batches too: bounded memory, short Kafka
+                    // transactions; the checkpoint says how much of it is in Kafka.
+                    if batch.len() >= self.batch_size {
+                        confirmed = self.publish(client, &mut batch, &progress, confirmed).await?;
+                        batch_has_commits = false;
                     }
                 }
                 ReplicationEvent::Commit { end_lsn, .. } => {
-                    in_transaction = false;
-                    let end = end_lsn.as_u64();
-                    if end <= start {
-                        // Already in Kafka (published before a restart the slot had not heard of).
-                        transaction.clear();
-                    } else if transaction.is_empty() && batch.is_empty() {
-                        // Nothing of ours: the slot may move past it without a Kafka transaction.
+                    if !progress.commit(end_lsn.as_u64()) {
+                        continue;
+                    }
+                    if batch.is_empty() && !batch_has_commits {
+                        // Nothing (more) of ours in it: the slot may move past it without a
+                        // Kafka transaction. A restart that still gets it re-sent skips what
+                        // Kafka's checkpoint says is published.
                         client.update_applied_lsn(end_lsn);
-                        confirmed = end;
+                        confirmed = confirmed.max(end_lsn.as_u64());
                     } else {
-                        batch.append(&mut transaction);
-                        batch_end = Some(end);
+                        batch_has_commits = true;
                         if batch.len() >= self.batch_size {
-                            confirmed = self.publish(client, &mut batch, &mut batch_end).await?.unwrap_or(confirmed);
+                            confirmed = self.publish(client, &mut batch, &progress, confirmed).await?;
+                            batch_has_commits = false;
                         }
                     }
                 }
                 // Idle and everything published: let the slot move on, so a quiet table on a
                 // busy server does not pin WAL (Postgres's own subscribers do the same).
                 ReplicationEvent::KeepAlive { wal_end, .. }
-                    if !in_transaction && batch_end.is_none() && wal_end.as_u64() > confirmed =>
+                    if !progress.in_transaction()
+                        && batch.is_empty()
+                        && !batch_has_commits
+                        && wal_end.as_u64() > confirmed =>
                 {
                     client.update_applied_lsn(wal_end);
                     confirmed = wal_end.as_u64();
@@ -604,31 +749,36 @@ impl WalStream<'_> {
         }
     }
 
-    /// Publishes the batch with its end LSN in one Kafka transaction, then confirms that LSN to
-    /// the slot. Returns the LSN confirmed.
+    /// Publishes the batch with the checkpoint `progress` gives in one Kafka transaction, then
+    /// confirms the end of the last whole transaction to the slot. Returns the LSN confirmed.
     async fn publish(
         &self,
         client: &ReplicationClient,
         batch: &mut Vec<Outgoing>,
-        batch_end: &mut Option<u64>,
-    ) -> Result<Option<u64>, SourceError> {
-        let Some(end) = batch_end.take() else { return Ok(None) };
+        progress: &Progress,
+        confirmed: u64,
+    ) -> Result<u64, SourceError> {
+        let checkpoint = progress.checkpoint();
         let messages = std::mem::take(batch);
         let count = messages.len();
         let started = std::time::Instant::now();
-        self.publisher.publish(messages, &WalPosition(end)).await?;
-        // Only now may Postgres forget this WAL: the events are in Kafka.
-        client.update_applied_lsn(Lsn::from_u64(end));
+        self.publisher.publish(messages, &checkpoint).await?;
         self.metrics.published.inc_by(count as u64);
         self.metrics.transactions.inc();
         debug!(
             source = self.name,
             published = count,
-            lsn = %Lsn::from_u64(end),
+            lsn = %Lsn::from_u64(checkpoint.lsn),
+            partial = ?checkpoint.partial,
             publish_ms = started.elapsed().as_secs_f64() * 1000.0,
             "Published a batch of WAL changes."
         );
-        Ok(Some(end))
+        if checkpoint.lsn > confirmed {
+            // Only now may Postgres forget this WAL: the events are in Kafka.
+            client.update_applied_lsn(Lsn::from_u64(checkpoint.lsn));
+            return Ok(checkpoint.lsn);
+        }
+        Ok(confirmed)
     }
 
     /// Checks the source lock is still held, measures the WAL the slot holds back, and warns
@@ -740,6 +890,61 @@ mod tests {
             Value::Object(change.row),
             serde_json::json!({"src": "Payments", "n": -3, "payload": {"attempt": 2}})
         );
+    }
+
+    #[test]
+    fn an_unchanged_large_value_comes_from_the_old_row_under_replica_identity_full() {
+        let mut relations = HashMap::new();
+        decode(&relation_message(), &mut relations).unwrap();
+        let mut update = vec![b'U'];
+        update.extend(16384_u32.to_be_bytes());
+        update.push(b'O');
+        update.extend(4_i16.to_be_bytes());
+        value(&mut update, "A");
+        value(&mut update, "1");
+        value(&mut update, "2026-11-26 10:00:00+00");
+        value(&mut update, r#"{"big": "x"}"#);
+        update.push(b'N');
+        update.extend(4_i16.to_be_bytes());
+        value(&mut update, "A");
+        value(&mut update, "2");
+        value(&mut update, "2026-11-26 10:05:00+00");
+        update.push(b'u');
+        let change = decode(&update, &mut relations).unwrap().unwrap();
+        assert_eq!(change.row["payload"], serde_json::json!({"big": "x"}));
+        assert_eq!(change.row["n"], 2, "changed values are the new ones");
+    }
+
+    #[test]
+    fn a_restart_skips_what_kafka_has_of_a_partly_published_transaction() {
+        // Before the restart: transactions up to LSN 100 whole, and 3 row changes of the one
+        // committing at 150.
+        let resumed = WalPosition { lsn: 100, partial: Some(Partial { commit: 150, done: 3 }) };
+        assert_eq!(WalPosition::decode(resumed.encode().as_bytes()), Some(resumed));
+        assert_eq!(WalPosition::decode(br#"{"lsn":7}"#), Some(WalPosition { lsn: 7, partial: None }));
+        let mut progress = Progress::new(100, resumed);
+
+        // A transaction committed before the start is in Kafka whole.
+        progress.begin(90);
+        assert!(!progress.admit());
+        assert!(!progress.commit(95));
+
+        // The partly published one: its first 3 changes are skipped, the rest are new.
+        progress.begin(150);
+        let admitted: Vec<bool> = (0..5).map(|_| progress.admit()).collect();
+        assert_eq!(admitted, [false, false, false, true, true]);
+        // A batch ending inside it records how far it got.
+        assert_eq!(progress.checkpoint(), WalPosition { lsn: 100, partial: Some(Partial { commit: 150, done: 5 }) });
+        assert!(progress.commit(160));
+        assert_eq!(progress.checkpoint(), WalPosition { lsn: 160, partial: None });
+
+        // The next transaction is new from its first change.
+        progress.begin(170);
+        assert!(progress.admit());
+        assert!(progress.in_transaction());
+        assert!(progress.commit(180));
+        assert!(!progress.in_transaction());
+        assert_eq!(progress.checkpoint().lsn, 180);
     }
 
     #[test]
