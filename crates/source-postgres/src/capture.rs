@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use herald_pg::{Ddl, Ident, PgError};
+use herald_pg::{Ddl, Ident, PgError, QualifiedName};
 use sqlx::migrate::Migrator;
 use sqlx::{PgConnection, Row};
 use tracing::info;
@@ -53,13 +53,12 @@ pub(crate) async fn installed(
     if herald_pg::pending_migrations(conn, schema, &migrators(greenfield)).await? {
         return Ok(false);
     }
-    let quoted: Vec<String> = table.split('.').map(|part| format!("\"{part}\"")).collect();
     let trigger = sqlx::query_scalar::<_, i32>(
         "SELECT 1 FROM pg_trigger
          WHERE tgrelid = to_regclass($1) AND tgname = 'herald_capture' AND NOT tgisinternal
            AND tgenabled <> 'D' AND tgtype = $2 AND tgfoid = to_regprocedure($3)",
     )
-    .bind(quoted.join("."))
+    .bind(quoted(table)?)
     .bind(TRIGGER_TYPE)
     .bind(format!("{schema}.herald_capture()"))
     .fetch_optional(&mut *conn)
@@ -81,8 +80,7 @@ pub(crate) async fn install(
 ) -> Result<String, SourceError> {
     herald_pg::migrate_in_schema(conn, schema, migrators(greenfield), ddl).await?;
     let resolved = resolve(conn, table).await?;
-    let (table_schema, table_name) = resolved.split_once('.').unwrap_or(("public", resolved.as_str()));
-    let watched = format!("\"{table_schema}\".\"{table_name}\"");
+    let watched = quoted(&resolved)?;
     let statement = format!(
         "CREATE OR REPLACE TRIGGER herald_capture AFTER INSERT OR UPDATE ON {watched}
          FOR EACH ROW EXECUTE FUNCTION {schema}.herald_capture()"
@@ -140,7 +138,7 @@ pub(crate) async fn uninstall(
     table: &str,
     ddl: &Ddl,
 ) -> Result<(), SourceError> {
-    let watched = table.split('.').map(|part| format!("\"{part}\"")).collect::<Vec<_>>().join(".");
+    let watched = quoted(table)?;
     let statement = format!("DROP TRIGGER IF EXISTS herald_capture ON {watched}");
     ddl.run(conn, "dropping the capture trigger", std::slice::from_ref(&watched), None, async |conn| {
         sqlx::query(&statement).execute(conn).await.map(drop).map_err(PgError::query("dropping the capture trigger"))
@@ -257,14 +255,21 @@ pub(crate) async fn held_rows(
     .map_err(SourceError::postgres("counting captured changes"))
 }
 
+/// `schema.table` (or `table`) quoted for SQL. The config validated its parts as plain
+/// identifiers, and a name read back from the catalog has those same parts.
+pub(crate) fn quoted(table: &str) -> Result<String, SourceError> {
+    QualifiedName::parse(table)
+        .map(|name| name.to_string())
+        .map_err(|reason| SourceError::Config { key: "table".into(), reason })
+}
+
 /// The table's `schema.name`, as the trigger records it.
 pub(crate) async fn resolve(conn: &mut PgConnection, table: &str) -> Result<String, SourceError> {
-    let quoted: Vec<String> = table.split('.').map(|part| format!("\"{part}\"")).collect();
     sqlx::query_scalar::<_, Option<String>>(
         "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
          WHERE c.oid = to_regclass($1)",
     )
-    .bind(quoted.join("."))
+    .bind(quoted(table)?)
     .fetch_optional(&mut *conn)
     .await
     .map_err(SourceError::postgres("looking up the watched table"))?

@@ -6,7 +6,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 use serde::Deserialize;
 
-use herald_pg::Ident;
+use herald_pg::{Ident, QualifiedName};
 
 use crate::error::SourceError;
 
@@ -157,12 +157,6 @@ pub(crate) struct Plan {
     pub(crate) skip_when: Option<SkipWhen>,
 }
 
-fn plain_identifier(name: &str) -> bool {
-    name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-        && name.len() <= 63
-}
-
 impl PostgresSourceConfig {
     /// The replication slot of source `name` (WAL capture).
     pub fn slot_name(&self, name: &str) -> String {
@@ -194,9 +188,8 @@ impl PostgresSourceConfig {
             Err(reason) => return invalid("schema", reason),
         };
         if let Some(table) = &self.table {
-            let parts: Vec<&str> = table.split('.').collect();
-            if parts.len() > 2 || !parts.iter().all(|p| plain_identifier(p)) {
-                return invalid("table", format!("`{table}` is not `table` or `schema.table` of plain identifiers"));
+            if let Err(reason) = QualifiedName::parse(table) {
+                return invalid("table", format!("`{table}` is not `table` or `schema.table`: {reason}"));
             }
         }
         if self.batch_size == 0 || self.batch_size > 10_000 {

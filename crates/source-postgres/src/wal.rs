@@ -164,7 +164,7 @@ pub(crate) async fn ensure(
     ddl: &Ddl,
 ) -> Result<(), SourceError> {
     require_logical_wal(conn).await?;
-    let quoted = quote_table(table);
+    let quoted = crate::capture::quoted(table)?;
     require_replica_identity(conn, table, &quoted).await?;
     let publication =
         Ident::new(&names.publication).map_err(|reason| SourceError::Config { key: "publication".into(), reason })?;
@@ -408,10 +408,6 @@ async fn publication_exists(conn: &mut PgConnection, publication: &str) -> Resul
         .await
         .map_err(SourceError::postgres("looking up the publication"))?
         .is_some())
-}
-
-fn quote_table(table: &str) -> String {
-    table.split('.').map(|part| format!("\"{part}\"")).collect::<Vec<_>>().join(".")
 }
 
 /// The replication connection's settings, from the source's URL. Values come back in text as
