@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use common::source::*;
 use common::*;
-use rdkafka::Message;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
@@ -24,31 +23,9 @@ async fn inserts_and_updates_become_keyed_stage_events_with_their_origin() {
     herald.wait_for_log("Source active");
 
     // A legacy job: a RUNNING row, later updated to SUCCESS.
-    sqlx::query(&format!(
-        "INSERT INTO {schema}.pipeline_status (event, stage, source, status, event_time) VALUES ('STAGE_COMPLETE', 'bronze_ingest', 'OrdersDB', 'RUNNING', '2026-11-26 10:00:00+00')"
-    ))
-    .execute(&pool)
-    .await
-    .unwrap();
-    sqlx::query(&format!(
-        "UPDATE {schema}.pipeline_status SET status = 'SUCCESS', records = 14823, event_time = '2026-11-26 10:15:00.123456+00' WHERE source = 'OrdersDB'"
-    ))
-    .execute(&pool)
-    .await
-    .unwrap();
-
+    run_a_legacy_job(&pool, &schema).await;
     let messages = read_committed(&topic, 2);
-    assert_eq!(messages.len(), 2, "{}", herald.log());
-    assert_eq!(messages[0].key(), Some(&b"OrdersDB"[..]));
-    let (running, success) = (json(&messages[0]), json(&messages[1]));
-    assert_eq!(running["status"], "RUNNING");
-    assert_eq!(success["status"], "SUCCESS");
-    assert_eq!(success["records"], 14823);
-    assert_eq!(success["stage"], "bronze_ingest");
-    let timestamp = herald_core::EventTimestamp::parse(success["timestamp"].as_str().unwrap()).unwrap();
-    assert_eq!(timestamp.instant().to_rfc3339(), "2026-11-26T10:15:00.123456+00:00");
-    assert_eq!(header(&messages[1], "herald.origin"), Some(format!("postgres:{schema}.pipeline_status")));
-    assert_eq!(header(&messages[1], "herald.origin.operation").as_deref(), Some("UPDATE"));
+    assert_the_legacy_jobs_events(&messages, &schema, &herald.log());
 
     // The admin API counts what the source published.
     let address = admin_address(&mut herald);
@@ -100,46 +77,12 @@ async fn sigkill_mid_transaction_and_restart_publish_every_row_exactly_once() {
     let out = herald().args(["migrate", "--config"]).arg(&config.path).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let total = 3000;
-    let writer = {
-        let (pool, schema) = (pool.clone(), schema.clone());
-        tokio::spawn(async move {
-            for chunk in 0..(total / 100) {
-                let mut tx = pool.begin().await.unwrap();
-                for i in 0..100 {
-                    let seq = chunk * 100 + i;
-                    sqlx::query(&format!(
-                        "INSERT INTO {schema}.pipeline_status (event, stage, source, records, status) VALUES ('STAGE_COMPLETE', 's', $1, $2, 'SUCCESS')"
-                    ))
-                    .bind(format!("src{}", seq % 7))
-                    .bind(seq as i64)
-                    .execute(&mut *tx)
-                    .await
-                    .unwrap();
-                }
-                tx.commit().await.unwrap();
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-    };
-    for _ in 0..3 {
-        let mut herald = Herald::run(&config);
-        herald.wait_for_log("Source active");
-        tokio::time::sleep(Duration::from_millis(300 + rand::random::<u64>() % 400)).await;
-        herald.signal("KILL");
-        herald.wait_exit();
-    }
-    writer.await.unwrap();
+    write_rows_through_three_sigkills(&pool, &schema, &config, total).await;
     let mut herald = Herald::run(&config);
     herald.wait_for_log("Source active");
 
     let messages = read_committed(&topic, total);
-    let mut seen: BTreeMap<i64, usize> = BTreeMap::new();
-    for message in &messages {
-        *seen.entry(json(message)["records"].as_i64().unwrap()).or_default() += 1;
-    }
-    let duplicates: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(duplicates.is_empty(), "published twice: {duplicates:?}");
-    assert_eq!(seen.len(), total, "every row published; log:\n{}", herald.log());
+    assert_each_record_once(&messages, total, &herald.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -369,13 +312,7 @@ async fn published_changes_are_deleted_and_a_sigkill_mid_stream_duplicates_nothi
     herald.wait_for_log("Source active");
 
     let messages = read_committed(&topic, total as usize);
-    let mut seen: BTreeMap<i64, usize> = BTreeMap::new();
-    for message in &messages {
-        *seen.entry(json(message)["records"].as_i64().unwrap()).or_default() += 1;
-    }
-    let duplicates: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).take(5).collect();
-    assert!(duplicates.is_empty(), "published twice: {duplicates:?}");
-    assert_eq!(seen.len(), total as usize, "every row published");
+    assert_each_record_once(&messages, total as usize, &herald.log());
 
     // What is published is deleted: at most one batch stays behind.
     let deadline = Instant::now() + PATIENCE;

@@ -96,3 +96,83 @@ pub fn read_committed(topic: &str, count: usize) -> Vec<OwnedMessage> {
 pub fn json(message: &OwnedMessage) -> serde_json::Value {
     serde_json::from_slice(message.payload().unwrap()).unwrap()
 }
+
+/// A legacy writer busy while herald is SIGKILLed three times at random moments: `total` rows
+/// (`records` 0..total) in transactions of 100, while herald on `config` is started and killed.
+pub async fn write_rows_through_three_sigkills(pool: &PgPool, schema: &str, config: &TempConfig, total: usize) {
+    let writer = {
+        let (pool, schema) = (pool.clone(), schema.to_owned());
+        tokio::spawn(async move {
+            for chunk in 0..(total / 100) {
+                let mut tx = pool.begin().await.unwrap();
+                for i in 0..100 {
+                    let seq = chunk * 100 + i;
+                    sqlx::query(&format!(
+                        "INSERT INTO {schema}.pipeline_status (event, stage, source, records, status) VALUES ('STAGE_COMPLETE', 's', $1, $2, 'SUCCESS')"
+                    ))
+                    .bind(format!("src{}", seq % 7))
+                    .bind(seq as i64)
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+                }
+                tx.commit().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    for _ in 0..3 {
+        let mut herald = Herald::run(config);
+        herald.wait_for_log("Source active");
+        tokio::time::sleep(Duration::from_millis(300 + rand::random::<u64>() % 400)).await;
+        herald.signal("KILL");
+        herald.wait_exit();
+    }
+    writer.await.unwrap();
+}
+
+/// Asserts that `messages` carry `records` 0..total, each exactly once.
+pub fn assert_each_record_once(messages: &[OwnedMessage], total: usize, log: &str) {
+    let mut seen: std::collections::BTreeMap<i64, usize> = std::collections::BTreeMap::new();
+    for message in messages {
+        *seen.entry(json(message)["records"].as_i64().unwrap()).or_default() += 1;
+    }
+    let duplicates: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).take(5).collect();
+    assert!(duplicates.is_empty(), "published twice: {duplicates:?}");
+    assert_eq!(seen.len(), total, "every row published once; log:\n{log}");
+    assert!(seen.keys().copied().eq(0..total as i64), "exactly records 0..{total}");
+}
+
+/// A legacy job's rows: a `RUNNING` row (with an extra field in `payload`), later updated to
+/// `SUCCESS` with its record count and finishing time.
+pub async fn run_a_legacy_job(pool: &PgPool, schema: &str) {
+    sqlx::query(&format!(
+        "INSERT INTO {schema}.pipeline_status (event, stage, source, status, event_time, payload) VALUES ('STAGE_COMPLETE', 'bronze_ingest', 'OrdersDB', 'RUNNING', '2026-11-26 10:00:00+00', '{{\"run_id\": \"r-7\"}}')"
+    ))
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query(&format!(
+        "UPDATE {schema}.pipeline_status SET status = 'SUCCESS', records = 14823, event_time = '2026-11-26 10:15:00.123456+00' WHERE source = 'OrdersDB'"
+    ))
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// Asserts that `messages` are the two events of [`run_a_legacy_job`], keyed, shaped and
+/// marked with their origin.
+pub fn assert_the_legacy_jobs_events(messages: &[OwnedMessage], schema: &str, log: &str) {
+    assert_eq!(messages.len(), 2, "{log}");
+    assert_eq!(messages[0].key(), Some(&b"OrdersDB"[..]));
+    let (running, success) = (json(&messages[0]), json(&messages[1]));
+    assert_eq!(running["status"], "RUNNING");
+    assert_eq!(running["run_id"], "r-7", "extra fields come from the payload column");
+    assert_eq!(success["status"], "SUCCESS");
+    assert_eq!(success["records"], 14823);
+    assert_eq!(success["stage"], "bronze_ingest");
+    let timestamp = herald_core::EventTimestamp::parse(success["timestamp"].as_str().unwrap()).unwrap();
+    assert_eq!(timestamp.instant().to_rfc3339(), "2026-11-26T10:15:00.123456+00:00");
+    assert_eq!(header(&messages[1], "herald.origin"), Some(format!("postgres:{schema}.pipeline_status")));
+    assert_eq!(header(&messages[1], "herald.origin.operation").as_deref(), Some("UPDATE"));
+}

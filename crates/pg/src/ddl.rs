@@ -126,15 +126,7 @@ impl Ddl {
 }
 
 fn lock_timed_out(error: &PgError) -> bool {
-    match error {
-        PgError::Query { source, .. } => is_lock_timeout(source),
-        PgError::Migrate {
-            source:
-                sqlx::migrate::MigrateError::Execute(source) | sqlx::migrate::MigrateError::ExecuteMigration(source, _),
-            ..
-        } => is_lock_timeout(source),
-        _ => false,
-    }
+    error.statement_error().is_some_and(is_lock_timeout)
 }
 
 /// Sessions other than this one holding locks on `relations` or on any relation of `schema`.

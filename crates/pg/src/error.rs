@@ -51,17 +51,25 @@ impl PgError {
         move |source| PgError::Query { context, source }
     }
 
-    /// What the failure means: retry, a row at fault, or stop.
-    pub fn failure(&self) -> Failure {
+    /// The statement's own error, when a statement failed.
+    pub(crate) fn statement_error(&self) -> Option<&sqlx::Error> {
         match self {
-            PgError::Query { source, .. } => classify(source),
-            PgError::Migrate {
+            PgError::Query { source, .. }
+            | PgError::Migrate {
                 source:
                     sqlx::migrate::MigrateError::Execute(source) | sqlx::migrate::MigrateError::ExecuteMigration(source, _),
                 ..
-            } => classify(source),
-            PgError::LockNotGranted { .. } => Failure::Transient,
-            PgError::Url(_) | PgError::Migrate { .. } => Failure::Fatal,
+            } => Some(source),
+            _ => None,
+        }
+    }
+
+    /// What the failure means: retry, a row at fault, or stop.
+    pub fn failure(&self) -> Failure {
+        match (self, self.statement_error()) {
+            (PgError::LockNotGranted { .. }, _) => Failure::Transient,
+            (_, Some(source)) => classify(source),
+            (_, None) => Failure::Fatal,
         }
     }
 

@@ -93,6 +93,16 @@ pub(crate) async fn install(
     Ok(resolved)
 }
 
+/// Whether herald's table `name` exists in `schema`.
+async fn exists(conn: &mut PgConnection, schema: &Ident, name: &'static str) -> Result<bool, SourceError> {
+    let found: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
+        .bind(format!("{schema}.\"{name}\""))
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(SourceError::postgres("looking for herald's tables"))?;
+    Ok(found.is_some())
+}
+
 /// Registers `source` as a reader of `table`'s changes (if it is not yet): from now on no
 /// change of the table is deleted before this source has published it.
 pub(crate) async fn register(
@@ -115,12 +125,7 @@ pub(crate) async fn register(
 
 /// How many sources are registered as readers of `table`.
 pub(crate) async fn readers(conn: &mut PgConnection, schema: &Ident, table: &str) -> Result<i64, SourceError> {
-    let ledger: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
-        .bind(format!("{schema}.herald_capture_progress"))
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(SourceError::postgres("looking for the clean-up ledger"))?;
-    if ledger.is_none() {
+    if !exists(conn, schema, "herald_capture_progress").await? {
         return Ok(0);
     }
     sqlx::query_scalar(&format!("SELECT count(*) FROM {schema}.herald_capture_progress WHERE source_table = $1"))
@@ -144,12 +149,7 @@ pub(crate) async fn uninstall(
         sqlx::query(&statement).execute(conn).await.map(drop).map_err(PgError::query("dropping the capture trigger"))
     })
     .await?;
-    let changes: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
-        .bind(format!("{schema}.herald_changes"))
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(SourceError::postgres("looking for herald_changes"))?;
-    if changes.is_some() {
+    if exists(conn, schema, "herald_changes").await? {
         loop {
             let deleted = sqlx::query(&format!(
                 "DELETE FROM {schema}.herald_changes WHERE id IN
@@ -222,12 +222,7 @@ pub(crate) async fn prune(
 
 /// Removes `source`'s clean-up progress, if the ledger exists. Returns whether it had a row.
 pub(crate) async fn forget(conn: &mut PgConnection, schema: &Ident, source: &str) -> Result<bool, SourceError> {
-    let ledger: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
-        .bind(format!("{schema}.herald_capture_progress"))
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(SourceError::postgres("looking for the clean-up ledger"))?;
-    if ledger.is_none() {
+    if !exists(conn, schema, "herald_capture_progress").await? {
         return Ok(false);
     }
     let done = sqlx::query(&format!("DELETE FROM {schema}.herald_capture_progress WHERE source_name = $1"))

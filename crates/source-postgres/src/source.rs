@@ -32,15 +32,18 @@ impl PostgresSourceConfig {
         Ok(herald_pg::connect_options(&self.url, name)?)
     }
 
+    /// A connection named for source `name`.
+    async fn connect(&self, name: &str) -> Result<PgConnection, SourceError> {
+        PgConnection::connect_with(&self.connect_options(name)?).await.map_err(SourceError::postgres("connecting"))
+    }
+
     /// Installs the change capture (herald's tables and function, the greenfield table when
     /// it is the one watched, the trigger); idempotent, and a no-op (no DDL, no lock) when the
     /// capture is installed and current. `herald migrate` calls it; `herald run` calls it only
     /// for a table not yet captured.
     pub async fn migrate(&self, name: &str) -> Result<(), SourceError> {
         let plan = self.plan()?;
-        let mut conn = PgConnection::connect_with(&self.connect_options(name)?)
-            .await
-            .map_err(SourceError::postgres("connecting"))?;
+        let mut conn = self.connect(name).await?;
         let result = match self.capture {
             Capture::Trigger => ensure_capture(&mut conn, &plan, name).await,
             Capture::Wal => ensure_wal(&mut conn, &plan, &self.wal_names(name)).await,
@@ -60,9 +63,7 @@ impl PostgresSourceConfig {
     /// anything to remove.
     pub async fn drop_source(&self, name: &str) -> Result<bool, SourceError> {
         let plan = self.plan()?;
-        let mut conn = PgConnection::connect_with(&self.connect_options(name)?)
-            .await
-            .map_err(SourceError::postgres("connecting"))?;
+        let mut conn = self.connect(name).await?;
         let result = match self.capture {
             Capture::Trigger => retire_trigger_source(&mut conn, &plan, name).await,
             Capture::Wal => wal::drop_capture(&mut conn, &self.wal_names(name)).await,
@@ -75,9 +76,7 @@ impl PostgresSourceConfig {
     /// also the replication slot and the WAL it holds back. Returns what it found.
     pub async fn check(&self, name: &str) -> Result<String, SourceError> {
         let plan = self.plan()?;
-        let mut conn = PgConnection::connect_with(&self.connect_options(name)?)
-            .await
-            .map_err(SourceError::postgres("connecting"))?;
+        let mut conn = self.connect(name).await?;
         let resolved = capture::resolve(&mut conn, &plan.table).await?;
         let wanted: Vec<String> =
             plan.columns.values().cloned().chain(plan.skip_when.iter().map(|s| s.column.clone())).collect();
@@ -154,9 +153,7 @@ impl PostgresSourceConfig {
     ) -> Result<(), SourceError> {
         // The lock lives as long as this connection: if the process dies, Postgres drops the
         // connection and the lock with it, and a standby takes over.
-        let mut lock = PgConnection::connect_with(&self.connect_options(name)?)
-            .await
-            .map_err(SourceError::postgres("connecting"))?;
+        let mut lock = self.connect(name).await?;
         let lock_key = format!("herald.source.{name}");
         let mut announced = false;
         loop {
@@ -178,9 +175,7 @@ impl PostgresSourceConfig {
             }
         }
 
-        let mut conn = PgConnection::connect_with(&self.connect_options(name)?)
-            .await
-            .map_err(SourceError::postgres("connecting"))?;
+        let mut conn = self.connect(name).await?;
         let names = self.wal_names(name);
         let table = match self.capture {
             Capture::Trigger => ensure_capture(&mut conn, plan, name).await?,
