@@ -93,7 +93,7 @@ enum Command {
         duration: Duration,
     },
     /// What capture costs the watched table's writers: insert rate and Postgres CPU with no
-    /// capture, trigger capture and WAL capture, alternating.
+    /// capture, trigger capture, WAL capture and pg_recvlogical, alternating.
     SourceOverhead {
         /// Single-row transactions per run.
         #[arg(long, default_value_t = 5_000)]

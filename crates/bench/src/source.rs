@@ -26,14 +26,28 @@ pub enum Capture {
     Trigger,
     /// `capture = "wal"`.
     Wal,
+    /// No herald: Postgres's own logical-decoding client, `pg_recvlogical`, draining a pgoutput
+    /// slot of the same publication to /dev/null — what any WAL reader costs Postgres.
+    PgRecvlogical,
 }
 
 impl Capture {
-    fn label(self) -> &'static str {
+    /// A short name for run names (schemas, topics, slots).
+    fn slug(self) -> &'static str {
         match self {
             Capture::Off => "off",
             Capture::Trigger => "trigger",
             Capture::Wal => "wal",
+            Capture::PgRecvlogical => "recvlogical",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Capture::Off => "no capture",
+            Capture::Trigger => "trigger capture",
+            Capture::Wal => "wal capture",
+            Capture::PgRecvlogical => "pg_recvlogical, no herald",
         }
     }
 }
@@ -45,11 +59,12 @@ struct Watched {
     topic: String,
     slot: String,
     herald: Option<HeraldProcess>,
+    recvlogical: Option<std::process::Child>,
 }
 
 impl Watched {
     async fn create(services: &Services, capture: Capture) -> Result<Self> {
-        let run = services.run_name(&format!("source-{}", capture.label()));
+        let run = services.run_name(&format!("source-{}", capture.slug()));
         let schema = Services::schema_for(&run);
         let topic = format!("bench.{run}");
         let slot = format!("herald_waltest_{}", schema.trim_start_matches("bench_"));
@@ -62,11 +77,60 @@ impl Watched {
         .execute(&pool)
         .await
         .context("creating the status table")?;
-        let mut watched = Self { pool, schema, topic, slot, herald: None };
-        if capture != Capture::Off {
-            watched.start(services, &run, capture)?;
+        let mut watched = Self { pool, schema, topic, slot, herald: None, recvlogical: None };
+        match capture {
+            Capture::Off => {}
+            Capture::PgRecvlogical => watched.start_recvlogical(services).await?,
+            Capture::Trigger | Capture::Wal => watched.start(services, &run, capture)?,
         }
         Ok(watched)
+    }
+
+    async fn start_recvlogical(&mut self, services: &Services) -> Result<()> {
+        let (schema, slot) = (&self.schema, &self.slot);
+        sqlx::query(&format!("CREATE PUBLICATION {slot} FOR TABLE {schema}.status WITH (publish = 'insert, update')"))
+            .execute(&self.pool)
+            .await
+            .context("creating the publication")?;
+        sqlx::query("SELECT pg_create_logical_replication_slot($1, 'pgoutput')")
+            .bind(slot)
+            .execute(&self.pool)
+            .await
+            .context("creating the slot")?;
+        let child = std::process::Command::new("pg_recvlogical")
+            .args(["--dbname", &services.postgres, "--slot", slot, "--start", "--file", "/dev/null"])
+            .args(["--option", "proto_version=1", "--option", &format!("publication_names={slot}")])
+            .args(["--status-interval", "1", "--fsync-interval", "1", "--no-loop"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .context("starting pg_recvlogical (Debian package postgresql-client)")?;
+        self.recvlogical = Some(child);
+        Ok(())
+    }
+
+    /// Waits until the slot has confirmed all WAL written so far (pg_recvlogical's progress).
+    async fn wait_slot_caught_up(&self) -> Result<()> {
+        let target: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+            .fetch_one(&self.pool)
+            .await
+            .context("reading the WAL position")?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let done: Option<bool> = sqlx::query_scalar(
+                "SELECT confirmed_flush_lsn >= $2::pg_lsn FROM pg_replication_slots WHERE slot_name = $1",
+            )
+            .bind(&self.slot)
+            .bind(&target)
+            .fetch_optional(&self.pool)
+            .await
+            .context("reading the slot")?
+            .flatten();
+            if done == Some(true) {
+                return Ok(());
+            }
+            anyhow::ensure!(Instant::now() < deadline, "pg_recvlogical did not catch up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     fn start(&mut self, services: &Services, run: &str, capture: Capture) -> Result<()> {
@@ -108,6 +172,10 @@ constants = {{ event = "STAGE_COMPLETE" }}
     async fn drop(mut self) -> Result<()> {
         if let Some(herald) = self.herald.take() {
             herald.stop()?;
+        }
+        if let Some(mut child) = self.recvlogical.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
         sqlx::query(&format!("DROP SCHEMA {} CASCADE", self.schema))
             .execute(&self.pool)
@@ -190,7 +258,7 @@ pub async fn run(services: &Services, capture: Capture, rate: f64, rows: u64) ->
     let last = seen.iter().map(|(_, at)| *at).max().unwrap_or_else(Instant::now);
     let window = last.saturating_duration_since(committed.first().copied().unwrap_or(last)).as_secs_f64();
     Ok(Row {
-        name: format!("source latency, {} capture (insert committed → read_committed consumer)", capture.label()),
+        name: format!("source latency, {} (insert committed → read_committed consumer)", capture.label()),
         events: rows as usize,
         offered_rate: Some(rate),
         throughput: rows as f64 / window.max(f64::EPSILON),
@@ -203,20 +271,26 @@ pub async fn run(services: &Services, capture: Capture, rate: f64, rows: u64) ->
 }
 
 /// What capture costs the table's writers: one writer inserts `rows` single-row transactions as
-/// fast as it can, into a table with no capture, trigger capture and WAL capture in turn
-/// (`rounds` times, alternating, each with only its own herald running), and waits until
+/// fast as it can, into a table with no capture, trigger capture, WAL capture and
+/// `pg_recvlogical` (the floor of any WAL reader) in turn
+/// (`rounds` times, alternating, each round starting with the next mode, each run with only its
+/// own reader running), and waits until
 /// herald has published them all. Reports per mode the median insert rate (and its range), the
 /// ratio to no capture, and Postgres's CPU time (every `postgres` process) per 1,000 rows.
 pub async fn writer_overhead(services: &Services, rows: u64, rounds: usize) -> Result<Vec<Row>> {
-    let modes = [Capture::Off, Capture::Trigger, Capture::Wal];
+    let modes = [Capture::Off, Capture::Trigger, Capture::Wal, Capture::PgRecvlogical];
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
     let mut cpu_per_k: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
-    for _ in 0..rounds {
-        for (index, capture) in modes.iter().enumerate() {
+    for round in 0..rounds {
+        // Each round starts with another mode, so no mode always runs first (or after the same
+        // neighbour).
+        for step in 0..modes.len() {
+            let index = (round + step) % modes.len();
+            let capture = &modes[index];
             let watched = Watched::create(services, *capture).await?;
             let visible = Arc::new(Visible::default());
             let stop = Arc::new(AtomicBool::new(false));
-            let reader = (*capture != Capture::Off)
+            let reader = matches!(capture, Capture::Trigger | Capture::Wal)
                 .then(|| read_committed(&services.brokers, &watched.topic, Arc::clone(&visible), Arc::clone(&stop)))
                 .transpose()?;
             let mut writer = watched.pool.acquire().await.context("connecting the writer")?;
@@ -249,6 +323,9 @@ pub async fn writer_overhead(services: &Services, rows: u64, rounds: usize) -> R
             if reader.is_some() {
                 visible.wait_for(rows as usize, Duration::from_secs(120)).await?;
             }
+            if *capture == Capture::PgRecvlogical {
+                watched.wait_slot_caught_up().await?;
+            }
             cpu_per_k[index].push((postgres_cpu_seconds() - cpu_before) / rows as f64 * 1000.0);
             stop.store(true, Ordering::Relaxed);
             if let Some(reader) = reader {
@@ -263,14 +340,20 @@ pub async fn writer_overhead(services: &Services, rows: u64, rounds: usize) -> R
         sorted.sort_by(f64::total_cmp);
         sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
     };
-    let off = median(&rates[0]);
     Ok(modes
         .iter()
         .enumerate()
         .map(|(index, capture)| {
             let runs: Vec<String> = rates[index].iter().map(|rate| format!("{rate:.0}")).collect();
+            // Each round's rate against the same round's no-capture rate: the machine's drift
+            // through the day cancels out of a ratio taken minutes apart, not of one taken hours
+            // apart.
+            let ratios: Vec<f64> =
+                rates[index].iter().zip(&rates[0]).map(|(rate, off)| rate / off.max(f64::EPSILON)).collect();
+            let mut sorted_ratios = ratios.clone();
+            sorted_ratios.sort_by(f64::total_cmp);
             Row {
-                name: format!("writer inserts, {} capture (single-row transactions)", capture.label()),
+                name: format!("writer inserts, {} (single-row transactions)", capture.label()),
                 events: rows as usize,
                 offered_rate: None,
                 throughput: median(&rates[index]),
@@ -279,9 +362,11 @@ pub async fn writer_overhead(services: &Services, rows: u64, rounds: usize) -> R
                 usage: None,
                 cpu_percent: None,
                 note: format!(
-                    "runs {}; {:.0}% of off; Postgres CPU {:.2} s per 1,000 rows, all published",
+                    "runs {}; vs off in the same round: median {:.0}% (range {:.0}–{:.0}%); Postgres CPU {:.2} s per 1,000 rows (median), all published",
                     runs.join(", "),
-                    median(&rates[index]) / off.max(f64::EPSILON) * 100.0,
+                    median(&ratios) * 100.0,
+                    sorted_ratios.first().copied().unwrap_or(0.0) * 100.0,
+                    sorted_ratios.last().copied().unwrap_or(0.0) * 100.0,
                     median(&cpu_per_k[index])
                 ),
             }

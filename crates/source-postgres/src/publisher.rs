@@ -76,7 +76,10 @@ impl Publisher {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("transaction.timeout.ms", TRANSACTION_TIMEOUT.as_millis().to_string())
-            .set("linger.ms", "1")
+            // Every batch is awaited right after it is queued: lingering only delays it. In three
+            // A/B pairs at 100 rows/s (WAL capture), p99 9.6–11.2 ms with 0 against 11.9–18.3
+            // with 1; p50 the same.
+            .set("linger.ms", "0")
             // A transaction begun while the broker still writes the previous one's markers is
             // refused (CONCURRENT_TRANSACTIONS) and retried after `retry.backoff.ms`; with
             // librdkafka's 100 ms default, about 1 transaction in 1,600 waited that long.
