@@ -97,16 +97,7 @@ impl DeadLetter {
     }
 }
 
-/// Every message in an error's chain of causes, outermost first.
-pub fn error_chain(error: &dyn std::error::Error) -> Vec<String> {
-    let mut chain = vec![error.to_string()];
-    let mut cause = error.source();
-    while let Some(err) = cause {
-        chain.push(err.to_string());
-        cause = err.source();
-    }
-    chain
-}
+pub use herald_sdk::error_chain;
 
 /// A producer bound to one route's dead-letter topic.
 #[derive(Clone)]

@@ -78,3 +78,14 @@ pub fn partition_counts(
         })
         .collect())
 }
+
+/// The `herald.origin` header of a message, if any.
+pub fn origin_of(message: &impl rdkafka::Message) -> Option<String> {
+    use rdkafka::message::Headers;
+    let headers = message.headers()?;
+    headers
+        .iter()
+        .find(|header| header.key == herald_sdk::sink::ORIGIN_HEADER)
+        .and_then(|header| header.value)
+        .map(|value| String::from_utf8_lossy(value).into_owned())
+}

@@ -1,9 +1,10 @@
 /*!
-herald-core: the parts of herald every sink and the binary share.
+herald-core: herald's configuration and the Kafka consumer runtime that drives sinks.
 
 herald moves *stage events* — the small JSON messages pipeline stages publish to Kafka when they
-finish a unit of work — to systems that cannot read Kafka. This crate holds the event model, the
-configuration, the [`Sink`] trait and the consumer runtime that drives sinks.
+finish a unit of work — to systems that cannot read Kafka. This crate holds the configuration
+and the consumer runtime that drives sinks; the event model and the [`Sink`] trait are
+herald-sdk's (re-exported here), so sink crates need not build librdkafka.
 
 The one decision to know: **offsets advance only after the sink has the data.** Each route reads
 with `enable.auto.offset.store=false`; a batch's offsets are stored only once [`Sink::write`]
@@ -11,11 +12,9 @@ returned `Ok` and its dead letters were acknowledged, so a crash at any instant 
 than loses (at-least-once). Sinks that can store offsets with the data do better.
 
 # Layout
-- [`event`]: [`StageEvent`], its parsing and timestamps.
+- [`event`], [`sink`], [`template`]: re-exported from herald-sdk.
 - [`config`]: the TOML configuration with `HERALD__…` overrides, validated on load.
 - [`filter`]: which events a route delivers.
-- [`sink`]: the [`Sink`] trait and its error classification.
-- [`template`]: `{field}` templates for channels, keys and topics.
 - [`dlq`]: the dead-letter topic and its Kafka Connect headers.
 - [`kafka`]: Kafka clients from the `[kafka]` properties; topic administration.
 - [`runtime`]: [`run`], every route at work until shutdown.
@@ -27,14 +26,15 @@ than loses (at-least-once). Sinks that can store offsets with the data do better
 pub mod config;
 pub mod dlq;
 pub mod error;
-pub mod event;
 pub mod filter;
 pub mod kafka;
 pub mod observe;
 mod route;
 pub mod runtime;
-pub mod sink;
-pub mod template;
+
+// The sink contract lives in herald-sdk, so sink crates need not build librdkafka; these paths
+// stay for the runtime and the binary.
+pub use herald_sdk::{event, sink, template};
 
 pub use config::{Config, ConfigError, RouteConfig, SinkSpec, SourceSpec};
 pub use error::{RouteError, RuntimeError};

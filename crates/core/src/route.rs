@@ -382,7 +382,7 @@ impl RouteWorker {
                         topic: message.topic().to_owned(),
                         partition: message.partition(),
                         offset: message.offset(),
-                        origin: crate::sink::origin_of(message),
+                        origin: crate::kafka::origin_of(message),
                     });
                     record_origin.push(index);
                 }

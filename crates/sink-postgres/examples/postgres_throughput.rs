@@ -10,7 +10,7 @@
 
 use std::time::Instant;
 
-use herald_core::{SinkRecord, StageEvent};
+use herald_sdk::{SinkRecord, StageEvent};
 use herald_sink_postgres::{PostgresSinkConfig, Setup};
 
 const URL: &str = "postgres://herald:herald@127.0.0.1:5432/herald";

@@ -1,6 +1,6 @@
 //! Errors of the Postgres sink.
 
-use herald_core::SinkError;
+use herald_sdk::SinkError;
 
 use herald_pg::{classify, Failure, PgError};
 

@@ -7,7 +7,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 
-use herald_core::SinkRecord;
+use herald_sdk::SinkRecord;
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
 

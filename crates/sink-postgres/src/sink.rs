@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use async_trait::async_trait;
-use herald_core::{Rejection, Sink, SinkError, SinkRecord, WriteOutcome};
+use herald_sdk::{Rejection, Sink, SinkError, SinkRecord, WriteOutcome};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Connection, PgConnection, Row};
 use tracing::{debug, info, warn};

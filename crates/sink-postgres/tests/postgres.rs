@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use herald_core::{Sink, SinkRecord, StageEvent};
+use herald_sdk::{Sink, SinkRecord, StageEvent};
 use herald_sink_postgres::{PostgresSinkConfig, Setup};
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -346,7 +346,7 @@ async fn a_row_the_table_refuses_is_rejected_alone_and_again_on_replay() {
     let outcome = sink.write(&batch).await.unwrap();
     let rejected: Vec<usize> = outcome.rejected.iter().map(|r| r.index).collect();
     assert_eq!(rejected, vec![4]);
-    let reason = herald_core::dlq::error_chain(outcome.rejected[0].error.as_ref()).join(": ");
+    let reason = herald_sdk::error_chain(outcome.rejected[0].error.as_ref()).join(": ");
     assert!(reason.contains("too long"), "{reason}");
     let written: Vec<String> = sqlx::query_scalar(&format!("SELECT src_system FROM {schema}.job_status ORDER BY id"))
         .fetch_all(&pool)
@@ -395,7 +395,7 @@ async fn check_names_missing_and_incompatible_columns_and_changes_nothing() {
         },
     }));
     let err = config.build("test", "g", Setup::CheckOnly).await.err().expect("mapping must be refused");
-    let text = herald_core::dlq::error_chain(&err).join(": ");
+    let text = herald_sdk::error_chain(&err).join(": ");
     assert!(text.contains("no column `stepp`"), "{text}");
     assert!(
         text.contains("`finished_at` is `timestamp without time zone`, which cannot hold event field `records`"),
@@ -415,7 +415,7 @@ async fn an_unreachable_server_is_a_retriable_error_and_the_url_is_never_printed
     config.url = "postgres://herald:s3cret-pw@127.0.0.1:1/herald".to_string().into();
     let err = config.build("test", "g", Setup::CheckOnly).await.err().expect("nothing listens on port 1");
     assert!(err.is_retriable(), "{err:?}");
-    let text = format!("{} {:?}", herald_core::dlq::error_chain(&err).join(": "), config);
+    let text = format!("{} {:?}", herald_sdk::error_chain(&err).join(": "), config);
     assert!(!text.contains("s3cret-pw"), "{text}");
 }
 

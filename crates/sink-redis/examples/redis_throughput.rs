@@ -9,7 +9,7 @@
 
 use std::time::Instant;
 
-use herald_core::{SinkRecord, StageEvent};
+use herald_sdk::{SinkRecord, StageEvent};
 use herald_sink_redis::RedisSinkConfig;
 
 #[tokio::main]

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use herald_core::Template;
+use herald_sdk::Template;
 use secrecy::SecretString;
 use serde::Deserialize;
 
@@ -109,7 +109,7 @@ impl RedisSinkConfig {
 
     /// The sink these settings describe. Connects lazily: a Redis that is down at start is
     /// retried like one that goes down later.
-    pub fn build(&self) -> Result<Box<dyn herald_core::Sink>, RedisSinkError> {
+    pub fn build(&self) -> Result<Box<dyn herald_sdk::Sink>, RedisSinkError> {
         self.validate()?;
         Ok(Box::new(RedisSink::new(self)?))
     }

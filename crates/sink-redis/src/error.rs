@@ -1,6 +1,6 @@
 //! Errors of the Redis sink.
 
-use herald_core::SinkError;
+use herald_sdk::SinkError;
 use redis::{ErrorKind, RetryMethod};
 
 /// What went wrong with the settings or with Redis.

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use herald_core::{Rejection, Sink, SinkError, SinkRecord, WriteOutcome};
+use herald_sdk::{Rejection, Sink, SinkError, SinkRecord, WriteOutcome};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{cmd, Pipeline};
 use secrecy::ExposeSecret;
@@ -76,7 +76,7 @@ impl RedisSink {
 
     /// One event's rendered templates, or why it cannot be delivered. Rendered all at once, so
     /// an event is written whole or not at all.
-    fn render(&self, record: &SinkRecord) -> Result<Rendered, herald_core::template::MissingField> {
+    fn render(&self, record: &SinkRecord) -> Result<Rendered, herald_sdk::template::MissingField> {
         Ok(Rendered {
             latest_key: self.latest_key.as_ref().map(|c| c.key.render(&record.event)).transpose()?,
             channel: self.publish.as_ref().map(|c| c.channel.render(&record.event)).transpose()?,

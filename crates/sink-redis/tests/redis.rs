@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::StreamExt;
-use herald_core::{SinkRecord, StageEvent};
+use herald_sdk::{SinkRecord, StageEvent};
 use herald_sink_redis::RedisSinkConfig;
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -40,7 +40,7 @@ fn record(event: StageEvent, offset: i64) -> SinkRecord {
     SinkRecord { event, topic: "events".into(), partition: 0, offset, origin: None }
 }
 
-fn sink(settings: serde_json::Value) -> Box<dyn herald_core::Sink> {
+fn sink(settings: serde_json::Value) -> Box<dyn herald_sdk::Sink> {
     let mut settings = settings;
     settings["url"] = URL.into();
     serde_json::from_value::<RedisSinkConfig>(settings).unwrap().build().unwrap()

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_sns::config::Credentials;
-use herald_core::{SinkRecord, StageEvent};
+use herald_sdk::{SinkRecord, StageEvent};
 use herald_sink_sns::SnsSinkConfig;
 
 const ENDPOINT: &str = "http://127.0.0.1:4566";

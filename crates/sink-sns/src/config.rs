@@ -6,7 +6,7 @@ use std::time::Duration;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_sns::config::Credentials;
-use herald_core::Template;
+use herald_sdk::Template;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
@@ -155,7 +155,7 @@ impl SnsSinkConfig {
     }
 
     /// The sink these settings describe.
-    pub async fn build(&self) -> Result<Box<dyn herald_core::Sink>, SnsSinkError> {
+    pub async fn build(&self) -> Result<Box<dyn herald_sdk::Sink>, SnsSinkError> {
         self.validate()?;
         Ok(Box::new(SnsSink::new(self.clone(), self.client().await)))
     }

@@ -1,6 +1,6 @@
 //! Errors of the SNS sink.
 
-use herald_core::{BoxError, SinkError};
+use herald_sdk::{BoxError, SinkError};
 
 use crate::service::Failure;
 

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use aws_sdk_sns::error::ProvideErrorMetadata;
 use aws_sdk_sns::types::{MessageAttributeValue, PublishBatchRequestEntry};
 use aws_sdk_sns::Client;
-use herald_core::{BoxError, Rejection, Sink, SinkError, SinkRecord, WriteOutcome};
+use herald_sdk::{BoxError, Rejection, Sink, SinkError, SinkRecord, WriteOutcome};
 use sha2::{Digest, Sha256};
 use tracing::warn;
 
@@ -223,8 +223,7 @@ impl Sink for SnsSink {
         let mut unreachable = Vec::new();
         for topic in self.config.topics() {
             if let Err(error) = self.client.get_topic_attributes().topic_arn(topic).send().await {
-                let detail =
-                    error.code().map_or_else(|| herald_core::dlq::error_chain(&error).join(": "), str::to_owned);
+                let detail = error.code().map_or_else(|| herald_sdk::error_chain(&error).join(": "), str::to_owned);
                 unreachable.push(format!("{topic}: {detail}"));
             }
         }
@@ -261,7 +260,7 @@ mod tests {
 
     #[test]
     fn deduplication_ids_depend_only_on_kafka_coordinates() {
-        let event = herald_core::StageEvent::from_json(
+        let event = herald_sdk::StageEvent::from_json(
             br#"{"event":"E","stage":"s","source":"A","timestamp":"2026-11-26T10:00:00","status":"S"}"#,
         )
         .unwrap();

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_sns::config::Credentials;
 use aws_sdk_sqs::types::QueueAttributeName;
-use herald_core::{SinkRecord, StageEvent};
+use herald_sdk::{SinkRecord, StageEvent};
 use herald_sink_sns::SnsSinkConfig;
 use rand::Rng;
 
@@ -131,7 +131,7 @@ fn records(events: Vec<StageEvent>) -> Vec<SinkRecord> {
         .collect()
 }
 
-async fn sink(settings: serde_json::Value) -> Box<dyn herald_core::Sink> {
+async fn sink(settings: serde_json::Value) -> Box<dyn herald_sdk::Sink> {
     let mut settings = settings;
     settings["endpoint"] = ENDPOINT.into();
     settings["region"] = "us-east-1".into();
@@ -244,11 +244,11 @@ async fn the_healthcheck_names_topics_that_cannot_be_reached() {
     sink.healthcheck().await.unwrap();
     let mut sink = sink_with_missing(&target.topic_arn, missing).await;
     let err = sink.healthcheck().await.unwrap_err();
-    let text = herald_core::dlq::error_chain(&err).join(": ");
+    let text = herald_sdk::error_chain(&err).join(": ");
     assert!(text.contains(missing) && !text.contains(&format!("{}:", target.topic_arn)), "{text}");
 }
 
-async fn sink_with_missing(present: &str, missing: &str) -> Box<dyn herald_core::Sink> {
+async fn sink_with_missing(present: &str, missing: &str) -> Box<dyn herald_sdk::Sink> {
     sink(serde_json::json!({ "topic_arn": present, "topic_by": { "field": "source", "topics": { "X": missing } } }))
         .await
 }

@@ -26,7 +26,7 @@ pub enum OutputStream {
 
 impl StdoutSinkConfig {
     /// The sink these settings describe.
-    pub fn build(&self) -> Box<dyn herald_core::Sink> {
+    pub fn build(&self) -> Box<dyn herald_sdk::Sink> {
         Box::new(StdoutSink::new(self.stream))
     }
 }

@@ -1,6 +1,6 @@
 //! Errors of the stdout sink.
 
-use herald_core::SinkError;
+use herald_sdk::SinkError;
 
 /// Writing to the stream failed.
 #[derive(Debug, thiserror::Error)]

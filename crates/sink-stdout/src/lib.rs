@@ -6,7 +6,7 @@ written and flushed in one call before the write counts as delivered. Logs go to
 error, so standard output carries nothing but events and can be piped.
 
 This crate is the template a new sink is copied from: `config.rs` (the typed settings and
-`build`), `sink.rs` (the [`herald_core::Sink`] impl), `error.rs` (the crate's error type and
+`build`), `sink.rs` (the [`herald_sdk::Sink`] impl), `error.rs` (the crate's error type and
 whether each error is retriable). Only the config type is exported.
 */
 #![deny(missing_docs)]

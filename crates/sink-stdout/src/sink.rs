@@ -1,7 +1,7 @@
 //! The stdout sink.
 
 use async_trait::async_trait;
-use herald_core::{Sink, SinkError, SinkRecord, WriteOutcome};
+use herald_sdk::{Sink, SinkError, SinkRecord, WriteOutcome};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::config::OutputStream;

@@ -27,17 +27,6 @@ pub struct SinkRecord {
 /// The header naming where a message herald published was born.
 pub const ORIGIN_HEADER: &str = "herald.origin";
 
-/// The `herald.origin` header of a message, if any.
-pub fn origin_of(message: &impl rdkafka::Message) -> Option<String> {
-    use rdkafka::message::Headers;
-    let headers = message.headers()?;
-    headers
-        .iter()
-        .find(|header| header.key == ORIGIN_HEADER)
-        .and_then(|header| header.value)
-        .map(|value| String::from_utf8_lossy(value).into_owned())
-}
-
 /// A destination for stage events.
 ///
 /// The runtime calls [`Sink::write`] with batches in per-partition offset order, one batch at a

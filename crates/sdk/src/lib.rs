@@ -1,0 +1,40 @@
+/*!
+herald-sdk: what a sink author needs, and nothing of Kafka.
+
+A herald sink receives batches of *stage events* — the small JSON messages pipeline stages publish
+when they finish a unit of work — and delivers them somewhere that cannot read Kafka. This crate
+is everything such a sink depends on: the event model ([`StageEvent`]), the [`Sink`] trait with
+its records, outcomes and error classes, and `{field}` [`Template`]s. It does not link librdkafka:
+a sink crate that depends only on it builds and tests without Kafka.
+
+The one decision to know: **[`Sink::write`] returning `Ok` means the sink has durably accepted
+the whole batch** (except the records it hands back as rejected). The runtime (herald-core)
+advances Kafka offsets only after that, so a sink that returns `Ok` early loses events on a
+crash, and a sink that returns a retriable error gets the same batch again.
+
+# Layout
+- [`event`]: [`StageEvent`], its parsing and timestamps.
+- [`sink`]: the [`Sink`] trait, [`SinkRecord`], [`WriteOutcome`], [`SinkError`].
+- [`template`]: `{field}` templates for channels, keys, topics and URLs.
+*/
+#![deny(missing_docs)]
+
+pub mod event;
+pub mod sink;
+pub mod template;
+
+pub use event::{EventError, EventTimestamp, StageEvent};
+pub use sink::{BoxError, Rejection, Sink, SinkError, SinkRecord, WriteOutcome};
+pub use template::Template;
+
+/// Every message in an error's chain of causes, outermost first: what logs and dead-letter
+/// headers show of an error.
+pub fn error_chain(error: &dyn std::error::Error) -> Vec<String> {
+    let mut chain = vec![error.to_string()];
+    let mut cause = error.source();
+    while let Some(err) = cause {
+        chain.push(err.to_string());
+        cause = err.source();
+    }
+    chain
+}
