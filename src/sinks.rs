@@ -1,88 +1,51 @@
-//! The sink registry: a route's `sink.type` → the sink crate that builds it.
+//! The registry: every sink kind this binary knows, one line each, and the source.
 
 use anyhow::{bail, Context, Result};
 use herald_core::{RouteConfig, Sink, SourceSpec};
-use herald_sink_postgres::Setup;
+use herald_sdk::{Purpose, Registered, SinkContext, SinkFactory};
 
-/// Every sink type this binary knows, for error messages.
-pub const KNOWN: &[&str] =
-    &[herald_sink_stdout::KIND, herald_sink_postgres::KIND, herald_sink_redis::KIND, herald_sink_sns::KIND];
+/// Every sink kind this binary knows. Adding a sink is one line here and one dependency.
+pub static SINKS: &[&dyn SinkFactory] = &[
+    &Registered::<herald_sink_stdout::Stdout>::NEW,
+    &Registered::<herald_sink_postgres::Postgres>::NEW,
+    &Registered::<herald_sink_redis::Redis>::NEW,
+    &Registered::<herald_sink_sns::Sns>::NEW,
+];
 
-/// Why a sink is being built.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Purpose {
-    /// `herald run`: create what the sink needs (tables), then deliver.
-    Run,
-    /// `herald check`: connect and verify, change nothing.
-    Check,
+/// The factory of the route's sink kind.
+fn factory(route: &RouteConfig) -> Result<&'static dyn SinkFactory> {
+    match SINKS.iter().find(|factory| factory.kind() == route.sink.kind) {
+        Some(factory) => Ok(*factory),
+        None => {
+            let known: Vec<&str> = SINKS.iter().map(|factory| factory.kind()).collect();
+            bail!("route `{}`: unknown sink type `{}`; known types: {}", route.name, route.sink.kind, known.join(", "))
+        }
+    }
+}
+
+/// What an error of the route's sink is about.
+fn context(route: &RouteConfig) -> impl Fn() -> String {
+    let (name, kind) = (route.name.clone(), route.sink.kind.clone());
+    move || format!("route `{name}`: sink `{kind}`")
 }
 
 /// Parses the route's sink settings with that sink's typed config and builds the sink.
 pub async fn build(route: &RouteConfig, purpose: Purpose) -> Result<Box<dyn Sink>> {
-    let spec = &route.sink;
-    let context = || format!("route `{}`: sink `{}`", route.name, spec.kind);
-    match spec.kind.as_str() {
-        herald_sink_stdout::KIND => {
-            let config: herald_sink_stdout::StdoutSinkConfig = spec.parse().with_context(context)?;
-            Ok(config.build())
-        }
-        herald_sink_postgres::KIND => {
-            let config: herald_sink_postgres::PostgresSinkConfig = spec.parse().with_context(context)?;
-            let setup = match purpose {
-                Purpose::Run => Setup::Migrate,
-                Purpose::Check => Setup::CheckOnly,
-            };
-            config.build(&route.name, &route.group_id(), setup).await.with_context(context)
-        }
-        herald_sink_redis::KIND => {
-            let config: herald_sink_redis::RedisSinkConfig = spec.parse().with_context(context)?;
-            config.build().with_context(context)
-        }
-        herald_sink_sns::KIND => {
-            let config: herald_sink_sns::SnsSinkConfig = spec.parse().with_context(context)?;
-            config.build().await.with_context(context)
-        }
-        other => bail!("route `{}`: unknown sink type `{other}`; known types: {}", route.name, KNOWN.join(", ")),
-    }
+    let group = route.group_id();
+    let sink_context = SinkContext { route: &route.name, consumer_group: &group, purpose };
+    factory(route)?.build(&route.sink.settings, sink_context).await.with_context(context(route))
 }
 
 /// Checks the route's sink settings without connecting to anything.
 pub fn validate(route: &RouteConfig) -> Result<()> {
-    let spec = &route.sink;
-    let context = || format!("route `{}`: sink `{}`", route.name, spec.kind);
-    match spec.kind.as_str() {
-        herald_sink_stdout::KIND => {
-            spec.parse::<herald_sink_stdout::StdoutSinkConfig>().with_context(context)?;
-        }
-        herald_sink_postgres::KIND => {
-            let config: herald_sink_postgres::PostgresSinkConfig = spec.parse().with_context(context)?;
-            config.validate().with_context(context)?;
-        }
-        herald_sink_redis::KIND => {
-            let config: herald_sink_redis::RedisSinkConfig = spec.parse().with_context(context)?;
-            config.validate().with_context(context)?;
-        }
-        herald_sink_sns::KIND => {
-            let config: herald_sink_sns::SnsSinkConfig = spec.parse().with_context(context)?;
-            config.validate().with_context(context)?;
-        }
-        other => bail!("route `{}`: unknown sink type `{other}`; known types: {}", route.name, KNOWN.join(", ")),
-    }
-    Ok(())
+    factory(route)?.validate(&route.sink.settings).with_context(context(route))
 }
 
-/// Creates or updates the tables of every route's sink that has any; returns what was migrated.
+/// Creates or updates what the route's sink needs (tables); returns what was migrated.
 pub async fn migrate(route: &RouteConfig) -> Result<Option<String>> {
-    let spec = &route.sink;
-    let context = || format!("route `{}`: sink `{}`", route.name, spec.kind);
-    match spec.kind.as_str() {
-        herald_sink_postgres::KIND => {
-            let config: herald_sink_postgres::PostgresSinkConfig = spec.parse().with_context(context)?;
-            config.migrate(&route.name).await.with_context(context)?;
-            Ok(Some(format!("schema `{}`", config.schema)))
-        }
-        _ => Ok(None),
-    }
+    let group = route.group_id();
+    let sink_context = SinkContext { route: &route.name, consumer_group: &group, purpose: Purpose::Run };
+    factory(route)?.migrate(&route.sink.settings, sink_context).await.with_context(context(route))
 }
 
 /// The source a `[[source]]` table describes, parsed and validated.

@@ -117,7 +117,7 @@ pub async fn check(args: CheckArgs) -> Result<ExitCode> {
                 }
             }
         }
-        match sinks::build(route, sinks::Purpose::Check).await {
+        match sinks::build(route, herald_sdk::Purpose::Check).await {
             Ok(mut sink) => match sink.healthcheck().await {
                 Ok(()) => report.ok(&label, format!("sink `{}` reachable", route.sink.kind)),
                 Err(err) => {

@@ -29,8 +29,9 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     let sources = sinks::sources(&config.sources).with_context(|| format!("{}", args.config.display()))?;
     let mut routes = Vec::with_capacity(config.routes.len());
     for route in &config.routes {
-        let mut sink =
-            sinks::build(route, sinks::Purpose::Run).await.with_context(|| format!("{}", args.config.display()))?;
+        let mut sink = sinks::build(route, herald_sdk::Purpose::Run)
+            .await
+            .with_context(|| format!("{}", args.config.display()))?;
         // A sink that is down at start is not fatal: writes are retried until it is back.
         if let Err(err) = sink.healthcheck().await {
             warn!(route = %route.name, error = %herald_core::dlq::error_chain(&err).join(": "), "Sink healthcheck failed; writes will be retried.");

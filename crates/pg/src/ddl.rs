@@ -66,62 +66,109 @@ impl fmt::Display for Blocker {
 }
 
 impl Ddl {
-    /// Runs `attempt` on `conn` under `lock_timeout` until it succeeds, fails for another
-    /// reason, or `give_up_after` has passed. `relations` (e.g. `"ops"."job_status"`) and
-    /// `schema` say whose locks to report when a try times out. The session's `lock_timeout`
-    /// is reset afterwards.
-    pub async fn run<T>(
+    /// Runs one DDL statement `sql` (what it does: `what`) under `lock_timeout` until it
+    /// succeeds, fails for another reason, or `give_up_after` has passed. `relations` (e.g.
+    /// `"ops"."job_status"`) and `schema` say whose locks to report when a try times out.
+    pub async fn execute(
         &self,
         conn: &mut PgConnection,
         what: &'static str,
         relations: &[String],
         schema: Option<&str>,
-        mut attempt: impl AsyncFnMut(&mut PgConnection) -> Result<T, PgError>,
-    ) -> Result<T, PgError> {
-        let started = Instant::now();
-        let mut backoff = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(250))
-            .with_max_delay(Duration::from_secs(10))
-            .with_jitter()
-            .without_max_times()
-            .build();
-        let timeout = format!("SET lock_timeout = '{}ms'", self.lock_timeout.as_millis().max(1));
-        let mut tries = 0_u32;
+        sql: &str,
+    ) -> Result<(), PgError> {
+        let mut attempts = self.attempts(what, relations, schema);
         loop {
-            tries += 1;
-            sqlx::query(&timeout).execute(&mut *conn).await.map_err(PgError::query("setting lock_timeout"))?;
-            let result = attempt(&mut *conn).await;
-            let reset = sqlx::query("RESET lock_timeout").execute(&mut *conn).await;
-            let error = match result {
-                Ok(value) => {
-                    reset.map_err(PgError::query("resetting lock_timeout"))?;
-                    return Ok(value);
-                }
-                Err(error) if lock_timed_out(&error) => error,
-                Err(error) => return Err(error),
-            };
-            let blockers = lock_holders(conn, relations, schema).await.unwrap_or_default();
-            let described = if blockers.is_empty() {
-                "(none left)".to_owned()
-            } else {
-                blockers.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
-            };
-            let waited = started.elapsed();
-            if waited >= self.give_up_after {
-                warn!(what, tries, blockers = %described, error = %error, "DDL never got its lock; giving up.");
-                return Err(PgError::LockNotGranted { what, waited, blockers });
+            attempts.arm(conn).await?;
+            let result = sqlx::query(sql).execute(&mut *conn).await.map(drop).map_err(PgError::query(what));
+            if let Some(done) = attempts.settle(conn, result).await? {
+                return Ok(done);
             }
-            let pause = backoff.next().unwrap_or(Duration::from_secs(10));
-            warn!(
-                what,
-                tries,
-                lock_timeout_ms = self.lock_timeout.as_millis() as u64,
-                retry_in_ms = pause.as_millis() as u64,
-                blockers = %described,
-                "DDL did not get its lock in time; it stepped out of the lock queue so writers are not held up, and will try again."
-            );
-            tokio::time::sleep(pause).await;
         }
+    }
+
+    /// The tries of one piece of DDL, for work that is more than one statement:
+    /// `loop { attempts.arm(conn)?; let result = …; if let Some(v) = attempts.settle(conn, result)? { break v } }`.
+    pub fn attempts(&self, what: &'static str, relations: &[String], schema: Option<&str>) -> DdlAttempts {
+        DdlAttempts {
+            ddl: *self,
+            what,
+            relations: relations.to_vec(),
+            schema: schema.map(str::to_owned),
+            started: Instant::now(),
+            backoff: ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(250))
+                .with_max_delay(Duration::from_secs(10))
+                .with_jitter()
+                .without_max_times()
+                .build(),
+            tries: 0,
+        }
+    }
+}
+
+/// The tries of one piece of DDL under a [`Ddl`] policy (see [`Ddl::attempts`]).
+// Owns what it reports on: a future holding borrowed fields across its awaits is not provably
+// `Send` to today's compiler, and sinks' futures must be.
+pub struct DdlAttempts {
+    ddl: Ddl,
+    what: &'static str,
+    relations: Vec<String>,
+    schema: Option<String>,
+    started: Instant,
+    backoff: backon::ExponentialBackoff,
+    tries: u32,
+}
+
+impl DdlAttempts {
+    /// Sets the session's `lock_timeout` for the next try.
+    pub async fn arm(&mut self, conn: &mut PgConnection) -> Result<(), PgError> {
+        self.tries += 1;
+        let timeout = format!("SET lock_timeout = '{}ms'", self.ddl.lock_timeout.as_millis().max(1));
+        sqlx::query(&timeout).execute(&mut *conn).await.map_err(PgError::query("setting lock_timeout"))?;
+        Ok(())
+    }
+
+    /// Resets `lock_timeout` and judges a try: `Ok(Some(value))` done; `Ok(None)` the lock was
+    /// not granted in time (logged with who holds it, after a backoff pause): try again; `Err`
+    /// another failure, or the lock never granted within `give_up_after`.
+    pub async fn settle<T>(
+        &mut self,
+        conn: &mut PgConnection,
+        result: Result<T, PgError>,
+    ) -> Result<Option<T>, PgError> {
+        let reset = sqlx::query("RESET lock_timeout").execute(&mut *conn).await;
+        let error = match result {
+            Ok(value) => {
+                reset.map_err(PgError::query("resetting lock_timeout"))?;
+                return Ok(Some(value));
+            }
+            Err(error) if lock_timed_out(&error) => error,
+            Err(error) => return Err(error),
+        };
+        let (what, tries) = (self.what, self.tries);
+        let blockers = lock_holders(conn, &self.relations, self.schema.as_deref()).await.unwrap_or_default();
+        let described = if blockers.is_empty() {
+            "(none left)".to_owned()
+        } else {
+            blockers.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+        };
+        let waited = self.started.elapsed();
+        if waited >= self.ddl.give_up_after {
+            warn!(what, tries, blockers = %described, error = %error, "DDL never got its lock; giving up.");
+            return Err(PgError::LockNotGranted { what, waited, blockers });
+        }
+        let pause = self.backoff.next().unwrap_or(Duration::from_secs(10));
+        warn!(
+            what,
+            tries,
+            lock_timeout_ms = self.ddl.lock_timeout.as_millis() as u64,
+            retry_in_ms = pause.as_millis() as u64,
+            blockers = %described,
+            "DDL did not get its lock in time; it stepped out of the lock queue so writers are not held up, and will try again."
+        );
+        tokio::time::sleep(pause).await;
+        Ok(None)
     }
 }
 
@@ -146,7 +193,7 @@ pub(crate) async fn lock_holders(
          ORDER BY a.xact_start NULLS LAST, a.pid
          LIMIT 20",
     )
-    .bind(relations)
+    .bind(relations.to_vec())
     .bind(schema.map(|s| format!("\"{s}\"")))
     .fetch_all(&mut *conn)
     .await?;

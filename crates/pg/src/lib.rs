@@ -27,7 +27,7 @@ mod migrate;
 mod sqlstate;
 
 pub use connect::{application_name, connect_options};
-pub use ddl::{Blocker, Ddl};
+pub use ddl::{Blocker, Ddl, DdlAttempts};
 pub use error::PgError;
 pub use ident::{Ident, QualifiedName};
 pub use migrate::{greenfield_migrator, migrate_in_schema, pending_migrations};

@@ -43,20 +43,34 @@ pub async fn migrate_in_schema(
         migrator.set_locking(false);
     }
     let migrators = migrators.as_slice();
-    let schema_name = schema.as_str();
-    ddl.run(conn, "taking herald's migration lock", &[], None, async |conn| {
-        sqlx::query(MIGRATION_LOCK).execute(conn).await.map(drop).map_err(PgError::query("taking the migration lock"))
-    })
-    .await?;
-    let result = ddl
-        .run(conn, "migrating herald's tables", &[], Some(schema_name), async |conn| {
-            apply(conn, schema, migrators).await
-        })
-        .await;
+    let mut locking = ddl.attempts("taking herald's migration lock", &[], None);
+    loop {
+        locking.arm(conn).await?;
+        let result = sqlx::query(MIGRATION_LOCK)
+            .execute(&mut *conn)
+            .await
+            .map(drop)
+            .map_err(PgError::query("taking the migration lock"));
+        if locking.settle(conn, result).await?.is_some() {
+            break;
+        }
+    }
+    let mut migrating = ddl.attempts("migrating herald's tables", &[], Some(schema.as_str()));
+    let result = loop {
+        if let Err(err) = migrating.arm(conn).await {
+            break Err(err);
+        }
+        let result = apply(conn, schema, migrators).await;
+        match migrating.settle(conn, result).await {
+            Ok(Some(())) => break Ok(()),
+            Ok(None) => {}
+            Err(err) => break Err(err),
+        }
+    };
     let unlocked = sqlx::query(MIGRATION_UNLOCK).execute(&mut *conn).await;
     result?;
     unlocked.map_err(PgError::query("releasing the migration lock"))?;
-    info!(schema = schema_name, "herald's tables are migrated.");
+    info!(schema = schema.as_str(), "herald's tables are migrated.");
     Ok(())
 }
 
@@ -84,7 +98,7 @@ pub async fn pending_migrations(
 
 async fn apply(conn: &mut PgConnection, schema: &Ident, migrators: &[Migrator]) -> Result<(), PgError> {
     let exists = sqlx::query("SELECT 1 FROM pg_namespace WHERE nspname = $1")
-        .bind(schema.as_str())
+        .bind(schema.as_str().to_owned())
         .fetch_optional(&mut *conn)
         .await
         .map_err(PgError::query("looking up herald's schema"))?
@@ -103,8 +117,10 @@ async fn apply(conn: &mut PgConnection, schema: &Ident, migrators: &[Migrator]) 
         .map_err(PgError::query("entering herald's schema"))?;
     let mut result = Ok(());
     for migrator in migrators {
+        // `run_direct`, not `run`: `run` is generic over `Acquire`, which today's compiler
+        // cannot prove `Send` for inside a sink's (boxed, `Send`) future.
         result = migrator
-            .run(&mut *conn)
+            .run_direct(&mut *conn)
             .await
             .map_err(|source| PgError::Migrate { schema: schema.as_str().to_owned(), source });
         if result.is_err() {

@@ -36,9 +36,7 @@ async fn ddl_behind_an_open_transaction_lets_writers_pass_names_the_holder_and_s
     let statement = format!("CREATE INDEX ON {table} (status)");
     let ddl = Ddl { lock_timeout: Duration::from_millis(200), give_up_after: Duration::from_millis(1500) };
     let relations = vec![format!("\"{table}\"")];
-    let attempt = ddl.run(&mut ddl_conn, "indexing the status table", &relations, None, async |conn| {
-        sqlx::query(&statement).execute(conn).await.map(drop).map_err(PgError::query("indexing"))
-    });
+    let attempt = ddl.execute(&mut ddl_conn, "indexing the status table", &relations, None, &statement);
     // Another writer while the DDL keeps trying: never queued behind it for long.
     let writers = PgPoolOptions::new()
         .max_connections(1)
@@ -77,11 +75,7 @@ async fn ddl_behind_an_open_transaction_lets_writers_pass_names_the_holder_and_s
 
     // The job finishes; the same DDL now goes through, and the session keeps no lock_timeout.
     sqlx::query("COMMIT").execute(&mut holder).await.unwrap();
-    ddl.run(&mut ddl_conn, "indexing the status table", &relations, None, async |conn| {
-        sqlx::query(&statement).execute(conn).await.map(drop).map_err(PgError::query("indexing"))
-    })
-    .await
-    .unwrap();
+    ddl.execute(&mut ddl_conn, "indexing the status table", &relations, None, &statement).await.unwrap();
     let indexes: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_indexes WHERE tablename = $1")
         .bind(&table)
         .fetch_one(&pool)

@@ -15,15 +15,20 @@ crash, and a sink that returns a retriable error gets the same batch again.
 # Layout
 - [`event`]: [`StageEvent`], its parsing and timestamps.
 - [`sink`]: the [`Sink`] trait, [`SinkRecord`], [`WriteOutcome`], [`SinkError`].
+- [`factory`]: a sink kind as a plug-in ([`SinkPlugin`]), registered in the binary with one line.
 - [`template`]: `{field}` templates for channels, keys, topics and URLs.
 */
 #![deny(missing_docs)]
 
 pub mod event;
+pub mod factory;
 pub mod sink;
 pub mod template;
 
 pub use event::{EventError, EventTimestamp, StageEvent};
+pub use factory::{
+    parse_settings, FactoryError, Purpose, Registered, Settings, SettingsError, SinkContext, SinkFactory, SinkPlugin,
+};
 pub use sink::{BoxError, Rejection, Sink, SinkError, SinkRecord, WriteOutcome};
 pub use template::Template;
 

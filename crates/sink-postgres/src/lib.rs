@@ -28,7 +28,7 @@ mod sink;
 
 pub use config::{LegacyTableConfig, PostgresSinkConfig, WriteMode};
 pub use error::PostgresSinkError;
-pub use sink::Setup;
+pub use sink::{Postgres, Setup};
 
 /// The `type` that selects this sink in a route's `sink` table.
 pub const KIND: &str = "postgres";

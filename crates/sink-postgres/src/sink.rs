@@ -340,3 +340,36 @@ impl Sink for PostgresSink {
         Ok(())
     }
 }
+
+/// The Postgres sink as a plug-in; the binary registers it as
+/// `&herald_sdk::Registered::<herald_sink_postgres::Postgres>::NEW`.
+pub struct Postgres;
+
+#[async_trait]
+impl herald_sdk::SinkPlugin for Postgres {
+    const KIND: &'static str = crate::KIND;
+    type Config = PostgresSinkConfig;
+
+    fn validate(config: &PostgresSinkConfig) -> Result<(), herald_sdk::BoxError> {
+        Ok(config.validate()?)
+    }
+
+    async fn build(
+        config: &PostgresSinkConfig,
+        context: herald_sdk::SinkContext<'_>,
+    ) -> Result<Box<dyn Sink>, herald_sdk::BoxError> {
+        let setup = match context.purpose {
+            herald_sdk::Purpose::Run => Setup::Migrate,
+            herald_sdk::Purpose::Check => Setup::CheckOnly,
+        };
+        Ok(config.build(context.route, context.consumer_group, setup).await?)
+    }
+
+    async fn migrate(
+        config: &PostgresSinkConfig,
+        context: herald_sdk::SinkContext<'_>,
+    ) -> Result<Option<String>, herald_sdk::BoxError> {
+        config.migrate(context.route).await?;
+        Ok(Some(format!("schema `{}`", config.schema)))
+    }
+}

@@ -115,6 +115,27 @@ impl RedisSinkConfig {
     }
 }
 
+/// The Redis sink as a plug-in; the binary registers it as
+/// `&herald_sdk::Registered::<herald_sink_redis::Redis>::NEW`.
+pub struct Redis;
+
+#[async_trait::async_trait]
+impl herald_sdk::SinkPlugin for Redis {
+    const KIND: &'static str = crate::KIND;
+    type Config = RedisSinkConfig;
+
+    fn validate(config: &RedisSinkConfig) -> Result<(), herald_sdk::BoxError> {
+        Ok(config.validate()?)
+    }
+
+    async fn build(
+        config: &RedisSinkConfig,
+        _context: herald_sdk::SinkContext<'_>,
+    ) -> Result<Box<dyn herald_sdk::Sink>, herald_sdk::BoxError> {
+        Ok(config.build()?)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

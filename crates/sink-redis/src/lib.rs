@@ -25,6 +25,7 @@ mod config;
 mod error;
 mod sink;
 
+pub use config::Redis;
 pub use config::{LatestKeyConfig, PublishConfig, RedisSinkConfig, StreamConfig};
 pub use error::RedisSinkError;
 

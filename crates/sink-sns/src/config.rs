@@ -161,6 +161,27 @@ impl SnsSinkConfig {
     }
 }
 
+/// The SNS sink as a plug-in; the binary registers it as
+/// `&herald_sdk::Registered::<herald_sink_sns::Sns>::NEW`.
+pub struct Sns;
+
+#[async_trait::async_trait]
+impl herald_sdk::SinkPlugin for Sns {
+    const KIND: &'static str = crate::KIND;
+    type Config = SnsSinkConfig;
+
+    fn validate(config: &SnsSinkConfig) -> Result<(), herald_sdk::BoxError> {
+        Ok(config.validate()?)
+    }
+
+    async fn build(
+        config: &SnsSinkConfig,
+        _context: herald_sdk::SinkContext<'_>,
+    ) -> Result<Box<dyn herald_sdk::Sink>, herald_sdk::BoxError> {
+        Ok(config.build().await?)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -30,3 +30,20 @@ impl StdoutSinkConfig {
         Box::new(StdoutSink::new(self.stream))
     }
 }
+
+/// The stdout sink as a plug-in; the binary registers it as
+/// `&herald_sdk::Registered::<herald_sink_stdout::Stdout>::NEW`.
+pub struct Stdout;
+
+#[async_trait::async_trait]
+impl herald_sdk::SinkPlugin for Stdout {
+    const KIND: &'static str = crate::KIND;
+    type Config = StdoutSinkConfig;
+
+    async fn build(
+        config: &StdoutSinkConfig,
+        _context: herald_sdk::SinkContext<'_>,
+    ) -> Result<Box<dyn herald_sdk::Sink>, herald_sdk::BoxError> {
+        Ok(config.build())
+    }
+}

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use herald_pg::{Ddl, Ident, PgError, QualifiedName};
+use herald_pg::{Ddl, Ident, QualifiedName};
 use sqlx::migrate::Migrator;
 use sqlx::{PgConnection, Row};
 use tracing::info;
@@ -85,10 +85,7 @@ pub(crate) async fn install(
         "CREATE OR REPLACE TRIGGER herald_capture AFTER INSERT OR UPDATE ON {watched}
          FOR EACH ROW EXECUTE FUNCTION {schema}.herald_capture()"
     );
-    ddl.run(conn, "creating the capture trigger", std::slice::from_ref(&watched), None, async |conn| {
-        sqlx::query(&statement).execute(conn).await.map(drop).map_err(PgError::query("creating the capture trigger"))
-    })
-    .await?;
+    ddl.execute(conn, "creating the capture trigger", std::slice::from_ref(&watched), None, &statement).await?;
     info!(table = %resolved, "Change capture installed.");
     Ok(resolved)
 }
@@ -145,10 +142,7 @@ pub(crate) async fn uninstall(
 ) -> Result<(), SourceError> {
     let watched = quoted(table)?;
     let statement = format!("DROP TRIGGER IF EXISTS herald_capture ON {watched}");
-    ddl.run(conn, "dropping the capture trigger", std::slice::from_ref(&watched), None, async |conn| {
-        sqlx::query(&statement).execute(conn).await.map(drop).map_err(PgError::query("dropping the capture trigger"))
-    })
-    .await?;
+    ddl.execute(conn, "dropping the capture trigger", std::slice::from_ref(&watched), None, &statement).await?;
     if exists(conn, schema, "herald_changes").await? {
         loop {
             let deleted = sqlx::query(&format!(

@@ -171,15 +171,8 @@ pub(crate) async fn ensure(
     if !publication_exists(conn, &names.publication).await? {
         let statement =
             format!("CREATE PUBLICATION {publication} FOR TABLE {quoted} WITH (publish = 'insert, update')");
-        let created = ddl
-            .run(conn, "creating the publication", std::slice::from_ref(&quoted), None, async |conn| {
-                sqlx::query(&statement)
-                    .execute(conn)
-                    .await
-                    .map(drop)
-                    .map_err(PgError::query("creating the publication"))
-            })
-            .await;
+        let created =
+            ddl.execute(conn, "creating the publication", std::slice::from_ref(&quoted), None, &statement).await;
         match created {
             Ok(()) => info!(publication = %names.publication, table, "Publication created."),
             Err(PgError::Query { source: sqlx::Error::Database(db), .. }) if db.code().as_deref() == Some("42501") => {
@@ -299,15 +292,8 @@ pub(crate) async fn drop_capture(conn: &mut PgConnection, names: &WalNames) -> R
     if publication_exists(conn, &names.publication).await? {
         let publication = Ident::new(&names.publication)
             .map_err(|reason| SourceError::Config { key: "publication".into(), reason })?;
-        Ddl::default()
-            .run(conn, "dropping the publication", &[], None, async |conn| {
-                sqlx::query(&format!("DROP PUBLICATION IF EXISTS {publication}"))
-                    .execute(conn)
-                    .await
-                    .map(drop)
-                    .map_err(PgError::query("dropping the publication"))
-            })
-            .await?;
+        let statement = format!("DROP PUBLICATION IF EXISTS {publication}");
+        Ddl::default().execute(conn, "dropping the publication", &[], None, &statement).await?;
         dropped = true;
     }
     Ok(dropped)
