@@ -15,11 +15,13 @@ crash, and a sink that returns a retriable error gets the same batch again.
 # Layout
 - [`event`]: [`StageEvent`], its parsing and timestamps.
 - [`sink`]: the [`Sink`] trait, [`SinkRecord`], [`WriteOutcome`], [`SinkError`].
+- [`conformance`]: the promises every sink keeps, checked by each sink's own tests.
 - [`factory`]: a sink kind as a plug-in ([`SinkPlugin`]), registered in the binary with one line.
 - [`template`]: `{field}` templates for channels, keys, topics and URLs.
 */
 #![deny(missing_docs)]
 
+pub mod conformance;
 pub mod event;
 pub mod factory;
 pub mod sink;
