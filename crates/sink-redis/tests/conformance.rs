@@ -38,9 +38,11 @@ impl Harness for RedisHarness {
         Ok(self.config(URL).build()?)
     }
 
-    async fn write_unreachable(&mut self, batch: &[SinkRecord]) -> Result<(), SinkError> {
-        let mut sink = self.config("redis://127.0.0.1:1").build()?;
-        sink.write(batch).await.map(drop)
+    async fn write_unreachable(&mut self, batch: &[SinkRecord]) -> Option<Result<(), SinkError>> {
+        Some(match self.config("redis://127.0.0.1:1").build() {
+            Ok(mut sink) => sink.write(batch).await.map(drop),
+            Err(err) => Err(err.into()),
+        })
     }
 
     fn refused(&self, mut record: SinkRecord) -> Option<SinkRecord> {

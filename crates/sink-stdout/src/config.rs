@@ -2,7 +2,9 @@
 
 use serde::Deserialize;
 
-use crate::sink::StdoutSink;
+use std::sync::{Arc, Mutex};
+
+use crate::sink::{StdoutSink, Target};
 
 /// `sink = { type = "stdout" }`, optionally with `stream = "stderr"`.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -27,7 +29,13 @@ pub enum OutputStream {
 impl StdoutSinkConfig {
     /// The sink these settings describe.
     pub fn build(&self) -> Box<dyn herald_sdk::Sink> {
-        Box::new(StdoutSink::new(self.stream))
+        Box::new(StdoutSink::new(Target::Stream(self.stream)))
+    }
+
+    /// A sink that appends its lines to `buffer` instead of a stream: for tests (the conformance
+    /// suite reads them back) and for embedding.
+    pub fn build_into(buffer: Arc<Mutex<Vec<u8>>>) -> Box<dyn herald_sdk::Sink> {
+        Box::new(StdoutSink::new(Target::Buffer(buffer)))
     }
 }
 

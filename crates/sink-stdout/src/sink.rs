@@ -1,5 +1,7 @@
 //! The stdout sink.
 
+use std::sync::{Arc, Mutex, PoisonError};
+
 use async_trait::async_trait;
 use herald_sdk::{Sink, SinkError, SinkRecord, WriteOutcome};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -7,16 +9,24 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use crate::config::OutputStream;
 use crate::error::StdoutSinkError;
 
+/// Where the lines go.
+pub(crate) enum Target {
+    /// A standard stream of the process.
+    Stream(OutputStream),
+    /// A buffer of the caller's (tests, embedding).
+    Buffer(Arc<Mutex<Vec<u8>>>),
+}
+
 /// Writes each batch as JSON lines in one write, then flushes.
 pub(crate) struct StdoutSink {
-    stream: OutputStream,
+    target: Target,
     /// Reused between batches so a steady stream allocates nothing.
     buffer: Vec<u8>,
 }
 
 impl StdoutSink {
-    pub(crate) fn new(stream: OutputStream) -> Self {
-        Self { stream, buffer: Vec::new() }
+    pub(crate) fn new(target: Target) -> Self {
+        Self { target, buffer: Vec::new() }
     }
 
     async fn write_buffer(&self, out: &mut (impl AsyncWrite + Unpin)) -> Result<(), StdoutSinkError> {
@@ -38,9 +48,10 @@ impl Sink for StdoutSink {
             self.buffer.extend_from_slice(record.event.to_json().as_bytes());
             self.buffer.push(b'\n');
         }
-        match self.stream {
-            OutputStream::Stdout => self.write_buffer(&mut tokio::io::stdout()).await?,
-            OutputStream::Stderr => self.write_buffer(&mut tokio::io::stderr()).await?,
+        match &self.target {
+            Target::Stream(OutputStream::Stdout) => self.write_buffer(&mut tokio::io::stdout()).await?,
+            Target::Stream(OutputStream::Stderr) => self.write_buffer(&mut tokio::io::stderr()).await?,
+            Target::Buffer(out) => out.lock().unwrap_or_else(PoisonError::into_inner).extend_from_slice(&self.buffer),
         }
         Ok(WriteOutcome::all_accepted())
     }
