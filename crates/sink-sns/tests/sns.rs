@@ -252,3 +252,52 @@ async fn sink_with_missing(present: &str, missing: &str) -> Box<dyn herald_sdk::
     sink(serde_json::json!({ "topic_arn": present, "topic_by": { "field": "source", "topics": { "X": missing } } }))
         .await
 }
+
+/// The SNS sink under the conformance suite: a standard topic (at least once), its queue read
+/// back; the subject template needs the `lane` field, so an event without it is refused.
+struct SnsHarness {
+    target: Subscribed,
+    received: Vec<i64>,
+}
+
+#[async_trait::async_trait]
+impl herald_sdk::conformance::Harness for SnsHarness {
+    fn replay(&self) -> herald_sdk::conformance::Replay {
+        herald_sdk::conformance::Replay::AtLeastOnce
+    }
+
+    async fn sink(&mut self) -> Result<Box<dyn herald_sdk::Sink>, herald_sdk::BoxError> {
+        Ok(sink(serde_json::json!({ "topic_arn": self.target.topic_arn, "subject": "{lane}: {source}" })).await)
+    }
+
+    async fn write_unreachable(&mut self, batch: &[SinkRecord]) -> Option<Result<(), herald_sdk::SinkError>> {
+        let mut unreachable = serde_json::from_value::<SnsSinkConfig>(serde_json::json!({
+            "topic_arn": self.target.topic_arn, "endpoint": "http://127.0.0.1:1", "region": "us-east-1",
+            "access_key_id": "test", "secret_access_key": "test", "timeout": "2s",
+        }))
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+        Some(unreachable.write(batch).await.map(drop))
+    }
+
+    fn refused(&self, mut record: SinkRecord) -> Option<SinkRecord> {
+        record.event.extra.remove("lane");
+        Some(record)
+    }
+
+    async fn delivered(&mut self) -> Result<Vec<i64>, herald_sdk::BoxError> {
+        // What arrived since the last look, added to what arrived before.
+        for envelope in self.target.drain(0).await {
+            self.received.push(inner(&envelope)["records"].as_i64().ok_or("no records field")?);
+        }
+        Ok(self.received.clone())
+    }
+}
+
+#[tokio::test]
+async fn the_sns_sink_keeps_every_promise_at_least_once() {
+    let mut harness = SnsHarness { target: subscribed(false, None).await, received: Vec::new() };
+    herald_sdk::conformance::check(&mut harness).await.unwrap();
+}
