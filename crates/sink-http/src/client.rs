@@ -1,0 +1,108 @@
+//! One request: its headers and signature, and what the endpoint's answer means.
+
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use secrecy::{ExposeSecret, SecretString};
+use sha2::Sha256;
+
+use crate::config::HttpSinkConfig;
+use crate::error::HttpSinkError;
+
+/// The longest `Retry-After` herald waits before retrying; a longer one is cut to this, so the
+/// route stays responsive to shutdown.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+/// How much of a refusing response's body goes into the dead letter's reason.
+const EXCERPT_BYTES: usize = 300;
+
+/// A connection-reusing client with the config's headers and signing key.
+pub(crate) struct Client {
+    http: reqwest::Client,
+    headers: HeaderMap,
+    signing: Option<(HeaderName, SecretString)>,
+}
+
+impl Client {
+    pub(crate) fn new(config: &HttpSinkConfig) -> Result<Self, HttpSinkError> {
+        let http = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(HttpSinkError::Client)?;
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        for (name, value) in &config.headers {
+            let invalid =
+                |reason: &str| HttpSinkError::Config { key: "headers", reason: format!("`{name}`: {reason}") };
+            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| invalid("not a header name"))?;
+            let value = HeaderValue::from_str(value).map_err(|_| invalid("not a valid header value"))?;
+            headers.insert(name, value);
+        }
+        let signing = match &config.hmac_secret {
+            Some(secret) => {
+                let name = HeaderName::from_bytes(config.signature_header.as_bytes()).map_err(|_| {
+                    HttpSinkError::Config { key: "signature_header", reason: "not a header name".into() }
+                })?;
+                Some((name, secret.clone()))
+            }
+            None => None,
+        };
+        Ok(Self { http, headers, signing })
+    }
+
+    /// POSTs `body` to `url` with `idempotency_key`; waits out a `Retry-After` before reporting
+    /// a busy endpoint.
+    pub(crate) async fn post(&self, url: &str, body: Vec<u8>, idempotency_key: &str) -> Result<(), HttpSinkError> {
+        let mut request = self.http.post(url).headers(self.headers.clone()).header("Idempotency-Key", idempotency_key);
+        if let Some((name, secret)) = &self.signing {
+            request = request.header(name.clone(), signature(secret, &body));
+        }
+        let response = request.body(body).send().await.map_err(HttpSinkError::Unanswered)?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        if status.as_u16() == 429 || status.is_server_error() {
+            let retry_after = response
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.trim().parse::<u64>().ok())
+                .map(|seconds| Duration::from_secs(seconds).min(MAX_RETRY_AFTER));
+            if let Some(wait) = retry_after {
+                tokio::time::sleep(wait).await;
+            }
+            return Err(HttpSinkError::Busy { status: status.as_u16(), retry_after });
+        }
+        let body = response.bytes().await.unwrap_or_default();
+        let excerpt = String::from_utf8_lossy(&body[..body.len().min(EXCERPT_BYTES)]).into_owned();
+        Err(HttpSinkError::Refused { status: status.as_u16(), excerpt })
+    }
+}
+
+/// `sha256=<hex of HMAC-SHA256(secret, body)>`.
+pub(crate) fn signature(secret: &SecretString, body: &[u8]) -> String {
+    // HMAC takes a key of any length: `new_from_slice` cannot fail for it.
+    let mut mac = match Hmac::<Sha256>::new_from_slice(secret.expose_secret().as_bytes()) {
+        Ok(mac) => mac,
+        Err(_) => return String::new(),
+    };
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_signature_is_github_style_hmac_sha256() {
+        // Known answer: HMAC-SHA256("key", "The quick brown fox jumps over the lazy dog").
+        let secret = SecretString::from("key");
+        assert_eq!(
+            signature(&secret, b"The quick brown fox jumps over the lazy dog"),
+            "sha256=f7bc83f430538424b13298e6aa6fb143ef4d59a14946175997479dbc2d1a3cd8"
+        );
+    }
+}

@@ -1,0 +1,119 @@
+//! Settings of the HTTP sink.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use herald_sdk::Template;
+use secrecy::SecretString;
+use serde::Deserialize;
+
+use crate::client::Client;
+use crate::error::HttpSinkError;
+use crate::sink::HttpSink;
+
+/// `sink = { type = "http", url = "https://hooks.example/{source}", … }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSinkConfig {
+    /// Where to POST, a template over event fields, e.g. `"https://hooks.example/stages/{source}"`.
+    /// An event missing a field the URL needs goes to the dead-letter topic.
+    pub url: Template,
+    /// `"array"` (default): one request per URL per batch, its body a JSON array of the events;
+    /// `"event"`: one request per event, its body the event.
+    #[serde(default)]
+    pub body: BodyMode,
+    /// Extra request headers, e.g. `{ Authorization = "Bearer ${HOOK_TOKEN}" }` (the config
+    /// loader fills `${…}` from the environment). Default: none.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Sign each body with HMAC-SHA256 under this secret, in `signature_header` as
+    /// `sha256=<hex>`, so the receiver can check the request came from herald. Default: unsigned.
+    #[serde(default)]
+    pub hmac_secret: Option<SecretString>,
+    /// The signature's header. Default `"X-Herald-Signature"`.
+    #[serde(default = "default_signature_header")]
+    pub signature_header: String,
+    /// Longest wait for an answer before the request counts as failed (and is retried).
+    /// Default `"10s"`.
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+/// How events become request bodies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BodyMode {
+    /// One request per URL per batch: a JSON array.
+    #[default]
+    Array,
+    /// One request per event.
+    Event,
+}
+
+fn default_signature_header() -> String {
+    "X-Herald-Signature".into()
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl HttpSinkConfig {
+    /// Checks the settings without connecting.
+    pub fn validate(&self) -> Result<(), HttpSinkError> {
+        for name in self.headers.keys().chain(std::iter::once(&self.signature_header)) {
+            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(HttpSinkError::Config { key: "headers", reason: format!("`{name}` is not a header name") });
+            }
+        }
+        if self.timeout.is_zero() {
+            return Err(HttpSinkError::Config { key: "timeout", reason: "must be greater than zero".into() });
+        }
+        Ok(())
+    }
+
+    /// The sink these settings describe.
+    pub fn build(&self) -> Result<Box<dyn herald_sdk::Sink>, HttpSinkError> {
+        self.validate()?;
+        Ok(Box::new(HttpSink::new(self.clone(), Client::new(self)?)))
+    }
+}
+
+/// The HTTP sink as a plug-in; the binary registers it as
+/// `&herald_sdk::Registered::<herald_sink_http::Http>::NEW`.
+pub struct Http;
+
+#[async_trait::async_trait]
+impl herald_sdk::SinkPlugin for Http {
+    const KIND: &'static str = crate::KIND;
+    type Config = HttpSinkConfig;
+
+    fn validate(config: &HttpSinkConfig) -> Result<(), herald_sdk::BoxError> {
+        Ok(config.validate()?)
+    }
+
+    async fn build(
+        config: &HttpSinkConfig,
+        _context: herald_sdk::SinkContext<'_>,
+    ) -> Result<Box<dyn herald_sdk::Sink>, herald_sdk::BoxError> {
+        Ok(config.build()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_bad_settings() {
+        let config: HttpSinkConfig = serde_json::from_str(r#"{"url": "http://h/{source}"}"#).unwrap();
+        assert_eq!(config.body, BodyMode::Array);
+        assert_eq!(config.signature_header, "X-Herald-Signature");
+        config.validate().unwrap();
+        let bad: HttpSinkConfig =
+            serde_json::from_str(r#"{"url": "http://h/", "headers": {"bad header": "x"}}"#).unwrap();
+        assert!(bad.validate().unwrap_err().to_string().contains("bad header"));
+        assert!(serde_json::from_str::<HttpSinkConfig>(r#"{"url": "http://h/", "verb": "PUT"}"#).is_err());
+        assert!(serde_json::from_str::<HttpSinkConfig>(r#"{"url": "http://h/{unclosed"}"#).is_err());
+    }
+}
