@@ -11,6 +11,7 @@ pub static SINKS: &[&dyn SinkFactory] = &[
     &Registered::<herald_sink_redis::Redis>::NEW,
     &Registered::<herald_sink_sns::Sns>::NEW,
     &Registered::<herald_sink_http::Http>::NEW,
+    &Registered::<herald_sink_exec::Exec>::NEW,
 ];
 
 /// The factory of the route's sink kind.

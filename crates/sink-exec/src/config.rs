@@ -1,0 +1,129 @@
+//! Settings of the exec sink.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::ExecSinkError;
+use crate::sink::ExecSink;
+
+/// `sink = { type = "exec", command = ["/opt/jobs/on-stage.sh", "--quiet"], mode = "per_event" }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecSinkConfig {
+    /// The program and its arguments, run as is (no shell), e.g. `["/usr/bin/logger", "-t",
+    /// "herald"]`. Event values never go into the arguments.
+    pub command: Vec<String>,
+    /// `"per_event"` (default): the command runs once per event; `"stream"`: one long-running
+    /// command reads every event as a JSON line.
+    #[serde(default)]
+    pub mode: ExecMode,
+    /// Stream mode: `"line"` (default) waits for the command to answer `ok` after each batch;
+    /// `"none"` counts a batch delivered once written to the pipe (for `cat >> file` and the
+    /// like: a crash can then lose what the program had not yet written down).
+    #[serde(default)]
+    pub ack: Ack,
+    /// Longest an event (per_event) or a batch's answer (stream) may take; the program is then
+    /// killed and the events retried. Default `"30s"`.
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Extra environment variables for the command. Default: none (it inherits herald's).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// The command's working directory. Default: herald's.
+    #[serde(default)]
+    pub working_dir: Option<String>,
+}
+
+/// How events reach the command.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecMode {
+    /// Once per event: JSON on stdin, fields in `HERALD_*` variables, the exit code decides.
+    #[default]
+    PerEvent,
+    /// One long-running command reading JSON lines.
+    Stream,
+}
+
+/// Whether a stream command acknowledges batches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ack {
+    /// After each batch's `--` line the command answers `ok` or `retry`.
+    #[default]
+    Line,
+    /// No answer: written to the pipe is delivered.
+    None,
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl ExecSinkConfig {
+    /// Checks the settings without running anything.
+    pub fn validate(&self) -> Result<(), ExecSinkError> {
+        if self.command.first().is_none_or(|program| program.is_empty()) {
+            return Err(ExecSinkError::Config { key: "command", reason: "needs at least the program".into() });
+        }
+        if self.timeout.is_zero() {
+            return Err(ExecSinkError::Config { key: "timeout", reason: "must be greater than zero".into() });
+        }
+        if self.mode == ExecMode::PerEvent && self.ack == Ack::None {
+            return Err(ExecSinkError::Config {
+                key: "ack",
+                reason: "is for mode = \"stream\"; a per_event command answers with its exit code".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The sink these settings describe (a stream command starts with the first batch).
+    pub fn build(&self) -> Result<Box<dyn herald_sdk::Sink>, ExecSinkError> {
+        self.validate()?;
+        Ok(Box::new(ExecSink::new(self.clone())))
+    }
+}
+
+/// The exec sink as a plug-in; the binary registers it as
+/// `&herald_sdk::Registered::<herald_sink_exec::Exec>::NEW`.
+pub struct Exec;
+
+#[async_trait::async_trait]
+impl herald_sdk::SinkPlugin for Exec {
+    const KIND: &'static str = crate::KIND;
+    type Config = ExecSinkConfig;
+
+    fn validate(config: &ExecSinkConfig) -> Result<(), herald_sdk::BoxError> {
+        Ok(config.validate()?)
+    }
+
+    async fn build(
+        config: &ExecSinkConfig,
+        _context: herald_sdk::SinkContext<'_>,
+    ) -> Result<Box<dyn herald_sdk::Sink>, herald_sdk::BoxError> {
+        Ok(config.build()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_are_checked() {
+        let ok: ExecSinkConfig = serde_json::from_str(r#"{"command": ["true"]}"#).unwrap();
+        assert_eq!((ok.mode, ok.ack), (ExecMode::PerEvent, Ack::Line));
+        ok.validate().unwrap();
+        let empty: ExecSinkConfig = serde_json::from_str(r#"{"command": []}"#).unwrap();
+        assert!(empty.validate().unwrap_err().to_string().contains("command"));
+        let ack: ExecSinkConfig = serde_json::from_str(r#"{"command": ["x"], "ack": "none"}"#).unwrap();
+        assert!(ack.validate().unwrap_err().to_string().contains("stream"));
+        assert!(
+            serde_json::from_str::<ExecSinkConfig>(r#"{"command": "rm -rf /"}"#).is_err(),
+            "a list, never a string"
+        );
+    }
+}

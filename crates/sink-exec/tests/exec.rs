@@ -1,0 +1,153 @@
+//! The exec sink running real programs (`sh` scripts the tests write), in both modes.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use herald_sdk::conformance::{self, Harness, Replay};
+use herald_sdk::{BoxError, Sink, SinkError, SinkRecord};
+use herald_sink_exec::ExecSinkConfig;
+
+/// A scratch directory of the test's own.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("herald-exec-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn sink(settings: serde_json::Value) -> Box<dyn Sink> {
+    serde_json::from_value::<ExecSinkConfig>(settings).unwrap().build().unwrap()
+}
+
+/// Appends each event it is given to `$OUT`; refuses (exit 1) an event without `lane`.
+const PER_EVENT: &str = r#"event=$(cat); case "$event" in *'"lane"'*) printf '%s\n' "$event" >> "$OUT";; *) echo "no lane in this event" >&2; exit 1;; esac"#;
+
+/// Appends every line to `$OUT` and answers `ok` at each batch's end.
+const STREAM: &str = r#"while IFS= read -r line; do if [ "$line" = "--" ]; then echo ok; else printf '%s\n' "$line" >> "$OUT"; fi; done"#;
+
+struct ExecHarness {
+    out: PathBuf,
+    script: &'static str,
+    mode: &'static str,
+}
+
+impl ExecHarness {
+    fn settings(&self, script: &str) -> serde_json::Value {
+        serde_json::json!({
+            "command": ["sh", "-c", script],
+            "mode": self.mode,
+            "env": { "OUT": self.out.to_str().unwrap() },
+            "timeout": "5s",
+        })
+    }
+}
+
+#[async_trait]
+impl Harness for ExecHarness {
+    fn replay(&self) -> Replay {
+        Replay::AtLeastOnce
+    }
+
+    async fn sink(&mut self) -> Result<Box<dyn Sink>, BoxError> {
+        Ok(sink(self.settings(self.script)))
+    }
+
+    async fn write_unreachable(&mut self, batch: &[SinkRecord]) -> Option<Result<(), SinkError>> {
+        // A program that is there but cannot take the events now.
+        let busy = if self.mode == "stream" {
+            r#"while IFS= read -r line; do [ "$line" = "--" ] && echo retry; done"#
+        } else {
+            "exit 75"
+        };
+        Some(sink(self.settings(busy)).write(batch).await.map(drop))
+    }
+
+    fn refused(&self, mut record: SinkRecord) -> Option<SinkRecord> {
+        if self.mode == "stream" {
+            // A stream answers for the whole batch.
+            return None;
+        }
+        record.event.extra.remove("lane");
+        Some(record)
+    }
+
+    async fn delivered(&mut self) -> Result<Vec<i64>, BoxError> {
+        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+        text.lines()
+            .map(|line| Ok(serde_json::from_str::<serde_json::Value>(line)?["records"].as_i64().ok_or("no records")?))
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn a_command_per_event_keeps_every_promise() {
+    let out = scratch("per-event").join("events.ndjson");
+    conformance::check(&mut ExecHarness { out, script: PER_EVENT, mode: "per_event" }).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_stream_command_keeps_every_promise() {
+    let out = scratch("stream").join("events.ndjson");
+    conformance::check(&mut ExecHarness { out, script: STREAM, mode: "stream" }).await.unwrap();
+}
+
+#[tokio::test]
+async fn event_fields_reach_the_program_as_variables_and_never_as_code() {
+    let dir = scratch("env");
+    let out = dir.join("seen");
+    let pwned = dir.join("pwned");
+    let mut sink = sink(serde_json::json!({
+        "command": ["sh", "-c", r#"printf '%s|%s|%s|%s|%s\n' "$HERALD_SOURCE" "$HERALD_STAGE" "$HERALD_STATUS" "$HERALD_RECORDS" "$HERALD_OFFSET" >> "$OUT""#],
+        "env": { "OUT": out.to_str().unwrap() },
+    }));
+    let mut record = conformance::record(7);
+    record.event.source = format!("$(touch {}); `touch {}`", pwned.display(), pwned.display());
+    sink.write(&[record]).await.unwrap();
+    let seen = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(
+        seen.trim(),
+        format!("$(touch {p}); `touch {p}`|conformance|SUCCESS|7|7", p = pwned.display()),
+        "the value arrives as it is"
+    );
+    assert!(!pwned.exists(), "no event value is ever run");
+}
+
+#[tokio::test]
+async fn a_refused_event_carries_the_exit_code_and_stderr_and_a_hung_program_is_killed_and_retried() {
+    let mut refusing = sink(serde_json::json!({ "command": ["sh", "-c", "echo 'tenant unknown' >&2; exit 3"] }));
+    let outcome = refusing.write(&[conformance::record(1)]).await.unwrap();
+    let reason = outcome.rejected[0].error.to_string();
+    assert!(reason.contains("exited with 3") && reason.contains("tenant unknown"), "{reason}");
+
+    let mut hung = sink(serde_json::json!({ "command": ["sleep", "30"], "timeout": "200ms" }));
+    let err = hung.write(&[conformance::record(1)]).await.unwrap_err();
+    assert!(err.is_retriable());
+    assert!(herald_sdk::error_chain(&err).join(": ").contains("did not finish"), "{err}");
+
+    let mut missing = sink(serde_json::json!({ "command": ["/nonexistent/program"] }));
+    let err = missing.write(&[conformance::record(1)]).await.unwrap_err();
+    assert!(!err.is_retriable(), "a program that cannot start stops the route: {err}");
+}
+
+#[tokio::test]
+async fn a_stream_without_acknowledgements_feeds_cat() {
+    let out = scratch("cat").join("events.ndjson");
+    let mut sink = sink(serde_json::json!({
+        "command": ["sh", "-c", r#"exec cat >> "$OUT""#],
+        "mode": "stream",
+        "ack": "none",
+        "env": { "OUT": out.to_str().unwrap() },
+    }));
+    let batch: Vec<SinkRecord> = (0..1000).map(conformance::record).collect();
+    for chunk in batch.chunks(100) {
+        sink.write(chunk).await.unwrap();
+    }
+    sink.close().await.unwrap();
+    let lines: Vec<i64> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()["records"].as_i64().unwrap())
+        .collect();
+    assert_eq!(lines, (0..1000).collect::<Vec<_>>(), "every event, in order, once close returned");
+}
