@@ -30,6 +30,10 @@ pub enum SinkKind {
     Sns,
     /// As `sns`, but batches of one event: one call per event, the baseline for `PublishBatch`.
     SnsSingle,
+    /// HTTP: a JSON array per batch POSTed to a receiver in this process.
+    Http,
+    /// Exec, stream mode without acknowledgements: `cat >> file`, the file read as it grows.
+    Exec,
 }
 
 impl SinkKind {
@@ -41,6 +45,8 @@ impl SinkKind {
             Self::Redis => "redis",
             Self::Sns => "sns",
             Self::SnsSingle => "sns-single",
+            Self::Http => "http",
+            Self::Exec => "exec",
         }
     }
 }
@@ -51,6 +57,8 @@ struct Prepared {
     max_events: usize,
     schema: Option<String>,
     sqs: Option<(aws_sdk_sqs::Client, String)>,
+    /// A reader started with the sink (the HTTP receiver, the exec output's follower).
+    reader: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Routes `events` events at `pace` through herald to `sink`, and measures them as its reader
@@ -59,7 +67,8 @@ pub async fn run(services: &Services, sink: SinkKind, events: u64, pace: Pace) -
     let run = services.run_name(sink.slug());
     let topic = format!("bench.{run}");
     herald_core::kafka::ensure_topic(&services.kafka(), &topic, 3).await.context("creating the bench topic")?;
-    let prepared = prepare(services, sink, &run, pace).await?;
+    let visible = Arc::new(Visible::default());
+    let mut prepared = prepare(services, sink, &run, pace, &visible).await?;
     let group = format!("herald-bench.{run}");
     let config = format!(
         "[kafka]\nbootstrap.servers = \"{brokers}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[[route]]\nname = \"bench\"\ntopics = [\"{topic}\"]\n\
@@ -69,7 +78,6 @@ pub async fn run(services: &Services, sink: SinkKind, events: u64, pace: Pace) -
         max_events = prepared.max_events,
         sink_toml = prepared.sink_toml,
     );
-    let visible = Arc::new(Visible::default());
     let stdout = (sink == SinkKind::Stdout).then(|| Arc::clone(&visible));
     let mut herald = HeraldProcess::start(&services.herald, &run, &config, stdout)?;
     herald.wait_for_log("Partitions assigned.", Duration::from_secs(60))?;
@@ -79,7 +87,7 @@ pub async fn run(services: &Services, sink: SinkKind, events: u64, pace: Pace) -
         Some(_) => Some(PgPool::connect(&services.postgres).await.context("connecting to Postgres")?),
         None => None,
     };
-    let mut readers = Vec::new();
+    let mut readers: Vec<tokio::task::JoinHandle<()>> = prepared.reader.take().into_iter().collect();
     if let (Pace::Rate(_), Some(pool), Some(schema)) = (pace, &pool, &prepared.schema) {
         let table = if sink == SinkKind::PostgresAppend { "pipeline_status" } else { "pipeline_status_latest" };
         readers.push(notify_on_commit(pool, &services.postgres, schema, table, &visible).await?);
@@ -179,21 +187,31 @@ pub async fn run(services: &Services, sink: SinkKind, events: u64, pace: Pace) -
     })
 }
 
-async fn prepare(services: &Services, sink: SinkKind, run: &str, pace: Pace) -> Result<Prepared> {
+async fn prepare(
+    services: &Services,
+    sink: SinkKind,
+    run: &str,
+    pace: Pace,
+    visible: &Arc<Visible>,
+) -> Result<Prepared> {
     let schema = Services::schema_for(run);
     let postgres = |mode: &str| {
         format!("type = \"postgres\"\nurl = \"{}\"\nschema = \"{schema}\"\nmode = \"{mode}\"\n", services.postgres)
     };
     Ok(match sink {
-        SinkKind::Stdout => {
-            Prepared { sink_toml: "type = \"stdout\"\n".into(), max_events: 1000, schema: None, sqs: None }
-        }
+        SinkKind::Stdout => Prepared {
+            sink_toml: "type = \"stdout\"\n".into(),
+            max_events: 1000,
+            schema: None,
+            sqs: None,
+            reader: None,
+        },
         SinkKind::PostgresAppend | SinkKind::PostgresUpsert => {
             let pool = PgPool::connect(&services.postgres).await.context("connecting to Postgres")?;
             sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&pool).await.context("creating the schema")?;
             pool.close().await;
             let mode = if sink == SinkKind::PostgresAppend { "append" } else { "upsert" };
-            Prepared { sink_toml: postgres(mode), max_events: 1000, schema: Some(schema), sqs: None }
+            Prepared { sink_toml: postgres(mode), max_events: 1000, schema: Some(schema), sqs: None, reader: None }
         }
         SinkKind::Redis => Prepared {
             sink_toml: format!(
@@ -204,6 +222,7 @@ async fn prepare(services: &Services, sink: SinkKind, run: &str, pace: Pace) -> 
             max_events: 1000,
             schema: None,
             sqs: None,
+            reader: None,
         },
         SinkKind::Sns | SinkKind::SnsSingle => {
             // Flat out, SNS's acceptance is measured, and a subscribed queue would only load the
@@ -224,9 +243,87 @@ async fn prepare(services: &Services, sink: SinkKind, run: &str, pace: Pace) -> 
                 max_events: if sink == SinkKind::Sns { 100 } else { 1 },
                 schema: None,
                 sqs,
+                reader: None,
+            }
+        }
+        SinkKind::Http => {
+            let (address, reader) = http_receiver(Arc::clone(visible)).await?;
+            Prepared {
+                sink_toml: format!("type = \"http\"\nurl = \"http://{address}/bench/{{source}}\"\nbody = \"array\"\n"),
+                max_events: 1000,
+                schema: None,
+                sqs: None,
+                reader: Some(reader),
+            }
+        }
+        SinkKind::Exec => {
+            let path = std::env::temp_dir().join(format!("herald-bench-{run}.ndjson"));
+            std::fs::write(&path, b"").context("creating the exec output file")?;
+            let reader = tokio::spawn(follow_file(path.clone(), Arc::clone(visible)));
+            Prepared {
+                sink_toml: format!(
+                    "type = \"exec\"\nmode = \"stream\"\nack = \"none\"\ncommand = [\"sh\", \"-c\", \"exec cat >> \\\"$OUT\\\"\"]\nenv = {{ OUT = \"{}\" }}\n",
+                    path.display()
+                ),
+                max_events: 1000,
+                schema: None,
+                sqs: None,
+                reader: Some(reader),
             }
         }
     })
+}
+
+/// A webhook receiver on loopback: every event of every POSTed array becomes visible.
+async fn http_receiver(visible: Arc<Visible>) -> Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
+    use axum::routing::post;
+    let app = axum::Router::new().route(
+        "/bench/{source}",
+        post(move |body: axum::body::Bytes| {
+            let visible = Arc::clone(&visible);
+            async move {
+                if let Ok(serde_json::Value::Array(events)) = serde_json::from_slice::<serde_json::Value>(&body) {
+                    for event in events {
+                        if let Some(seq) = event["records"].as_u64() {
+                            visible.saw(seq);
+                        }
+                    }
+                }
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("binding the HTTP receiver")?;
+    let address = listener.local_addr().context("the HTTP receiver's address")?;
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((address, server))
+}
+
+/// Reads the exec sink's output file as it grows: every complete line is an event.
+async fn follow_file(path: std::path::PathBuf, visible: Arc<Visible>) {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let Ok(mut file) = tokio::fs::File::open(&path).await else { return };
+    let mut position = 0_u64;
+    let mut pending = Vec::new();
+    let mut chunk = vec![0_u8; 1 << 20];
+    loop {
+        if file.seek(std::io::SeekFrom::Start(position)).await.is_err() {
+            return;
+        }
+        match file.read(&mut chunk).await {
+            Ok(0) | Err(_) => tokio::time::sleep(Duration::from_millis(2)).await,
+            Ok(read) => {
+                position += read as u64;
+                pending.extend_from_slice(&chunk[..read]);
+                while let Some(end) = pending.iter().position(|&byte| byte == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=end).collect();
+                    visible.saw_payload(&String::from_utf8_lossy(&line));
+                }
+            }
+        }
+    }
 }
 
 /// An SNS topic on the emulator.
