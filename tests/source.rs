@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use common::source::*;
@@ -90,59 +90,8 @@ async fn sink_and_source_on_one_table_never_loop() {
     let pool = pool().await;
     let schema = greenfield(&pool).await;
     let topic = unique("events");
-    create_topic(&topic, 3).await;
-    let config = TempConfig::new(&format!(
-        "{}\n[[route]]\nname = \"{}\"\ntopics = [\"{topic}\"]\n[route.sink]\ntype = \"postgres\"\nurl = \"{URL}\"\nschema = \"{schema}\"\nmode = \"append\"\n",
-        source_config(&unique("src"), &schema, &topic, ""),
-        unique("route"),
-    ));
-    let mut herald = Herald::run(&config);
-    herald.wait_for_log("Source active");
-    herald.wait_for_log("Partitions assigned");
-
-    // Both directions busy at once: Kafka producers and legacy row writers.
-    let kafka_side = tokio::spawn({
-        let topic = topic.clone();
-        async move { produce_events(&topic, &["K1", "K2", "K3"], 200).await }
-    });
-    for i in 0..150 {
-        insert(&pool, &schema, &format!("D{}", i % 3), "db_stage", "SUCCESS", 10_000 + i).await;
-    }
-    kafka_side.await.unwrap();
-
-    // Kafka: 200 Kafka-born + 150 table-born events, each once.
-    let messages = read_committed(&topic, 350);
-    let mut on_kafka: BTreeMap<i64, usize> = BTreeMap::new();
-    for message in &messages {
-        *on_kafka.entry(json(message)["records"].as_i64().unwrap()).or_default() += 1;
-    }
-    assert_eq!(messages.len(), 350, "no event came back around; log:\n{}", herald.log());
-    assert!(on_kafka.values().all(|n| *n == 1));
-    // The table: the same 350, each once (Kafka-born written by the sink, table-born not again).
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let rows: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {schema}.pipeline_status"))
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-        if rows >= 350 || Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let counts: Vec<(String, i64)> = sqlx::query_as(&format!(
-        "SELECT origin, count(*) FROM {schema}.pipeline_status GROUP BY origin ORDER BY origin"
-    ))
-    .fetch_all(&pool)
-    .await
-    .unwrap();
-    assert_eq!(counts, vec![("db".to_owned(), 150), ("kafka".to_owned(), 200)]);
-    let distinct: i64 = sqlx::query_scalar(&format!("SELECT count(DISTINCT records) FROM {schema}.pipeline_status"))
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(distinct, 350);
+    let source = source_config(&unique("src"), &schema, &topic, "");
+    assert_both_directions_never_loop(&pool, &schema, &topic, &source).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

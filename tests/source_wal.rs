@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::source::*;
@@ -188,39 +187,9 @@ async fn wal_sink_and_source_on_one_table_never_loop() {
     let pool = pool().await;
     let schema = greenfield(&pool).await;
     let topic = unique("events");
-    create_topic(&topic, 3).await;
     let source = WalSource::new(&schema, &topic, "");
-    let config = TempConfig::new(&format!(
-        "{}\n[[route]]\nname = \"{}\"\ntopics = [\"{topic}\"]\n[route.sink]\ntype = \"postgres\"\nurl = \"{URL}\"\nschema = \"{schema}\"\nmode = \"append\"\n",
-        std::fs::read_to_string(&source.config.path).unwrap(),
-        unique("route"),
-    ));
-    let mut herald = Herald::run(&config);
-    herald.wait_for_log("Source active");
-    herald.wait_for_log("Partitions assigned");
-    let kafka_side = tokio::spawn({
-        let topic = topic.clone();
-        async move { produce_events(&topic, &["K1", "K2", "K3"], 200).await }
-    });
-    for i in 0..150 {
-        insert(&pool, &schema, &format!("D{}", i % 3), "db_stage", "SUCCESS", 10_000 + i).await;
-    }
-    kafka_side.await.unwrap();
-
-    let messages = read_committed(&topic, 350);
-    assert_eq!(messages.len(), 350, "no event came back around; log:\n{}", herald.log());
-    let mut on_kafka: BTreeMap<i64, usize> = BTreeMap::new();
-    for message in &messages {
-        *on_kafka.entry(json(message)["records"].as_i64().unwrap()).or_default() += 1;
-    }
-    assert!(on_kafka.values().all(|n| *n == 1));
-    let counts: Vec<(String, i64)> = sqlx::query_as(&format!(
-        "SELECT origin, count(*) FROM {schema}.pipeline_status GROUP BY origin ORDER BY origin"
-    ))
-    .fetch_all(&pool)
-    .await
-    .unwrap();
-    assert_eq!(counts, vec![("db".to_owned(), 150), ("kafka".to_owned(), 200)]);
+    let section = std::fs::read_to_string(&source.config.path).unwrap();
+    let mut herald = assert_both_directions_never_loop(&pool, &schema, &topic, &section).await;
     herald.signal("TERM");
     herald.wait_exit();
     source.drop_capture();

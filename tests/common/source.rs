@@ -176,3 +176,66 @@ pub fn assert_the_legacy_jobs_events(messages: &[OwnedMessage], schema: &str, lo
     assert_eq!(header(&messages[1], "herald.origin"), Some(format!("postgres:{schema}.pipeline_status")));
     assert_eq!(header(&messages[1], "herald.origin.operation").as_deref(), Some("UPDATE"));
 }
+
+/// Both directions busy on one greenfield table at once — Kafka producers (200 events) and legacy
+/// row writers (150 rows) — with herald running `source_section` plus a Postgres sink route on
+/// the table: asserts that each event exists once on each side, none coming back around.
+/// Returns the running herald.
+pub async fn assert_both_directions_never_loop(
+    pool: &PgPool,
+    schema: &str,
+    topic: &str,
+    source_section: &str,
+) -> Herald {
+    create_topic(topic, 3).await;
+    let config = TempConfig::new(&format!(
+        "{source_section}\n[[route]]\nname = \"{}\"\ntopics = [\"{topic}\"]\n[route.sink]\ntype = \"postgres\"\nurl = \"{URL}\"\nschema = \"{schema}\"\nmode = \"append\"\n",
+        unique("route"),
+    ));
+    let mut herald = Herald::run(&config);
+    herald.wait_for_log("Source active");
+    herald.wait_for_log("Partitions assigned");
+    let kafka_side = tokio::spawn({
+        let topic = topic.to_owned();
+        async move { produce_events(&topic, &["K1", "K2", "K3"], 200).await }
+    });
+    for i in 0..150 {
+        insert(pool, schema, &format!("D{}", i % 3), "db_stage", "SUCCESS", 10_000 + i).await;
+    }
+    kafka_side.await.unwrap();
+
+    // Kafka: 200 Kafka-born + 150 table-born events, each once.
+    let messages = read_committed(topic, 350);
+    assert_eq!(messages.len(), 350, "no event came back around; log:\n{}", herald.log());
+    let mut on_kafka: std::collections::BTreeMap<i64, usize> = std::collections::BTreeMap::new();
+    for message in &messages {
+        *on_kafka.entry(json(message)["records"].as_i64().unwrap()).or_default() += 1;
+    }
+    assert!(on_kafka.values().all(|n| *n == 1));
+    // The table: the same 350, each once (Kafka-born written by the sink, table-born not again).
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let rows: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {schema}.pipeline_status"))
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        if rows >= 350 || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let counts: Vec<(String, i64)> = sqlx::query_as(&format!(
+        "SELECT origin, count(*) FROM {schema}.pipeline_status GROUP BY origin ORDER BY origin"
+    ))
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert_eq!(counts, vec![("db".to_owned(), 150), ("kafka".to_owned(), 200)]);
+    let distinct: i64 = sqlx::query_scalar(&format!("SELECT count(DISTINCT records) FROM {schema}.pipeline_status"))
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(distinct, 350);
+    herald
+}
