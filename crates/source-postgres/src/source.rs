@@ -326,18 +326,19 @@ impl Worker<'_> {
 /// Also registers source `name` as a reader of the table's changes, so none is deleted
 /// before it has published them.
 async fn ensure_capture(conn: &mut PgConnection, plan: &Plan, name: &str) -> Result<String, SourceError> {
+    // The table, when it exists and its capture is installed and current.
     let current = match capture::resolve(conn, &plan.table).await {
-        Ok(_) => capture::installed(conn, &plan.schema, &plan.table, plan.greenfield).await?,
+        Ok(table) => capture::installed(conn, &plan.schema, &plan.table, plan.greenfield).await?.then_some(table),
         // The greenfield table is created by the install below.
-        Err(SourceError::NoTable(_)) if plan.greenfield => false,
+        Err(SourceError::NoTable(_)) if plan.greenfield => None,
         Err(err) => return Err(err),
     };
-    let table = if current {
-        let table = capture::resolve(conn, &plan.table).await?;
-        tracing::debug!(table = %table, "Change capture is installed and current; no DDL.");
-        table
-    } else {
-        capture::install(conn, &plan.schema, &plan.table, plan.greenfield, &Ddl::default()).await?
+    let table = match current {
+        Some(table) => {
+            tracing::debug!(table = %table, "Change capture is installed and current; no DDL.");
+            table
+        }
+        None => capture::install(conn, &plan.schema, &plan.table, plan.greenfield, &Ddl::default()).await?,
     };
     capture::register(conn, &plan.schema, name, &table).await?;
     Ok(table)
