@@ -154,7 +154,16 @@ async fn redis_restarted_mid_stream_ends_with_complete_stream_and_newest_keys() 
     };
     let deadline = Instant::now() + PATIENCE;
     let seen: BTreeSet<usize> = loop {
-        let entries: redis::streams::StreamRangeReply = connection.xrange_all("events").await.unwrap();
+        // Just restarted, Redis answers LOADING until it has read its data back: not yet.
+        let entries: redis::streams::StreamRangeReply = match connection.xrange_all("events").await {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading) => {
+                assert!(Instant::now() < deadline, "Redis stayed LOADING");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            Err(err) => panic!("reading the stream: {err}"),
+        };
         let seen: BTreeSet<usize> = entries.ids.iter().map(|id| seq_of(&id.get::<String>("event").unwrap())).collect();
         if seen.len() == 600 || Instant::now() > deadline {
             break seen;
