@@ -1,5 +1,6 @@
 //! One request: its headers and signature, and what the endpoint's answer means.
 
+use std::path::Path;
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
@@ -7,7 +8,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AF
 use secrecy::{ExposeSecret, SecretString};
 use sha2::Sha256;
 
-use crate::config::HttpSinkConfig;
+use crate::config::{BodyFormat, BodyMode, HttpSinkConfig};
 use crate::error::HttpSinkError;
 
 /// The longest `Retry-After` herald waits before retrying; a longer one is cut to this, so the
@@ -25,13 +26,24 @@ pub(crate) struct Client {
 
 impl Client {
     pub(crate) fn new(config: &HttpSinkConfig) -> Result<Self, HttpSinkError> {
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .timeout(config.timeout)
             .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(HttpSinkError::Client)?;
+            // Keep a connection per request that may be in flight.
+            .pool_max_idle_per_host(config.concurrency.max(1));
+        if let Some(path) = &config.ca_file {
+            for certificate in read_ca_file(path)? {
+                builder = builder.add_root_certificate(certificate);
+            }
+        }
+        let http = builder.build().map_err(HttpSinkError::Client)?;
         let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let content_type = match (config.format, config.body) {
+            (BodyFormat::Json, _) => "application/json",
+            (BodyFormat::CloudEvents, BodyMode::Event) => "application/cloudevents+json",
+            (BodyFormat::CloudEvents, BodyMode::Array) => "application/cloudevents-batch+json",
+        };
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
         for (name, value) in &config.headers {
             let invalid =
                 |reason: &str| HttpSinkError::Config { key: "headers", reason: format!("`{name}`: {reason}") };
@@ -79,6 +91,18 @@ impl Client {
         let excerpt = String::from_utf8_lossy(&body[..body.len().min(EXCERPT_BYTES)]).into_owned();
         Err(HttpSinkError::Refused { status: status.as_u16(), excerpt })
     }
+}
+
+/// The certificates of a PEM file, trusted as roots besides the system's.
+pub(crate) fn read_ca_file(path: &Path) -> Result<Vec<reqwest::Certificate>, HttpSinkError> {
+    let invalid = |reason: String| HttpSinkError::Config { key: "ca_file", reason };
+    let pem = std::fs::read(path).map_err(|err| invalid(format!("cannot read {}: {err}", path.display())))?;
+    let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|err| invalid(format!("{} is not a PEM bundle: {err}", path.display())))?;
+    if certificates.is_empty() {
+        return Err(invalid(format!("{} holds no certificate", path.display())));
+    }
+    Ok(certificates)
 }
 
 /// `sha256=<hex of HMAC-SHA256(secret, body)>`.

@@ -1,6 +1,7 @@
 //! Settings of the HTTP sink.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use herald_sdk::Template;
@@ -37,7 +38,37 @@ pub struct HttpSinkConfig {
     /// Default `"10s"`.
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// `"json"` (default): the body is the stage event (or an array of them) as JSON;
+    /// `"cloudevents"`: each event is wrapped in a CloudEvents 1.0 envelope, structured mode
+    /// (`application/cloudevents+json`, or `application/cloudevents-batch+json` for an array).
+    #[serde(default)]
+    pub format: BodyFormat,
+    /// The CloudEvents `source` attribute, a URI reference naming this producer. Default `"herald"`.
+    #[serde(default = "default_cloudevents_source")]
+    pub cloudevents_source: String,
+    /// A PEM file of CA certificates trusted besides the system's roots, for endpoints with a
+    /// private CA. Default: the system's roots only.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// How many requests may be in flight at once; events of one source (the Kafka key) still
+    /// go one request after another, in order. Default 1: every request in batch order.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
 }
+
+/// What a request's body looks like.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BodyFormat {
+    /// The stage event as it is.
+    #[default]
+    Json,
+    /// A CloudEvents 1.0 envelope with the stage event as its `data`.
+    CloudEvents,
+}
+
+/// The most requests a route may have in flight.
+const MAX_CONCURRENCY: usize = 256;
 
 /// How events become request bodies.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -58,6 +89,14 @@ fn default_timeout() -> Duration {
     Duration::from_secs(10)
 }
 
+fn default_cloudevents_source() -> String {
+    "herald".into()
+}
+
+fn default_concurrency() -> usize {
+    1
+}
+
 impl HttpSinkConfig {
     /// Checks the settings without connecting.
     pub fn validate(&self) -> Result<(), HttpSinkError> {
@@ -68,6 +107,18 @@ impl HttpSinkConfig {
         }
         if self.timeout.is_zero() {
             return Err(HttpSinkError::Config { key: "timeout", reason: "must be greater than zero".into() });
+        }
+        if !(1..=MAX_CONCURRENCY).contains(&self.concurrency) {
+            return Err(HttpSinkError::Config {
+                key: "concurrency",
+                reason: format!("must be between 1 and {MAX_CONCURRENCY}, not {}", self.concurrency),
+            });
+        }
+        if self.cloudevents_source.is_empty() {
+            return Err(HttpSinkError::Config { key: "cloudevents_source", reason: "must not be empty".into() });
+        }
+        if let Some(path) = &self.ca_file {
+            crate::client::read_ca_file(path)?;
         }
         Ok(())
     }

@@ -6,7 +6,10 @@ Each batch goes out as one JSON array per URL (`body = "array"`, the default) or
 event (`body = "event"`), in the batch's order, so each source's events arrive in order. The URL
 is a template over event fields (`https://hooks.example/{source}`); headers come from the config
 (with `${ENV}` secrets); an optional HMAC-SHA256 signature of the body lets the receiver verify
-herald, as GitHub and Stripe webhooks do.
+herald, as GitHub and Stripe webhooks do. Bodies are the events as JSON or CloudEvents 1.0
+envelopes (`format = "cloudevents"`); `ca_file` adds a private CA to the system's roots;
+`concurrency = N` puts up to N requests in flight, one lane per source (or per URL) so each
+source's order holds.
 
 The one decision to know: **the status code decides.** 2xx: delivered. 429, 5xx, a timeout or a
 connection failure: retried (after the `Retry-After` the receiver asked for, up to a minute).
@@ -16,7 +19,7 @@ with the status and the start of the response body. Every request carries an
 replay sends (the sink is at least once).
 
 Layout: `config.rs` (settings, `build`, the plug-in), `sink.rs` (batches into requests),
-`client.rs` (one request, its signature and what its answer means), `error.rs`.
+`client.rs` (the client, its TLS roots, one request, its signature and what its answer means), `error.rs`.
 */
 #![deny(missing_docs)]
 
@@ -25,7 +28,7 @@ mod config;
 mod error;
 mod sink;
 
-pub use config::{BodyMode, Http, HttpSinkConfig};
+pub use config::{BodyFormat, BodyMode, Http, HttpSinkConfig};
 pub use error::HttpSinkError;
 
 /// The `type` that selects this sink in a route's `sink` table.

@@ -84,6 +84,7 @@ fn sink(url: &str, extra: serde_json::Value) -> Box<dyn Sink> {
 struct HttpHarness {
     receiver: Receiver,
     url: String,
+    settings: serde_json::Value,
 }
 
 #[async_trait]
@@ -93,7 +94,7 @@ impl Harness for HttpHarness {
     }
 
     async fn sink(&mut self) -> Result<Box<dyn Sink>, BoxError> {
-        Ok(sink(&self.url, serde_json::json!({})))
+        Ok(sink(&self.url, self.settings.clone()))
     }
 
     async fn write_unreachable(&mut self, batch: &[SinkRecord]) -> Option<Result<(), SinkError>> {
@@ -115,7 +116,14 @@ impl Harness for HttpHarness {
 #[tokio::test]
 async fn the_http_sink_keeps_every_promise_at_least_once() {
     let (receiver, url) = Receiver::start().await;
-    conformance::check(&mut HttpHarness { receiver, url }).await.unwrap();
+    conformance::check(&mut HttpHarness { receiver, url, settings: serde_json::json!({}) }).await.unwrap();
+}
+
+#[tokio::test]
+async fn the_http_sink_keeps_every_promise_with_requests_in_parallel() {
+    let (receiver, url) = Receiver::start().await;
+    let settings = serde_json::json!({ "body": "event", "concurrency": 4 });
+    conformance::check(&mut HttpHarness { receiver, url, settings }).await.unwrap();
 }
 
 #[tokio::test]
@@ -184,4 +192,168 @@ async fn a_busy_receiver_is_retried_and_a_refusing_one_dead_letters_with_its_ans
     sink.write(&batch).await.unwrap();
     let records: Vec<i64> = receiver.events().iter().map(|event| event["records"].as_i64().unwrap()).collect();
     assert_eq!(records, [0, 1, 2], "only the accepted requests count");
+}
+
+#[tokio::test]
+async fn cloudevents_structured_mode_wraps_each_event_with_a_replay_stable_id() {
+    let (receiver, url) = Receiver::start().await;
+    let batch: Vec<SinkRecord> = (0..3).map(conformance::record).collect();
+
+    let mut array = sink(&url, serde_json::json!({ "format": "cloudevents", "cloudevents_source": "/herald/test" }));
+    array.write(&batch).await.unwrap();
+    let mut single = sink(&url, serde_json::json!({ "format": "cloudevents", "body": "event" }));
+    single.write(&batch[..1]).await.unwrap();
+
+    let received = receiver.received.lock().unwrap().clone();
+    assert_eq!(received.len(), 2);
+    assert_eq!(received[0].headers["content-type"], "application/cloudevents-batch+json");
+    assert_eq!(received[1].headers["content-type"], "application/cloudevents+json");
+    let envelopes: Vec<serde_json::Value> = serde_json::from_slice(&received[0].body).unwrap();
+    assert_eq!(envelopes.len(), 3);
+    for (seq, envelope) in envelopes.iter().enumerate() {
+        assert_eq!(envelope["specversion"], "1.0");
+        assert_eq!(envelope["id"], format!("conformance-0-{seq}"), "Kafka coordinates: the same on a replay");
+        assert_eq!(envelope["source"], "/herald/test");
+        assert_eq!(envelope["type"], "herald.stage.STAGE_COMPLETE");
+        assert_eq!(envelope["subject"], format!("src{}", seq % 3));
+        assert_eq!(envelope["datacontenttype"], "application/json");
+        assert_eq!(envelope["data"]["records"], seq as i64, "the stage event is the data, in batch order");
+        assert_eq!(envelope["data"]["stage"], "conformance");
+        let time = envelope["time"].as_str().unwrap();
+        chrono::DateTime::parse_from_rfc3339(time).unwrap_or_else(|err| panic!("time `{time}` is not RFC 3339: {err}"));
+    }
+    let one: serde_json::Value = serde_json::from_slice(&received[1].body).unwrap();
+    assert_eq!((one["id"].as_str(), one["source"].as_str()), (Some("conformance-0-0"), Some("herald")));
+}
+
+/// A receiver whose every answer takes a while, counting how many requests it holds at once.
+#[derive(Clone, Default)]
+struct SlowReceiver {
+    sources: Arc<Mutex<Vec<(String, i64)>>>,
+    in_flight: Arc<AtomicU16>,
+    most_in_flight: Arc<AtomicU16>,
+}
+
+async fn receive_slowly(State(receiver): State<SlowReceiver>, body: axum::body::Bytes) -> &'static str {
+    let now = receiver.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    receiver.most_in_flight.fetch_max(now, Ordering::SeqCst);
+    tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+    let event: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let record = (event["source"].as_str().unwrap().to_owned(), event["records"].as_i64().unwrap());
+    receiver.sources.lock().unwrap().push(record);
+    receiver.in_flight.fetch_sub(1, Ordering::SeqCst);
+    "ok"
+}
+
+async fn slow_receiver() -> (SlowReceiver, String) {
+    let receiver = SlowReceiver::default();
+    let app = Router::new().route("/hook/{lane}", post(receive_slowly)).with_state(receiver.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (receiver, format!("http://{address}"))
+}
+
+#[tokio::test]
+async fn requests_in_parallel_stay_within_the_bound_and_keep_each_sources_order() {
+    let batch: Vec<SinkRecord> = (0..24)
+        .map(|seq| {
+            let mut record = conformance::record(seq);
+            record.event.source = format!("S{}", seq % 6);
+            record
+        })
+        .collect();
+    for (concurrency, expected_most) in [(1, 1..=1), (4, 2..=4)] {
+        let (receiver, url) = slow_receiver().await;
+        let mut sink = sink(&url, serde_json::json!({ "body": "event", "concurrency": concurrency }));
+        assert!(sink.write(&batch).await.unwrap().rejected.is_empty());
+        let received = receiver.sources.lock().unwrap().clone();
+        assert_eq!(received.len(), 24, "every event once");
+        for source in 0..6 {
+            let name = format!("S{source}");
+            let order: Vec<i64> = received.iter().filter(|(s, _)| *s == name).map(|(_, seq)| *seq).collect();
+            let expected: Vec<i64> = (0..24).filter(|seq| seq % 6 == source).collect();
+            assert_eq!(order, expected, "{name}'s events in order with concurrency {concurrency}");
+        }
+        let most = receiver.most_in_flight.load(Ordering::SeqCst);
+        assert!(expected_most.contains(&most), "concurrency {concurrency}: {most} requests were in flight at once");
+    }
+}
+
+/// A receiver behind TLS with a certificate of a private CA (self-signed for 127.0.0.1).
+async fn tls_receiver() -> (Receiver, String, std::path::PathBuf) {
+    use tokio_rustls::rustls;
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let ca_file = std::env::temp_dir().join(format!("herald-http-ca-{}-{}.pem", std::process::id(), rand_suffix()));
+    std::fs::write(&ca_file, certified.cert.pem()).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(certified.key_pair.serialize_der().into());
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![certified.cert.der().clone()], key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let receiver = Receiver::default();
+    receiver.status.store(200, Ordering::SeqCst);
+    let app = Router::new().route("/hook/{lane}", post(receive)).with_state(receiver.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (acceptor, app) = (acceptor.clone(), app.clone());
+            tokio::spawn(async move {
+                // A client that does not trust the certificate hangs up here.
+                let Ok(tls) = acceptor.accept(stream).await else { return };
+                let service = hyper_util::service::TowerToHyperService::new(app);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    (receiver, format!("https://{address}"), ca_file)
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+}
+
+#[tokio::test]
+async fn a_private_ca_is_trusted_only_through_ca_file() {
+    let (receiver, url, ca_file) = tls_receiver().await;
+    let batch: Vec<SinkRecord> = (0..3).map(conformance::record).collect();
+
+    let mut system_roots_only = sink(&url, serde_json::json!({ "timeout": "5s" }));
+    let err = system_roots_only.write(&batch).await.unwrap_err();
+    assert!(err.is_retriable(), "an untrusted certificate is no answer, retried: {err}");
+    assert!(receiver.events().is_empty());
+
+    let mut trusting = sink(&url, serde_json::json!({ "ca_file": ca_file }));
+    assert!(trusting.write(&batch).await.unwrap().rejected.is_empty());
+    let records: Vec<i64> = receiver.events().iter().map(|event| event["records"].as_i64().unwrap()).collect();
+    assert_eq!(records, [0, 1, 2]);
+    std::fs::remove_file(&ca_file).unwrap();
+}
+
+#[test]
+fn a_missing_or_empty_ca_file_and_a_bad_concurrency_are_named() {
+    let config = |extra: serde_json::Value| {
+        let mut settings = serde_json::json!({ "url": "https://h/" });
+        for (key, value) in extra.as_object().unwrap() {
+            settings[key] = value.clone();
+        }
+        serde_json::from_value::<HttpSinkConfig>(settings).unwrap()
+    };
+    let missing = config(serde_json::json!({ "ca_file": "/nonexistent/ca.pem" })).validate().unwrap_err().to_string();
+    assert!(missing.contains("`ca_file`") && missing.contains("/nonexistent/ca.pem"), "{missing}");
+    let empty = std::env::temp_dir().join(format!("herald-http-empty-{}.pem", rand_suffix()));
+    std::fs::write(&empty, "not a certificate\n").unwrap();
+    let error = config(serde_json::json!({ "ca_file": empty })).validate().unwrap_err().to_string();
+    assert!(error.contains("`ca_file`") && error.contains("no certificate"), "{error}");
+    std::fs::remove_file(&empty).unwrap();
+    let error = config(serde_json::json!({ "concurrency": 0 })).validate().unwrap_err().to_string();
+    assert!(error.contains("`concurrency`"), "{error}");
+    assert!(serde_json::from_value::<HttpSinkConfig>(serde_json::json!({ "url": "h", "format": "xml" })).is_err());
 }
