@@ -1,0 +1,206 @@
+//! Planning a batch: wait for a first message, take what is already fetched, linger up to
+//! `max_wait` (counted from the batch's first message) for more, stop at `max_events`, at
+//! cancellation or at a pause request. The messages come from an [`Inbox`]: the route's
+//! consumer, or a channel in the tests.
+
+use async_trait::async_trait;
+use rdkafka::error::KafkaError;
+use rdkafka::message::OwnedMessage;
+use tokio::sync::watch;
+use tokio::time::{sleep, sleep_until, Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::config::BatchConfig;
+use crate::error::RouteError;
+
+/// Where a route's messages come from.
+#[async_trait]
+pub(crate) trait Inbox: Send {
+    /// The next fetched message. Must be cancel-safe: a batch that ends while this waits loses
+    /// nothing.
+    async fn recv(&mut self) -> Result<OwnedMessage, KafkaError>;
+
+    /// Whether `message` joins `batch`; may also drop messages already in `batch` (after a
+    /// seek). Runs to completion once a message is received.
+    async fn admit(
+        &mut self,
+        message: &OwnedMessage,
+        batch: &mut Vec<OwnedMessage>,
+        cancel: &CancellationToken,
+    ) -> Result<bool, RouteError>;
+}
+
+/// The route's name for logs, and the limits of one batch.
+pub(crate) struct Limits<'a> {
+    /// The route, for logs.
+    pub(crate) route: &'a str,
+    /// `max_events` and `max_wait`.
+    pub(crate) batch: &'a BatchConfig,
+}
+
+/// Fills a batch starting with `held` (messages kept from a pause), which start the linger at once.
+pub(crate) async fn gather(
+    inbox: &mut impl Inbox,
+    held: Vec<OwnedMessage>,
+    limits: Limits<'_>,
+    pause_requests: &mut watch::Receiver<bool>,
+    cancel: &CancellationToken,
+) -> Result<Vec<OwnedMessage>, RouteError> {
+    let mut batch = held;
+    let mut deadline = (!batch.is_empty()).then(|| Instant::now() + limits.batch.max_wait);
+    while batch.len() < limits.batch.max_events {
+        let received = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            // A pause request ends the batch here; the caller pauses.
+            _ = pause_requests.changed() => break,
+            // Before the deadline: what is already fetched joins the batch even when the linger
+            // is over, so a backlog is written in full batches.
+            received = inbox.recv() => received,
+            _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => break,
+        };
+        match received {
+            Ok(message) => {
+                if !inbox.admit(&message, &mut batch, cancel).await? {
+                    continue;
+                }
+                batch.push(message);
+                deadline.get_or_insert_with(|| Instant::now() + limits.batch.max_wait);
+            }
+            Err(err) => {
+                warn!(route = %limits.route, error = %err, "Kafka consumer error; librdkafka will retry.");
+                // Errors such as an unknown topic repeat at once: don't spin on them.
+                sleep(std::time::Duration::from_millis(200)).await;
+            }
+        }
+    }
+    Ok(batch)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Batch planning fed from a channel, with tokio's clock paused: lingers are measured on the
+    //! paused clock, so no test waits for real.
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use std::time::Duration;
+
+    use rdkafka::message::Timestamp;
+    use rdkafka::Message;
+    use tokio::sync::mpsc;
+
+    use super::*;
+
+    /// Messages sent by the test; `skip` offsets are refused by `admit`.
+    struct ChannelInbox {
+        messages: mpsc::UnboundedReceiver<OwnedMessage>,
+        skip: Vec<i64>,
+    }
+
+    #[async_trait]
+    impl Inbox for ChannelInbox {
+        async fn recv(&mut self) -> Result<OwnedMessage, KafkaError> {
+            match self.messages.recv().await {
+                Some(message) => Ok(message),
+                None => std::future::pending().await,
+            }
+        }
+
+        async fn admit(
+            &mut self,
+            message: &OwnedMessage,
+            _batch: &mut Vec<OwnedMessage>,
+            _cancel: &CancellationToken,
+        ) -> Result<bool, RouteError> {
+            Ok(!self.skip.contains(&message.offset()))
+        }
+    }
+
+    fn message(offset: i64) -> OwnedMessage {
+        OwnedMessage::new(Some(b"{}".to_vec()), None, "t".into(), Timestamp::NotAvailable, 0, offset, None)
+    }
+
+    fn inbox() -> (mpsc::UnboundedSender<OwnedMessage>, ChannelInbox) {
+        let (sender, messages) = mpsc::unbounded_channel();
+        (sender, ChannelInbox { messages, skip: Vec::new() })
+    }
+
+    /// Sends `offset` after `after` on the paused clock.
+    fn send_later(sender: &mpsc::UnboundedSender<OwnedMessage>, offset: i64, after: Duration) {
+        let sender = sender.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            let _ = sender.send(message(offset));
+        });
+    }
+
+    async fn batch_of(inbox: &mut ChannelInbox, held: Vec<i64>, config: &BatchConfig) -> Vec<i64> {
+        let (_pause, mut pause_requests) = watch::channel(false);
+        let limits = Limits { route: "r", batch: config };
+        let held = held.into_iter().map(message).collect();
+        let batch = gather(inbox, held, limits, &mut pause_requests, &CancellationToken::new()).await.unwrap();
+        batch.iter().map(Message::offset).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backlog_is_cut_into_full_batches_in_order() {
+        let (sender, mut inbox) = inbox();
+        (0..7).for_each(|offset| sender.send(message(offset)).unwrap());
+        let config = BatchConfig { max_events: 3, max_wait: Duration::ZERO };
+        assert_eq!(batch_of(&mut inbox, vec![], &config).await, [0, 1, 2]);
+        assert_eq!(batch_of(&mut inbox, vec![], &config).await, [3, 4, 5]);
+        // max_wait 0: what is fetched is taken, and the batch goes without waiting for more.
+        let started = tokio::time::Instant::now();
+        assert_eq!(batch_of(&mut inbox, vec![], &config).await, [6]);
+        assert_eq!(started.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_lingers_from_its_first_message_and_no_longer() {
+        let (sender, mut inbox) = inbox();
+        let config = BatchConfig { max_events: 100, max_wait: Duration::from_millis(100) };
+        send_later(&sender, 0, Duration::from_millis(1000)); // the first message starts the linger…
+        send_later(&sender, 1, Duration::from_millis(1060)); // …this one is inside it…
+        send_later(&sender, 2, Duration::from_millis(1150)); // …this one is not.
+        let started = tokio::time::Instant::now();
+        assert_eq!(batch_of(&mut inbox, vec![], &config).await, [0, 1]);
+        assert_eq!(started.elapsed(), Duration::from_millis(1100), "an idle route waits for a first message");
+        assert_eq!(batch_of(&mut inbox, vec![], &config).await, [2]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn held_messages_start_the_linger_and_refused_ones_are_left_out() {
+        let (sender, mut inbox) = inbox();
+        inbox.skip = vec![11];
+        let config = BatchConfig { max_events: 100, max_wait: Duration::from_millis(50) };
+        send_later(&sender, 11, Duration::from_millis(10));
+        send_later(&sender, 12, Duration::from_millis(20));
+        send_later(&sender, 13, Duration::from_millis(80));
+        let started = tokio::time::Instant::now();
+        assert_eq!(batch_of(&mut inbox, vec![9, 10], &config).await, [9, 10, 12]);
+        assert_eq!(started.elapsed(), Duration::from_millis(50));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_request_or_shutdown_ends_the_batch_with_what_it_has() {
+        let (sender, mut inbox) = inbox();
+        sender.send(message(0)).unwrap();
+        let config = BatchConfig { max_events: 100, max_wait: Duration::from_secs(3600) };
+        let (pause, mut pause_requests) = watch::channel(false);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            pause.send_replace(true);
+            std::future::pending::<()>().await;
+        });
+        let limits = Limits { route: "r", batch: &config };
+        let batch = gather(&mut inbox, vec![], limits, &mut pause_requests, &CancellationToken::new()).await.unwrap();
+        assert_eq!(batch.len(), 1, "the pause request ended an hour's linger");
+
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let limits = Limits { route: "r", batch: &config };
+        let batch = gather(&mut inbox, vec![], limits, &mut pause_requests, &cancel).await.unwrap();
+        assert!(batch.is_empty());
+    }
+}

@@ -1,0 +1,167 @@
+//! The route's Kafka consumer: its settings, and the context that watches rebalances, commits
+//! and statistics for the worker and the admin API.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use tracing::{debug, error, info, warn};
+
+use crate::config::{KafkaProperties, RouteConfig};
+use crate::kafka::client_config;
+use crate::observe::RouteShared;
+
+/// The consumer context: observes rebalances, commits and statistics.
+pub(crate) struct RouteContext {
+    route: String,
+    stats: Arc<RouteShared>,
+    /// Partitions assigned or revoked since the worker last looked, for `Sink::stored_offsets`.
+    changes: Mutex<AssignmentChanges>,
+    /// Whether `changes` holds anything: checked per message without taking the lock.
+    changed: AtomicBool,
+}
+
+/// Partitions whose ownership changed in a rebalance.
+#[derive(Debug, Default)]
+pub(crate) struct AssignmentChanges {
+    pub(crate) assigned: Vec<(String, i32)>,
+    pub(crate) revoked: Vec<(String, i32)>,
+}
+
+impl RouteContext {
+    fn record(&self, partitions: &TopicPartitionList, assigned: bool) {
+        let mut changes = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
+        let list = if assigned { &mut changes.assigned } else { &mut changes.revoked };
+        list.extend(partitions.elements().iter().map(|e| (e.topic().to_owned(), e.partition())));
+        self.changed.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn take_changes(&self) -> Option<AssignmentChanges> {
+        if !self.changed.swap(false, Ordering::AcqRel) {
+            return None;
+        }
+        Some(std::mem::take(&mut *self.changes.lock().unwrap_or_else(PoisonError::into_inner)))
+    }
+}
+
+impl ClientContext for RouteContext {
+    fn stats(&self, statistics: Statistics) {
+        let lags = statistics
+            .topics
+            .values()
+            .flat_map(|topic| topic.partitions.values())
+            .filter(|partition| partition.partition >= 0 && partition.consumer_lag >= 0)
+            .map(|partition| partition.consumer_lag);
+        let (count, total) = lags.fold((0, 0), |(count, total), lag| (count + 1, total + lag));
+        self.stats.lag.store(if count == 0 { -1 } else { total }, Ordering::Relaxed);
+        for (name, topic) in &statistics.topics {
+            for partition in topic.partitions.values().filter(|p| p.partition >= 0 && p.consumer_lag >= 0) {
+                self.stats.set_partition_lag(name, partition.partition, partition.consumer_lag);
+            }
+        }
+        let up = statistics.brokers.values().any(|broker| broker.state == "UP");
+        self.stats.kafka_up.store(up, Ordering::Relaxed);
+    }
+}
+
+impl ConsumerContext for RouteContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(partitions) = rebalance {
+            self.record(partitions, false);
+            let revoked: Vec<String> =
+                partitions.elements().iter().map(|e| format!("{}[{}]", e.topic(), e.partition())).collect();
+            self.stats.update(|state| state.assigned.retain(|p| !revoked.contains(p)));
+            info!(route = %self.route, partitions = %describe(partitions), "Partitions revoked; committing what is done.");
+            // Offsets of settled batches are stored; commit them before another member takes over.
+            match consumer.commit_consumer_state(CommitMode::Sync) {
+                Ok(()) | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+                Err(err) => warn!(route = %self.route, error = %err, "Commit on revoke failed."),
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(partitions) => {
+                self.record(partitions, true);
+                self.stats.update(|state| {
+                    state
+                        .assigned
+                        .extend(partitions.elements().iter().map(|e| format!("{}[{}]", e.topic(), e.partition())));
+                    state.assigned.sort();
+                    state.assigned.dedup();
+                });
+                info!(route = %self.route, partitions = %describe(partitions), "Partitions assigned.")
+            }
+            Rebalance::Error(err) => error!(route = %self.route, error = %err, "Rebalance failed."),
+            Rebalance::Revoke(_) => {}
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) => debug!(route = %self.route, offsets = %describe(offsets), "Offsets committed."),
+            Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+            Err(err) => warn!(route = %self.route, error = %err, "Offset commit failed; will retry with the next."),
+        }
+    }
+}
+
+fn describe(partitions: &TopicPartitionList) -> String {
+    let parts: Vec<String> = partitions
+        .elements()
+        .iter()
+        .map(|e| match e.offset() {
+            Offset::Offset(offset) => format!("{}[{}]@{offset}", e.topic(), e.partition()),
+            _ => format!("{}[{}]", e.topic(), e.partition()),
+        })
+        .collect();
+    parts.join(",")
+}
+
+/// The consumer of one route.
+pub(crate) type RouteConsumer = StreamConsumer<RouteContext>;
+
+/// Creates the route's consumer and subscribes it to the route's topics.
+pub(crate) fn create_consumer(
+    props: &KafkaProperties,
+    route: &RouteConfig,
+    stats: Arc<RouteShared>,
+    statistics_interval_ms: u128,
+) -> Result<RouteConsumer, KafkaError> {
+    let mut config = client_config(&KafkaProperties::default());
+    // Defaults the `[kafka]` table may override…
+    config
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("queued.max.messages.kbytes", "16384")
+        // When the prefetch queue is full, look again soon: librdkafka's default (1 s) leaves a
+        // fast sink idle for most of that second once it has drained the queue.
+        .set("fetch.queue.backoff.ms", "20")
+        .set("auto.commit.interval.ms", "1000")
+        .set("client.id", format!("herald.{}", route.name));
+    for (name, value) in props.iter() {
+        config.set(name, value);
+    }
+    // …and the settings the delivery guarantee rests on, which it may not.
+    config
+        .set("group.id", route.group_id())
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", route.start_from.as_offset_reset())
+        .set("enable.partition.eof", "false")
+        .set("statistics.interval.ms", statistics_interval_ms.to_string());
+    let context = RouteContext {
+        route: route.name.clone(),
+        stats,
+        changes: Mutex::new(AssignmentChanges::default()),
+        changed: AtomicBool::new(false),
+    };
+    let consumer: RouteConsumer = config.create_with_context(context)?;
+    let topics: Vec<&str> = route.topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics)?;
+    Ok(consumer)
+}

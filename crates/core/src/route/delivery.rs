@@ -1,0 +1,495 @@
+//! Settling one batch, with no Kafka client in sight: parse and filter the messages, write the
+//! records (retrying transient failures), dead-letter what can never be delivered, and say which
+//! offsets may now be stored. The worker hands it messages and stores what it returns, so
+//! "offsets advance only after the sink has the data" is decided here, and tested here with a
+//! fake sink under paused time.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
+use async_trait::async_trait;
+use backon::{BackoffBuilder, ExponentialBuilder};
+use rdkafka::error::KafkaError;
+use rdkafka::message::OwnedMessage;
+use rdkafka::Message;
+use tokio::time::sleep;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::config::{RetryConfig, RouteConfig};
+use crate::dlq::{error_chain, DeadLetter, DeadLetterQueue, FailedStage};
+use crate::error::RouteError;
+use crate::event::{EventError, StageEvent};
+use crate::observe::RouteShared;
+use crate::sink::{Sink, SinkError, SinkRecord, WriteOutcome};
+
+/// Where undeliverable messages go: the route's dead-letter topic.
+#[async_trait]
+pub(crate) trait DeadLetters: Send + Sync {
+    /// The topic's name, for logs and errors.
+    fn topic(&self) -> &str;
+    /// Returns once every letter is acknowledged.
+    async fn send_all(&self, letters: &[DeadLetter]) -> Result<(), KafkaError>;
+}
+
+#[async_trait]
+impl DeadLetters for DeadLetterQueue {
+    fn topic(&self) -> &str {
+        DeadLetterQueue::topic(self)
+    }
+
+    async fn send_all(&self, letters: &[DeadLetter]) -> Result<(), KafkaError> {
+        DeadLetterQueue::send_all(self, letters).await
+    }
+}
+
+/// The next offset to read per (topic, partition): what a settled batch lets the worker store.
+pub(crate) type NextOffsets = BTreeMap<(String, i32), i64>;
+
+/// What settling one batch needs from its route.
+pub(crate) struct Delivery<'a> {
+    /// The route's settings: filter, size limit, retry policy.
+    pub(crate) route: &'a RouteConfig,
+    /// The route's sink.
+    pub(crate) sink: &'a mut dyn Sink,
+    /// The route's dead-letter topic, if it has one.
+    pub(crate) dead_letters: Option<&'a dyn DeadLetters>,
+    /// The route's metrics and state.
+    pub(crate) stats: &'a RouteShared,
+}
+
+impl Delivery<'_> {
+    /// Delivers one batch: sink writes (retried), then dead letters. `Ok(Some(offsets))`: the
+    /// batch is settled and these offsets may be stored; `Ok(None)`: cancelled while waiting to
+    /// retry, nothing may be stored (the batch is read again).
+    pub(crate) async fn settle(
+        &mut self,
+        messages: &[OwnedMessage],
+        cancel: &CancellationToken,
+    ) -> Result<Option<NextOffsets>, RouteError> {
+        self.stats.consumed.inc_by(messages.len() as u64);
+
+        let mut records = Vec::with_capacity(messages.len());
+        let mut record_origin = Vec::with_capacity(messages.len());
+        let mut letters = Vec::new();
+        for (index, message) in messages.iter().enumerate() {
+            match parse(message, self.route.max_message_bytes) {
+                Ok(event) if self.route.filter.matches(&event) => {
+                    records.push(SinkRecord {
+                        event,
+                        topic: message.topic().to_owned(),
+                        partition: message.partition(),
+                        offset: message.offset(),
+                        origin: crate::kafka::origin_of(message),
+                    });
+                    record_origin.push(index);
+                }
+                Ok(_) => self.stats.skipped.inc(),
+                Err(err) => letters.push(DeadLetter::new(message.clone(), FailedStage::Parse, err.kind(), &err)),
+            }
+        }
+        // Without a dead-letter topic, fail before writing anything: the operator fixes the
+        // config and the batch is read again from its first offset.
+        self.require_dead_letter_topic(&letters)?;
+
+        if !records.is_empty() {
+            let timer = self.stats.write_seconds.start_timer();
+            let written = self.write_with_retry(&records, cancel).await;
+            timer.observe_duration();
+            let Some(outcome) = written? else {
+                return Ok(None);
+            };
+            self.stats.delivered.inc_by((records.len() - outcome.rejected.len()) as u64);
+            self.stats.update(|state| state.last_event_at = Some(chrono::Utc::now()));
+            for rejection in outcome.rejected {
+                let Some(message) = record_origin.get(rejection.index).and_then(|&i| messages.get(i)) else {
+                    return Err(RouteError::BadRejectionIndex { index: rejection.index, batch: records.len() });
+                };
+                letters.push(DeadLetter::new(
+                    message.clone(),
+                    FailedStage::Sink,
+                    "SinkRejection",
+                    rejection.error.as_ref(),
+                ));
+            }
+            self.require_dead_letter_topic(&letters)?;
+        }
+
+        if let (Some(queue), false) = (self.dead_letters, letters.is_empty()) {
+            for letter in &letters {
+                warn!(
+                    route = %self.route.name, topic = letter.message.topic(), partition = letter.message.partition(),
+                    offset = letter.message.offset(), dead_letter_topic = queue.topic(), reason = %letter.reason(),
+                    "Message sent to the dead-letter topic."
+                );
+            }
+            queue
+                .send_all(&letters)
+                .await
+                .map_err(|source| RouteError::DeadLetter { topic: queue.topic().to_owned(), source })?;
+            self.stats.dead_lettered.inc_by(letters.len() as u64);
+        }
+        Ok(Some(next_offsets(messages)))
+    }
+
+    fn require_dead_letter_topic(&self, letters: &[DeadLetter]) -> Result<(), RouteError> {
+        match (letters.first(), self.dead_letters) {
+            (Some(letter), None) => Err(RouteError::Undeliverable {
+                topic: letter.message.topic().to_owned(),
+                partition: letter.message.partition(),
+                offset: letter.message.offset(),
+                reason: letter.reason(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Writes the batch, retrying transient failures with exponential backoff and jitter.
+    /// `Ok(None)`: cancelled while waiting to retry.
+    async fn write_with_retry(
+        &mut self,
+        records: &[SinkRecord],
+        cancel: &CancellationToken,
+    ) -> Result<Option<WriteOutcome>, RouteError> {
+        let policy = &self.route.retry;
+        let mut delays = retry_delays(policy, policy.max_retries);
+        let mut attempt: u64 = 0;
+        loop {
+            attempt += 1;
+            let error = match self.sink.write(records).await {
+                Ok(outcome) => {
+                    if attempt > 1 {
+                        self.stats.sink_failing.store(false, Ordering::Relaxed);
+                        self.stats.update(|state| state.status = "running");
+                    }
+                    return Ok(Some(outcome));
+                }
+                Err(error @ SinkError::Fatal(_)) => return Err(RouteError::Sink(error)),
+                Err(error) => error,
+            };
+            self.stats.sink_failing.store(true, Ordering::Relaxed);
+            let reason = error_chain(&error).join(": ");
+            self.stats.update(|state| {
+                state.status = "retrying";
+                state.last_error = Some(reason.clone());
+            });
+            let Some(delay) = delays.next() else {
+                return Err(RouteError::RetriesExhausted { retries: attempt - 1, source: error });
+            };
+            self.stats.retries.inc();
+            warn!(
+                route = %self.route.name, attempt, retry_in = ?delay, batch = records.len(),
+                error = %reason, "Sink write failed; retrying."
+            );
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(None),
+                _ = sleep(delay) => {}
+            }
+        }
+    }
+}
+
+/// The route's backoff: exponential with jitter between its bounds, `limit` delays at most.
+pub(crate) fn retry_delays(policy: &RetryConfig, limit: Option<u32>) -> impl Iterator<Item = std::time::Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(policy.initial_backoff)
+        .with_max_delay(policy.max_backoff)
+        .with_jitter()
+        .with_max_times(limit.map_or(usize::MAX, |n| n as usize))
+        .build()
+}
+
+/// One past the highest offset of each partition in `messages`.
+pub(crate) fn next_offsets(messages: &[OwnedMessage]) -> NextOffsets {
+    // A batch spans few partitions: a linear search avoids a key allocation per message.
+    let mut next: Vec<(&str, i32, i64)> = Vec::new();
+    for message in messages {
+        let (topic, partition, offset) = (message.topic(), message.partition(), message.offset() + 1);
+        match next.iter_mut().find(|(t, p, _)| *t == topic && *p == partition) {
+            Some(entry) => entry.2 = entry.2.max(offset),
+            None => next.push((topic, partition, offset)),
+        }
+    }
+    next.into_iter().map(|(topic, partition, offset)| ((topic.to_owned(), partition), offset)).collect()
+}
+
+fn parse(message: &OwnedMessage, limit: usize) -> Result<StageEvent, EventError> {
+    match message.payload() {
+        Some(payload) if payload.len() > limit => Err(EventError::TooLarge { size: payload.len(), limit }),
+        Some(payload) => StageEvent::from_json(payload),
+        None => Err(EventError::Empty),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Settling against a scripted sink and dead-letter topic, with tokio's clock paused: the
+    //! backoff waits take no real time, and their lengths are measured on the paused clock.
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use std::collections::VecDeque;
+    use std::path::Path;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use rdkafka::message::Timestamp;
+    use tokio::time::Instant;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::observe::Observer;
+    use crate::sink::Rejection;
+
+    /// What the scripted sink answers to one write.
+    enum Answer {
+        /// Accepts all but these indexes.
+        Reject(Vec<usize>),
+        Retriable,
+        Fatal,
+    }
+
+    /// A sink that answers from a script (then accepts everything) and records every write.
+    #[derive(Default)]
+    struct ScriptedSink {
+        script: VecDeque<Answer>,
+        /// The `records` field of each event, per write, in the order written.
+        writes: Arc<Mutex<Vec<Vec<i64>>>>,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("scripted: {0}")]
+    struct Scripted(&'static str);
+
+    #[async_trait]
+    impl Sink for ScriptedSink {
+        async fn healthcheck(&mut self) -> Result<(), SinkError> {
+            Ok(())
+        }
+
+        async fn write(&mut self, batch: &[SinkRecord]) -> Result<WriteOutcome, SinkError> {
+            self.writes.lock().unwrap().push(batch.iter().map(|r| r.event.records.unwrap_or(-1)).collect());
+            match self.script.pop_front() {
+                None => Ok(WriteOutcome::all_accepted()),
+                Some(Answer::Reject(indexes)) => Ok(WriteOutcome {
+                    rejected: indexes
+                        .into_iter()
+                        .map(|index| Rejection { index, error: Box::new(Scripted("refused")) })
+                        .collect(),
+                }),
+                Some(Answer::Retriable) => Err(SinkError::Retriable(Box::new(Scripted("busy")))),
+                Some(Answer::Fatal) => Err(SinkError::Fatal(Box::new(Scripted("no such table")))),
+            }
+        }
+    }
+
+    /// A dead-letter topic that keeps (partition, offset, stage) of each letter, or fails.
+    #[derive(Default)]
+    struct Letters {
+        sent: Mutex<Vec<(i32, i64, FailedStage)>>,
+        failing: bool,
+    }
+
+    #[async_trait]
+    impl DeadLetters for Letters {
+        fn topic(&self) -> &str {
+            "dlq"
+        }
+
+        async fn send_all(&self, letters: &[DeadLetter]) -> Result<(), KafkaError> {
+            if self.failing {
+                return Err(KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::MessageTimedOut));
+            }
+            let mut sent = self.sent.lock().unwrap();
+            sent.extend(letters.iter().map(|l| (l.message.partition(), l.message.offset(), l.stage)));
+            Ok(())
+        }
+    }
+
+    /// A route retrying from 1 s up to 8 s, with `extra` settings (TOML lines of `[[route]]`).
+    fn route(extra: &str) -> RouteConfig {
+        let retry = if extra.contains("max_retries") {
+            ""
+        } else {
+            "retry = { initial_backoff = \"1s\", max_backoff = \"8s\" }"
+        };
+        let text =
+            format!("[[route]]\nname = \"r\"\ntopics = [\"t\"]\nsink = {{ type = \"stdout\" }}\n{retry}\n{extra}");
+        Config::from_toml(&text, Path::new("test.toml")).unwrap().routes.remove(0)
+    }
+
+    fn stats() -> Arc<RouteShared> {
+        Observer::new().unwrap().route("r")
+    }
+
+    /// A stage event at `partition`/`offset` whose `records` field is `records`.
+    fn event(partition: i32, offset: i64, records: i64, status: &str) -> OwnedMessage {
+        let json = format!(
+            r#"{{"event":"STAGE_COMPLETE","stage":"s","source":"S{records}","records":{records},"timestamp":"2026-11-26T10:15:00","status":"{status}"}}"#
+        );
+        message(partition, offset, json.as_bytes())
+    }
+
+    fn message(partition: i32, offset: i64, payload: &[u8]) -> OwnedMessage {
+        OwnedMessage::new(Some(payload.to_vec()), None, "t".into(), Timestamp::NotAvailable, partition, offset, None)
+    }
+
+    async fn settle(
+        route: &RouteConfig,
+        sink: &mut ScriptedSink,
+        letters: Option<&Letters>,
+        stats: &RouteShared,
+        messages: &[OwnedMessage],
+        cancel: &CancellationToken,
+    ) -> Result<Option<NextOffsets>, RouteError> {
+        let mut delivery = Delivery { route, sink, dead_letters: letters.map(|l| l as &dyn DeadLetters), stats };
+        delivery.settle(messages, cancel).await
+    }
+
+    fn offsets(entries: &[(i32, i64)]) -> NextOffsets {
+        entries.iter().map(|&(partition, offset)| (("t".to_owned(), partition), offset)).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_written_batch_gives_one_past_the_last_offset_of_each_partition() {
+        let (route, stats, mut sink) = (route(""), stats(), ScriptedSink::default());
+        let messages = [event(0, 10, 1, "SUCCESS"), event(1, 5, 2, "SUCCESS"), event(0, 11, 3, "SUCCESS")];
+        let settled = settle(&route, &mut sink, None, &stats, &messages, &CancellationToken::new()).await.unwrap();
+        assert_eq!(settled, Some(offsets(&[(0, 12), (1, 6)])));
+        assert_eq!(*sink.writes.lock().unwrap(), [vec![1, 2, 3]], "one write, in batch order");
+        assert_eq!((stats.consumed.get(), stats.delivered.get()), (3, 3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transient_failures_are_retried_with_growing_backoff_and_then_the_offsets_move() {
+        let (route, stats) = (route(""), stats());
+        let mut sink = ScriptedSink {
+            script: [Answer::Retriable, Answer::Retriable, Answer::Retriable].into(),
+            ..ScriptedSink::default()
+        };
+        let started = Instant::now();
+        let settled =
+            settle(&route, &mut sink, None, &stats, &[event(0, 0, 7, "SUCCESS")], &CancellationToken::new()).await;
+        assert_eq!(settled.unwrap(), Some(offsets(&[(0, 1)])));
+        assert_eq!(sink.writes.lock().unwrap().len(), 4, "three failures, then the write that took");
+        // Exponential from 1 s with jitter (each delay between d and 2d): 1+2+4 s at least,
+        // 2+4+8 s at most. The clock is paused: no real second passed.
+        let waited = started.elapsed();
+        assert!((Duration::from_secs(7)..=Duration::from_secs(14)).contains(&waited), "waited {waited:?}");
+        assert_eq!(stats.retries.get(), 3);
+        let state = stats.state();
+        assert_eq!(state.status, "running", "back to running once the write took");
+        assert!(state.last_error.unwrap().contains("busy"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn when_retries_run_out_or_the_failure_is_fatal_no_offset_moves() {
+        let stats = stats();
+        let limited = route("retry = { initial_backoff = \"1s\", max_retries = 2 }");
+        let mut always_busy =
+            ScriptedSink { script: (0..10).map(|_| Answer::Retriable).collect(), ..ScriptedSink::default() };
+        let cancel = CancellationToken::new();
+        let messages = [event(0, 0, 1, "SUCCESS")];
+        match settle(&limited, &mut always_busy, None, &stats, &messages, &cancel).await {
+            Err(RouteError::RetriesExhausted { retries: 2, .. }) => {}
+            other => panic!("expected RetriesExhausted after 2 retries, got {other:?}"),
+        }
+        assert_eq!(always_busy.writes.lock().unwrap().len(), 3);
+
+        let mut fatal = ScriptedSink { script: [Answer::Fatal].into(), ..ScriptedSink::default() };
+        match settle(&route(""), &mut fatal, None, &stats, &messages, &cancel).await {
+            Err(RouteError::Sink(SinkError::Fatal(_))) => {}
+            other => panic!("expected a fatal sink error, got {other:?}"),
+        }
+        assert_eq!(fatal.writes.lock().unwrap().len(), 1, "a fatal failure is not retried");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_during_a_backoff_stores_nothing() {
+        let (route, stats) = (route(""), stats());
+        let mut sink =
+            ScriptedSink { script: (0..100).map(|_| Answer::Retriable).collect(), ..ScriptedSink::default() };
+        let cancel = CancellationToken::new();
+        let cancel_later = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            cancel_later.cancel();
+        });
+        let settled = settle(&route, &mut sink, None, &stats, &[event(0, 0, 1, "SUCCESS")], &cancel).await;
+        assert_eq!(settled.unwrap(), None, "cancelled mid-retry: the batch is read again");
+        let writes = sink.writes.lock().unwrap().len();
+        assert!((2..=4).contains(&writes), "{writes} writes in 5 s of backoff from 1 s");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn malformed_and_refused_messages_are_dead_lettered_and_the_rest_written() {
+        let (route, stats) = (route(""), stats());
+        let letters = Letters::default();
+        // Records [1, 3, 4]; the sink refuses its second record (offset 3).
+        let mut sink = ScriptedSink { script: [Answer::Reject(vec![1])].into(), ..ScriptedSink::default() };
+        let messages = [
+            event(0, 0, 1, "SUCCESS"),
+            message(0, 1, b"{not json"),
+            message(0, 2, b""),
+            event(0, 3, 3, "SUCCESS"),
+            event(0, 4, 4, "SUCCESS"),
+        ];
+        let settled = settle(&route, &mut sink, Some(&letters), &stats, &messages, &CancellationToken::new()).await;
+        assert_eq!(settled.unwrap(), Some(offsets(&[(0, 5)])), "the whole batch is settled");
+        assert_eq!(*sink.writes.lock().unwrap(), [vec![1, 3, 4]]);
+        let sent = letters.sent.lock().unwrap().clone();
+        assert_eq!(sent, [(0, 1, FailedStage::Parse), (0, 2, FailedStage::Parse), (0, 3, FailedStage::Sink)]);
+        assert_eq!((stats.delivered.get(), stats.dead_lettered.get()), (2, 3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_dead_letter_topic_a_malformed_message_stops_the_route_before_any_write() {
+        let (route, stats, mut sink) = (route(""), stats(), ScriptedSink::default());
+        let messages = [event(0, 0, 1, "SUCCESS"), message(0, 1, b"[1,2]"), event(0, 2, 2, "SUCCESS")];
+        match settle(&route, &mut sink, None, &stats, &messages, &CancellationToken::new()).await {
+            Err(RouteError::Undeliverable { partition: 0, offset: 1, .. }) => {}
+            other => panic!("expected Undeliverable at offset 1, got {other:?}"),
+        }
+        assert!(sink.writes.lock().unwrap().is_empty(), "nothing written: the batch is read again once fixed");
+
+        // A refusal with no dead-letter topic also stops the route, after the write.
+        let mut refusing = ScriptedSink { script: [Answer::Reject(vec![0])].into(), ..ScriptedSink::default() };
+        match settle(&route, &mut refusing, None, &stats, &messages[..1], &CancellationToken::new()).await {
+            Err(RouteError::Undeliverable { offset: 0, .. }) => {}
+            other => panic!("expected Undeliverable at offset 0, got {other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dead_letter_topic_that_fails_or_a_bad_rejection_index_moves_no_offset() {
+        let (route, stats) = (route(""), stats());
+        let failing = Letters { failing: true, ..Letters::default() };
+        let mut sink = ScriptedSink::default();
+        let messages = [message(0, 0, b"nope"), event(0, 1, 1, "SUCCESS")];
+        match settle(&route, &mut sink, Some(&failing), &stats, &messages, &CancellationToken::new()).await {
+            Err(RouteError::DeadLetter { topic, .. }) => assert_eq!(topic, "dlq"),
+            other => panic!("expected a dead-letter error, got {other:?}"),
+        }
+
+        let mut confused = ScriptedSink { script: [Answer::Reject(vec![5])].into(), ..ScriptedSink::default() };
+        let letters = Letters::default();
+        match settle(&route, &mut confused, Some(&letters), &stats, &messages[1..], &CancellationToken::new()).await {
+            Err(RouteError::BadRejectionIndex { index: 5, batch: 1 }) => {}
+            other => panic!("expected BadRejectionIndex, got {other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn filtered_events_are_skipped_but_their_offsets_move() {
+        let (route, stats, mut sink) = (route("filter = { status = \"FAILED\" }"), stats(), ScriptedSink::default());
+        let messages = [event(0, 0, 1, "SUCCESS"), event(0, 1, 2, "FAILED"), event(0, 2, 3, "SUCCESS")];
+        let settled = settle(&route, &mut sink, None, &stats, &messages, &CancellationToken::new()).await;
+        assert_eq!(settled.unwrap(), Some(offsets(&[(0, 3)])));
+        assert_eq!(*sink.writes.lock().unwrap(), [vec![2]]);
+        assert_eq!(stats.skipped.get(), 2);
+
+        // A batch the filter empties writes nothing and still settles.
+        let settled = settle(&route, &mut sink, None, &stats, &messages[..1], &CancellationToken::new()).await;
+        assert_eq!(settled.unwrap(), Some(offsets(&[(0, 1)])));
+        assert_eq!(sink.writes.lock().unwrap().len(), 1);
+    }
+}
