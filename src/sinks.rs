@@ -1,6 +1,7 @@
-//! The registry: every sink kind this binary knows, one line each, and the source.
+//! The registry: every sink and source kind this binary knows, one line each.
 
 use anyhow::{bail, Context, Result};
+use herald_core::source::{Source, SourceFactory};
 use herald_core::{RouteConfig, Sink, SourceSpec};
 use herald_sdk::{Purpose, Registered, SinkContext, SinkFactory};
 
@@ -50,44 +51,29 @@ pub async fn migrate(route: &RouteConfig) -> Result<Option<String>> {
     factory(route)?.migrate(&route.sink.settings, sink_context).await.with_context(context(route))
 }
 
-/// The source a `[[source]]` table describes, parsed and validated.
-pub fn source(spec: &SourceSpec) -> Result<herald_source_postgres::PostgresSourceConfig> {
-    let context = || format!("source `{}` (type `{}`)", spec.name, spec.kind);
-    match spec.kind.as_str() {
-        herald_source_postgres::KIND => {
-            let config: herald_source_postgres::PostgresSourceConfig = spec.parse().with_context(context)?;
-            config.validate().with_context(context)?;
-            Ok(config)
-        }
-        other => bail!(
-            "source `{}`: unknown source type `{other}`; known types: {}",
-            spec.name,
-            herald_source_postgres::KIND
-        ),
-    }
+/// Every source kind this binary knows, one line each as for sinks.
+pub static SOURCES: &[&dyn SourceFactory] = &[&Registered::<herald_source_postgres::Postgres>::NEW];
+
+/// The source a `[[source]]` table describes, parsed and validated (nothing connected).
+pub fn source(spec: &SourceSpec) -> Result<Box<dyn Source>> {
+    let Some(factory) = SOURCES.iter().find(|factory| factory.kind() == spec.kind) else {
+        let known: Vec<&str> = SOURCES.iter().map(|factory| factory.kind()).collect();
+        bail!("source `{}`: unknown source type `{}`; known types: {}", spec.name, spec.kind, known.join(", "))
+    };
+    factory.build(spec).with_context(|| format!("source `{}` (type `{}`)", spec.name, spec.kind))
 }
 
-/// Every `[[source]]`, parsed and validated, with their names; two WAL sources may not share a
-/// replication slot or a publication (one would confirm WAL the other has not published).
-pub fn sources(specs: &[SourceSpec]) -> Result<Vec<(String, herald_source_postgres::PostgresSourceConfig)>> {
+/// Every `[[source]]`, parsed and validated, with their names. Two sources may not claim the
+/// same resource: two WAL sources sharing a replication slot or a publication would confirm
+/// WAL the other has not published.
+pub fn sources(specs: &[SourceSpec]) -> Result<Vec<(String, Box<dyn Source>)>> {
     let sources = specs.iter().map(|spec| Ok((spec.name.clone(), source(spec)?))).collect::<Result<Vec<_>>>()?;
-    let mut slots: std::collections::BTreeMap<String, &str> = std::collections::BTreeMap::new();
-    let mut publications: std::collections::BTreeMap<String, &str> = std::collections::BTreeMap::new();
-    for (name, config) in &sources {
-        if config.capture != herald_source_postgres::Capture::Wal {
-            continue;
-        }
-        if let Some(other) = slots.insert(config.slot_name(name), name) {
-            bail!(
-                "sources `{other}` and `{name}` would share replication slot `{}`: set `slot` on one of them",
-                config.slot_name(name)
-            );
-        }
-        if let Some(other) = publications.insert(config.publication_name(name), name) {
-            bail!(
-                "sources `{other}` and `{name}` would share publication `{}`: set `publication` on one of them",
-                config.publication_name(name)
-            );
+    let mut claimed: std::collections::BTreeMap<String, &str> = std::collections::BTreeMap::new();
+    for (name, source) in &sources {
+        for claim in source.claims() {
+            if let Some(other) = claimed.insert(claim.resource.clone(), name) {
+                bail!("sources `{other}` and `{name}` would share {}: {}", claim.resource, claim.hint);
+            }
         }
     }
     Ok(sources)

@@ -303,3 +303,42 @@ fn check_offline_reports_bad_sink_settings() {
     let report = text(&out.stdout);
     assert!(report.contains("FAIL  route r") && report.contains("table.name") && report.contains("`a;b`"), "{report}");
 }
+
+#[test]
+fn sources_go_through_the_registry_an_unknown_type_a_bad_setting_and_a_shared_slot_are_named() {
+    let source = |name: &str, extra: &str| {
+        format!(
+            "[[source]]\nname = \"{name}\"\ntype = \"postgres\"\nurl = \"postgres://h/db\"\ntopic = \"t\"\n{extra}\n"
+        )
+    };
+    let check = |text: &str| {
+        let config = TempConfig::new(text);
+        let out = run_herald(&["check", "--offline", "--config", config.path.to_str().unwrap()]);
+        (out.status.code(), format!("{}{}", text_of(&out.stdout), text_of(&out.stderr)))
+    };
+    fn text_of(bytes: &[u8]) -> String {
+        String::from_utf8_lossy(bytes).into_owned()
+    }
+
+    let (code, report) = check(&source("a", "").replace("type = \"postgres\"", "type = \"mysql\""));
+    assert_eq!(code, Some(1));
+    assert!(report.contains("unknown source type `mysql`") && report.contains("known types: postgres"), "{report}");
+
+    let (code, report) = check(&source("a", "captur = \"wal\""));
+    assert_eq!(code, Some(1));
+    assert!(report.contains("source `a` (type `postgres`)") && report.contains("captur"), "{report}");
+
+    let two =
+        format!("{}{}", source("a", "capture = \"wal\"\nslot = \"s\""), source("b", "capture = \"wal\"\nslot = \"s\""));
+    let (code, report) = check(&two);
+    assert_eq!(code, Some(1));
+    assert!(
+        report.contains("sources `a` and `b` would share replication slot `s`: set `slot` on one of them"),
+        "{report}"
+    );
+
+    let apart = format!("{}{}", source("a", "capture = \"wal\""), source("b", "capture = \"wal\""));
+    let (code, report) = check(&apart);
+    assert_eq!(code, Some(0), "{report}");
+    assert!(report.contains("source a") && report.contains("source b"), "{report}");
+}

@@ -131,9 +131,9 @@ pub async fn check(args: CheckArgs) -> Result<ExitCode> {
     for spec in &config.sources {
         let label = format!("source {}", spec.name);
         match sinks::source(spec) {
-            Ok(source) => match source.check(&spec.name).await {
+            Ok(source) => match source.check().await {
                 Ok(found) => report.ok(&label, found),
-                Err(err) => report.fail(&label, error_chain(&err).join(": ")),
+                Err(err) => report.fail(&label, error_chain(err.as_ref()).join(": ")),
             },
             Err(err) => report.fail(&label, format!("{err:#}")),
         }

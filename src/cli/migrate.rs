@@ -34,7 +34,8 @@ pub async fn migrate(args: MigrateArgs) -> Result<ExitCode> {
             );
         };
         let source = sinks::source(spec)?;
-        let had = source.drop_source(name).await.with_context(|| format!("source `{name}`"))?;
+        let had =
+            source.retire().await.map_err(anyhow::Error::from_boxed).with_context(|| format!("source `{name}`"))?;
         let what = if had {
             "forgotten: its slot and publication, or its claim on the table's captured changes, are removed"
         } else {
@@ -51,8 +52,12 @@ pub async fn migrate(args: MigrateArgs) -> Result<ExitCode> {
     }
     for spec in &config.sources {
         let source = sinks::source(spec)?;
-        source.migrate(&spec.name).await.with_context(|| format!("source `{}`", spec.name))?;
-        println!("ok    source {:<21} change capture installed", spec.name);
+        let what = source
+            .migrate()
+            .await
+            .map_err(anyhow::Error::from_boxed)
+            .with_context(|| format!("source `{}`", spec.name))?;
+        println!("ok    source {:<21} {what}", spec.name);
     }
     Ok(ExitCode::SUCCESS)
 }

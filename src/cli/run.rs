@@ -73,16 +73,19 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         result
     };
     let run_sources = async {
-        let result =
-            try_join_all(sources.iter().map(|(name, source)| {
-                let stop = stop.clone();
-                let kafka = &config.kafka;
-                let metrics = observer.source(name);
-                async move {
-                    source.run(name, kafka, metrics, stop).await.with_context(|| format!("source `{name}` stopped"))
-                }
-            }))
-            .await;
+        let result = try_join_all(sources.iter().map(|(name, source)| {
+            let stop = stop.clone();
+            let kafka = &config.kafka;
+            let metrics = observer.source(name);
+            async move {
+                source
+                    .run(kafka, metrics, stop)
+                    .await
+                    .map_err(anyhow::Error::from_boxed)
+                    .with_context(|| format!("source `{name}` stopped"))
+            }
+        }))
+        .await;
         if result.is_err() {
             stop.cancel();
         }

@@ -18,6 +18,7 @@ than loses (at-least-once). Sinks that can store offsets with the data do better
 - [`dlq`]: the dead-letter topic and its Kafka Connect headers.
 - [`kafka`]: Kafka clients from the `[kafka]` properties; topic administration.
 - [`runtime`]: [`run`], every route at work until shutdown.
+- [`source`]: the [`source::Source`] plug-in contract, for sources that publish to Kafka.
 - [`observe`]: Prometheus metrics and each route's live state, for the admin API.
 - `route`: one route's consume → sink → commit loop.
 */
@@ -31,6 +32,7 @@ pub mod kafka;
 pub mod observe;
 mod route;
 pub mod runtime;
+pub mod source;
 
 // The sink contract lives in herald-sdk, so sink crates need not build librdkafka; these paths
 // stay for the runtime and the binary.

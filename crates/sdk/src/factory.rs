@@ -124,9 +124,9 @@ pub enum FactoryError {
 
 /// Settings that do not fit a settings type: which key, and what is wrong.
 #[derive(Debug, thiserror::Error)]
-#[error("sink setting `{key}`: {message}")]
+#[error("setting `{key}`: {message}")]
 pub struct SettingsError {
-    /// The key inside the sink table, e.g. `table.columns`.
+    /// The key inside the sink or source table, e.g. `table.columns`.
     pub key: String,
     /// What is wrong with it.
     pub message: String,
@@ -198,7 +198,7 @@ mod tests {
         let unknown = factory.validate(&settings(r#"{"level": 2, "colour": "red"}"#)).unwrap_err();
         assert!(unknown.to_string().contains("colour"), "{unknown}");
         let wrong = factory.validate(&settings(r#"{"level": "high"}"#)).unwrap_err();
-        assert!(wrong.to_string().starts_with("sink setting `level`"), "{wrong}");
+        assert!(wrong.to_string().starts_with("setting `level`"), "{wrong}");
         let invalid = factory.validate(&settings(r#"{"level": 9}"#)).unwrap_err();
         assert!(invalid.to_string().contains("at most 3"), "{invalid}");
     }

@@ -21,7 +21,7 @@ The decisions to know:
 - **No loops**: rows herald's sink wrote (`origin = 'kafka'`, or the configured marker) are not
   published; and the sink does not write back events whose `herald.origin` is its own table.
 
-Layout: `config.rs`, `capture.rs` (Postgres side), `publisher.rs` (Kafka side), `source.rs`
+Layout: `plugin.rs` (the `Source` the binary registers), `config.rs`, `capture.rs` (Postgres side), `publisher.rs` (Kafka side), `source.rs`
 (the loop), `error.rs`.
 */
 #![deny(missing_docs)]
@@ -29,6 +29,7 @@ Layout: `config.rs`, `capture.rs` (Postgres side), `publisher.rs` (Kafka side), 
 mod capture;
 mod config;
 mod error;
+mod plugin;
 mod prune;
 mod publisher;
 mod rows;
@@ -38,6 +39,7 @@ mod wal;
 pub use capture::Cursor;
 pub use config::{Capture, PostgresSourceConfig, SkipWhen};
 pub use error::SourceError;
+pub use plugin::Postgres;
 
 /// The `type` that selects this source in a `[[source]]` table.
 pub const KIND: &str = "postgres";

@@ -1,0 +1,87 @@
+//! Sources as plug-ins, the same shape as sinks: a source crate describes its kind once
+//! ([`SourcePlugin`]), and the binary registers it with one line
+//! (`&Registered::<MySource>::NEW`) in a list of [`SourceFactory`]s that `herald check
+//! --offline`, `check`, `migrate` and `run` all go through.
+//!
+//! A source lives here rather than in herald-sdk because it publishes to Kafka: it is handed
+//! the `[kafka]` properties and its metrics.
+
+use async_trait::async_trait;
+pub use herald_sdk::Registered;
+use herald_sdk::{parse_settings, BoxError, FactoryError};
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{KafkaProperties, SourceSpec};
+use crate::observe::SourceMetrics;
+
+/// Something a source holds alone: two sources claiming the same resource are refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// The resource, e.g. ``replication slot `herald_orders` ``.
+    pub resource: String,
+    /// How to tell two sources apart, e.g. ``set `slot` on one of them``.
+    pub hint: String,
+}
+
+/// One configured source: changes somewhere else become stage events on Kafka.
+#[async_trait]
+pub trait Source: Send + Sync {
+    /// What it holds alone (a replication slot, a publication). Default: nothing.
+    fn claims(&self) -> Vec<Claim> {
+        Vec::new()
+    }
+
+    /// Connects and checks what it reads, changing nothing; says what it found.
+    async fn check(&self) -> Result<String, BoxError>;
+
+    /// Installs what it needs where it reads (idempotent); says what it did.
+    async fn migrate(&self) -> Result<String, BoxError>;
+
+    /// Removes what it installed, once it is taken out of service; whether there was anything.
+    async fn retire(&self) -> Result<bool, BoxError>;
+
+    /// Publishes until `cancel`; transient failures are its own to retry, an error ends it.
+    async fn run(
+        &self,
+        kafka: &KafkaProperties,
+        metrics: SourceMetrics,
+        cancel: CancellationToken,
+    ) -> Result<(), BoxError>;
+}
+
+/// One source kind, as its crate describes it.
+pub trait SourcePlugin: Send + Sync + 'static {
+    /// The `type` that selects it in a `[[source]]` table.
+    const KIND: &'static str;
+    /// Its typed settings, read from the rest of the table (use `deny_unknown_fields`).
+    type Config: DeserializeOwned + Send + Sync;
+
+    /// Checks what the types cannot, without connecting. Errors name the setting.
+    fn validate(_config: &Self::Config) -> Result<(), BoxError> {
+        Ok(())
+    }
+
+    /// The source named `name` with these settings; connects only when used.
+    fn build(name: &str, config: Self::Config) -> Box<dyn Source>;
+}
+
+/// A source kind as the binary uses it: a `[[source]]` table in, a source out.
+pub trait SourceFactory: Send + Sync {
+    /// The `type` it answers to.
+    fn kind(&self) -> &'static str;
+    /// Parses and checks the table's settings without connecting, and builds the source.
+    fn build(&self, spec: &SourceSpec) -> Result<Box<dyn Source>, FactoryError>;
+}
+
+impl<P: SourcePlugin> SourceFactory for Registered<P> {
+    fn kind(&self) -> &'static str {
+        P::KIND
+    }
+
+    fn build(&self, spec: &SourceSpec) -> Result<Box<dyn Source>, FactoryError> {
+        let config: P::Config = parse_settings(&spec.settings)?;
+        P::validate(&config).map_err(FactoryError::Invalid)?;
+        Ok(P::build(&spec.name, config))
+    }
+}

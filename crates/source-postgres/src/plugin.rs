@@ -1,0 +1,82 @@
+//! The Postgres source as a plug-in; the binary registers it as
+//! `&herald_core::source::Registered::<herald_source_postgres::Postgres>::NEW`.
+
+use async_trait::async_trait;
+use herald_core::config::KafkaProperties;
+use herald_core::observe::SourceMetrics;
+use herald_core::source::{Claim, Source, SourcePlugin};
+use herald_core::BoxError;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Capture, PostgresSourceConfig};
+
+/// The `postgres` source kind.
+pub struct Postgres;
+
+impl SourcePlugin for Postgres {
+    const KIND: &'static str = crate::KIND;
+    type Config = PostgresSourceConfig;
+
+    fn validate(config: &PostgresSourceConfig) -> Result<(), BoxError> {
+        Ok(config.validate()?)
+    }
+
+    fn build(name: &str, config: PostgresSourceConfig) -> Box<dyn Source> {
+        Box::new(PostgresSource { name: name.to_owned(), config })
+    }
+}
+
+/// One configured Postgres source.
+struct PostgresSource {
+    name: String,
+    config: PostgresSourceConfig,
+}
+
+#[async_trait]
+impl Source for PostgresSource {
+    fn claims(&self) -> Vec<Claim> {
+        if self.config.capture != Capture::Wal {
+            // Trigger capture: sources of one table share the capture by design.
+            return Vec::new();
+        }
+        vec![
+            Claim {
+                resource: format!("replication slot `{}`", self.config.slot_name(&self.name)),
+                hint: "set `slot` on one of them".into(),
+            },
+            Claim {
+                resource: format!("publication `{}`", self.config.publication_name(&self.name)),
+                hint: "set `publication` on one of them".into(),
+            },
+        ]
+    }
+
+    async fn check(&self) -> Result<String, BoxError> {
+        Ok(self.config.check(&self.name).await?)
+    }
+
+    async fn migrate(&self) -> Result<String, BoxError> {
+        self.config.migrate(&self.name).await?;
+        Ok(match self.config.capture {
+            Capture::Trigger => "change capture installed (trigger)".into(),
+            Capture::Wal => format!(
+                "change capture installed (publication `{}`, slot `{}`)",
+                self.config.publication_name(&self.name),
+                self.config.slot_name(&self.name)
+            ),
+        })
+    }
+
+    async fn retire(&self) -> Result<bool, BoxError> {
+        Ok(self.config.drop_source(&self.name).await?)
+    }
+
+    async fn run(
+        &self,
+        kafka: &KafkaProperties,
+        metrics: SourceMetrics,
+        cancel: CancellationToken,
+    ) -> Result<(), BoxError> {
+        Ok(self.config.run(&self.name, kafka, metrics, cancel).await?)
+    }
+}
