@@ -244,6 +244,8 @@ async fn all(services: &Services, out: &std::path::Path) -> Result<()> {
         (SinkKind::SnsSingle, 1_000),
         (SinkKind::Sns, 2_000),
         (SinkKind::Http, 300_000),
+        (SinkKind::HttpEvent, 2_000),
+        (SinkKind::HttpEventParallel, 10_000),
         (SinkKind::Exec, 1_000_000),
     ] {
         record("throughput", sinks::run(services, sink, events, Pace::Max).await.map(|row| vec![row]));

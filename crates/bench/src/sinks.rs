@@ -32,6 +32,11 @@ pub enum SinkKind {
     SnsSingle,
     /// HTTP: a JSON array per batch POSTed to a receiver in this process.
     Http,
+    /// HTTP, one request per event, one at a time, to a receiver that answers after 5 ms (a
+    /// webhook doing a little work).
+    HttpEvent,
+    /// As `http-event`, with `concurrency = 8`: eight requests in flight, a source's in order.
+    HttpEventParallel,
     /// Exec, stream mode without acknowledgements: `cat >> file`, the file read as it grows.
     Exec,
 }
@@ -46,6 +51,8 @@ impl SinkKind {
             Self::Sns => "sns",
             Self::SnsSingle => "sns-single",
             Self::Http => "http",
+            Self::HttpEvent => "http-event",
+            Self::HttpEventParallel => "http-event-parallel",
             Self::Exec => "exec",
         }
     }
@@ -246,8 +253,21 @@ async fn prepare(
                 reader: None,
             }
         }
+        SinkKind::HttpEvent | SinkKind::HttpEventParallel => {
+            let (address, reader) = http_receiver(Arc::clone(visible), Duration::from_millis(5)).await?;
+            let concurrency = if sink == SinkKind::HttpEventParallel { 8 } else { 1 };
+            Prepared {
+                sink_toml: format!(
+                    "type = \"http\"\nurl = \"http://{address}/bench/{{source}}\"\nbody = \"event\"\nconcurrency = {concurrency}\n"
+                ),
+                max_events: 500,
+                schema: None,
+                sqs: None,
+                reader: Some(reader),
+            }
+        }
         SinkKind::Http => {
-            let (address, reader) = http_receiver(Arc::clone(visible)).await?;
+            let (address, reader) = http_receiver(Arc::clone(visible), Duration::ZERO).await?;
             Prepared {
                 sink_toml: format!("type = \"http\"\nurl = \"http://{address}/bench/{{source}}\"\nbody = \"array\"\n"),
                 max_events: 1000,
@@ -274,19 +294,29 @@ async fn prepare(
     })
 }
 
-/// A webhook receiver on loopback: every event of every POSTed array becomes visible.
-async fn http_receiver(visible: Arc<Visible>) -> Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
+/// A webhook receiver on loopback that answers after `delay`: every event of every POSTed array
+/// (or single event) becomes visible.
+async fn http_receiver(
+    visible: Arc<Visible>,
+    delay: Duration,
+) -> Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
     use axum::routing::post;
     let app = axum::Router::new().route(
         "/bench/{source}",
         post(move |body: axum::body::Bytes| {
             let visible = Arc::clone(&visible);
             async move {
-                if let Ok(serde_json::Value::Array(events)) = serde_json::from_slice::<serde_json::Value>(&body) {
-                    for event in events {
-                        if let Some(seq) = event["records"].as_u64() {
-                            visible.saw(seq);
-                        }
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                let events = match serde_json::from_slice::<serde_json::Value>(&body) {
+                    Ok(serde_json::Value::Array(events)) => events,
+                    Ok(event) => vec![event],
+                    Err(_) => Vec::new(),
+                };
+                for event in events {
+                    if let Some(seq) = event["records"].as_u64() {
+                        visible.saw(seq);
                     }
                 }
                 "ok"
