@@ -342,3 +342,98 @@ fn sources_go_through_the_registry_an_unknown_type_a_bad_setting_and_a_shared_sl
     assert_eq!(code, Some(0), "{report}");
     assert!(report.contains("source a") && report.contains("source b"), "{report}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_on_several_pairs_needs_all_of_them_or_any_one_and_stops_at_a_failure() {
+    let topic = unique("events");
+    create_topic(&topic, 3).await;
+    let publish = |source: &str, stage: &str, status: &str| {
+        let out = run_herald(&[
+            "publish",
+            "--brokers",
+            BROKERS,
+            "--topic",
+            &topic,
+            "--source",
+            source,
+            "--stage",
+            stage,
+            "--status",
+            status,
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    };
+    let wait = |extra: &[&str]| {
+        let mut args = vec![
+            "wait",
+            "--brokers",
+            BROKERS,
+            "--topic",
+            topic.as_str(),
+            "--source",
+            "OrdersDB",
+            "--source",
+            "Payments",
+        ];
+        args.extend_from_slice(extra);
+        herald().args(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+    };
+    // OrdersDB's silver is already done; Payments' is not.
+    publish("OrdersDB", "silver", "SUCCESS");
+    publish("Payments", "bronze", "SUCCESS");
+
+    let any = run_herald(&[
+        "wait",
+        "--brokers",
+        BROKERS,
+        "--topic",
+        &topic,
+        "--source",
+        "OrdersDB",
+        "--source",
+        "Payments",
+        "--stage",
+        "silver",
+        "--any",
+        "--timeout",
+        "60s",
+    ]);
+    assert_eq!(any.status.code(), Some(0), "{}", text(&any.stderr));
+    assert_eq!(text(&any.stdout).lines().count(), 1, "--any: the one pair done: {}", text(&any.stdout));
+
+    let all = wait(&["--stage", "silver", "--timeout", "90s"]);
+    let timed_out = run_herald(&[
+        "wait",
+        "--brokers",
+        BROKERS,
+        "--topic",
+        &topic,
+        "--source",
+        "OrdersDB",
+        "--source",
+        "Payments",
+        "--stage",
+        "silver",
+        "--timeout",
+        "2s",
+    ]);
+    assert_eq!(timed_out.status.code(), Some(124));
+    let error = text(&timed_out.stderr);
+    assert!(error.contains("source `Payments`, stage `silver`") && !error.contains("OrdersDB"), "{error}");
+    publish("Payments", "silver", "SUCCESS");
+    let out = all.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let printed: Vec<serde_json::Value> =
+        text(&out.stdout).lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    let pairs: Vec<(&str, &str)> =
+        printed.iter().map(|e| (e["source"].as_str().unwrap(), e["stage"].as_str().unwrap())).collect();
+    assert_eq!(pairs, [("OrdersDB", "silver"), ("Payments", "silver")], "each pair's event, as it was decided");
+
+    // One stage per source; Payments' gold FAILS while OrdersDB's gold is still pending: exit 3 at once.
+    let failing = wait(&["--stage", "gold", "--stage", "gold", "--timeout", "90s"]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    publish("Payments", "gold", "FAILED");
+    let out = failing.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains(r#""source":"Payments""#), "{}", text(&out.stdout));
+}

@@ -1,11 +1,14 @@
-//! `herald wait`: the seed's `wait_for_stage`, fixed.
+//! `herald wait`: the seed's `wait_for_stage`, fixed, and for several stages at once.
 //!
 //! The seed's consumer starts at `latest`, so a job started after the event was published waits
 //! forever. `wait` first reads back `--since` (seeking by Kafka timestamp), and the newest matching
 //! event found there decides; only if there is none does it wait for new events. It joins no
 //! consumer group and commits nothing, so any number of waiters can run at once.
+//!
+//! Several `--source`/`--stage` pairs wait once for all of them (`--all`, the default) or for the
+//! first (`--any`); each pair's deciding event is printed as it is found, and a FAILED one ends
+//! the wait at once with exit 3 unless `--allow-failed`.
 
-use std::collections::HashMap;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -13,11 +16,8 @@ use anyhow::{bail, Context, Result};
 use chrono::Utc;
 use clap::Args;
 use herald_core::event::STAGE_COMPLETE;
-use herald_core::kafka::client_config;
+use herald_core::history::TopicReader;
 use herald_core::StageEvent;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::Message;
 use tokio::time::Instant;
 use tracing::debug;
 
@@ -31,12 +31,20 @@ const EXIT_TIMEOUT: u8 = 124;
 /// Arguments of `herald wait`.
 #[derive(Debug, Args)]
 pub struct WaitArgs {
-    /// The data source to wait for, e.g. `OrdersDB`.
+    /// The data source to wait for, e.g. `OrdersDB`; repeat to wait for several
+    /// (`--source OrdersDB --source Payments`).
+    #[arg(long, required = true)]
+    pub source: Vec<String>,
+    /// Only this stage, e.g. `bronze_ingest`: given once, it applies to every `--source`;
+    /// repeated, the n-th `--stage` goes with the n-th `--source`. Default: any stage.
     #[arg(long)]
-    pub source: String,
-    /// Only this stage, e.g. `bronze_ingest`; default any stage.
+    pub stage: Vec<String>,
+    /// Return once every source/stage pair is done (the default).
+    #[arg(long, conflicts_with = "any")]
+    pub all: bool,
+    /// Return once any one pair is done.
     #[arg(long)]
-    pub stage: Option<String>,
+    pub any: bool,
     /// The event name to wait for.
     #[arg(long, default_value = STAGE_COMPLETE)]
     pub event: String,
@@ -46,11 +54,47 @@ pub struct WaitArgs {
     /// Give up after this long (exit 124); default: wait indefinitely.
     #[arg(long, value_parser = super::parse_duration)]
     pub timeout: Option<Duration>,
-    /// Exit 0 on a FAILED event too (default: exit 3).
+    /// Count a FAILED event as done (default: any awaited pair FAILED exits 3 at once).
     #[arg(long)]
     pub allow_failed: bool,
     #[command(flatten)]
     pub kafka: KafkaArgs,
+}
+
+/// One source (and maybe stage) awaited.
+#[derive(Debug)]
+struct Pair {
+    source: String,
+    stage: Option<String>,
+}
+
+impl std::fmt::Display for Pair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.stage {
+            Some(stage) => write!(f, "source `{}`, stage `{stage}`", self.source),
+            None => write!(f, "source `{}`", self.source),
+        }
+    }
+}
+
+/// The pairs `--source` and `--stage` describe: no stage (any), one for all, or one each.
+fn pairs(sources: &[String], stages: &[String]) -> Result<Vec<Pair>> {
+    let stage_of = |index: usize| {
+        match stages.len() {
+        0 => Ok(None),
+        1 => Ok(stages.first().cloned()),
+        n if n == sources.len() => Ok(stages.get(index).cloned()),
+        n => bail!(
+            "--stage is given {n} times for {} --source: give one stage for all sources, or one per source in the same order",
+            sources.len()
+        ),
+    }
+    };
+    sources
+        .iter()
+        .enumerate()
+        .map(|(index, source)| Ok(Pair { source: source.clone(), stage: stage_of(index)? }))
+        .collect()
 }
 
 /// A terminal status: the one `wait` is waiting for.
@@ -58,106 +102,135 @@ fn is_terminal(status: &str) -> bool {
     status == "SUCCESS" || status == "FAILED"
 }
 
+/// The pairs and what has been decided for each.
+struct Waiting {
+    pairs: Vec<Pair>,
+    /// The event that decided each pair.
+    decided: Vec<Option<StageEvent>>,
+    /// The newest matching event of each pair in the history read so far.
+    newest_in_history: Vec<Option<StageEvent>>,
+    any: bool,
+    allow_failed: bool,
+}
+
+impl Waiting {
+    /// Decides pair `index` with `event` and prints it; the exit code once `wait` is over.
+    fn decide(&mut self, index: usize, event: StageEvent) -> Option<ExitCode> {
+        println!("{}", event.to_json());
+        let failed = event.status == "FAILED";
+        if failed && !self.allow_failed {
+            eprintln!("herald wait: stage `{}` of `{}` FAILED", event.stage, event.source);
+            return Some(ExitCode::from(EXIT_FAILED));
+        }
+        if let Some(slot) = self.decided.get_mut(index) {
+            *slot = Some(event);
+        }
+        let done = self.decided.iter().filter(|decided| decided.is_some()).count();
+        (done == self.pairs.len() || (self.any && done > 0)).then_some(ExitCode::SUCCESS)
+    }
+
+    /// Once the history is read: each pair still open is decided by its newest event there.
+    fn settle_history(&mut self) -> Option<ExitCode> {
+        for index in 0..self.pairs.len() {
+            if self.decided[index].is_some() {
+                continue;
+            }
+            if let Some(event) = self.newest_in_history[index].take() {
+                if let Some(exit) = self.decide(index, event) {
+                    return Some(exit);
+                }
+            }
+        }
+        None
+    }
+
+    fn pending(&self) -> Vec<String> {
+        self.pairs.iter().zip(&self.decided).filter(|(_, d)| d.is_none()).map(|(pair, _)| pair.to_string()).collect()
+    }
+}
+
 pub async fn wait(args: WaitArgs) -> Result<ExitCode> {
     let deadline = args.timeout.map(|t| Instant::now() + t);
     let cutoff = Utc::now() - chrono::Duration::from_std(args.since).context("--since is too large")?;
+    let pairs = pairs(&args.source, &args.stage)?;
     let props = args.kafka.properties()?;
-    let consumer: StreamConsumer = client_config(&props)
-        .set("group.id", format!("herald-wait-{}", std::process::id()))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .create()
-        .context("cannot create the Kafka consumer")?;
-    let topic = args.kafka.topic.as_str();
+    let topic = args.kafka.topic.clone();
+    let mut reader = TopicReader::open(&props, std::slice::from_ref(&topic), cutoff, "wait").await?;
+    let count = pairs.len();
+    let mut waiting = Waiting {
+        pairs,
+        decided: (0..count).map(|_| None).collect(),
+        newest_in_history: (0..count).map(|_| None).collect(),
+        any: args.any,
+        allow_failed: args.allow_failed,
+    };
+    debug!(pairs = ?waiting.pairs, "Reading history before waiting.");
 
-    // History: from the first offset at or after the cutoff up to each partition's end now.
-    let metadata = tokio::task::block_in_place(|| consumer.fetch_metadata(Some(topic), Duration::from_secs(15)))
-        .with_context(|| format!("cannot reach Kafka at {}", props.bootstrap_servers()))?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic && t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    if partitions.is_empty() {
-        bail!("topic `{topic}` does not exist at {}", props.bootstrap_servers());
-    }
-    let mut by_time = TopicPartitionList::new();
-    for &partition in &partitions {
-        by_time.add_partition_offset(topic, partition, Offset::Offset(cutoff.timestamp_millis()))?;
-    }
-    let starts = tokio::task::block_in_place(|| consumer.offsets_for_times(by_time, Duration::from_secs(15)))
-        .context("cannot look up offsets by time")?;
-    // Partitions with history still to read, and the offset where their history ends.
-    let mut history_end: HashMap<i32, i64> = HashMap::new();
-    for element in starts.elements() {
-        if let Offset::Offset(start) = element.offset() {
-            let (_, high) = tokio::task::block_in_place(|| {
-                consumer.fetch_watermarks(topic, element.partition(), Duration::from_secs(15))
-            })?;
-            if start < high {
-                history_end.insert(element.partition(), high);
-            }
-        }
-    }
-    consumer.assign(&starts).context("cannot assign partitions")?;
-    debug!(?history_end, "Reading history before waiting.");
-
-    let mut newest_in_history: Option<StageEvent> = None;
+    let mut history_settled = false;
     loop {
-        if history_end.is_empty() {
-            if let Some(event) = newest_in_history.take() {
-                return Ok(finish(&event, args.allow_failed));
+        if !history_settled && reader.history_done() {
+            history_settled = true;
+            if let Some(exit) = waiting.settle_history() {
+                return Ok(exit);
             }
         }
-        let received = match deadline {
-            Some(deadline) => match tokio::time::timeout_at(deadline, consumer.recv()).await {
-                Ok(received) => received,
+        let read = match deadline {
+            Some(deadline) => match tokio::time::timeout_at(deadline, reader.next()).await {
+                Ok(read) => read,
                 Err(_) => {
                     eprintln!(
-                        "herald wait: no {} event for source `{}`{} within {}",
+                        "herald wait: no {} event for {} within {}",
                         args.event,
-                        args.source,
-                        args.stage.as_deref().map(|s| format!(", stage `{s}`")).unwrap_or_default(),
+                        waiting.pending().join("; "),
                         humantime::format_duration(args.timeout.unwrap_or_default())
                     );
                     return Ok(ExitCode::from(EXIT_TIMEOUT));
                 }
             },
-            None => consumer.recv().await,
-        };
-        let message = received.context("Kafka consumer error")?;
-        let partition = message.partition();
-        let in_history = history_end.get(&partition).is_some_and(|&end| message.offset() < end);
-        if history_end.get(&partition).is_some_and(|&end| message.offset() + 1 >= end) {
-            history_end.remove(&partition);
-        }
-        let Some(event) = message.payload().and_then(|payload| StageEvent::from_json(payload).ok()) else {
-            continue;
-        };
-        let matches = event.source == args.source
-            && event.event == args.event
-            && args.stage.as_ref().is_none_or(|stage| &event.stage == stage)
-            && is_terminal(&event.status)
-            && event.timestamp.instant() >= cutoff;
-        if !matches {
+            None => reader.next().await,
+        }?;
+        let Some(event) = read.event else { continue };
+        if event.event != args.event || !is_terminal(&event.status) || event.timestamp.instant() < cutoff {
             continue;
         }
-        if !in_history {
-            return Ok(finish(&event, args.allow_failed));
-        }
-        if newest_in_history.as_ref().is_none_or(|newest| event.timestamp.instant() >= newest.timestamp.instant()) {
-            newest_in_history = Some(event);
+        for index in 0..count {
+            let pair = &waiting.pairs[index];
+            let matches = event.source == pair.source && pair.stage.as_ref().is_none_or(|stage| &event.stage == stage);
+            if !matches || waiting.decided[index].is_some() {
+                continue;
+            }
+            if read.in_history {
+                let newest = &mut waiting.newest_in_history[index];
+                if newest.as_ref().is_none_or(|newest| event.timestamp.instant() >= newest.timestamp.instant()) {
+                    *newest = Some(event.clone());
+                }
+            } else if let Some(exit) = waiting.decide(index, event.clone()) {
+                return Ok(exit);
+            }
         }
     }
 }
 
-fn finish(event: &StageEvent, allow_failed: bool) -> ExitCode {
-    println!("{}", event.to_json());
-    if event.status == "FAILED" && !allow_failed {
-        eprintln!("herald wait: stage `{}` of `{}` FAILED", event.stage, event.source);
-        ExitCode::from(EXIT_FAILED)
-    } else {
-        ExitCode::SUCCESS
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stages_pair_with_sources_one_for_all_or_one_each() {
+        let strings = |items: &[&str]| items.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let described = |sources: &[&str], stages: &[&str]| -> Result<Vec<String>> {
+            Ok(pairs(&strings(sources), &strings(stages))?.iter().map(ToString::to_string).collect())
+        };
+        assert_eq!(described(&["A"], &[]).unwrap(), ["source `A`"]);
+        assert_eq!(
+            described(&["A", "B"], &["silver"]).unwrap(),
+            ["source `A`, stage `silver`", "source `B`, stage `silver`"]
+        );
+        assert_eq!(
+            described(&["A", "B"], &["s1", "s2"]).unwrap(),
+            ["source `A`, stage `s1`", "source `B`, stage `s2`"]
+        );
+        let error = described(&["A", "B", "C"], &["s1", "s2"]).unwrap_err().to_string();
+        assert!(error.contains("--stage is given 2 times for 3 --source"), "{error}");
     }
 }
