@@ -28,10 +28,10 @@ pub enum HistoryError {
         /// The bootstrap servers.
         brokers: String,
         /// What herald was doing.
-        what: String,
+        what: &'static str,
         /// The client's error.
         #[source]
-        source: KafkaError,
+        source: Box<KafkaError>,
     },
     /// The topic does not exist (or has no partitions).
     #[error("topic `{topic}` does not exist at {brokers}")]
@@ -96,9 +96,9 @@ impl TopicReader {
         label: &str,
     ) -> Result<Self, HistoryError> {
         let brokers = props.bootstrap_servers().to_owned();
-        let kafka = |what: &str| {
-            let (brokers, what) = (brokers.clone(), what.to_owned());
-            move |source| HistoryError::Kafka { brokers, what, source }
+        let kafka = |what: &'static str| {
+            let brokers = brokers.clone();
+            move |source| HistoryError::Kafka { brokers, what, source: Box::new(source) }
         };
         let consumer: StreamConsumer = client_config(props)
             // Needed by librdkafka for a consumer, though nothing joins or commits.
@@ -152,8 +152,8 @@ impl TopicReader {
     pub async fn next(&mut self) -> Result<Read, HistoryError> {
         let message = self.consumer.recv().await.map_err(|source| HistoryError::Kafka {
             brokers: self.brokers.clone(),
-            what: "reading".into(),
-            source,
+            what: "reading",
+            source: Box::new(source),
         })?;
         let key = (message.topic().to_owned(), message.partition());
         let in_history = match self.history_end.get(&key) {
