@@ -79,12 +79,8 @@ impl TopicReader {
         let (props, topics, label) = (props.clone(), topics.to_vec(), label.to_owned());
         let brokers = props.bootstrap_servers().to_owned();
         tokio::task::spawn_blocking(move || Self::open_blocking(&props, &topics, since, &label)).await.unwrap_or_else(
-            |join| {
-                Err(HistoryError::Kafka {
-                    brokers,
-                    what: format!("looking up offsets: {join}"),
-                    source: KafkaError::Canceled,
-                })
+            |_join| {
+                Err(HistoryError::Kafka { brokers, what: "looking up offsets", source: Box::new(KafkaError::Canceled) })
             },
         )
     }
