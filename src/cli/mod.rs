@@ -4,6 +4,7 @@ mod check;
 mod migrate;
 mod publish;
 mod run;
+mod status;
 mod wait;
 
 use std::path::PathBuf;
@@ -42,8 +43,10 @@ pub enum Command {
     Migrate(migrate::MigrateArgs),
     /// Publish one stage event and exit once the broker acknowledged it.
     Publish(publish::PublishArgs),
-    /// Block until a matching stage event arrives (or arrived within --since); print it.
+    /// Block until matching stage events arrive (or arrived within --since); print them.
     Wait(wait::WaitArgs),
+    /// Print which source is at which stage: the latest event of each, read from the topic.
+    Status(status::StatusArgs),
 }
 
 /// Runs a subcommand; `Ok` carries the process exit code.
@@ -54,6 +57,7 @@ pub async fn execute(command: Command) -> Result<ExitCode> {
         Command::Migrate(args) => migrate::migrate(args).await,
         Command::Publish(args) => publish::publish(args).await,
         Command::Wait(args) => wait::wait(args).await,
+        Command::Status(args) => status::status(args).await,
     }
 }
 

@@ -23,8 +23,11 @@ pub struct RunArgs {
 
 pub async fn run(args: RunArgs) -> Result<ExitCode> {
     let config = super::load_config(&args.config)?;
-    if config.routes.is_empty() && config.sources.is_empty() {
-        bail!("{}: no [[route]] or [[source]] is configured, so there is nothing to run", args.config.display());
+    if config.routes.is_empty() && config.sources.is_empty() && config.board.topics.is_empty() {
+        bail!(
+            "{}: no [[route]], [[source]] or [board] topics are configured, so there is nothing to run",
+            args.config.display()
+        );
     }
     let sources = sinks::sources(&config.sources).with_context(|| format!("{}", args.config.display()))?;
     let mut routes = Vec::with_capacity(config.routes.len());
@@ -48,11 +51,20 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         }
     });
     let observer = herald_core::Observer::new().context("cannot register metrics")?;
+    let board = (!config.board.topics.is_empty()).then(|| Arc::new(herald_board::Board::new()));
+    if let Some(board) = &board {
+        let follow = herald_board::follow(
+            Arc::clone(board),
+            config.kafka.clone(),
+            config.board.topics.clone(),
+            config.board.since,
+            stop.clone(),
+        );
+        tokio::spawn(follow);
+    }
     if let Some(listen) = config.admin.listen {
-        let stopped = stop.clone();
-        let (_, serve) = herald_admin::bind(listen, Arc::clone(&observer), async move { stopped.cancelled().await })
-            .await
-            .context("admin API")?;
+        let (_, serve) =
+            herald_admin::bind(listen, Arc::clone(&observer), board, stop.clone()).await.context("admin API")?;
         tokio::spawn(async move {
             if let Err(err) = serve.await {
                 warn!(error = %err, "Admin API stopped.");

@@ -9,11 +9,16 @@ herald-admin: the HTTP API operators use, what Kafka Connect's REST API gives th
 | `GET /routes` | each route: status, assigned partitions, lag, counters, last error, last event time |
 | `GET /sources` | each source: events published, transactions, backlog (captured, not yet published), rows held in `herald_changes` (trigger capture), WAL its slot holds back (WAL capture) |
 | `POST /routes/{name}/pause`, `/resume` | stop or restart consuming, keeping the group membership |
+| `GET /board` | the status board (when `[board] topics` is set): a live page, one row per source, one column per stage |
+| `GET /board/state` | the board as JSON: `stages` (first-seen order) and `cells` (latest event per source and stage) |
+| `GET /board/events` | the board live, as server-sent events: a `snapshot`, then a `cell` per change |
 
 The one decision to know: the API has no authentication, so the config refuses to bind it beyond
 loopback without `admin.allow_remote = true`. It shows no configuration, hence no secrets.
 */
 #![deny(missing_docs)]
+
+mod board;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -25,8 +30,10 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use herald_board::Board;
 use herald_core::Observer;
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 /// The admin server could not start.
@@ -39,20 +46,24 @@ pub struct AdminError {
 }
 
 /// Binds `address`, then returns the address bound (a port of 0 picks a free one) and the
-/// future that serves until `shutdown` completes.
+/// future that serves until `stop` is cancelled. With a `board`, also serves the status board.
 pub async fn bind(
     address: SocketAddr,
     observer: Arc<Observer>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    board: Option<Arc<Board>>,
+    stop: CancellationToken,
 ) -> Result<(SocketAddr, impl Future<Output = Result<(), std::io::Error>>), AdminError> {
     let listener = tokio::net::TcpListener::bind(address).await.map_err(|source| AdminError { address, source })?;
     let bound = listener.local_addr().map_err(|source| AdminError { address, source })?;
     info!(address = %bound, "Admin API listening.");
-    let app = router(observer);
-    Ok((bound, async move { axum::serve(listener, app).with_graceful_shutdown(shutdown).await }))
+    let mut app = router(observer);
+    if let Some(board) = board {
+        app = app.merge(board::router(board, stop.clone()));
+    }
+    Ok((bound, async move { axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await }))
 }
 
-/// The API's routes over `observer`.
+/// The API's routes over `observer` (the board's are added by [`bind`]).
 pub fn router(observer: Arc<Observer>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))

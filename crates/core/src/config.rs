@@ -42,6 +42,9 @@ pub struct Config {
     /// The admin HTTP API (metrics, health, routes). Off unless `listen` is set.
     #[serde(default)]
     pub admin: AdminConfig,
+    /// The live status board on the admin API (`GET /board`). Off unless `topics` is set.
+    #[serde(default)]
+    pub board: BoardConfig,
     /// The routes: each moves events from Kafka topics to one sink. Written `[[route]]`.
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteConfig>,
@@ -148,6 +151,14 @@ impl Config {
                     "admin.listen".into(),
                     format!("{listen} is reachable from other machines; set `admin.allow_remote = true` to mean it"),
                 ));
+            }
+        }
+        if !self.board.topics.is_empty() {
+            if self.admin.listen.is_none() {
+                return Err(("board.topics".into(), "the board is served by the admin API: set `admin.listen`".into()));
+            }
+            if self.board.topics.iter().any(|topic| topic.is_empty() || topic.starts_with('^')) {
+                return Err(("board.topics".into(), "topic names, not empty and not `^regex` patterns".into()));
             }
         }
         if self.runtime.progress_interval.is_zero() {
@@ -261,6 +272,31 @@ pub struct AdminConfig {
     /// authentication, so it binds to loopback unless told otherwise.
     #[serde(default)]
     pub allow_remote: bool,
+}
+
+/// The status board: the latest event of every (source, stage) read from `topics`, served by
+/// the admin API as a live page (`/board`), JSON (`/board/state`) and a server-sent event stream
+/// (`/board/events`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BoardConfig {
+    /// Topics of stage events to show, e.g. `["pipeline.stage.events"]`. Default: none (no
+    /// board). Read with no consumer group and nothing committed.
+    #[serde(default)]
+    pub topics: Vec<String>,
+    /// How far back the board starts reading when herald starts. Default `"24h"`.
+    #[serde(default = "default_board_since", with = "humantime_serde")]
+    pub since: Duration,
+}
+
+impl Default for BoardConfig {
+    fn default() -> Self {
+        Self { topics: Vec::new(), since: default_board_since() }
+    }
+}
+
+fn default_board_since() -> Duration {
+    Duration::from_secs(24 * 3600)
 }
 
 /// Process-wide settings.

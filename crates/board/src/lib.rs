@@ -1,0 +1,21 @@
+/*!
+herald-board: which source is at which stage. The board keeps the latest stage event of every
+(source, stage) pair read from the events topics, and tells subscribers about each change; the
+admin API serves it as a live page (`/board`), and `herald status` prints it once.
+
+The one decision to know: **the event's own timestamp decides which is latest**, not the order
+of reading, so events read from several partitions, or read again after a restart, give the
+same board. A tie goes to the one read last.
+
+Layout: `board.rs` (the state and its updates), `follow.rs` (reading topics into a board),
+`text.rs` (the terminal table of `herald status`).
+*/
+#![deny(missing_docs)]
+
+mod board;
+mod follow;
+mod text;
+
+pub use board::{Board, Cell, Snapshot};
+pub use follow::follow;
+pub use text::{age, render_table};
