@@ -437,3 +437,57 @@ async fn wait_on_several_pairs_needs_all_of_them_or_any_one_and_stops_at_a_failu
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains(r#""source":"Payments""#), "{}", text(&out.stdout));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_prints_the_latest_event_of_each_source_and_stage() {
+    let topic = unique("events");
+    create_topic(&topic, 3).await;
+    let events = [
+        ("OrdersDB", "bronze", "RUNNING", 1),
+        ("OrdersDB", "bronze", "SUCCESS", 2),
+        ("OrdersDB", "silver", "RUNNING", 3),
+        ("Payments", "bronze", "FAILED", 4),
+    ];
+    for (source, stage, status, seq) in events {
+        produce(&topic, &[(Some(source), event_json(source, stage, status, seq).as_bytes())]).await;
+    }
+    produce(&topic, &[(Some("junk"), b"not a stage event".as_slice())]).await;
+
+    let out = run_herald(&["status", "--brokers", BROKERS, "--topic", &topic]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    let lines: Vec<Vec<&str>> = table.lines().map(|line| line.split_whitespace().collect()).collect();
+    assert_eq!(lines[0], ["SOURCE", "bronze", "silver"], "{table}");
+    assert_eq!((lines[1][0], lines[1][1], lines[1][3]), ("OrdersDB", "SUCCESS", "RUNNING"), "{table}");
+    assert_eq!((lines[2][0], lines[2][1], lines[2][3]), ("Payments", "FAILED", "-"), "{table}");
+    assert!(table.contains("2 sources, 2 stages"), "{table}");
+
+    let out = run_herald(&["status", "--brokers", BROKERS, "--topic", &topic, "--json"]);
+    let cells: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let seen: Vec<(&str, &str, &str, i64)> = cells
+        .iter()
+        .map(|c| {
+            (
+                c["source"].as_str().unwrap(),
+                c["stage"].as_str().unwrap(),
+                c["status"].as_str().unwrap(),
+                c["records"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("OrdersDB", "bronze", "SUCCESS", 2),
+            ("OrdersDB", "silver", "RUNNING", 3),
+            ("Payments", "bronze", "FAILED", 4)
+        ]
+    );
+    assert!(cells.iter().all(|c| c["age_seconds"].as_i64().unwrap() > 0));
+
+    let empty = unique("events");
+    create_topic(&empty, 1).await;
+    let out = run_herald(&["status", "--brokers", BROKERS, "--topic", &empty]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(text(&out.stdout).starts_with("No stage events"), "{}", text(&out.stdout));
+}
