@@ -69,6 +69,13 @@ pub async fn check(args: CheckArgs) -> Result<ExitCode> {
             report.fail("sources", format!("{err:#}"));
         }
     }
+    if !config.expect.is_empty() {
+        match herald_expect::compile(&config.expect) {
+            Ok(rules) => report
+                .ok("expectations", format!("{} rules valid; alerts on `{}`", rules.len(), config.expectations.topic)),
+            Err(err) => report.fail("expectations", err.to_string()),
+        }
+    }
     if args.offline {
         for route in &config.routes {
             let label = format!("route {}", route.name);

@@ -23,12 +23,17 @@ pub struct RunArgs {
 
 pub async fn run(args: RunArgs) -> Result<ExitCode> {
     let config = super::load_config(&args.config)?;
-    if config.routes.is_empty() && config.sources.is_empty() && config.board.topics.is_empty() {
+    if config.routes.is_empty()
+        && config.sources.is_empty()
+        && config.board.topics.is_empty()
+        && config.expect.is_empty()
+    {
         bail!(
-            "{}: no [[route]], [[source]] or [board] topics are configured, so there is nothing to run",
+            "{}: no [[route]], [[source]], [[expect]] or [board] topics are configured, so there is nothing to run",
             args.config.display()
         );
     }
+    herald_expect::compile(&config.expect).with_context(|| format!("{}", args.config.display()))?;
     let sources = sinks::sources(&config.sources).with_context(|| format!("{}", args.config.display()))?;
     let mut routes = Vec::with_capacity(config.routes.len());
     for route in &config.routes {
@@ -103,9 +108,17 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         }
         result
     };
-    let (routes_result, sources_result) = tokio::join!(run_routes, run_sources);
+    let run_expectations = async {
+        let result = herald_expect::run(&config, stop.clone()).await.context("expectations stopped");
+        if result.is_err() {
+            stop.cancel();
+        }
+        result
+    };
+    let (routes_result, sources_result, expect_result) = tokio::join!(run_routes, run_sources, run_expectations);
     routes_result?;
     sources_result?;
+    expect_result?;
     info!("herald stopped cleanly.");
     Ok(ExitCode::SUCCESS)
 }

@@ -81,6 +81,10 @@ impl Board {
     /// Puts `event` on the board unless its cell holds a newer one; returns whether it changed,
     /// and tells subscribers when it did.
     pub fn apply(&self, event: &StageEvent) -> bool {
+        // The success that recovered a late stage is the news; its RECOVERED alert is not.
+        if event.event == "STAGE_RECOVERED" {
+            return false;
+        }
         let cell = Cell::of(event);
         {
             let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
