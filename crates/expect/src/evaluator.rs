@@ -95,7 +95,18 @@ impl EvaluatorContext {
     }
 }
 
-impl ClientContext for EvaluatorContext {}
+impl ClientContext for EvaluatorContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        // Reaching a partition's end is how the evaluator knows it is caught up, not an error.
+        let end_of_partition = matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
+        );
+        if !end_of_partition {
+            warn!(error = %error, reason, "Expectations: Kafka client error.");
+        }
+    }
+}
 
 impl ConsumerContext for EvaluatorContext {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -118,6 +129,9 @@ struct Evaluator {
     state_topic: String,
     partitions: i32,
     consumer: Arc<StreamConsumer<EvaluatorContext>>,
+    /// A client of its own for end offsets: the consumer's connection is often busy with a
+    /// long-polling fetch, which a lookup would wait behind.
+    lookup: Arc<BaseConsumer>,
     producer: FutureProducer,
     engine: Engine,
     /// Events partitions this process holds, restored.
@@ -173,6 +187,12 @@ impl Evaluator {
             .create_with_context(EvaluatorContext::default())
             .map_err(ExpectError::kafka("creating the consumer"))?;
         consumer.subscribe(&[topic.as_str()]).map_err(ExpectError::kafka("subscribing"))?;
+        let lookup: BaseConsumer = client_config(props)
+            .set("group.id", format!("{}.lookup", settings.group_id))
+            .set("isolation.level", "read_committed")
+            .set("enable.auto.commit", "false")
+            .create()
+            .map_err(ExpectError::kafka("creating the lookup client"))?;
         let producer: FutureProducer = client_config(props)
             .set("transactional.id", format!("herald.expect.{}.{:016x}", settings.group_id, rand::random::<u64>()))
             .set("transaction.timeout.ms", TRANSACTION_TIMEOUT.as_millis().to_string())
@@ -194,6 +214,7 @@ impl Evaluator {
             state_topic,
             partitions,
             consumer: Arc::new(consumer),
+            lookup: Arc::new(lookup),
             producer,
             engine: Engine::new(rules),
             owned: BTreeSet::new(),
@@ -242,7 +263,9 @@ impl Evaluator {
         let now = Instant::now();
         let mut wake = now + Duration::from_secs(1);
         if let Some(at) = self.engine.next_wakeup() {
-            let until = (at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+            // A deadline already passed is waiting for its partition to be read to the end:
+            // look again soon, without spinning.
+            let until = (at - Utc::now()).to_std().unwrap_or(Duration::ZERO).max(Duration::from_millis(20));
             wake = wake.min(now + until);
         }
         if let Some(at) = self.commit_by {
@@ -279,7 +302,9 @@ impl Evaluator {
         if self.engine.next_wakeup().is_none_or(|at| at > now) {
             return Ok(());
         }
+        let started = std::time::Instant::now();
         let caught_up = self.caught_up().await?;
+        debug!(?caught_up, took = ?started.elapsed(), "Expectations: a deadline passed; partitions read to their end.");
         let partitioner = self.settings.partitioner;
         let partitions = self.partitions;
         let alerts = self
@@ -292,6 +317,7 @@ impl Evaluator {
     /// The owned partitions read up to their end (the last stable offset) as of now.
     async fn caught_up(&self) -> Result<BTreeSet<i32>, ExpectError> {
         let consumer = Arc::clone(&self.consumer);
+        let lookup = Arc::clone(&self.lookup);
         let positions = self.positions.clone();
         let topic = self.settings.topic.clone();
         tokio::task::spawn_blocking(move || {
@@ -304,7 +330,7 @@ impl Evaluator {
                     Some(Offset::Offset(at)) => at.max(read),
                     _ => read,
                 };
-                let (_, end) = consumer
+                let (_, end) = lookup
                     .fetch_watermarks(&topic, partition, KAFKA_TIMEOUT)
                     .map_err(ExpectError::kafka("reading end offsets"))?;
                 if at >= end {
@@ -393,6 +419,7 @@ impl Evaluator {
         self.moved = false;
         let alerts = std::mem::take(&mut self.alerts);
         let processed = self.positions.clone();
+        let now_started = std::time::Instant::now();
         self.producer.begin_transaction().map_err(ExpectError::kafka("beginning a transaction"))?;
         let result = self.send(&alerts, &states, &processed).await;
         let producer = self.producer.clone();
@@ -407,6 +434,7 @@ impl Evaluator {
                     .await
                     .map_err(|_| ExpectError::kafka("committing")(KafkaError::Canceled))?
                     .map_err(ExpectError::kafka("committing a transaction"))?;
+                debug!(took = ?now_started.elapsed(), "Expectations: transaction committed.");
                 for alert in &alerts {
                     info!(rule = %alert.rule, source = %alert.source, stage = %alert.stage, kind = ?alert.kind, expected_by = %alert.expected_by, "Expectation alert published.");
                 }
