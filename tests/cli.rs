@@ -491,3 +491,29 @@ async fn status_prints_the_latest_event_of_each_source_and_stage() {
     assert_eq!(out.status.code(), Some(0));
     assert!(text(&out.stdout).starts_with("No stage events"), "{}", text(&out.stdout));
 }
+
+#[test]
+fn check_offline_names_the_key_of_a_bad_expectation() {
+    let rule = |extra: &str| {
+        format!("[[expect]]\nname = \"r\"\nstage = \"silver\"\n{extra}\n[[route]]\nname = \"x\"\ntopics = [\"t\"]\nsink = {{ type = \"stdout\" }}\n")
+    };
+    for (extra, key, words) in [
+        ("by = \"0 6 * *\"\nsources = [\"A\"]", "expect[0].by", "is not a schedule"),
+        ("by = \"0 6 * * *\"\nsources = [\"A\"]\ntimezone = \"Mars/Olympus\"", "expect[0].timezone", "Mars/Olympus"),
+        ("by = \"0 6 * * *\"", "expect[0].sources", "needs the sources"),
+        ("after = \"bronze\"", "expect[0].within", "needs `within`"),
+        ("after = \"bronze\"\nwithin = \"30m\"\nby = \"0 6 * * *\"", "expect[0].after", "either `by`"),
+    ] {
+        let config = TempConfig::new(&rule(extra));
+        let out = run_herald(&["check", "--offline", "--config", config.path.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1), "{extra}");
+        let report = text(&out.stdout);
+        assert!(report.contains("FAIL  expectations") && report.contains(key) && report.contains(words), "{report}");
+        let run = run_herald(&["run", "--config", config.path.to_str().unwrap()]);
+        assert_eq!(run.status.code(), Some(1));
+        assert!(text(&run.stderr).contains(key), "{}", text(&run.stderr));
+    }
+    let unknown = TempConfig::new(&rule("after = \"bronze\"\nwithin = \"30m\"\ndeadline = \"soon\""));
+    let out = run_herald(&["check", "--offline", "--config", unknown.path.to_str().unwrap()]);
+    assert!(text(&out.stdout).contains("deadline"), "{}", text(&out.stdout));
+}

@@ -10,6 +10,7 @@
 //! ```
 
 mod baseline;
+mod expect;
 mod load;
 mod observe;
 mod plot;
@@ -111,6 +112,16 @@ enum Command {
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         duration: Duration,
     },
+    /// What expectations cost: RSS and idle CPU with N (source, stage) pairs tracked, beside the
+    /// same herald without them, alternating.
+    Expect {
+        /// Pairs tracked.
+        #[arg(long, default_value_t = 10_000)]
+        pairs: usize,
+        /// Rounds of (without, with).
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+    },
     /// Start-up time to all sinks connected, and idle memory.
     Startup,
     /// Draws baseline.svg again from a results.json that `all` wrote.
@@ -189,6 +200,7 @@ async fn main() -> Result<()> {
         Command::SourceOverhead { rows, rounds } => source::writer_overhead(&services, rows, rounds).await?,
         Command::Baseline { rate, duration } => baseline::run(&services, rate, events_in(rate, duration)).await?,
         Command::Startup => vec![startup::run(&services).await?],
+        Command::Expect { pairs, rounds } => expect::run(&services, pairs, rounds).await?,
         Command::All { out } => return all(&services, &out).await,
         Command::Plot { results } => return plot_baseline(&results),
     };

@@ -11,11 +11,13 @@ use herald_core::config::{ExpectationsConfig, KafkaProperties};
 use herald_core::kafka::{client_config, ensure_topic_with, partition_counts};
 use herald_core::{Config, StageEvent};
 use rdkafka::client::ClientContext;
+use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedMessage;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::Message;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -132,7 +134,9 @@ struct Evaluator {
     /// A client of its own for end offsets: the consumer's connection is often busy with a
     /// long-polling fetch, which a lookup would wait behind.
     lookup: Arc<BaseConsumer>,
-    producer: FutureProducer,
+    /// The transactional producer: polled only while a transaction commits, so an idle
+    /// evaluator costs no producer thread waking ten times a second.
+    producer: Arc<BaseProducer>,
     engine: Engine,
     /// Events partitions this process holds, restored.
     owned: BTreeSet<i32>,
@@ -193,7 +197,7 @@ impl Evaluator {
             .set("enable.auto.commit", "false")
             .create()
             .map_err(ExpectError::kafka("creating the lookup client"))?;
-        let producer: FutureProducer = client_config(props)
+        let producer: BaseProducer = client_config(props)
             .set("transactional.id", format!("herald.expect.{}.{:016x}", settings.group_id, rand::random::<u64>()))
             .set("transaction.timeout.ms", TRANSACTION_TIMEOUT.as_millis().to_string())
             .set("enable.idempotence", "true")
@@ -202,7 +206,8 @@ impl Evaluator {
             .set("retry.backoff.ms", "10")
             .create()
             .map_err(ExpectError::kafka("creating the transactional producer"))?;
-        let init = producer.clone();
+        let producer = Arc::new(producer);
+        let init = Arc::clone(&producer);
         tokio::task::spawn_blocking(move || init.init_transactions(KAFKA_TIMEOUT))
             .await
             .map_err(|_| ExpectError::kafka("initialising transactions")(KafkaError::Canceled))?
@@ -418,97 +423,75 @@ impl Evaluator {
         }
         self.moved = false;
         let alerts = std::mem::take(&mut self.alerts);
-        let processed = self.positions.clone();
-        let now_started = std::time::Instant::now();
-        self.producer.begin_transaction().map_err(ExpectError::kafka("beginning a transaction"))?;
-        let result = self.send(&alerts, &states, &processed).await;
-        let producer = self.producer.clone();
-        match result {
-            Ok(()) => {
-                // Let librdkafka release the delivery reports first (see herald-source-postgres).
-                let give_up = Instant::now() + Duration::from_millis(100);
-                while self.producer.in_flight_count() > 0 && Instant::now() < give_up {
-                    tokio::time::sleep(Duration::from_micros(200)).await;
-                }
-                tokio::task::spawn_blocking(move || producer.commit_transaction(KAFKA_TIMEOUT))
-                    .await
-                    .map_err(|_| ExpectError::kafka("committing")(KafkaError::Canceled))?
-                    .map_err(ExpectError::kafka("committing a transaction"))?;
-                debug!(took = ?now_started.elapsed(), "Expectations: transaction committed.");
-                for alert in &alerts {
-                    info!(rule = %alert.rule, source = %alert.source, stage = %alert.stage, kind = ?alert.kind, expected_by = %alert.expected_by, "Expectation alert published.");
-                }
-                debug!(
-                    alerts = alerts.len(),
-                    states = states.len(),
-                    partitions = processed.len(),
-                    "Expectations committed."
-                );
-                Ok(())
-            }
-            Err(err) => {
-                let _ = tokio::task::spawn_blocking(move || producer.abort_transaction(KAFKA_TIMEOUT)).await;
-                Err(err)
-            }
-        }
-    }
-
-    async fn send(
-        &self,
-        alerts: &[Alert],
-        states: &[(PairKey, PairState)],
-        processed: &BTreeMap<i32, i64>,
-    ) -> Result<(), ExpectError> {
         let now = Utc::now();
-        let mut deliveries = Vec::with_capacity(alerts.len() + states.len());
-        for alert in alerts {
-            let payload = alert.to_json(now);
-            let record = FutureRecord::to(&self.settings.topic)
-                .partition(self.partition_of(&alert.source))
-                .key(alert.source.as_str())
-                .payload(payload.as_str());
-            deliveries.push(
-                self.producer.send_result(record).map_err(|(err, _)| ExpectError::kafka("queueing an alert")(err))?,
-            );
+        let mut records = Vec::with_capacity(alerts.len() + states.len());
+        for alert in &alerts {
+            let partition = self.partition_of(&alert.source);
+            records.push((self.settings.topic.clone(), partition, alert.source.clone(), alert.to_json(now)));
         }
-        for ((rule, source), state) in states {
+        for ((rule, source), state) in &states {
             let key = serde_json::json!([rule, source]).to_string();
             let value = serde_json::to_string(state).unwrap_or_default();
-            let record = FutureRecord::to(&self.state_topic)
-                .partition(self.partition_of(source))
-                .key(key.as_str())
-                .payload(value.as_str());
-            deliveries
-                .push(self.producer.send_result(record).map_err(|(err, _)| ExpectError::kafka("queueing state")(err))?);
+            records.push((self.state_topic.clone(), self.partition_of(source), key, value));
         }
-        for delivery in deliveries {
-            match delivery.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((err, _))) => return Err(ExpectError::kafka("delivering")(err)),
-                Err(_) => return Err(ExpectError::kafka("delivering")(KafkaError::Canceled)),
-            }
+        let mut offsets = TopicPartitionList::new();
+        for (&partition, &next) in &self.positions {
+            offsets
+                .add_partition_offset(&self.settings.topic, partition, Offset::Offset(next))
+                .map_err(ExpectError::kafka("listing offsets"))?;
         }
-        {
-            let mut offsets = TopicPartitionList::new();
-            for (&partition, &next) in processed {
-                offsets
-                    .add_partition_offset(&self.settings.topic, partition, Offset::Offset(next))
-                    .map_err(ExpectError::kafka("listing offsets"))?;
-            }
-            let metadata = self
-                .consumer
-                .group_metadata()
-                .ok_or_else(|| ExpectError::kafka("reading the group's metadata")(KafkaError::Canceled))?;
-            let producer = self.producer.clone();
-            tokio::task::spawn_blocking(move || {
-                producer.send_offsets_to_transaction(&offsets, &metadata, KAFKA_TIMEOUT)
-            })
+        let metadata = self
+            .consumer
+            .group_metadata()
+            .ok_or_else(|| ExpectError::kafka("reading the group's metadata")(KafkaError::Canceled))?;
+        let producer = Arc::clone(&self.producer);
+        let started = std::time::Instant::now();
+        tokio::task::spawn_blocking(move || transact(&producer, &records, &offsets, &metadata))
             .await
-            .map_err(|_| ExpectError::kafka("committing offsets")(KafkaError::Canceled))?
-            .map_err(ExpectError::kafka("committing offsets in the transaction"))?;
+            .map_err(|_| ExpectError::kafka("committing")(KafkaError::Canceled))??;
+        debug!(took = ?started.elapsed(), alerts = alerts.len(), states = states.len(), "Expectations committed.");
+        for alert in &alerts {
+            info!(rule = %alert.rule, source = %alert.source, stage = %alert.stage, kind = ?alert.kind, expected_by = %alert.expected_by, "Expectation alert published.");
         }
         Ok(())
     }
+}
+
+/// One transaction: `records` (topic, partition, key, value), then the consumer's `offsets`
+/// under the group's `metadata` (which fences a process the group has moved on from), then the
+/// commit; on any failure the transaction is aborted and nothing of it is visible.
+fn transact(
+    producer: &BaseProducer,
+    records: &[(String, i32, String, String)],
+    offsets: &TopicPartitionList,
+    metadata: &ConsumerGroupMetadata,
+) -> Result<(), ExpectError> {
+    producer.begin_transaction().map_err(ExpectError::kafka("beginning a transaction"))?;
+    let result = (|| {
+        for (topic, partition, key, value) in records {
+            let mut record = BaseRecord::to(topic).partition(*partition).key(key.as_str()).payload(value.as_str());
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                        producer.poll(Duration::from_millis(10));
+                        record = returned;
+                    }
+                    Err((err, _)) => return Err(ExpectError::kafka("queueing a record")(err)),
+                }
+            }
+        }
+        // Every record is written before the offsets join the transaction.
+        producer.flush(KAFKA_TIMEOUT).map_err(ExpectError::kafka("writing the records"))?;
+        producer
+            .send_offsets_to_transaction(offsets, metadata, KAFKA_TIMEOUT)
+            .map_err(ExpectError::kafka("committing offsets in the transaction"))?;
+        producer.commit_transaction(KAFKA_TIMEOUT).map_err(ExpectError::kafka("committing a transaction"))
+    })();
+    if result.is_err() {
+        let _ = producer.abort_transaction(KAFKA_TIMEOUT);
+    }
+    result
 }
 
 /// Reads partition `partition` of the state topic: waits until no transaction is open on it
