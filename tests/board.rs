@@ -199,6 +199,24 @@ async fn the_board_in_a_real_browser_shows_each_source_and_stage_and_changes_liv
     let rows = tab.evaluate("[...document.querySelectorAll('tbody th')].map(th => th.textContent)").await;
     assert_eq!(rows, serde_json::json!(["OrdersDB", "Payments", "UsersDB"]));
 
+    // An expectation's alert marks its cell; the RECOVERED that follows a late success does not
+    // hide the success itself.
+    let late = r#"{"event":"STAGE_LATE","stage":"bronze","source":"Payments","timestamp":"2026-11-26T10:15:00.000009","status":"LATE","rule":"r","expected_by":"2026-11-26T10:15:00"}"#;
+    produce(&topic, &[(Some("Payments"), late.as_bytes())]).await;
+    tab.wait_for_cell("Payments", "bronze", "LATE").await;
+    let class = tab
+        .evaluate("[...document.querySelectorAll('td[data-stage]')].find(t => t.dataset.source === 'Payments' && t.dataset.stage === 'bronze').classList.contains('alert')")
+        .await;
+    assert_eq!(class, true, "a late cell is highlighted");
+    produce(&topic, &[(Some("Payments"), event_json("Payments", "bronze", "SUCCESS", 10).as_bytes())]).await;
+    let recovered = r#"{"event":"STAGE_RECOVERED","stage":"bronze","source":"Payments","timestamp":"2026-11-26T10:15:00.000011","status":"RECOVERED"}"#;
+    produce(&topic, &[(Some("Payments"), recovered.as_bytes())]).await;
+    tab.wait_for_cell("Payments", "bronze", "SUCCESS").await;
+    // A later event of the same partition shown means the RECOVERED was read, and passed over.
+    produce(&topic, &[(Some("Payments"), event_json("Payments", "gold", "RUNNING", 12).as_bytes())]).await;
+    tab.wait_for_cell("Payments", "gold", "RUNNING").await;
+    assert_eq!(tab.cell("Payments", "bronze").await, "SUCCESS");
+
     // What a person sees, for the docs.
     let shot = tab.call("Page.captureScreenshot", serde_json::json!({ "format": "png" })).await;
     let png = base64_decode(shot["data"].as_str().unwrap());
