@@ -15,6 +15,7 @@ mod load;
 mod observe;
 mod plot;
 mod process;
+mod publish;
 mod sinks;
 mod source;
 mod startup;
@@ -122,6 +123,12 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         rounds: usize,
     },
+    /// A one-shot `herald publish` beside the seed's Python script, alternating.
+    Publish {
+        /// Rounds of (herald, herald --idempotent, seed).
+        #[arg(long, default_value_t = 9)]
+        rounds: usize,
+    },
     /// Start-up time to all sinks connected, and idle memory.
     Startup,
     /// Draws baseline.svg again from a results.json that `all` wrote.
@@ -201,6 +208,7 @@ async fn main() -> Result<()> {
         Command::Baseline { rate, duration } => baseline::run(&services, rate, events_in(rate, duration)).await?,
         Command::Startup => vec![startup::run(&services).await?],
         Command::Expect { pairs, rounds } => expect::run(&services, pairs, rounds).await?,
+        Command::Publish { rounds } => publish::run(&services, rounds).await?,
         Command::All { out } => return all(&services, &out).await,
         Command::Plot { results } => return plot_baseline(&results),
     };
