@@ -16,6 +16,7 @@ mod observe;
 mod plot;
 mod process;
 mod publish;
+mod routes;
 mod sinks;
 mod source;
 mod startup;
@@ -123,6 +124,15 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         rounds: usize,
     },
+    /// Many routes beside one: idle RSS, threads and CPU, SIGTERM → exit, and a backlog drained.
+    Routes {
+        /// Routes (one topic and group each).
+        #[arg(long, default_value_t = 50)]
+        routes: usize,
+        /// Events per topic of the many-routes run (the one-route run drains the same total); 0: no drain.
+        #[arg(long, default_value_t = 6_000)]
+        backlog: u64,
+    },
     /// A one-shot `herald publish` beside the seed's Python script, alternating.
     Publish {
         /// Rounds of (herald, herald --idempotent, seed).
@@ -209,6 +219,7 @@ async fn main() -> Result<()> {
         Command::Startup => vec![startup::run(&services).await?],
         Command::Expect { pairs, rounds } => expect::run(&services, pairs, rounds).await?,
         Command::Publish { rounds } => publish::run(&services, rounds).await?,
+        Command::Routes { routes, backlog } => routes::run(&services, routes, backlog).await?,
         Command::All { out } => return all(&services, &out).await,
         Command::Plot { results } => return plot_baseline(&results),
     };

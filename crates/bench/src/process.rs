@@ -128,6 +128,21 @@ impl HeraldProcess {
         routes[0]["delivered"].as_u64().with_context(|| format!("no delivered count in {body}"))
     }
 
+    /// Events delivered by all routes together (at least `routes` of them must be listed).
+    pub fn delivered_total(&mut self, routes: usize) -> Result<u64> {
+        let body = self.admin_request("GET", "/routes")?;
+        let listed: Vec<serde_json::Value> = serde_json::from_str(&body).context("GET /routes is not JSON")?;
+        if listed.len() < routes {
+            return Ok(0);
+        }
+        Ok(listed.iter().filter_map(|route| route["delivered"].as_u64()).sum())
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// One request to the admin API, its body back: a one-shot HTTP/1.1 exchange, all this
     /// harness needs.
     fn admin_request(&mut self, method: &str, path: &str) -> Result<String> {

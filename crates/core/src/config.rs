@@ -417,11 +417,27 @@ pub struct RuntimeConfig {
     /// Default `"10s"`.
     #[serde(default = "default_progress_interval", with = "humantime_serde")]
     pub progress_interval: Duration,
+    /// Memory the routes' consumers may fill with messages fetched ahead, in MiB, split evenly
+    /// between routes: each gets at most 16 MiB per partition and at least 1 MiB (librdkafka's
+    /// `queued.max.messages.kbytes`, which a route's `[kafka]` setting overrides). Default `64`.
+    #[serde(default = "default_prefetch_budget_mb")]
+    pub prefetch_budget_mb: usize,
+}
+
+fn default_prefetch_budget_mb() -> usize {
+    64
+}
+
+impl RuntimeConfig {
+    /// One route's prefetch limit per partition, in KiB, when `routes` share the budget.
+    pub fn prefetch_kbytes(&self, routes: usize) -> usize {
+        (self.prefetch_budget_mb.saturating_mul(1024) / routes.max(1)).clamp(1024, 16 * 1024)
+    }
 }
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        Self { progress_interval: default_progress_interval() }
+        Self { progress_interval: default_progress_interval(), prefetch_budget_mb: default_prefetch_budget_mb() }
     }
 }
 

@@ -41,10 +41,11 @@ pub async fn run(
     let cancel = CancellationToken::new();
     let mut workers = JoinSet::new();
     let mut all_stats = Vec::new();
+    let prefetch_kbytes = config.runtime.prefetch_kbytes(routes.len());
     for BoundRoute { config: route, sink } in routes {
         let name = route.name.clone();
         let stats = observer.route(&name);
-        let worker = match start_route(config, route, sink, Arc::clone(&stats)).await {
+        let worker = match start_route(config, route, sink, Arc::clone(&stats), prefetch_kbytes).await {
             Ok(worker) => worker,
             Err(source) => {
                 cancel.cancel();
@@ -102,6 +103,7 @@ async fn start_route(
     route: RouteConfig,
     sink: Box<dyn Sink>,
     stats: Arc<RouteShared>,
+    prefetch_kbytes: usize,
 ) -> Result<RouteWorker, RouteError> {
     let dead_letters = match &route.dead_letter_topic {
         Some(topic) => {
@@ -116,8 +118,8 @@ async fn start_route(
         None => None,
     };
     let statistics_ms = config.runtime.progress_interval.as_millis().min(60_000);
-    let consumer =
-        create_consumer(&config.kafka, &route, Arc::clone(&stats), statistics_ms).map_err(RouteError::Consumer)?;
+    let consumer = create_consumer(&config.kafka, &route, Arc::clone(&stats), statistics_ms, prefetch_kbytes)
+        .map_err(RouteError::Consumer)?;
     info!(route = %route.name, group = %route.group_id(), topics = ?route.topics, sink = %route.sink.kind, "Route started.");
     Ok(RouteWorker { route, consumer, sink, dead_letters, stats, held: Vec::new(), resume_at: Default::default() })
 }

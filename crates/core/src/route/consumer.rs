@@ -132,12 +132,19 @@ pub(crate) fn create_consumer(
     route: &RouteConfig,
     stats: Arc<RouteShared>,
     statistics_interval_ms: u128,
+    prefetch_kbytes: usize,
 ) -> Result<RouteConsumer, KafkaError> {
     let mut config = client_config(&KafkaProperties::default());
     // Defaults the `[kafka]` table may override…
     config
         .set("partition.assignment.strategy", "cooperative-sticky")
-        .set("queued.max.messages.kbytes", "16384")
+        // The route's share of the process's prefetch budget, per partition: in bytes, in
+        // messages (librdkafka keeps fetching until the queue holds `queued.min.messages`, and a
+        // queued message costs about half a KiB besides its payload) and in the size of one
+        // fetch, so many routes draining a backlog do not each pull a whole megabyte at a time.
+        .set("queued.max.messages.kbytes", prefetch_kbytes.to_string())
+        .set("queued.min.messages", (prefetch_kbytes * 2).clamp(1_000, 100_000).to_string())
+        .set("fetch.message.max.bytes", (prefetch_kbytes * 1024 / 4).clamp(64 * 1024, 1024 * 1024).to_string())
         // When the prefetch queue is full, look again soon: librdkafka's default (1 s) leaves a
         // fast sink idle for most of that second once it has drained the queue.
         .set("fetch.queue.backoff.ms", "20")

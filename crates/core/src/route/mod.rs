@@ -54,17 +54,26 @@ pub(crate) struct RouteWorker {
 }
 
 impl RouteWorker {
-    /// Runs until `cancel` fires or the route fails; then commits what is settled and closes the sink.
+    /// Runs until `cancel` fires or the route fails; then closes the sink, commits what is
+    /// settled and leaves the group. Leaving blocks (librdkafka waits for the group's answer),
+    /// so it runs on the blocking pool: every route leaves at once, not two at a time.
     pub(crate) async fn run(mut self, cancel: CancellationToken) -> Result<(), RouteError> {
         let result = self.run_batches(&cancel).await;
-        match self.consumer.commit_consumer_state(CommitMode::Sync) {
-            Ok(()) | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
-            Err(err) => warn!(route = %self.route.name, error = %err, "Final offset commit failed."),
-        }
         if let Err(err) = self.sink.close().await {
             warn!(route = %self.route.name, error = %err, "Closing the sink failed.");
         }
-        self.consumer.unsubscribe();
+        let (consumer, name) = (self.consumer, self.route.name.clone());
+        let leave = tokio::task::spawn_blocking(move || {
+            match consumer.commit_consumer_state(CommitMode::Sync) {
+                Ok(()) | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+                Err(err) => warn!(route = %name, error = %err, "Final offset commit failed."),
+            }
+            consumer.unsubscribe();
+            drop(consumer);
+        });
+        if let Err(err) = leave.await {
+            warn!(route = %self.route.name, error = %err, "Leaving the consumer group failed.");
+        }
         result
     }
 
