@@ -11,6 +11,7 @@
 
 mod baseline;
 mod expect;
+mod limit;
 mod load;
 mod observe;
 mod plot;
@@ -133,6 +134,16 @@ enum Command {
         #[arg(long, default_value_t = 6_000)]
         backlog: u64,
     },
+    /// herald beside the raw tool on the same data, alternating: one stdout route against
+    /// `kcat -C -e`, both to /dev/null.
+    LimitStdout {
+        /// Events in the topic.
+        #[arg(long, default_value_t = 300_000)]
+        events: u64,
+        /// Rounds of (kcat, herald).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// A one-shot `herald publish` beside the seed's Python script, alternating.
     Publish {
         /// Rounds of (herald, herald --idempotent, seed).
@@ -219,6 +230,7 @@ async fn main() -> Result<()> {
         Command::Startup => vec![startup::run(&services).await?],
         Command::Expect { pairs, rounds } => expect::run(&services, pairs, rounds).await?,
         Command::Publish { rounds } => publish::run(&services, rounds).await?,
+        Command::LimitStdout { events, rounds } => limit::stdout(&services, events, rounds).await?,
         Command::Routes { routes, backlog } => routes::run(&services, routes, backlog).await?,
         Command::All { out } => return all(&services, &out).await,
         Command::Plot { results } => return plot_baseline(&results),

@@ -151,6 +151,7 @@ fn build_records(messages: &[Message], filter: &Filter) -> Vec<SinkRecord> {
                 partition: message.partition,
                 offset: message.offset,
                 origin: None,
+                raw: None,
             });
         }
     }

@@ -22,6 +22,21 @@ pub struct SinkRecord {
     /// sources set, e.g. `postgres:public.pipeline_status`. A sink writing that very table skips
     /// the event, so a row never travels back to where it came from.
     pub origin: Option<String>,
+    /// The message's payload as received (the JSON `event` was parsed from), when the runtime
+    /// kept it: a sink passing events through unchanged writes it as it is instead of encoding
+    /// `event` again. Use [`SinkRecord::json_line`].
+    pub raw: Option<std::sync::Arc<str>>,
+}
+
+impl SinkRecord {
+    /// The event as one line of JSON: the payload as received when it is one line (most are),
+    /// else `event` encoded again (which keeps every field, unknown ones included).
+    pub fn json_line(&self) -> std::borrow::Cow<'_, str> {
+        match self.raw.as_deref().map(str::trim) {
+            Some(line) if !line.contains('\n') && !line.contains('\r') => std::borrow::Cow::Borrowed(line),
+            _ => std::borrow::Cow::Owned(self.event.to_json()),
+        }
+    }
 }
 
 /// The header naming where a message herald published was born.
@@ -109,5 +124,29 @@ impl SinkError {
     /// Whether the runtime should retry.
     pub fn is_retriable(&self) -> bool {
         matches!(self, SinkError::Retriable(_))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_one_line_payload_passes_through_as_received_and_any_other_is_encoded_again() {
+        let seed = r#"{"event": "STAGE_COMPLETE", "stage": "bronze", "source": "A", "timestamp": "2026-11-26T10:15:00.1", "status": "SUCCESS", "x": 1}"#;
+        let mut record = crate::conformance::record(1);
+        record.event = StageEvent::from_json(seed.as_bytes()).unwrap();
+        assert_eq!(record.json_line(), record.event.to_json(), "no payload kept: encoded");
+        record.raw = Some(std::sync::Arc::from(format!("{seed}\n")));
+        assert_eq!(record.json_line(), seed, "as received, spacing and all, without the trailing newline");
+        let pretty = seed.replace(", ", ",\n  ");
+        record.raw = Some(std::sync::Arc::from(pretty));
+        let line = record.json_line();
+        assert!(
+            !line.contains('\n') && line.contains(r#""x":1"#),
+            "a multi-line payload is encoded on one line: {line}"
+        );
     }
 }

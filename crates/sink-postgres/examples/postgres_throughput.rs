@@ -36,6 +36,7 @@ async fn main() {
                 partition: (i % 3) as i32,
                 offset: (i / 3) as i64,
                 origin: None,
+                raw: None,
             }
         })
         .collect();

@@ -264,8 +264,14 @@ mod tests {
             br#"{"event":"E","stage":"s","source":"A","timestamp":"2026-11-26T10:00:00","status":"S"}"#,
         )
         .unwrap();
-        let record =
-            |offset| SinkRecord { event: event.clone(), topic: "t".repeat(249), partition: 2, offset, origin: None };
+        let record = |offset| SinkRecord {
+            event: event.clone(),
+            topic: "t".repeat(249),
+            partition: 2,
+            offset,
+            origin: None,
+            raw: None,
+        };
         assert_eq!(deduplication_id(&record(7)), deduplication_id(&record(7)));
         assert_ne!(deduplication_id(&record(7)), deduplication_id(&record(8)));
         assert_eq!(deduplication_id(&record(7)).len(), 64, "within SNS's 128-character limit");

@@ -127,7 +127,14 @@ fn records(events: Vec<StageEvent>) -> Vec<SinkRecord> {
     events
         .into_iter()
         .enumerate()
-        .map(|(i, event)| SinkRecord { event, topic: "events".into(), partition: 0, offset: i as i64, origin: None })
+        .map(|(i, event)| SinkRecord {
+            event,
+            topic: "events".into(),
+            partition: 0,
+            offset: i as i64,
+            origin: None,
+            raw: None,
+        })
         .collect()
 }
 

@@ -45,7 +45,7 @@ impl Sink for StdoutSink {
     async fn write(&mut self, batch: &[SinkRecord]) -> Result<WriteOutcome, SinkError> {
         self.buffer.clear();
         for record in batch {
-            self.buffer.extend_from_slice(record.event.to_json().as_bytes());
+            self.buffer.extend_from_slice(record.json_line().as_bytes());
             self.buffer.push(b'\n');
         }
         match &self.target {

@@ -81,6 +81,11 @@ impl Delivery<'_> {
                         partition: message.partition(),
                         offset: message.offset(),
                         origin: crate::kafka::origin_of(message),
+                        // Parsed, hence UTF-8.
+                        raw: message
+                            .payload()
+                            .and_then(|payload| std::str::from_utf8(payload).ok())
+                            .map(std::sync::Arc::from),
                     });
                     record_origin.push(index);
                 }

@@ -1,0 +1,129 @@
+//! herald beside the raw tool on the same data in the same run, alternating: `kcat -C -e`
+//! draining a topic to /dev/null against one stdout route draining it to /dev/null.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::load::{self, Pace};
+use crate::process::HeraldProcess;
+use crate::stats::Row;
+use crate::Services;
+
+/// One drain: events/s and CPU seconds.
+#[derive(Debug, Clone, Copy)]
+struct Drain {
+    rate: f64,
+    cpu_seconds: f64,
+}
+
+/// `rounds` × (kcat, herald) over the same `events` small events; a row per tool with medians,
+/// ranges and the ratio.
+pub async fn stdout(services: &Services, events: u64, rounds: usize) -> Result<Vec<Row>> {
+    let run = services.run_name("limit-stdout");
+    let topic = format!("bench.{run}");
+    herald_core::kafka::ensure_topic(&services.kafka(), &topic, 1).await.context("creating the topic")?;
+    let producer = load::producer(&services.brokers, Pace::Max)?;
+    load::produce(&producer, &topic, &run, 0..events, Pace::Max).await?;
+    let (mut kcat, mut herald) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        kcat.push(drain_kcat(services, &topic, events)?);
+        herald.push(drain_herald(services, &topic, events, &format!("{run}-{round}")).await?);
+    }
+    let median = |values: &mut Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        (values[values.len() / 2], values[0], values[values.len() - 1])
+    };
+    let summarize = |drains: &[Drain]| {
+        let (mut rates, mut cpu): (Vec<f64>, Vec<f64>) = drains.iter().map(|d| (d.rate, d.cpu_seconds)).unzip();
+        (median(&mut rates), median(&mut cpu))
+    };
+    let (k_rate, k_cpu) = summarize(&kcat);
+    let (h_rate, h_cpu) = summarize(&herald);
+    let row = |name: &str,
+               (rate, low, high): (f64, f64, f64),
+               (cpu, cpu_low, cpu_high): (f64, f64, f64),
+               note: String| {
+        Row {
+        name: name.to_owned(),
+        events: events as usize,
+        offered_rate: None,
+        throughput: rate,
+        drain_rate: None,
+        latency: None,
+        usage: None,
+        cpu_percent: None,
+        note: format!(
+            "median {rate:.0} events/s ({low:.0}–{high:.0}), {cpu:.2} CPU-s ({cpu_low:.2}–{cpu_high:.2}), {rounds} alternating rounds; {note}"
+        ),
+    }
+    };
+    Ok(vec![
+        row("kcat -C -e → /dev/null", k_rate, k_cpu, "the reference".into()),
+        row(
+            "herald, one stdout route → /dev/null",
+            h_rate,
+            h_cpu,
+            format!("{:.2}× kcat's events/s, {:.2}× its CPU per event", h_rate.0 / k_rate.0, (h_cpu.0 / k_cpu.0)),
+        ),
+    ])
+}
+
+/// kcat from the beginning to the end, its output to /dev/null, under GNU time for its CPU.
+fn drain_kcat(services: &Services, topic: &str, events: u64) -> Result<Drain> {
+    let started = Instant::now();
+    let out = Command::new("/usr/bin/time")
+        .args([
+            "-f",
+            "%U %S",
+            "kcat",
+            "-C",
+            "-q",
+            "-e",
+            "-o",
+            "beginning",
+            "-b",
+            &services.brokers,
+            "-t",
+            topic,
+            "-f",
+            "%s\\n",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .context("running kcat under /usr/bin/time (Debian packages kcat and time)")?;
+    let wall = started.elapsed();
+    if !out.status.success() {
+        bail!("kcat failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let text = String::from_utf8_lossy(&out.stderr);
+    let cpu: f64 = text.lines().last().unwrap_or("").split_whitespace().filter_map(|v| v.parse::<f64>().ok()).sum();
+    Ok(Drain { rate: events as f64 / wall.as_secs_f64(), cpu_seconds: cpu })
+}
+
+/// herald with one stdout route on a new group, from its partitions assigned to the last
+/// event delivered (the group join is not the drain).
+async fn drain_herald(services: &Services, topic: &str, events: u64, name: &str) -> Result<Drain> {
+    let config = format!(
+        "[kafka]\nbootstrap.servers = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[[route]]\nname = \"limit\"\ntopics = [\"{topic}\"]\n\
+         group_id = \"{name}\"\nsink = {{ type = \"stdout\" }}\n",
+        services.brokers
+    );
+    let mut herald = HeraldProcess::start(&services.herald, name, &config, None)?;
+    herald.wait_for_log("Partitions assigned.", Duration::from_secs(60))?;
+    let started = Instant::now();
+    let before = herald.usage()?;
+    loop {
+        if herald.delivered_total(1)? >= events {
+            break;
+        }
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(120), "herald did not drain {events} events in 120 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let wall = started.elapsed();
+    let after = herald.usage()?;
+    herald.stop()?;
+    Ok(Drain { rate: events as f64 / wall.as_secs_f64(), cpu_seconds: after.cpu_seconds - before.cpu_seconds })
+}
