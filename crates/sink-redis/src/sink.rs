@@ -91,7 +91,7 @@ impl RedisSink {
         &self,
         pipe: &mut Pipeline,
         batch: &[SinkRecord],
-        jsons: &[String],
+        jsons: &[std::borrow::Cow<'_, str>],
         rendered: &[Option<Rendered>],
     ) {
         let Some(config) = &self.latest_key else { return };
@@ -119,7 +119,7 @@ impl RedisSink {
             command.arg(ttl_ms.to_string());
             for &(_, index) in chunk {
                 let (micros, offset) = rank(index);
-                command.arg(&jsons[index]).arg(micros).arg(offset);
+                command.arg(jsons[index].as_ref()).arg(micros).arg(offset);
             }
             command.ignore();
         }
@@ -166,7 +166,7 @@ impl Sink for RedisSink {
 
     async fn write(&mut self, batch: &[SinkRecord]) -> Result<WriteOutcome, SinkError> {
         let mut outcome = WriteOutcome::all_accepted();
-        let jsons: Vec<String> = batch.iter().map(|record| record.event.to_json()).collect();
+        let jsons: Vec<std::borrow::Cow<'_, str>> = batch.iter().map(SinkRecord::json_line).collect();
         let rendered: Vec<Option<Rendered>> = batch
             .iter()
             .enumerate()

@@ -83,7 +83,7 @@ impl SnsSink {
         })?;
         let body = match &self.config.message {
             Some(template) => template.render(&record.event)?,
-            None => record.event.to_json(),
+            None => record.json_line().into_owned(),
         };
         let subject = self.config.subject.as_ref().map(|t| t.render(&record.event)).transpose()?;
         let mut attributes = HashMap::new();
