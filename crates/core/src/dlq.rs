@@ -216,7 +216,9 @@ fn send_blocking(producer: &BaseProducer<Deliveries>, topic: &str, records: Vec<
             }
         }
     }
-    producer.flush(SEND_TIMEOUT)?;
+    if !crate::kafka::settle(producer, SEND_TIMEOUT) {
+        return Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut));
+    }
     match producer.context().failures.lock().unwrap_or_else(PoisonError::into_inner).pop() {
         Some(err) => Err(err),
         None => Ok(()),

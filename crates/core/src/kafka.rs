@@ -89,3 +89,25 @@ pub fn origin_of(message: &impl rdkafka::Message) -> Option<String> {
         .and_then(|header| header.value)
         .map(|value| String::from_utf8_lossy(value).into_owned())
 }
+
+/// Polls `producer` on this thread until every message it holds is acknowledged (or failed),
+/// in 1 ms steps, for at most `timeout`; false when time ran out.
+///
+/// rdkafka's `BaseProducer::flush` (also run first by `commit_transaction`) polls with its whole
+/// remaining timeout, and when the last delivery report is taken just before librdkafka counts
+/// it, that poll waits for an event that never comes: transactions took 100–200 ms instead of
+/// a few. Called right before, it leaves that flush nothing to wait for.
+pub fn settle<C: rdkafka::producer::ProducerContext>(
+    producer: &rdkafka::producer::BaseProducer<C>,
+    timeout: Duration,
+) -> bool {
+    use rdkafka::producer::Producer;
+    let deadline = std::time::Instant::now() + timeout;
+    while producer.in_flight_count() > 0 {
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        producer.poll(Duration::from_millis(1));
+    }
+    true
+}

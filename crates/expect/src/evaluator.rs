@@ -482,7 +482,11 @@ fn transact(
             }
         }
         // Every record is written before the offsets join the transaction.
-        producer.flush(KAFKA_TIMEOUT).map_err(ExpectError::kafka("writing the records"))?;
+        if !herald_core::kafka::settle(producer, KAFKA_TIMEOUT) {
+            return Err(ExpectError::kafka("writing the records")(KafkaError::MessageProduction(
+                RDKafkaErrorCode::MessageTimedOut,
+            )));
+        }
         producer
             .send_offsets_to_transaction(offsets, metadata, KAFKA_TIMEOUT)
             .map_err(ExpectError::kafka("committing offsets in the transaction"))?;
