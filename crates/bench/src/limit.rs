@@ -29,8 +29,14 @@ pub async fn stdout(services: &Services, events: u64, rounds: usize) -> Result<V
     let (mut kcat, mut herald) = (Vec::new(), Vec::new());
     for round in 0..rounds {
         kcat.push(drain_kcat(services, &topic, events)?);
-        herald.push(drain_herald(services, &topic, events, &format!("{run}-{round}")).await?);
+        let name = format!("{run}-{round}");
+        herald.push(drain_herald_into(services, &topic, events, &name, "{ type = \"stdout\" }").await?);
     }
+    Ok(compare(events, rounds, ("kcat -C -e → /dev/null", &kcat), ("herald, one stdout route → /dev/null", &herald)))
+}
+
+/// Two rows, the reference and herald, with medians, ranges and herald's ratios to the reference.
+fn compare(events: u64, rounds: usize, reference: (&str, &[Drain]), herald: (&str, &[Drain])) -> Vec<Row> {
     let median = |values: &mut Vec<f64>| {
         values.sort_by(f64::total_cmp);
         (values[values.len() / 2], values[0], values[values.len() - 1])
@@ -39,35 +45,87 @@ pub async fn stdout(services: &Services, events: u64, rounds: usize) -> Result<V
         let (mut rates, mut cpu): (Vec<f64>, Vec<f64>) = drains.iter().map(|d| (d.rate, d.cpu_seconds)).unzip();
         (median(&mut rates), median(&mut cpu))
     };
-    let (k_rate, k_cpu) = summarize(&kcat);
-    let (h_rate, h_cpu) = summarize(&herald);
-    let row = |name: &str,
-               (rate, low, high): (f64, f64, f64),
-               (cpu, cpu_low, cpu_high): (f64, f64, f64),
-               note: String| {
-        Row {
-        name: name.to_owned(),
-        events: events as usize,
-        offered_rate: None,
-        throughput: rate,
-        drain_rate: None,
-        latency: None,
-        usage: None,
-        cpu_percent: None,
-        note: format!(
-            "median {rate:.0} events/s ({low:.0}–{high:.0}), {cpu:.2} CPU-s ({cpu_low:.2}–{cpu_high:.2}), {rounds} alternating rounds; {note}"
-        ),
-    }
-    };
-    Ok(vec![
-        row("kcat -C -e → /dev/null", k_rate, k_cpu, "the reference".into()),
+    let (k_rate, k_cpu) = summarize(reference.1);
+    let (h_rate, h_cpu) = summarize(herald.1);
+    let row =
+        |name: &str, (rate, low, high): (f64, f64, f64), (cpu, cpu_low, cpu_high): (f64, f64, f64), note: String| Row {
+            name: name.to_owned(),
+            events: events as usize,
+            offered_rate: None,
+            throughput: rate,
+            drain_rate: None,
+            latency: None,
+            usage: None,
+            cpu_percent: None,
+            note: {
+                let cpu = if cpu.is_nan() {
+                    "its CPU not measured (it runs in the harness)".to_owned()
+                } else {
+                    format!("{cpu:.2} CPU-s ({cpu_low:.2}–{cpu_high:.2})")
+                };
+                format!("median {rate:.0} events/s ({low:.0}–{high:.0}), {cpu}, {rounds} alternating rounds; {note}")
+            },
+        };
+    vec![
+        row(reference.0, k_rate, k_cpu, "the reference".into()),
         row(
-            "herald, one stdout route → /dev/null",
+            herald.0,
             h_rate,
             h_cpu,
-            format!("{:.2}× kcat's events/s, {:.2}× its CPU per event", h_rate.0 / k_rate.0, (h_cpu.0 / k_cpu.0)),
+            if k_cpu.0.is_nan() {
+                format!("{:.2}× the reference's events/s", h_rate.0 / k_rate.0)
+            } else {
+                format!(
+                    "{:.2}× the reference's events/s, {:.2}× its CPU per event",
+                    h_rate.0 / k_rate.0,
+                    h_cpu.0 / k_cpu.0
+                )
+            },
         ),
-    ])
+    ]
+}
+
+/// Redis: herald draining `events` from Kafka into `PUBLISH` on a channel per source and the
+/// latest key per source and stage, beside the same commands pipelined straight into Redis from
+/// this process (batches of 1,000, as herald's), alternating.
+pub async fn redis(services: &Services, events: u64, rounds: usize) -> Result<Vec<Row>> {
+    let run = services.run_name("limit-redis");
+    let topic = format!("bench.{run}");
+    herald_core::kafka::ensure_topic(&services.kafka(), &topic, 1).await.context("creating the topic")?;
+    let producer = load::producer(&services.brokers, Pace::Max)?;
+    load::produce(&producer, &topic, &run, 0..events, Pace::Max).await?;
+    let client = redis::Client::open(services.redis.as_str()).context("the Redis URL")?;
+    let mut connection = client.get_multiplexed_async_connection().await.context("connecting to Redis")?;
+    let (mut direct, mut herald) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let started = Instant::now();
+        for chunk in (0..events).collect::<Vec<_>>().chunks(1000) {
+            let mut pipe = redis::pipe();
+            for &seq in chunk {
+                let (source, json) = load::event(&run, seq);
+                pipe.cmd("PUBLISH").arg(format!("bench.{run}.{source}")).arg(&json).ignore();
+                pipe.cmd("SET")
+                    .arg(format!("bench:{run}:direct:{source}:bench"))
+                    .arg(&json)
+                    .arg("EX")
+                    .arg(600)
+                    .ignore();
+            }
+            let () = pipe.query_async(&mut connection).await.context("the pipelined reference")?;
+        }
+        direct.push(Drain { rate: events as f64 / started.elapsed().as_secs_f64(), cpu_seconds: f64::NAN });
+        let sink = format!(
+            "{{ type = \"redis\", url = \"{}\", publish = {{ channel = \"bench.{run}.{{source}}\" }}, latest_key = {{ key = \"bench:{run}:{round}:{{source}}:{{stage}}\", ttl = \"10m\" }} }}",
+            services.redis
+        );
+        herald.push(drain_herald_into(services, &topic, events, &format!("{run}-{round}"), &sink).await?);
+    }
+    Ok(compare(
+        events,
+        rounds,
+        ("the same PUBLISH + SET pipelined from one client, 1,000 events a round trip", &direct),
+        ("herald, one Redis route (publish + latest key) from Kafka", &herald),
+    ))
 }
 
 /// kcat from the beginning to the end, its output to /dev/null, under GNU time for its CPU.
@@ -103,12 +161,12 @@ fn drain_kcat(services: &Services, topic: &str, events: u64) -> Result<Drain> {
     Ok(Drain { rate: events as f64 / wall.as_secs_f64(), cpu_seconds: cpu })
 }
 
-/// herald with one stdout route on a new group, from its partitions assigned to the last
-/// event delivered (the group join is not the drain).
-async fn drain_herald(services: &Services, topic: &str, events: u64, name: &str) -> Result<Drain> {
+/// herald with one route (`sink`, a TOML inline table) on a new group, from its partitions
+/// assigned to the last event delivered (the group join is not the drain).
+async fn drain_herald_into(services: &Services, topic: &str, events: u64, name: &str, sink: &str) -> Result<Drain> {
     let config = format!(
         "[kafka]\nbootstrap.servers = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[[route]]\nname = \"limit\"\ntopics = [\"{topic}\"]\n\
-         group_id = \"{name}\"\nsink = {{ type = \"stdout\" }}\n",
+         group_id = \"{name}\"\nsink = {sink}\n",
         services.brokers
     );
     let mut herald = HeraldProcess::start(&services.herald, name, &config, None)?;

@@ -144,6 +144,15 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// herald's Redis route beside the same commands pipelined straight into Redis, alternating.
+    LimitRedis {
+        /// Events.
+        #[arg(long, default_value_t = 300_000)]
+        events: u64,
+        /// Rounds of (pipelined, herald).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// A one-shot `herald publish` beside the seed's Python script, alternating.
     Publish {
         /// Rounds of (herald, herald --idempotent, seed).
@@ -231,6 +240,7 @@ async fn main() -> Result<()> {
         Command::Expect { pairs, rounds } => expect::run(&services, pairs, rounds).await?,
         Command::Publish { rounds } => publish::run(&services, rounds).await?,
         Command::LimitStdout { events, rounds } => limit::stdout(&services, events, rounds).await?,
+        Command::LimitRedis { events, rounds } => limit::redis(&services, events, rounds).await?,
         Command::Routes { routes, backlog } => routes::run(&services, routes, backlog).await?,
         Command::All { out } => return all(&services, &out).await,
         Command::Plot { results } => return plot_baseline(&results),
