@@ -205,16 +205,7 @@ fn send_blocking(producer: &BaseProducer<Deliveries>, topic: &str, records: Vec<
         if let Some(payload) = outgoing.payload.as_deref() {
             record = record.payload(payload);
         }
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
-                    producer.poll(Duration::from_millis(10));
-                    record = returned;
-                }
-                Err((err, _)) => return Err(err),
-            }
-        }
+        crate::kafka::send_queued(producer, record)?;
     }
     if !crate::kafka::settle(producer, SEND_TIMEOUT) {
         return Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut));

@@ -111,3 +111,26 @@ pub fn settle<C: rdkafka::producer::ProducerContext>(
     }
     true
 }
+
+/// Queues `record` on `producer`, polling (which serves delivery reports and frees room) while
+/// librdkafka's queue is full.
+pub fn send_queued<'a, C, K, P>(
+    producer: &rdkafka::producer::BaseProducer<C>,
+    mut record: rdkafka::producer::BaseRecord<'a, K, P, C::DeliveryOpaque>,
+) -> Result<(), KafkaError>
+where
+    C: rdkafka::producer::ProducerContext,
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
+{
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                producer.poll(Duration::from_millis(10));
+                record = returned;
+            }
+            Err((err, _)) => return Err(err),
+        }
+    }
+}

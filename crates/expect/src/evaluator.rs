@@ -469,17 +469,8 @@ fn transact(
     producer.begin_transaction().map_err(ExpectError::kafka("beginning a transaction"))?;
     let result = (|| {
         for (topic, partition, key, value) in records {
-            let mut record = BaseRecord::to(topic).partition(*partition).key(key.as_str()).payload(value.as_str());
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
-                        producer.poll(Duration::from_millis(10));
-                        record = returned;
-                    }
-                    Err((err, _)) => return Err(ExpectError::kafka("queueing a record")(err)),
-                }
-            }
+            let record = BaseRecord::to(topic).partition(*partition).key(key.as_str()).payload(value.as_str());
+            herald_core::kafka::send_queued(producer, record).map_err(ExpectError::kafka("queueing a record"))?;
         }
         // Every record is written before the offsets join the transaction.
         if !herald_core::kafka::settle(producer, KAFKA_TIMEOUT) {
