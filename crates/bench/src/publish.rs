@@ -22,43 +22,26 @@ pub async fn run(services: &Services, rounds: usize) -> Result<Vec<Row>> {
     }
     let topic = format!("bench.{}", services.run_name("publish"));
     herald_core::kafka::ensure_topic(&services.kafka(), &topic, 3).await.context("creating the topic")?;
-    let herald = services.herald.display().to_string();
+    let herald: Vec<String> = [
+        services.herald.display().to_string().as_str(),
+        "publish",
+        "--brokers",
+        services.brokers.as_str(),
+        "--topic",
+        topic.as_str(),
+        "--source",
+        "OrdersDB",
+        "--stage",
+        "bronze_ingest",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let idempotent: Vec<String> = herald.iter().cloned().chain(["--idempotent".to_owned()]).collect();
+    let seed = vec![PYTHON.into(), SEED.into(), "publish".into(), services.brokers.clone(), topic.clone()];
     let commands: [(&str, Vec<String>); 3] = [
-        (
-            "herald publish",
-            vec![
-                herald.clone(),
-                "publish".into(),
-                "--brokers".into(),
-                services.brokers.clone(),
-                "--topic".into(),
-                topic.clone(),
-                "--source".into(),
-                "OrdersDB".into(),
-                "--stage".into(),
-                "bronze_ingest".into(),
-            ],
-        ),
-        (
-            "herald publish --idempotent",
-            vec![
-                herald,
-                "publish".into(),
-                "--idempotent".into(),
-                "--brokers".into(),
-                services.brokers.clone(),
-                "--topic".into(),
-                topic.clone(),
-                "--source".into(),
-                "OrdersDB".into(),
-                "--stage".into(),
-                "bronze_ingest".into(),
-            ],
-        ),
-        (
-            "the seed's publish_stage_complete (Python)",
-            vec![PYTHON.into(), SEED.into(), "publish".into(), services.brokers.clone(), topic.clone()],
-        ),
+        ("herald publish", herald),
+        ("herald publish --idempotent", idempotent),
+        ("the seed's publish_stage_complete (Python)", seed),
     ];
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); commands.len()];
     for _ in 0..rounds {
