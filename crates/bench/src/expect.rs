@@ -45,12 +45,8 @@ async fn once(services: &Services, pairs: usize, with: bool, round: usize) -> Re
     if with {
         herald.wait_for_logs("Expectations: partition taken over.", 3, Duration::from_secs(60))?;
     }
-    tokio::time::sleep(SETTLE).await;
-    let before = herald.usage()?;
-    tokio::time::sleep(IDLE).await;
-    let after = herald.usage()?;
+    let (after, cpu) = herald.idle_usage(SETTLE, IDLE).await?;
     herald.stop()?;
-    let cpu = (after.cpu_seconds - before.cpu_seconds) / IDLE.as_secs_f64() * 100.0;
     Ok(Row {
         name: if with {
             format!("idle with expectations, {pairs} pairs (round {})", round + 1)

@@ -161,6 +161,16 @@ impl HeraldProcess {
         Ok(response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default())
     }
 
+    /// Usage after `idle` with nothing to do, following `settle`, and the share of a core (%)
+    /// herald used over `idle`.
+    pub async fn idle_usage(&self, settle: Duration, idle: Duration) -> Result<(Usage, f64)> {
+        tokio::time::sleep(settle).await;
+        let before = self.usage()?;
+        tokio::time::sleep(idle).await;
+        let after = self.usage()?;
+        Ok((after, (after.cpu_seconds - before.cpu_seconds) / idle.as_secs_f64() * 100.0))
+    }
+
     /// Everything herald logged so far.
     pub fn log_text(&self) -> String {
         let log = self.log.lock().unwrap_or_else(PoisonError::into_inner);

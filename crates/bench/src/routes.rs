@@ -60,15 +60,11 @@ async fn idle(services: &Services, count: usize) -> Result<Row> {
     let (run, _topics, config) = setup(services, count).await?;
     let mut herald = HeraldProcess::start(&services.herald, &run, &config, None)?;
     herald.wait_for_logs("Partitions assigned.", count, Duration::from_secs(120))?;
-    tokio::time::sleep(SETTLE).await;
-    let before = herald.usage()?;
-    tokio::time::sleep(IDLE).await;
-    let after = herald.usage()?;
+    let (after, cpu) = herald.idle_usage(SETTLE, IDLE).await?;
     let thread_count = threads(&herald);
     let stopping = Instant::now();
     herald.stop()?;
     let stop_ms = stopping.elapsed().as_secs_f64() * 1000.0;
-    let cpu = (after.cpu_seconds - before.cpu_seconds) / IDLE.as_secs_f64() * 100.0;
     Ok(Row {
         name: format!("{count} routes idle"),
         events: 0,
