@@ -42,7 +42,11 @@ pub struct StageEvent {
 impl StageEvent {
     /// Parses a Kafka message value. The error says which field is missing or has the wrong type.
     pub fn from_json(bytes: &[u8]) -> Result<Self, EventError> {
-        let text = std::str::from_utf8(bytes).map_err(EventError::NotUtf8)?;
+        Self::from_json_str(std::str::from_utf8(bytes).map_err(EventError::NotUtf8)?)
+    }
+
+    /// [`StageEvent::from_json`] for a payload already known to be UTF-8.
+    pub fn from_json_str(text: &str) -> Result<Self, EventError> {
         // The default recursion limit (128) bounds nesting, so a hostile message cannot blow the stack.
         match serde_json::from_str(text) {
             Ok(event) => Ok(event),

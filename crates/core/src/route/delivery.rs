@@ -74,18 +74,14 @@ impl Delivery<'_> {
         let mut letters = Vec::new();
         for (index, message) in messages.iter().enumerate() {
             match parse(message, self.route.max_message_bytes) {
-                Ok(event) if self.route.filter.matches(&event) => {
+                Ok((event, text)) if self.route.filter.matches(&event) => {
                     records.push(SinkRecord {
                         event,
                         topic: message.topic().to_owned(),
                         partition: message.partition(),
                         offset: message.offset(),
                         origin: crate::kafka::origin_of(message),
-                        // Parsed, hence UTF-8.
-                        raw: message
-                            .payload()
-                            .and_then(|payload| std::str::from_utf8(payload).ok())
-                            .map(std::sync::Arc::from),
+                        raw: Some(std::sync::Arc::from(text)),
                     });
                     record_origin.push(index);
                 }
@@ -218,10 +214,14 @@ pub(crate) fn next_offsets(messages: &[OwnedMessage]) -> NextOffsets {
     next.into_iter().map(|(topic, partition, offset)| ((topic.to_owned(), partition), offset)).collect()
 }
 
-fn parse(message: &OwnedMessage, limit: usize) -> Result<StageEvent, EventError> {
+/// The message's event, and its payload as text (checked as UTF-8 once, for both).
+fn parse(message: &OwnedMessage, limit: usize) -> Result<(StageEvent, &str), EventError> {
     match message.payload() {
         Some(payload) if payload.len() > limit => Err(EventError::TooLarge { size: payload.len(), limit }),
-        Some(payload) => StageEvent::from_json(payload),
+        Some(payload) => {
+            let text = std::str::from_utf8(payload).map_err(EventError::NotUtf8)?;
+            Ok((StageEvent::from_json_str(text)?, text))
+        }
         None => Err(EventError::Empty),
     }
 }
