@@ -30,7 +30,7 @@ pub async fn stdout(services: &Services, events: u64, rounds: usize) -> Result<V
     for round in 0..rounds {
         kcat.push(drain_kcat(services, &topic, events)?);
         let name = format!("{run}-{round}");
-        herald.push(drain_herald_into(services, &topic, events, &name, "{ type = \"stdout\" }").await?);
+        herald.push(drain_herald_into(services, &topic, events, &name, "{ type = \"stdout\" }", "").await?);
     }
     Ok(compare(events, rounds, ("kcat -C -e → /dev/null", &kcat), ("herald, one stdout route → /dev/null", &herald)))
 }
@@ -118,7 +118,7 @@ pub async fn redis(services: &Services, events: u64, rounds: usize) -> Result<Ve
             "{{ type = \"redis\", url = \"{}\", publish = {{ channel = \"bench.{run}.{{source}}\" }}, latest_key = {{ key = \"bench:{run}:{round}:{{source}}:{{stage}}\", ttl = \"10m\" }} }}",
             services.redis
         );
-        herald.push(drain_herald_into(services, &topic, events, &format!("{run}-{round}"), &sink).await?);
+        herald.push(drain_herald_into(services, &topic, events, &format!("{run}-{round}"), &sink, "").await?);
     }
     Ok(compare(
         events,
@@ -161,12 +161,20 @@ fn drain_kcat(services: &Services, topic: &str, events: u64) -> Result<Drain> {
     Ok(Drain { rate: events as f64 / wall.as_secs_f64(), cpu_seconds: cpu })
 }
 
-/// herald with one route (`sink`, a TOML inline table) on a new group, from its partitions
-/// assigned to the last event delivered (the group join is not the drain).
-async fn drain_herald_into(services: &Services, topic: &str, events: u64, name: &str, sink: &str) -> Result<Drain> {
+/// herald with one route (`sink`, a TOML inline table, then any further route keys as TOML
+/// lines in `route_keys`) on a new group, from its partitions assigned to the last event
+/// delivered (the group join is not the drain).
+async fn drain_herald_into(
+    services: &Services,
+    topic: &str,
+    events: u64,
+    name: &str,
+    sink: &str,
+    route_keys: &str,
+) -> Result<Drain> {
     let config = format!(
         "[kafka]\nbootstrap.servers = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[[route]]\nname = \"limit\"\ntopics = [\"{topic}\"]\n\
-         group_id = \"{name}\"\nsink = {sink}\n",
+         group_id = \"{name}\"\n{route_keys}sink = {sink}\n",
         services.brokers
     );
     let mut herald = HeraldProcess::start(&services.herald, name, &config, None)?;
@@ -184,4 +192,84 @@ async fn drain_herald_into(services: &Services, topic: &str, events: u64, name: 
     let after = herald.usage()?;
     herald.stop()?;
     Ok(Drain { rate: events as f64 / wall.as_secs_f64(), cpu_seconds: after.cpu_seconds - before.cpu_seconds })
+}
+
+/// The columns herald's greenfield append writes, in its order: what the reference copies too.
+const HISTORY_COLUMNS: &str =
+    "event, stage, source, records, status, event_time, payload, origin, kafka_topic, kafka_partition, kafka_offset";
+
+/// Postgres: herald's exactly-once append of `events` into `pipeline_status` (a schema of its
+/// own each round), beside one `\copy` of the same rows through psql into a table made `LIKE`
+/// it (indexes and defaults included), alternating. The rows herald wrote in its first round are
+/// the reference's input.
+pub async fn postgres(services: &Services, events: u64, rounds: usize, max_events: usize) -> Result<Vec<Row>> {
+    let run = services.run_name("limit-postgres");
+    let topic = format!("bench.{run}");
+    herald_core::kafka::ensure_topic(&services.kafka(), &topic, 1).await.context("creating the topic")?;
+    let producer = load::producer(&services.brokers, Pace::Max)?;
+    load::produce(&producer, &topic, &run, 0..events, Pace::Max).await?;
+    let pool = sqlx::PgPool::connect(&services.postgres).await.context("connecting to Postgres")?;
+    let rows_file = std::env::temp_dir().join(format!("herald-{run}.copy"));
+    let (mut reference, mut herald) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let schema = crate::Services::schema_for(&format!("{run}-{round}"));
+        sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&pool).await.context("creating the schema")?;
+        let sink = format!(
+            "{{ type = \"postgres\", url = \"{}\", schema = \"{schema}\", mode = \"append\" }}",
+            services.postgres
+        );
+        let batch = format!("batch = {{ max_events = {max_events} }}\n");
+        herald.push(drain_herald_into(services, &topic, events, &format!("{run}-{round}"), &sink, &batch).await?);
+        let written: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {schema}.pipeline_status"))
+            .fetch_one(&pool)
+            .await?;
+        anyhow::ensure!(written == events as i64, "herald wrote {written} rows, not {events}");
+        if round == 0 {
+            psql(
+                services,
+                &format!(
+                    "\\copy (SELECT {HISTORY_COLUMNS} FROM {schema}.pipeline_status ORDER BY id) TO '{}'",
+                    rows_file.display()
+                ),
+            )?;
+        }
+        let copy_schema = format!("{schema}_copy");
+        sqlx::query(&format!("CREATE SCHEMA {copy_schema}")).execute(&pool).await?;
+        sqlx::query(&format!(
+            "CREATE TABLE {copy_schema}.pipeline_status (LIKE {schema}.pipeline_status INCLUDING ALL)"
+        ))
+        .execute(&pool)
+        .await?;
+        let started = Instant::now();
+        let cpu_seconds = psql(
+            services,
+            &format!("\\copy {copy_schema}.pipeline_status ({HISTORY_COLUMNS}) FROM '{}'", rows_file.display()),
+        )?;
+        reference.push(Drain { rate: events as f64 / started.elapsed().as_secs_f64(), cpu_seconds });
+        for drop in [copy_schema, schema] {
+            sqlx::query(&format!("DROP SCHEMA {drop} CASCADE")).execute(&pool).await?;
+        }
+    }
+    let _ = std::fs::remove_file(&rows_file);
+    Ok(compare(
+        events,
+        rounds,
+        ("one \\copy of the same rows through psql into the same table", &reference),
+        (&format!("herald, one Postgres append route, exactly-once, batches of ≤ {max_events}"), &herald),
+    ))
+}
+
+/// Runs one psql command under GNU time; returns psql's CPU seconds.
+fn psql(services: &Services, command: &str) -> Result<f64> {
+    let out = Command::new("/usr/bin/time")
+        .args(["-f", "%U %S", "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", &services.postgres, "-c", command])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .context("running psql under /usr/bin/time")?;
+    let text = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        bail!("psql failed: {text}");
+    }
+    Ok(text.lines().last().unwrap_or("").split_whitespace().filter_map(|v| v.parse::<f64>().ok()).sum())
 }

@@ -153,6 +153,19 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// herald's exactly-once Postgres append beside one `\copy` of the same rows through psql,
+    /// alternating.
+    LimitPostgres {
+        /// Events.
+        #[arg(long, default_value_t = 300_000)]
+        events: u64,
+        /// Rounds of (herald, psql).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// The route's `batch.max_events`.
+        #[arg(long, default_value_t = 500)]
+        max_events: usize,
+    },
     /// A one-shot `herald publish` beside the seed's Python script, alternating.
     Publish {
         /// Rounds of (herald, herald --idempotent, seed).
@@ -241,6 +254,9 @@ async fn main() -> Result<()> {
         Command::Publish { rounds } => publish::run(&services, rounds).await?,
         Command::LimitStdout { events, rounds } => limit::stdout(&services, events, rounds).await?,
         Command::LimitRedis { events, rounds } => limit::redis(&services, events, rounds).await?,
+        Command::LimitPostgres { events, rounds, max_events } => {
+            limit::postgres(&services, events, rounds, max_events).await?
+        }
         Command::Routes { routes, backlog } => routes::run(&services, routes, backlog).await?,
         Command::All { out } => return all(&services, &out).await,
         Command::Plot { results } => return plot_baseline(&results),
