@@ -220,9 +220,8 @@ pub async fn postgres(services: &Services, events: u64, rounds: usize, max_event
         );
         let batch = format!("batch = {{ max_events = {max_events} }}\n");
         herald.push(drain_herald_into(services, &topic, events, &format!("{run}-{round}"), &sink, &batch).await?);
-        let written: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {schema}.pipeline_status"))
-            .fetch_one(&pool)
-            .await?;
+        let written: i64 =
+            sqlx::query_scalar(&format!("SELECT count(*) FROM {schema}.pipeline_status")).fetch_one(&pool).await?;
         anyhow::ensure!(written == events as i64, "herald wrote {written} rows, not {events}");
         if round == 0 {
             psql(

@@ -144,9 +144,15 @@ impl TableWriter {
                 out.push(b'\t');
             }
             if let FieldSource::Event = source {
-                // Serialized straight into the buffer: the event JSON is the widest column.
-                // Writing into a Vec cannot fail, nor can serializing an event (see `to_json`).
-                let _ = serde_json::to_writer(CopyEscaped(out), &record.event);
+                match record.raw.as_deref() {
+                    // The payload as received: it parsed as an event, so it is JSON.
+                    Some(raw) => copy_escape(out, raw.as_bytes()),
+                    // Serialized straight into the buffer. Writing into a Vec cannot fail, nor
+                    // can serializing an event (see `to_json`).
+                    None => {
+                        let _ = serde_json::to_writer(CopyEscaped(out), &record.event);
+                    }
+                }
                 continue;
             }
             match value(record, source) {
@@ -246,22 +252,30 @@ fn copy_statement(plan: &TablePlan) -> String {
     format!("COPY {} ({}) FROM STDIN", plan.table, target.join(", "))
 }
 
-/// Writes `text` as a `COPY` text-format value: backslash, tab, newline and carriage return
+/// Writes `bytes` as a `COPY` text-format value: backslash, tab, newline and carriage return
 /// escaped, so a value can neither end its column or row early nor read as `\N`. Runs between
-/// those bytes are copied whole.
+/// those bytes are copied whole, found with `memchr` (carriage returns are rare: one scan says
+/// whether the slower four-byte search is needed).
 fn copy_escape(out: &mut Vec<u8>, bytes: &[u8]) {
+    let has_carriage_return = memchr::memchr(b'\r', bytes).is_some();
+    let next_special = |rest: &[u8]| {
+        if has_carriage_return {
+            rest.iter().position(|&byte| matches!(byte, b'\\' | b'\t' | b'\n' | b'\r'))
+        } else {
+            memchr::memchr3(b'\\', b'\t', b'\n', rest)
+        }
+    };
     let mut start = 0;
-    for (i, &byte) in bytes.iter().enumerate() {
-        let escaped: &[u8] = match byte {
+    while let Some(found) = next_special(&bytes[start..]) {
+        let at = start + found;
+        out.extend_from_slice(&bytes[start..at]);
+        out.extend_from_slice(match bytes[at] {
             b'\\' => b"\\\\",
             b'\t' => b"\\t",
             b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            _ => continue,
-        };
-        out.extend_from_slice(&bytes[start..i]);
-        out.extend_from_slice(escaped);
-        start = i + 1;
+            _ => b"\\r",
+        });
+        start = at + 1;
     }
     out.extend_from_slice(&bytes[start..]);
 }
@@ -289,7 +303,10 @@ fn value<'a>(record: &'a SinkRecord, source: &'a FieldSource) -> Option<Cow<'a, 
             Some(Cow::Owned(record.event.timestamp.instant().to_rfc3339_opts(chrono::SecondsFormat::Micros, false)))
         }
         FieldSource::Field(name) => record.event.field(name),
-        FieldSource::Event => Some(Cow::Owned(record.event.to_json())),
+        FieldSource::Event => Some(match record.raw.as_deref() {
+            Some(raw) => Cow::Borrowed(raw),
+            None => Cow::Owned(record.event.to_json()),
+        }),
         FieldSource::Topic => Some(Cow::Borrowed(&record.topic)),
         FieldSource::Partition => Some(Cow::Owned(record.partition.to_string())),
         FieldSource::Offset => Some(Cow::Owned(record.offset.to_string())),
@@ -335,6 +352,14 @@ mod tests {
         let mut out = Vec::new();
         copy_escape(&mut out, "a\tb\nc\rd\\N".as_bytes());
         assert_eq!(out, b"a\\tb\\nc\\rd\\\\N");
+        // Without a carriage return the search takes the memchr path: same escapes, and the
+        // runs between them (multi-byte characters included) are copied whole.
+        out.clear();
+        copy_escape(&mut out, "{\"é\":\"x\\\"y\"}\t\\N\n".as_bytes());
+        assert_eq!(out, "{\"é\":\"x\\\\\"y\"}\\t\\\\N\\n".as_bytes());
+        out.clear();
+        copy_escape(&mut out, b"plain");
+        assert_eq!(out, b"plain");
     }
 
     #[test]
