@@ -10,6 +10,9 @@ pub enum RouteError {
     /// The Kafka consumer could not be created or subscribed.
     #[error("cannot create the Kafka consumer")]
     Consumer(#[source] KafkaError),
+    /// The task reading the next batch while one is written failed unexpectedly.
+    #[error("reading the next batch failed: {0}")]
+    ReadAhead(String),
     /// The dead-letter topic could not be created or its producer made.
     #[error("cannot set up dead-letter topic `{topic}`")]
     DeadLetterSetup {

@@ -121,7 +121,15 @@ async fn start_route(
     let consumer = create_consumer(&config.kafka, &route, Arc::clone(&stats), statistics_ms, prefetch_kbytes)
         .map_err(RouteError::Consumer)?;
     info!(route = %route.name, group = %route.group_id(), topics = ?route.topics, sink = %route.sink.kind, "Route started.");
-    Ok(RouteWorker { route, consumer, sink, dead_letters, stats, held: Vec::new(), resume_at: Default::default() })
+    Ok(RouteWorker {
+        route: Arc::new(route),
+        consumer: Arc::new(consumer),
+        sink,
+        dead_letters,
+        stats,
+        held: Vec::new(),
+        resume_at: Default::default(),
+    })
 }
 
 /// Logs one line per route every `interval`: rates since the last line, totals and lag.

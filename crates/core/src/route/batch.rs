@@ -28,7 +28,18 @@ pub(crate) trait Inbox: Send {
         message: &OwnedMessage,
         batch: &mut Vec<OwnedMessage>,
         cancel: &CancellationToken,
-    ) -> Result<bool, RouteError>;
+    ) -> Result<Admission, RouteError>;
+}
+
+/// What becomes of a received message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Admission {
+    /// It joins the batch.
+    Join,
+    /// It is dropped (it will be read again from elsewhere, e.g. after a seek).
+    Skip,
+    /// The batch ends before it; it is held and offered first to the next batch.
+    HoldBack,
 }
 
 /// The route's name for logs, and the limits of one batch.
@@ -39,15 +50,29 @@ pub(crate) struct Limits<'a> {
     pub(crate) batch: &'a BatchConfig,
 }
 
-/// Fills a batch starting with `held` (messages kept from a pause), which start the linger at once.
+/// Fills a batch, offering the messages in `held` (kept from a pause or an earlier batch) first;
+/// admitted held messages start the linger at once. A message held back goes into `held`
+/// again, with the rest after it.
 pub(crate) async fn gather(
     inbox: &mut impl Inbox,
-    held: Vec<OwnedMessage>,
+    held: &mut Vec<OwnedMessage>,
     limits: Limits<'_>,
     pause_requests: &mut watch::Receiver<bool>,
     cancel: &CancellationToken,
 ) -> Result<Vec<OwnedMessage>, RouteError> {
-    let mut batch = held;
+    let mut offered = std::mem::take(held).into_iter();
+    let mut batch = Vec::with_capacity(offered.len());
+    while let Some(message) = offered.next() {
+        match inbox.admit(&message, &mut batch, cancel).await? {
+            Admission::Join => batch.push(message),
+            Admission::Skip => {}
+            Admission::HoldBack => {
+                held.push(message);
+                held.extend(offered);
+                return Ok(batch);
+            }
+        }
+    }
     let mut deadline = (!batch.is_empty()).then(|| Instant::now() + limits.batch.max_wait);
     while batch.len() < limits.batch.max_events {
         let received = tokio::select! {
@@ -61,13 +86,17 @@ pub(crate) async fn gather(
             _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => break,
         };
         match received {
-            Ok(message) => {
-                if !inbox.admit(&message, &mut batch, cancel).await? {
-                    continue;
+            Ok(message) => match inbox.admit(&message, &mut batch, cancel).await? {
+                Admission::Join => {
+                    batch.push(message);
+                    deadline.get_or_insert_with(|| Instant::now() + limits.batch.max_wait);
                 }
-                batch.push(message);
-                deadline.get_or_insert_with(|| Instant::now() + limits.batch.max_wait);
-            }
+                Admission::Skip => {}
+                Admission::HoldBack => {
+                    held.push(message);
+                    break;
+                }
+            },
             Err(err) => {
                 warn!(route = %limits.route, error = %err, "Kafka consumer error; librdkafka will retry.");
                 // Errors such as an unknown topic repeat at once: don't spin on them.
@@ -92,10 +121,12 @@ mod tests {
 
     use super::*;
 
-    /// Messages sent by the test; `skip` offsets are refused by `admit`.
+    /// Messages sent by the test; `skip` offsets are refused by `admit`, `hold_back` ones end
+    /// the batch (once each).
     struct ChannelInbox {
         messages: mpsc::UnboundedReceiver<OwnedMessage>,
         skip: Vec<i64>,
+        hold_back: Vec<i64>,
     }
 
     #[async_trait]
@@ -112,8 +143,12 @@ mod tests {
             message: &OwnedMessage,
             _batch: &mut Vec<OwnedMessage>,
             _cancel: &CancellationToken,
-        ) -> Result<bool, RouteError> {
-            Ok(!self.skip.contains(&message.offset()))
+        ) -> Result<Admission, RouteError> {
+            if let Some(at) = self.hold_back.iter().position(|&offset| offset == message.offset()) {
+                self.hold_back.remove(at);
+                return Ok(Admission::HoldBack);
+            }
+            Ok(if self.skip.contains(&message.offset()) { Admission::Skip } else { Admission::Join })
         }
     }
 
@@ -123,7 +158,7 @@ mod tests {
 
     fn inbox() -> (mpsc::UnboundedSender<OwnedMessage>, ChannelInbox) {
         let (sender, messages) = mpsc::unbounded_channel();
-        (sender, ChannelInbox { messages, skip: Vec::new() })
+        (sender, ChannelInbox { messages, skip: Vec::new(), hold_back: Vec::new() })
     }
 
     /// Sends `offset` after `after` on the paused clock.
@@ -136,9 +171,15 @@ mod tests {
     }
 
     async fn batch_of(inbox: &mut ChannelInbox, held: Vec<i64>, config: &BatchConfig) -> Vec<i64> {
+        let mut held = held.into_iter().map(message).collect();
+        let batch = batch_holding(inbox, &mut held, config).await;
+        assert!(held.is_empty(), "nothing held back");
+        batch
+    }
+
+    async fn batch_holding(inbox: &mut ChannelInbox, held: &mut Vec<OwnedMessage>, config: &BatchConfig) -> Vec<i64> {
         let (_pause, mut pause_requests) = watch::channel(false);
         let limits = Limits { route: "r", batch: config };
-        let held = held.into_iter().map(message).collect();
         let batch = gather(inbox, held, limits, &mut pause_requests, &CancellationToken::new()).await.unwrap();
         batch.iter().map(Message::offset).collect()
     }
@@ -194,13 +235,34 @@ mod tests {
             std::future::pending::<()>().await;
         });
         let limits = Limits { route: "r", batch: &config };
-        let batch = gather(&mut inbox, vec![], limits, &mut pause_requests, &CancellationToken::new()).await.unwrap();
+        let batch =
+            gather(&mut inbox, &mut Vec::new(), limits, &mut pause_requests, &CancellationToken::new()).await.unwrap();
         assert_eq!(batch.len(), 1, "the pause request ended an hour's linger");
 
         let cancel = CancellationToken::new();
         cancel.cancel();
         let limits = Limits { route: "r", batch: &config };
-        let batch = gather(&mut inbox, vec![], limits, &mut pause_requests, &cancel).await.unwrap();
+        let batch = gather(&mut inbox, &mut Vec::new(), limits, &mut pause_requests, &cancel).await.unwrap();
         assert!(batch.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_message_held_back_ends_the_batch_and_is_offered_first_to_the_next() {
+        let (sender, mut inbox) = inbox();
+        (0..6).for_each(|offset| sender.send(message(offset)).unwrap());
+        inbox.hold_back = vec![2, 4];
+        inbox.skip = vec![5];
+        let config = BatchConfig { max_events: 100, max_wait: Duration::ZERO };
+        let mut held = Vec::new();
+        assert_eq!(batch_holding(&mut inbox, &mut held, &config).await, [0, 1]);
+        assert_eq!(held.iter().map(Message::offset).collect::<Vec<_>>(), [2]);
+        // The held message goes through admission like any other: offered again, it joins.
+        assert_eq!(batch_holding(&mut inbox, &mut held, &config).await, [2, 3]);
+        assert_eq!(held.iter().map(Message::offset).collect::<Vec<_>>(), [4]);
+        // Held messages are admitted too: a refused one is dropped, not delivered unchecked.
+        held.push(message(5));
+        inbox.hold_back = vec![];
+        assert_eq!(batch_holding(&mut inbox, &mut held, &config).await, [4]);
+        assert!(held.is_empty());
     }
 }

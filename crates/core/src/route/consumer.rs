@@ -40,6 +40,12 @@ impl RouteContext {
         self.changed.store(true, Ordering::Release);
     }
 
+    /// Whether a rebalance changed the assignment since the worker last took the changes.
+    pub(crate) fn has_changes(&self) -> bool {
+        self.changed.load(Ordering::Acquire)
+    }
+
+    /// The assignment changes since last taken, if any.
     pub(crate) fn take_changes(&self) -> Option<AssignmentChanges> {
         if !self.changed.swap(false, Ordering::AcqRel) {
             return None;

@@ -58,37 +58,60 @@ pub(crate) struct Delivery<'a> {
     pub(crate) stats: &'a RouteShared,
 }
 
+/// A batch parsed and filtered, ready to write: the work that can be done while the batch
+/// before it is still being written.
+pub(crate) struct Prepared {
+    /// The events that pass the route's filter.
+    records: Vec<SinkRecord>,
+    /// For each record, the index of its message in the batch.
+    record_origin: Vec<usize>,
+    /// Messages that cannot be parsed.
+    letters: Vec<DeadLetter>,
+    /// Events the filter left out.
+    skipped: u64,
+}
+
+/// Parses `messages` and applies the route's filter.
+pub(crate) fn prepare(route: &RouteConfig, messages: &[OwnedMessage]) -> Prepared {
+    let mut prepared = Prepared {
+        records: Vec::with_capacity(messages.len()),
+        record_origin: Vec::with_capacity(messages.len()),
+        letters: Vec::new(),
+        skipped: 0,
+    };
+    for (index, message) in messages.iter().enumerate() {
+        match parse(message, route.max_message_bytes) {
+            Ok((event, text)) if route.filter.matches(&event) => {
+                prepared.records.push(SinkRecord {
+                    event,
+                    topic: message.topic().to_owned(),
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    origin: crate::kafka::origin_of(message),
+                    raw: Some(std::sync::Arc::from(text)),
+                });
+                prepared.record_origin.push(index);
+            }
+            Ok(_) => prepared.skipped += 1,
+            Err(err) => prepared.letters.push(DeadLetter::new(message.clone(), FailedStage::Parse, err.kind(), &err)),
+        }
+    }
+    prepared
+}
+
 impl Delivery<'_> {
-    /// Delivers one batch: sink writes (retried), then dead letters. `Ok(Some(offsets))`: the
-    /// batch is settled and these offsets may be stored; `Ok(None)`: cancelled while waiting to
-    /// retry, nothing may be stored (the batch is read again).
-    pub(crate) async fn settle(
+    /// Delivers one batch, prepared from `messages`: sink writes (retried), then dead letters.
+    /// `Ok(Some(offsets))`: the batch is settled and these offsets may be stored; `Ok(None)`:
+    /// cancelled while waiting to retry, nothing may be stored (the batch is read again).
+    pub(crate) async fn deliver(
         &mut self,
         messages: &[OwnedMessage],
+        prepared: Prepared,
         cancel: &CancellationToken,
     ) -> Result<Option<NextOffsets>, RouteError> {
         self.stats.consumed.inc_by(messages.len() as u64);
-
-        let mut records = Vec::with_capacity(messages.len());
-        let mut record_origin = Vec::with_capacity(messages.len());
-        let mut letters = Vec::new();
-        for (index, message) in messages.iter().enumerate() {
-            match parse(message, self.route.max_message_bytes) {
-                Ok((event, text)) if self.route.filter.matches(&event) => {
-                    records.push(SinkRecord {
-                        event,
-                        topic: message.topic().to_owned(),
-                        partition: message.partition(),
-                        offset: message.offset(),
-                        origin: crate::kafka::origin_of(message),
-                        raw: Some(std::sync::Arc::from(text)),
-                    });
-                    record_origin.push(index);
-                }
-                Ok(_) => self.stats.skipped.inc(),
-                Err(err) => letters.push(DeadLetter::new(message.clone(), FailedStage::Parse, err.kind(), &err)),
-            }
-        }
+        self.stats.skipped.inc_by(prepared.skipped);
+        let Prepared { records, record_origin, mut letters, .. } = prepared;
         // Without a dead-letter topic, fail before writing anything: the operator fixes the
         // config and the batch is read again from its first offset.
         self.require_dead_letter_topic(&letters)?;
@@ -347,7 +370,7 @@ mod tests {
         cancel: &CancellationToken,
     ) -> Result<Option<NextOffsets>, RouteError> {
         let mut delivery = Delivery { route, sink, dead_letters: letters.map(|l| l as &dyn DeadLetters), stats };
-        delivery.settle(messages, cancel).await
+        delivery.deliver(messages, prepare(route, messages), cancel).await
     }
 
     fn offsets(entries: &[(i32, i64)]) -> NextOffsets {

@@ -34,15 +34,16 @@ use crate::error::RouteError;
 use crate::observe::RouteShared;
 use crate::sink::{Sink, SinkError};
 
-use batch::{gather, Inbox, Limits};
+use batch::{gather, Admission, Inbox, Limits};
 use consumer::AssignmentChanges;
 pub(crate) use consumer::{create_consumer, RouteConsumer};
-use delivery::{retry_delays, DeadLetters, Delivery, NextOffsets};
+use delivery::{prepare, retry_delays, DeadLetters, Delivery, NextOffsets, Prepared};
 
 /// A route at work.
 pub(crate) struct RouteWorker {
-    pub(crate) route: RouteConfig,
-    pub(crate) consumer: RouteConsumer,
+    pub(crate) route: Arc<RouteConfig>,
+    /// Shared with the task reading the next batch while one is written.
+    pub(crate) consumer: Arc<RouteConsumer>,
     pub(crate) sink: Box<dyn Sink>,
     pub(crate) dead_letters: Option<DeadLetterQueue>,
     pub(crate) stats: Arc<RouteShared>,
@@ -80,35 +81,93 @@ impl RouteWorker {
     async fn run_batches(&mut self, cancel: &CancellationToken) -> Result<(), RouteError> {
         let mut pause_requests = self.stats.pause_requests();
         self.stats.update(|state| state.status = "running");
+        let mut prefetched: Option<(Vec<OwnedMessage>, Prepared)> = None;
         while !cancel.is_cancelled() {
             if *pause_requests.borrow_and_update() {
+                // Read but not written: held, and delivered first after resuming.
+                if let Some((messages, _)) = prefetched.take() {
+                    self.held.splice(0..0, messages);
+                }
                 self.pause_until_resumed(&mut pause_requests, cancel).await;
                 continue;
             }
-            let held = std::mem::take(&mut self.held);
-            let mut inbox = ConsumerInbox {
-                route: &self.route,
-                consumer: &self.consumer,
-                sink: self.sink.as_mut(),
-                resume_at: &mut self.resume_at,
+            let (batch, prepared) = match prefetched.take() {
+                Some(next) => next,
+                None => {
+                    let mut inbox = ConsumerInbox {
+                        route: &self.route,
+                        consumer: &self.consumer,
+                        sink: self.sink.as_mut(),
+                        resume_at: &mut self.resume_at,
+                    };
+                    let limits = Limits { route: &self.route.name, batch: &self.route.batch };
+                    let batch = gather(&mut inbox, &mut self.held, limits, &mut pause_requests, cancel).await?;
+                    if batch.is_empty() {
+                        continue;
+                    }
+                    let prepared = prepare(&self.route, &batch);
+                    (batch, prepared)
+                }
             };
-            let limits = Limits { route: &self.route.name, batch: &self.route.batch };
-            let batch = gather(&mut inbox, held, limits, &mut pause_requests, cancel).await?;
-            if batch.is_empty() {
-                continue;
-            }
-            let mut delivery = Delivery {
-                route: &self.route,
-                sink: self.sink.as_mut(),
-                dead_letters: self.dead_letters.as_ref().map(|queue| queue as &dyn DeadLetters),
-                stats: &self.stats,
-            };
-            // `None`: shutting down mid-retry; offsets not stored, the batch is read again.
-            if let Some(offsets) = delivery.settle(&batch, cancel).await? {
-                self.store_offsets(offsets);
-            }
+            prefetched = self.deliver_while_reading_on(&batch, prepared, &pause_requests, cancel).await?;
         }
         Ok(())
+    }
+
+    /// Delivers `batch` while a task of its own reads and parses the next one, so that work runs
+    /// beside the sink's (encoding, a database's commit, an HTTP round trip) on another core.
+    /// Batches are still written one at a time, in order, and offsets are stored as soon as
+    /// `batch` is settled. The next batch ends early at a rebalance: the message after it waits
+    /// for the sink to say where new partitions resume. Returns the next batch, if one was read.
+    async fn deliver_while_reading_on(
+        &mut self,
+        batch: &[OwnedMessage],
+        prepared: Prepared,
+        pause_requests: &tokio::sync::watch::Receiver<bool>,
+        cancel: &CancellationToken,
+    ) -> Result<Option<(Vec<OwnedMessage>, Prepared)>, RouteError> {
+        // Messages held back at a rebalance go through the sink's admission first.
+        let read_ahead = self.held.is_empty().then(|| {
+            let reader = ReadAhead {
+                route: Arc::clone(&self.route),
+                consumer: Arc::clone(&self.consumer),
+                resume_at: std::mem::take(&mut self.resume_at),
+                held: Vec::new(),
+                pause_requests: pause_requests.clone(),
+                cancel: cancel.clone(),
+            };
+            tokio::spawn(reader.read())
+        });
+        let mut delivery = Delivery {
+            route: &self.route,
+            sink: self.sink.as_mut(),
+            dead_letters: self.dead_letters.as_ref().map(|queue| queue as &dyn DeadLetters),
+            stats: &self.stats,
+        };
+        let settled = delivery.deliver(batch, prepared, cancel).await.map(|offsets| {
+            // `None`: shutting down mid-retry; offsets not stored, the batch is read again.
+            if let Some(offsets) = offsets {
+                store_offsets(&self.route, &self.consumer, offsets);
+            }
+        });
+        let Some(task) = read_ahead else {
+            return settled.map(|()| None);
+        };
+        if settled.is_err() {
+            task.abort();
+        }
+        let read = match task.await {
+            Ok((reader, read)) => {
+                self.resume_at = reader.resume_at;
+                self.held = reader.held;
+                read
+            }
+            // Aborted because the route is failing: `settled` says why.
+            Err(err) if err.is_cancelled() => Ok(None),
+            Err(err) => Err(RouteError::ReadAhead(err.to_string())),
+        };
+        settled?;
+        read
     }
 
     /// Pauses every assigned partition (and any assigned meanwhile) until resumed or cancelled,
@@ -152,19 +211,19 @@ impl RouteWorker {
         self.stats.update(|state| state.status = "running");
         info!(route = %self.route.name, "Route resumed.");
     }
+}
 
-    /// Marks every message of a settled batch as done: the next commit includes them.
-    fn store_offsets(&self, next: NextOffsets) {
-        let mut offsets = TopicPartitionList::new();
-        for ((topic, partition), offset) in next {
-            if let Err(err) = offsets.add_partition_offset(&topic, partition, Offset::Offset(offset)) {
-                warn!(route = %self.route.name, error = %err, "Cannot record an offset to store.");
-            }
+/// Marks every message of a settled batch as done: the next commit includes them.
+fn store_offsets(route: &RouteConfig, consumer: &RouteConsumer, next: NextOffsets) {
+    let mut offsets = TopicPartitionList::new();
+    for ((topic, partition), offset) in next {
+        if let Err(err) = offsets.add_partition_offset(&topic, partition, Offset::Offset(offset)) {
+            warn!(route = %route.name, error = %err, "Cannot record an offset to store.");
         }
-        if let Err(err) = self.consumer.store_offsets(&offsets) {
-            // The partitions were revoked meanwhile: their new owner reads these messages again.
-            debug!(route = %self.route.name, error = %err, "Offsets not stored (partition revoked?).");
-        }
+    }
+    if let Err(err) = consumer.store_offsets(&offsets) {
+        // The partitions were revoked meanwhile: their new owner reads these messages again.
+        debug!(route = %route.name, error = %err, "Offsets not stored (partition revoked?).");
     }
 }
 
@@ -188,11 +247,65 @@ impl Inbox for ConsumerInbox<'_> {
         message: &OwnedMessage,
         batch: &mut Vec<OwnedMessage>,
         cancel: &CancellationToken,
-    ) -> Result<bool, RouteError> {
+    ) -> Result<Admission, RouteError> {
         if let Some(changes) = self.consumer.context().take_changes() {
             self.apply_assignment_changes(changes, cancel).await?;
         }
-        Ok(self.resume_where_the_sink_left_off(message, batch))
+        Ok(resume_where_the_sink_left_off(self.route, self.consumer, self.resume_at, message, batch))
+    }
+}
+
+/// What the task reading the next batch takes along, and gives back with the batch.
+struct ReadAhead {
+    route: Arc<RouteConfig>,
+    consumer: Arc<RouteConsumer>,
+    resume_at: HashMap<(String, i32), i64>,
+    /// A message held back at a rebalance.
+    held: Vec<OwnedMessage>,
+    pause_requests: tokio::sync::watch::Receiver<bool>,
+    cancel: CancellationToken,
+}
+
+impl ReadAhead {
+    /// Reads and prepares the next batch; gives itself back with it.
+    async fn read(mut self) -> (Self, Result<Option<(Vec<OwnedMessage>, Prepared)>, RouteError>) {
+        let mut inbox = ReadAheadInbox { route: &self.route, consumer: &self.consumer, resume_at: &mut self.resume_at };
+        let limits = Limits { route: &self.route.name, batch: &self.route.batch };
+        let read = gather(&mut inbox, &mut self.held, limits, &mut self.pause_requests, &self.cancel).await;
+        let read = read.map(|next| {
+            (!next.is_empty()).then(|| {
+                let prepared = prepare(&self.route, &next);
+                (next, prepared)
+            })
+        });
+        (self, read)
+    }
+}
+
+/// The route's consumer as the [`Inbox`] of the batch read while the one before it is written:
+/// it cannot ask the sink anything, so a rebalance ends the batch and holds the message back.
+struct ReadAheadInbox<'a> {
+    route: &'a RouteConfig,
+    consumer: &'a RouteConsumer,
+    resume_at: &'a mut HashMap<(String, i32), i64>,
+}
+
+#[async_trait]
+impl Inbox for ReadAheadInbox<'_> {
+    async fn recv(&mut self) -> Result<OwnedMessage, KafkaError> {
+        self.consumer.recv().await.map(|message| message.detach())
+    }
+
+    async fn admit(
+        &mut self,
+        message: &OwnedMessage,
+        batch: &mut Vec<OwnedMessage>,
+        _cancel: &CancellationToken,
+    ) -> Result<Admission, RouteError> {
+        if self.consumer.context().has_changes() {
+            return Ok(Admission::HoldBack);
+        }
+        Ok(resume_where_the_sink_left_off(self.route, self.consumer, self.resume_at, message, batch))
     }
 }
 
@@ -230,30 +343,35 @@ impl ConsumerInbox<'_> {
         }
         Ok(())
     }
+}
 
-    /// For the first message of a newly assigned partition: when the sink stored a different
-    /// next offset than Kafka's committed one, seek there, drop what was read of that partition
-    /// and return false. The sink's offset wins because it was written with the data.
-    fn resume_where_the_sink_left_off(&mut self, message: &OwnedMessage, batch: &mut Vec<OwnedMessage>) -> bool {
-        if self.resume_at.is_empty() {
-            return true;
-        }
-        let key = (message.topic().to_owned(), message.partition());
-        let Some(resume) = self.resume_at.remove(&key) else { return true };
-        if message.offset() == resume {
-            return true;
-        }
-        info!(
-            route = %self.route.name, topic = %key.0, partition = key.1, from = message.offset(), to = resume,
-            "Resuming where the sink's stored offset says."
-        );
-        batch.retain(|m| !(m.topic() == key.0 && m.partition() == key.1));
-        if let Err(err) = self.consumer.seek(&key.0, key.1, Offset::Offset(resume), std::time::Duration::from_secs(10))
-        {
-            // The sink still drops what it already has; only the shortcut is lost.
-            warn!(route = %self.route.name, error = %err, "Seek to the sink's stored offset failed; continuing from Kafka's.");
-            return true;
-        }
-        false
+/// For the first message of a newly assigned partition: when the sink stored a different next
+/// offset than Kafka's committed one, seek there, drop what was read of that partition and skip
+/// the message. The sink's offset wins because it was written with the data.
+fn resume_where_the_sink_left_off(
+    route: &RouteConfig,
+    consumer: &RouteConsumer,
+    resume_at: &mut HashMap<(String, i32), i64>,
+    message: &OwnedMessage,
+    batch: &mut Vec<OwnedMessage>,
+) -> Admission {
+    if resume_at.is_empty() {
+        return Admission::Join;
     }
+    let key = (message.topic().to_owned(), message.partition());
+    let Some(resume) = resume_at.remove(&key) else { return Admission::Join };
+    if message.offset() == resume {
+        return Admission::Join;
+    }
+    info!(
+        route = %route.name, topic = %key.0, partition = key.1, from = message.offset(), to = resume,
+        "Resuming where the sink's stored offset says."
+    );
+    batch.retain(|m| !(m.topic() == key.0 && m.partition() == key.1));
+    if let Err(err) = consumer.seek(&key.0, key.1, Offset::Offset(resume), std::time::Duration::from_secs(10)) {
+        // The sink still drops what it already has; only the shortcut is lost.
+        warn!(route = %route.name, error = %err, "Seek to the sink's stored offset failed; continuing from Kafka's.");
+        return Admission::Join;
+    }
+    Admission::Skip
 }
