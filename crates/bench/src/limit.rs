@@ -18,14 +18,17 @@ struct Drain {
     cpu_seconds: f64,
 }
 
-/// `rounds` × (kcat, herald) over the same `events` small events; a row per tool with medians,
-/// ranges and the ratio.
-pub async fn stdout(services: &Services, events: u64, rounds: usize) -> Result<Vec<Row>> {
+/// `rounds` × (kcat, herald) over the same `events` events; a row per tool with medians, ranges
+/// and the ratio. `event_bytes` above an event's natural size (about 230 bytes) pads its `run`
+/// field up to that size.
+pub async fn stdout(services: &Services, events: u64, rounds: usize, event_bytes: usize) -> Result<Vec<Row>> {
     let run = services.run_name("limit-stdout");
     let topic = format!("bench.{run}");
     herald_core::kafka::ensure_topic(&services.kafka(), &topic, 1).await.context("creating the topic")?;
     let producer = load::producer(&services.brokers, Pace::Max)?;
-    load::produce(&producer, &topic, &run, 0..events, Pace::Max).await?;
+    let natural = load::event(&run, events).1.len();
+    let padded_run = format!("{run}{}", "x".repeat(event_bytes.saturating_sub(natural)));
+    load::produce(&producer, &topic, &padded_run, 0..events, Pace::Max).await?;
     let (mut kcat, mut herald) = (Vec::new(), Vec::new());
     for round in 0..rounds {
         kcat.push(drain_kcat(services, &topic, events)?);

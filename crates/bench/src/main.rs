@@ -143,6 +143,9 @@ enum Command {
         /// Rounds of (kcat, herald).
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+        /// Pad each event to this many bytes (0: its natural size, about 230).
+        #[arg(long, default_value_t = 0)]
+        event_bytes: usize,
     },
     /// herald's Redis route beside the same commands pipelined straight into Redis, alternating.
     LimitRedis {
@@ -252,7 +255,9 @@ async fn main() -> Result<()> {
         Command::Startup => vec![startup::run(&services).await?],
         Command::Expect { pairs, rounds } => expect::run(&services, pairs, rounds).await?,
         Command::Publish { rounds } => publish::run(&services, rounds).await?,
-        Command::LimitStdout { events, rounds } => limit::stdout(&services, events, rounds).await?,
+        Command::LimitStdout { events, rounds, event_bytes } => {
+            limit::stdout(&services, events, rounds, event_bytes).await?
+        }
         Command::LimitRedis { events, rounds } => limit::redis(&services, events, rounds).await?,
         Command::LimitPostgres { events, rounds, max_events } => {
             limit::postgres(&services, events, rounds, max_events).await?

@@ -1,9 +1,12 @@
 //! One route's worker: consume → parse → filter → batch → sink → dead letters → store offsets.
 //!
-//! The loop is sequential on purpose: a batch is fully settled (sink Ok, dead letters
-//! acknowledged, offsets stored) before the next is read, which keeps per-partition order and
-//! makes "offsets advance only after the sink has the data" true by construction. librdkafka keeps
-//! fetching in the background meanwhile, bounded by `queued.max.messages.kbytes`.
+//! Writes are sequential on purpose: a batch is fully settled (sink Ok, dead letters
+//! acknowledged, offsets stored) before the next is written, which keeps per-partition order and
+//! makes "offsets advance only after the sink has the data" true by construction. Reading is
+//! not: while a batch is written, a task of its own reads and parses the next one (at most one
+//! batch ahead), so herald's share of the work runs beside the sink's on another core. That task
+//! cannot ask the sink anything, so at a rebalance it ends its batch and the worker takes over.
+//! librdkafka keeps fetching in the background, bounded by `queued.max.messages.kbytes`.
 //!
 //! Layout: `consumer.rs` (the Kafka consumer and its rebalance context), `batch.rs` (planning a
 //! batch from an [`batch::Inbox`]), `delivery.rs` (settling a batch: sink, retries, dead
