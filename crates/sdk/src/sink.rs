@@ -71,6 +71,15 @@ pub trait Sink: Send + Sync {
         Ok(Vec::new())
     }
 
+    /// Whether the runtime reads and parses the next batch on a task of its own while this sink
+    /// writes one. Worth it when a write mostly waits on another system (a database, a network
+    /// round trip): herald's share then runs on another core meanwhile. A sink whose writes are
+    /// herald's own CPU work (stdout) is faster without handing batches between threads. The
+    /// default is `true`.
+    fn read_ahead(&self) -> bool {
+        true
+    }
+
     /// Flushes and releases resources at shutdown.
     async fn close(&mut self) -> Result<(), SinkError> {
         Ok(())

@@ -3,8 +3,9 @@
 //! Writes are sequential on purpose: a batch is fully settled (sink Ok, dead letters
 //! acknowledged, offsets stored) before the next is written, which keeps per-partition order and
 //! makes "offsets advance only after the sink has the data" true by construction. Reading is
-//! not: while a batch is written, a task of its own reads and parses the next one (at most one
-//! batch ahead), so herald's share of the work runs beside the sink's on another core. That task
+//! not, for sinks whose writes wait on another system ([`Sink::read_ahead`]): while a batch is
+//! written, a task of its own reads and parses the next one (at most one batch ahead), so
+//! herald's share of the work runs beside the sink's on another core. That task
 //! cannot ask the sink anything, so at a rebalance it ends its batch and the worker takes over.
 //! librdkafka keeps fetching in the background, bounded by `queued.max.messages.kbytes`.
 //!
@@ -112,12 +113,37 @@ impl RouteWorker {
                     (batch, prepared)
                 }
             };
-            prefetched = self.deliver_while_reading_on(&batch, prepared, &pause_requests, cancel).await?;
+            prefetched = if self.sink.read_ahead() {
+                self.deliver_while_reading_on(&batch, prepared, &pause_requests, cancel).await?
+            } else {
+                self.deliver(&batch, prepared, cancel).await?;
+                None
+            };
         }
         Ok(())
     }
 
-    /// Delivers `batch` while a task of its own reads and parses the next one, so that work runs
+    /// Delivers `batch` and stores its offsets once settled.
+    async fn deliver(
+        &mut self,
+        batch: &[OwnedMessage],
+        prepared: Prepared,
+        cancel: &CancellationToken,
+    ) -> Result<(), RouteError> {
+        let mut delivery = Delivery {
+            route: &self.route,
+            sink: self.sink.as_mut(),
+            dead_letters: self.dead_letters.as_ref().map(|queue| queue as &dyn DeadLetters),
+            stats: &self.stats,
+        };
+        // `None`: shutting down mid-retry; offsets not stored, the batch is read again.
+        if let Some(offsets) = delivery.deliver(batch, prepared, cancel).await? {
+            store_offsets(&self.route, &self.consumer, offsets);
+        }
+        Ok(())
+    }
+
+    /// [`RouteWorker::deliver`] while a task of its own reads and parses the next one, so that work runs
     /// beside the sink's (encoding, a database's commit, an HTTP round trip) on another core.
     /// Batches are still written one at a time, in order, and offsets are stored as soon as
     /// `batch` is settled. The next batch ends early at a rebalance: the message after it waits
@@ -141,18 +167,7 @@ impl RouteWorker {
             };
             tokio::spawn(reader.read())
         });
-        let mut delivery = Delivery {
-            route: &self.route,
-            sink: self.sink.as_mut(),
-            dead_letters: self.dead_letters.as_ref().map(|queue| queue as &dyn DeadLetters),
-            stats: &self.stats,
-        };
-        let settled = delivery.deliver(batch, prepared, cancel).await.map(|offsets| {
-            // `None`: shutting down mid-retry; offsets not stored, the batch is read again.
-            if let Some(offsets) = offsets {
-                store_offsets(&self.route, &self.consumer, offsets);
-            }
-        });
+        let settled = self.deliver(batch, prepared, cancel).await;
         let Some(task) = read_ahead else {
             return settled.map(|()| None);
         };
