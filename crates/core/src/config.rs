@@ -128,8 +128,8 @@ impl Config {
             if route.dead_letter_topic.as_deref().is_some_and(|dlq| route.topics.iter().any(|t| t == dlq)) {
                 return Err((at("dead_letter_topic"), "the dead-letter topic cannot be one the route reads".into()));
             }
-            if !(1..=100_000).contains(&route.batch.max_events) {
-                return Err((at("batch.max_events"), format!("{} is out of range 1..=100000", route.batch.max_events)));
+            if let Some(max_events) = route.batch.max_events.filter(|n| !(1..=100_000).contains(n)) {
+                return Err((at("batch.max_events"), format!("{max_events} is out of range 1..=100000")));
             }
             if route.retry.initial_backoff.is_zero() || route.retry.initial_backoff > route.retry.max_backoff {
                 return Err((at("retry"), "need 0 < initial_backoff <= max_backoff".into()));
@@ -520,9 +520,10 @@ impl StartFrom {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchConfig {
-    /// Most events in one sink write. Default `500`, range 1..=100000.
-    #[serde(default = "default_max_events")]
-    pub max_events: usize,
+    /// Most events in one sink write, 1..=100000. Default: the sink's own
+    /// ([`crate::sink::Sink::default_max_events`]: 5000 for Postgres, 500 for the others).
+    #[serde(default)]
+    pub max_events: Option<usize>,
     /// How long a batch lingers for more events once those already fetched are taken, counted
     /// from its first event; it never lingers past `max_events`. Default `"0ms"`: write at once.
     #[serde(default = "default_max_wait", with = "humantime_serde")]
@@ -531,16 +532,12 @@ pub struct BatchConfig {
 
 impl Default for BatchConfig {
     fn default() -> Self {
-        Self { max_events: default_max_events(), max_wait: default_max_wait() }
+        Self { max_events: None, max_wait: default_max_wait() }
     }
 }
 
 fn default_max_message_bytes() -> usize {
     1024 * 1024
-}
-
-fn default_max_events() -> usize {
-    500
 }
 
 fn default_max_wait() -> Duration {
@@ -766,7 +763,7 @@ mod tests {
         let route = &config.routes[0];
         assert_eq!(route.group_id(), "herald.stdout");
         assert_eq!(route.start_from, StartFrom::Earliest);
-        assert_eq!(route.batch.max_events, 500);
+        assert_eq!(route.batch.max_events, None, "the sink's own default");
         assert_eq!(route.batch.max_wait, Duration::ZERO);
         assert_eq!(route.retry.max_retries, None);
         assert_eq!(route.sink.kind, "stdout");

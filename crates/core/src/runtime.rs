@@ -122,6 +122,7 @@ async fn start_route(
         .map_err(RouteError::Consumer)?;
     info!(route = %route.name, group = %route.group_id(), topics = ?route.topics, sink = %route.sink.kind, "Route started.");
     Ok(RouteWorker {
+        max_events: route.batch.max_events.unwrap_or_else(|| sink.default_max_events()),
         route: Arc::new(route),
         consumer: Arc::new(consumer),
         sink,

@@ -39,6 +39,9 @@ impl SinkRecord {
     }
 }
 
+/// The default of [`Sink::default_max_events`].
+pub const DEFAULT_MAX_EVENTS: usize = 500;
+
 /// The header naming where a message herald published was born.
 pub const ORIGIN_HEADER: &str = "herald.origin";
 
@@ -69,6 +72,13 @@ pub trait Sink: Send + Sync {
     async fn stored_offsets(&mut self, partitions: &[(String, i32)]) -> Result<Vec<((String, i32), i64)>, SinkError> {
         let _ = partitions;
         Ok(Vec::new())
+    }
+
+    /// The batch size when the route does not set `batch.max_events`. A batch takes only what is
+    /// already fetched, so this bounds it under a backlog and adds no latency otherwise. Sinks
+    /// with a fixed cost per write (a database transaction) want more.
+    fn default_max_events(&self) -> usize {
+        DEFAULT_MAX_EVENTS
     }
 
     /// Whether the runtime reads and parses the next batch on a task of its own while this sink

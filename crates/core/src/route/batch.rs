@@ -11,7 +11,6 @@ use tokio::time::{sleep, sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::config::BatchConfig;
 use crate::error::RouteError;
 
 /// Where a route's messages come from.
@@ -46,8 +45,10 @@ pub(crate) enum Admission {
 pub(crate) struct Limits<'a> {
     /// The route, for logs.
     pub(crate) route: &'a str,
-    /// `max_events` and `max_wait`.
-    pub(crate) batch: &'a BatchConfig,
+    /// Most messages in one batch.
+    pub(crate) max_events: usize,
+    /// How long a batch lingers for more, from its first message.
+    pub(crate) max_wait: std::time::Duration,
 }
 
 /// Fills a batch, offering the messages in `held` (kept from a pause or an earlier batch) first;
@@ -73,8 +74,8 @@ pub(crate) async fn gather(
             }
         }
     }
-    let mut deadline = (!batch.is_empty()).then(|| Instant::now() + limits.batch.max_wait);
-    while batch.len() < limits.batch.max_events {
+    let mut deadline = (!batch.is_empty()).then(|| Instant::now() + limits.max_wait);
+    while batch.len() < limits.max_events {
         let received = tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
@@ -89,7 +90,7 @@ pub(crate) async fn gather(
             Ok(message) => match inbox.admit(&message, &mut batch, cancel).await? {
                 Admission::Join => {
                     batch.push(message);
-                    deadline.get_or_insert_with(|| Instant::now() + limits.batch.max_wait);
+                    deadline.get_or_insert_with(|| Instant::now() + limits.max_wait);
                 }
                 Admission::Skip => {}
                 Admission::HoldBack => {
@@ -120,6 +121,7 @@ mod tests {
     use tokio::sync::mpsc;
 
     use super::*;
+    use crate::config::BatchConfig;
 
     /// Messages sent by the test; `skip` offsets are refused by `admit`, `hold_back` ones end
     /// the batch (once each).
@@ -179,7 +181,7 @@ mod tests {
 
     async fn batch_holding(inbox: &mut ChannelInbox, held: &mut Vec<OwnedMessage>, config: &BatchConfig) -> Vec<i64> {
         let (_pause, mut pause_requests) = watch::channel(false);
-        let limits = Limits { route: "r", batch: config };
+        let limits = Limits { route: "r", max_events: config.max_events.unwrap(), max_wait: config.max_wait };
         let batch = gather(inbox, held, limits, &mut pause_requests, &CancellationToken::new()).await.unwrap();
         batch.iter().map(Message::offset).collect()
     }
@@ -188,7 +190,7 @@ mod tests {
     async fn a_backlog_is_cut_into_full_batches_in_order() {
         let (sender, mut inbox) = inbox();
         (0..7).for_each(|offset| sender.send(message(offset)).unwrap());
-        let config = BatchConfig { max_events: 3, max_wait: Duration::ZERO };
+        let config = BatchConfig { max_events: Some(3), max_wait: Duration::ZERO };
         assert_eq!(batch_of(&mut inbox, vec![], &config).await, [0, 1, 2]);
         assert_eq!(batch_of(&mut inbox, vec![], &config).await, [3, 4, 5]);
         // max_wait 0: what is fetched is taken, and the batch goes without waiting for more.
@@ -200,7 +202,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_batch_lingers_from_its_first_message_and_no_longer() {
         let (sender, mut inbox) = inbox();
-        let config = BatchConfig { max_events: 100, max_wait: Duration::from_millis(100) };
+        let config = BatchConfig { max_events: Some(100), max_wait: Duration::from_millis(100) };
         send_later(&sender, 0, Duration::from_millis(1000)); // the first message starts the linger…
         send_later(&sender, 1, Duration::from_millis(1060)); // …this one is inside it…
         send_later(&sender, 2, Duration::from_millis(1150)); // …this one is not.
@@ -214,7 +216,7 @@ mod tests {
     async fn held_messages_start_the_linger_and_refused_ones_are_left_out() {
         let (sender, mut inbox) = inbox();
         inbox.skip = vec![11];
-        let config = BatchConfig { max_events: 100, max_wait: Duration::from_millis(50) };
+        let config = BatchConfig { max_events: Some(100), max_wait: Duration::from_millis(50) };
         send_later(&sender, 11, Duration::from_millis(10));
         send_later(&sender, 12, Duration::from_millis(20));
         send_later(&sender, 13, Duration::from_millis(80));
@@ -227,21 +229,21 @@ mod tests {
     async fn a_pause_request_or_shutdown_ends_the_batch_with_what_it_has() {
         let (sender, mut inbox) = inbox();
         sender.send(message(0)).unwrap();
-        let config = BatchConfig { max_events: 100, max_wait: Duration::from_secs(3600) };
+        let config = BatchConfig { max_events: Some(100), max_wait: Duration::from_secs(3600) };
         let (pause, mut pause_requests) = watch::channel(false);
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(1)).await;
             pause.send_replace(true);
             std::future::pending::<()>().await;
         });
-        let limits = Limits { route: "r", batch: &config };
+        let limits = Limits { route: "r", max_events: config.max_events.unwrap(), max_wait: config.max_wait };
         let batch =
             gather(&mut inbox, &mut Vec::new(), limits, &mut pause_requests, &CancellationToken::new()).await.unwrap();
         assert_eq!(batch.len(), 1, "the pause request ended an hour's linger");
 
         let cancel = CancellationToken::new();
         cancel.cancel();
-        let limits = Limits { route: "r", batch: &config };
+        let limits = Limits { route: "r", max_events: config.max_events.unwrap(), max_wait: config.max_wait };
         let batch = gather(&mut inbox, &mut Vec::new(), limits, &mut pause_requests, &cancel).await.unwrap();
         assert!(batch.is_empty());
     }
@@ -252,7 +254,7 @@ mod tests {
         (0..6).for_each(|offset| sender.send(message(offset)).unwrap());
         inbox.hold_back = vec![2, 4];
         inbox.skip = vec![5];
-        let config = BatchConfig { max_events: 100, max_wait: Duration::ZERO };
+        let config = BatchConfig { max_events: Some(100), max_wait: Duration::ZERO };
         let mut held = Vec::new();
         assert_eq!(batch_holding(&mut inbox, &mut held, &config).await, [0, 1]);
         assert_eq!(held.iter().map(Message::offset).collect::<Vec<_>>(), [2]);

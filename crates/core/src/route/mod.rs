@@ -49,6 +49,8 @@ pub(crate) struct RouteWorker {
     /// Shared with the task reading the next batch while one is written.
     pub(crate) consumer: Arc<RouteConsumer>,
     pub(crate) sink: Box<dyn Sink>,
+    /// The route's `batch.max_events`, or the sink's default.
+    pub(crate) max_events: usize,
     pub(crate) dead_letters: Option<DeadLetterQueue>,
     pub(crate) stats: Arc<RouteShared>,
     /// Messages received while paused, delivered first after resuming.
@@ -104,7 +106,11 @@ impl RouteWorker {
                         sink: self.sink.as_mut(),
                         resume_at: &mut self.resume_at,
                     };
-                    let limits = Limits { route: &self.route.name, batch: &self.route.batch };
+                    let limits = Limits {
+                        route: &self.route.name,
+                        max_events: self.max_events,
+                        max_wait: self.route.batch.max_wait,
+                    };
                     let batch = gather(&mut inbox, &mut self.held, limits, &mut pause_requests, cancel).await?;
                     if batch.is_empty() {
                         continue;
@@ -162,6 +168,7 @@ impl RouteWorker {
                 consumer: Arc::clone(&self.consumer),
                 resume_at: std::mem::take(&mut self.resume_at),
                 held: Vec::new(),
+                max_events: self.max_events,
                 pause_requests: pause_requests.clone(),
                 cancel: cancel.clone(),
             };
@@ -280,6 +287,8 @@ struct ReadAhead {
     resume_at: HashMap<(String, i32), i64>,
     /// A message held back at a rebalance.
     held: Vec<OwnedMessage>,
+    /// The route's batch size.
+    max_events: usize,
     pause_requests: tokio::sync::watch::Receiver<bool>,
     cancel: CancellationToken,
 }
@@ -288,7 +297,8 @@ impl ReadAhead {
     /// Reads and prepares the next batch; gives itself back with it.
     async fn read(mut self) -> (Self, Result<Option<(Vec<OwnedMessage>, Prepared)>, RouteError>) {
         let mut inbox = ReadAheadInbox { route: &self.route, consumer: &self.consumer, resume_at: &mut self.resume_at };
-        let limits = Limits { route: &self.route.name, batch: &self.route.batch };
+        let limits =
+            Limits { route: &self.route.name, max_events: self.max_events, max_wait: self.route.batch.max_wait };
         let read = gather(&mut inbox, &mut self.held, limits, &mut self.pause_requests, &self.cancel).await;
         let read = read.map(|next| {
             (!next.is_empty()).then(|| {
