@@ -205,7 +205,7 @@ const HISTORY_COLUMNS: &str =
 /// own each round), beside one `\copy` of the same rows through psql into a table made `LIKE`
 /// it (indexes and defaults included), alternating. The rows herald wrote in its first round are
 /// the reference's input.
-pub async fn postgres(services: &Services, events: u64, rounds: usize, max_events: usize) -> Result<Vec<Row>> {
+pub async fn postgres(services: &Services, events: u64, rounds: usize, max_events: Option<usize>) -> Result<Vec<Row>> {
     let run = services.run_name("limit-postgres");
     let topic = format!("bench.{run}");
     herald_core::kafka::ensure_topic(&services.kafka(), &topic, 1).await.context("creating the topic")?;
@@ -221,7 +221,7 @@ pub async fn postgres(services: &Services, events: u64, rounds: usize, max_event
             "{{ type = \"postgres\", url = \"{}\", schema = \"{schema}\", mode = \"append\" }}",
             services.postgres
         );
-        let batch = format!("batch = {{ max_events = {max_events} }}\n");
+        let batch = max_events.map(|n| format!("batch = {{ max_events = {n} }}\n")).unwrap_or_default();
         herald.push(drain_herald_into(services, &topic, events, &format!("{run}-{round}"), &sink, &batch).await?);
         let written: i64 =
             sqlx::query_scalar(&format!("SELECT count(*) FROM {schema}.pipeline_status")).fetch_one(&pool).await?;
@@ -257,7 +257,13 @@ pub async fn postgres(services: &Services, events: u64, rounds: usize, max_event
         events,
         rounds,
         ("one \\copy of the same rows through psql into the same table", &reference),
-        (&format!("herald, one Postgres append route, exactly-once, batches of ≤ {max_events}"), &herald),
+        (
+            &match max_events {
+                Some(n) => format!("herald, one Postgres append route, exactly-once, batches of ≤ {n}"),
+                None => "herald, one Postgres append route, exactly-once, default batches".to_owned(),
+            },
+            &herald,
+        ),
     ))
 }
 

@@ -165,9 +165,9 @@ enum Command {
         /// Rounds of (herald, psql).
         #[arg(long, default_value_t = 3)]
         rounds: usize,
-        /// The route's `batch.max_events`.
-        #[arg(long, default_value_t = 500)]
-        max_events: usize,
+        /// The route's `batch.max_events` (unset: the sink's default, 5,000).
+        #[arg(long)]
+        max_events: Option<usize>,
     },
     /// A one-shot `herald publish` beside the seed's Python script, alternating.
     Publish {
