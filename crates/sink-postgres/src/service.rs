@@ -26,6 +26,10 @@ pub(crate) struct TableWriter {
     /// `INSERT … UNNEST` for the same rows. `None` for upserts, views and tables with rules
     /// (which `COPY` would bypass).
     copy: Option<String>,
+    /// The same `COPY` in binary format, with each column's encoding, when every column's type
+    /// has one (text, varchar, json, jsonb, int2/4/8, and timestamps fed from the event's
+    /// timestamp): the server then parses no text but the JSON. `None`: text format.
+    binary_copy: Option<(String, Vec<BinaryColumn>)>,
     /// Indexes into `plan.columns` of the columns fed from arrays (all but constants).
     array_columns: Vec<usize>,
     /// `postgres:<schema>.<table>`, as herald's Postgres source names rows of this table in the
@@ -58,6 +62,7 @@ impl TableWriter {
         }
 
         let mut casts = Vec::new();
+        let mut binary_columns = Vec::new();
         let mut problems = Vec::new();
         for (column, source) in &plan.columns {
             match catalog.get(column.as_str()) {
@@ -73,6 +78,7 @@ impl TableWriter {
                     // Cast to the type without its modifier: an explicit cast to `varchar(8)` would
                     // silently truncate, while assigning to the column checks the length.
                     casts.push(base_type.clone());
+                    binary_columns.push(BinaryColumn::for_column(type_name, source));
                 }
             }
         }
@@ -92,7 +98,12 @@ impl TableWriter {
         .fetch_one(&mut *conn)
         .await?;
         let copy = (plan.upsert.is_none() && plain_table).then(|| copy_statement(&plan));
-        Ok(Self { plan, sql, copy, array_columns, origin: format!("postgres:{resolved}") })
+        let binary_columns: Option<Vec<BinaryColumn>> = binary_columns.into_iter().collect();
+        let binary_copy = match (&copy, binary_columns) {
+            (Some(copy), Some(columns)) => Some((format!("{copy} WITH (FORMAT binary)"), columns)),
+            _ => None,
+        };
+        Ok(Self { plan, sql, copy, binary_copy, array_columns, origin: format!("postgres:{resolved}") })
     }
 
     /// Writes `records` in one statement: `COPY` for an append into a plain table, else
@@ -106,6 +117,18 @@ impl TableWriter {
         };
         if records.is_empty() {
             return Ok(());
+        }
+        if let Some((copy, columns)) = &self.binary_copy {
+            // Encoded whole first: a value a column's binary form cannot take (text in an
+            // integer column) sends the batch as text instead, where Postgres names the row.
+            if let Some(data) = self.binary_rows(columns, &records) {
+                let mut copy_in = conn.copy_in_raw(copy).await?;
+                for chunk in data.chunks(COPY_CHUNK_ROWS * 384) {
+                    copy_in.send(chunk).await?;
+                }
+                copy_in.finish().await?;
+                return Ok(());
+            }
         }
         if let Some(copy) = &self.copy {
             // Streamed in chunks: Postgres inserts one while the next is built.
@@ -135,6 +158,24 @@ impl TableWriter {
         }
         query.execute(conn).await?;
         Ok(())
+    }
+
+    /// `records` in `COPY`'s binary format, header and trailer included; `None` when a value
+    /// does not fit its column's binary form.
+    fn binary_rows(&self, columns: &[BinaryColumn], records: &[&SinkRecord]) -> Option<Vec<u8>> {
+        let mut out = Vec::with_capacity(19 + records.len() * 384);
+        out.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+        out.extend_from_slice(&0_i32.to_be_bytes()); // flags
+        out.extend_from_slice(&0_i32.to_be_bytes()); // header extension length
+        let fields = i16::try_from(columns.len()).ok()?;
+        for record in records {
+            out.extend_from_slice(&fields.to_be_bytes());
+            for ((_, source), column) in self.plan.columns.iter().zip(columns) {
+                column.encode(&mut out, record, source)?;
+            }
+        }
+        out.extend_from_slice(&(-1_i16).to_be_bytes());
+        Some(out)
     }
 
     /// Appends `record` as one line of `COPY`'s text format: tab-separated, `\N` for NULL.
@@ -294,6 +335,86 @@ impl std::io::Write for CopyEscaped<'_> {
     }
 }
 
+/// How a column is written in `COPY`'s binary format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BinaryColumn {
+    /// text, varchar, json: the UTF-8 bytes.
+    Text,
+    /// jsonb: a version byte, then the JSON text.
+    Jsonb,
+    /// int2, int4, int8: big-endian, of that many bytes.
+    Integer(usize),
+    /// timestamptz, timestamp: microseconds since 2000-01-01 UTC, from the event's timestamp.
+    Timestamp,
+}
+
+/// Microseconds from the Unix epoch to Postgres's, 2000-01-01.
+const POSTGRES_EPOCH_MICROS: i64 = 946_684_800_000_000;
+
+impl BinaryColumn {
+    /// The encoding for a column of type `type_name` fed from `source`; `None` when there is
+    /// none here (the table is then written in text format).
+    fn for_column(type_name: &str, source: &FieldSource) -> Option<Self> {
+        match type_name {
+            "text" | "varchar" | "json" => Some(Self::Text),
+            "jsonb" => Some(Self::Jsonb),
+            "int2" => Some(Self::Integer(2)),
+            "int4" => Some(Self::Integer(4)),
+            "int8" => Some(Self::Integer(8)),
+            "timestamptz" | "timestamp" if matches!(source, FieldSource::Field(name) if name == "timestamp") => {
+                Some(Self::Timestamp)
+            }
+            _ => None,
+        }
+    }
+
+    /// Appends the value of `source` for `record` (length, then bytes; length -1 for NULL), or
+    /// `None` when it does not fit.
+    fn encode(self, out: &mut Vec<u8>, record: &SinkRecord, source: &FieldSource) -> Option<()> {
+        let put = |out: &mut Vec<u8>, bytes: &[u8], prefix: Option<u8>| -> Option<()> {
+            let length = i32::try_from(bytes.len() + usize::from(prefix.is_some())).ok()?;
+            out.extend_from_slice(&length.to_be_bytes());
+            out.extend(prefix);
+            out.extend_from_slice(bytes);
+            Some(())
+        };
+        match self {
+            Self::Timestamp => {
+                let micros = record.event.timestamp.instant().timestamp_micros().checked_sub(POSTGRES_EPOCH_MICROS)?;
+                put(out, &micros.to_be_bytes(), None)
+            }
+            Self::Integer(size) => {
+                let number = match source {
+                    FieldSource::Partition => i64::from(record.partition),
+                    FieldSource::Offset => record.offset,
+                    _ => match value(record, source) {
+                        Some(text) => text.parse::<i64>().ok()?,
+                        None => {
+                            out.extend_from_slice(&(-1_i32).to_be_bytes());
+                            return Some(());
+                        }
+                    },
+                };
+                match size {
+                    2 => put(out, &i16::try_from(number).ok()?.to_be_bytes(), None),
+                    4 => put(out, &i32::try_from(number).ok()?.to_be_bytes(), None),
+                    _ => put(out, &number.to_be_bytes(), None),
+                }
+            }
+            Self::Text | Self::Jsonb => {
+                let prefix = (self == Self::Jsonb).then_some(1_u8);
+                match value(record, source) {
+                    Some(text) => put(out, text.as_bytes(), prefix),
+                    None => {
+                        out.extend_from_slice(&(-1_i32).to_be_bytes());
+                        Some(())
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The text a column receives for `record`; Postgres converts it to the column's type.
 fn value<'a>(record: &'a SinkRecord, source: &'a FieldSource) -> Option<Cow<'a, str>> {
     match source {
@@ -360,6 +481,44 @@ mod tests {
         out.clear();
         copy_escape(&mut out, b"plain");
         assert_eq!(out, b"plain");
+    }
+
+    #[test]
+    fn binary_copy_covers_the_greenfield_types_and_leaves_the_rest_to_text() {
+        let timestamp = FieldSource::Field("timestamp".into());
+        let other = FieldSource::Field("finished".into());
+        assert_eq!(BinaryColumn::for_column("jsonb", &FieldSource::Event), Some(BinaryColumn::Jsonb));
+        assert_eq!(BinaryColumn::for_column("int8", &FieldSource::Offset), Some(BinaryColumn::Integer(8)));
+        assert_eq!(BinaryColumn::for_column("timestamptz", &timestamp), Some(BinaryColumn::Timestamp));
+        // A timestamp column fed from another field would need its text parsed: text format.
+        assert_eq!(BinaryColumn::for_column("timestamptz", &other), None);
+        for type_name in ["numeric", "date", "bool", "bpchar", "uuid", "my_enum"] {
+            assert_eq!(BinaryColumn::for_column(type_name, &other), None, "{type_name}");
+        }
+    }
+
+    #[test]
+    fn binary_values_are_length_prefixed_big_endian_and_refuse_what_does_not_fit() {
+        let event = herald_sdk::StageEvent::from_json(
+            br#"{"event":"E","stage":"s","source":"A","records":70000,"timestamp":"2000-01-01T00:00:01Z","status":"S","word":"three"}"#,
+        )
+        .unwrap();
+        let record = SinkRecord { event, topic: "t".into(), partition: 3, offset: 9, origin: None, raw: None };
+        let mut out = Vec::new();
+        BinaryColumn::Timestamp.encode(&mut out, &record, &FieldSource::Field("timestamp".into())).unwrap();
+        assert_eq!(out, [&8_i32.to_be_bytes()[..], &1_000_000_i64.to_be_bytes()].concat());
+        out.clear();
+        BinaryColumn::Integer(4).encode(&mut out, &record, &FieldSource::Partition).unwrap();
+        assert_eq!(out, [&4_i32.to_be_bytes()[..], &3_i32.to_be_bytes()].concat());
+        out.clear();
+        BinaryColumn::Jsonb.encode(&mut out, &record, &FieldSource::Constant("{}".into())).unwrap();
+        assert_eq!(out, [&3_i32.to_be_bytes()[..], &[1], b"{}"].concat());
+        out.clear();
+        BinaryColumn::Text.encode(&mut out, &record, &FieldSource::Field("absent".into())).unwrap();
+        assert_eq!(out, (-1_i32).to_be_bytes(), "NULL");
+        // Text in an integer column, and 70,000 in an int2: the batch goes as text instead.
+        assert_eq!(BinaryColumn::Integer(4).encode(&mut out, &record, &FieldSource::Field("word".into())), None);
+        assert_eq!(BinaryColumn::Integer(2).encode(&mut out, &record, &FieldSource::Field("records".into())), None);
     }
 
     #[test]

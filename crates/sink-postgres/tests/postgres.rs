@@ -441,3 +441,59 @@ async fn migrations_are_idempotent_and_concurrent_runs_agree() {
         ["_sqlx_migrations", "herald_offsets", "herald_rejections", "pipeline_status", "pipeline_status_latest"]
     );
 }
+
+#[tokio::test]
+async fn columns_without_a_binary_form_and_values_that_do_not_fit_one_are_copied_as_text() {
+    let pool = pool().await;
+    let schema = unique("textcopy");
+    sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&pool).await.unwrap();
+    sqlx::query(&format!(
+        "CREATE TABLE {schema}.runs (src text NOT NULL, amount numeric, tries int4, day date, at timestamptz)"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let with_tries = |source: &str, tries: &str, offset: i64| {
+        let json = format!(
+            r#"{{"event":"STAGE_COMPLETE","stage":"s","source":"{source}","records":{offset},"timestamp":"2026-11-26T10:00:0{offset}+02:00","status":"SUCCESS","tries":{tries},"day":"2026-11-2{offset}"}}"#
+        );
+        record(StageEvent::from_json(json.as_bytes()).unwrap(), 0, offset)
+    };
+    let config = |columns: serde_json::Value| {
+        config(
+            serde_json::json!({ "table": { "name": format!("{schema}.runs"), "columns": columns }, "mode": "append" }),
+        )
+    };
+
+    // `numeric` and `date` have no binary encoder here: the whole table goes as text.
+    let mut text_table = config(serde_json::json!({ "src": "source", "amount": "records", "day": "day" }))
+        .build("test", "g1", Setup::Migrate)
+        .await
+        .unwrap();
+    let outcome = text_table.write(&[with_tries("a", "1", 1), with_tries("b", "2", 2)]).await.unwrap();
+    assert!(outcome.rejected.is_empty());
+    let rows: Vec<(String, String, String)> =
+        sqlx::query_as(&format!("SELECT src, amount::text, day::text FROM {schema}.runs ORDER BY src"))
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(rows, [("a".into(), "1".into(), "2026-11-21".into()), ("b".into(), "2".into(), "2026-11-22".into())]);
+    sqlx::query(&format!("TRUNCATE {schema}.runs")).execute(&pool).await.unwrap();
+
+    // Every column has a binary form, but `"three"` does not fit `int4`'s: that batch goes as
+    // text, and Postgres refuses that row alone.
+    let mut binary_table = config(serde_json::json!({ "src": "source", "tries": "tries", "at": "timestamp" }))
+        .build("test", "g2", Setup::Migrate)
+        .await
+        .unwrap();
+    let batch = [with_tries("a", "1", 1), with_tries("b", r#""three""#, 2), with_tries("c", "3", 3)];
+    let outcome = binary_table.write(&batch).await.unwrap();
+    assert_eq!(outcome.rejected.iter().map(|r| r.index).collect::<Vec<_>>(), [1]);
+    let rows: Vec<(String, i32, String)> = sqlx::query_as(&format!(
+        "SELECT src, tries, to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') FROM {schema}.runs ORDER BY src"
+    ))
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(rows, [("a".into(), 1, "2026-11-26 08:00:01".into()), ("c".into(), 3, "2026-11-26 08:00:03".into())]);
+}
