@@ -39,7 +39,14 @@ impl PrivateKafka {
     fn start() -> Self {
         let dir = std::env::temp_dir().join(unique("herald-kafka"));
         std::fs::create_dir_all(&dir).unwrap();
-        let base = rand::rng().random_range(50_000..59_000);
+        // Four consecutive free ports below the ephemeral range (32768 up), where a client's
+        // socket cannot be holding one when the broker binds it.
+        let base = loop {
+            let base = rand::rng().random_range(20_000..32_000);
+            if (base..base + 4).all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()) {
+                break base;
+            }
+        };
         let kafka = Self { dir, plain_port: base, sasl_port: base + 1, tls_port: base + 3, child: None };
         let controller = base + 2;
         // A throwaway certificate for 127.0.0.1, made with the JDK's keytool; its PEM is the CA.
@@ -103,14 +110,19 @@ impl PrivateKafka {
             .arg(format!("{}/*", Self::libs().display()))
             .arg("kafka.Kafka")
             .arg(self.dir.join("server.properties"))
-            .stdout(Stdio::null())
+            .stdout(Stdio::from(std::fs::File::create(self.dir.join("broker.log")).unwrap()))
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(90);
+        let deadline = Instant::now() + Duration::from_secs(150);
         while std::net::TcpStream::connect(("127.0.0.1", self.plain_port)).is_err() {
-            assert!(Instant::now() < deadline, "private broker did not start");
+            let exited = self.child.as_mut().and_then(|child| child.try_wait().ok().flatten());
+            if exited.is_some() || Instant::now() > deadline {
+                let log = std::fs::read_to_string(self.dir.join("broker.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect();
+                panic!("private broker did not start ({exited:?}); its log ends:\n{}", tail.join("\n"));
+            }
             std::thread::sleep(Duration::from_millis(200));
         }
     }
