@@ -149,11 +149,12 @@ impl RouteWorker {
         Ok(())
     }
 
-    /// [`RouteWorker::deliver`] while a task of its own reads and parses the next one, so that work runs
-    /// beside the sink's (encoding, a database's commit, an HTTP round trip) on another core.
-    /// Batches are still written one at a time, in order, and offsets are stored as soon as
-    /// `batch` is settled. The next batch ends early at a rebalance: the message after it waits
-    /// for the sink to say where new partitions resume. Returns the next batch, if one was read.
+    /// [`RouteWorker::deliver`] while a task of its own reads and parses the next batch, so that
+    /// work runs beside the sink's (encoding, a database's commit, an HTTP round trip) on
+    /// another core. Batches are still written one at a time, in order, and offsets are stored
+    /// as soon as `batch` is settled. The next batch ends early at a rebalance: the message after
+    /// it waits for the sink to say where new partitions resume. Returns the next batch, if one
+    /// was read.
     async fn deliver_while_reading_on(
         &mut self,
         batch: &[OwnedMessage],
