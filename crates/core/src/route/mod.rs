@@ -103,7 +103,7 @@ impl RouteWorker {
                     let mut inbox = ConsumerInbox {
                         route: &self.route,
                         consumer: &self.consumer,
-                        sink: self.sink.as_mut(),
+                        sink: Some(self.sink.as_mut()),
                         resume_at: &mut self.resume_at,
                     };
                     let limits = Limits {
@@ -253,12 +253,14 @@ fn store_offsets(route: &RouteConfig, consumer: &RouteConsumer, next: NextOffset
     }
 }
 
-/// The route's consumer as a batch's [`Inbox`]: on a rebalance it asks the sink where the new
-/// partitions resume, and seeks there when the sink's stored offset differs from Kafka's.
+/// The route's consumer as a batch's [`Inbox`]. On a rebalance it asks the sink where the new
+/// partitions resume, and seeks there when the sink's stored offset differs from Kafka's. The
+/// read-ahead task has no sink at hand: for it a rebalance ends the batch, and the message is
+/// held back for the worker.
 struct ConsumerInbox<'a> {
     route: &'a RouteConfig,
     consumer: &'a RouteConsumer,
-    sink: &'a mut dyn Sink,
+    sink: Option<&'a mut dyn Sink>,
     resume_at: &'a mut HashMap<(String, i32), i64>,
 }
 
@@ -274,8 +276,13 @@ impl Inbox for ConsumerInbox<'_> {
         batch: &mut Vec<OwnedMessage>,
         cancel: &CancellationToken,
     ) -> Result<Admission, RouteError> {
-        if let Some(changes) = self.consumer.context().take_changes() {
-            self.apply_assignment_changes(changes, cancel).await?;
+        if self.consumer.context().has_changes() {
+            if self.sink.is_none() {
+                return Ok(Admission::HoldBack);
+            }
+            if let Some(changes) = self.consumer.context().take_changes() {
+                self.apply_assignment_changes(changes, cancel).await?;
+            }
         }
         Ok(resume_where_the_sink_left_off(self.route, self.consumer, self.resume_at, message, batch))
     }
@@ -297,7 +304,8 @@ struct ReadAhead {
 impl ReadAhead {
     /// Reads and prepares the next batch; gives itself back with it.
     async fn read(mut self) -> (Self, Result<Option<(Vec<OwnedMessage>, Prepared)>, RouteError>) {
-        let mut inbox = ReadAheadInbox { route: &self.route, consumer: &self.consumer, resume_at: &mut self.resume_at };
+        let mut inbox =
+            ConsumerInbox { route: &self.route, consumer: &self.consumer, sink: None, resume_at: &mut self.resume_at };
         let limits =
             Limits { route: &self.route.name, max_events: self.max_events, max_wait: self.route.batch.max_wait };
         let read = gather(&mut inbox, &mut self.held, limits, &mut self.pause_requests, &self.cancel).await;
@@ -311,33 +319,6 @@ impl ReadAhead {
     }
 }
 
-/// The route's consumer as the [`Inbox`] of the batch read while the one before it is written:
-/// it cannot ask the sink anything, so a rebalance ends the batch and holds the message back.
-struct ReadAheadInbox<'a> {
-    route: &'a RouteConfig,
-    consumer: &'a RouteConsumer,
-    resume_at: &'a mut HashMap<(String, i32), i64>,
-}
-
-#[async_trait]
-impl Inbox for ReadAheadInbox<'_> {
-    async fn recv(&mut self) -> Result<OwnedMessage, KafkaError> {
-        self.consumer.recv().await.map(|message| message.detach())
-    }
-
-    async fn admit(
-        &mut self,
-        message: &OwnedMessage,
-        batch: &mut Vec<OwnedMessage>,
-        _cancel: &CancellationToken,
-    ) -> Result<Admission, RouteError> {
-        if self.consumer.context().has_changes() {
-            return Ok(Admission::HoldBack);
-        }
-        Ok(resume_where_the_sink_left_off(self.route, self.consumer, self.resume_at, message, batch))
-    }
-}
-
 impl ConsumerInbox<'_> {
     /// Asks the sink where newly assigned partitions should resume (retrying transient failures).
     async fn apply_assignment_changes(
@@ -348,12 +329,13 @@ impl ConsumerInbox<'_> {
         for partition in &changes.revoked {
             self.resume_at.remove(partition);
         }
+        let Some(sink) = self.sink.as_deref_mut() else { return Ok(()) };
         if changes.assigned.is_empty() {
             return Ok(());
         }
         let mut delays = retry_delays(&self.route.retry, None);
         let stored = loop {
-            match self.sink.stored_offsets(&changes.assigned).await {
+            match sink.stored_offsets(&changes.assigned).await {
                 Ok(stored) => break stored,
                 Err(error @ SinkError::Fatal(_)) => return Err(RouteError::Sink(error)),
                 Err(error) => {
