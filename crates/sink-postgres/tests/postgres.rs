@@ -460,9 +460,10 @@ async fn columns_without_a_binary_form_and_values_that_do_not_fit_one_are_copied
         record(StageEvent::from_json(json.as_bytes()).unwrap(), 0, offset)
     };
     let config = |columns: serde_json::Value| {
-        config(
-            serde_json::json!({ "table": { "name": format!("{schema}.runs"), "columns": columns }, "mode": "append" }),
-        )
+        config(serde_json::json!({
+            // herald's offsets in the test's schema: its groups are its own.
+            "schema": schema, "table": { "name": format!("{schema}.runs"), "columns": columns }, "mode": "append",
+        }))
     };
 
     // `numeric` and `date` have no binary encoder here: the whole table goes as text.
