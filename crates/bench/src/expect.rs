@@ -53,13 +53,9 @@ async fn once(services: &Services, pairs: usize, with: bool, round: usize) -> Re
         } else {
             format!("idle without expectations (round {})", round + 1)
         },
-        events: 0,
-        offered_rate: None,
-        throughput: 0.0,
-        drain_rate: None,
-        latency: None,
         usage: Some(after),
         cpu_percent: Some(cpu),
         note: format!("RSS {:.1} MiB; {:.2}% of a core over {} s idle", after.rss_mib, cpu, IDLE.as_secs()),
+        ..Row::default()
     })
 }

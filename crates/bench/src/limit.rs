@@ -54,12 +54,7 @@ fn compare(events: u64, rounds: usize, reference: (&str, &[Drain]), herald: (&st
         |name: &str, (rate, low, high): (f64, f64, f64), (cpu, cpu_low, cpu_high): (f64, f64, f64), note: String| Row {
             name: name.to_owned(),
             events: events as usize,
-            offered_rate: None,
             throughput: rate,
-            drain_rate: None,
-            latency: None,
-            usage: None,
-            cpu_percent: None,
             note: {
                 let cpu = if cpu.is_nan() {
                     "its CPU not measured (it runs in the harness)".to_owned()
@@ -68,6 +63,7 @@ fn compare(events: u64, rounds: usize, reference: (&str, &[Drain]), herald: (&st
                 };
                 format!("median {rate:.0} events/s ({low:.0}–{high:.0}), {cpu}, {rounds} alternating rounds; {note}")
             },
+            ..Row::default()
         };
     vec![
         row(reference.0, k_rate, k_cpu, "the reference".into()),

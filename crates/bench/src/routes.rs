@@ -67,11 +67,6 @@ async fn idle(services: &Services, count: usize) -> Result<Row> {
     let stop_ms = stopping.elapsed().as_secs_f64() * 1000.0;
     Ok(Row {
         name: format!("{count} routes idle"),
-        events: 0,
-        offered_rate: None,
-        throughput: 0.0,
-        drain_rate: None,
-        latency: None,
         usage: Some(after),
         cpu_percent: Some(cpu),
         note: format!(
@@ -79,6 +74,7 @@ async fn idle(services: &Services, count: usize) -> Result<Row> {
             after.rss_mib,
             IDLE.as_secs()
         ),
+        ..Row::default()
     })
 }
 
@@ -112,12 +108,9 @@ async fn drain(services: &Services, count: usize, per_topic: u64, spread: usize)
     Ok(Row {
         name: format!("{count} routes draining {total} events"),
         events: total as usize,
-        offered_rate: None,
         throughput: total as f64 / took.as_secs_f64(),
-        drain_rate: None,
-        latency: None,
         usage: Some(usage),
-        cpu_percent: None,
         note: format!("peak RSS {peak:.1} MiB; {:.1} s from exec to the last event delivered", took.as_secs_f64()),
+        ..Row::default()
     })
 }

@@ -45,8 +45,8 @@ impl Percentiles {
     }
 }
 
-/// One line of results.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// One line of results; fields a measure does not take stay at their defaults (none, zero).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Row {
     /// What was measured, e.g. `postgres-append throughput`.
     pub name: String,
