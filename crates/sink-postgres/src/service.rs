@@ -385,15 +385,18 @@ impl BinaryColumn {
             }
             Self::Integer(size) => {
                 let number = match source {
-                    FieldSource::Partition => i64::from(record.partition),
-                    FieldSource::Offset => record.offset,
+                    FieldSource::Partition => Some(i64::from(record.partition)),
+                    FieldSource::Offset => Some(record.offset),
+                    // Already a number: not written as text to be parsed back.
+                    FieldSource::Field(name) if name == "records" => record.event.records,
                     _ => match value(record, source) {
-                        Some(text) => text.parse::<i64>().ok()?,
-                        None => {
-                            out.extend_from_slice(&(-1_i32).to_be_bytes());
-                            return Some(());
-                        }
+                        Some(text) => Some(text.parse::<i64>().ok()?),
+                        None => None,
                     },
+                };
+                let Some(number) = number else {
+                    out.extend_from_slice(&(-1_i32).to_be_bytes());
+                    return Some(());
                 };
                 match size {
                     2 => put(out, &i16::try_from(number).ok()?.to_be_bytes(), None),
