@@ -12,8 +12,14 @@ use rdkafka::types::RDKafkaErrorCode;
 use crate::config::KafkaProperties;
 
 /// A client config holding every `[kafka]` property, ready for role-specific settings.
+///
+/// One default differs from librdkafka's, and `[kafka]` may set it back:
+/// `enable.metrics.push = false`. librdkafka pushes client metrics to brokers that ask for them
+/// (KIP-714), and for that keeps about 40 histograms per client, some 0.4 MiB, whether a broker
+/// asks or not: 18 MiB of 55 for 50 idle routes. herald's own metrics are served on `/metrics`.
 pub fn client_config(props: &KafkaProperties) -> ClientConfig {
     let mut config = ClientConfig::new();
+    config.set("enable.metrics.push", "false");
     for (name, value) in props.iter() {
         config.set(name, value);
     }
@@ -132,5 +138,23 @@ where
             }
             Err((err, _)) => return Err(err),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn client_metrics_push_is_off_unless_the_kafka_table_turns_it_on() {
+        let mut props = KafkaProperties::default();
+        props.set("bootstrap.servers", "127.0.0.1:9092");
+        let config = client_config(&props);
+        assert_eq!(config.get("enable.metrics.push"), Some("false"));
+        assert_eq!(config.get("bootstrap.servers"), Some("127.0.0.1:9092"));
+        props.set("enable.metrics.push", "true");
+        assert_eq!(client_config(&props).get("enable.metrics.push"), Some("true"));
     }
 }
