@@ -38,7 +38,7 @@ async fn metrics_health_and_routes_report_what_the_route_did() {
     assert_eq!(assigned, [format!("{topic}[0]"), format!("{topic}[1]")]);
     assert!(view["last_event_at"].is_string());
 
-    // Ready once librdkafka's statistics (every progress interval, 1 s here) saw the broker up.
+    // Ready once the route's consumer found a broker answering (every progress interval, 1 s here).
     let deadline = std::time::Instant::now() + PATIENCE;
     loop {
         let (status, body) = http(&address, "GET", "/health/ready");
@@ -73,7 +73,31 @@ async fn a_paused_route_delivers_nothing_until_resumed() {
     let routes: serde_json::Value = serde_json::from_str(&http(&address, "GET", "/routes").1).unwrap();
     assert_eq!(routes[0]["status"], "paused");
 
+    // What was produced while paused is the route's lag, in /routes and per partition in /metrics.
+    let lag_metric = format!("herald_route_consumer_lag{{partition=\"0\",route=\"{route}\",topic=\"{topic}\"}}");
+    wait_for_lag(&address, &lag_metric, 20).await;
+
     assert_eq!(http(&address, "POST", &format!("/routes/{route}/resume")).0, 202);
     let lines = herald.wait_for_lines(30);
     assert_eq!(seqs(&lines).into_iter().map(|(_, s)| s).collect::<Vec<_>>(), (0..30).collect::<Vec<_>>());
+    wait_for_lag(&address, &lag_metric, 0).await;
+}
+
+/// Waits until the route's lag in `/routes` and `metric` in `/metrics` are both `lag`.
+async fn wait_for_lag(address: &str, metric: &str, lag: i64) {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let routes: serde_json::Value = serde_json::from_str(&http(address, "GET", "/routes").1).unwrap();
+        let metrics = http(address, "GET", "/metrics").1;
+        let per_partition = metrics.lines().find_map(|line| line.strip_prefix(metric)).map(str::trim);
+        if routes[0]["lag"] == lag && per_partition == Some(lag.to_string().as_str()) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "lag never became {lag}: /routes says {}, /metrics {per_partition:?}",
+            routes[0]["lag"]
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

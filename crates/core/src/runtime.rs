@@ -14,7 +14,7 @@ use crate::dlq::DeadLetterQueue;
 use crate::error::{RouteError, RuntimeError};
 use crate::kafka::ensure_topic_with;
 use crate::observe::{Observer, RouteShared};
-use crate::route::{create_consumer, RouteWorker};
+use crate::route::{create_consumer, watch_lag, RouteWorker};
 use crate::sink::Sink;
 
 /// A route with the sink built for it.
@@ -41,6 +41,7 @@ pub async fn run(
     let cancel = CancellationToken::new();
     let mut workers = JoinSet::new();
     let mut all_stats = Vec::new();
+    let mut lag_watchers = JoinSet::new();
     let prefetch_kbytes = config.runtime.prefetch_kbytes(routes.len());
     for BoundRoute { config: route, sink } in routes {
         let name = route.name.clone();
@@ -53,6 +54,14 @@ pub async fn run(
                 return Err(RuntimeError::Route { route: name, source });
             }
         };
+        let lag = watch_lag(
+            Arc::downgrade(&worker.consumer),
+            worker.route.topics.clone(),
+            Arc::clone(&stats),
+            config.runtime.progress_interval,
+            cancel.clone(),
+        );
+        lag_watchers.spawn(lag);
         all_stats.push((name.clone(), stats));
         let token = cancel.child_token();
         workers.spawn(async move { (name, worker.run(token).await) });
@@ -95,6 +104,7 @@ pub async fn run(
     }
     cancel.cancel();
     progress.abort();
+    lag_watchers.abort_all();
     first_error.map_or(Ok(()), Err)
 }
 
@@ -117,9 +127,8 @@ async fn start_route(
         }
         None => None,
     };
-    let statistics_ms = config.runtime.progress_interval.as_millis().min(60_000);
-    let consumer = create_consumer(&config.kafka, &route, Arc::clone(&stats), statistics_ms, prefetch_kbytes)
-        .map_err(RouteError::Consumer)?;
+    let consumer =
+        create_consumer(&config.kafka, &route, Arc::clone(&stats), prefetch_kbytes).map_err(RouteError::Consumer)?;
     info!(route = %route.name, group = %route.group_id(), topics = ?route.topics, sink = %route.sink.kind, "Route started.");
     Ok(RouteWorker {
         max_events: route.batch.max_events.unwrap_or_else(|| sink.default_max_events()),

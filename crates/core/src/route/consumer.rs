@@ -1,5 +1,5 @@
-//! The route's Kafka consumer: its settings, and the context that watches rebalances, commits
-//! and statistics for the worker and the admin API.
+//! The route's Kafka consumer: its settings, and the context that watches rebalances and
+//! commits for the worker and the admin API.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult};
-use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tracing::{debug, error, info, warn};
 
@@ -15,7 +14,7 @@ use crate::config::{KafkaProperties, RouteConfig};
 use crate::kafka::client_config;
 use crate::observe::RouteShared;
 
-/// The consumer context: observes rebalances, commits and statistics.
+/// The consumer context: observes rebalances and commits.
 pub(crate) struct RouteContext {
     route: String,
     stats: Arc<RouteShared>,
@@ -54,25 +53,8 @@ impl RouteContext {
     }
 }
 
-impl ClientContext for RouteContext {
-    fn stats(&self, statistics: Statistics) {
-        let lags = statistics
-            .topics
-            .values()
-            .flat_map(|topic| topic.partitions.values())
-            .filter(|partition| partition.partition >= 0 && partition.consumer_lag >= 0)
-            .map(|partition| partition.consumer_lag);
-        let (count, total) = lags.fold((0, 0), |(count, total), lag| (count + 1, total + lag));
-        self.stats.lag.store(if count == 0 { -1 } else { total }, Ordering::Relaxed);
-        for (name, topic) in &statistics.topics {
-            for partition in topic.partitions.values().filter(|p| p.partition >= 0 && p.consumer_lag >= 0) {
-                self.stats.set_partition_lag(name, partition.partition, partition.consumer_lag);
-            }
-        }
-        let up = statistics.brokers.values().any(|broker| broker.state == "UP");
-        self.stats.kafka_up.store(up, Ordering::Relaxed);
-    }
-}
+/// No statistics callback: the lag and broker state come from [`super::lag`].
+impl ClientContext for RouteContext {}
 
 impl ConsumerContext for RouteContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -137,7 +119,6 @@ pub(crate) fn create_consumer(
     props: &KafkaProperties,
     route: &RouteConfig,
     stats: Arc<RouteShared>,
-    statistics_interval_ms: u128,
     prefetch_kbytes: usize,
 ) -> Result<RouteConsumer, KafkaError> {
     let mut config = client_config(&KafkaProperties::default());
@@ -166,7 +147,8 @@ pub(crate) fn create_consumer(
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", route.start_from.as_offset_reset())
         .set("enable.partition.eof", "false")
-        .set("statistics.interval.ms", statistics_interval_ms.to_string());
+        // No statistics: a client with them keeps latency histograms herald never reads.
+        .set("statistics.interval.ms", "0");
     let context = RouteContext {
         route: route.name.clone(),
         stats,

@@ -9,7 +9,8 @@
 //! cannot ask the sink anything, so at a rebalance it ends its batch and the worker takes over.
 //! librdkafka keeps fetching in the background, bounded by `queued.max.messages.kbytes`.
 //!
-//! Layout: `consumer.rs` (the Kafka consumer and its rebalance context), `batch.rs` (planning a
+//! Layout: `consumer.rs` (the Kafka consumer and its rebalance context), `lag.rs` (the consumer
+//! lag and broker state for metrics, asked of the consumer), `batch.rs` (planning a
 //! batch from an [`batch::Inbox`]), `delivery.rs` (settling a batch: sink, retries, dead
 //! letters, which offsets may be stored) and this file, which ties them to the consumer: pausing,
 //! resuming where the sink left off, storing and committing offsets. `batch.rs` and
@@ -18,6 +19,7 @@
 mod batch;
 mod consumer;
 mod delivery;
+mod lag;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -42,6 +44,7 @@ use batch::{gather, Admission, Inbox, Limits};
 use consumer::AssignmentChanges;
 pub(crate) use consumer::{create_consumer, RouteConsumer};
 use delivery::{prepare, retry_delays, DeadLetters, Delivery, NextOffsets, Prepared};
+pub(crate) use lag::watch_lag;
 
 /// A route at work.
 pub(crate) struct RouteWorker {
