@@ -171,18 +171,37 @@ async fn produce_to(brokers: &str, topic: &str, range: std::ops::Range<usize>) {
     }
 }
 
+/// Waits until `/health/ready` answers `status` with a body containing `text`.
+async fn wait_for_readiness(admin: &str, status: u16, text: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (now, body) = http(admin, "GET", "/health/ready");
+        if now == status && body.contains(text) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "readiness never became {status} {text:?}: {now} {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_broker_restarted_mid_stream_loses_nothing() {
     let mut kafka = PrivateKafka::start();
     let topic = unique("events");
     herald_core::kafka::ensure_topic(&kafka.props(), &topic, 3).await.unwrap();
-    let config = TempConfig::new(&stdout_route_config(&unique("route"), &topic, "").replace(BROKERS, &kafka.brokers()));
+    let route = stdout_route_config(&unique("route"), &topic, "").replace(BROKERS, &kafka.brokers());
+    let config = TempConfig::new(&format!("[admin]\nlisten = \"127.0.0.1:0\"\n{route}"));
     let mut herald = Herald::run(&config);
+    let admin = admin_address(&mut herald);
     produce_to(&kafka.brokers(), &topic, 0..150).await;
     herald.wait_for_lines(150);
+    wait_for_readiness(&admin, 200, "\"ready\":true").await;
 
+    // Readiness follows the broker: down while it is gone, up again once it is back.
     kafka.stop();
+    wait_for_readiness(&admin, 503, "no Kafka broker reachable").await;
     kafka.launch();
+    wait_for_readiness(&admin, 200, "\"ready\":true").await;
     produce_to(&kafka.brokers(), &topic, 150..300).await;
 
     let lines = herald.wait_until(

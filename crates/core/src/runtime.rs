@@ -14,7 +14,7 @@ use crate::dlq::DeadLetterQueue;
 use crate::error::{RouteError, RuntimeError};
 use crate::kafka::ensure_topic_with;
 use crate::observe::{Observer, RouteShared};
-use crate::route::{create_consumer, watch_lag, RouteWorker};
+use crate::route::{create_consumer, watch_lag, LagSubject, RouteWorker};
 use crate::sink::Sink;
 
 /// A route with the sink built for it.
@@ -41,7 +41,7 @@ pub async fn run(
     let cancel = CancellationToken::new();
     let mut workers = JoinSet::new();
     let mut all_stats = Vec::new();
-    let mut lag_watchers = JoinSet::new();
+    let mut lag_subjects = Vec::new();
     let prefetch_kbytes = config.runtime.prefetch_kbytes(routes.len());
     for BoundRoute { config: route, sink } in routes {
         let name = route.name.clone();
@@ -54,20 +54,18 @@ pub async fn run(
                 return Err(RuntimeError::Route { route: name, source });
             }
         };
-        let lag = watch_lag(
-            Arc::downgrade(&worker.consumer),
-            worker.route.topics.clone(),
-            Arc::clone(&stats),
-            config.runtime.progress_interval,
-            cancel.clone(),
-        );
-        lag_watchers.spawn(lag);
+        lag_subjects.push(LagSubject {
+            consumer: Arc::downgrade(&worker.consumer),
+            topic: worker.route.topics.first().cloned(),
+            stats: Arc::clone(&stats),
+        });
         all_stats.push((name.clone(), stats));
         let token = cancel.child_token();
         workers.spawn(async move { (name, worker.run(token).await) });
     }
     info!(routes = all_stats.len(), "herald is running.");
     let progress = tokio::spawn(report_progress(all_stats, config.runtime.progress_interval, cancel.clone()));
+    let lag = tokio::spawn(watch_lag(lag_subjects, config.runtime.progress_interval, cancel.clone()));
 
     let mut first_error = None;
     tokio::pin!(shutdown);
@@ -104,7 +102,7 @@ pub async fn run(
     }
     cancel.cancel();
     progress.abort();
-    lag_watchers.abort_all();
+    lag.abort();
     first_error.map_or(Ok(()), Err)
 }
 

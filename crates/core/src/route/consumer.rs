@@ -53,8 +53,15 @@ impl RouteContext {
     }
 }
 
-/// No statistics callback: the lag and broker state come from [`super::lag`].
-impl ClientContext for RouteContext {}
+/// No statistics callback: the lag, and that Kafka is up again, come from [`super::lag`].
+impl ClientContext for RouteContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if let KafkaError::Global(rdkafka::types::RDKafkaErrorCode::AllBrokersDown) = error {
+            self.stats.kafka_up.store(false, Ordering::Relaxed);
+        }
+        error!(route = %self.route, error = %error, reason, "Kafka client error.");
+    }
+}
 
 impl ConsumerContext for RouteContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {

@@ -24,16 +24,21 @@ pub(crate) struct LagReading {
     pub(crate) lags: Vec<(String, i32, i64)>,
 }
 
-/// Every `interval` from now until `cancel`, or until the consumer is gone: reads the route's lag
-/// and records it, with whether Kafka answered, in `stats`. The blocking Kafka calls run on
-/// tokio's blocking pool, each bounded by `interval` (at most 5 s).
-pub(crate) async fn watch_lag(
-    consumer: Weak<RouteConsumer>,
-    topics: Vec<String>,
-    stats: Arc<RouteShared>,
-    interval: Duration,
-    cancel: CancellationToken,
-) {
+/// One route, as [`watch_lag`] sees it.
+pub(crate) struct LagSubject {
+    /// The route's consumer; the watch skips it once the route has let it go.
+    pub(crate) consumer: Weak<RouteConsumer>,
+    /// One of the route's topics, for the metadata request made while nothing is assigned.
+    pub(crate) topic: Option<String>,
+    /// Where the reading goes.
+    pub(crate) stats: Arc<RouteShared>,
+}
+
+/// Every `interval` from now until `cancel`: reads each route's lag and records it, with whether
+/// Kafka answered, in the route's metrics. The routes are asked one after the other on tokio's
+/// blocking pool (one thread however many routes), each call bounded by `interval` (at most 5 s).
+/// That Kafka went away is known sooner: the consumer's error callback marks it down.
+pub(crate) async fn watch_lag(routes: Vec<LagSubject>, interval: Duration, cancel: CancellationToken) {
     let timeout = interval.min(Duration::from_secs(5));
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -42,13 +47,18 @@ pub(crate) async fn watch_lag(
             _ = cancel.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        let Some(consumer) = consumer.upgrade() else { return };
-        let topic = topics.first().cloned();
-        let Ok(reading) = tokio::task::spawn_blocking(move || read_lag(&consumer, topic.as_deref(), timeout)).await
-        else {
-            return;
-        };
-        record(&stats, &reading);
+        for route in &routes {
+            let Some(consumer) = route.consumer.upgrade() else { continue };
+            let topic = route.topic.clone();
+            let read = tokio::task::spawn_blocking(move || read_lag(&consumer, topic.as_deref(), timeout));
+            let reading = tokio::select! {
+                _ = cancel.cancelled() => return,
+                reading = read => reading,
+            };
+            if let Ok(reading) = reading {
+                record(&route.stats, &reading);
+            }
+        }
     }
 }
 

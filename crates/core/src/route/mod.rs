@@ -44,7 +44,7 @@ use batch::{gather, Admission, Inbox, Limits};
 use consumer::AssignmentChanges;
 pub(crate) use consumer::{create_consumer, RouteConsumer};
 use delivery::{prepare, retry_delays, DeadLetters, Delivery, NextOffsets, Prepared};
-pub(crate) use lag::watch_lag;
+pub(crate) use lag::{watch_lag, LagSubject};
 
 /// A route at work.
 pub(crate) struct RouteWorker {
