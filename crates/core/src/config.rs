@@ -413,8 +413,9 @@ fn default_board_since() -> Duration {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeConfig {
-    /// How often `herald run` logs one progress line per route (events/s, lag, errors).
-    /// Default `"10s"`.
+    /// How often `herald run` logs one progress line per route (events/s, lag, errors), and
+    /// asks each route's consumer for its lag and whether Kafka answers (for `/metrics`,
+    /// `/routes` and readiness). Default `"10s"`.
     #[serde(default = "default_progress_interval", with = "humantime_serde")]
     pub progress_interval: Duration,
     /// Memory the routes' consumers may fill with messages fetched ahead, in MiB, split evenly
