@@ -18,7 +18,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use herald_core::event::StageEvent;
+use herald_core::event::{EventTimestamp, StageEvent};
 use herald_core::filter::Filter;
 use herald_core::sink::SinkRecord;
 use herald_core::template::Template;
@@ -52,6 +52,23 @@ fn parse(c: &mut Criterion) {
         group.throughput(Throughput::Bytes(json.len() as u64));
         group.bench_with_input(BenchmarkId::from_parameter(name), json.as_bytes(), |b, bytes| {
             b.iter(|| StageEvent::from_json(black_box(bytes)).unwrap());
+        });
+    }
+    group.finish();
+}
+
+/// An event's timestamp alone, in the forms producers write: the seed's offset-less ISO, RFC 3339
+/// with an offset (both read by hand), and a space for the `T` (left to chrono).
+fn timestamp(c: &mut Criterion) {
+    let mut group = c.benchmark_group("timestamp");
+    group.throughput(Throughput::Elements(1));
+    for (name, text) in [
+        ("seed", "2026-11-26T10:15:00.123456"),
+        ("offset", "2026-11-26T10:15:00.123456+01:00"),
+        ("space", "2026-11-26 10:15:00.123456"),
+    ] {
+        group.bench_with_input(BenchmarkId::from_parameter(name), text, |b, text| {
+            b.iter(|| EventTimestamp::parse(black_box(text)).unwrap());
         });
     }
     group.finish();
@@ -171,5 +188,5 @@ fn batch_build(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, parse, filter_matches, template, to_json, batch_build);
+criterion_group!(benches, parse, timestamp, filter_matches, template, to_json, batch_build);
 criterion_main!(benches);
