@@ -3,7 +3,9 @@
 //! cancellation or at a pause request. The messages come from an [`Inbox`]: the route's
 //! consumer, or a channel in the tests.
 
-use async_trait::async_trait;
+use std::future::Future;
+
+use futures::FutureExt;
 use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedMessage;
 use tokio::sync::watch;
@@ -14,20 +16,21 @@ use tracing::warn;
 use crate::error::RouteError;
 
 /// Where a route's messages come from.
-#[async_trait]
+///
+/// The methods return their futures unboxed: they run once per message.
 pub(crate) trait Inbox: Send {
     /// The next fetched message. Must be cancel-safe: a batch that ends while this waits loses
-    /// nothing.
-    async fn recv(&mut self) -> Result<OwnedMessage, KafkaError>;
+    /// nothing, and so does a poll that finds nothing yet.
+    fn recv(&mut self) -> impl Future<Output = Result<OwnedMessage, KafkaError>> + Send;
 
     /// Whether `message` joins `batch`; may also drop messages already in `batch` (after a
     /// seek). Runs to completion once a message is received.
-    async fn admit(
+    fn admit(
         &mut self,
         message: &OwnedMessage,
         batch: &mut Vec<OwnedMessage>,
         cancel: &CancellationToken,
-    ) -> Result<Admission, RouteError>;
+    ) -> impl Future<Output = Result<Admission, RouteError>> + Send;
 }
 
 /// What becomes of a received message.
@@ -76,15 +79,21 @@ pub(crate) async fn gather(
     }
     let mut deadline = (!batch.is_empty()).then(|| Instant::now() + limits.max_wait);
     while batch.len() < limits.max_events {
-        let received = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => break,
-            // A pause request ends the batch here; the caller pauses.
-            _ = pause_requests.changed() => break,
-            // Before the deadline: what is already fetched joins the batch even when the linger
-            // is over, so a backlog is written in full batches.
-            received = inbox.recv() => received,
-            _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => break,
+        // Cancellation and a pause request (the caller pauses) end the batch here.
+        if cancel.is_cancelled() || pause_requests.has_changed().unwrap_or(true) {
+            break;
+        }
+        // What is already fetched joins the batch even when the linger is over, so a backlog is
+        // written in full batches; taken without a timer or a wake-up, as a backlog is read.
+        let received = match inbox.recv().now_or_never() {
+            Some(received) => received,
+            None => tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                _ = pause_requests.changed() => break,
+                received = inbox.recv() => received,
+                _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => break,
+            },
         };
         match received {
             Ok(message) => match inbox.admit(&message, &mut batch, cancel).await? {
@@ -131,7 +140,6 @@ mod tests {
         hold_back: Vec<i64>,
     }
 
-    #[async_trait]
     impl Inbox for ChannelInbox {
         async fn recv(&mut self) -> Result<OwnedMessage, KafkaError> {
             match self.messages.recv().await {
@@ -246,6 +254,30 @@ mod tests {
         let limits = Limits { route: "r", max_events: config.max_events.unwrap(), max_wait: config.max_wait };
         let batch = gather(&mut inbox, &mut Vec::new(), limits, &mut pause_requests, &cancel).await.unwrap();
         assert!(batch.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fetched_backlog_does_not_delay_a_pause_request_or_shutdown() {
+        let (sender, mut inbox) = inbox();
+        (0..10).for_each(|offset| sender.send(message(offset)).unwrap());
+        let limits = || Limits { route: "r", max_events: 100, max_wait: Duration::ZERO };
+        let (pause, mut pause_requests) = watch::channel(false);
+        pause.send_replace(true);
+        let batch = gather(&mut inbox, &mut Vec::new(), limits(), &mut pause_requests, &CancellationToken::new())
+            .await
+            .unwrap();
+        assert!(batch.is_empty(), "a pause request is seen before what is fetched");
+
+        pause_requests.borrow_and_update();
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let batch = gather(&mut inbox, &mut Vec::new(), limits(), &mut pause_requests, &cancel).await.unwrap();
+        assert!(batch.is_empty(), "so is shutdown");
+
+        let batch = gather(&mut inbox, &mut Vec::new(), limits(), &mut pause_requests, &CancellationToken::new())
+            .await
+            .unwrap();
+        assert_eq!(batch.iter().map(Message::offset).collect::<Vec<_>>(), (0..10).collect::<Vec<_>>(), "nothing lost");
     }
 
     #[tokio::test(start_paused = true)]

@@ -24,8 +24,8 @@ mod lag;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use rdkafka::consumer::{CommitMode, Consumer};
+use futures::StreamExt;
+use rdkafka::consumer::{CommitMode, Consumer, MessageStream};
 use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedMessage;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -106,6 +106,7 @@ impl RouteWorker {
                     let mut inbox = ConsumerInbox {
                         route: &self.route,
                         consumer: &self.consumer,
+                        messages: self.consumer.stream(),
                         sink: Some(self.sink.as_mut()),
                         resume_at: &mut self.resume_at,
                     };
@@ -263,14 +264,20 @@ fn store_offsets(route: &RouteConfig, consumer: &RouteConsumer, next: NextOffset
 struct ConsumerInbox<'a> {
     route: &'a RouteConfig,
     consumer: &'a RouteConsumer,
+    /// The consumer's messages, as one stream for the whole batch: a stream registers its
+    /// wake-up with the consumer once, where each `recv` would register one.
+    messages: MessageStream<'a, consumer::RouteContext>,
     sink: Option<&'a mut dyn Sink>,
     resume_at: &'a mut HashMap<(String, i32), i64>,
 }
 
-#[async_trait]
 impl Inbox for ConsumerInbox<'_> {
     async fn recv(&mut self) -> Result<OwnedMessage, KafkaError> {
-        self.consumer.recv().await.map(|message| message.detach())
+        match self.messages.next().await {
+            Some(received) => received.map(|message| message.detach()),
+            // librdkafka's message streams never end.
+            None => std::future::pending().await,
+        }
     }
 
     async fn admit(
@@ -307,11 +314,17 @@ struct ReadAhead {
 impl ReadAhead {
     /// Reads and prepares the next batch; gives itself back with it.
     async fn read(mut self) -> (Self, Result<Option<(Vec<OwnedMessage>, Prepared)>, RouteError>) {
-        let mut inbox =
-            ConsumerInbox { route: &self.route, consumer: &self.consumer, sink: None, resume_at: &mut self.resume_at };
+        let mut inbox = ConsumerInbox {
+            route: &self.route,
+            consumer: &self.consumer,
+            messages: self.consumer.stream(),
+            sink: None,
+            resume_at: &mut self.resume_at,
+        };
         let limits =
             Limits { route: &self.route.name, max_events: self.max_events, max_wait: self.route.batch.max_wait };
         let read = gather(&mut inbox, &mut self.held, limits, &mut self.pause_requests, &self.cancel).await;
+        drop(inbox);
         let read = read.map(|next| {
             (!next.is_empty()).then(|| {
                 let prepared = prepare(&self.route, &next);
