@@ -107,8 +107,10 @@ impl PostgresSink {
     async fn write_batch(&self, batch: &[SinkRecord], row_by_row: bool) -> Result<WriteOutcome, PostgresSinkError> {
         let mut tx = self.pool.begin().await?;
         let stored = self.lock_offsets(&mut tx, batch).await?;
+        // Looked up per record by borrowed topic: no copy of it per event.
+        let stored: HashMap<(&str, i32), i64> = stored.iter().map(|((t, p), o)| ((t.as_str(), *p), *o)).collect();
         let is_new = |record: &SinkRecord| {
-            record.offset >= stored.get(&(record.topic.clone(), record.partition)).copied().unwrap_or(0)
+            record.offset >= stored.get(&(record.topic.as_str(), record.partition)).copied().unwrap_or(0)
         };
         let fresh: Vec<(usize, &SinkRecord)> = batch.iter().enumerate().filter(|(_, r)| is_new(r)).collect();
         let mut outcome = WriteOutcome::all_accepted();
@@ -165,9 +167,8 @@ impl PostgresSink {
         conn: &mut PgConnection,
         batch: &[SinkRecord],
     ) -> Result<HashMap<(String, i32), i64>, sqlx::Error> {
-        let partitions: Vec<(String, i32)> =
-            batch.iter().map(|r| (r.topic.clone(), r.partition)).collect::<HashSet<_>>().into_iter().collect();
-        let (topics, numbers): (Vec<String>, Vec<i32>) = partitions.into_iter().unzip();
+        let partitions: HashSet<(&str, i32)> = batch.iter().map(|r| (r.topic.as_str(), r.partition)).collect();
+        let (topics, numbers): (Vec<String>, Vec<i32>) = partitions.into_iter().map(|(t, p)| (t.to_owned(), p)).unzip();
         let table = format!("{}.herald_offsets", self.schema);
         sqlx::query(&format!(
             "INSERT INTO {table} (consumer_group, topic, partition, next_offset)
