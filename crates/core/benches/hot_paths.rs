@@ -163,7 +163,7 @@ fn build_records(messages: &[Message], filter: &Filter) -> Vec<SinkRecord> {
         let Ok(event) = StageEvent::from_json(&message.payload) else { continue };
         if filter.matches(&event) {
             records.push(SinkRecord {
-                event,
+                event: event.into(),
                 topic: message.topic.clone(),
                 partition: message.partition,
                 offset: message.offset,

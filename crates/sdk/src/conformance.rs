@@ -79,7 +79,7 @@ pub fn record(seq: i64) -> SinkRecord {
         status: "SUCCESS".into(),
         extra,
     };
-    SinkRecord { event, topic: "conformance".into(), partition: 0, offset: seq, origin: None, raw: None }
+    SinkRecord { event: event.into(), topic: "conformance".into(), partition: 0, offset: seq, origin: None, raw: None }
 }
 
 /// Runs every check against `harness`; the first broken promise is the error.

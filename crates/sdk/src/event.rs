@@ -63,6 +63,19 @@ impl StageEvent {
         }
     }
 
+    /// Checks that `text` is a stage event that [`StageEvent::from_json_str`] takes, without
+    /// building one: nothing is copied or allocated unless a string holds escapes. The error is
+    /// `from_json_str`'s. Fields of other names are read in full, as `serde_json::Value` reads
+    /// them, so whatever passes here parses.
+    pub fn validate(text: &str) -> Result<(), EventError> {
+        let mut deserializer = serde_json::Deserializer::from_str(text);
+        match deserializer.deserialize_map(CheckVisitor).and_then(|()| deserializer.end()) {
+            Ok(()) => Ok(()),
+            // The parse itself says where the problem is.
+            Err(_) => Self::from_json_str(text).map(drop),
+        }
+    }
+
     /// The JSON text of the event, on one line.
     pub fn to_json(&self) -> String {
         // Serializing a struct of strings, integers and `Value`s into a String cannot fail:
@@ -190,6 +203,198 @@ impl<'de> serde::de::Visitor<'de> for StageEventVisitor {
     }
 }
 
+/// [`StageEventVisitor`]'s rules, keeping nothing.
+struct CheckVisitor;
+
+/// A key of a stage event object, as [`CheckVisitor`] sees it: the name of another field is not
+/// kept.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum CheckedField {
+    Event,
+    Stage,
+    Source,
+    Records,
+    Timestamp,
+    Status,
+    Other,
+}
+
+impl CheckedField {
+    /// The fields an event must have.
+    const REQUIRED: [CheckedField; 5] =
+        [CheckedField::Event, CheckedField::Stage, CheckedField::Source, CheckedField::Timestamp, CheckedField::Status];
+
+    fn name(self) -> &'static str {
+        match self {
+            CheckedField::Event => "event",
+            CheckedField::Stage => "stage",
+            CheckedField::Source => "source",
+            CheckedField::Records => "records",
+            CheckedField::Timestamp => "timestamp",
+            CheckedField::Status => "status",
+            CheckedField::Other => "",
+        }
+    }
+
+    /// The field's bit in a set of fields seen.
+    fn bit(self) -> u8 {
+        1 << self as u8
+    }
+}
+
+impl<'de> Deserialize<'de> for CheckedField {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct NameVisitor;
+        impl serde::de::Visitor<'_> for NameVisitor {
+            type Value = CheckedField;
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str("a field name")
+            }
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<CheckedField, E> {
+                Ok(match name {
+                    "event" => CheckedField::Event,
+                    "stage" => CheckedField::Stage,
+                    "source" => CheckedField::Source,
+                    "records" => CheckedField::Records,
+                    "timestamp" => CheckedField::Timestamp,
+                    "status" => CheckedField::Status,
+                    _ => CheckedField::Other,
+                })
+            }
+        }
+        deserializer.deserialize_identifier(NameVisitor)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for CheckVisitor {
+    type Value = ();
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("a stage event object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        use serde::de::Error;
+        let mut seen = 0u8;
+        while let Some(field) = map.next_key::<CheckedField>()? {
+            if field != CheckedField::Other {
+                if seen & field.bit() != 0 {
+                    return Err(A::Error::duplicate_field(field.name()));
+                }
+                seen |= field.bit();
+            }
+            match field {
+                CheckedField::Records => {
+                    map.next_value::<Option<i64>>()?;
+                }
+                CheckedField::Timestamp => {
+                    map.next_value::<TimestampText>()?;
+                }
+                CheckedField::Other => {
+                    map.next_value::<AnyJson>()?;
+                }
+                _ => {
+                    map.next_value::<Text>()?;
+                }
+            }
+        }
+        match CheckedField::REQUIRED.iter().find(|field| seen & field.bit() == 0) {
+            Some(field) => Err(A::Error::missing_field(field.name())),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A JSON string, checked and not kept.
+struct Text;
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TextVisitor;
+        impl serde::de::Visitor<'_> for TextVisitor {
+            type Value = Text;
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Text, E> {
+                Ok(Text)
+            }
+        }
+        deserializer.deserialize_string(TextVisitor)
+    }
+}
+
+/// A timestamp [`EventTimestamp`] reads, checked and not kept.
+struct TimestampText;
+
+impl<'de> Deserialize<'de> for TimestampText {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TimestampVisitor;
+        impl serde::de::Visitor<'_> for TimestampVisitor {
+            type Value = TimestampText;
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, raw: &str) -> Result<TimestampText, E> {
+                match read_instant(raw) {
+                    Some(_) => Ok(TimestampText),
+                    None => Err(E::custom(TimestampError { raw: raw.to_owned() })),
+                }
+            }
+        }
+        deserializer.deserialize_string(TimestampVisitor)
+    }
+}
+
+/// Any JSON value, read in full (strings decoded, numbers parsed) as `serde_json::Value` reads
+/// it, and kept nowhere.
+struct AnyJson;
+
+impl<'de> Deserialize<'de> for AnyJson {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct AnyVisitor;
+        impl<'de> serde::de::Visitor<'de> for AnyVisitor {
+            type Value = AnyJson;
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str("any JSON value")
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<AnyJson, E> {
+                Ok(AnyJson)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<AnyJson, E> {
+                Ok(AnyJson)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<AnyJson, E> {
+                Ok(AnyJson)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<AnyJson, E> {
+                Ok(AnyJson)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<AnyJson, E> {
+                Ok(AnyJson)
+            }
+            fn visit_unit<E>(self) -> Result<AnyJson, E> {
+                Ok(AnyJson)
+            }
+            fn visit_none<E>(self) -> Result<AnyJson, E> {
+                Ok(AnyJson)
+            }
+            fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<AnyJson, D::Error> {
+                AnyJson::deserialize(deserializer)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<AnyJson, A::Error> {
+                while seq.next_element::<AnyJson>()?.is_some() {}
+                Ok(AnyJson)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<AnyJson, A::Error> {
+                while map.next_entry::<AnyJson, AnyJson>()?.is_some() {}
+                Ok(AnyJson)
+            }
+        }
+        deserializer.deserialize_any(AnyVisitor)
+    }
+}
+
 /// Why a message is not a valid stage event.
 #[derive(Debug, thiserror::Error)]
 pub enum EventError {
@@ -248,23 +453,9 @@ impl EventTimestamp {
     }
 
     fn parse_owned(raw: String) -> Result<Self, TimestampError> {
-        // Every event has a timestamp, and the seed's offset-less form failed chrono's RFC 3339
-        // parser before its ISO one took it: a tenth of a stdout route's CPU. The usual shapes
-        // are read by hand; anything else goes through chrono as before.
-        if let Some(instant) = parse_iso_fast(raw.as_bytes()) {
-            return Ok(Self { raw, instant });
-        }
-        let trimmed = raw.trim();
-        // The two common forms first, with chrono's fixed-format parsers; the format strings
-        // (parsed anew on every call) only for the rarer spellings.
-        let instant = DateTime::parse_from_rfc3339(trimmed)
-            .map(|t| t.with_timezone(&Utc))
-            .or_else(|_| trimmed.parse::<NaiveDateTime>().map(|naive| naive.and_utc()))
-            .or_else(|_| NaiveDateTime::parse_from_str(trimmed, "%Y-%m-%d %H:%M:%S%.f").map(|naive| naive.and_utc()))
-            .or_else(|_| DateTime::parse_from_str(trimmed, "%Y-%m-%d %H:%M:%S%.f%:z").map(|t| t.with_timezone(&Utc)));
-        match instant {
-            Ok(instant) => Ok(Self { raw, instant }),
-            Err(_) => Err(TimestampError { raw }),
+        match read_instant(&raw) {
+            Some(instant) => Ok(Self { raw, instant }),
+            None => Err(TimestampError { raw }),
         }
     }
 
@@ -316,6 +507,25 @@ impl<'de> Deserialize<'de> for EventTimestamp {
         let raw = String::deserialize(deserializer)?;
         EventTimestamp::parse_owned(raw).map_err(serde::de::Error::custom)
     }
+}
+
+/// The instant a timestamp names, in any of the forms [`EventTimestamp`] accepts.
+fn read_instant(raw: &str) -> Option<DateTime<Utc>> {
+    // Every event has a timestamp, and the seed's offset-less form failed chrono's RFC 3339
+    // parser before its ISO one took it: a tenth of a stdout route's CPU. The usual shapes are
+    // read by hand; anything else goes through chrono as before.
+    if let Some(instant) = parse_iso_fast(raw.as_bytes()) {
+        return Some(instant);
+    }
+    let trimmed = raw.trim();
+    // The two common forms first, with chrono's fixed-format parsers; the format strings (parsed
+    // anew on every call) only for the rarer spellings.
+    DateTime::parse_from_rfc3339(trimmed)
+        .map(|t| t.with_timezone(&Utc))
+        .or_else(|_| trimmed.parse::<NaiveDateTime>().map(|naive| naive.and_utc()))
+        .or_else(|_| NaiveDateTime::parse_from_str(trimmed, "%Y-%m-%d %H:%M:%S%.f").map(|naive| naive.and_utc()))
+        .or_else(|_| DateTime::parse_from_str(trimmed, "%Y-%m-%d %H:%M:%S%.f%:z").map(|t| t.with_timezone(&Utc)))
+        .ok()
 }
 
 /// `YYYY-MM-DDTHH:MM:SS`, then optionally `.` and 1–9 digits, then optionally `Z` or `±HH:MM`,
@@ -402,6 +612,39 @@ mod tests {
         let input = r#"{"event":"STAGE_COMPLETE","stage":"s","source":"A","records":1,"timestamp":"2026-11-26 10:15:00","status":"SUCCESS","run_id":"r-9","meta":{"b":1,"a":[true,null]},"attempt":2}"#;
         let event = StageEvent::from_json(input.as_bytes()).unwrap();
         assert_eq!(event.to_json(), input);
+    }
+
+    #[test]
+    fn validation_takes_exactly_what_the_parse_takes() {
+        let cases = [
+            SEED,
+            r#"{"event":"E","stage":"s","source":"A","timestamp":"2026-11-26T10:15:00Z","status":"S"}"#,
+            r#"{"event":"E","stage":"s","source":"A","records":null,"timestamp":"2026-11-26 10:15:00","status":"S","meta":{"b":[1,2.5,-3e10,true,null,"x\u00e9"]}}"#,
+            r#"{"event":"E","stage":"s","source":"A","timestamp":"2026-11-26T10:15:00","status":"S","x":1,"x":2}"#,
+            r#"{"event":"E\n","stage":"s\"","source":"A","timestamp":"2026-11-26T10:15:00","status":"S"}"#,
+            // Refused by both:
+            r#"{"event":"E","stage":"s","source":"A","timestamp":"2026-11-26T10:15:00"}"#,
+            r#"{"event":"E","event":"E","stage":"s","source":"A","timestamp":"2026-11-26T10:15:00","status":"S"}"#,
+            r#"{"event":"E","stage":"s","source":"A","records":"12","timestamp":"2026-11-26T10:15:00","status":"S"}"#,
+            r#"{"event":"E","stage":"s","source":"A","records":1.5,"timestamp":"2026-11-26T10:15:00","status":"S"}"#,
+            r#"{"event":"E","stage":7,"source":"A","timestamp":"2026-11-26T10:15:00","status":"S"}"#,
+            r#"{"event":"E","stage":"s","source":"A","timestamp":"yesterday","status":"S"}"#,
+            r#"{"event":"E","stage":"s","source":"A","timestamp":"2026-11-26T10:15:00","status":"S","x":"\ud800"}"#,
+            r#"{"event":"E","stage":"s","source":"A","timestamp":"2026-11-26T10:15:00","status":"S","x":[1e400]}"#,
+            r#"{"event":"E","stage":"s","source":"A","timestamp":"2026-11-26T10:15:00","status":"S","x":{"k":"\q"}}"#,
+            r#"{"event":"E","stage":"s","source":"A","timestamp":"2026-11-26T10:15:00","status":"S"} trailing"#,
+            r#"{"event":"E","stage":"s","source":"A","timestamp":"2026-11-26T10:15:00","status":"S""#,
+            r#"["event","E"]"#,
+            "",
+        ];
+        for text in cases {
+            let parsed = StageEvent::from_json_str(text);
+            let validated = StageEvent::validate(text);
+            assert_eq!(validated.is_ok(), parsed.is_ok(), "{text}");
+            if let (Err(validated), Err(parsed)) = (validated, parsed) {
+                assert_eq!(validated.to_string(), parsed.to_string(), "the parse's own error: {text}");
+            }
+        }
     }
 
     /// What chrono alone makes of `text`: the reading the fast path must agree with.

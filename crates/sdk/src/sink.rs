@@ -1,8 +1,12 @@
 //! The contract between the runtime and a sink.
 
-use async_trait::async_trait;
+use std::ops::Deref;
+use std::sync::{Arc, OnceLock};
 
-use crate::event::StageEvent;
+use async_trait::async_trait;
+use serde::{Serialize, Serializer};
+
+use crate::event::{EventTimestamp, StageEvent};
 
 /// A boxed error from a sink's own error type, kept as the cause.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -10,8 +14,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// One event on its way to a sink, with the Kafka coordinates it was read from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SinkRecord {
-    /// The parsed event.
-    pub event: StageEvent,
+    /// The event; read its fields as a [`StageEvent`]'s.
+    pub event: LazyEvent,
     /// The topic it was read from.
     pub topic: String,
     /// The partition it was read from.
@@ -36,6 +40,91 @@ impl SinkRecord {
             Some(line) if !line.contains('\n') && !line.contains('\r') => std::borrow::Cow::Borrowed(line),
             _ => std::borrow::Cow::Owned(self.event.to_json()),
         }
+    }
+}
+
+/// A record's event, parsed the first time a field is read. It derefs to [`StageEvent`].
+///
+/// For a sink that writes payloads as received ([`Sink::reads_fields`] is `false`), the runtime
+/// only checks each message with [`StageEvent::validate`] and leaves the parse until a field is
+/// read, which such a sink mostly never does. Any other sink gets events parsed already.
+#[derive(Clone)]
+pub struct LazyEvent {
+    /// The payload, validated as a stage event; `None` when built from a parsed event.
+    text: Option<Arc<str>>,
+    parsed: OnceLock<StageEvent>,
+}
+
+impl LazyEvent {
+    /// An event in `text`, validated now and parsed when first read. Fails as
+    /// [`StageEvent::from_json_str`] would.
+    pub fn validated(text: Arc<str>) -> Result<Self, crate::EventError> {
+        StageEvent::validate(&text)?;
+        Ok(Self { text: Some(text), parsed: OnceLock::new() })
+    }
+
+    /// Whether the event has been parsed (or was built parsed).
+    pub fn is_parsed(&self) -> bool {
+        self.parsed.get().is_some()
+    }
+
+    /// Changes the event (parsing it first if need be); for tests and for sinks that rewrite
+    /// events. The payload the record was read from is left as it was.
+    pub fn edit(&mut self, change: impl FnOnce(&mut StageEvent)) {
+        let mut event = self.parsed.take().unwrap_or_else(|| self.parse());
+        change(&mut event);
+        self.text = None;
+        self.parsed = OnceLock::from(event);
+    }
+
+    fn parse(&self) -> StageEvent {
+        let text = self.text.as_deref().unwrap_or_default();
+        StageEvent::from_json_str(text).unwrap_or_else(|err| {
+            // Unreachable while `validate` is as strict as the parse (unit-tested); should they
+            // ever part, the sink gets an empty event with the payload kept in `extra`, not a panic.
+            tracing::error!(error = %err, "An event that passed validation does not parse; please report it.");
+            StageEvent {
+                event: String::new(),
+                stage: String::new(),
+                source: String::new(),
+                records: None,
+                timestamp: EventTimestamp::from_instant(chrono::DateTime::UNIX_EPOCH),
+                status: String::new(),
+                extra: std::iter::once(("herald.unparsed".to_owned(), serde_json::Value::from(text))).collect(),
+            }
+        })
+    }
+}
+
+impl Deref for LazyEvent {
+    type Target = StageEvent;
+
+    fn deref(&self) -> &StageEvent {
+        self.parsed.get_or_init(|| self.parse())
+    }
+}
+
+impl From<StageEvent> for LazyEvent {
+    fn from(event: StageEvent) -> Self {
+        Self { text: None, parsed: OnceLock::from(event) }
+    }
+}
+
+impl std::fmt::Debug for LazyEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&**self, f)
+    }
+}
+
+impl PartialEq for LazyEvent {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Serialize for LazyEvent {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        (**self).serialize(serializer)
     }
 }
 
@@ -79,6 +168,13 @@ pub trait Sink: Send + Sync {
     /// with a fixed cost per write (a database transaction) want more.
     fn default_max_events(&self) -> usize {
         DEFAULT_MAX_EVENTS
+    }
+
+    /// Whether this sink reads the events' fields. A sink writing each payload as received
+    /// (stdout) says `false`: the runtime then only validates each message, and a field read
+    /// after all parses that event then. The default is `true`.
+    fn reads_fields(&self) -> bool {
+        true
     }
 
     /// Whether the runtime reads and parses the next batch on a task of its own while this sink
@@ -153,10 +249,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_validated_event_is_parsed_when_first_read_and_equals_the_eager_parse() {
+        let text = r#"{"event":"STAGE_COMPLETE","stage":"bronze","source":"A","timestamp":"2026-11-26T10:15:00.1","status":"SUCCESS","x":[1]}"#;
+        let lazy = LazyEvent::validated(Arc::from(text)).unwrap();
+        assert!(!lazy.is_parsed());
+        assert_eq!(lazy.stage, "bronze");
+        assert!(lazy.is_parsed());
+        assert_eq!(lazy, LazyEvent::from(StageEvent::from_json_str(text).unwrap()));
+        assert_eq!(serde_json::to_string(&lazy).unwrap(), lazy.to_json());
+        let refused = LazyEvent::validated(Arc::from(r#"{"event":"E"}"#)).map(|_| ()).unwrap_err();
+        assert_eq!(refused.to_string(), StageEvent::from_json_str(r#"{"event":"E"}"#).unwrap_err().to_string());
+    }
+
+    #[test]
     fn a_one_line_payload_passes_through_as_received_and_any_other_is_encoded_again() {
         let seed = r#"{"event": "STAGE_COMPLETE", "stage": "bronze", "source": "A", "timestamp": "2026-11-26T10:15:00.1", "status": "SUCCESS", "x": 1}"#;
         let mut record = crate::conformance::record(1);
-        record.event = StageEvent::from_json(seed.as_bytes()).unwrap();
+        record.event = StageEvent::from_json(seed.as_bytes()).unwrap().into();
         assert_eq!(record.json_line(), record.event.to_json(), "no payload kept: encoded");
         record.raw = Some(std::sync::Arc::from(format!("{seed}\n")));
         assert_eq!(record.json_line(), seed, "as received, spacing and all, without the trailing newline");

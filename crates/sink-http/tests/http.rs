@@ -104,7 +104,7 @@ impl Harness for HttpHarness {
 
     fn refused(&self, mut record: SinkRecord) -> Option<SinkRecord> {
         // The URL needs `lane`.
-        record.event.extra.remove("lane");
+        record.event.edit(|event| drop(event.extra.remove("lane")));
         Some(record)
     }
 
@@ -133,7 +133,8 @@ async fn a_batch_is_one_signed_array_per_url_in_order_with_an_idempotency_key() 
         sink(&url, serde_json::json!({ "hmac_secret": "s3cret", "headers": { "Authorization": "Bearer token-1" } }));
     let mut batch: Vec<SinkRecord> = (0..6).map(conformance::record).collect();
     for (index, record) in batch.iter_mut().enumerate() {
-        record.event.extra.insert("lane".into(), if index % 2 == 0 { "even" } else { "odd" }.into());
+        let lane = if index % 2 == 0 { "even" } else { "odd" };
+        record.event.edit(|event| drop(event.extra.insert("lane".into(), lane.into())));
     }
     let outcome = sink.write(&batch).await.unwrap();
     assert!(outcome.rejected.is_empty());
@@ -259,7 +260,7 @@ async fn requests_in_parallel_stay_within_the_bound_and_keep_each_sources_order(
     let batch: Vec<SinkRecord> = (0..24)
         .map(|seq| {
             let mut record = conformance::record(seq);
-            record.event.source = format!("S{}", seq % 6);
+            record.event.edit(|event| event.source = format!("S{}", seq % 6));
             record
         })
         .collect();

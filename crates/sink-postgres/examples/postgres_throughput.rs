@@ -31,7 +31,7 @@ async fn main() {
                 i % 1_000_000
             );
             SinkRecord {
-                event: StageEvent::from_json(json.as_bytes()).unwrap(),
+                event: StageEvent::from_json(json.as_bytes()).unwrap().into(),
                 topic: "bench".into(),
                 partition: (i % 3) as i32,
                 offset: (i / 3) as i64,

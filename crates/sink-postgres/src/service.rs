@@ -506,7 +506,8 @@ mod tests {
             br#"{"event":"E","stage":"s","source":"A","records":70000,"timestamp":"2000-01-01T00:00:01Z","status":"S","word":"three"}"#,
         )
         .unwrap();
-        let record = SinkRecord { event, topic: "t".into(), partition: 3, offset: 9, origin: None, raw: None };
+        let record =
+            SinkRecord { event: event.into(), topic: "t".into(), partition: 3, offset: 9, origin: None, raw: None };
         let mut out = Vec::new();
         BinaryColumn::Timestamp.encode(&mut out, &record, &FieldSource::Field("timestamp".into())).unwrap();
         assert_eq!(out, [&8_i32.to_be_bytes()[..], &1_000_000_i64.to_be_bytes()].concat());

@@ -75,7 +75,7 @@ impl Harness for PostgresHarness {
     }
 
     fn refused(&self, mut record: SinkRecord) -> Option<SinkRecord> {
-        record.event.status = "FAR_TOO_LONG_FOR_THE_COLUMN".into();
+        record.event.edit(|event| event.status = "FAR_TOO_LONG_FOR_THE_COLUMN".into());
         Some(record)
     }
 

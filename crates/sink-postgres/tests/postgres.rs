@@ -34,7 +34,7 @@ fn event(source: &str, stage: &str, status: &str, timestamp: &str, seq: usize) -
 }
 
 fn record(event: StageEvent, partition: i32, offset: i64) -> SinkRecord {
-    SinkRecord { event, topic: "events".into(), partition, offset, origin: None, raw: None }
+    SinkRecord { event: event.into(), topic: "events".into(), partition, offset, origin: None, raw: None }
 }
 
 fn config(json: serde_json::Value) -> PostgresSinkConfig {

@@ -22,7 +22,7 @@ async fn main() {
                 i % 1000,
                 i % 1_000_000
             );
-            SinkRecord { event: StageEvent::from_json(json.as_bytes()).unwrap(), topic: "bench".into(), partition: 0, offset: i as i64, origin: None, raw: None }
+            SinkRecord { event: StageEvent::from_json(json.as_bytes()).unwrap().into(), topic: "bench".into(), partition: 0, offset: i as i64, origin: None, raw: None }
         })
         .collect();
     let run = std::process::id();

@@ -46,7 +46,7 @@ impl Harness for RedisHarness {
     }
 
     fn refused(&self, mut record: SinkRecord) -> Option<SinkRecord> {
-        record.event.extra.remove("lane");
+        record.event.edit(|event| drop(event.extra.remove("lane")));
         Some(record)
     }
 

@@ -37,7 +37,7 @@ fn event(source: &str, stage: &str, timestamp: &str, seq: usize) -> StageEvent {
 }
 
 fn record(event: StageEvent, offset: i64) -> SinkRecord {
-    SinkRecord { event, topic: "events".into(), partition: 0, offset, origin: None, raw: None }
+    SinkRecord { event: event.into(), topic: "events".into(), partition: 0, offset, origin: None, raw: None }
 }
 
 fn sink(settings: serde_json::Value) -> Box<dyn herald_sdk::Sink> {

@@ -42,7 +42,7 @@ async fn main() {
                 r#"{{"event":"STAGE_COMPLETE","stage":"bronze_ingest","source":"source-{}","records":{i},"timestamp":"2026-11-26T10:15:00","status":"SUCCESS"}}"#,
                 i % 100
             );
-            SinkRecord { event: StageEvent::from_json(json.as_bytes()).unwrap(), topic: "bench".into(), partition: 0, offset: i as i64, origin: None, raw: None }
+            SinkRecord { event: StageEvent::from_json(json.as_bytes()).unwrap().into(), topic: "bench".into(), partition: 0, offset: i as i64, origin: None, raw: None }
         })
         .collect();
     let config: SnsSinkConfig = serde_json::from_value(serde_json::json!({

@@ -265,7 +265,7 @@ mod tests {
         )
         .unwrap();
         let record = |offset| SinkRecord {
-            event: event.clone(),
+            event: event.clone().into(),
             topic: "t".repeat(249),
             partition: 2,
             offset,

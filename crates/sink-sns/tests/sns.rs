@@ -128,7 +128,7 @@ fn records(events: Vec<StageEvent>) -> Vec<SinkRecord> {
         .into_iter()
         .enumerate()
         .map(|(i, event)| SinkRecord {
-            event,
+            event: event.into(),
             topic: "events".into(),
             partition: 0,
             offset: i as i64,
@@ -290,7 +290,7 @@ impl herald_sdk::conformance::Harness for SnsHarness {
     }
 
     fn refused(&self, mut record: SinkRecord) -> Option<SinkRecord> {
-        record.event.extra.remove("lane");
+        record.event.edit(|event| drop(event.extra.remove("lane")));
         Some(record)
     }
 

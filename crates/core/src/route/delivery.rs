@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -21,7 +22,7 @@ use crate::dlq::{error_chain, DeadLetter, DeadLetterQueue, FailedStage};
 use crate::error::RouteError;
 use crate::event::{EventError, StageEvent};
 use crate::observe::RouteShared;
-use crate::sink::{Sink, SinkError, SinkRecord, WriteOutcome};
+use crate::sink::{LazyEvent, Sink, SinkError, SinkRecord, WriteOutcome};
 
 /// Where undeliverable messages go: the route's dead-letter topic.
 #[async_trait]
@@ -72,7 +73,9 @@ pub(crate) struct Prepared {
 }
 
 /// Parses `messages` and applies the route's filter.
-pub(crate) fn prepare(route: &RouteConfig, messages: &[OwnedMessage]) -> Prepared {
+pub(crate) fn prepare(route: &RouteConfig, messages: &[OwnedMessage], sink_reads_fields: bool) -> Prepared {
+    // Parsed now when the filter or the sink reads fields; else validated, and parsed if read.
+    let parse_now = sink_reads_fields || !route.filter.is_empty();
     let mut prepared = Prepared {
         records: Vec::with_capacity(messages.len()),
         record_origin: Vec::with_capacity(messages.len()),
@@ -80,15 +83,16 @@ pub(crate) fn prepare(route: &RouteConfig, messages: &[OwnedMessage]) -> Prepare
         skipped: 0,
     };
     for (index, message) in messages.iter().enumerate() {
-        match parse(message, route.max_message_bytes) {
-            Ok((event, text)) if route.filter.matches(&event) => {
+        match read(message, route.max_message_bytes, parse_now) {
+            // No filter: the event is not read (matching would parse it).
+            Ok((event, raw)) if route.filter.is_empty() || route.filter.matches(&event) => {
                 prepared.records.push(SinkRecord {
                     event,
                     topic: message.topic().to_owned(),
                     partition: message.partition(),
                     offset: message.offset(),
                     origin: crate::kafka::origin_of(message),
-                    raw: Some(std::sync::Arc::from(text)),
+                    raw: Some(raw),
                 });
                 prepared.record_origin.push(index);
             }
@@ -238,15 +242,20 @@ pub(crate) fn next_offsets(messages: &[OwnedMessage]) -> NextOffsets {
 }
 
 /// The message's event, and its payload as text (checked as UTF-8 once, for both).
-fn parse(message: &OwnedMessage, limit: usize) -> Result<(StageEvent, &str), EventError> {
-    match message.payload() {
-        Some(payload) if payload.len() > limit => Err(EventError::TooLarge { size: payload.len(), limit }),
-        Some(payload) => {
-            let text = std::str::from_utf8(payload).map_err(EventError::NotUtf8)?;
-            Ok((StageEvent::from_json_str(text)?, text))
-        }
-        None => Err(EventError::Empty),
+/// The event in `message`, parsed now or only validated, and its payload as received.
+fn read(message: &OwnedMessage, limit: usize, parse_now: bool) -> Result<(LazyEvent, Arc<str>), EventError> {
+    let payload = match message.payload() {
+        Some(payload) if payload.len() > limit => return Err(EventError::TooLarge { size: payload.len(), limit }),
+        Some(payload) => payload,
+        None => return Err(EventError::Empty),
+    };
+    let text = std::str::from_utf8(payload).map_err(EventError::NotUtf8)?;
+    if parse_now {
+        let event = StageEvent::from_json_str(text)?;
+        return Ok((event.into(), Arc::from(text)));
     }
+    let raw: Arc<str> = Arc::from(text);
+    Ok((LazyEvent::validated(Arc::clone(&raw))?, raw))
 }
 
 #[cfg(test)]
@@ -257,7 +266,7 @@ mod tests {
 
     use std::collections::VecDeque;
     use std::path::Path;
-    use std::sync::{Arc, Mutex};
+    use std::sync::Mutex;
     use std::time::Duration;
 
     use rdkafka::message::Timestamp;
@@ -370,7 +379,7 @@ mod tests {
         cancel: &CancellationToken,
     ) -> Result<Option<NextOffsets>, RouteError> {
         let mut delivery = Delivery { route, sink, dead_letters: letters.map(|l| l as &dyn DeadLetters), stats };
-        delivery.deliver(messages, prepare(route, messages), cancel).await
+        delivery.deliver(messages, prepare(route, messages, true), cancel).await
     }
 
     fn offsets(entries: &[(i32, i64)]) -> NextOffsets {

@@ -91,6 +91,7 @@ impl RouteWorker {
         let mut pause_requests = self.stats.pause_requests();
         self.stats.update(|state| state.status = "running");
         let mut prefetched: Option<(Vec<OwnedMessage>, Prepared)> = None;
+        let sink_reads_fields = self.sink.reads_fields();
         while !cancel.is_cancelled() {
             if *pause_requests.borrow_and_update() {
                 // Read but not written: held, and delivered first after resuming.
@@ -119,7 +120,7 @@ impl RouteWorker {
                     if batch.is_empty() {
                         continue;
                     }
-                    let prepared = prepare(&self.route, &batch);
+                    let prepared = prepare(&self.route, &batch, sink_reads_fields);
                     (batch, prepared)
                 }
             };
@@ -174,6 +175,7 @@ impl RouteWorker {
                 resume_at: std::mem::take(&mut self.resume_at),
                 held: Vec::new(),
                 max_events: self.max_events,
+                sink_reads_fields: self.sink.reads_fields(),
                 pause_requests: pause_requests.clone(),
                 cancel: cancel.clone(),
             };
@@ -307,6 +309,8 @@ struct ReadAhead {
     held: Vec<OwnedMessage>,
     /// The route's batch size.
     max_events: usize,
+    /// Whether the sink reads events' fields: if not, they are only validated.
+    sink_reads_fields: bool,
     pause_requests: tokio::sync::watch::Receiver<bool>,
     cancel: CancellationToken,
 }
@@ -327,7 +331,7 @@ impl ReadAhead {
         drop(inbox);
         let read = read.map(|next| {
             (!next.is_empty()).then(|| {
-                let prepared = prepare(&self.route, &next);
+                let prepared = prepare(&self.route, &next, self.sink_reads_fields);
                 (next, prepared)
             })
         });
