@@ -122,35 +122,76 @@ impl<'de> Deserialize<'de> for StageEvent {
     }
 }
 
-/// A key of a stage event object: a known field, or any other.
-enum Field {
+/// A key of a stage event object: a known field, or any other (its name borrowed from the
+/// text when it holds no escapes).
+#[derive(Clone, PartialEq, Eq)]
+enum Field<'de> {
     Event,
     Stage,
     Source,
     Records,
     Timestamp,
     Status,
-    Other(String),
+    Other(Cow<'de, str>),
 }
 
-impl<'de> Deserialize<'de> for Field {
+impl Field<'_> {
+    /// The fields an event must have.
+    const REQUIRED: [Field<'static>; 5] = [Field::Event, Field::Stage, Field::Source, Field::Timestamp, Field::Status];
+
+    /// The name of a known field, for errors (another field is never named in one).
+    fn name(&self) -> &'static str {
+        match self {
+            Field::Event => "event",
+            Field::Stage => "stage",
+            Field::Source => "source",
+            Field::Records => "records",
+            Field::Timestamp => "timestamp",
+            Field::Status => "status",
+            Field::Other(_) => "",
+        }
+    }
+
+    /// A known field's bit in a set of fields seen; 0 for any other.
+    fn bit(&self) -> u8 {
+        match self {
+            Field::Event => 1,
+            Field::Stage => 2,
+            Field::Source => 4,
+            Field::Records => 8,
+            Field::Timestamp => 16,
+            Field::Status => 32,
+            Field::Other(_) => 0,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Field<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct FieldVisitor;
-        impl serde::de::Visitor<'_> for FieldVisitor {
-            type Value = Field;
-            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-                formatter.write_str("a field name")
-            }
-            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<Field, E> {
-                Ok(match name {
+        impl FieldVisitor {
+            fn known(name: &str) -> Option<Field<'static>> {
+                Some(match name {
                     "event" => Field::Event,
                     "stage" => Field::Stage,
                     "source" => Field::Source,
                     "records" => Field::Records,
                     "timestamp" => Field::Timestamp,
                     "status" => Field::Status,
-                    other => Field::Other(other.to_owned()),
+                    _ => return None,
                 })
+            }
+        }
+        impl<'de> serde::de::Visitor<'de> for FieldVisitor {
+            type Value = Field<'de>;
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str("a field name")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(self, name: &'de str) -> Result<Field<'de>, E> {
+                Ok(Self::known(name).unwrap_or(Field::Other(Cow::Borrowed(name))))
+            }
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<Field<'de>, E> {
+                Ok(Self::known(name).unwrap_or_else(|| Field::Other(Cow::Owned(name.to_owned()))))
             }
         }
         deserializer.deserialize_identifier(FieldVisitor)
@@ -187,7 +228,7 @@ impl<'de> serde::de::Visitor<'de> for StageEventVisitor {
                 Field::Status => once(&mut status, "status", map.next_value::<String>()?)?,
                 Field::Other(name) => {
                     let value = map.next_value::<Value>()?;
-                    extra.insert(name, value);
+                    extra.insert(name.into_owned(), value);
                 }
             }
         }
@@ -206,66 +247,6 @@ impl<'de> serde::de::Visitor<'de> for StageEventVisitor {
 /// [`StageEventVisitor`]'s rules, keeping nothing.
 struct CheckVisitor;
 
-/// A key of a stage event object, as [`CheckVisitor`] sees it: the name of another field is not
-/// kept.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum CheckedField {
-    Event,
-    Stage,
-    Source,
-    Records,
-    Timestamp,
-    Status,
-    Other,
-}
-
-impl CheckedField {
-    /// The fields an event must have.
-    const REQUIRED: [CheckedField; 5] =
-        [CheckedField::Event, CheckedField::Stage, CheckedField::Source, CheckedField::Timestamp, CheckedField::Status];
-
-    fn name(self) -> &'static str {
-        match self {
-            CheckedField::Event => "event",
-            CheckedField::Stage => "stage",
-            CheckedField::Source => "source",
-            CheckedField::Records => "records",
-            CheckedField::Timestamp => "timestamp",
-            CheckedField::Status => "status",
-            CheckedField::Other => "",
-        }
-    }
-
-    /// The field's bit in a set of fields seen.
-    fn bit(self) -> u8 {
-        1 << self as u8
-    }
-}
-
-impl<'de> Deserialize<'de> for CheckedField {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct NameVisitor;
-        impl serde::de::Visitor<'_> for NameVisitor {
-            type Value = CheckedField;
-            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-                formatter.write_str("a field name")
-            }
-            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<CheckedField, E> {
-                Ok(match name {
-                    "event" => CheckedField::Event,
-                    "stage" => CheckedField::Stage,
-                    "source" => CheckedField::Source,
-                    "records" => CheckedField::Records,
-                    "timestamp" => CheckedField::Timestamp,
-                    "status" => CheckedField::Status,
-                    _ => CheckedField::Other,
-                })
-            }
-        }
-        deserializer.deserialize_identifier(NameVisitor)
-    }
-}
-
 impl<'de> serde::de::Visitor<'de> for CheckVisitor {
     type Value = ();
 
@@ -276,29 +257,27 @@ impl<'de> serde::de::Visitor<'de> for CheckVisitor {
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         use serde::de::Error;
         let mut seen = 0u8;
-        while let Some(field) = map.next_key::<CheckedField>()? {
-            if field != CheckedField::Other {
-                if seen & field.bit() != 0 {
-                    return Err(A::Error::duplicate_field(field.name()));
-                }
-                seen |= field.bit();
+        while let Some(field) = map.next_key::<Field<'de>>()? {
+            if seen & field.bit() != 0 {
+                return Err(A::Error::duplicate_field(field.name()));
             }
+            seen |= field.bit();
             match field {
-                CheckedField::Records => {
+                Field::Records => {
                     map.next_value::<Option<i64>>()?;
                 }
-                CheckedField::Timestamp => {
+                Field::Timestamp => {
                     map.next_value::<TimestampText>()?;
                 }
-                CheckedField::Other => {
+                Field::Other(_) => {
                     map.next_value::<AnyJson>()?;
                 }
-                _ => {
+                Field::Event | Field::Stage | Field::Source | Field::Status => {
                     map.next_value::<Text>()?;
                 }
             }
         }
-        match CheckedField::REQUIRED.iter().find(|field| seen & field.bit() == 0) {
+        match Field::REQUIRED.iter().find(|field| seen & field.bit() == 0) {
             Some(field) => Err(A::Error::missing_field(field.name())),
             None => Ok(()),
         }
