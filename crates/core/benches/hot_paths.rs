@@ -57,6 +57,19 @@ fn parse(c: &mut Criterion) {
     group.finish();
 }
 
+/// What a sink that reads no field (stdout) has done instead of the parse: the same rules,
+/// nothing kept.
+fn validate(c: &mut Criterion) {
+    let mut group = c.benchmark_group("validate");
+    for (name, json) in [("seed", SEED), ("with_extra_fields", WITH_EXTRA)] {
+        group.throughput(Throughput::Bytes(json.len() as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(name), json, |b, text| {
+            b.iter(|| StageEvent::validate(black_box(text)).unwrap());
+        });
+    }
+    group.finish();
+}
+
 /// An event's timestamp alone, in the forms producers write: the seed's offset-less ISO, RFC 3339
 /// with an offset (both read by hand), and a space for the `T` (left to chrono).
 fn timestamp(c: &mut Criterion) {
@@ -188,5 +201,5 @@ fn batch_build(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, parse, timestamp, filter_matches, template, to_json, batch_build);
+criterion_group!(benches, parse, validate, timestamp, filter_matches, template, to_json, batch_build);
 criterion_main!(benches);
