@@ -124,7 +124,6 @@ impl<'de> Deserialize<'de> for StageEvent {
 
 /// A key of a stage event object: a known field, or any other (its name borrowed from the
 /// text when it holds no escapes).
-#[derive(Clone, PartialEq, Eq)]
 enum Field<'de> {
     Event,
     Stage,

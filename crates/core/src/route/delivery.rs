@@ -72,7 +72,8 @@ pub(crate) struct Prepared {
     skipped: u64,
 }
 
-/// Parses `messages` and applies the route's filter.
+/// Parses `messages` (or only validates them, for a sink that reads no field and a route with no
+/// filter) and applies the route's filter.
 pub(crate) fn prepare(route: &RouteConfig, messages: &[OwnedMessage], sink_reads_fields: bool) -> Prepared {
     // Parsed now when the filter or the sink reads fields; else validated, and parsed if read.
     let parse_now = sink_reads_fields || !route.filter.is_empty();
@@ -241,8 +242,8 @@ pub(crate) fn next_offsets(messages: &[OwnedMessage]) -> NextOffsets {
     next.into_iter().map(|(topic, partition, offset)| ((topic.to_owned(), partition), offset)).collect()
 }
 
-/// The message's event, and its payload as text (checked as UTF-8 once, for both).
-/// The event in `message`, parsed now or only validated, and its payload as received.
+/// The event in `message`, parsed now or only validated, and its payload as received (checked as
+/// UTF-8 once, for both).
 fn read(message: &OwnedMessage, limit: usize, parse_now: bool) -> Result<(LazyEvent, Arc<str>), EventError> {
     let payload = match message.payload() {
         Some(payload) if payload.len() > limit => return Err(EventError::TooLarge { size: payload.len(), limit }),
