@@ -347,17 +347,22 @@ async fn a_group_whose_kafka_offsets_are_gone_resumes_from_the_offsets_stored_in
     let group = unique("group");
     let schema = unique("resume").replace('-', "_");
     create_topic(&topic, 1).await;
-    // `latest`: without the sink's offsets, a group that lost its Kafka offsets would skip ahead.
-    let config = TempConfig::new(&postgres_route(
-        &unique("route"),
-        &topic,
-        &format!("url = \"{URL}\"\nschema = \"{schema}\"\nmode = \"append\""),
-        &format!("group_id = \"{group}\"\nstart_from = \"latest\""),
-    ));
+    let route = unique("route");
+    let sink = format!("url = \"{URL}\"\nschema = \"{schema}\"\nmode = \"append\"");
+    let config_starting_from = |start: &str| {
+        TempConfig::new(&postgres_route(
+            &route,
+            &topic,
+            &sink,
+            &format!("group_id = \"{group}\"\nstart_from = \"{start}\""),
+        ))
+    };
     let count_sql = format!("SELECT count(*) FROM {schema}.pipeline_status");
-    let mut herald = Herald::run(&config);
-    herald.wait_for_log("Partitions assigned");
+    // The first run reads from the start: at `latest`, events produced as the partition is
+    // assigned could land before the consumer has looked up where the end is, and be skipped.
     produce_events(&topic, &["A"], 100).await;
+    let first_config = config_starting_from("earliest");
+    let mut herald = Herald::run(&first_config);
     wait_for_count(&pool, &count_sql, 100, &mut herald).await;
     herald.signal("TERM");
     assert!(herald.wait_exit().success());
@@ -371,17 +376,29 @@ async fn a_group_whose_kafka_offsets_are_gone_resumes_from_the_offsets_stored_in
     let batch: Vec<(Option<&str>, &[u8])> = missed.iter().map(|m| (Some("A"), m.as_bytes())).collect();
     produce(&topic, &batch).await;
 
+    // `latest`: without the sink's offsets, a group that lost its Kafka offsets would skip ahead.
+    let config = config_starting_from("latest");
     let mut restarted = Herald::run(&config);
     restarted.wait_for_log("Partitions assigned");
-    produce(&topic, &[(Some("A"), event_json("A", "sentinel", "SUCCESS", 999).as_bytes())]).await;
-    wait_for_count(&pool, &format!("{count_sql} WHERE stage = 'sentinel'"), 1, &mut restarted).await;
-    let seqs: Vec<i32> =
-        sqlx::query_scalar(&format!("SELECT (payload->>'seq')::int FROM {schema}.pipeline_status ORDER BY 1"))
-            .fetch_all(&pool)
-            .await
-            .unwrap();
-    let mut expected: Vec<i32> = (0..150).collect();
-    expected.push(999);
-    assert_eq!(seqs, expected, "resumed at Postgres' offset 100: nothing skipped, nothing twice");
+    // A new event is what makes herald seek back to the sink's offset. At `latest`, one produced
+    // before the consumer has looked up where the end is would not be read: send one a second
+    // until one arrives.
+    let sentinel_sql = format!("{count_sql} WHERE stage = 'sentinel'");
+    for _ in 0..30 {
+        produce(&topic, &[(Some("A"), event_json("A", "sentinel", "SUCCESS", 999).as_bytes())]).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let sentinels: i64 = sqlx::query_scalar(&sentinel_sql).fetch_one(&pool).await.unwrap();
+        if sentinels > 0 {
+            break;
+        }
+    }
+    wait_for_count(&pool, &sentinel_sql, 1, &mut restarted).await;
+    let seqs: Vec<i32> = sqlx::query_scalar(&format!(
+        "SELECT (payload->>'seq')::int FROM {schema}.pipeline_status WHERE stage <> 'sentinel' ORDER BY 1"
+    ))
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(seqs, (0..150).collect::<Vec<i32>>(), "resumed at Postgres' offset 100: nothing skipped, nothing twice");
     assert!(restarted.log().contains("Resuming where the sink's stored offset says"), "{}", restarted.log());
 }
