@@ -266,13 +266,13 @@ impl<'de> serde::de::Visitor<'de> for CheckVisitor {
                     map.next_value::<Option<i64>>()?;
                 }
                 Field::Timestamp => {
-                    map.next_value::<TimestampText>()?;
+                    map.next_value_seed(CheckedStr { accepts: |raw| read_instant(raw).is_some() })?;
                 }
                 Field::Other(_) => {
                     map.next_value::<AnyJson>()?;
                 }
                 Field::Event | Field::Stage | Field::Source | Field::Status => {
-                    map.next_value::<Text>()?;
+                    map.next_value_seed(CheckedStr { accepts: |_| true })?;
                 }
             }
         }
@@ -283,44 +283,33 @@ impl<'de> serde::de::Visitor<'de> for CheckVisitor {
     }
 }
 
-/// A JSON string, checked and not kept.
-struct Text;
+/// A JSON string that `accepts` takes, not kept: any string for the text fields, one
+/// [`EventTimestamp`] reads for `timestamp`.
+struct CheckedStr {
+    accepts: fn(&str) -> bool,
+}
 
-impl<'de> Deserialize<'de> for Text {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct TextVisitor;
-        impl serde::de::Visitor<'_> for TextVisitor {
-            type Value = Text;
-            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-                formatter.write_str("a string")
-            }
-            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Text, E> {
-                Ok(Text)
-            }
-        }
-        deserializer.deserialize_string(TextVisitor)
+impl<'de> serde::de::DeserializeSeed<'de> for CheckedStr {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_string(self)
     }
 }
 
-/// A timestamp [`EventTimestamp`] reads, checked and not kept.
-struct TimestampText;
+impl serde::de::Visitor<'_> for CheckedStr {
+    type Value = ();
 
-impl<'de> Deserialize<'de> for TimestampText {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct TimestampVisitor;
-        impl serde::de::Visitor<'_> for TimestampVisitor {
-            type Value = TimestampText;
-            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-                formatter.write_str("a string")
-            }
-            fn visit_str<E: serde::de::Error>(self, raw: &str) -> Result<TimestampText, E> {
-                match read_instant(raw) {
-                    Some(_) => Ok(TimestampText),
-                    None => Err(E::custom(TimestampError { raw: raw.to_owned() })),
-                }
-            }
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("a string")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<(), E> {
+        if (self.accepts)(text) {
+            Ok(())
+        } else {
+            Err(E::custom(TimestampError { raw: text.to_owned() }))
         }
-        deserializer.deserialize_string(TimestampVisitor)
     }
 }
 
