@@ -4,6 +4,7 @@
 //! an idle route's memory. Asking costs a `ListOffsets` request per assigned partition per
 //! interval.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use super::RouteConsumer;
 use crate::observe::RouteShared;
 
 /// What one look at the consumer found.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Default)]
 pub(crate) struct LagReading {
     /// Whether a broker answered.
     pub(crate) kafka_up: bool,
@@ -66,11 +67,11 @@ pub(crate) async fn watch_lag(routes: Vec<LagSubject>, interval: Duration, cance
 /// partition, and whether Kafka is up.
 fn record(stats: &RouteShared, reading: &LagReading) {
     let total = if reading.lags.is_empty() { -1 } else { reading.lags.iter().map(|(_, _, lag)| lag).sum() };
-    stats.lag.store(total, std::sync::atomic::Ordering::Relaxed);
+    stats.lag.store(total, Ordering::Relaxed);
     for (topic, partition, lag) in &reading.lags {
         stats.set_partition_lag(topic, *partition, *lag);
     }
-    stats.kafka_up.store(reading.kafka_up, std::sync::atomic::Ordering::Relaxed);
+    stats.kafka_up.store(reading.kafka_up, Ordering::Relaxed);
 }
 
 /// Asks the consumer where it is in each assigned partition (its position; the group's committed
