@@ -125,7 +125,7 @@ impl RouteWorker {
                 }
             };
             prefetched = if self.sink.read_ahead() {
-                self.deliver_while_reading_on(&batch, prepared, &pause_requests, cancel).await?
+                self.deliver_while_reading_on(&batch, prepared, sink_reads_fields, &pause_requests, cancel).await?
             } else {
                 self.deliver(&batch, prepared, cancel).await?;
                 None
@@ -159,11 +159,12 @@ impl RouteWorker {
     /// another core. Batches are still written one at a time, in order, and offsets are stored
     /// as soon as `batch` is settled. The next batch ends early at a rebalance: the message after
     /// it waits for the sink to say where new partitions resume. Returns the next batch, if one
-    /// was read.
+    /// was read, prepared as `sink_reads_fields` says.
     async fn deliver_while_reading_on(
         &mut self,
         batch: &[OwnedMessage],
         prepared: Prepared,
+        sink_reads_fields: bool,
         pause_requests: &tokio::sync::watch::Receiver<bool>,
         cancel: &CancellationToken,
     ) -> Result<Option<(Vec<OwnedMessage>, Prepared)>, RouteError> {
@@ -175,7 +176,7 @@ impl RouteWorker {
                 resume_at: std::mem::take(&mut self.resume_at),
                 held: Vec::new(),
                 max_events: self.max_events,
-                sink_reads_fields: self.sink.reads_fields(),
+                sink_reads_fields,
                 pause_requests: pause_requests.clone(),
                 cancel: cancel.clone(),
             };
