@@ -237,8 +237,9 @@ pub(crate) async fn ensure(
             if let Some(row) = oldest {
                 let pid: i32 = row.try_get(0).map_err(SourceError::postgres("reading pg_stat_activity"))?;
                 let application: String = row.try_get(1).map_err(SourceError::postgres("reading pg_stat_activity"))?;
-                let age: f64 = row.try_get(2).map_err(SourceError::postgres("reading pg_stat_activity"))?;
-                info!(slot = %names.slot, pid, application, transaction_age_secs = age, "Creating the replication slot waits for the transactions open now to end; the oldest:");
+                // No `xact_start` for some backends holding an xid (a background worker).
+                let age: Option<f64> = row.try_get(2).map_err(SourceError::postgres("reading pg_stat_activity"))?;
+                info!(slot = %names.slot, pid, application, transaction_age_secs = ?age, "Creating the replication slot waits for the transactions open now to end; the oldest:");
             }
             let created = sqlx::query("SELECT pg_create_logical_replication_slot($1, 'pgoutput')")
                 .bind(&names.slot)
