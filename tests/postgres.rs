@@ -379,20 +379,14 @@ async fn a_group_whose_kafka_offsets_are_gone_resumes_from_the_offsets_stored_in
     // `latest`: without the sink's offsets, a group that lost its Kafka offsets would skip ahead.
     let config = config_starting_from("latest");
     let mut restarted = Herald::run(&config);
-    restarted.wait_for_log("Partitions assigned");
-    // A new event is what makes herald seek back to the sink's offset. At `latest`, one produced
-    // before the consumer has looked up where the end is would not be read: send one a second
-    // until one arrives.
+    // No new event is needed: herald seeks to the sink's offset once the partition is assigned.
+    wait_for_count(&pool, &count_sql, 150, &mut restarted).await;
+    // And goes on from there: an event sent now is read once, after the missed ones.
+    produce(&topic, &[(Some("A"), event_json("A", "sentinel", "SUCCESS", 999).as_bytes())]).await;
     let sentinel_sql = format!("{count_sql} WHERE stage = 'sentinel'");
-    for _ in 0..30 {
-        produce(&topic, &[(Some("A"), event_json("A", "sentinel", "SUCCESS", 999).as_bytes())]).await;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let sentinels: i64 = sqlx::query_scalar(&sentinel_sql).fetch_one(&pool).await.unwrap();
-        if sentinels > 0 {
-            break;
-        }
-    }
     wait_for_count(&pool, &sentinel_sql, 1, &mut restarted).await;
+    let total: i64 = sqlx::query_scalar(&count_sql).fetch_one(&pool).await.unwrap();
+    assert_eq!(total, 151, "each event once");
     let seqs: Vec<i32> = sqlx::query_scalar(&format!(
         "SELECT (payload->>'seq')::int FROM {schema}.pipeline_status WHERE stage <> 'sentinel' ORDER BY 1"
     ))

@@ -4,11 +4,13 @@
 //! consumer, or a channel in the tests.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
 
 use futures::FutureExt;
 use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedMessage;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::time::{sleep, sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
@@ -31,6 +33,48 @@ pub(crate) trait Inbox: Send {
         batch: &mut Vec<OwnedMessage>,
         cancel: &CancellationToken,
     ) -> impl Future<Output = Result<Admission, RouteError>> + Send;
+
+    /// What the inbox waits on, besides messages, while a batch waits for one.
+    fn attention(&self) -> Attention;
+
+    /// Does the work [`Inbox::attention`] announced (a rebalance to act on, a seek to retry);
+    /// may drop messages of `batch`. Returns whether the batch ends here.
+    fn attend(
+        &mut self,
+        batch: &mut Vec<OwnedMessage>,
+        cancel: &CancellationToken,
+    ) -> impl Future<Output = Result<bool, RouteError>> + Send;
+}
+
+/// What an idle batch waits on besides messages: a signal, and a retry after a delay.
+#[derive(Debug, Default)]
+pub(crate) struct Attention {
+    /// Signalled when there is work; a stored permit counts.
+    pub(crate) signal: Option<Arc<Notify>>,
+    /// Work postponed, to try again after this long.
+    pub(crate) retry_after: Option<Duration>,
+}
+
+impl Attention {
+    /// Resolves when the signal fires or the retry is due; never, when there is neither.
+    async fn due(self) {
+        let signalled = async {
+            match &self.signal {
+                Some(signal) => signal.notified().await,
+                None => std::future::pending().await,
+            }
+        };
+        let retry = async {
+            match self.retry_after {
+                Some(delay) => sleep(delay).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = signalled => {}
+            () = retry => {}
+        }
+    }
 }
 
 /// What becomes of a received message.
@@ -44,6 +88,12 @@ pub(crate) enum Admission {
     HoldBack,
 }
 
+/// What woke a batch waiting for a message.
+enum Woken {
+    Received(Result<OwnedMessage, KafkaError>),
+    Attention,
+}
+
 /// The route's name for logs, and the limits of one batch.
 pub(crate) struct Limits<'a> {
     /// The route, for logs.
@@ -51,7 +101,7 @@ pub(crate) struct Limits<'a> {
     /// Most messages in one batch.
     pub(crate) max_events: usize,
     /// How long a batch lingers for more, from its first message.
-    pub(crate) max_wait: std::time::Duration,
+    pub(crate) max_wait: Duration,
 }
 
 /// Fills a batch, offering the messages in `held` (kept from a pause or an earlier batch) first;
@@ -93,13 +143,28 @@ pub(crate) async fn gather(
                 tokio::task::consume_budget().await;
                 received
             }
-            None => tokio::select! {
-                biased;
-                _ = cancel.cancelled() => break,
-                _ = pause_requests.changed() => break,
-                received = inbox.recv() => received,
-                _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => break,
-            },
+            None => {
+                let attention = inbox.attention();
+                let woken = tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => break,
+                    _ = pause_requests.changed() => break,
+                    received = inbox.recv() => Woken::Received(received),
+                    () = attention.due() => Woken::Attention,
+                    _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => break,
+                };
+                match woken {
+                    Woken::Received(received) => received,
+                    Woken::Attention => {
+                        // A rebalance is acted on now, not when a message of it first arrives:
+                        // at `latest`, none may come for a long time.
+                        if inbox.attend(&mut batch, cancel).await? {
+                            break;
+                        }
+                        continue;
+                    }
+                }
+            }
         };
         match received {
             Ok(message) => match inbox.admit(&message, &mut batch, cancel).await? {
@@ -116,7 +181,7 @@ pub(crate) async fn gather(
             Err(err) => {
                 warn!(route = %limits.route, error = %err, "Kafka consumer error; librdkafka will retry.");
                 // Errors such as an unknown topic repeat at once: don't spin on them.
-                sleep(std::time::Duration::from_millis(200)).await;
+                sleep(Duration::from_millis(200)).await;
             }
         }
     }
@@ -129,8 +194,6 @@ mod tests {
     //! paused clock, so no test waits for real.
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-    use std::time::Duration;
-
     use rdkafka::message::Timestamp;
     use rdkafka::Message;
     use tokio::sync::mpsc;
@@ -139,11 +202,17 @@ mod tests {
     use crate::config::BatchConfig;
 
     /// Messages sent by the test; `skip` offsets are refused by `admit`, `hold_back` ones end
-    /// the batch (once each).
+    /// the batch (once each). `signal` asks for attention; `retries` more attentions follow, each
+    /// after a retry delay; attending ends the batch when `end_on_attend`.
     struct ChannelInbox {
         messages: mpsc::UnboundedReceiver<OwnedMessage>,
         skip: Vec<i64>,
         hold_back: Vec<i64>,
+        signal: Arc<Notify>,
+        retries: usize,
+        end_on_attend: bool,
+        /// When each attention was attended to, on the paused clock.
+        attended: Vec<Instant>,
     }
 
     impl Inbox for ChannelInbox {
@@ -166,6 +235,23 @@ mod tests {
             }
             Ok(if self.skip.contains(&message.offset()) { Admission::Skip } else { Admission::Join })
         }
+
+        fn attention(&self) -> Attention {
+            Attention {
+                signal: Some(Arc::clone(&self.signal)),
+                retry_after: (self.retries > 0).then_some(Duration::from_millis(50)),
+            }
+        }
+
+        async fn attend(
+            &mut self,
+            _batch: &mut Vec<OwnedMessage>,
+            _cancel: &CancellationToken,
+        ) -> Result<bool, RouteError> {
+            self.retries = self.retries.saturating_sub(1);
+            self.attended.push(Instant::now());
+            Ok(self.end_on_attend)
+        }
     }
 
     fn message(offset: i64) -> OwnedMessage {
@@ -174,7 +260,16 @@ mod tests {
 
     fn inbox() -> (mpsc::UnboundedSender<OwnedMessage>, ChannelInbox) {
         let (sender, messages) = mpsc::unbounded_channel();
-        (sender, ChannelInbox { messages, skip: Vec::new(), hold_back: Vec::new() })
+        let inbox = ChannelInbox {
+            messages,
+            skip: Vec::new(),
+            hold_back: Vec::new(),
+            signal: Arc::new(Notify::new()),
+            retries: 0,
+            end_on_attend: false,
+            attended: Vec::new(),
+        };
+        (sender, inbox)
     }
 
     /// Sends `offset` after `after` on the paused clock.
@@ -304,5 +399,51 @@ mod tests {
         inbox.hold_back = vec![];
         assert_eq!(batch_holding(&mut inbox, &mut held, &config).await, [4]);
         assert!(held.is_empty());
+    }
+
+    /// Signals the inbox's attention after `after` on the paused clock.
+    fn signal_later(inbox: &ChannelInbox, after: Duration) {
+        let signal = Arc::clone(&inbox.signal);
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            signal.notify_one();
+        });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_batch_attends_to_a_rebalance_without_waiting_for_a_message() {
+        let (sender, mut inbox) = inbox();
+        let started = Instant::now();
+        signal_later(&inbox, Duration::from_millis(300));
+        send_later(&sender, 0, Duration::from_millis(1000));
+        let config = BatchConfig { max_events: Some(10), max_wait: Duration::ZERO };
+        assert_eq!(batch_of(&mut inbox, vec![], &config).await, [0], "attending does not end the batch");
+        assert_eq!(inbox.attended, [started + Duration::from_millis(300)], "at the signal, before any message");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn postponed_work_is_retried_while_the_batch_waits() {
+        let (sender, mut inbox) = inbox();
+        let started = Instant::now();
+        inbox.retries = 2;
+        send_later(&sender, 0, Duration::from_millis(1000));
+        let config = BatchConfig { max_events: Some(10), max_wait: Duration::ZERO };
+        assert_eq!(batch_of(&mut inbox, vec![], &config).await, [0]);
+        let at: Vec<Duration> = inbox.attended.iter().map(|t| *t - started).collect();
+        assert_eq!(at, [Duration::from_millis(50), Duration::from_millis(100)], "every 50 ms until none is left");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_inbox_that_hands_a_rebalance_over_ends_the_batch_keeping_what_it_has() {
+        let (sender, mut inbox) = inbox();
+        inbox.end_on_attend = true;
+        sender.send(message(0)).unwrap();
+        signal_later(&inbox, Duration::from_millis(100));
+        send_later(&sender, 1, Duration::from_millis(200));
+        let config = BatchConfig { max_events: Some(10), max_wait: Duration::from_secs(1) };
+        let started = Instant::now();
+        assert_eq!(batch_of(&mut inbox, vec![], &config).await, [0]);
+        assert_eq!(started.elapsed(), Duration::from_millis(100), "ended at the signal, not the linger");
+        assert_eq!(batch_of(&mut inbox, vec![], &config).await, [1], "the next message is still there");
     }
 }

@@ -8,6 +8,7 @@ use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use tokio::sync::Notify;
 use tracing::{debug, error, info, warn};
 
 use crate::config::{KafkaProperties, RouteConfig};
@@ -22,6 +23,8 @@ pub(crate) struct RouteContext {
     changes: Mutex<AssignmentChanges>,
     /// Whether `changes` holds anything: checked per message without taking the lock.
     changed: AtomicBool,
+    /// Signalled when `changes` gets something, for a batch waiting on no message.
+    change_signal: Arc<Notify>,
 }
 
 /// Partitions whose ownership changed in a rebalance.
@@ -37,6 +40,12 @@ impl RouteContext {
         let list = if assigned { &mut changes.assigned } else { &mut changes.revoked };
         list.extend(partitions.elements().iter().map(|e| (e.topic().to_owned(), e.partition())));
         self.changed.store(true, Ordering::Release);
+        self.change_signal.notify_one();
+    }
+
+    /// Signalled (a stored permit) each time a rebalance changes the assignment.
+    pub(crate) fn change_signal(&self) -> Arc<Notify> {
+        Arc::clone(&self.change_signal)
     }
 
     /// Whether a rebalance changed the assignment since the worker last took the changes.
@@ -161,6 +170,7 @@ pub(crate) fn create_consumer(
         stats,
         changes: Mutex::new(AssignmentChanges::default()),
         changed: AtomicBool::new(false),
+        change_signal: Arc::new(Notify::new()),
     };
     let consumer: RouteConsumer = config.create_with_context(context)?;
     let topics: Vec<&str> = route.topics.iter().map(String::as_str).collect();

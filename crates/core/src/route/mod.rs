@@ -40,7 +40,7 @@ use crate::error::RouteError;
 use crate::observe::RouteShared;
 use crate::sink::{Sink, SinkError};
 
-use batch::{gather, Admission, Inbox, Limits};
+use batch::{gather, Admission, Attention, Inbox, Limits};
 use consumer::AssignmentChanges;
 pub(crate) use consumer::{create_consumer, RouteConsumer};
 use delivery::{prepare, retry_delays, DeadLetters, Delivery, NextOffsets, Prepared};
@@ -58,10 +58,28 @@ pub(crate) struct RouteWorker {
     pub(crate) stats: Arc<RouteShared>,
     /// Messages received while paused, delivered first after resuming.
     pub(crate) held: Vec<OwnedMessage>,
-    /// Where newly assigned partitions must resume, per the sink's own stored offsets; checked
-    /// against the first message of each.
-    pub(crate) resume_at: HashMap<(String, i32), i64>,
+    /// Where newly assigned partitions must resume, per the sink's own stored offsets: sought
+    /// as soon as librdkafka allows, or checked against the first message of each.
+    pub(crate) resume_at: HashMap<(String, i32), Resume>,
 }
+
+/// Where a newly assigned partition resumes, per the sink's stored offset.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Resume {
+    /// The sink's next offset to deliver.
+    offset: i64,
+    /// Seeks left to try while no message of the partition has arrived. librdkafka refuses a
+    /// seek until it fetches the partition, a few milliseconds after the assignment; after the
+    /// last one, the partition's first message decides.
+    early_seeks_left: u8,
+}
+
+/// Early seeks of a partition: tried every [`EARLY_SEEK_RETRY`] for up to five seconds.
+const EARLY_SEEKS: u8 = 100;
+/// How long an idle route waits before trying a refused early seek again.
+const EARLY_SEEK_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
+/// How long a seek may wait for librdkafka's fetcher to take the new position.
+const SEEK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl RouteWorker {
     /// Runs until `cancel` fires or the route fails; then closes the sink, commits what is
@@ -271,7 +289,7 @@ struct ConsumerInbox<'a> {
     /// wake-up with the consumer once, where each `recv` would register one.
     messages: MessageStream<'a, consumer::RouteContext>,
     sink: Option<&'a mut dyn Sink>,
-    resume_at: &'a mut HashMap<(String, i32), i64>,
+    resume_at: &'a mut HashMap<(String, i32), Resume>,
 }
 
 impl Inbox for ConsumerInbox<'_> {
@@ -299,13 +317,38 @@ impl Inbox for ConsumerInbox<'_> {
         }
         Ok(resume_where_the_sink_left_off(self.route, self.consumer, self.resume_at, message, batch))
     }
+
+    fn attention(&self) -> Attention {
+        let retry_after = if self.consumer.context().has_changes() {
+            // A change whose signal another batch took (the read-ahead task hands it over).
+            Some(std::time::Duration::ZERO)
+        } else {
+            self.resume_at.values().any(|resume| resume.early_seeks_left > 0).then_some(EARLY_SEEK_RETRY)
+        };
+        Attention { signal: Some(self.consumer.context().change_signal()), retry_after }
+    }
+
+    /// Acts on a rebalance while no message comes: asks the sink where the new partitions
+    /// resume and seeks there at once. The read-ahead task, with no sink, hands over instead.
+    async fn attend(&mut self, batch: &mut Vec<OwnedMessage>, cancel: &CancellationToken) -> Result<bool, RouteError> {
+        if self.consumer.context().has_changes() {
+            if self.sink.is_none() {
+                return Ok(true);
+            }
+            if let Some(changes) = self.consumer.context().take_changes() {
+                self.apply_assignment_changes(changes, cancel).await?;
+            }
+        }
+        seek_early(self.route, self.consumer, self.resume_at, batch);
+        Ok(false)
+    }
 }
 
 /// What the task reading the next batch takes along, and gives back with the batch.
 struct ReadAhead {
     route: Arc<RouteConfig>,
     consumer: Arc<RouteConsumer>,
-    resume_at: HashMap<(String, i32), i64>,
+    resume_at: HashMap<(String, i32), Resume>,
     /// A message held back at a rebalance.
     held: Vec<OwnedMessage>,
     /// The route's batch size.
@@ -371,7 +414,7 @@ impl ConsumerInbox<'_> {
         };
         for (partition, offset) in stored {
             debug!(route = %self.route.name, topic = %partition.0, partition = partition.1, offset, "Sink has stored an offset.");
-            self.resume_at.insert(partition, offset);
+            self.resume_at.insert(partition, Resume { offset, early_seeks_left: EARLY_SEEKS });
         }
         Ok(())
     }
@@ -383,7 +426,7 @@ impl ConsumerInbox<'_> {
 fn resume_where_the_sink_left_off(
     route: &RouteConfig,
     consumer: &RouteConsumer,
-    resume_at: &mut HashMap<(String, i32), i64>,
+    resume_at: &mut HashMap<(String, i32), Resume>,
     message: &OwnedMessage,
     batch: &mut Vec<OwnedMessage>,
 ) -> Admission {
@@ -391,7 +434,7 @@ fn resume_where_the_sink_left_off(
         return Admission::Join;
     }
     let key = (message.topic().to_owned(), message.partition());
-    let Some(resume) = resume_at.remove(&key) else { return Admission::Join };
+    let Some(Resume { offset: resume, .. }) = resume_at.remove(&key) else { return Admission::Join };
     if message.offset() == resume {
         return Admission::Join;
     }
@@ -400,10 +443,42 @@ fn resume_where_the_sink_left_off(
         "Resuming where the sink's stored offset says."
     );
     batch.retain(|m| !(m.topic() == key.0 && m.partition() == key.1));
-    if let Err(err) = consumer.seek(&key.0, key.1, Offset::Offset(resume), std::time::Duration::from_secs(10)) {
+    if let Err(err) = consumer.seek(&key.0, key.1, Offset::Offset(resume), SEEK_TIMEOUT) {
         // The sink still drops what it already has; only the shortcut is lost.
         warn!(route = %route.name, error = %err, "Seek to the sink's stored offset failed; continuing from Kafka's.");
         return Admission::Join;
     }
     Admission::Skip
+}
+
+/// Seeks newly assigned partitions of which no message has arrived to the sink's stored
+/// offsets, so a quiet partition (at `latest`, say) does not wait for a new event to deliver
+/// what the sink missed. A seek librdkafka refuses (it has not started fetching the partition
+/// yet) is tried again later, a bounded number of times.
+fn seek_early(
+    route: &RouteConfig,
+    consumer: &RouteConsumer,
+    resume_at: &mut HashMap<(String, i32), Resume>,
+    batch: &mut Vec<OwnedMessage>,
+) {
+    resume_at.retain(|(topic, partition), resume| {
+        if resume.early_seeks_left == 0 {
+            return true;
+        }
+        match consumer.seek(topic, *partition, Offset::Offset(resume.offset), SEEK_TIMEOUT) {
+            Ok(()) => {
+                info!(
+                    route = %route.name, topic = %topic, partition = *partition, to = resume.offset,
+                    "Resuming where the sink's stored offset says."
+                );
+                batch.retain(|m| !(m.topic() == topic && m.partition() == *partition));
+                false
+            }
+            Err(err) => {
+                resume.early_seeks_left -= 1;
+                debug!(route = %route.name, topic = %topic, partition = *partition, error = %err, "Cannot seek to the sink's stored offset yet; trying again.");
+                true
+            }
+        }
+    });
 }
