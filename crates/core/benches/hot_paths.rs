@@ -135,7 +135,7 @@ fn to_json(c: &mut Criterion) {
 /// A Kafka message as the worker sees it: payload and coordinates.
 struct Message {
     payload: Vec<u8>,
-    topic: String,
+    topic: std::sync::Arc<str>,
     partition: i32,
     offset: i64,
 }
@@ -146,7 +146,7 @@ fn batch() -> Vec<Message> {
     (0..BATCH)
         .map(|i| Message {
             payload: payload(i).into_bytes(),
-            topic: "pipeline.events".to_owned(),
+            topic: "pipeline.events".into(),
             partition: (i % 3) as i32,
             offset: 40_000 + i as i64,
         })
@@ -177,7 +177,7 @@ fn build_records(messages: &[Message], filter: &Filter) -> Vec<SinkRecord> {
         if filter.matches(&event) {
             records.push(SinkRecord {
                 event: event.into(),
-                topic: message.topic.clone(),
+                topic: std::sync::Arc::clone(&message.topic),
                 partition: message.partition,
                 offset: message.offset,
                 origin: None,

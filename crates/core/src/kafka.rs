@@ -85,11 +85,9 @@ pub fn partition_counts(
         .collect())
 }
 
-/// The `herald.origin` header of a message, if any.
-pub fn origin_of(message: &impl rdkafka::Message) -> Option<String> {
-    use rdkafka::message::Headers;
-    let headers = message.headers()?;
-    headers
+/// The `herald.origin` header among a message's `headers`, if any.
+pub fn origin_of(headers: Option<&impl rdkafka::message::Headers>) -> Option<String> {
+    headers?
         .iter()
         .find(|header| header.key == herald_sdk::sink::ORIGIN_HEADER)
         .and_then(|header| header.value)

@@ -16,8 +16,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 pub struct SinkRecord {
     /// The event; read its fields as a [`StageEvent`]'s.
     pub event: LazyEvent,
-    /// The topic it was read from.
-    pub topic: String,
+    /// The topic it was read from (shared by the records of a batch read from it).
+    pub topic: Arc<str>,
     /// The partition it was read from.
     pub partition: i32,
     /// Its offset in that partition.

@@ -58,7 +58,7 @@ impl ExecSink {
             .env("HERALD_STAGE", &event.stage)
             .env("HERALD_STATUS", &event.status)
             .env("HERALD_TIMESTAMP", event.timestamp.to_string())
-            .env("HERALD_TOPIC", &record.topic)
+            .env("HERALD_TOPIC", &*record.topic)
             .env("HERALD_PARTITION", record.partition.to_string())
             .env("HERALD_OFFSET", record.offset.to_string())
             .stdin(Stdio::piped())

@@ -110,7 +110,7 @@ impl PostgresSink {
         // Looked up per record by borrowed topic: no copy of it per event.
         let stored: HashMap<(&str, i32), i64> = stored.iter().map(|((t, p), o)| ((t.as_str(), *p), *o)).collect();
         let is_new = |record: &SinkRecord| {
-            record.offset >= stored.get(&(record.topic.as_str(), record.partition)).copied().unwrap_or(0)
+            record.offset >= stored.get(&(&*record.topic, record.partition)).copied().unwrap_or(0)
         };
         let fresh: Vec<(usize, &SinkRecord)> = batch.iter().enumerate().filter(|(_, r)| is_new(r)).collect();
         let mut outcome = WriteOutcome::all_accepted();
@@ -167,7 +167,7 @@ impl PostgresSink {
         conn: &mut PgConnection,
         batch: &[SinkRecord],
     ) -> Result<HashMap<(String, i32), i64>, sqlx::Error> {
-        let partitions: HashSet<(&str, i32)> = batch.iter().map(|r| (r.topic.as_str(), r.partition)).collect();
+        let partitions: HashSet<(&str, i32)> = batch.iter().map(|r| (&*r.topic, r.partition)).collect();
         let (topics, numbers): (Vec<String>, Vec<i32>) = partitions.into_iter().map(|(t, p)| (t.to_owned(), p)).unzip();
         let table = format!("{}.herald_offsets", self.schema);
         sqlx::query(&format!(
@@ -197,7 +197,7 @@ impl PostgresSink {
     async fn store_offsets(&self, conn: &mut PgConnection, batch: &[SinkRecord]) -> Result<(), sqlx::Error> {
         let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
         for record in batch {
-            let entry = next.entry((record.topic.as_str(), record.partition)).or_insert(0);
+            let entry = next.entry((&*record.topic, record.partition)).or_insert(0);
             *entry = (*entry).max(record.offset + 1);
         }
         let mut topics = Vec::new();
@@ -235,7 +235,7 @@ impl PostgresSink {
         let mut reasons = Vec::new();
         for (index, err) in rejections {
             if let Some(record) = batch.get(*index) {
-                topics.push(record.topic.clone());
+                topics.push(record.topic.to_string());
                 partitions.push(record.partition);
                 offsets.push(record.offset);
                 reasons.push(err.to_string());
@@ -265,7 +265,7 @@ impl PostgresSink {
         is_new: &impl Fn(&SinkRecord) -> bool,
     ) -> Result<Vec<Rejection>, sqlx::Error> {
         let replayed: Vec<(usize, &SinkRecord)> = batch.iter().enumerate().filter(|(_, r)| !is_new(r)).collect();
-        let topics: Vec<&str> = replayed.iter().map(|(_, r)| r.topic.as_str()).collect();
+        let topics: Vec<&str> = replayed.iter().map(|(_, r)| &*r.topic).collect();
         let partitions: Vec<i32> = replayed.iter().map(|(_, r)| r.partition).collect();
         let offsets: Vec<i64> = replayed.iter().map(|(_, r)| r.offset).collect();
         let rows = sqlx::query(&format!(
@@ -287,7 +287,7 @@ impl PostgresSink {
         Ok(replayed
             .into_iter()
             .filter_map(|(index, r)| {
-                let reason = reasons.remove(&(r.topic.clone(), r.partition, r.offset))?;
+                let reason = reasons.remove(&(r.topic.to_string(), r.partition, r.offset))?;
                 Some(Rejection { index, error: Box::new(PreviouslyRejected { reason }) })
             })
             .collect())

@@ -140,7 +140,7 @@ impl RedisSink {
                 .arg("event")
                 .arg(json)
                 .arg("topic")
-                .arg(&record.topic)
+                .arg(&*record.topic)
                 .arg("partition")
                 .arg(record.partition)
                 .arg("offset")

@@ -266,7 +266,7 @@ mod tests {
         .unwrap();
         let record = |offset| SinkRecord {
             event: event.clone().into(),
-            topic: "t".repeat(249),
+            topic: "t".repeat(249).into(),
             partition: 2,
             offset,
             origin: None,

@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use rdkafka::error::KafkaError;
-use rdkafka::message::OwnedMessage;
 use tokio::sync::{watch, Notify};
 use tokio::time::{sleep, sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use super::fetched::Fetched;
 use crate::error::RouteError;
 
 /// Where a route's messages come from.
@@ -23,14 +23,14 @@ use crate::error::RouteError;
 pub(crate) trait Inbox: Send {
     /// The next fetched message. Must be cancel-safe: a batch that ends while this waits loses
     /// nothing, and so does a poll that finds nothing yet.
-    fn recv(&mut self) -> impl Future<Output = Result<OwnedMessage, KafkaError>> + Send;
+    fn recv(&mut self) -> impl Future<Output = Result<Fetched, KafkaError>> + Send;
 
     /// Whether `message` joins `batch`; may also drop messages already in `batch` (after a
     /// seek). Runs to completion once a message is received.
     fn admit(
         &mut self,
-        message: &OwnedMessage,
-        batch: &mut Vec<OwnedMessage>,
+        message: &Fetched,
+        batch: &mut Vec<Fetched>,
         cancel: &CancellationToken,
     ) -> impl Future<Output = Result<Admission, RouteError>> + Send;
 
@@ -41,7 +41,7 @@ pub(crate) trait Inbox: Send {
     /// may drop messages of `batch`. Returns whether the batch ends here.
     fn attend(
         &mut self,
-        batch: &mut Vec<OwnedMessage>,
+        batch: &mut Vec<Fetched>,
         cancel: &CancellationToken,
     ) -> impl Future<Output = Result<bool, RouteError>> + Send;
 }
@@ -90,7 +90,7 @@ pub(crate) enum Admission {
 
 /// What woke a batch waiting for a message.
 enum Woken {
-    Received(Result<OwnedMessage, KafkaError>),
+    Received(Result<Fetched, KafkaError>),
     Attention,
 }
 
@@ -109,11 +109,11 @@ pub(crate) struct Limits<'a> {
 /// again, with the rest after it.
 pub(crate) async fn gather(
     inbox: &mut impl Inbox,
-    held: &mut Vec<OwnedMessage>,
+    held: &mut Vec<Fetched>,
     limits: Limits<'_>,
     pause_requests: &mut watch::Receiver<bool>,
     cancel: &CancellationToken,
-) -> Result<Vec<OwnedMessage>, RouteError> {
+) -> Result<Vec<Fetched>, RouteError> {
     let mut offered = std::mem::take(held).into_iter();
     let mut batch = Vec::with_capacity(offered.len());
     while let Some(message) = offered.next() {
@@ -194,8 +194,7 @@ mod tests {
     //! paused clock, so no test waits for real.
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-    use rdkafka::message::Timestamp;
-    use rdkafka::Message;
+    use rdkafka::message::{OwnedMessage, Timestamp};
     use tokio::sync::mpsc;
 
     use super::*;
@@ -205,7 +204,7 @@ mod tests {
     /// the batch (once each). `signal` asks for attention; `retries` more attentions follow, each
     /// after a retry delay; attending ends the batch when `end_on_attend`.
     struct ChannelInbox {
-        messages: mpsc::UnboundedReceiver<OwnedMessage>,
+        messages: mpsc::UnboundedReceiver<Fetched>,
         skip: Vec<i64>,
         hold_back: Vec<i64>,
         signal: Arc<Notify>,
@@ -216,7 +215,7 @@ mod tests {
     }
 
     impl Inbox for ChannelInbox {
-        async fn recv(&mut self) -> Result<OwnedMessage, KafkaError> {
+        async fn recv(&mut self) -> Result<Fetched, KafkaError> {
             match self.messages.recv().await {
                 Some(message) => Ok(message),
                 None => std::future::pending().await,
@@ -225,8 +224,8 @@ mod tests {
 
         async fn admit(
             &mut self,
-            message: &OwnedMessage,
-            _batch: &mut Vec<OwnedMessage>,
+            message: &Fetched,
+            _batch: &mut Vec<Fetched>,
             _cancel: &CancellationToken,
         ) -> Result<Admission, RouteError> {
             if let Some(at) = self.hold_back.iter().position(|&offset| offset == message.offset()) {
@@ -243,22 +242,26 @@ mod tests {
             }
         }
 
-        async fn attend(
-            &mut self,
-            _batch: &mut Vec<OwnedMessage>,
-            _cancel: &CancellationToken,
-        ) -> Result<bool, RouteError> {
+        async fn attend(&mut self, _batch: &mut Vec<Fetched>, _cancel: &CancellationToken) -> Result<bool, RouteError> {
             self.retries = self.retries.saturating_sub(1);
             self.attended.push(Instant::now());
             Ok(self.end_on_attend)
         }
     }
 
-    fn message(offset: i64) -> OwnedMessage {
-        OwnedMessage::new(Some(b"{}".to_vec()), None, "t".into(), Timestamp::NotAvailable, 0, offset, None)
+    fn message(offset: i64) -> Fetched {
+        Fetched::from(OwnedMessage::new(
+            Some(b"{}".to_vec()),
+            None,
+            "t".into(),
+            Timestamp::NotAvailable,
+            0,
+            offset,
+            None,
+        ))
     }
 
-    fn inbox() -> (mpsc::UnboundedSender<OwnedMessage>, ChannelInbox) {
+    fn inbox() -> (mpsc::UnboundedSender<Fetched>, ChannelInbox) {
         let (sender, messages) = mpsc::unbounded_channel();
         let inbox = ChannelInbox {
             messages,
@@ -273,7 +276,7 @@ mod tests {
     }
 
     /// Sends `offset` after `after` on the paused clock.
-    fn send_later(sender: &mpsc::UnboundedSender<OwnedMessage>, offset: i64, after: Duration) {
+    fn send_later(sender: &mpsc::UnboundedSender<Fetched>, offset: i64, after: Duration) {
         let sender = sender.clone();
         tokio::spawn(async move {
             tokio::time::sleep(after).await;
@@ -288,11 +291,11 @@ mod tests {
         batch
     }
 
-    async fn batch_holding(inbox: &mut ChannelInbox, held: &mut Vec<OwnedMessage>, config: &BatchConfig) -> Vec<i64> {
+    async fn batch_holding(inbox: &mut ChannelInbox, held: &mut Vec<Fetched>, config: &BatchConfig) -> Vec<i64> {
         let (_pause, mut pause_requests) = watch::channel(false);
         let limits = Limits { route: "r", max_events: config.max_events.unwrap(), max_wait: config.max_wait };
         let batch = gather(inbox, held, limits, &mut pause_requests, &CancellationToken::new()).await.unwrap();
-        batch.iter().map(Message::offset).collect()
+        batch.iter().map(Fetched::offset).collect()
     }
 
     #[tokio::test(start_paused = true)]
@@ -378,7 +381,7 @@ mod tests {
         let batch = gather(&mut inbox, &mut Vec::new(), limits(), &mut pause_requests, &CancellationToken::new())
             .await
             .unwrap();
-        assert_eq!(batch.iter().map(Message::offset).collect::<Vec<_>>(), (0..10).collect::<Vec<_>>(), "nothing lost");
+        assert_eq!(batch.iter().map(Fetched::offset).collect::<Vec<_>>(), (0..10).collect::<Vec<_>>(), "nothing lost");
     }
 
     #[tokio::test(start_paused = true)]
@@ -390,10 +393,10 @@ mod tests {
         let config = BatchConfig { max_events: Some(100), max_wait: Duration::ZERO };
         let mut held = Vec::new();
         assert_eq!(batch_holding(&mut inbox, &mut held, &config).await, [0, 1]);
-        assert_eq!(held.iter().map(Message::offset).collect::<Vec<_>>(), [2]);
+        assert_eq!(held.iter().map(Fetched::offset).collect::<Vec<_>>(), [2]);
         // The held message goes through admission like any other: offered again, it joins.
         assert_eq!(batch_holding(&mut inbox, &mut held, &config).await, [2, 3]);
-        assert_eq!(held.iter().map(Message::offset).collect::<Vec<_>>(), [4]);
+        assert_eq!(held.iter().map(Fetched::offset).collect::<Vec<_>>(), [4]);
         // Held messages are admitted too: a refused one is dropped, not delivered unchecked.
         held.push(message(5));
         inbox.hold_back = vec![];

@@ -11,12 +11,12 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use rdkafka::error::KafkaError;
-use rdkafka::message::OwnedMessage;
 use rdkafka::Message;
 use tokio::time::sleep;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use super::fetched::Fetched;
 use crate::config::{RetryConfig, RouteConfig};
 use crate::dlq::{error_chain, DeadLetter, DeadLetterQueue, FailedStage};
 use crate::error::RouteError;
@@ -74,7 +74,7 @@ pub(crate) struct Prepared {
 
 /// Parses `messages` (or only validates them, for a sink that reads no field and a route with no
 /// filter) and applies the route's filter.
-pub(crate) fn prepare(route: &RouteConfig, messages: &[OwnedMessage], sink_reads_fields: bool) -> Prepared {
+pub(crate) fn prepare(route: &RouteConfig, messages: &[Fetched], sink_reads_fields: bool) -> Prepared {
     // Parsed now when the filter or the sink reads fields; else validated, and parsed if read.
     let parse_now = sink_reads_fields || !route.filter.is_empty();
     let mut prepared = Prepared {
@@ -89,16 +89,18 @@ pub(crate) fn prepare(route: &RouteConfig, messages: &[OwnedMessage], sink_reads
             Ok((event, raw)) if route.filter.is_empty() || route.filter.matches(&event) => {
                 prepared.records.push(SinkRecord {
                     event,
-                    topic: message.topic().to_owned(),
+                    topic: message.shared_topic(),
                     partition: message.partition(),
                     offset: message.offset(),
-                    origin: crate::kafka::origin_of(message),
+                    origin: crate::kafka::origin_of(message.headers()),
                     raw: Some(raw),
                 });
                 prepared.record_origin.push(index);
             }
             Ok(_) => prepared.skipped += 1,
-            Err(err) => prepared.letters.push(DeadLetter::new(message.clone(), FailedStage::Parse, err.kind(), &err)),
+            Err(err) => {
+                prepared.letters.push(DeadLetter::new(message.to_owned_message(), FailedStage::Parse, err.kind(), &err))
+            }
         }
     }
     prepared
@@ -110,7 +112,7 @@ impl Delivery<'_> {
     /// cancelled while waiting to retry, nothing may be stored (the batch is read again).
     pub(crate) async fn deliver(
         &mut self,
-        messages: &[OwnedMessage],
+        messages: &[Fetched],
         prepared: Prepared,
         cancel: &CancellationToken,
     ) -> Result<Option<NextOffsets>, RouteError> {
@@ -135,7 +137,7 @@ impl Delivery<'_> {
                     return Err(RouteError::BadRejectionIndex { index: rejection.index, batch: records.len() });
                 };
                 letters.push(DeadLetter::new(
-                    message.clone(),
+                    message.to_owned_message(),
                     FailedStage::Sink,
                     "SinkRejection",
                     rejection.error.as_ref(),
@@ -229,7 +231,7 @@ pub(crate) fn retry_delays(policy: &RetryConfig, limit: Option<u32>) -> impl Ite
 }
 
 /// One past the highest offset of each partition in `messages`.
-pub(crate) fn next_offsets(messages: &[OwnedMessage]) -> NextOffsets {
+pub(crate) fn next_offsets(messages: &[Fetched]) -> NextOffsets {
     // A batch spans few partitions: a linear search avoids a key allocation per message.
     let mut next: Vec<(&str, i32, i64)> = Vec::new();
     for message in messages {
@@ -243,19 +245,21 @@ pub(crate) fn next_offsets(messages: &[OwnedMessage]) -> NextOffsets {
 }
 
 /// The event in `message`, parsed now or only validated, and its payload as received (checked as
-/// UTF-8 once, for both).
-fn read(message: &OwnedMessage, limit: usize, parse_now: bool) -> Result<(LazyEvent, Arc<str>), EventError> {
-    let payload = match message.payload() {
-        Some(payload) if payload.len() > limit => return Err(EventError::TooLarge { size: payload.len(), limit }),
-        Some(payload) => payload,
-        None => return Err(EventError::Empty),
-    };
-    let text = std::str::from_utf8(payload).map_err(EventError::NotUtf8)?;
-    if parse_now {
-        let event = StageEvent::from_json_str(text)?;
-        return Ok((event.into(), Arc::from(text)));
+/// UTF-8 when fetched, and shared).
+fn read(message: &Fetched, limit: usize, parse_now: bool) -> Result<(LazyEvent, Arc<str>), EventError> {
+    let size = message.payload().map_or(0, <[u8]>::len);
+    if size > limit {
+        return Err(EventError::TooLarge { size, limit });
     }
-    let raw: Arc<str> = Arc::from(text);
+    let raw = match message.text() {
+        Ok(Some(text)) => Arc::clone(text),
+        Ok(None) => return Err(EventError::Empty),
+        Err(err) => return Err(EventError::NotUtf8(err)),
+    };
+    if parse_now {
+        let event = StageEvent::from_json_str(&raw)?;
+        return Ok((event.into(), raw));
+    }
     Ok((LazyEvent::validated(Arc::clone(&raw))?, raw))
 }
 
@@ -270,7 +274,7 @@ mod tests {
     use std::sync::Mutex;
     use std::time::Duration;
 
-    use rdkafka::message::Timestamp;
+    use rdkafka::message::{OwnedMessage, Timestamp};
     use tokio::time::Instant;
 
     use super::*;
@@ -360,15 +364,23 @@ mod tests {
     }
 
     /// A stage event at `partition`/`offset` whose `records` field is `records`.
-    fn event(partition: i32, offset: i64, records: i64, status: &str) -> OwnedMessage {
+    fn event(partition: i32, offset: i64, records: i64, status: &str) -> Fetched {
         let json = format!(
             r#"{{"event":"STAGE_COMPLETE","stage":"s","source":"S{records}","records":{records},"timestamp":"2026-11-26T10:15:00","status":"{status}"}}"#
         );
         message(partition, offset, json.as_bytes())
     }
 
-    fn message(partition: i32, offset: i64, payload: &[u8]) -> OwnedMessage {
-        OwnedMessage::new(Some(payload.to_vec()), None, "t".into(), Timestamp::NotAvailable, partition, offset, None)
+    fn message(partition: i32, offset: i64, payload: &[u8]) -> Fetched {
+        Fetched::from(OwnedMessage::new(
+            Some(payload.to_vec()),
+            None,
+            "t".into(),
+            Timestamp::NotAvailable,
+            partition,
+            offset,
+            None,
+        ))
     }
 
     async fn settle(
@@ -376,7 +388,7 @@ mod tests {
         sink: &mut ScriptedSink,
         letters: Option<&Letters>,
         stats: &RouteShared,
-        messages: &[OwnedMessage],
+        messages: &[Fetched],
         cancel: &CancellationToken,
     ) -> Result<Option<NextOffsets>, RouteError> {
         let mut delivery = Delivery { route, sink, dead_letters: letters.map(|l| l as &dyn DeadLetters), stats };

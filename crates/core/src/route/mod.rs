@@ -19,6 +19,7 @@
 mod batch;
 mod consumer;
 mod delivery;
+mod fetched;
 mod lag;
 
 use std::collections::HashMap;
@@ -27,9 +28,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use rdkafka::consumer::{CommitMode, Consumer, MessageStream};
 use rdkafka::error::KafkaError;
-use rdkafka::message::OwnedMessage;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::Message;
 use tokio::time::sleep;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -44,6 +43,7 @@ use batch::{gather, Admission, Attention, Inbox, Limits};
 use consumer::AssignmentChanges;
 pub(crate) use consumer::{create_consumer, RouteConsumer};
 use delivery::{prepare, retry_delays, DeadLetters, Delivery, NextOffsets, Prepared};
+use fetched::Fetched;
 pub(crate) use lag::{watch_lag, LagSubject};
 
 /// A route at work.
@@ -57,7 +57,7 @@ pub(crate) struct RouteWorker {
     pub(crate) dead_letters: Option<DeadLetterQueue>,
     pub(crate) stats: Arc<RouteShared>,
     /// Messages received while paused, delivered first after resuming.
-    pub(crate) held: Vec<OwnedMessage>,
+    pub(crate) held: Vec<Fetched>,
     /// Where newly assigned partitions must resume, per the sink's own stored offsets: sought
     /// as soon as librdkafka allows, or checked against the first message of each.
     pub(crate) resume_at: HashMap<(String, i32), Resume>,
@@ -108,7 +108,7 @@ impl RouteWorker {
     async fn run_batches(&mut self, cancel: &CancellationToken) -> Result<(), RouteError> {
         let mut pause_requests = self.stats.pause_requests();
         self.stats.update(|state| state.status = "running");
-        let mut prefetched: Option<(Vec<OwnedMessage>, Prepared)> = None;
+        let mut prefetched: Option<(Vec<Fetched>, Prepared)> = None;
         let sink_reads_fields = self.sink.reads_fields();
         while !cancel.is_cancelled() {
             if *pause_requests.borrow_and_update() {
@@ -126,6 +126,7 @@ impl RouteWorker {
                         route: &self.route,
                         consumer: &self.consumer,
                         messages: self.consumer.stream(),
+                        last_topic: None,
                         sink: Some(self.sink.as_mut()),
                         resume_at: &mut self.resume_at,
                     };
@@ -155,7 +156,7 @@ impl RouteWorker {
     /// Delivers `batch` and stores its offsets once settled.
     async fn deliver(
         &mut self,
-        batch: &[OwnedMessage],
+        batch: &[Fetched],
         prepared: Prepared,
         cancel: &CancellationToken,
     ) -> Result<(), RouteError> {
@@ -180,12 +181,12 @@ impl RouteWorker {
     /// was read, prepared as `sink_reads_fields` says.
     async fn deliver_while_reading_on(
         &mut self,
-        batch: &[OwnedMessage],
+        batch: &[Fetched],
         prepared: Prepared,
         sink_reads_fields: bool,
         pause_requests: &tokio::sync::watch::Receiver<bool>,
         cancel: &CancellationToken,
-    ) -> Result<Option<(Vec<OwnedMessage>, Prepared)>, RouteError> {
+    ) -> Result<Option<(Vec<Fetched>, Prepared)>, RouteError> {
         // Messages held back at a rebalance go through the sink's admission first.
         let read_ahead = self.held.is_empty().then(|| {
             let reader = ReadAhead {
@@ -248,7 +249,7 @@ impl RouteWorker {
                     }
                 }
                 received = self.consumer.recv() => match received {
-                    Ok(message) => self.held.push(message.detach()),
+                    Ok(message) => self.held.push(Fetched::copy(&message, &mut None)),
                     Err(err) => warn!(route = %self.route.name, error = %err, "Kafka consumer error while paused."),
                 },
                 _ = sleep(std::time::Duration::from_millis(500)) => pause_all(&self.consumer),
@@ -288,14 +289,16 @@ struct ConsumerInbox<'a> {
     /// The consumer's messages, as one stream for the whole batch: a stream registers its
     /// wake-up with the consumer once, where each `recv` would register one.
     messages: MessageStream<'a, consumer::RouteContext>,
+    /// The topic of the message received last, shared with the next when it is the same.
+    last_topic: Option<Arc<str>>,
     sink: Option<&'a mut dyn Sink>,
     resume_at: &'a mut HashMap<(String, i32), Resume>,
 }
 
 impl Inbox for ConsumerInbox<'_> {
-    async fn recv(&mut self) -> Result<OwnedMessage, KafkaError> {
+    async fn recv(&mut self) -> Result<Fetched, KafkaError> {
         match self.messages.next().await {
-            Some(received) => received.map(|message| message.detach()),
+            Some(received) => received.map(|message| Fetched::copy(&message, &mut self.last_topic)),
             // librdkafka's message streams never end.
             None => std::future::pending().await,
         }
@@ -303,8 +306,8 @@ impl Inbox for ConsumerInbox<'_> {
 
     async fn admit(
         &mut self,
-        message: &OwnedMessage,
-        batch: &mut Vec<OwnedMessage>,
+        message: &Fetched,
+        batch: &mut Vec<Fetched>,
         cancel: &CancellationToken,
     ) -> Result<Admission, RouteError> {
         if self.consumer.context().has_changes() {
@@ -330,7 +333,7 @@ impl Inbox for ConsumerInbox<'_> {
 
     /// Acts on a rebalance while no message comes: asks the sink where the new partitions
     /// resume and seeks there at once. The read-ahead task, with no sink, hands over instead.
-    async fn attend(&mut self, batch: &mut Vec<OwnedMessage>, cancel: &CancellationToken) -> Result<bool, RouteError> {
+    async fn attend(&mut self, batch: &mut Vec<Fetched>, cancel: &CancellationToken) -> Result<bool, RouteError> {
         if self.consumer.context().has_changes() {
             if self.sink.is_none() {
                 return Ok(true);
@@ -350,7 +353,7 @@ struct ReadAhead {
     consumer: Arc<RouteConsumer>,
     resume_at: HashMap<(String, i32), Resume>,
     /// A message held back at a rebalance.
-    held: Vec<OwnedMessage>,
+    held: Vec<Fetched>,
     /// The route's batch size.
     max_events: usize,
     /// Whether the sink reads events' fields: if not, they are only validated.
@@ -361,11 +364,12 @@ struct ReadAhead {
 
 impl ReadAhead {
     /// Reads and prepares the next batch; gives itself back with it.
-    async fn read(mut self) -> (Self, Result<Option<(Vec<OwnedMessage>, Prepared)>, RouteError>) {
+    async fn read(mut self) -> (Self, Result<Option<(Vec<Fetched>, Prepared)>, RouteError>) {
         let mut inbox = ConsumerInbox {
             route: &self.route,
             consumer: &self.consumer,
             messages: self.consumer.stream(),
+            last_topic: None,
             sink: None,
             resume_at: &mut self.resume_at,
         };
@@ -427,8 +431,8 @@ fn resume_where_the_sink_left_off(
     route: &RouteConfig,
     consumer: &RouteConsumer,
     resume_at: &mut HashMap<(String, i32), Resume>,
-    message: &OwnedMessage,
-    batch: &mut Vec<OwnedMessage>,
+    message: &Fetched,
+    batch: &mut Vec<Fetched>,
 ) -> Admission {
     if resume_at.is_empty() {
         return Admission::Join;
@@ -459,7 +463,7 @@ fn seek_early(
     route: &RouteConfig,
     consumer: &RouteConsumer,
     resume_at: &mut HashMap<(String, i32), Resume>,
-    batch: &mut Vec<OwnedMessage>,
+    batch: &mut Vec<Fetched>,
 ) {
     resume_at.retain(|(topic, partition), resume| {
         if resume.early_seeks_left == 0 {

@@ -1,0 +1,178 @@
+//! A message as a route holds it between the consumer and the sink: copied out of librdkafka
+//! once, its payload kept as shared text when it is UTF-8 (a sink record then shares it rather
+//! than copying it again), and its topic name shared with the messages fetched before it.
+//!
+//! Its accessors have the names of rdkafka's [`Message`]'s, so code reads the same.
+
+use std::sync::Arc;
+
+use rdkafka::message::{BorrowedMessage, Message, OwnedHeaders, OwnedMessage, Timestamp};
+
+/// A fetched message.
+#[derive(Debug, Clone)]
+pub(crate) struct Fetched {
+    topic: Arc<str>,
+    partition: i32,
+    offset: i64,
+    timestamp: Timestamp,
+    key: Option<Vec<u8>>,
+    payload: Payload,
+    headers: Option<OwnedHeaders>,
+}
+
+/// A message's payload.
+#[derive(Debug, Clone)]
+enum Payload {
+    /// No payload (a tombstone).
+    Absent,
+    /// Valid UTF-8, as most are.
+    Text(Arc<str>),
+    /// Anything else, kept for the dead-letter topic.
+    Bytes(Vec<u8>),
+}
+
+impl Fetched {
+    /// Copies `message` out of librdkafka. `last_topic` is the topic name of the message copied
+    /// before, shared when it is the same (a batch mostly reads one topic).
+    pub(crate) fn copy(message: &BorrowedMessage<'_>, last_topic: &mut Option<Arc<str>>) -> Self {
+        let topic = match last_topic {
+            Some(topic) if **topic == *message.topic() => Arc::clone(topic),
+            _ => Arc::clone(last_topic.insert(Arc::from(message.topic()))),
+        };
+        Self {
+            topic,
+            partition: message.partition(),
+            offset: message.offset(),
+            timestamp: message.timestamp(),
+            key: message.key().map(<[u8]>::to_vec),
+            payload: Payload::from(message.payload()),
+            headers: message.headers().map(|headers| headers.detach()),
+        }
+    }
+
+    /// The topic it was read from.
+    pub(crate) fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The topic it was read from, shared.
+    pub(crate) fn shared_topic(&self) -> Arc<str> {
+        Arc::clone(&self.topic)
+    }
+
+    /// Its partition.
+    pub(crate) fn partition(&self) -> i32 {
+        self.partition
+    }
+
+    /// Its offset.
+    pub(crate) fn offset(&self) -> i64 {
+        self.offset
+    }
+
+    /// Its payload's bytes.
+    pub(crate) fn payload(&self) -> Option<&[u8]> {
+        match &self.payload {
+            Payload::Absent => None,
+            Payload::Text(text) => Some(text.as_bytes()),
+            Payload::Bytes(bytes) => Some(bytes),
+        }
+    }
+
+    /// Its payload as text, shared; `Err` when it is not UTF-8, `Ok(None)` when there is none.
+    pub(crate) fn text(&self) -> Result<Option<&Arc<str>>, std::str::Utf8Error> {
+        match &self.payload {
+            Payload::Absent => Ok(None),
+            Payload::Text(text) => Ok(Some(text)),
+            Payload::Bytes(bytes) => std::str::from_utf8(bytes).map(|_| None),
+        }
+    }
+
+    /// Its headers.
+    pub(crate) fn headers(&self) -> Option<&OwnedHeaders> {
+        self.headers.as_ref()
+    }
+
+    /// The message as rdkafka's own type, for the dead-letter topic.
+    pub(crate) fn to_owned_message(&self) -> OwnedMessage {
+        OwnedMessage::new(
+            self.payload().map(<[u8]>::to_vec),
+            self.key.clone(),
+            self.topic.to_string(),
+            self.timestamp,
+            self.partition,
+            self.offset,
+            self.headers.clone(),
+        )
+    }
+}
+
+impl From<Option<&[u8]>> for Payload {
+    fn from(payload: Option<&[u8]>) -> Self {
+        match payload {
+            None => Payload::Absent,
+            Some(bytes) => match std::str::from_utf8(bytes) {
+                Ok(text) => Payload::Text(Arc::from(text)),
+                Err(_) => Payload::Bytes(bytes.to_vec()),
+            },
+        }
+    }
+}
+
+impl From<OwnedMessage> for Fetched {
+    fn from(message: OwnedMessage) -> Self {
+        Self {
+            topic: Arc::from(message.topic()),
+            partition: message.partition(),
+            offset: message.offset(),
+            timestamp: message.timestamp(),
+            key: message.key().map(<[u8]>::to_vec),
+            payload: Payload::from(message.payload()),
+            headers: message.headers().cloned(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use rdkafka::message::{Header, Headers};
+
+    use super::*;
+
+    fn owned(payload: Option<&[u8]>) -> OwnedMessage {
+        let headers = OwnedHeaders::new().insert(Header { key: "h", value: Some("v") });
+        OwnedMessage::new(
+            payload.map(<[u8]>::to_vec),
+            Some(b"k".to_vec()),
+            "t".into(),
+            Timestamp::CreateTime(7),
+            2,
+            9,
+            Some(headers),
+        )
+    }
+
+    #[test]
+    fn a_message_goes_to_the_dead_letter_topic_exactly_as_received() {
+        for payload in [Some(&b"{\"a\":1}"[..]), Some(&b"\xff\xfe not utf-8"[..]), None] {
+            let fetched = Fetched::from(owned(payload));
+            let back = fetched.to_owned_message();
+            assert_eq!(back.payload(), payload);
+            assert_eq!(back.key(), Some(&b"k"[..]));
+            assert_eq!((back.topic(), back.partition(), back.offset()), ("t", 2, 9));
+            assert_eq!(back.timestamp(), Timestamp::CreateTime(7));
+            let header = back.headers().unwrap().get(0);
+            assert_eq!((header.key, header.value), ("h", Some(&b"v"[..])));
+        }
+    }
+
+    #[test]
+    fn text_is_shared_and_other_bytes_are_refused_as_utf8() {
+        let text = Fetched::from(owned(Some(b"{}")));
+        assert_eq!(text.text().unwrap().map(|t| &**t), Some("{}"));
+        assert!(Fetched::from(owned(Some(b"\xff"))).text().is_err());
+        assert!(Fetched::from(owned(None)).text().unwrap().is_none());
+    }
+}
