@@ -1,6 +1,6 @@
 //! The Postgres sink: one transaction per batch, offsets stored with the rows.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashMap;
 
 use async_trait::async_trait;
 use herald_sdk::{Rejection, Sink, SinkError, SinkRecord, WriteOutcome};
@@ -107,10 +107,13 @@ impl PostgresSink {
     async fn write_batch(&self, batch: &[SinkRecord], row_by_row: bool) -> Result<WriteOutcome, PostgresSinkError> {
         let mut tx = self.pool.begin().await?;
         let stored = self.lock_offsets(&mut tx, batch).await?;
-        // Looked up per record by borrowed topic: no copy of it per event.
-        let stored: HashMap<(&str, i32), i64> = stored.iter().map(|((t, p), o)| ((t.as_str(), *p), *o)).collect();
+        // Looked up per record by borrowed topic, among the batch's few partitions: no copy of
+        // the topic and no hash of it per event.
         let is_new = |record: &SinkRecord| {
-            record.offset >= stored.get(&(&*record.topic, record.partition)).copied().unwrap_or(0)
+            let next = stored.iter().find(|((topic, partition), _)| {
+                *partition == record.partition && topic.as_str() == &*record.topic
+            });
+            record.offset >= next.map_or(0, |(_, offset)| *offset)
         };
         let fresh: Vec<(usize, &SinkRecord)> = batch.iter().enumerate().filter(|(_, r)| is_new(r)).collect();
         let mut outcome = WriteOutcome::all_accepted();
@@ -166,9 +169,9 @@ impl PostgresSink {
         &self,
         conn: &mut PgConnection,
         batch: &[SinkRecord],
-    ) -> Result<HashMap<(String, i32), i64>, sqlx::Error> {
-        let partitions: HashSet<(&str, i32)> = batch.iter().map(|r| (&*r.topic, r.partition)).collect();
-        let (topics, numbers): (Vec<String>, Vec<i32>) = partitions.into_iter().map(|(t, p)| (t.to_owned(), p)).unzip();
+    ) -> Result<Vec<((String, i32), i64)>, sqlx::Error> {
+        let (topics, numbers): (Vec<&str>, Vec<i32>) =
+            next_offsets(batch).into_iter().map(|((topic, partition), _)| (topic, partition)).unzip();
         let table = format!("{}.herald_offsets", self.schema);
         sqlx::query(&format!(
             "INSERT INTO {table} (consumer_group, topic, partition, next_offset)
@@ -195,16 +198,11 @@ impl PostgresSink {
 
     /// Moves each partition's offset past the batch.
     async fn store_offsets(&self, conn: &mut PgConnection, batch: &[SinkRecord]) -> Result<(), sqlx::Error> {
-        let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
-        for record in batch {
-            let entry = next.entry((&*record.topic, record.partition)).or_insert(0);
-            *entry = (*entry).max(record.offset + 1);
-        }
         let mut topics = Vec::new();
         let mut partitions = Vec::new();
         let mut offsets = Vec::new();
-        for ((topic, partition), offset) in next {
-            topics.push(topic.to_owned());
+        for ((topic, partition), offset) in next_offsets(batch) {
+            topics.push(topic);
             partitions.push(partition);
             offsets.push(offset);
         }
@@ -292,6 +290,22 @@ impl PostgresSink {
             })
             .collect())
     }
+}
+
+/// One past the highest offset of each partition of `batch`, ordered by topic and partition (the
+/// order rows are locked in). A batch spans few partitions: a linear search per record costs less
+/// than hashing its topic.
+fn next_offsets(batch: &[SinkRecord]) -> Vec<((&str, i32), i64)> {
+    let mut next: Vec<((&str, i32), i64)> = Vec::new();
+    for record in batch {
+        let key = (&*record.topic, record.partition);
+        match next.iter_mut().find(|(partition, _)| *partition == key) {
+            Some((_, offset)) => *offset = (*offset).max(record.offset + 1),
+            None => next.push((key, record.offset + 1)),
+        }
+    }
+    next.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    next
 }
 
 #[async_trait]
