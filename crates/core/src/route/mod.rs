@@ -9,7 +9,8 @@
 //! cannot ask the sink anything, so at a rebalance it ends its batch and the worker takes over.
 //! librdkafka keeps fetching in the background, bounded by `queued.max.messages.kbytes`.
 //!
-//! Layout: `consumer.rs` (the Kafka consumer and its rebalance context), `lag.rs` (the consumer
+//! Layout: `consumer.rs` (the Kafka consumer and its rebalance context), `fetched.rs` (a message
+//! as the route holds it, copied out of librdkafka once), `lag.rs` (the consumer
 //! lag and broker state for metrics, asked of the consumer), `batch.rs` (planning a
 //! batch from an [`batch::Inbox`]), `delivery.rs` (settling a batch: sink, retries, dead
 //! letters, which offsets may be stored) and this file, which ties them to the consumer: pausing,
