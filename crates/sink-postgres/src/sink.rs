@@ -110,9 +110,9 @@ impl PostgresSink {
         // Looked up per record by borrowed topic, among the batch's few partitions: no copy of
         // the topic and no hash of it per event.
         let is_new = |record: &SinkRecord| {
-            let next = stored.iter().find(|((topic, partition), _)| {
-                *partition == record.partition && topic.as_str() == &*record.topic
-            });
+            let next = stored
+                .iter()
+                .find(|((topic, partition), _)| *partition == record.partition && topic.as_str() == &*record.topic);
             record.offset >= next.map_or(0, |(_, offset)| *offset)
         };
         let fresh: Vec<(usize, &SinkRecord)> = batch.iter().enumerate().filter(|(_, r)| is_new(r)).collect();
