@@ -63,6 +63,11 @@ impl Sink for StdoutSink {
         false
     }
 
+    /// It reads no record's origin and rejects nothing.
+    fn needs_headers(&self) -> bool {
+        false
+    }
+
     fn read_ahead(&self) -> bool {
         false
     }

@@ -72,19 +72,45 @@ pub(crate) struct Prepared {
     skipped: u64,
 }
 
+/// How a route reads its messages, from its settings and its sink's needs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Reading {
+    /// Larger messages are refused.
+    pub(crate) max_message_bytes: usize,
+    /// Events are parsed now (the filter or the sink reads fields); else only validated, and
+    /// parsed if a field is read after all.
+    pub(crate) parse_now: bool,
+    /// Every message's headers are kept; else only those of messages that fail to read.
+    pub(crate) all_headers: bool,
+}
+
+impl Reading {
+    /// How `route` reads, writing to `sink`.
+    pub(crate) fn new(route: &RouteConfig, sink: &dyn Sink) -> Self {
+        Self {
+            max_message_bytes: route.max_message_bytes,
+            parse_now: sink.reads_fields() || !route.filter.is_empty(),
+            all_headers: sink.needs_headers(),
+        }
+    }
+}
+
 /// Parses `messages` (or only validates them, for a sink that reads no field and a route with no
-/// filter) and applies the route's filter.
-pub(crate) fn prepare(route: &RouteConfig, messages: &[Fetched], sink_reads_fields: bool) -> Prepared {
-    // Parsed now when the filter or the sink reads fields; else validated, and parsed if read.
-    let parse_now = sink_reads_fields || !route.filter.is_empty();
+/// filter; a message read as it was fetched is not read again) and applies the route's filter.
+pub(crate) fn prepare(route: &RouteConfig, messages: &mut [Fetched], reading: Reading) -> Prepared {
     let mut prepared = Prepared {
         records: Vec::with_capacity(messages.len()),
         record_origin: Vec::with_capacity(messages.len()),
         letters: Vec::new(),
         skipped: 0,
     };
-    for (index, message) in messages.iter().enumerate() {
-        match read(message, route.max_message_bytes, parse_now) {
+    for (index, message) in messages.iter_mut().enumerate() {
+        let read = match message.take_validation() {
+            Some(Ok(())) => Ok(validated_as_fetched(message)),
+            Some(Err(err)) => Err(*err),
+            None => read(message, reading),
+        };
+        match read {
             // No filter: the event is not read (matching would parse it).
             Ok((event, raw)) if route.filter.is_empty() || route.filter.matches(&event) => {
                 prepared.records.push(SinkRecord {
@@ -244,10 +270,20 @@ pub(crate) fn next_offsets(messages: &[Fetched]) -> NextOffsets {
     next.into_iter().map(|(topic, partition, offset)| ((topic.to_owned(), partition), offset)).collect()
 }
 
+/// The event of a message validated as it was fetched, and its payload.
+fn validated_as_fetched(message: &Fetched) -> (LazyEvent, Arc<str>) {
+    let text = match message.text() {
+        Ok(Some(text)) => Arc::clone(text),
+        // A validated message has a UTF-8 payload.
+        Ok(None) | Err(_) => Arc::from(""),
+    };
+    (LazyEvent::prevalidated(Arc::clone(&text)), text)
+}
+
 /// The event in `message`, parsed now or only validated, and its payload as received (checked as
 /// UTF-8 when fetched, and shared).
-fn read(message: &Fetched, limit: usize, parse_now: bool) -> Result<(LazyEvent, Arc<str>), EventError> {
-    let size = message.payload().map_or(0, <[u8]>::len);
+pub(super) fn read(message: &Fetched, reading: Reading) -> Result<(LazyEvent, Arc<str>), EventError> {
+    let (size, limit) = (message.payload().map_or(0, <[u8]>::len), reading.max_message_bytes);
     if size > limit {
         return Err(EventError::TooLarge { size, limit });
     }
@@ -256,7 +292,7 @@ fn read(message: &Fetched, limit: usize, parse_now: bool) -> Result<(LazyEvent, 
         Ok(None) => return Err(EventError::Empty),
         Err(err) => return Err(EventError::NotUtf8(err)),
     };
-    if parse_now {
+    if reading.parse_now {
         let event = StageEvent::from_json_str(&raw)?;
         return Ok((event.into(), raw));
     }
@@ -392,7 +428,10 @@ mod tests {
         cancel: &CancellationToken,
     ) -> Result<Option<NextOffsets>, RouteError> {
         let mut delivery = Delivery { route, sink, dead_letters: letters.map(|l| l as &dyn DeadLetters), stats };
-        delivery.deliver(messages, prepare(route, messages, true), cancel).await
+        let mut batch: Vec<Fetched> = messages.iter().map(|m| Fetched::from(m.to_owned_message())).collect();
+        let reading = Reading { max_message_bytes: route.max_message_bytes, parse_now: true, all_headers: true };
+        let prepared = prepare(route, &mut batch, reading);
+        delivery.deliver(&batch, prepared, cancel).await
     }
 
     fn offsets(entries: &[(i32, i64)]) -> NextOffsets {

@@ -1,15 +1,21 @@
 //! A message as a route holds it between the consumer and the sink: copied out of librdkafka
 //! once, its payload kept as shared text when it is UTF-8 (a sink record then shares it rather
-//! than copying it again), and its topic name shared with the messages fetched before it.
+//! than copying it again), and its topic name shared with the messages fetched before it. For a
+//! route that needs no headers but those of messages that fail (stdout), it is validated as it is
+//! copied, so only a failing message's headers are asked of librdkafka, which parses a header
+//! block on each ask, even an empty one.
 //!
 //! Its accessors have the names of rdkafka's [`Message`]'s, so code reads the same.
 
 use std::sync::Arc;
 
-use rdkafka::message::{BorrowedMessage, Message, OwnedHeaders, OwnedMessage, Timestamp};
+use rdkafka::message::{BorrowedHeaders, BorrowedMessage, Message, OwnedHeaders, OwnedMessage, Timestamp};
+
+use super::delivery::{read, Reading};
+use crate::event::EventError;
 
 /// A fetched message.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct Fetched {
     topic: Arc<str>,
     partition: i32,
@@ -17,7 +23,10 @@ pub(crate) struct Fetched {
     timestamp: Timestamp,
     key: Option<Vec<u8>>,
     payload: Payload,
+    /// Kept when the route needs every message's headers, or this one failed to validate.
     headers: Option<OwnedHeaders>,
+    /// Validated as fetched: `None` once taken, or when it was not (it is read in full later).
+    validation: Option<Result<(), Box<EventError>>>,
 }
 
 /// A message's payload.
@@ -33,21 +42,39 @@ enum Payload {
 
 impl Fetched {
     /// Copies `message` out of librdkafka. `last_topic` is the topic name of the message copied
-    /// before, shared when it is the same (a batch mostly reads one topic).
-    pub(crate) fn copy(message: &BorrowedMessage<'_>, last_topic: &mut Option<Arc<str>>) -> Self {
+    /// before, shared when it is the same (a batch mostly reads one topic). When `reading` only
+    /// validates events and needs no headers, the message is validated now and its headers kept
+    /// only if it fails.
+    pub(crate) fn copy(message: &BorrowedMessage<'_>, last_topic: &mut Option<Arc<str>>, reading: Reading) -> Self {
         let topic = match last_topic {
             Some(topic) if **topic == *message.topic() => Arc::clone(topic),
             _ => Arc::clone(last_topic.insert(Arc::from(message.topic()))),
         };
-        Self {
+        let mut fetched = Self {
             topic,
             partition: message.partition(),
             offset: message.offset(),
             timestamp: message.timestamp(),
             key: message.key().map(<[u8]>::to_vec),
             payload: Payload::from(message.payload()),
-            headers: message.headers().map(|headers| headers.detach()),
+            headers: None,
+            validation: None,
+        };
+        if reading.all_headers || reading.parse_now {
+            fetched.headers = message.headers().map(BorrowedHeaders::detach);
+            return fetched;
         }
+        let validation = read(&fetched, reading).map(drop).map_err(Box::new);
+        if validation.is_err() {
+            fetched.headers = message.headers().map(BorrowedHeaders::detach);
+        }
+        fetched.validation = Some(validation);
+        fetched
+    }
+
+    /// Whether it validated as fetched, once: `None` when it was not validated then.
+    pub(crate) fn take_validation(&mut self) -> Option<Result<(), Box<EventError>>> {
+        self.validation.take()
     }
 
     /// The topic it was read from.
@@ -129,6 +156,7 @@ impl From<OwnedMessage> for Fetched {
             key: message.key().map(<[u8]>::to_vec),
             payload: Payload::from(message.payload()),
             headers: message.headers().cloned(),
+            validation: None,
         }
     }
 }

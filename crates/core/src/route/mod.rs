@@ -43,7 +43,7 @@ use crate::sink::{Sink, SinkError};
 use batch::{gather, Admission, Attention, Inbox, Limits};
 use consumer::AssignmentChanges;
 pub(crate) use consumer::{create_consumer, RouteConsumer};
-use delivery::{prepare, retry_delays, DeadLetters, Delivery, NextOffsets, Prepared};
+use delivery::{prepare, retry_delays, DeadLetters, Delivery, NextOffsets, Prepared, Reading};
 use fetched::Fetched;
 pub(crate) use lag::{watch_lag, LagSubject};
 
@@ -110,7 +110,7 @@ impl RouteWorker {
         let mut pause_requests = self.stats.pause_requests();
         self.stats.update(|state| state.status = "running");
         let mut prefetched: Option<(Vec<Fetched>, Prepared)> = None;
-        let sink_reads_fields = self.sink.reads_fields();
+        let reading = Reading::new(&self.route, self.sink.as_ref());
         while !cancel.is_cancelled() {
             if *pause_requests.borrow_and_update() {
                 // Read but not written: held, and delivered first after resuming.
@@ -128,6 +128,7 @@ impl RouteWorker {
                         consumer: &self.consumer,
                         messages: self.consumer.stream(),
                         last_topic: None,
+                        reading,
                         sink: Some(self.sink.as_mut()),
                         resume_at: &mut self.resume_at,
                     };
@@ -136,16 +137,16 @@ impl RouteWorker {
                         max_events: self.max_events,
                         max_wait: self.route.batch.max_wait,
                     };
-                    let batch = gather(&mut inbox, &mut self.held, limits, &mut pause_requests, cancel).await?;
+                    let mut batch = gather(&mut inbox, &mut self.held, limits, &mut pause_requests, cancel).await?;
                     if batch.is_empty() {
                         continue;
                     }
-                    let prepared = prepare(&self.route, &batch, sink_reads_fields);
+                    let prepared = prepare(&self.route, &mut batch, reading);
                     (batch, prepared)
                 }
             };
             prefetched = if self.sink.read_ahead() {
-                self.deliver_while_reading_on(&batch, prepared, sink_reads_fields, &pause_requests, cancel).await?
+                self.deliver_while_reading_on(&batch, prepared, reading, &pause_requests, cancel).await?
             } else {
                 self.deliver(&batch, prepared, cancel).await?;
                 None
@@ -179,12 +180,12 @@ impl RouteWorker {
     /// another core. Batches are still written one at a time, in order, and offsets are stored
     /// as soon as `batch` is settled. The next batch ends early at a rebalance: the message after
     /// it waits for the sink to say where new partitions resume. Returns the next batch, if one
-    /// was read, prepared as `sink_reads_fields` says.
+    /// was read, prepared as `reading` says.
     async fn deliver_while_reading_on(
         &mut self,
         batch: &[Fetched],
         prepared: Prepared,
-        sink_reads_fields: bool,
+        reading: Reading,
         pause_requests: &tokio::sync::watch::Receiver<bool>,
         cancel: &CancellationToken,
     ) -> Result<Option<(Vec<Fetched>, Prepared)>, RouteError> {
@@ -196,7 +197,7 @@ impl RouteWorker {
                 resume_at: std::mem::take(&mut self.resume_at),
                 held: Vec::new(),
                 max_events: self.max_events,
-                sink_reads_fields,
+                reading,
                 pause_requests: pause_requests.clone(),
                 cancel: cancel.clone(),
             };
@@ -241,6 +242,7 @@ impl RouteWorker {
             }
         };
         pause_all(&self.consumer);
+        let reading = Reading::new(&self.route, self.sink.as_ref());
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -250,7 +252,7 @@ impl RouteWorker {
                     }
                 }
                 received = self.consumer.recv() => match received {
-                    Ok(message) => self.held.push(Fetched::copy(&message, &mut None)),
+                    Ok(message) => self.held.push(Fetched::copy(&message, &mut None, reading)),
                     Err(err) => warn!(route = %self.route.name, error = %err, "Kafka consumer error while paused."),
                 },
                 _ = sleep(std::time::Duration::from_millis(500)) => pause_all(&self.consumer),
@@ -292,6 +294,8 @@ struct ConsumerInbox<'a> {
     messages: MessageStream<'a, consumer::RouteContext>,
     /// The topic of the message received last, shared with the next when it is the same.
     last_topic: Option<Arc<str>>,
+    /// How each message is read as it is received.
+    reading: Reading,
     sink: Option<&'a mut dyn Sink>,
     resume_at: &'a mut HashMap<(String, i32), Resume>,
 }
@@ -299,7 +303,7 @@ struct ConsumerInbox<'a> {
 impl Inbox for ConsumerInbox<'_> {
     async fn recv(&mut self) -> Result<Fetched, KafkaError> {
         match self.messages.next().await {
-            Some(received) => received.map(|message| Fetched::copy(&message, &mut self.last_topic)),
+            Some(received) => received.map(|message| Fetched::copy(&message, &mut self.last_topic, self.reading)),
             // librdkafka's message streams never end.
             None => std::future::pending().await,
         }
@@ -357,8 +361,8 @@ struct ReadAhead {
     held: Vec<Fetched>,
     /// The route's batch size.
     max_events: usize,
-    /// Whether the sink reads events' fields: if not, they are only validated.
-    sink_reads_fields: bool,
+    /// How the route reads messages, for its sink.
+    reading: Reading,
     pause_requests: tokio::sync::watch::Receiver<bool>,
     cancel: CancellationToken,
 }
@@ -371,6 +375,7 @@ impl ReadAhead {
             consumer: &self.consumer,
             messages: self.consumer.stream(),
             last_topic: None,
+            reading: self.reading,
             sink: None,
             resume_at: &mut self.resume_at,
         };
@@ -378,9 +383,9 @@ impl ReadAhead {
             Limits { route: &self.route.name, max_events: self.max_events, max_wait: self.route.batch.max_wait };
         let read = gather(&mut inbox, &mut self.held, limits, &mut self.pause_requests, &self.cancel).await;
         drop(inbox);
-        let read = read.map(|next| {
+        let read = read.map(|mut next| {
             (!next.is_empty()).then(|| {
-                let prepared = prepare(&self.route, &next, self.sink_reads_fields);
+                let prepared = prepare(&self.route, &mut next, self.reading);
                 (next, prepared)
             })
         });
