@@ -91,6 +91,7 @@ async fn every_malformed_message_reaches_the_dead_letter_topic_and_good_ones_flo
     assert_eq!(letters.len(), corpus.len());
     for (i, (letter, (what, value))) in letters.iter().zip(&corpus).enumerate() {
         assert_eq!(letter.payload().unwrap_or_default(), value.as_slice(), "{what}: value unchanged");
+        assert_eq!(letter.key(), Some(&b"Bad"[..]), "{what}: key unchanged");
         assert_eq!(header(letter, headers::OFFSET), Some((2 * i + 1).to_string()), "{what}");
         assert_eq!(header(letter, headers::TOPIC).as_deref(), Some(topic.as_str()));
         assert_eq!(header(letter, headers::STAGE).as_deref(), Some("VALUE_CONVERTER"), "{what}");

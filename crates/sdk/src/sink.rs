@@ -184,14 +184,15 @@ pub trait Sink: Send + Sync {
         true
     }
 
-    /// Whether this sink needs every message's headers: it reads [`SinkRecord::origin`], or it
-    /// may reject records (their dead letters carry the original headers). A sink that does
-    /// neither (stdout) says `false`, and headers are then read only for messages that fail to
-    /// parse, which go to the dead-letter topic with theirs. The default is `true`.
+    /// Whether the runtime must keep every message's key and headers: the sink reads
+    /// [`SinkRecord::origin`] (a header), or it may reject records (their dead letters carry the
+    /// original key and headers). A sink that does neither (stdout) says `false`; keys and
+    /// headers are then kept only for messages that fail to parse, which go to the dead-letter
+    /// topic with theirs. The default is `true`.
     ///
     /// librdkafka parses a message's header block on each read, even an empty one: on a stdout
     /// route that was 6% of the CPU.
-    fn needs_headers(&self) -> bool {
+    fn needs_keys_and_headers(&self) -> bool {
         true
     }
 

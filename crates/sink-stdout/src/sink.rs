@@ -64,7 +64,7 @@ impl Sink for StdoutSink {
     }
 
     /// It reads no record's origin and rejects nothing.
-    fn needs_headers(&self) -> bool {
+    fn needs_keys_and_headers(&self) -> bool {
         false
     }
 

@@ -80,8 +80,8 @@ pub(crate) struct Reading {
     /// Events are parsed now (the filter or the sink reads fields); else only validated, and
     /// parsed if a field is read after all.
     pub(crate) parse_now: bool,
-    /// Every message's headers are kept; else only those of messages that fail to read.
-    pub(crate) all_headers: bool,
+    /// Every message's key and headers are kept; else only those of messages that fail to read.
+    pub(crate) keys_and_headers: bool,
 }
 
 impl Reading {
@@ -90,7 +90,7 @@ impl Reading {
         Self {
             max_message_bytes: route.max_message_bytes,
             parse_now: sink.reads_fields() || !route.filter.is_empty(),
-            all_headers: sink.needs_headers(),
+            keys_and_headers: sink.needs_keys_and_headers(),
         }
     }
 }
@@ -429,7 +429,7 @@ mod tests {
     ) -> Result<Option<NextOffsets>, RouteError> {
         let mut delivery = Delivery { route, sink, dead_letters: letters.map(|l| l as &dyn DeadLetters), stats };
         let mut batch: Vec<Fetched> = messages.iter().map(|m| Fetched::from(m.to_owned_message())).collect();
-        let reading = Reading { max_message_bytes: route.max_message_bytes, parse_now: true, all_headers: true };
+        let reading = Reading { max_message_bytes: route.max_message_bytes, parse_now: true, keys_and_headers: true };
         let prepared = prepare(route, &mut batch, reading);
         delivery.deliver(&batch, prepared, cancel).await
     }

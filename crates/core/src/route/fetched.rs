@@ -1,9 +1,9 @@
 //! A message as a route holds it between the consumer and the sink: copied out of librdkafka
 //! once, its payload kept as shared text when it is UTF-8 (a sink record then shares it rather
 //! than copying it again), and its topic name shared with the messages fetched before it. For a
-//! route that needs no headers but those of messages that fail (stdout), it is validated as it is
-//! copied, so only a failing message's headers are asked of librdkafka, which parses a header
-//! block on each ask, even an empty one.
+//! route that needs no key or headers but those of messages that fail (stdout), it is validated
+//! as it is copied, so only a failing message's key is copied and its headers asked of
+//! librdkafka, which parses a header block on each ask, even an empty one.
 //!
 //! Its accessors have the names of rdkafka's [`Message`]'s, so code reads the same.
 
@@ -21,6 +21,7 @@ pub(crate) struct Fetched {
     partition: i32,
     offset: i64,
     timestamp: Timestamp,
+    /// Kept when the route needs every message's key, or this one failed to validate.
     key: Option<Vec<u8>>,
     payload: Payload,
     /// Kept when the route needs every message's headers, or this one failed to validate.
@@ -43,8 +44,8 @@ enum Payload {
 impl Fetched {
     /// Copies `message` out of librdkafka. `last_topic` is the topic name of the message copied
     /// before, shared when it is the same (a batch mostly reads one topic). When `reading` only
-    /// validates events and needs no headers, the message is validated now and its headers kept
-    /// only if it fails.
+    /// validates events and needs no keys or headers, the message is validated now and its key
+    /// and headers kept only if it fails.
     pub(crate) fn copy(message: &BorrowedMessage<'_>, last_topic: &mut Option<Arc<str>>, reading: Reading) -> Self {
         let topic = match last_topic {
             Some(topic) if **topic == *message.topic() => Arc::clone(topic),
@@ -55,18 +56,22 @@ impl Fetched {
             partition: message.partition(),
             offset: message.offset(),
             timestamp: message.timestamp(),
-            key: message.key().map(<[u8]>::to_vec),
+            key: None,
             payload: Payload::from(message.payload()),
             headers: None,
             validation: None,
         };
-        if reading.all_headers || reading.parse_now {
+        let keep_key_and_headers = |fetched: &mut Self| {
+            fetched.key = message.key().map(<[u8]>::to_vec);
             fetched.headers = message.headers().map(BorrowedHeaders::detach);
+        };
+        if reading.keys_and_headers || reading.parse_now {
+            keep_key_and_headers(&mut fetched);
             return fetched;
         }
         let validation = read(&fetched, reading).map(drop).map_err(Box::new);
         if validation.is_err() {
-            fetched.headers = message.headers().map(BorrowedHeaders::detach);
+            keep_key_and_headers(&mut fetched);
         }
         fetched.validation = Some(validation);
         fetched
