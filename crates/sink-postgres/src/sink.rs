@@ -106,7 +106,9 @@ impl PostgresSink {
     /// a row the table refuses is rejected alone.
     async fn write_batch(&self, batch: &[SinkRecord], row_by_row: bool) -> Result<WriteOutcome, PostgresSinkError> {
         let mut tx = self.pool.begin().await?;
-        let stored = self.lock_offsets(&mut tx, batch).await?;
+        // The batch's partitions and where it leaves each: one pass, for the lock and the update.
+        let next = next_offsets(batch);
+        let stored = self.lock_offsets(&mut tx, &next).await?;
         // Looked up per record by borrowed topic, among the batch's few partitions: no copy of
         // the topic and no hash of it per event.
         let is_new = |record: &SinkRecord| {
@@ -146,7 +148,7 @@ impl PostgresSink {
         if !new_rejections.is_empty() {
             self.record_rejections(&mut tx, batch, &new_rejections).await?;
         }
-        self.store_offsets(&mut tx, batch).await?;
+        self.store_offsets(&mut tx, &next).await?;
         tx.commit().await?;
         outcome.rejected.extend(
             new_rejections
@@ -163,15 +165,15 @@ impl PostgresSink {
         Ok(())
     }
 
-    /// Makes sure each partition of the batch has an offsets row, locks those rows (fencing any
-    /// other writer of the same partitions until commit) and returns the next offsets to write.
+    /// Makes sure each partition of the batch (in `next`) has an offsets row, locks those rows
+    /// (fencing any other writer of the same partitions until commit) and returns the next
+    /// offsets to write.
     async fn lock_offsets(
         &self,
         conn: &mut PgConnection,
-        batch: &[SinkRecord],
+        next: &[((&str, i32), i64)],
     ) -> Result<Vec<((String, i32), i64)>, sqlx::Error> {
-        let (topics, numbers): (Vec<&str>, Vec<i32>) =
-            next_offsets(batch).into_iter().map(|((topic, partition), _)| (topic, partition)).unzip();
+        let (topics, numbers): (Vec<&str>, Vec<i32>) = next.iter().map(|&(partition, _)| partition).unzip();
         let table = format!("{}.herald_offsets", self.schema);
         sqlx::query(&format!(
             "INSERT INTO {table} (consumer_group, topic, partition, next_offset)
@@ -196,12 +198,12 @@ impl PostgresSink {
         rows.iter().map(|row| Ok(((row.try_get(0)?, row.try_get(1)?), row.try_get(2)?))).collect()
     }
 
-    /// Moves each partition's offset past the batch.
-    async fn store_offsets(&self, conn: &mut PgConnection, batch: &[SinkRecord]) -> Result<(), sqlx::Error> {
+    /// Moves each partition's offset past the batch (`next`, from [`next_offsets`]).
+    async fn store_offsets(&self, conn: &mut PgConnection, next: &[((&str, i32), i64)]) -> Result<(), sqlx::Error> {
         let mut topics = Vec::new();
         let mut partitions = Vec::new();
         let mut offsets = Vec::new();
-        for ((topic, partition), offset) in next_offsets(batch) {
+        for &((topic, partition), offset) in next {
             topics.push(topic);
             partitions.push(partition);
             offsets.push(offset);
