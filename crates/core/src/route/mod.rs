@@ -117,7 +117,7 @@ impl RouteWorker {
                 if let Some((messages, _)) = prefetched.take() {
                     self.held.splice(0..0, messages);
                 }
-                self.pause_until_resumed(&mut pause_requests, cancel).await;
+                self.pause_until_resumed(&mut pause_requests, reading, cancel).await;
                 continue;
             }
             let (batch, prepared) = match prefetched.take() {
@@ -226,10 +226,11 @@ impl RouteWorker {
 
     /// Pauses every assigned partition (and any assigned meanwhile) until resumed or cancelled,
     /// still polling so the consumer keeps its group membership. Messages already fetched are
-    /// held and delivered first after resuming.
+    /// held (read as `reading` says) and delivered first after resuming.
     async fn pause_until_resumed(
         &mut self,
         requests: &mut tokio::sync::watch::Receiver<bool>,
+        reading: Reading,
         cancel: &CancellationToken,
     ) {
         info!(route = %self.route.name, "Route paused.");
@@ -242,7 +243,6 @@ impl RouteWorker {
             }
         };
         pause_all(&self.consumer);
-        let reading = Reading::new(&self.route, self.sink.as_ref());
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
