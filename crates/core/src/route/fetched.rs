@@ -37,8 +37,8 @@ enum Payload {
     Absent,
     /// Valid UTF-8, as most are.
     Text(Arc<str>),
-    /// Anything else, kept for the dead-letter topic.
-    Bytes(Vec<u8>),
+    /// Anything else, kept for the dead-letter topic, with why it is not text.
+    Bytes(Vec<u8>, std::str::Utf8Error),
 }
 
 impl Fetched {
@@ -47,9 +47,10 @@ impl Fetched {
     /// validates events and needs no keys or headers, the message is validated now and its key
     /// and headers kept only if it fails.
     pub(crate) fn copy(message: &BorrowedMessage<'_>, last_topic: &mut Option<Arc<str>>, reading: Reading) -> Self {
+        let name = message.topic();
         let topic = match last_topic {
-            Some(topic) if **topic == *message.topic() => Arc::clone(topic),
-            _ => Arc::clone(last_topic.insert(Arc::from(message.topic()))),
+            Some(topic) if **topic == *name => Arc::clone(topic),
+            _ => Arc::clone(last_topic.insert(Arc::from(name))),
         };
         let mut fetched = Self {
             topic,
@@ -107,7 +108,7 @@ impl Fetched {
         match &self.payload {
             Payload::Absent => None,
             Payload::Text(text) => Some(text.as_bytes()),
-            Payload::Bytes(bytes) => Some(bytes),
+            Payload::Bytes(bytes, _) => Some(bytes),
         }
     }
 
@@ -116,7 +117,7 @@ impl Fetched {
         match &self.payload {
             Payload::Absent => Ok(None),
             Payload::Text(text) => Ok(Some(text)),
-            Payload::Bytes(bytes) => std::str::from_utf8(bytes).map(|_| None),
+            Payload::Bytes(_, err) => Err(*err),
         }
     }
 
@@ -145,7 +146,7 @@ impl From<Option<&[u8]>> for Payload {
             None => Payload::Absent,
             Some(bytes) => match std::str::from_utf8(bytes) {
                 Ok(text) => Payload::Text(Arc::from(text)),
-                Err(_) => Payload::Bytes(bytes.to_vec()),
+                Err(err) => Payload::Bytes(bytes.to_vec(), err),
             },
         }
     }
