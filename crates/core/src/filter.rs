@@ -6,7 +6,7 @@ use std::fmt;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 
-use crate::event::StageEvent;
+use herald_sdk::EventFields;
 
 /// A conjunction of field conditions: an event passes when every named field matches.
 /// An empty filter passes everything. A field the event lacks never matches.
@@ -19,8 +19,9 @@ use crate::event::StageEvent;
 pub struct Filter(BTreeMap<String, FieldMatch>);
 
 impl Filter {
-    /// Whether `event` passes the filter.
-    pub fn matches(&self, event: &StageEvent) -> bool {
+    /// Whether `event` passes the filter (a record's [`herald_sdk::LazyEvent`] reads the known
+    /// fields without parsing).
+    pub fn matches(&self, event: &(impl EventFields + ?Sized)) -> bool {
         self.0.iter().all(|(field, condition)| match event.field(field) {
             Some(value) => condition.matches(&value),
             None => false,
@@ -100,6 +101,7 @@ impl<'de> Deserialize<'de> for FieldMatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::StageEvent;
 
     fn event(status: &str, source: &str) -> StageEvent {
         StageEvent::from_json(

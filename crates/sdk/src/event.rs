@@ -68,11 +68,24 @@ impl StageEvent {
     /// `from_json_str`'s. Fields of other names are read in full, as `serde_json::Value` reads
     /// them, so whatever passes here parses.
     pub fn validate(text: &str) -> Result<(), EventError> {
+        Self::index(text).map(drop)
+    }
+
+    /// [`StageEvent::validate`], noting where the known fields lie in `text`, so they can be
+    /// read from it without building the event.
+    pub(crate) fn index(text: &str) -> Result<EventIndex, EventError> {
         let mut deserializer = serde_json::Deserializer::from_str(text);
-        match deserializer.deserialize_map(CheckVisitor).and_then(|()| deserializer.end()) {
-            Ok(()) => Ok(()),
+        let bounds = Bounds { start: text.as_ptr().addr(), len: text.len() };
+        match deserializer.deserialize_map(IndexVisitor { bounds }).and_then(|index| deserializer.end().map(|()| index))
+        {
+            Ok(index) => Ok(index),
             // The parse itself says where the problem is.
-            Err(_) => Self::from_json_str(text).map(drop),
+            Err(_) => match Self::from_json_str(text) {
+                Err(err) => Err(err),
+                // Unreachable while the two agree (unit-tested); an index without places reads
+                // every field from the parse.
+                Ok(event) => Ok(EventIndex::unplaced(&event)),
+            },
         }
     }
 
@@ -243,73 +256,150 @@ impl<'de> serde::de::Visitor<'de> for StageEventVisitor {
     }
 }
 
-/// [`StageEventVisitor`]'s rules, keeping nothing.
-struct CheckVisitor;
+/// Where a stage event's known fields lie in its JSON text, as [`StageEvent::index`] found them:
+/// enough to read them without building a [`StageEvent`]. A text field whose JSON string holds
+/// escapes has no place (its text is not its bytes): reading it parses the event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct EventIndex {
+    event: Option<Span>,
+    stage: Option<Span>,
+    source: Option<Span>,
+    status: Option<Span>,
+    timestamp: Option<Span>,
+    /// The `records` field.
+    pub(crate) records: Option<i64>,
+    /// The instant the timestamp names.
+    pub(crate) instant: DateTime<Utc>,
+}
 
-impl<'de> serde::de::Visitor<'de> for CheckVisitor {
-    type Value = ();
+impl EventIndex {
+    /// An index of `event` that places no field (every text field is read from the event).
+    fn unplaced(event: &StageEvent) -> Self {
+        Self {
+            event: None,
+            stage: None,
+            source: None,
+            status: None,
+            timestamp: None,
+            records: event.records,
+            instant: event.timestamp.instant(),
+        }
+    }
+
+    /// Known text field `name` in `text` (the JSON the index was made from); `None` for a field
+    /// without a place, or any other name.
+    pub(crate) fn text_of<'t>(&self, text: &'t str, name: &str) -> Option<&'t str> {
+        let span = match name {
+            "event" => self.event,
+            "stage" => self.stage,
+            "source" => self.source,
+            "status" => self.status,
+            "timestamp" => self.timestamp,
+            _ => None,
+        }?;
+        text.get(span.start as usize..span.end as usize)
+    }
+}
+
+/// Where a string lies in the text, by byte offsets (a message is far below 4 GiB).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Span {
+    start: u32,
+    end: u32,
+}
+
+/// The text being indexed: its address and length, to place the strings borrowed from it.
+#[derive(Debug, Clone, Copy)]
+struct Bounds {
+    start: usize,
+    len: usize,
+}
+
+impl Bounds {
+    /// Where `part`, borrowed from the text, lies in it.
+    fn span_of(self, part: &str) -> Option<Span> {
+        let start = part.as_ptr().addr().checked_sub(self.start)?;
+        let end = start.checked_add(part.len()).filter(|&end| end <= self.len)?;
+        Some(Span { start: u32::try_from(start).ok()?, end: u32::try_from(end).ok()? })
+    }
+}
+
+/// [`StageEventVisitor`]'s rules, keeping only where the known fields are.
+struct IndexVisitor {
+    bounds: Bounds,
+}
+
+impl<'de> serde::de::Visitor<'de> for IndexVisitor {
+    type Value = EventIndex;
 
     fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         formatter.write_str("a stage event object")
     }
 
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<EventIndex, A::Error> {
         use serde::de::Error;
+        let text = |map: &mut A| map.next_value_seed(Located { bounds: self.bounds, read: |_| Ok(()) });
         let mut seen = 0u8;
+        let (mut event, mut stage, mut source, mut status, mut timestamp) = (None, None, None, None, None);
+        let (mut records, mut instant) = (None, None);
         while let Some(field) = map.next_key::<Field<'de>>()? {
             if seen & field.bit() != 0 {
                 return Err(A::Error::duplicate_field(field.name()));
             }
             seen |= field.bit();
             match field {
-                Field::Records => {
-                    map.next_value::<Option<i64>>()?;
-                }
+                Field::Event => event = text(&mut map)?.0,
+                Field::Stage => stage = text(&mut map)?.0,
+                Field::Source => source = text(&mut map)?.0,
+                Field::Status => status = text(&mut map)?.0,
+                Field::Records => records = map.next_value::<Option<i64>>()?,
                 Field::Timestamp => {
-                    map.next_value_seed(CheckedStr { accepts: |raw| read_instant(raw).is_some() })?;
+                    let read = |raw: &str| read_instant(raw).ok_or_else(|| TimestampError { raw: raw.to_owned() });
+                    let (span, at) = map.next_value_seed(Located { bounds: self.bounds, read })?;
+                    (timestamp, instant) = (span, Some(at));
                 }
                 Field::Other(_) => {
                     map.next_value::<AnyJson>()?;
                 }
-                Field::Event | Field::Stage | Field::Source | Field::Status => {
-                    map.next_value_seed(CheckedStr { accepts: |_| true })?;
-                }
             }
         }
-        match Field::REQUIRED.iter().find(|field| seen & field.bit() == 0) {
-            Some(field) => Err(A::Error::missing_field(field.name())),
-            None => Ok(()),
+        if let Some(field) = Field::REQUIRED.iter().find(|field| seen & field.bit() == 0) {
+            return Err(A::Error::missing_field(field.name()));
         }
+        let instant = instant.ok_or_else(|| A::Error::missing_field("timestamp"))?;
+        Ok(EventIndex { event, stage, source, status, timestamp, records, instant })
     }
 }
 
-/// A JSON string that `accepts` takes, not kept: any string for the text fields, one
-/// [`EventTimestamp`] reads for `timestamp`.
-struct CheckedStr {
-    accepts: fn(&str) -> bool,
+/// A JSON string that `read` takes, and where it lies in the text when it is borrowed from it
+/// (holds no escapes).
+struct Located<T> {
+    bounds: Bounds,
+    read: fn(&str) -> Result<T, TimestampError>,
 }
 
-impl<'de> serde::de::DeserializeSeed<'de> for CheckedStr {
-    type Value = ();
+impl<'de, T> serde::de::DeserializeSeed<'de> for Located<T> {
+    type Value = (Option<Span>, T);
 
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        deserializer.deserialize_string(self)
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_str(self)
     }
 }
 
-impl serde::de::Visitor<'_> for CheckedStr {
-    type Value = ();
+impl<'de, T> serde::de::Visitor<'de> for Located<T> {
+    type Value = (Option<Span>, T);
 
     fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         formatter.write_str("a string")
     }
 
-    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<(), E> {
-        if (self.accepts)(text) {
-            Ok(())
-        } else {
-            Err(E::custom(TimestampError { raw: text.to_owned() }))
-        }
+    fn visit_borrowed_str<E: serde::de::Error>(self, text: &'de str) -> Result<Self::Value, E> {
+        let value = (self.read)(text).map_err(E::custom)?;
+        Ok((self.bounds.span_of(text), value))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Self::Value, E> {
+        Ok((None, (self.read)(text).map_err(E::custom)?))
     }
 }
 

@@ -31,7 +31,7 @@ pub use event::{EventError, EventTimestamp, StageEvent};
 pub use factory::{
     parse_settings, FactoryError, Purpose, Registered, Settings, SettingsError, SinkContext, SinkFactory, SinkPlugin,
 };
-pub use sink::{BoxError, LazyEvent, Rejection, Sink, SinkError, SinkRecord, WriteOutcome};
+pub use sink::{BoxError, EventFields, LazyEvent, Rejection, Sink, SinkError, SinkRecord, WriteOutcome};
 pub use template::Template;
 
 /// Every message in an error's chain of causes, outermost first: what logs and dead-letter

@@ -1,12 +1,15 @@
 //! The contract between the runtime and a sink.
 
+use std::borrow::Cow;
 use std::ops::Deref;
 use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use serde::{Serialize, Serializer};
 
-use crate::event::{EventTimestamp, StageEvent};
+use chrono::{DateTime, Utc};
+
+use crate::event::{EventIndex, EventTimestamp, StageEvent};
 
 /// A boxed error from a sink's own error type, kept as the cause.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -45,29 +48,28 @@ impl SinkRecord {
 
 /// A record's event, parsed the first time a field is read. It derefs to [`StageEvent`].
 ///
-/// For a sink that writes payloads as received ([`Sink::reads_fields`] is `false`), the runtime
-/// only checks each message with [`StageEvent::validate`] and leaves the parse until a field is
-/// read, which such a sink mostly never does. Any other sink gets events parsed already.
+/// Built from a payload, it is validated and indexed: where the known fields lie in the payload
+/// is noted, so [`LazyEvent::field`], [`LazyEvent::key`], [`LazyEvent::instant`] and
+/// [`LazyEvent::records`] read them without building a [`StageEvent`] (no copy of any field).
+/// Anything else read through the [`StageEvent`] it derefs to parses the event, once. A sink that
+/// reads only through those methods says so with [`Sink::reads_fields`] `false`; any other sink
+/// gets events parsed already.
 #[derive(Clone)]
 pub struct LazyEvent {
     /// The payload, validated as a stage event; `None` when built from a parsed event.
     text: Option<Arc<str>>,
-    parsed: OnceLock<StageEvent>,
+    /// Where the payload's known fields lie; `None` when built from a parsed event.
+    index: Option<EventIndex>,
+    /// Boxed: most events are never parsed, and a record should not carry the room for one.
+    parsed: OnceLock<Box<StageEvent>>,
 }
 
 impl LazyEvent {
-    /// An event in `text`, validated now and parsed when first read. Fails as
-    /// [`StageEvent::from_json_str`] would.
+    /// An event in `text`, validated and indexed now and parsed when first read as a whole.
+    /// Fails as [`StageEvent::from_json_str`] would.
     pub fn validated(text: Arc<str>) -> Result<Self, crate::EventError> {
-        StageEvent::validate(&text)?;
-        Ok(Self { text: Some(text), parsed: OnceLock::new() })
-    }
-
-    /// An event in `text` that the caller has validated with [`StageEvent::validate`]; parsed
-    /// when first read. Text that does not validate reads as an empty event (with the payload in
-    /// `extra["herald.unparsed"]`), and an error is logged.
-    pub fn prevalidated(text: Arc<str>) -> Self {
-        Self { text: Some(text), parsed: OnceLock::new() }
+        let index = StageEvent::index(&text)?;
+        Ok(Self { text: Some(text), index: Some(index), parsed: OnceLock::new() })
     }
 
     /// Whether the event has been parsed (or was built parsed).
@@ -78,10 +80,54 @@ impl LazyEvent {
     /// Changes the event (parsing it first if need be); for tests and for sinks that rewrite
     /// events. The payload the record was read from is left as it was.
     pub fn edit(&mut self, change: impl FnOnce(&mut StageEvent)) {
-        let mut event = self.parsed.take().unwrap_or_else(|| self.parse());
+        let mut event = self.parsed.take().unwrap_or_else(|| Box::new(self.parse()));
         change(&mut event);
         self.text = None;
+        self.index = None;
         self.parsed = OnceLock::from(event);
+    }
+
+    /// Field `name` as text, as [`StageEvent::field`] reads it. The known text fields are read
+    /// straight from the payload, without parsing the event.
+    pub fn field(&self, name: &str) -> Option<Cow<'_, str>> {
+        if let Some((text, index)) = self.indexed() {
+            if name == "records" {
+                return index.records.map(|n| Cow::Owned(n.to_string()));
+            }
+            if let Some(value) = index.text_of(text, name) {
+                return Some(Cow::Borrowed(value));
+            }
+        }
+        self.deref().field(name)
+    }
+
+    /// The event's source, its Kafka key, as [`StageEvent::key`].
+    pub fn key(&self) -> &str {
+        match self.indexed().and_then(|(text, index)| index.text_of(text, "source")) {
+            Some(source) => source,
+            None => self.deref().key(),
+        }
+    }
+
+    /// The instant the event's timestamp names, as [`EventTimestamp::instant`].
+    pub fn instant(&self) -> DateTime<Utc> {
+        match self.indexed() {
+            Some((_, index)) => index.instant,
+            None => self.deref().timestamp.instant(),
+        }
+    }
+
+    /// The event's `records` field.
+    pub fn records(&self) -> Option<i64> {
+        match self.indexed() {
+            Some((_, index)) => index.records,
+            None => self.deref().records,
+        }
+    }
+
+    /// The payload and its index, unless the event was built parsed or edited.
+    fn indexed(&self) -> Option<(&str, &EventIndex)> {
+        Some((self.text.as_deref()?, self.index.as_ref()?))
     }
 
     fn parse(&self) -> StageEvent {
@@ -103,17 +149,35 @@ impl LazyEvent {
     }
 }
 
+/// What templates and filters read: an event's fields as text.
+pub trait EventFields {
+    /// Field `name` as text, as [`StageEvent::field`] reads it.
+    fn field(&self, name: &str) -> Option<Cow<'_, str>>;
+}
+
+impl EventFields for StageEvent {
+    fn field(&self, name: &str) -> Option<Cow<'_, str>> {
+        StageEvent::field(self, name)
+    }
+}
+
+impl EventFields for LazyEvent {
+    fn field(&self, name: &str) -> Option<Cow<'_, str>> {
+        LazyEvent::field(self, name)
+    }
+}
+
 impl Deref for LazyEvent {
     type Target = StageEvent;
 
     fn deref(&self) -> &StageEvent {
-        self.parsed.get_or_init(|| self.parse())
+        self.parsed.get_or_init(|| Box::new(self.parse()))
     }
 }
 
 impl From<StageEvent> for LazyEvent {
     fn from(event: StageEvent) -> Self {
-        Self { text: None, parsed: OnceLock::from(event) }
+        Self { text: None, index: None, parsed: OnceLock::from(Box::new(event)) }
     }
 }
 
@@ -177,9 +241,12 @@ pub trait Sink: Send + Sync {
         DEFAULT_MAX_EVENTS
     }
 
-    /// Whether this sink reads the events' fields. A sink writing each payload as received
-    /// (stdout) says `false`: the runtime then only validates each message, and a field read
-    /// after all parses that event then. The default is `true`.
+    /// Whether this sink reads events as whole [`StageEvent`]s (their struct fields, `extra`,
+    /// `to_json`): the runtime then parses each event before the write, on the task that reads
+    /// ahead. A sink that reads fields only through [`LazyEvent::field`], [`LazyEvent::key`],
+    /// [`LazyEvent::instant`], [`LazyEvent::records`], templates and [`SinkRecord::json_line`]
+    /// says `false`: the runtime then only validates and indexes each message, and the known
+    /// fields are read from the payload with no copy. The default is `true`.
     fn reads_fields(&self) -> bool {
         true
     }
@@ -278,6 +345,45 @@ mod tests {
         assert_eq!(serde_json::to_string(&lazy).unwrap(), lazy.to_json());
         let refused = LazyEvent::validated(Arc::from(r#"{"event":"E"}"#)).map(|_| ()).unwrap_err();
         assert_eq!(refused.to_string(), StageEvent::from_json_str(r#"{"event":"E"}"#).unwrap_err().to_string());
+    }
+
+    #[test]
+    fn known_fields_are_read_from_the_payload_without_parsing_and_agree_with_the_parse() {
+        let cases = [
+            r#"{"event":"STAGE_COMPLETE","stage":"bronze","source":"OrdersDB","records":14823,"timestamp":"2026-11-26T10:15:00.123456","status":"SUCCESS"}"#,
+            r#"{ "status" : "FAILED", "timestamp":"2026-11-26T11:15:00+01:00", "source":"é✓", "stage":"s", "event":"E", "records":null, "x":{"source":"no"} }"#,
+            // Escaped strings have no place in the payload: read from the parse.
+            r#"{"event":"E","stage":"a\tb","source":"O\u0041","timestamp":"2026-11-26T10:15:00Z","status":"S\"","n":1.5}"#,
+        ];
+        let known = ["event", "stage", "source", "status", "timestamp", "records"];
+        for text in cases {
+            let parsed = StageEvent::from_json_str(text).unwrap();
+            let lazy = LazyEvent::validated(Arc::from(text)).unwrap();
+            for name in known {
+                assert_eq!(lazy.field(name), parsed.field(name), "{name} of {text}");
+            }
+            assert_eq!(lazy.key(), parsed.key());
+            assert_eq!(lazy.instant(), parsed.timestamp.instant());
+            assert_eq!(lazy.records(), parsed.records);
+            assert_eq!(lazy.is_parsed(), text.contains('\\'), "parsed only to read escaped strings: {text}");
+            for name in ["n", "x", "absent"] {
+                assert_eq!(lazy.field(name), parsed.field(name), "{name} of {text}");
+            }
+        }
+        let lazy = LazyEvent::validated(Arc::from(cases[0])).unwrap();
+        assert!(matches!(lazy.field("stage"), Some(Cow::Borrowed("bronze"))), "borrowed from the payload");
+    }
+
+    #[test]
+    fn an_edited_event_reads_its_new_fields() {
+        let text =
+            r#"{"event":"E","stage":"s","source":"A","records":1,"timestamp":"2026-11-26T10:15:00","status":"S"}"#;
+        let mut lazy = LazyEvent::validated(Arc::from(text)).unwrap();
+        lazy.edit(|event| {
+            event.source = "B".into();
+            event.records = Some(2);
+        });
+        assert_eq!((lazy.key(), lazy.field("source").as_deref(), lazy.records()), ("B", Some("B"), Some(2)));
     }
 
     #[test]

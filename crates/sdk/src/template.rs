@@ -5,7 +5,7 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::event::StageEvent;
+use crate::sink::EventFields;
 
 /// A parsed template. Parsing checks the syntax, so a bad template is a config error.
 #[derive(Clone, PartialEq, Eq)]
@@ -68,8 +68,10 @@ impl Template {
         Ok(Self { source: text.to_owned(), parts })
     }
 
-    /// Fills the template from `event`. The error names the first field the event lacks.
-    pub fn render(&self, event: &StageEvent) -> Result<String, MissingField> {
+    /// Fills the template from `event` (a [`crate::StageEvent`], or a record's [`crate::LazyEvent`],
+    /// which reads the known fields without parsing). The error names the first field the event
+    /// lacks.
+    pub fn render(&self, event: &(impl EventFields + ?Sized)) -> Result<String, MissingField> {
         let mut out = String::with_capacity(self.source.len() + 16);
         for part in &self.parts {
             match part {
@@ -134,6 +136,7 @@ pub struct MissingField {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::StageEvent;
 
     fn event() -> StageEvent {
         StageEvent::from_json(

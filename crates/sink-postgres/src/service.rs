@@ -219,7 +219,7 @@ impl TableWriter {
             let key: Vec<Option<Cow<'_, str>>> = key_sources.iter().map(|&source| value(record, source)).collect();
             match newest.get_mut(&key) {
                 Some(current) => {
-                    let rank = |r: &SinkRecord| (r.event.timestamp.instant(), r.offset);
+                    let rank = |r: &SinkRecord| (r.event.instant(), r.offset);
                     if rank(record) >= rank(current) {
                         *current = record;
                     }
@@ -380,7 +380,7 @@ impl BinaryColumn {
         };
         match self {
             Self::Timestamp => {
-                let micros = record.event.timestamp.instant().timestamp_micros().checked_sub(POSTGRES_EPOCH_MICROS)?;
+                let micros = record.event.instant().timestamp_micros().checked_sub(POSTGRES_EPOCH_MICROS)?;
                 put(out, &micros.to_be_bytes(), None)
             }
             Self::Integer(size) => {
@@ -388,7 +388,7 @@ impl BinaryColumn {
                     FieldSource::Partition => Some(i64::from(record.partition)),
                     FieldSource::Offset => Some(record.offset),
                     // Already a number: not written as text to be parsed back.
-                    FieldSource::Field(name) if name == "records" => record.event.records,
+                    FieldSource::Field(name) if name == "records" => record.event.records(),
                     _ => match value(record, source) {
                         Some(text) => Some(text.parse::<i64>().ok()?),
                         None => None,
@@ -424,7 +424,7 @@ fn value<'a>(record: &'a SinkRecord, source: &'a FieldSource) -> Option<Cow<'a, 
         // Normalised to UTC with an explicit offset, so `timestamptz` and `timestamp` columns
         // both receive the instant regardless of the session's TimeZone.
         FieldSource::Field(name) if name == "timestamp" => {
-            Some(Cow::Owned(record.event.timestamp.instant().to_rfc3339_opts(chrono::SecondsFormat::Micros, false)))
+            Some(Cow::Owned(record.event.instant().to_rfc3339_opts(chrono::SecondsFormat::Micros, false)))
         }
         FieldSource::Field(name) => record.event.field(name),
         FieldSource::Event => Some(match record.raw.as_deref() {

@@ -312,6 +312,12 @@ fn next_offsets(batch: &[SinkRecord]) -> Vec<((&str, i32), i64)> {
 
 #[async_trait]
 impl Sink for PostgresSink {
+    /// Fields are read only through the record's event accessors, templates and
+    /// `json_line`, straight from the payload: the runtime need not parse events.
+    fn reads_fields(&self) -> bool {
+        false
+    }
+
     async fn healthcheck(&mut self) -> Result<(), SinkError> {
         sqlx::query("SELECT 1").execute(&self.pool).await.map_err(PostgresSinkError::Query)?;
         Ok(())

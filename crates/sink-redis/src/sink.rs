@@ -95,7 +95,7 @@ impl RedisSink {
         rendered: &[Option<Rendered>],
     ) {
         let Some(config) = &self.latest_key else { return };
-        let rank = |index: usize| (batch[index].event.timestamp.instant().timestamp_micros(), batch[index].offset);
+        let rank = |index: usize| (batch[index].event.instant().timestamp_micros(), batch[index].offset);
         let mut newest: HashMap<&str, usize> = HashMap::new();
         for (index, item) in rendered.iter().enumerate() {
             let Some(key) = item.as_ref().and_then(|r| r.latest_key.as_deref()) else { continue };
@@ -159,6 +159,12 @@ struct Rendered {
 
 #[async_trait]
 impl Sink for RedisSink {
+    /// Fields are read only through the record's event accessors, templates and
+    /// `json_line`, straight from the payload: the runtime need not parse events.
+    fn reads_fields(&self) -> bool {
+        false
+    }
+
     async fn healthcheck(&mut self) -> Result<(), SinkError> {
         let _: String = cmd("PING").query_async(&mut self.connection).await.map_err(RedisSinkError::from)?;
         Ok(())

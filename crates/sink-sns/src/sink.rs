@@ -219,6 +219,12 @@ impl SnsSink {
 
 #[async_trait]
 impl Sink for SnsSink {
+    /// Fields are read only through the record's event accessors, templates and
+    /// `json_line`, straight from the payload: the runtime need not parse events.
+    fn reads_fields(&self) -> bool {
+        false
+    }
+
     async fn healthcheck(&mut self) -> Result<(), SinkError> {
         let mut unreachable = Vec::new();
         for topic in self.config.topics() {

@@ -56,9 +56,7 @@ impl Sink for StdoutSink {
         Ok(WriteOutcome::all_accepted())
     }
 
-    /// Writing a batch here is a copy into a buffer and a pipe write: reading ahead on another
-    /// task cost more in hand-overs than it saved (0.64 → 0.44–0.54 of kcat's events/s, with 40%
-    /// more CPU; `herald-bench limit-stdout`, 2026-12-01).
+    /// It writes each payload as received.
     fn reads_fields(&self) -> bool {
         false
     }
@@ -68,6 +66,9 @@ impl Sink for StdoutSink {
         false
     }
 
+    /// Writing a batch here is a copy into a buffer and a pipe write: reading ahead on another
+    /// task cost more in hand-overs than it saved (0.64 → 0.44–0.54 of kcat's events/s, with 40%
+    /// more CPU; `herald-bench limit-stdout`, 2026-12-01).
     fn read_ahead(&self) -> bool {
         false
     }

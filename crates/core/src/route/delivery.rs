@@ -77,8 +77,9 @@ pub(crate) struct Prepared {
 pub(crate) struct Reading {
     /// Larger messages are refused.
     pub(crate) max_message_bytes: usize,
-    /// Events are parsed now (the filter or the sink reads fields); else only validated, and
-    /// parsed if a field is read after all.
+    /// Events are parsed now (the sink reads them as whole events); else only validated and
+    /// indexed (the filter and the sink read the known fields from the payload), and parsed if
+    /// the sink reads more after all.
     pub(crate) parse_now: bool,
     /// Every message's key and headers are kept; else only those of messages that fail to read.
     pub(crate) keys_and_headers: bool,
@@ -89,14 +90,15 @@ impl Reading {
     pub(crate) fn new(route: &RouteConfig, sink: &dyn Sink) -> Self {
         Self {
             max_message_bytes: route.max_message_bytes,
-            parse_now: sink.reads_fields() || !route.filter.is_empty(),
+            parse_now: sink.reads_fields(),
             keys_and_headers: sink.needs_keys_and_headers(),
         }
     }
 }
 
-/// Parses `messages` (or only validates them, for a sink that reads no field and a route with no
-/// filter; a message read as it was fetched is not read again) and applies the route's filter.
+/// Parses `messages` (or only validates and indexes them, for a sink that reads no more than the
+/// known fields; a message read as it was fetched is not read again) and applies the route's
+/// filter.
 pub(crate) fn prepare(route: &RouteConfig, messages: &mut [Fetched], reading: Reading) -> Prepared {
     let mut prepared = Prepared {
         records: Vec::with_capacity(messages.len()),
@@ -105,13 +107,11 @@ pub(crate) fn prepare(route: &RouteConfig, messages: &mut [Fetched], reading: Re
         skipped: 0,
     };
     for (index, message) in messages.iter_mut().enumerate() {
-        let read = match message.take_validation() {
-            Some(Ok(())) => Ok(validated_as_fetched(message)),
-            Some(Err(err)) => Err(*err),
+        let read = match message.take_reading() {
+            Some(read) => read.map_err(|err| *err),
             None => read(message, reading),
         };
         match read {
-            // No filter: the event is not read (matching would parse it).
             Ok((event, raw)) if route.filter.is_empty() || route.filter.matches(&event) => {
                 prepared.records.push(SinkRecord {
                     event,
@@ -270,18 +270,8 @@ pub(crate) fn next_offsets(messages: &[Fetched]) -> NextOffsets {
     next.into_iter().map(|(topic, partition, offset)| ((topic.to_owned(), partition), offset)).collect()
 }
 
-/// The event of a message validated as it was fetched, and its payload.
-fn validated_as_fetched(message: &Fetched) -> (LazyEvent, Arc<str>) {
-    let text = match message.text() {
-        Ok(Some(text)) => Arc::clone(text),
-        // A validated message has a UTF-8 payload.
-        Ok(None) | Err(_) => Arc::from(""),
-    };
-    (LazyEvent::prevalidated(Arc::clone(&text)), text)
-}
-
-/// The event in `message`, parsed now or only validated, and its payload as received (checked as
-/// UTF-8 when fetched, and shared).
+/// The event in `message`, parsed now or only validated and indexed, and its payload as received
+/// (checked as UTF-8 when fetched, and shared).
 pub(super) fn read(message: &Fetched, reading: Reading) -> Result<(LazyEvent, Arc<str>), EventError> {
     let (size, limit) = (message.payload().map_or(0, <[u8]>::len), reading.max_message_bytes);
     if size > limit {

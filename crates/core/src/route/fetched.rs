@@ -1,9 +1,9 @@
 //! A message as a route holds it between the consumer and the sink: copied out of librdkafka
 //! once, its payload kept as shared text when it is UTF-8 (a sink record then shares it rather
 //! than copying it again), and its topic name shared with the messages fetched before it. For a
-//! route that needs no key or headers but those of messages that fail (stdout), it is validated
-//! as it is copied, so only a failing message's key is copied and its headers asked of
-//! librdkafka, which parses a header block on each ask, even an empty one.
+//! route that needs no key or headers but those of messages that fail (stdout), it is read
+//! (validated and indexed) as it is copied, so only a failing message's key is copied and its
+//! headers asked of librdkafka, which parses a header block on each ask, even an empty one.
 //!
 //! Its accessors have the names of rdkafka's [`Message`]'s, so code reads the same.
 
@@ -13,6 +13,7 @@ use rdkafka::message::{BorrowedHeaders, BorrowedMessage, Message, OwnedHeaders, 
 
 use super::delivery::{read, Reading};
 use crate::event::EventError;
+use crate::sink::LazyEvent;
 
 /// A fetched message.
 #[derive(Debug)]
@@ -26,9 +27,13 @@ pub(crate) struct Fetched {
     payload: Payload,
     /// Kept when the route needs every message's headers, or this one failed to validate.
     headers: Option<OwnedHeaders>,
-    /// Validated as fetched: `None` once taken, or when it was not (it is read in full later).
-    validation: Option<Result<(), Box<EventError>>>,
+    /// Read (validated and indexed) as fetched: `None` once taken, or when it was not (it is
+    /// read later).
+    reading: Option<Read>,
 }
+
+/// A message read: its event and payload, or why it cannot be delivered.
+pub(crate) type Read = Result<(LazyEvent, Arc<str>), Box<EventError>>;
 
 /// A message's payload.
 #[derive(Debug, Clone)]
@@ -43,9 +48,9 @@ enum Payload {
 
 impl Fetched {
     /// Copies `message` out of librdkafka. `last_topic` is the topic name of the message copied
-    /// before, shared when it is the same (a batch mostly reads one topic). When `reading` only
-    /// validates events and needs no keys or headers, the message is validated now and its key
-    /// and headers kept only if it fails.
+    /// before, shared when it is the same (a batch mostly reads one topic). When `reading` does not
+    /// parse events and needs no keys or headers, the message is read now and its key and
+    /// headers kept only if it fails.
     pub(crate) fn copy(message: &BorrowedMessage<'_>, last_topic: &mut Option<Arc<str>>, reading: Reading) -> Self {
         let name = message.topic();
         let topic = match last_topic {
@@ -60,7 +65,7 @@ impl Fetched {
             key: None,
             payload: Payload::from(message.payload()),
             headers: None,
-            validation: None,
+            reading: None,
         };
         let keep_key_and_headers = |fetched: &mut Self| {
             fetched.key = message.key().map(<[u8]>::to_vec);
@@ -70,17 +75,17 @@ impl Fetched {
             keep_key_and_headers(&mut fetched);
             return fetched;
         }
-        let validation = read(&fetched, reading).map(drop).map_err(Box::new);
-        if validation.is_err() {
+        let read = read(&fetched, reading).map_err(Box::new);
+        if read.is_err() {
             keep_key_and_headers(&mut fetched);
         }
-        fetched.validation = Some(validation);
+        fetched.reading = Some(read);
         fetched
     }
 
-    /// Whether it validated as fetched, once: `None` when it was not validated then.
-    pub(crate) fn take_validation(&mut self) -> Option<Result<(), Box<EventError>>> {
-        self.validation.take()
+    /// How it read as fetched, once: `None` when it was not read then.
+    pub(crate) fn take_reading(&mut self) -> Option<Read> {
+        self.reading.take()
     }
 
     /// The topic it was read from.
@@ -162,7 +167,7 @@ impl From<OwnedMessage> for Fetched {
             key: message.key().map(<[u8]>::to_vec),
             payload: Payload::from(message.payload()),
             headers: message.headers().cloned(),
-            validation: None,
+            reading: None,
         }
     }
 }
