@@ -2,6 +2,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::num::NonZeroU32;
 
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, SubsecRound, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -297,14 +298,15 @@ impl EventIndex {
             "timestamp" => self.timestamp,
             _ => None,
         }?;
-        text.get(span.start as usize..span.end as usize)
+        text.get(span.start.get() as usize..span.end as usize)
     }
 }
 
-/// Where a string lies in the text, by byte offsets (a message is far below 4 GiB).
+/// Where a string lies in the text, by byte offsets (a message is far below 4 GiB). A string's
+/// text never starts at 0 (its opening quote comes first), so an absent span costs no room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Span {
-    start: u32,
+    start: NonZeroU32,
     end: u32,
 }
 
@@ -320,7 +322,7 @@ impl Bounds {
     fn span_of(self, part: &str) -> Option<Span> {
         let start = part.as_ptr().addr().checked_sub(self.start)?;
         let end = start.checked_add(part.len()).filter(|&end| end <= self.len)?;
-        Some(Span { start: u32::try_from(start).ok()?, end: u32::try_from(end).ok()? })
+        Some(Span { start: NonZeroU32::new(u32::try_from(start).ok()?)?, end: u32::try_from(end).ok()? })
     }
 }
 

@@ -108,7 +108,8 @@ pub(crate) fn prepare(route: &RouteConfig, messages: &mut [Fetched], reading: Re
     };
     for (index, message) in messages.iter_mut().enumerate() {
         let read = match message.take_reading() {
-            Some(read) => read.map_err(|err| *err),
+            Some(Ok(event)) => Ok((event, payload_text(message))),
+            Some(Err(err)) => Err(*err),
             None => read(message, reading),
         };
         match read {
@@ -268,6 +269,14 @@ pub(crate) fn next_offsets(messages: &[Fetched]) -> NextOffsets {
         }
     }
     next.into_iter().map(|(topic, partition, offset)| ((topic.to_owned(), partition), offset)).collect()
+}
+
+/// The payload of a message that read as an event (so it is text), shared.
+fn payload_text(message: &Fetched) -> Arc<str> {
+    match message.text() {
+        Ok(Some(text)) => Arc::clone(text),
+        Ok(None) | Err(_) => Arc::from(""),
+    }
 }
 
 /// The event in `message`, parsed now or only validated and indexed, and its payload as received

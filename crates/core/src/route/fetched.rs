@@ -23,7 +23,7 @@ pub(crate) struct Fetched {
     offset: i64,
     timestamp: Timestamp,
     /// Kept when the route needs every message's key, or this one failed to validate.
-    key: Option<Vec<u8>>,
+    key: Option<Box<[u8]>>,
     payload: Payload,
     /// Kept when the route needs every message's headers, or this one failed to validate.
     headers: Option<OwnedHeaders>,
@@ -32,8 +32,8 @@ pub(crate) struct Fetched {
     reading: Option<Read>,
 }
 
-/// A message read: its event and payload, or why it cannot be delivered.
-pub(crate) type Read = Result<(LazyEvent, Arc<str>), Box<EventError>>;
+/// A message read: its event (sharing the payload's text), or why it cannot be delivered.
+pub(crate) type Read = Result<LazyEvent, Box<EventError>>;
 
 /// A message's payload.
 #[derive(Debug, Clone)]
@@ -42,8 +42,9 @@ enum Payload {
     Absent,
     /// Valid UTF-8, as most are.
     Text(Arc<str>),
-    /// Anything else, kept for the dead-letter topic, with why it is not text.
-    Bytes(Vec<u8>, std::str::Utf8Error),
+    /// Anything else, kept for the dead-letter topic, with why it is not text. Boxed: it is
+    /// rare, and a batch holds many messages.
+    Bytes(Box<(Vec<u8>, std::str::Utf8Error)>),
 }
 
 impl Fetched {
@@ -68,14 +69,14 @@ impl Fetched {
             reading: None,
         };
         let keep_key_and_headers = |fetched: &mut Self| {
-            fetched.key = message.key().map(<[u8]>::to_vec);
+            fetched.key = message.key().map(Box::from);
             fetched.headers = message.headers().map(BorrowedHeaders::detach);
         };
         if reading.keys_and_headers || reading.parse_now {
             keep_key_and_headers(&mut fetched);
             return fetched;
         }
-        let read = read(&fetched, reading).map_err(Box::new);
+        let read = read(&fetched, reading).map(|(event, _)| event).map_err(Box::new);
         if read.is_err() {
             keep_key_and_headers(&mut fetched);
         }
@@ -113,7 +114,7 @@ impl Fetched {
         match &self.payload {
             Payload::Absent => None,
             Payload::Text(text) => Some(text.as_bytes()),
-            Payload::Bytes(bytes, _) => Some(bytes),
+            Payload::Bytes(bytes) => Some(&bytes.0),
         }
     }
 
@@ -122,7 +123,7 @@ impl Fetched {
         match &self.payload {
             Payload::Absent => Ok(None),
             Payload::Text(text) => Ok(Some(text)),
-            Payload::Bytes(_, err) => Err(*err),
+            Payload::Bytes(bytes) => Err(bytes.1),
         }
     }
 
@@ -135,7 +136,7 @@ impl Fetched {
     pub(crate) fn to_owned_message(&self) -> OwnedMessage {
         OwnedMessage::new(
             self.payload().map(<[u8]>::to_vec),
-            self.key.clone(),
+            self.key.as_deref().map(<[u8]>::to_vec),
             self.topic.to_string(),
             self.timestamp,
             self.partition,
@@ -151,7 +152,7 @@ impl From<Option<&[u8]>> for Payload {
             None => Payload::Absent,
             Some(bytes) => match std::str::from_utf8(bytes) {
                 Ok(text) => Payload::Text(Arc::from(text)),
-                Err(err) => Payload::Bytes(bytes.to_vec(), err),
+                Err(err) => Payload::Bytes(Box::new((bytes.to_vec(), err))),
             },
         }
     }
@@ -164,7 +165,7 @@ impl From<OwnedMessage> for Fetched {
             partition: message.partition(),
             offset: message.offset(),
             timestamp: message.timestamp(),
-            key: message.key().map(<[u8]>::to_vec),
+            key: message.key().map(Box::from),
             payload: Payload::from(message.payload()),
             headers: message.headers().cloned(),
             reading: None,
