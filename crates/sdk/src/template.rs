@@ -68,9 +68,9 @@ impl Template {
         Ok(Self { source: text.to_owned(), parts })
     }
 
-    /// Fills the template from `event` (a [`crate::StageEvent`], or a record's [`crate::LazyEvent`],
-    /// which reads the known fields without parsing). The error names the first field the event
-    /// lacks.
+    /// Fills the template from `event`: a [`crate::StageEvent`], or a record's
+    /// [`crate::LazyEvent`], which reads the known fields without parsing. The error names the
+    /// first field the event lacks.
     pub fn render(&self, event: &(impl EventFields + ?Sized)) -> Result<String, MissingField> {
         let mut out = String::with_capacity(self.source.len() + 16);
         for part in &self.parts {

@@ -49,8 +49,8 @@ enum Payload {
 
 impl Fetched {
     /// Copies `message` out of librdkafka. `last_topic` is the topic name of the message copied
-    /// before, shared when it is the same (a batch mostly reads one topic). When `reading` does not
-    /// parse events and needs no keys or headers, the message is read now and its key and
+    /// before, shared when it is the same (a batch mostly reads one topic). When `reading` does
+    /// not parse events and needs no keys or headers, the message is read now and its key and
     /// headers kept only if it fails.
     pub(crate) fn copy(message: &BorrowedMessage<'_>, last_topic: &mut Option<Arc<str>>, reading: Reading) -> Self {
         let name = message.topic();
