@@ -340,7 +340,7 @@ impl<'de> serde::de::Visitor<'de> for IndexVisitor {
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<EventIndex, A::Error> {
         use serde::de::Error;
-        let text = |map: &mut A| map.next_value_seed(Located { bounds: self.bounds, read: |_| Ok(()) });
+        let text = |map: &mut A| map.next_value_seed(Located { bounds: self.bounds, timestamp: false });
         let mut seen = 0u8;
         let (mut event, mut stage, mut source, mut status, mut timestamp) = (None, None, None, None, None);
         let (mut records, mut instant) = (None, None);
@@ -356,9 +356,7 @@ impl<'de> serde::de::Visitor<'de> for IndexVisitor {
                 Field::Status => status = text(&mut map)?.0,
                 Field::Records => records = map.next_value::<Option<i64>>()?,
                 Field::Timestamp => {
-                    let read = |raw: &str| read_instant(raw).ok_or_else(|| TimestampError { raw: raw.to_owned() });
-                    let (span, at) = map.next_value_seed(Located { bounds: self.bounds, read })?;
-                    (timestamp, instant) = (span, Some(at));
+                    (timestamp, instant) = map.next_value_seed(Located { bounds: self.bounds, timestamp: true })?;
                 }
                 Field::Other(_) => {
                     map.next_value::<AnyJson>()?;
@@ -373,35 +371,50 @@ impl<'de> serde::de::Visitor<'de> for IndexVisitor {
     }
 }
 
-/// A JSON string that `read` takes, and where it lies in the text when it is borrowed from it
-/// (holds no escapes).
-struct Located<T> {
+/// A JSON string, and where it lies in the text when it is borrowed from it (holds no escapes).
+/// For `timestamp`, it must be one [`EventTimestamp`] reads, and the instant it names comes too.
+struct Located {
     bounds: Bounds,
-    read: fn(&str) -> Result<T, TimestampError>,
+    timestamp: bool,
 }
 
-impl<'de, T> serde::de::DeserializeSeed<'de> for Located<T> {
-    type Value = (Option<Span>, T);
+impl Located {
+    fn read<E: serde::de::Error>(
+        &self,
+        text: &str,
+        span: Option<Span>,
+    ) -> Result<(Option<Span>, Option<DateTime<Utc>>), E> {
+        if !self.timestamp {
+            return Ok((span, None));
+        }
+        match read_instant(text) {
+            Some(instant) => Ok((span, Some(instant))),
+            None => Err(E::custom(TimestampError { raw: text.to_owned() })),
+        }
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Located {
+    type Value = (Option<Span>, Option<DateTime<Utc>>);
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
         deserializer.deserialize_str(self)
     }
 }
 
-impl<'de, T> serde::de::Visitor<'de> for Located<T> {
-    type Value = (Option<Span>, T);
+impl<'de> serde::de::Visitor<'de> for Located {
+    type Value = (Option<Span>, Option<DateTime<Utc>>);
 
     fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         formatter.write_str("a string")
     }
 
     fn visit_borrowed_str<E: serde::de::Error>(self, text: &'de str) -> Result<Self::Value, E> {
-        let value = (self.read)(text).map_err(E::custom)?;
-        Ok((self.bounds.span_of(text), value))
+        self.read(text, self.bounds.span_of(text))
     }
 
     fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Self::Value, E> {
-        Ok((None, (self.read)(text).map_err(E::custom)?))
+        self.read(text, None)
     }
 }
 
