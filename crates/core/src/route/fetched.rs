@@ -49,9 +49,8 @@ enum Payload {
 
 impl Fetched {
     /// Copies `message` out of librdkafka. `last_topic` is the topic name of the message copied
-    /// before, shared when it is the same (a batch mostly reads one topic). When `reading` does
-    /// not parse events and needs no keys or headers, the message is read now and its key and
-    /// headers kept only if it fails.
+    /// before, shared when it is the same (a batch mostly reads one topic). When `reading` needs
+    /// no keys or headers, the message is read now and its key and headers kept only if it fails.
     pub(crate) fn copy(message: &BorrowedMessage<'_>, last_topic: &mut Option<Arc<str>>, reading: Reading) -> Self {
         let name = message.topic();
         let topic = match last_topic {
@@ -72,7 +71,7 @@ impl Fetched {
             fetched.key = message.key().map(Box::from);
             fetched.headers = message.headers().map(BorrowedHeaders::detach);
         };
-        if reading.keys_and_headers || reading.parse_now {
+        if reading.keys_and_headers {
             keep_key_and_headers(&mut fetched);
             return fetched;
         }
