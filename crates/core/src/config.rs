@@ -545,8 +545,8 @@ fn default_max_wait() -> Duration {
     Duration::ZERO
 }
 
-/// Retry of transient sink failures: exponential backoff with full jitter, the same batch again,
-/// so order is kept.
+/// Retry of transient sink failures: exponential backoff with full jitter, the same records
+/// again, so order is kept; only what a write left unfinished is written again.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
@@ -560,12 +560,29 @@ pub struct RetryConfig {
     /// forever (nothing is skipped; a supervisor sees the lag grow instead).
     #[serde(default)]
     pub max_retries: Option<u32>,
+    /// A record that fails alone this many times in a row, with a retriable error, while the
+    /// sink otherwise answers (its healthcheck passes, and a record after it is accepted where
+    /// the sink allows writing past it), is poison: it goes to the dead-letter topic with its
+    /// last error and the rest flows. A batch that keeps failing is split in halves to find
+    /// such a record. While the destination itself is down, nothing is dead-lettered. Default
+    /// `8` (about 50 s of trying at the default backoff); `0` never gives a record up.
+    #[serde(default = "default_poison_after")]
+    pub poison_after: u32,
 }
 
 impl Default for RetryConfig {
     fn default() -> Self {
-        Self { initial_backoff: default_initial_backoff(), max_backoff: default_max_backoff(), max_retries: None }
+        Self {
+            initial_backoff: default_initial_backoff(),
+            max_backoff: default_max_backoff(),
+            max_retries: None,
+            poison_after: default_poison_after(),
+        }
     }
+}
+
+fn default_poison_after() -> u32 {
+    8
 }
 
 fn default_initial_backoff() -> Duration {

@@ -22,6 +22,7 @@ pub struct Observer {
     skipped: IntCounterVec,
     dead_lettered: IntCounterVec,
     retried: IntCounterVec,
+    isolated: IntCounterVec,
     write_seconds: HistogramVec,
     lag: IntGaugeVec,
     source_published: IntCounterVec,
@@ -49,6 +50,11 @@ impl Observer {
             counter("route_dead_lettered_total", "Messages a route sent to its dead-letter topic.", &["route"])?;
         let retried =
             counter("route_retried_total", "Sink writes a route retried after a transient failure.", &["route"])?;
+        let isolated = counter(
+            "route_isolated_total",
+            "Records a route dead-lettered because they failed alone `retry.poison_after` times while the sink answered.",
+            &["route"],
+        )?;
         let source_published = counter("source_published_total", "Events a source published to Kafka.", &["source"])?;
         let source_batches =
             counter("source_transactions_total", "Kafka transactions a source committed.", &["source"])?;
@@ -91,6 +97,7 @@ impl Observer {
             skipped,
             dead_lettered,
             retried,
+            isolated,
             write_seconds,
             lag,
             source_published,
@@ -116,6 +123,7 @@ impl Observer {
             skipped: self.skipped.with_label_values(&[name]),
             dead_lettered: self.dead_lettered.with_label_values(&[name]),
             retries: self.retried.with_label_values(&[name]),
+            isolated: self.isolated.with_label_values(&[name]),
             write_seconds: self.write_seconds.with_label_values(&[name]),
             lag_by_partition: self.lag.clone(),
             lag: AtomicI64::new(-1),
@@ -228,6 +236,9 @@ pub struct RouteShared {
     pub dead_lettered: IntCounter,
     /// Sink writes retried.
     pub retries: IntCounter,
+    /// Records dead-lettered as poison: they failed alone `retry.poison_after` times while the
+    /// sink answered.
+    pub isolated: IntCounter,
     /// Batch write latency.
     pub write_seconds: Histogram,
     lag_by_partition: IntGaugeVec,
@@ -252,6 +263,10 @@ pub struct RouteState {
     pub last_error: Option<String>,
     /// When the last event was delivered.
     pub last_event_at: Option<DateTime<Utc>>,
+    /// Records dead-lettered as poison so far.
+    pub isolated: u64,
+    /// The last record dead-lettered as poison: `topic[partition]@offset: error`.
+    pub last_isolated: Option<String>,
 }
 
 impl RouteShared {

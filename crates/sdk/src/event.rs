@@ -507,6 +507,37 @@ impl EventError {
     }
 }
 
+/// The default `max_clock_skew` of newest-wins sinks: how far ahead of this host's clock an
+/// event may be dated.
+pub const DEFAULT_MAX_CLOCK_SKEW: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// An event dated further ahead of this host's clock than a newest-wins destination allows.
+/// Kept, it would stay "newest" over every real event after it (a year-9999 timestamp would pin
+/// its key forever), so it goes to the dead-letter topic instead.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the event is dated {at}, more than {max_clock_skew:?} (`max_clock_skew`) ahead of this host's clock \
+     ({now}); kept, it would stay newest over every later event of its key"
+)]
+pub struct AheadOfClock {
+    /// The event's instant.
+    pub at: DateTime<Utc>,
+    /// This host's clock when the event was checked.
+    pub now: DateTime<Utc>,
+    /// The allowance.
+    pub max_clock_skew: std::time::Duration,
+}
+
+/// Refuses an instant more than `max_clock_skew` ahead of this host's clock.
+pub fn check_clock_skew(at: DateTime<Utc>, max_clock_skew: std::time::Duration) -> Result<(), AheadOfClock> {
+    let now = Utc::now();
+    let limit = chrono::TimeDelta::from_std(max_clock_skew).ok().and_then(|skew| now.checked_add_signed(skew));
+    match limit {
+        Some(limit) if at > limit => Err(AheadOfClock { at, now, max_clock_skew }),
+        _ => Ok(()),
+    }
+}
+
 /// An event's timestamp: the text as the producer wrote it, and the instant it names.
 ///
 /// Accepts RFC 3339 (`2026-11-26T10:15:00.123456+01:00`, `…Z`) and offset-less ISO 8601

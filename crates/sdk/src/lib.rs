@@ -17,22 +17,28 @@ crash, and a sink that returns a retriable error gets the same batch again.
 - [`sink`]: the [`Sink`] trait, [`SinkRecord`], [`WriteOutcome`], [`SinkError`].
 - [`conformance`]: the promises every sink keeps, checked by each sink's own tests.
 - [`factory`]: a sink kind as a plug-in ([`SinkPlugin`]), registered in the binary with one line.
-- [`template`]: `{field}` templates for channels, keys, topics and URLs.
+- [`template`]: `{field}` templates for channels, keys, topics and URLs, values encoded for
+  where they go.
+- [`printable`]: producer values made safe to show in a terminal or a log line.
 */
 #![deny(missing_docs)]
 
 pub mod conformance;
 pub mod event;
 pub mod factory;
+pub mod printable;
 pub mod sink;
 pub mod template;
 
-pub use event::{EventError, EventTimestamp, StageEvent};
+pub use event::{check_clock_skew, AheadOfClock, EventError, EventTimestamp, StageEvent, DEFAULT_MAX_CLOCK_SKEW};
 pub use factory::{
     parse_settings, FactoryError, Purpose, Registered, Settings, SettingsError, SinkContext, SinkFactory, SinkPlugin,
 };
-pub use sink::{BoxError, EventFields, LazyEvent, Rejection, Sink, SinkError, SinkRecord, WriteOutcome};
-pub use template::Template;
+pub use sink::{
+    BoxError, EventFields, LazyEvent, Pending, Rejection, Settled, Sink, SinkError, SinkRecord, Unfinished,
+    WriteOutcome,
+};
+pub use template::{Escaping, RenderError, Template};
 
 /// Every message in an error's chain of causes, outermost first: what logs and dead-letter
 /// headers show of an error.

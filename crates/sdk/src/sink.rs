@@ -218,9 +218,16 @@ pub trait Sink: Send + Sync {
     ///
     /// `Ok` means the sink has **durably accepted** every record of the batch except those listed
     /// in [`WriteOutcome::rejected`], which it will never accept (they go to the dead-letter
-    /// topic). `Err(SinkError::Retriable)` means nothing may be assumed delivered: the runtime
-    /// writes the same batch again after a backoff, so writes should be idempotent where the sink
-    /// allows. `Err(SinkError::Fatal)` stops the route.
+    /// topic), and those in [`WriteOutcome::unfinished`], which the runtime writes again after
+    /// a backoff. `Err(SinkError::Retriable)` means nothing may be assumed delivered: the runtime
+    /// writes the same records again after a backoff, so writes should be idempotent where the
+    /// sink allows. `Err(SinkError::Fatal)` stops the route.
+    ///
+    /// Classify each failure by its cause: a record the destination can never take (a value it
+    /// refuses, a value that cannot be encoded for it) is a rejection, never an error; a
+    /// destination that fails for a while is retriable; only configuration is fatal. A record
+    /// that keeps failing alone while the destination answers is dead-lettered by the runtime
+    /// anyway, after `retry.poison_after` attempts, but that is the safety net, not the rule.
     async fn write(&mut self, batch: &[SinkRecord]) -> Result<WriteOutcome, SinkError>;
 
     /// Where each of `partitions` should resume, for a sink that stores consumed offsets itself,
@@ -232,6 +239,14 @@ pub trait Sink: Send + Sync {
     async fn stored_offsets(&mut self, partitions: &[(String, i32)]) -> Result<Vec<((String, i32), i64)>, SinkError> {
         let _ = partitions;
         Ok(Vec::new())
+    }
+
+    /// Whether this sink stores the consumed offsets with its data ([`Sink::stored_offsets`]):
+    /// it then counts every record before the newest it accepted as delivered. The runtime never
+    /// writes past a record it has not settled for such a sink, so a record it suspects of
+    /// being poison is judged by the healthcheck alone. The default is `false`.
+    fn stores_offsets(&self) -> bool {
+        false
     }
 
     /// The batch size when the route does not set `batch.max_events`. A batch takes only what is
@@ -279,16 +294,145 @@ pub trait Sink: Send + Sync {
 }
 
 /// What a successful [`Sink::write`] could not deliver.
+///
+/// Every record of the batch that is in neither list was durably accepted.
 #[derive(Debug, Default)]
 pub struct WriteOutcome {
     /// Records the sink will never accept, by index into the batch, each with the reason.
     pub rejected: Vec<Rejection>,
+    /// Records the sink did not deliver this time because the destination failed part way (one
+    /// request of several was refused for a while, a connection dropped): the runtime writes
+    /// these again, and only these, after a backoff. A sink that writes a batch as several
+    /// requests reports the rest here instead of failing the whole batch, so a steadily flaky
+    /// destination still drains.
+    pub unfinished: Option<Unfinished>,
 }
 
 impl WriteOutcome {
     /// Every record was accepted.
     pub fn all_accepted() -> Self {
         Self::default()
+    }
+
+    /// Some records were delivered; `indexes` (into the batch) were not, for the transient
+    /// reason `error`. Returns a plain `Err(Retriable)` when nothing at all was delivered or
+    /// rejected, which means the same to the runtime.
+    pub fn partial(
+        batch_len: usize,
+        rejected: Vec<Rejection>,
+        mut indexes: Vec<usize>,
+        error: BoxError,
+    ) -> Result<Self, SinkError> {
+        indexes.sort_unstable();
+        indexes.dedup();
+        if indexes.is_empty() {
+            return Ok(Self { rejected, unfinished: None });
+        }
+        if rejected.is_empty() && indexes.len() >= batch_len {
+            return Err(SinkError::Retriable(error));
+        }
+        Ok(Self { rejected, unfinished: Some(Unfinished { indexes, error }) })
+    }
+}
+
+/// The records of a batch a write left for later (see [`WriteOutcome::unfinished`]).
+#[derive(Debug)]
+pub struct Unfinished {
+    /// Indexes into the batch, in batch order.
+    pub indexes: Vec<usize>,
+    /// The destination's transient failure.
+    pub error: BoxError,
+}
+
+/// What is left to write of a batch while it is written piece by piece: after a partial
+/// outcome, after a batch was split to find a record that fails alone. Indexes are into the
+/// batch as first handed over; each piece is written in batch order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    indexes: Vec<usize>,
+}
+
+/// What one write of a [`Pending`] piece settled, by index into the whole batch.
+#[derive(Debug, Default)]
+pub struct Settled {
+    /// Records accepted.
+    pub accepted: usize,
+    /// Records refused for good, by index into the whole batch.
+    pub rejected: Vec<Rejection>,
+    /// The transient failure that left records unfinished, if any did.
+    pub unfinished: Option<BoxError>,
+}
+
+impl Pending {
+    /// Every record of a batch of `len`.
+    pub fn all(len: usize) -> Self {
+        Self { indexes: (0..len).collect() }
+    }
+
+    /// Exactly these records (indexes into the whole batch), in batch order.
+    pub fn of(mut indexes: Vec<usize>) -> Self {
+        indexes.sort_unstable();
+        indexes.dedup();
+        Self { indexes }
+    }
+
+    /// The indexes left, in batch order.
+    pub fn indexes(&self) -> &[usize] {
+        &self.indexes
+    }
+
+    /// How many records are left.
+    pub fn len(&self) -> usize {
+        self.indexes.len()
+    }
+
+    /// Whether nothing is left.
+    pub fn is_empty(&self) -> bool {
+        self.indexes.is_empty()
+    }
+
+    /// The records left, to hand to [`Sink::write`]. Borrowed when nothing has been settled
+    /// yet (the common case), copied otherwise.
+    pub fn records<'a>(&self, batch: &'a [SinkRecord]) -> std::borrow::Cow<'a, [SinkRecord]> {
+        if self.indexes.len() == batch.len() {
+            return std::borrow::Cow::Borrowed(batch);
+        }
+        std::borrow::Cow::Owned(self.indexes.iter().filter_map(|&index| batch.get(index).cloned()).collect())
+    }
+
+    /// Splits the records left in two halves, in order (for finding the record a batch fails
+    /// on); `None` when one or none is left.
+    pub fn split(&self) -> Option<(Pending, Pending)> {
+        if self.indexes.len() < 2 {
+            return None;
+        }
+        let (left, right) = self.indexes.split_at(self.indexes.len() / 2);
+        Some((Pending { indexes: left.to_vec() }, Pending { indexes: right.to_vec() }))
+    }
+
+    /// Takes in what a write of [`Pending::records`] returned: what it rejected leaves, what it
+    /// left unfinished stays, the rest was accepted and leaves. Indexes out of range are
+    /// returned as `Err` with the bad index (a bug in the sink).
+    pub fn settle(&mut self, outcome: WriteOutcome) -> Result<Settled, usize> {
+        let WriteOutcome { rejected, unfinished } = outcome;
+        let written = self.indexes.len();
+        let whole = |index: usize| self.indexes.get(index).copied().ok_or(index);
+        let rejected = rejected
+            .into_iter()
+            .map(|Rejection { index, error }| Ok(Rejection { index: whole(index)?, error }))
+            .collect::<Result<Vec<_>, usize>>()?;
+        let (left, error) = match unfinished {
+            Some(Unfinished { indexes, error }) => {
+                let left = indexes.iter().map(|&index| whole(index)).collect::<Result<Vec<_>, usize>>()?;
+                (left, Some(error))
+            }
+            None => (Vec::new(), None),
+        };
+        let left: Vec<usize> =
+            Pending::of(left).indexes.into_iter().filter(|i| !rejected.iter().any(|r| r.index == *i)).collect();
+        let accepted = written.saturating_sub(rejected.len() + left.len());
+        self.indexes = left;
+        Ok(Settled { accepted, rejected, unfinished: error })
     }
 }
 
@@ -372,6 +516,53 @@ mod tests {
         }
         let lazy = LazyEvent::validated(Arc::from(cases[0])).unwrap();
         assert!(matches!(lazy.field("stage"), Some(Cow::Borrowed("bronze"))), "borrowed from the payload");
+    }
+
+    fn refused(index: usize) -> Rejection {
+        Rejection { index, error: "refused".into() }
+    }
+
+    #[test]
+    fn pending_records_map_a_pieces_outcome_back_to_the_batch() {
+        let mut pending = Pending::all(6);
+        let settled = pending
+            .settle(WriteOutcome {
+                rejected: vec![refused(1)],
+                unfinished: Some(Unfinished { indexes: vec![3, 4], error: "busy".into() }),
+            })
+            .unwrap();
+        assert_eq!((settled.accepted, settled.rejected[0].index), (3, 1));
+        assert!(settled.unfinished.is_some());
+        assert_eq!(pending.indexes(), [3, 4]);
+        // The next write sees records 3 and 4 as its 0 and 1.
+        let settled = pending.settle(WriteOutcome { rejected: vec![refused(1)], unfinished: None }).unwrap();
+        assert_eq!((settled.accepted, settled.rejected[0].index), (1, 4));
+        assert!(pending.is_empty());
+        assert_eq!(
+            Pending::all(2).settle(WriteOutcome { rejected: vec![refused(2)], unfinished: None }).unwrap_err(),
+            2
+        );
+    }
+
+    #[test]
+    fn pending_records_split_in_order_and_borrow_a_whole_batch() {
+        let batch: Vec<SinkRecord> = (0..5).map(crate::conformance::record).collect();
+        let pending = Pending::all(5);
+        assert!(matches!(pending.records(&batch), std::borrow::Cow::Borrowed(_)));
+        let (left, right) = pending.split().unwrap();
+        assert_eq!((left.indexes(), right.indexes()), (&[0, 1][..], &[2, 3, 4][..]));
+        let offsets: Vec<i64> = right.records(&batch).iter().map(|r| r.offset).collect();
+        assert_eq!(offsets, [2, 3, 4]);
+        assert!(Pending::of(vec![4]).split().is_none());
+    }
+
+    #[test]
+    fn a_partial_outcome_that_delivered_nothing_is_a_retriable_error() {
+        let nothing = WriteOutcome::partial(3, Vec::new(), vec![2, 0, 1], "down".into());
+        assert!(matches!(nothing, Err(SinkError::Retriable(_))));
+        let some = WriteOutcome::partial(3, Vec::new(), vec![2, 1], "down".into()).unwrap();
+        assert_eq!(some.unfinished.unwrap().indexes, [1, 2]);
+        assert!(WriteOutcome::partial(3, Vec::new(), Vec::new(), "x".into()).unwrap().unfinished.is_none());
     }
 
     #[test]

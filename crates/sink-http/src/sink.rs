@@ -185,6 +185,6 @@ impl Sink for HttpSink {
             rejected.extend(answer?);
         }
         rejected.sort_by_key(|rejection| rejection.index);
-        Ok(WriteOutcome { rejected })
+        Ok(WriteOutcome { rejected, unfinished: None })
     }
 }

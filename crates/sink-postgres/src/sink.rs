@@ -337,6 +337,11 @@ impl Sink for PostgresSink {
         }
     }
 
+    /// Offsets are stored in the batch's transaction, with the rows.
+    fn stores_offsets(&self) -> bool {
+        true
+    }
+
     async fn stored_offsets(&mut self, partitions: &[(String, i32)]) -> Result<Vec<((String, i32), i64)>, SinkError> {
         let (topics, numbers): (Vec<&str>, Vec<i32>) = partitions.iter().map(|(t, p)| (t.as_str(), *p)).unzip();
         let rows = sqlx::query(&format!(

@@ -76,7 +76,7 @@ impl RedisSink {
 
     /// One event's rendered templates, or why it cannot be delivered. Rendered all at once, so
     /// an event is written whole or not at all.
-    fn render(&self, record: &SinkRecord) -> Result<Rendered, herald_sdk::template::MissingField> {
+    fn render(&self, record: &SinkRecord) -> Result<Rendered, herald_sdk::RenderError> {
         Ok(Rendered {
             latest_key: self.latest_key.as_ref().map(|c| c.key.render(&record.event)).transpose()?,
             channel: self.publish.as_ref().map(|c| c.channel.render(&record.event)).transpose()?,

@@ -5,24 +5,23 @@
 //! fake sink under paused time.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use rdkafka::error::KafkaError;
 use rdkafka::Message;
-use tokio::time::sleep;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::fetched::Fetched;
 use crate::config::{RetryConfig, RouteConfig};
-use crate::dlq::{error_chain, DeadLetter, DeadLetterQueue, FailedStage};
+use crate::dlq::{DeadLetter, DeadLetterQueue, FailedStage};
 use crate::error::RouteError;
 use crate::event::{EventError, StageEvent};
 use crate::observe::RouteShared;
-use crate::sink::{LazyEvent, Sink, SinkError, SinkRecord, WriteOutcome};
+use crate::sink::{LazyEvent, Sink, SinkRecord};
+use herald_sdk::printable::{printable, LOG_CHARS};
 
 /// Where undeliverable messages go: the route's dead-letter topic.
 #[async_trait]
@@ -134,7 +133,8 @@ pub(crate) fn prepare(route: &RouteConfig, messages: &mut [Fetched], reading: Re
 }
 
 impl Delivery<'_> {
-    /// Delivers one batch, prepared from `messages`: sink writes (retried), then dead letters.
+    /// Delivers one batch, prepared from `messages`: sink writes (retried, and narrowed down to
+    /// a poison record when one keeps failing, see `isolate.rs`), then dead letters.
     /// `Ok(Some(offsets))`: the batch is settled and these offsets may be stored; `Ok(None)`:
     /// cancelled while waiting to retry, nothing may be stored (the batch is read again).
     pub(crate) async fn deliver(
@@ -152,14 +152,14 @@ impl Delivery<'_> {
 
         if !records.is_empty() {
             let timer = self.stats.write_seconds.start_timer();
-            let written = self.write_with_retry(&records, cancel).await;
+            let written = self.write_until_settled(messages, &records, &record_origin, cancel).await;
             timer.observe_duration();
-            let Some(outcome) = written? else {
+            let Some(written) = written? else {
                 return Ok(None);
             };
-            self.stats.delivered.inc_by((records.len() - outcome.rejected.len()) as u64);
+            self.stats.delivered.inc_by(written.accepted as u64);
             self.stats.update(|state| state.last_event_at = Some(chrono::Utc::now()));
-            for rejection in outcome.rejected {
+            for rejection in written.rejected {
                 let Some(message) = record_origin.get(rejection.index).and_then(|&i| messages.get(i)) else {
                     return Err(RouteError::BadRejectionIndex { index: rejection.index, batch: records.len() });
                 };
@@ -170,24 +170,32 @@ impl Delivery<'_> {
                     rejection.error.as_ref(),
                 ));
             }
-            self.require_dead_letter_topic(&letters)?;
         }
-
-        if let (Some(queue), false) = (self.dead_letters, letters.is_empty()) {
-            for letter in &letters {
-                warn!(
-                    route = %self.route.name, topic = letter.message.topic(), partition = letter.message.partition(),
-                    offset = letter.message.offset(), dead_letter_topic = queue.topic(), reason = %letter.reason(),
-                    "Message sent to the dead-letter topic."
-                );
-            }
-            queue
-                .send_all(&letters)
-                .await
-                .map_err(|source| RouteError::DeadLetter { topic: queue.topic().to_owned(), source })?;
-            self.stats.dead_lettered.inc_by(letters.len() as u64);
-        }
+        self.send_dead_letters(&letters).await?;
         Ok(Some(next_offsets(messages)))
+    }
+
+    /// Sends `letters` to the dead-letter topic and waits for the acknowledgements; without a
+    /// dead-letter topic, stops the route naming the first.
+    pub(super) async fn send_dead_letters(&mut self, letters: &[DeadLetter]) -> Result<(), RouteError> {
+        if letters.is_empty() {
+            return Ok(());
+        }
+        self.require_dead_letter_topic(letters)?;
+        let Some(queue) = self.dead_letters else { return Ok(()) };
+        for letter in letters {
+            warn!(
+                route = %self.route.name, topic = letter.message.topic(), partition = letter.message.partition(),
+                offset = letter.message.offset(), dead_letter_topic = queue.topic(),
+                reason = %printable(&letter.reason(), LOG_CHARS), "Message sent to the dead-letter topic."
+            );
+        }
+        queue
+            .send_all(letters)
+            .await
+            .map_err(|source| RouteError::DeadLetter { topic: queue.topic().to_owned(), source })?;
+        self.stats.dead_lettered.inc_by(letters.len() as u64);
+        Ok(())
     }
 
     fn require_dead_letter_topic(&self, letters: &[DeadLetter]) -> Result<(), RouteError> {
@@ -199,50 +207,6 @@ impl Delivery<'_> {
                 reason: letter.reason(),
             }),
             _ => Ok(()),
-        }
-    }
-
-    /// Writes the batch, retrying transient failures with exponential backoff and jitter.
-    /// `Ok(None)`: cancelled while waiting to retry.
-    async fn write_with_retry(
-        &mut self,
-        records: &[SinkRecord],
-        cancel: &CancellationToken,
-    ) -> Result<Option<WriteOutcome>, RouteError> {
-        let policy = &self.route.retry;
-        let mut delays = retry_delays(policy, policy.max_retries);
-        let mut attempt: u64 = 0;
-        loop {
-            attempt += 1;
-            let error = match self.sink.write(records).await {
-                Ok(outcome) => {
-                    if attempt > 1 {
-                        self.stats.sink_failing.store(false, Ordering::Relaxed);
-                        self.stats.update(|state| state.status = "running");
-                    }
-                    return Ok(Some(outcome));
-                }
-                Err(error @ SinkError::Fatal(_)) => return Err(RouteError::Sink(error)),
-                Err(error) => error,
-            };
-            self.stats.sink_failing.store(true, Ordering::Relaxed);
-            let reason = error_chain(&error).join(": ");
-            self.stats.update(|state| {
-                state.status = "retrying";
-                state.last_error = Some(reason.clone());
-            });
-            let Some(delay) = delays.next() else {
-                return Err(RouteError::RetriesExhausted { retries: attempt - 1, source: error });
-            };
-            self.stats.retries.inc();
-            warn!(
-                route = %self.route.name, attempt, retry_in = ?delay, batch = records.len(),
-                error = %reason, "Sink write failed; retrying."
-            );
-            tokio::select! {
-                _ = cancel.cancelled() => return Ok(None),
-                _ = sleep(delay) => {}
-            }
         }
     }
 }
@@ -306,6 +270,7 @@ mod tests {
 
     use std::collections::VecDeque;
     use std::path::Path;
+    use std::sync::atomic::AtomicBool;
     use std::sync::Mutex;
     use std::time::Duration;
 
@@ -315,7 +280,7 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::observe::Observer;
-    use crate::sink::Rejection;
+    use crate::sink::{Rejection, SinkError, WriteOutcome};
 
     /// What the scripted sink answers to one write.
     enum Answer {
@@ -325,12 +290,26 @@ mod tests {
         Fatal,
     }
 
-    /// A sink that answers from a script (then accepts everything) and records every write.
+    /// A sink that answers from a script (then by its rules) and records every write.
     #[derive(Default)]
     struct ScriptedSink {
         script: VecDeque<Answer>,
         /// The `records` field of each event, per write, in the order written.
         writes: Arc<Mutex<Vec<Vec<i64>>>>,
+        /// Events (by `records`) that fail any write that holds them, retriably: poison.
+        poison: Vec<i64>,
+        /// Every write fails retriably while set: the destination is down.
+        down: Arc<AtomicBool>,
+        /// The healthcheck fails while set.
+        unhealthy: Arc<AtomicBool>,
+        /// Each event is one request, and every `n`th request fails: the rest of the write is
+        /// left unfinished.
+        fail_every: Option<usize>,
+        requests: usize,
+        /// Whether it claims to store offsets with its data.
+        stores: bool,
+        /// What happened, in order: `write [..]` and `letter <offset>`, shared with `Letters`.
+        log: Arc<Mutex<Vec<String>>>,
     }
 
     #[derive(Debug, thiserror::Error)]
@@ -340,22 +319,57 @@ mod tests {
     #[async_trait]
     impl Sink for ScriptedSink {
         async fn healthcheck(&mut self) -> Result<(), SinkError> {
+            if self.unhealthy.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(SinkError::Retriable(Box::new(Scripted("healthcheck: no answer"))));
+            }
             Ok(())
         }
 
+        fn stores_offsets(&self) -> bool {
+            self.stores
+        }
+
         async fn write(&mut self, batch: &[SinkRecord]) -> Result<WriteOutcome, SinkError> {
-            self.writes.lock().unwrap().push(batch.iter().map(|r| r.event.records.unwrap_or(-1)).collect());
+            let numbers: Vec<i64> = batch.iter().map(|r| r.event.records.unwrap_or(-1)).collect();
+            self.writes.lock().unwrap().push(numbers.clone());
             match self.script.pop_front() {
-                None => Ok(WriteOutcome::all_accepted()),
-                Some(Answer::Reject(indexes)) => Ok(WriteOutcome {
-                    rejected: indexes
-                        .into_iter()
-                        .map(|index| Rejection { index, error: Box::new(Scripted("refused")) })
-                        .collect(),
-                }),
-                Some(Answer::Retriable) => Err(SinkError::Retriable(Box::new(Scripted("busy")))),
-                Some(Answer::Fatal) => Err(SinkError::Fatal(Box::new(Scripted("no such table")))),
+                None => {}
+                Some(Answer::Reject(indexes)) => {
+                    self.log.lock().unwrap().push(format!("write {numbers:?}"));
+                    return Ok(WriteOutcome {
+                        rejected: indexes
+                            .into_iter()
+                            .map(|index| Rejection { index, error: Box::new(Scripted("refused")) })
+                            .collect(),
+                        unfinished: None,
+                    });
+                }
+                Some(Answer::Retriable) => return Err(SinkError::Retriable(Box::new(Scripted("busy")))),
+                Some(Answer::Fatal) => return Err(SinkError::Fatal(Box::new(Scripted("no such table")))),
             }
+            if self.down.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(SinkError::Retriable(Box::new(Scripted("connection refused"))));
+            }
+            if numbers.iter().any(|n| self.poison.contains(n)) {
+                return Err(SinkError::Retriable(Box::new(Scripted("timed out"))));
+            }
+            if let Some(every) = self.fail_every {
+                for index in 0..batch.len() {
+                    self.requests += 1;
+                    if self.requests.is_multiple_of(every) {
+                        let delivered = numbers[..index].to_vec();
+                        self.log.lock().unwrap().push(format!("write {delivered:?}"));
+                        return WriteOutcome::partial(
+                            batch.len(),
+                            Vec::new(),
+                            (index..batch.len()).collect(),
+                            Box::new(Scripted("503")),
+                        );
+                    }
+                }
+            }
+            self.log.lock().unwrap().push(format!("write {numbers:?}"));
+            Ok(WriteOutcome::all_accepted())
         }
     }
 
@@ -363,7 +377,10 @@ mod tests {
     #[derive(Default)]
     struct Letters {
         sent: Mutex<Vec<(i32, i64, FailedStage)>>,
+        /// The error kind and reason of each letter.
+        reasons: Mutex<Vec<(String, String)>>,
         failing: bool,
+        log: Arc<Mutex<Vec<String>>>,
     }
 
     #[async_trait]
@@ -378,17 +395,16 @@ mod tests {
             }
             let mut sent = self.sent.lock().unwrap();
             sent.extend(letters.iter().map(|l| (l.message.partition(), l.message.offset(), l.stage)));
+            self.reasons.lock().unwrap().extend(letters.iter().map(|l| (l.error_kind.clone(), l.reason())));
+            self.log.lock().unwrap().extend(letters.iter().map(|l| format!("letter {}", l.message.offset())));
             Ok(())
         }
     }
 
     /// A route retrying from 1 s up to 8 s, with `extra` settings (TOML lines of `[[route]]`).
     fn route(extra: &str) -> RouteConfig {
-        let retry = if extra.contains("max_retries") {
-            ""
-        } else {
-            "retry = { initial_backoff = \"1s\", max_backoff = \"8s\" }"
-        };
+        let retry =
+            if extra.contains("retry =") { "" } else { "retry = { initial_backoff = \"1s\", max_backoff = \"8s\" }" };
         let text =
             format!("[[route]]\nname = \"r\"\ntopics = [\"t\"]\nsink = {{ type = \"stdout\" }}\n{retry}\n{extra}");
         Config::from_toml(&text, Path::new("test.toml")).unwrap().routes.remove(0)
@@ -579,5 +595,168 @@ mod tests {
         let settled = settle(&route, &mut sink, None, &stats, &messages[..1], &CancellationToken::new()).await;
         assert_eq!(settled.unwrap(), Some(offsets(&[(0, 1)])));
         assert_eq!(sink.writes.lock().unwrap().len(), 1);
+    }
+
+    /// Six events at offsets 0..6 of partition 0, numbered 1..=6.
+    fn six() -> Vec<Fetched> {
+        (0..6).map(|offset| event(0, offset, offset + 1, "SUCCESS")).collect()
+    }
+
+    /// Every event number the sink accepted, in the order accepted (from its log).
+    fn accepted(log: &Mutex<Vec<String>>) -> Vec<i64> {
+        log.lock()
+            .unwrap()
+            .iter()
+            .filter_map(|line| line.strip_prefix("write "))
+            .flat_map(|list| {
+                list.trim_matches(['[', ']']).split(", ").filter(|n| !n.is_empty()).map(|n| n.parse::<i64>().unwrap())
+            })
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_what_a_write_left_unfinished_is_written_again_so_a_flaky_destination_drains() {
+        let (route, stats) = (route("retry = { initial_backoff = \"10ms\", max_backoff = \"1s\" }"), stats());
+        // Every fourth request fails, and every event is a request: whole-batch retries would
+        // never get 60 events through; retrying only the rest does.
+        let mut sink = ScriptedSink { fail_every: Some(4), ..ScriptedSink::default() };
+        let log = Arc::clone(&sink.log);
+        let messages: Vec<Fetched> = (0..60).map(|offset| event(0, offset, offset + 1, "SUCCESS")).collect();
+        let settled = settle(&route, &mut sink, None, &stats, &messages, &CancellationToken::new()).await.unwrap();
+        assert_eq!(settled, Some(offsets(&[(0, 60)])));
+        assert_eq!(accepted(&log), (1..=60).collect::<Vec<_>>(), "each event once, in order");
+        assert_eq!(stats.delivered.get(), 60);
+        assert_eq!(stats.state().status, "running");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_record_failing_alone_while_the_sink_answers_is_dead_lettered_and_the_rest_flows() {
+        let route = route("retry = { initial_backoff = \"10ms\", max_backoff = \"1s\", poison_after = 3 }");
+        let (stats, mut letters) = (stats(), Letters::default());
+        let mut sink = ScriptedSink { poison: vec![3], ..ScriptedSink::default() };
+        let log = Arc::clone(&sink.log);
+        letters.log = Arc::clone(&log);
+        let settled = settle(&route, &mut sink, Some(&letters), &stats, &six(), &CancellationToken::new()).await;
+        assert_eq!(settled.unwrap(), Some(offsets(&[(0, 6)])));
+        assert_eq!(accepted(&log), [1, 2, 4, 5, 6], "the others once each, in order");
+        assert_eq!(*letters.sent.lock().unwrap(), [(0, 2, FailedStage::Sink)]);
+        let (kind, reason) = letters.reasons.lock().unwrap()[0].clone();
+        assert_eq!(kind, "PoisonRecord");
+        assert!(reason.contains("failed alone 3 times") && reason.contains("timed out"), "{reason}");
+        assert_eq!((stats.isolated.get(), stats.delivered.get(), stats.dead_lettered.get()), (1, 5, 1));
+        let state = stats.state();
+        assert_eq!(state.isolated, 1);
+        assert!(state.last_isolated.unwrap().starts_with("t[0]@2: "));
+        // Suspected, then judged once a record after it was accepted.
+        let log = log.lock().unwrap().clone();
+        let letter = log.iter().position(|line| line == "letter 2").unwrap();
+        assert_eq!(log[letter - 1], "write [4, 5, 6]", "{log:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn poison_is_found_at_either_end_of_a_batch_and_in_pairs() {
+        for poison in [vec![1], vec![6], vec![3, 4], vec![1, 2, 3, 4, 5]] {
+            let route = route("retry = { initial_backoff = \"10ms\", max_backoff = \"1s\", poison_after = 2 }");
+            let (stats, letters) = (stats(), Letters::default());
+            let mut sink = ScriptedSink { poison: poison.clone(), ..ScriptedSink::default() };
+            let log = Arc::clone(&sink.log);
+            let settled = settle(&route, &mut sink, Some(&letters), &stats, &six(), &CancellationToken::new()).await;
+            assert_eq!(settled.unwrap(), Some(offsets(&[(0, 6)])), "{poison:?}");
+            let kept: Vec<i64> = (1..=6).filter(|n| !poison.contains(n)).collect();
+            assert_eq!(accepted(&log), kept, "{poison:?}");
+            let dead: Vec<i64> = letters.sent.lock().unwrap().iter().map(|&(_, offset, _)| offset + 1).collect();
+            assert_eq!(dead, poison, "dead-lettered in order");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn while_the_destination_is_down_nothing_is_dead_lettered() {
+        let route = route("retry = { initial_backoff = \"10ms\", max_backoff = \"100ms\", poison_after = 2 }");
+        let (stats, letters) = (stats(), Letters::default());
+        let mut sink = ScriptedSink::default();
+        sink.down.store(true, std::sync::atomic::Ordering::Relaxed);
+        sink.unhealthy.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (down, unhealthy, log) = (Arc::clone(&sink.down), Arc::clone(&sink.unhealthy), Arc::clone(&sink.log));
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            down.store(false, std::sync::atomic::Ordering::Relaxed);
+            unhealthy.store(false, std::sync::atomic::Ordering::Relaxed);
+        });
+        let settled = settle(&route, &mut sink, Some(&letters), &stats, &six(), &CancellationToken::new()).await;
+        assert_eq!(settled.unwrap(), Some(offsets(&[(0, 6)])));
+        assert!(letters.sent.lock().unwrap().is_empty());
+        assert_eq!(accepted(&log), (1..=6).collect::<Vec<_>>());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn when_every_record_fails_none_is_given_up_until_each_failed_alone_again() {
+        // A healthcheck that passes while every write fails: no record after a suspect is ever
+        // accepted, so none is dead-lettered in the first round, and the records are tried again
+        // in order.
+        let route = route("retry = { initial_backoff = \"10ms\", max_backoff = \"100ms\", poison_after = 2 }");
+        let (stats, letters) = (stats(), Letters::default());
+        let mut sink = ScriptedSink::default();
+        sink.down.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (writes, log) = (Arc::clone(&sink.writes), Arc::clone(&sink.log));
+        let cancel = CancellationToken::new();
+        let stop = cancel.clone();
+        let watched = Arc::clone(&writes);
+        tokio::spawn(async move {
+            // Stop once the first round is over: the first record tried alone a third time.
+            loop {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                if watched.lock().unwrap().iter().filter(|w| **w == [1]).count() >= 3 {
+                    stop.cancel();
+                    return;
+                }
+            }
+        });
+        let settled = settle(&route, &mut sink, Some(&letters), &stats, &six(), &cancel).await;
+        assert_eq!(settled.unwrap(), None, "cancelled: nothing stored");
+        assert!(letters.sent.lock().unwrap().is_empty(), "{:?}", letters.sent.lock().unwrap());
+        assert!(accepted(&log).is_empty());
+        let alone: Vec<i64> = writes.lock().unwrap().iter().filter(|w| w.len() == 1).map(|w| w[0]).collect::<Vec<_>>();
+        let first_round: Vec<i64> = alone.iter().copied().take(12).collect();
+        assert_eq!(first_round, [1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6], "each alone, in order: {alone:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sink_storing_offsets_never_gets_a_record_past_an_unsettled_one() {
+        let route = route("retry = { initial_backoff = \"10ms\", max_backoff = \"1s\", poison_after = 3 }");
+        let (stats, mut letters) = (stats(), Letters::default());
+        let mut sink = ScriptedSink { poison: vec![3], stores: true, ..ScriptedSink::default() };
+        letters.log = Arc::clone(&sink.log);
+        let settled = settle(&route, &mut sink, Some(&letters), &stats, &six(), &CancellationToken::new()).await;
+        assert_eq!(settled.unwrap(), Some(offsets(&[(0, 6)])));
+        let log = sink.log.lock().unwrap().clone();
+        assert_eq!(log, ["write [1]", "write [2]", "letter 2", "write [4, 5, 6]"], "dead letter acknowledged first");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lone_record_is_judged_by_the_healthcheck_and_without_a_dead_letter_topic_the_route_stops() {
+        let never =
+            route("retry = { initial_backoff = \"10ms\", max_backoff = \"1s\", poison_after = 0, max_retries = 20 }");
+        let route = route("retry = { initial_backoff = \"10ms\", max_backoff = \"1s\", poison_after = 3 }");
+        let (stats, letters) = (stats(), Letters::default());
+        let mut sink = ScriptedSink { poison: vec![7], ..ScriptedSink::default() };
+        let lone = [event(0, 9, 7, "SUCCESS")];
+        let settled = settle(&route, &mut sink, Some(&letters), &stats, &lone, &CancellationToken::new()).await;
+        assert_eq!(settled.unwrap(), Some(offsets(&[(0, 10)])));
+        assert_eq!(*letters.sent.lock().unwrap(), [(0, 9, FailedStage::Sink)]);
+        assert_eq!(sink.writes.lock().unwrap().len(), 3, "three failures alone");
+
+        let mut sink = ScriptedSink { poison: vec![7], ..ScriptedSink::default() };
+        match settle(&route, &mut sink, None, &stats, &lone, &CancellationToken::new()).await {
+            Err(RouteError::Undeliverable { offset: 9, reason, .. }) => {
+                assert!(reason.contains("failed alone"), "{reason}")
+            }
+            other => panic!("expected Undeliverable, got {other:?}"),
+        }
+        // `poison_after = 0`: never given up.
+        let mut sink = ScriptedSink { poison: vec![7], ..ScriptedSink::default() };
+        match settle(&never, &mut sink, Some(&letters), &stats, &lone, &CancellationToken::new()).await {
+            Err(RouteError::RetriesExhausted { retries: 20, .. }) => {}
+            other => panic!("expected RetriesExhausted, got {other:?}"),
+        }
     }
 }

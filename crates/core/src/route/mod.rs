@@ -21,6 +21,7 @@ mod batch;
 mod consumer;
 mod delivery;
 mod fetched;
+mod isolate;
 mod lag;
 
 use std::collections::HashMap;
