@@ -5,8 +5,9 @@
 pub enum Failure {
     /// Connection lost, server restarting, deadlock, a lock not granted in time: try again.
     Transient,
-    /// A value the table refuses (SQLSTATE class 22 data exception, 23 constraint violation):
-    /// only that row is at fault.
+    /// A value the table refuses (SQLSTATE class 22 data exception, 23 constraint violation,
+    /// 54000 a row or index entry too large; a value the driver cannot encode): only that row
+    /// is at fault.
     Row,
     /// Missing table or column, permissions, bad SQL: retrying cannot help.
     Fatal,
@@ -19,6 +20,7 @@ pub fn classify(error: &sqlx::Error) -> Failure {
             Some(code) => classify_sqlstate(&code),
             None => Failure::Fatal,
         },
+        sqlx::Error::Encode(_) => Failure::Row,
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
         | sqlx::Error::PoolTimedOut
@@ -41,6 +43,9 @@ fn classify_sqlstate(code: &str) -> Failure {
     match code {
         // lock_not_available (lock_timeout), object_in_use: someone else holds it for now.
         LOCK_NOT_AVAILABLE | "55006" => return Failure::Transient,
+        // program_limit_exceeded: "index row size 2720 exceeds maximum 2712", "row is too big".
+        // (Its siblings, a statement too complex or too many columns, are the SQL's, not a row's.)
+        "54000" => return Failure::Row,
         _ => {}
     }
     match code.get(..2) {
@@ -60,6 +65,9 @@ mod tests {
     fn sqlstates_are_classified() {
         assert_eq!(classify_sqlstate("23505"), Failure::Row); // unique violation
         assert_eq!(classify_sqlstate("22001"), Failure::Row); // string too long
+        assert_eq!(classify_sqlstate("22021"), Failure::Row); // NUL in text
+        assert_eq!(classify_sqlstate("54000"), Failure::Row); // index row too large
+        assert_eq!(classify_sqlstate("54001"), Failure::Fatal); // statement too complex
         assert_eq!(classify_sqlstate("40P01"), Failure::Transient); // deadlock
         assert_eq!(classify_sqlstate("57P01"), Failure::Transient); // admin shutdown
         assert_eq!(classify_sqlstate("55P03"), Failure::Transient); // lock_timeout

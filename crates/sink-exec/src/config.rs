@@ -87,6 +87,32 @@ impl ExecSinkConfig {
     }
 }
 
+/// Where `program` would be run from: itself when it names a path (relative to `working_dir`),
+/// else the first executable file of that name on `PATH`, as `execvp` looks. The error says
+/// what is missing.
+pub(crate) fn find_program(program: &str, working_dir: Option<&str>) -> Result<std::path::PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |path: &std::path::Path| {
+        std::fs::metadata(path).is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        let path = match working_dir {
+            Some(dir) => std::path::Path::new(dir).join(program),
+            None => std::path::PathBuf::from(program),
+        };
+        return if executable(&path) {
+            Ok(path)
+        } else {
+            Err(format!("`{}` is not an executable file", path.display()))
+        };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| executable(candidate))
+        .ok_or_else(|| format!("no executable `{program}` on PATH"))
+}
+
 /// The exec sink as a plug-in; the binary registers it as
 /// `&herald_sdk::Registered::<herald_sink_exec::Exec>::NEW`.
 pub struct Exec;

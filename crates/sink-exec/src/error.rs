@@ -13,7 +13,8 @@ pub enum ExecSinkError {
         /// What is wrong.
         reason: String,
     },
-    /// The program could not be started (not found, not executable): retrying cannot help.
+    /// The program could not be started (not found, not executable): the configuration's fault,
+    /// retrying cannot help.
     #[error("cannot start `{program}`")]
     Spawn {
         /// The program.
@@ -36,6 +37,15 @@ pub enum ExecSinkError {
         /// What happened.
         what: String,
     },
+    /// The event's values cannot be handed to a process: a NUL in a variable, or more than
+    /// the system takes in a process's environment (`E2BIG`). Only that event is at fault.
+    #[error("the event cannot be passed to `{program}`: {reason}")]
+    Unpassable {
+        /// The program.
+        program: String,
+        /// What cannot be passed, and why.
+        reason: String,
+    },
     /// The program refused the event for good (a non-zero exit code other than 75).
     #[error("`{program}` exited with {code}: {stderr}")]
     Refused {
@@ -52,6 +62,11 @@ impl ExecSinkError {
     /// Whether handing the events over again can succeed.
     pub fn is_retriable(&self) -> bool {
         matches!(self, ExecSinkError::Retry { .. } | ExecSinkError::Failed { .. })
+    }
+
+    /// Whether only the event at hand is at fault (it goes to the dead-letter topic).
+    pub fn is_the_events(&self) -> bool {
+        matches!(self, ExecSinkError::Refused { .. } | ExecSinkError::Unpassable { .. })
     }
 }
 

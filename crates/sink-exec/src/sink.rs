@@ -48,9 +48,22 @@ impl ExecSink {
     }
 
     /// Per-event mode: runs the command for `record`, event JSON on stdin, fields in `HERALD_*`.
+    /// Values that cannot be passed to a process (a NUL, more than the environment takes)
+    /// refuse the event, not the route.
     async fn run_once(&self, record: &SinkRecord) -> Result<(), ExecSinkError> {
         let program = self.program();
         let event = &record.event;
+        for (name, value) in [
+            ("HERALD_EVENT", &event.event),
+            ("HERALD_SOURCE", &event.source),
+            ("HERALD_STAGE", &event.stage),
+            ("HERALD_STATUS", &event.status),
+        ] {
+            if value.contains('\0') {
+                let reason = format!("{name} would hold a NUL character, which no process environment can");
+                return Err(ExecSinkError::Unpassable { program, reason });
+            }
+        }
         let mut command = self.command();
         command
             .env("HERALD_EVENT", &event.event)
@@ -68,7 +81,7 @@ impl ExecSink {
             Some(records) => command.env("HERALD_RECORDS", records.to_string()),
             None => command.env_remove("HERALD_RECORDS"),
         };
-        let mut child = command.spawn().map_err(|source| ExecSinkError::Spawn { program: program.clone(), source })?;
+        let mut child = command.spawn().map_err(|source| spawn_error(&program, source))?;
         if let Some(mut stdin) = child.stdin.take() {
             let mut json = event.to_json().into_bytes();
             json.push(b'\n');
@@ -172,6 +185,17 @@ impl ExecSink {
     }
 }
 
+/// Why a per-event run did not start: the event's values (too large for a process's
+/// environment, or unencodable) or the program itself (missing, not executable).
+fn spawn_error(program: &str, source: std::io::Error) -> ExecSinkError {
+    /// `E2BIG`: the arguments and environment exceed what `execve` takes.
+    const E2BIG: i32 = 7;
+    if source.raw_os_error() == Some(E2BIG) || source.kind() == std::io::ErrorKind::InvalidInput {
+        return ExecSinkError::Unpassable { program: program.to_owned(), reason: source.to_string() };
+    }
+    ExecSinkError::Spawn { program: program.to_owned(), source }
+}
+
 /// Logs what a per-event run printed.
 fn log_output(program: &str, stdout: &[u8], stderr: &[u8]) {
     for line in String::from_utf8_lossy(stdout).lines().filter(|line| !line.is_empty()) {
@@ -192,8 +216,11 @@ async fn log_lines(program: String, stream: impl AsyncRead + Unpin) {
 #[async_trait]
 impl Sink for ExecSink {
     async fn healthcheck(&mut self) -> Result<(), SinkError> {
-        // Running the program would act on a fake event; it is started with the first batch.
-        Ok(())
+        // Running the program would act on a fake event: check that it is there to run.
+        let program = self.program();
+        crate::config::find_program(&program, self.config.working_dir.as_deref())
+            .map(drop)
+            .map_err(|reason| SinkError::Fatal(Box::new(ExecSinkError::Config { key: "command", reason })))
     }
 
     async fn write(&mut self, batch: &[SinkRecord]) -> Result<WriteOutcome, SinkError> {
@@ -203,18 +230,26 @@ impl Sink for ExecSink {
                 Ok(WriteOutcome::all_accepted())
             }
             ExecMode::PerEvent => {
-                let mut outcome = WriteOutcome::default();
+                let mut rejected = Vec::new();
                 for (index, record) in batch.iter().enumerate() {
                     match self.run_once(record).await {
                         Ok(()) => {}
-                        Err(refused @ ExecSinkError::Refused { .. }) => {
-                            outcome.rejected.push(Rejection { index, error: Box::new(refused) });
+                        Err(err) if err.is_the_events() => {
+                            rejected.push(Rejection { index, error: Box::new(err) });
                         }
-                        // The batch is tried again from its start: at least once.
+                        // The events before it are done: only the rest is run again.
+                        Err(err) if err.is_retriable() => {
+                            return WriteOutcome::partial(
+                                batch.len(),
+                                rejected,
+                                (index..batch.len()).collect(),
+                                Box::new(err),
+                            );
+                        }
                         Err(err) => return Err(err.into()),
                     }
                 }
-                Ok(outcome)
+                Ok(WriteOutcome { rejected, unfinished: None })
             }
         }
     }

@@ -8,7 +8,9 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AF
 use secrecy::{ExposeSecret, SecretString};
 use sha2::Sha256;
 
-use crate::config::{BodyFormat, BodyMode, HttpSinkConfig};
+use herald_sdk::printable::{printable, LOG_CHARS};
+
+use crate::config::{BodyFormat, BodyMode, FollowRedirects, HttpSinkConfig};
 use crate::error::HttpSinkError;
 
 /// The longest `Retry-After` herald waits before retrying; a longer one is cut to this, so the
@@ -27,6 +29,7 @@ pub(crate) struct Client {
 impl Client {
     pub(crate) fn new(config: &HttpSinkConfig) -> Result<Self, HttpSinkError> {
         let mut builder = reqwest::Client::builder()
+            .redirect(redirect_policy(config.follow_redirects))
             .timeout(config.timeout)
             .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
             // Keep a connection per request that may be in flight.
@@ -70,10 +73,24 @@ impl Client {
         if let Some((name, secret)) = &self.signing {
             request = request.header(name.clone(), signature(secret, &body));
         }
-        let response = request.body(body).send().await.map_err(HttpSinkError::Unanswered)?;
+        let response = request.body(body).send().await.map_err(|err| {
+            if err.is_builder() {
+                // The request could not be made from this URL: the event's, not the endpoint's.
+                HttpSinkError::BadUrl { reason: printable(&err.to_string(), LOG_CHARS).into_owned() }
+            } else {
+                HttpSinkError::Unanswered(err)
+            }
+        })?;
         let status = response.status();
         if status.is_success() {
             return Ok(());
+        }
+        if status.is_redirection() {
+            let location = response.headers().get(reqwest::header::LOCATION).map_or_else(
+                || "(no Location)".to_owned(),
+                |value| printable(&String::from_utf8_lossy(value.as_bytes()), EXCERPT_BYTES).into_owned(),
+            );
+            return Err(HttpSinkError::Redirected { status: status.as_u16(), location });
         }
         if status.as_u16() == 429 || status.is_server_error() {
             let retry_after = response
@@ -89,7 +106,47 @@ impl Client {
         }
         let body = response.bytes().await.unwrap_or_default();
         let excerpt = String::from_utf8_lossy(&body[..body.len().min(EXCERPT_BYTES)]).into_owned();
-        Err(HttpSinkError::Refused { status: status.as_u16(), excerpt })
+        Err(HttpSinkError::Refused {
+            status: status.as_u16(),
+            excerpt: printable(&excerpt, EXCERPT_BYTES).into_owned(),
+        })
+    }
+
+    /// Whether the endpoint is up: `health_url` answers 2xx, or else the origin answers a `HEAD`
+    /// with anything but 429 or 5xx.
+    pub(crate) async fn health(&self, health_url: Option<&str>, origin: Option<&str>) -> Result<(), HttpSinkError> {
+        let (url, strict) = match (health_url, origin) {
+            (Some(url), _) => (url, true),
+            (None, Some(origin)) => (origin, false),
+            // The host itself comes from the events: nothing to ask before one arrives.
+            (None, None) => return Ok(()),
+        };
+        let request = if strict { self.http.get(url) } else { self.http.head(url) };
+        let response = request.send().await.map_err(HttpSinkError::Unanswered)?;
+        let status = response.status();
+        let up = if strict { status.is_success() } else { !(status.as_u16() == 429 || status.is_server_error()) };
+        if up {
+            Ok(())
+        } else {
+            Err(HttpSinkError::Busy { status: status.as_u16(), retry_after: None })
+        }
+    }
+}
+
+/// The client's redirect policy: none by default; with `same_origin`, 307 and 308 to the same
+/// origin (they keep the method and body), at most 5 in a row.
+fn redirect_policy(follow: FollowRedirects) -> reqwest::redirect::Policy {
+    match follow {
+        FollowRedirects::None => reqwest::redirect::Policy::none(),
+        FollowRedirects::SameOrigin => reqwest::redirect::Policy::custom(|attempt| {
+            let keeps_method = matches!(attempt.status().as_u16(), 307 | 308);
+            let same_origin = attempt.previous().last().is_some_and(|from| from.origin() == attempt.url().origin());
+            if keeps_method && same_origin && attempt.previous().len() <= 5 {
+                attempt.follow()
+            } else {
+                attempt.stop()
+            }
+        }),
     }
 }
 

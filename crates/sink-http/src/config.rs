@@ -17,8 +17,22 @@ use crate::sink::HttpSink;
 #[serde(deny_unknown_fields)]
 pub struct HttpSinkConfig {
     /// Where to POST, a template over event fields, e.g. `"https://hooks.example/stages/{source}"`.
-    /// An event missing a field the URL needs goes to the dead-letter topic.
+    /// Each value is percent-encoded as one URL component (a `/`, `?`, `&` or `#` in a value
+    /// never adds a segment or a parameter). An event missing a field the URL needs, with a
+    /// value of `.` or `..`, or whose URL is longer than 16 KiB goes to the dead-letter topic.
     pub url: Template,
+    /// A URL herald GETs to check the endpoint is up (`herald check`, and before giving up a
+    /// record that keeps failing alone): 2xx means up. Default: a `HEAD` of the URL's origin
+    /// (`https://hooks.example/`), where any answer but 429 or 5xx means up.
+    #[serde(default)]
+    pub health_url: Option<String>,
+    /// Redirects: `"none"` (default): a 3xx answer is not followed and the events go to the
+    /// dead-letter topic with it, since following would send them elsewhere than configured;
+    /// `"same_origin"`: a 307 or 308 to the same scheme, host and port is followed, with the
+    /// same method and body. 301, 302 and 303 are never followed: the client would re-send the
+    /// POST as a GET without its body, and the events would count as delivered.
+    #[serde(default)]
+    pub follow_redirects: FollowRedirects,
     /// `"array"` (default): one request per URL per batch, its body a JSON array of the events;
     /// `"event"`: one request per event, its body the event.
     #[serde(default)]
@@ -65,6 +79,17 @@ pub enum BodyFormat {
     Json,
     /// A CloudEvents 1.0 envelope with the stage event as its `data`.
     CloudEvents,
+}
+
+/// Which redirects the sink follows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FollowRedirects {
+    /// None: a 3xx answer dead-letters the events.
+    #[default]
+    None,
+    /// 307 and 308 within the same origin.
+    SameOrigin,
 }
 
 /// The most requests a route may have in flight.
@@ -119,6 +144,10 @@ impl HttpSinkConfig {
         }
         if let Some(path) = &self.ca_file {
             crate::client::read_ca_file(path)?;
+        }
+        if let Some(health) = &self.health_url {
+            reqwest::Url::parse(health)
+                .map_err(|err| HttpSinkError::Config { key: "health_url", reason: format!("`{health}`: {err}") })?;
         }
         Ok(())
     }

@@ -4,7 +4,8 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use futures::stream::{self, StreamExt};
-use herald_sdk::{Rejection, Sink, SinkError, SinkRecord, WriteOutcome};
+use herald_sdk::printable::{printable, LOG_CHARS};
+use herald_sdk::{Escaping, Rejection, Sink, SinkError, SinkRecord, WriteOutcome};
 
 use crate::client::Client;
 use crate::config::{BodyFormat, BodyMode, HttpSinkConfig};
@@ -14,6 +15,38 @@ use crate::error::HttpSinkError;
 pub(crate) struct HttpSink {
     config: HttpSinkConfig,
     client: Client,
+    /// Values in the URL are URL components.
+    escaping: Escaping,
+    /// The URL's origin (`https://host:port/`) when the template fixes it: the healthcheck's
+    /// default target.
+    origin: Option<String>,
+}
+
+/// The longest URL a request may have: past this, servers answer 414 or the client cannot
+/// make the request at all, so the event is refused before it is sent.
+const MAX_URL_BYTES: usize = 16 * 1024;
+
+/// What one lane of requests came to.
+#[derive(Default)]
+struct LaneResult {
+    rejected: Vec<Rejection>,
+    /// The records of the request that failed and of the lane's requests after it.
+    unfinished: Vec<usize>,
+    error: Option<HttpSinkError>,
+}
+
+/// `https://host:port/` when the template's text fixes the scheme, host and port.
+fn origin_of(template: &herald_sdk::Template) -> Option<String> {
+    let source = template.as_str();
+    let literal = &source[..source.find('{').unwrap_or(source.len())];
+    let host_start = literal.find("://")? + 3;
+    let host_end = match literal[host_start..].find(['/', '?', '#']) {
+        Some(end) => host_start + end,
+        None if literal.len() == source.len() => literal.len(),
+        None => return None,
+    };
+    let url = reqwest::Url::parse(&literal[..host_end]).ok()?;
+    Some(format!("{}/", url.origin().ascii_serialization()))
 }
 
 /// One request to make: its URL and the indexes of its records in the batch, in batch order.
@@ -24,7 +57,23 @@ struct Request {
 
 impl HttpSink {
     pub(crate) fn new(config: HttpSinkConfig, client: Client) -> Self {
-        Self { config, client }
+        let origin = origin_of(&config.url);
+        Self { config, client, escaping: Escaping::url_component(), origin }
+    }
+
+    /// The URL of one record: its values encoded as URL components, and checked to be a URL a
+    /// request can be made to. The error refuses the record.
+    fn url(&self, record: &SinkRecord) -> Result<String, herald_sdk::BoxError> {
+        let url = self.config.url.render_with(&record.event, &self.escaping)?;
+        if url.len() > MAX_URL_BYTES {
+            let reason = format!("{} bytes long, more than the {MAX_URL_BYTES} a request may have", url.len());
+            return Err(Box::new(HttpSinkError::BadUrl { reason }));
+        }
+        if let Err(err) = reqwest::Url::parse(&url) {
+            let reason = format!("not a URL once filled in ({err})");
+            return Err(Box::new(HttpSinkError::BadUrl { reason }));
+        }
+        Ok(url)
     }
 
     /// The batch's requests in first-appearance order of their URL (`array`) or of their event
@@ -34,10 +83,10 @@ impl HttpSink {
         let mut rejected = Vec::new();
         let mut by_url: HashMap<String, usize> = HashMap::new();
         for (index, record) in batch.iter().enumerate() {
-            let url = match self.config.url.render(&record.event) {
+            let url = match self.url(record) {
                 Ok(url) => url,
-                Err(missing) => {
-                    rejected.push(Rejection { index, error: Box::new(missing) });
+                Err(error) => {
+                    rejected.push(Rejection { index, error });
                     continue;
                 }
             };
@@ -98,25 +147,35 @@ impl HttpSink {
     }
 
     /// Sends a lane's requests one after another. A refusal rejects that request's records and
-    /// the lane goes on; any other failure stops the lane (and the batch is retried).
-    async fn send_lane(&self, batch: &[SinkRecord], lane: Vec<Request>) -> Result<Vec<Rejection>, HttpSinkError> {
-        let mut rejected = Vec::new();
-        for Request { url, indexes } in lane {
+    /// the lane goes on; any other failure stops the lane, leaving that request's records and
+    /// the rest of the lane unfinished (the requests before it are done).
+    async fn send_lane(&self, batch: &[SinkRecord], lane: Vec<Request>) -> LaneResult {
+        let mut result = LaneResult::default();
+        let mut requests = lane.into_iter();
+        while let Some(Request { url, indexes }) = requests.next() {
             let records: Vec<&SinkRecord> = indexes.iter().map(|&index| &batch[index]).collect();
             let body = self.body(&records);
             match self.client.post(&url, body.into_bytes(), &idempotency_key(&records)).await {
                 Ok(()) => {}
-                Err(HttpSinkError::Refused { status, excerpt }) => {
-                    tracing::warn!(url = %url, status, events = indexes.len(), "The endpoint refused events; they go to the dead-letter topic.");
+                Err(err) if err.is_retriable() => {
+                    result.unfinished.extend(indexes);
+                    result.unfinished.extend(requests.flat_map(|request| request.indexes));
+                    result.error = Some(err);
+                    break;
+                }
+                Err(err) => {
+                    tracing::warn!(
+                        url = %printable(&url, LOG_CHARS), events = indexes.len(), error = %err,
+                        "The endpoint refused events; they go to the dead-letter topic."
+                    );
+                    let reason = err.to_string();
                     for index in indexes {
-                        let error = HttpSinkError::Refused { status, excerpt: excerpt.clone() };
-                        rejected.push(Rejection { index, error: Box::new(error) });
+                        result.rejected.push(Rejection { index, error: reason.clone().into() });
                     }
                 }
-                Err(err) => return Err(err),
             }
         }
-        Ok(rejected)
+        result
     }
 }
 
@@ -168,9 +227,10 @@ fn cloud_event(record: &SinkRecord, source: &str) -> String {
 
 #[async_trait]
 impl Sink for HttpSink {
+    /// POSTing a probe would deliver a fake event: `health_url` is asked instead, or else the
+    /// origin answers a `HEAD`.
     async fn healthcheck(&mut self) -> Result<(), SinkError> {
-        // A webhook has no side-effect-free call: POSTing a probe would deliver a fake event.
-        Ok(())
+        Ok(self.client.health(self.config.health_url.as_deref(), self.origin.as_deref()).await?)
     }
 
     async fn write(&mut self, batch: &[SinkRecord]) -> Result<WriteOutcome, SinkError> {
@@ -179,12 +239,18 @@ impl Sink for HttpSink {
         let this = &*self;
         let mut answers = stream::iter(lanes.into_iter().map(|lane| this.send_lane(batch, lane)))
             .buffer_unordered(this.config.concurrency.max(1));
-        while let Some(answer) = answers.next().await {
-            // The whole batch is retried: requests already answered are sent again, with the
-            // same idempotency keys. Dropping `answers` abandons the lanes still in flight.
-            rejected.extend(answer?);
+        let (mut unfinished, mut error) = (Vec::new(), None);
+        while let Some(lane) = answers.next().await {
+            // Every lane runs to its end or its first failure: what was answered is done, and
+            // only the rest is sent again.
+            rejected.extend(lane.rejected);
+            unfinished.extend(lane.unfinished);
+            error = error.or(lane.error);
         }
         rejected.sort_by_key(|rejection| rejection.index);
-        Ok(WriteOutcome { rejected, unfinished: None })
+        match error {
+            Some(error) => WriteOutcome::partial(batch.len(), rejected, unfinished, Box::new(error)),
+            None => Ok(WriteOutcome { rejected, unfinished: None }),
+        }
     }
 }

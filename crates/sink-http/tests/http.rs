@@ -2,7 +2,7 @@
 //! signed, and what each answer of the receiver makes of a batch.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -29,6 +29,9 @@ struct Received {
 struct Receiver {
     received: Arc<Mutex<Vec<Received>>>,
     status: Arc<AtomicU16>,
+    /// When set, every such request answers 503 (with no `Retry-After`).
+    fail_every: Arc<AtomicUsize>,
+    requests: Arc<AtomicUsize>,
 }
 
 impl Receiver {
@@ -62,6 +65,10 @@ async fn receive(
     body: axum::body::Bytes,
 ) -> (StatusCode, HeaderMap, &'static str) {
     let status = StatusCode::from_u16(receiver.status.load(Ordering::SeqCst)).unwrap();
+    let every = receiver.fail_every.load(Ordering::SeqCst);
+    if every > 0 && (receiver.requests.fetch_add(1, Ordering::SeqCst) + 1).is_multiple_of(every) {
+        return (StatusCode::BAD_GATEWAY, HeaderMap::new(), "flaky");
+    }
     let mut answer = HeaderMap::new();
     if status == StatusCode::SERVICE_UNAVAILABLE {
         answer.insert("Retry-After", "1".parse().unwrap());
@@ -110,6 +117,16 @@ impl Harness for HttpHarness {
 
     async fn delivered(&mut self) -> Result<Vec<i64>, BoxError> {
         Ok(self.receiver.events().iter().map(|event| event["records"].as_i64().unwrap()).collect())
+    }
+
+    async fn flaky(&mut self, every: usize) -> Option<Result<Box<dyn Sink>, BoxError>> {
+        self.receiver.fail_every.store(every, Ordering::SeqCst);
+        // One request per event, or one per URL: several requests per batch either way.
+        let mut settings = self.settings.clone();
+        if settings.get("body").is_none() {
+            settings["body"] = "event".into();
+        }
+        Some(Ok(sink(&self.url, settings)))
     }
 }
 
@@ -357,4 +374,169 @@ fn a_missing_or_empty_ca_file_and_a_bad_concurrency_are_named() {
     let error = config(serde_json::json!({ "concurrency": 0 })).validate().unwrap_err().to_string();
     assert!(error.contains("`concurrency`"), "{error}");
     assert!(serde_json::from_value::<HttpSinkConfig>(serde_json::json!({ "url": "h", "format": "xml" })).is_err());
+}
+
+/// A receiver with a hook, an admin endpoint that must never be reached, and redirects:
+/// `/moved/{code}` answers `code` with `Location: {to}`.
+#[derive(Clone, Default)]
+struct Trap {
+    hooks: Arc<Mutex<Vec<(String, HeaderMap, Vec<u8>)>>>,
+    admin_hits: Arc<AtomicUsize>,
+    redirect_to: Arc<Mutex<String>>,
+}
+
+async fn trap() -> (Trap, String) {
+    let trap = Trap::default();
+    let hook = |State(trap): State<Trap>, uri: axum::http::Uri, headers: HeaderMap, body: axum::body::Bytes| async move {
+        trap.hooks.lock().unwrap().push((uri.path().to_owned(), headers, body.to_vec()));
+        "ok"
+    };
+    let admin = |State(trap): State<Trap>| async move {
+        trap.admin_hits.fetch_add(1, Ordering::SeqCst);
+        "deleted everything"
+    };
+    let moved = |State(trap): State<Trap>, Path(code): Path<u16>| async move {
+        let mut headers = HeaderMap::new();
+        headers.insert("Location", trap.redirect_to.lock().unwrap().parse().unwrap());
+        (StatusCode::from_u16(code).unwrap(), headers, "")
+    };
+    let app = Router::new()
+        .route("/hook/{*rest}", post(hook).get(hook))
+        .route("/admin/{*rest}", post(admin).get(admin))
+        .route("/moved/{code}", post(moved))
+        .with_state(trap.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (trap, format!("http://{address}"))
+}
+
+fn sink_at(url_template: &str, extra: serde_json::Value) -> Box<dyn Sink> {
+    let mut settings = serde_json::json!({ "url": url_template, "body": "event" });
+    for (key, value) in extra.as_object().unwrap() {
+        settings[key] = value.clone();
+    }
+    serde_json::from_value::<HttpSinkConfig>(settings).unwrap().build().unwrap()
+}
+
+fn with_source(seq: i64, source: &str) -> SinkRecord {
+    let mut record = conformance::record(seq);
+    record.event.edit(|event| event.source = source.to_owned());
+    record
+}
+
+#[tokio::test]
+async fn a_value_in_the_url_stays_one_segment_and_never_reaches_another_path() {
+    let (trap, base) = trap().await;
+    let mut sink = sink_at(
+        &format!("{base}/hook/{{source}}?stage={{stage}}"),
+        serde_json::json!({ "headers": { "X-Api-Key": "k" } }),
+    );
+    let hostile = ["../../admin/delete?x=1", "..%2F..%2Fadmin%2Fdelete", "a/../../admin/x#f", "a b&stage=evil"];
+    let batch: Vec<SinkRecord> = hostile.iter().enumerate().map(|(i, source)| with_source(i as i64, source)).collect();
+    let outcome = sink.write(&batch).await.unwrap();
+    assert!(outcome.rejected.is_empty() && outcome.unfinished.is_none());
+    assert_eq!(trap.admin_hits.load(Ordering::SeqCst), 0, "the admin endpoint was never reached");
+    let hooks = trap.hooks.lock().unwrap().clone();
+    assert_eq!(hooks.len(), 4);
+    for ((path, _, body), source) in hooks.iter().zip(hostile) {
+        assert!(path.starts_with("/hook/") && path.matches('/').count() == 2, "one segment: {path}");
+        let event: serde_json::Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(event["source"], source, "the event itself is unchanged");
+    }
+
+    // A dot segment would climb even encoded: that event is refused, the next delivered.
+    let outcome = sink.write(&[with_source(10, ".."), with_source(11, "fine")]).await.unwrap();
+    let rejected: Vec<usize> = outcome.rejected.iter().map(|r| r.index).collect();
+    assert_eq!(rejected, [0]);
+    assert_eq!(trap.admin_hits.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_url_too_long_to_request_is_refused_at_once_with_a_short_reason() {
+    let (trap, base) = trap().await;
+    let mut sink = sink_at(&format!("{base}/hook/{{source}}"), serde_json::json!({}));
+    let outcome = sink.write(&[with_source(0, &"s".repeat(100_000)), with_source(1, "next")]).await.unwrap();
+    let rejected: Vec<usize> = outcome.rejected.iter().map(|r| r.index).collect();
+    assert_eq!(rejected, [0], "refused, not retried");
+    let reason = herald_sdk::error_chain(outcome.rejected[0].error.as_ref()).join(": ");
+    assert!(
+        reason.len() < 500 && reason.contains("bytes long"),
+        "{} bytes: {}",
+        reason.len(),
+        &reason[..200.min(reason.len())]
+    );
+    let hooks = trap.hooks.lock().unwrap().clone();
+    assert_eq!(hooks.iter().map(|(path, _, _)| path.as_str()).collect::<Vec<_>>(), ["/hook/next"]);
+}
+
+#[tokio::test]
+async fn redirects_are_not_followed_unless_same_origin_and_method_preserving() {
+    let (elsewhere, other_base) = trap().await;
+    let (trap, base) = trap().await;
+    let headers = serde_json::json!({ "X-Api-Key": "secret-key", "Authorization": "Bearer t" });
+    for code in [301, 302, 303, 307, 308] {
+        // By default nothing is followed: the event is refused with the answer, never lost.
+        *trap.redirect_to.lock().unwrap() = format!("{base}/hook/landed");
+        let mut sink = sink_at(&format!("{base}/moved/{code}"), serde_json::json!({ "headers": headers }));
+        let outcome = sink.write(&[with_source(0, "a")]).await.unwrap();
+        assert_eq!(outcome.rejected.len(), 1, "{code}");
+        let reason = outcome.rejected[0].error.to_string();
+        assert!(reason.contains(&code.to_string()) && reason.contains("/hook/landed"), "{reason}");
+
+        // same_origin follows only 307 and 308, with the POST and its body.
+        let mut sink = sink_at(
+            &format!("{base}/moved/{code}"),
+            serde_json::json!({ "headers": headers, "follow_redirects": "same_origin" }),
+        );
+        let outcome = sink.write(&[with_source(1, "b")]).await.unwrap();
+        let followed = matches!(code, 307 | 308);
+        assert_eq!(outcome.rejected.is_empty(), followed, "{code}");
+        let landed = trap
+            .hooks
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(path, _, body)| path == "/hook/landed" && !body.is_empty())
+            .count();
+        assert_eq!(landed, usize::from(followed), "{code}");
+        trap.hooks.lock().unwrap().clear();
+
+        // Never to another origin, so the headers never travel there.
+        *trap.redirect_to.lock().unwrap() = format!("{other_base}/hook/stolen");
+        let outcome = sink.write(&[with_source(2, "c")]).await.unwrap();
+        assert_eq!(outcome.rejected.len(), 1, "{code} to another origin");
+        assert!(elsewhere.hooks.lock().unwrap().is_empty(), "{code}: nothing reached the other origin");
+    }
+}
+
+#[tokio::test]
+async fn a_steadily_flaky_endpoint_drains_arrays_per_url_retrying_only_what_is_left() {
+    let (receiver, url) = Receiver::start().await;
+    receiver.fail_every.store(4, Ordering::SeqCst);
+    // `array` bodies, one URL per lane: 500 events make 10 requests per write, and one in
+    // four fails. Retrying the whole batch each time never got through; retrying the rest does.
+    let mut sink = sink(&url, serde_json::json!({}));
+    let batch: Vec<SinkRecord> = (0..500)
+        .map(|seq| {
+            let mut record = conformance::record(seq);
+            record.event.edit(|event| drop(event.extra.insert("lane".into(), format!("l{}", seq % 10).into())));
+            record
+        })
+        .collect();
+    let mut pending = herald_sdk::Pending::all(batch.len());
+    let mut writes = 0;
+    while !pending.is_empty() {
+        writes += 1;
+        assert!(writes <= 20, "{} events left after 20 writes", pending.len());
+        let records = pending.records(&batch).into_owned();
+        match sink.write(&records).await {
+            Ok(outcome) => assert!(pending.settle(outcome).unwrap().rejected.is_empty()),
+            Err(err) => assert!(err.is_retriable(), "{err}"),
+        }
+    }
+    let mut seen: Vec<i64> = receiver.events().iter().map(|event| event["records"].as_i64().unwrap()).collect();
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(seen, (0..500).collect::<Vec<_>>(), "every event, within {writes} writes");
 }

@@ -43,6 +43,15 @@ pub struct PostgresSinkConfig {
     /// Default `"60s"`.
     #[serde(default = "default_statement_timeout", with = "humantime_serde")]
     pub statement_timeout: Duration,
+    /// For upserts (newest wins): an event dated more than this ahead of herald's clock goes to
+    /// the dead-letter topic instead, since it would stay "newest" over every real event after it
+    /// (a year-9999 timestamp would pin its row forever). Default `"1h"`.
+    #[serde(default = "default_max_clock_skew", with = "humantime_serde")]
+    pub max_clock_skew: Duration,
+}
+
+fn default_max_clock_skew() -> Duration {
+    herald_sdk::DEFAULT_MAX_CLOCK_SKEW
 }
 
 /// How events become rows.

@@ -47,6 +47,9 @@ pub enum PostgresSinkError {
     /// A statement failed.
     #[error("Postgres query failed")]
     Query(#[from] sqlx::Error),
+    /// An event dated too far ahead for a newest-wins table.
+    #[error(transparent)]
+    AheadOfClock(#[from] herald_sdk::AheadOfClock),
 }
 
 impl PostgresSinkError {
@@ -57,6 +60,7 @@ impl PostgresSinkError {
             | PostgresSinkError::Connect(err)
             | PostgresSinkError::Catalog { source: err, .. } => classify(err),
             PostgresSinkError::Pg(err) => err.failure(),
+            PostgresSinkError::AheadOfClock(_) => Failure::Row,
             _ => Failure::Fatal,
         }
     }

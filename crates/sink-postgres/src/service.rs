@@ -38,6 +38,11 @@ pub(crate) struct TableWriter {
 }
 
 impl TableWriter {
+    /// Whether this table keeps the newest event per key (an upsert).
+    pub(crate) fn is_newest_wins(&self) -> bool {
+        self.plan.upsert.is_some()
+    }
+
     /// Reads the table's columns from the catalog, checks the mapping against them and builds
     /// the statement.
     pub(crate) async fn prepare(conn: &mut PgConnection, plan: TablePlan) -> Result<Self, PostgresSinkError> {

@@ -66,6 +66,8 @@ pub(crate) struct PostgresSink {
     writers: Vec<TableWriter>,
     schema: Ident,
     consumer_group: String,
+    /// For a sink with a newest-wins table: how far ahead of the clock an event may be dated.
+    max_clock_skew: Option<std::time::Duration>,
 }
 
 impl PostgresSink {
@@ -99,7 +101,8 @@ impl PostgresSink {
         }
         drop(conn);
         info!(consumer_group, tables = writers.len(), "Postgres sink ready.");
-        Ok(Self { pool, writers, schema, consumer_group: consumer_group.to_owned() })
+        let max_clock_skew = writers.iter().any(TableWriter::is_newest_wins).then_some(config.max_clock_skew);
+        Ok(Self { pool, writers, schema, consumer_group: consumer_group.to_owned(), max_clock_skew })
     }
 
     /// One attempt at the whole batch. `row_by_row` isolates each event under a savepoint, so
@@ -117,14 +120,23 @@ impl PostgresSink {
                 .find(|((topic, partition), _)| *partition == record.partition && topic.as_str() == &*record.topic);
             record.offset >= next.map_or(0, |(_, offset)| *offset)
         };
-        let fresh: Vec<(usize, &SinkRecord)> = batch.iter().enumerate().filter(|(_, r)| is_new(r)).collect();
+        let mut fresh: Vec<(usize, &SinkRecord)> = batch.iter().enumerate().filter(|(_, r)| is_new(r)).collect();
         let mut outcome = WriteOutcome::all_accepted();
         if fresh.len() < batch.len() {
             debug!(replayed = batch.len() - fresh.len(), "Skipping events already in Postgres.");
             outcome.rejected = self.previous_rejections(&mut tx, batch, &is_new).await?;
         }
 
-        let mut new_rejections = Vec::new();
+        let mut new_rejections: Vec<(usize, PostgresSinkError)> = Vec::new();
+        if let Some(skew) = self.max_clock_skew {
+            fresh.retain(|&(index, record)| match herald_sdk::check_clock_skew(record.event.instant(), skew) {
+                Ok(()) => true,
+                Err(ahead) => {
+                    new_rejections.push((index, ahead.into()));
+                    false
+                }
+            });
+        }
         if row_by_row {
             for &(index, record) in &fresh {
                 sqlx::query("SAVEPOINT herald_row").execute(&mut *tx).await?;
@@ -135,7 +147,7 @@ impl PostgresSink {
                     Err(err) if herald_pg::classify(&err) == Failure::Row => {
                         sqlx::query("ROLLBACK TO SAVEPOINT herald_row").execute(&mut *tx).await?;
                         warn!(topic = %record.topic, partition = record.partition, offset = record.offset, error = %err, "Row rejected by the table.");
-                        new_rejections.push((index, err));
+                        new_rejections.push((index, err.into()));
                     }
                     Err(err) => return Err(err.into()),
                 }
@@ -150,11 +162,9 @@ impl PostgresSink {
         }
         self.store_offsets(&mut tx, &next).await?;
         tx.commit().await?;
-        outcome.rejected.extend(
-            new_rejections
-                .into_iter()
-                .map(|(index, err)| Rejection { index, error: Box::new(PostgresSinkError::Query(err)) }),
-        );
+        outcome
+            .rejected
+            .extend(new_rejections.into_iter().map(|(index, err)| Rejection { index, error: Box::new(err) }));
         Ok(outcome)
     }
 
@@ -227,7 +237,7 @@ impl PostgresSink {
         &self,
         conn: &mut PgConnection,
         batch: &[SinkRecord],
-        rejections: &[(usize, sqlx::Error)],
+        rejections: &[(usize, PostgresSinkError)],
     ) -> Result<(), sqlx::Error> {
         let mut topics = Vec::new();
         let mut partitions = Vec::new();
@@ -238,7 +248,7 @@ impl PostgresSink {
                 topics.push(record.topic.to_string());
                 partitions.push(record.partition);
                 offsets.push(record.offset);
-                reasons.push(err.to_string());
+                reasons.push(herald_sdk::error_chain(err).join(": "));
             }
         }
         sqlx::query(&format!(

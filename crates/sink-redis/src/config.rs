@@ -35,6 +35,12 @@ pub struct RedisSinkConfig {
 }
 
 /// `publish = { channel = "pipeline.{source}.{stage}" }`.
+///
+/// In every template here (channels, latest keys, stream keys), a value is written with `%`,
+/// control characters and the punctuation the template itself uses percent-encoded (`%3A` for
+/// `:`), so the pair (`a`, `b:c`) and the pair (`a:b`, `c`) never share a key or a channel.
+/// Values without those characters are written as they are. Two fields must be separated by
+/// such punctuation.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PublishConfig {
@@ -53,6 +59,15 @@ pub struct LatestKeyConfig {
     /// Expire the key this long after its last update. Default: never.
     #[serde(default, with = "humantime_serde")]
     pub ttl: Option<Duration>,
+    /// An event dated more than this ahead of herald's clock goes to the dead-letter topic
+    /// (with its publish and stream entry), since it would stay "newest" over every real event
+    /// after it: a year-9999 timestamp would pin the key forever. Default `"1h"`.
+    #[serde(default = "default_max_clock_skew", with = "humantime_serde")]
+    pub max_clock_skew: Duration,
+}
+
+fn default_max_clock_skew() -> Duration {
+    herald_sdk::DEFAULT_MAX_CLOCK_SKEW
 }
 
 /// `stream = { key = "pipeline:events", max_len = 100000 }`.
@@ -104,7 +119,7 @@ impl RedisSinkConfig {
                 "enable at least one of `publish`, `latest_key`, `stream` (e.g. `publish = {}`)".into(),
             ));
         }
-        Ok(())
+        crate::sink::escapings(self).map(drop)
     }
 
     /// The sink these settings describe. Connects lazily: a Redis that is down at start is

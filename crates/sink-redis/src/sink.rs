@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use herald_sdk::{Rejection, Sink, SinkError, SinkRecord, WriteOutcome};
+use herald_sdk::{BoxError, Escaping, Rejection, Sink, SinkError, SinkRecord, WriteOutcome};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{cmd, Pipeline};
 use secrecy::ExposeSecret;
@@ -55,6 +55,32 @@ pub(crate) struct RedisSink {
     latest_key: Option<LatestKeyConfig>,
     stream: Option<StreamConfig>,
     script_sha: String,
+    /// How values are written into each template (see [`escapings`]).
+    escaping: Escapings,
+}
+
+/// The key encoding of each template: in values, `%`, control characters and the punctuation
+/// the template itself uses are percent-encoded, so two events share a key, channel or stream
+/// only if their values are equal; in latest keys `#` too, so no key can end like another's
+/// [`RANK_SUFFIX`].
+pub(crate) struct Escapings {
+    latest_key: Escaping,
+    channel: Escaping,
+    stream: Escaping,
+}
+
+/// The escapings of `config`'s templates; the error names a template whose fields cannot be
+/// told apart.
+pub(crate) fn escapings(config: &RedisSinkConfig) -> Result<Escapings, RedisSinkError> {
+    let escaping = |template: Option<&herald_sdk::Template>, also: &str, key: &str| match template {
+        Some(template) => template.key_escaping(also).map_err(|err| RedisSinkError::Config(format!("`{key}`: {err}"))),
+        None => Ok(Escaping::NONE),
+    };
+    Ok(Escapings {
+        latest_key: escaping(config.latest_key.as_ref().map(|c| &c.key), "#", "latest_key.key")?,
+        channel: escaping(config.publish.as_ref().map(|c| &c.channel), "", "publish.channel")?,
+        stream: escaping(config.stream.as_ref().map(|c| &c.key), "", "stream.key")?,
+    })
 }
 
 impl RedisSink {
@@ -71,16 +97,23 @@ impl RedisSink {
             latest_key: config.latest_key.clone(),
             stream: config.stream.clone(),
             script_sha: redis::Script::new(SET_IF_NEWER).get_hash().to_owned(),
+            escaping: escapings(config)?,
         })
     }
 
     /// One event's rendered templates, or why it cannot be delivered. Rendered all at once, so
     /// an event is written whole or not at all.
-    fn render(&self, record: &SinkRecord) -> Result<Rendered, herald_sdk::RenderError> {
+    /// A newest-wins key refuses an event dated too far ahead, which would pin it.
+    fn render(&self, record: &SinkRecord) -> Result<Rendered, BoxError> {
+        let event = &record.event;
+        if let Some(config) = &self.latest_key {
+            herald_sdk::check_clock_skew(event.instant(), config.max_clock_skew)?;
+        }
+        let escaping = &self.escaping;
         Ok(Rendered {
-            latest_key: self.latest_key.as_ref().map(|c| c.key.render(&record.event)).transpose()?,
-            channel: self.publish.as_ref().map(|c| c.channel.render(&record.event)).transpose()?,
-            stream: self.stream.as_ref().map(|c| c.key.render(&record.event)).transpose()?,
+            latest_key: self.latest_key.as_ref().map(|c| c.key.render_with(event, &escaping.latest_key)).transpose()?,
+            channel: self.publish.as_ref().map(|c| c.channel.render_with(event, &escaping.channel)).transpose()?,
+            stream: self.stream.as_ref().map(|c| c.key.render_with(event, &escaping.stream)).transpose()?,
         })
     }
 
@@ -178,8 +211,8 @@ impl Sink for RedisSink {
             .enumerate()
             .map(|(index, record)| match self.render(record) {
                 Ok(rendered) => Some(rendered),
-                Err(missing) => {
-                    outcome.rejected.push(Rejection { index, error: Box::new(missing) });
+                Err(error) => {
+                    outcome.rejected.push(Rejection { index, error });
                     None
                 }
             })
