@@ -517,3 +517,62 @@ fn check_offline_names_the_key_of_a_bad_expectation() {
     let out = run_herald(&["check", "--offline", "--config", unknown.path.to_str().unwrap()]);
     assert!(text(&out.stdout).contains("deadline"), "{}", text(&out.stdout));
 }
+
+/// Whether `text` holds a character a terminal acts on (bar the line ends of the output itself).
+fn has_raw_controls(text: &str) -> bool {
+    text.chars().any(|c| (c.is_control() && c != '\n') || ('\u{202a}'..='\u{202e}').contains(&c))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_wait_survive_hostile_values_and_never_print_raw_controls() {
+    let topic = unique("events");
+    create_topic(&topic, 1).await;
+    let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6f");
+    let long = "L".repeat(65_536);
+    // ESC sequences that set the window title and clear the screen, BEL, CR, a C1 CSI, a
+    // right-to-left override: valid JSON, each escaped in it.
+    let evil = "evil\u{1b}]0;owned\u{7}\u{1b}[2J\r\u{9b}31m\u{202e}";
+    for (source, stage, status) in [(long.as_str(), "bronze", "SUCCESS"), (evil, "silver", "FAILED")] {
+        let event = serde_json::json!({
+            "event": "STAGE_COMPLETE", "stage": stage, "source": source, "records": 1,
+            "timestamp": now.to_string(), "status": status, "note": "\u{1b}[8mhidden\u{7f}",
+        });
+        produce(&topic, &[(Some("k"), event.to_string().as_bytes())]).await;
+    }
+
+    let out = run_herald(&["status", "--brokers", BROKERS, "--topic", &topic]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    assert!(!has_raw_controls(&table), "{table:?}");
+    assert!(table.contains("evil\\u{1b}]0;owned\\u{7}\\u{1b}[2J\\r"), "{table}");
+    assert!(table.contains("more characters)"), "the long source is cut: {}", &table[..300.min(table.len())]);
+
+    let out = run_herald(&["status", "--brokers", BROKERS, "--topic", &topic, "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let json = text(&out.stdout);
+    assert!(!has_raw_controls(&json), "{json:?}");
+    let cells: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
+    assert!(cells.iter().any(|cell| cell["source"] == evil), "the values themselves are intact in JSON");
+
+    let out = run_herald(&[
+        "wait",
+        "--brokers",
+        BROKERS,
+        "--topic",
+        &topic,
+        "--source",
+        evil,
+        "--stage",
+        "silver",
+        "--since",
+        "1h",
+        "--timeout",
+        "20s",
+    ]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(!has_raw_controls(&stdout) && !has_raw_controls(&stderr), "{stdout:?} {stderr:?}");
+    assert_eq!(out.status.code(), Some(3), "FAILED: {stderr}");
+    assert!(stderr.contains("evil\\u{1b}]0;owned"), "{stderr}");
+    let printed: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!((printed["source"].as_str(), printed["note"].as_str()), (Some(evil), Some("\u{1b}[8mhidden\u{7f}")));
+}

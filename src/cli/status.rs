@@ -65,7 +65,8 @@ pub async fn status(args: StatusArgs) -> Result<ExitCode> {
                 value
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&cells).context("encoding the board")?);
+        let json = serde_json::to_string_pretty(&cells).context("encoding the board")?;
+        println!("{}", herald_sdk::printable::json(&json));
     } else if snapshot.cells.is_empty() {
         println!("No stage events on `{}` in the last {}.", args.kafka.topic, humantime::format_duration(args.since));
     } else {

@@ -18,6 +18,7 @@ use clap::Args;
 use herald_core::event::STAGE_COMPLETE;
 use herald_core::history::TopicReader;
 use herald_core::StageEvent;
+use herald_sdk::printable;
 use tokio::time::Instant;
 use tracing::debug;
 
@@ -116,10 +117,15 @@ struct Waiting {
 impl Waiting {
     /// Decides pair `index` with `event` and prints it; the exit code once `wait` is over.
     fn decide(&mut self, index: usize, event: StageEvent) -> Option<ExitCode> {
-        println!("{}", event.to_json());
+        // The event as JSON, with what JSON leaves raw and a terminal would act on escaped.
+        println!("{}", printable::json(&event.to_json()));
         let failed = event.status == "FAILED";
         if failed && !self.allow_failed {
-            eprintln!("herald wait: stage `{}` of `{}` FAILED", event.stage, event.source);
+            eprintln!(
+                "herald wait: stage `{}` of `{}` FAILED",
+                printable::printable(&event.stage, printable::LOG_CHARS),
+                printable::printable(&event.source, printable::LOG_CHARS)
+            );
             return Some(ExitCode::from(EXIT_FAILED));
         }
         if let Some(slot) = self.decided.get_mut(index) {
@@ -181,7 +187,7 @@ pub async fn wait(args: WaitArgs) -> Result<ExitCode> {
                     eprintln!(
                         "herald wait: no {} event for {} within {}",
                         args.event,
-                        waiting.pending().join("; "),
+                        printable::printable(&waiting.pending().join("; "), 4 * printable::LOG_CHARS),
                         humantime::format_duration(args.timeout.unwrap_or_default())
                     );
                     return Ok(ExitCode::from(EXIT_TIMEOUT));

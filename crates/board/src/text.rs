@@ -1,6 +1,10 @@
-//! The board as a terminal table, for `herald status`.
+//! The board as a terminal table, for `herald status`. Sources, stages and statuses come from
+//! producers: each is shown through `herald_sdk::printable` (controls escaped, long values cut),
+//! so no value can rewrite the operator's terminal or break the table.
 
 use chrono::{DateTime, Utc};
+
+use herald_sdk::printable::printable;
 
 use crate::board::Snapshot;
 
@@ -21,13 +25,14 @@ pub fn render_table(snapshot: &Snapshot, now: DateTime<Utc>) -> String {
     let mut sources: Vec<&str> = snapshot.cells.iter().map(|cell| cell.source.as_str()).collect();
     sources.dedup();
     let mut rows: Vec<Vec<String>> = Vec::with_capacity(sources.len() + 1);
-    rows.push(std::iter::once("SOURCE".to_owned()).chain(snapshot.stages.iter().cloned()).collect());
+    let shown = |value: &str| printable(value, MAX_CELL_CHARS).into_owned();
+    rows.push(std::iter::once("SOURCE".to_owned()).chain(snapshot.stages.iter().map(|stage| shown(stage))).collect());
     for source in sources {
-        let mut row = vec![source.to_owned()];
+        let mut row = vec![shown(source)];
         for stage in &snapshot.stages {
             let cell = snapshot.cells.iter().find(|cell| cell.source == source && &cell.stage == stage);
             row.push(match cell {
-                Some(cell) => format!("{} {}", cell.status, age(cell.at, now)),
+                Some(cell) => format!("{} {}", shown(&cell.status), age(cell.at, now)),
                 None => "-".to_owned(),
             });
         }
@@ -39,13 +44,24 @@ pub fn render_table(snapshot: &Snapshot, now: DateTime<Utc>) -> String {
         .collect();
     let mut out = String::new();
     for row in rows {
-        let line: Vec<String> =
-            row.iter().zip(&widths).map(|(text, width)| format!("{text:<width$}", width = *width)).collect();
-        out.push_str(line.join("  ").trim_end());
+        let mut line = String::new();
+        for (column, (text, width)) in row.iter().zip(&widths).enumerate() {
+            if column > 0 {
+                line.push_str("  ");
+            }
+            // Padded by hand: a format width past u16::MAX panics.
+            line.push_str(text);
+            line.extend(std::iter::repeat_n(' ', width.saturating_sub(text.chars().count())));
+        }
+        out.push_str(line.trim_end());
         out.push('\n');
     }
     out
 }
+
+/// The most characters of a source, stage or status a cell shows; longer ones are cut, saying
+/// by how much.
+const MAX_CELL_CHARS: usize = 48;
 
 #[cfg(test)]
 mod tests {
@@ -77,5 +93,26 @@ mod tests {
         );
         assert_eq!(age(now, now), "0s");
         assert_eq!(age(now - chrono::Duration::days(3), now), "3d");
+    }
+
+    #[test]
+    fn hostile_values_neither_panic_nor_reach_the_terminal_raw() {
+        let board = Board::new();
+        let long = "L".repeat(65_536);
+        for (source, stage) in [(long.as_str(), "bronze"), ("evil\u{1b}]0;owned\u{7}\u{1b}[2J\r", "s\u{9b}31m")] {
+            let mut event = herald_core::StageEvent::from_json(
+                br#"{"event":"STAGE_COMPLETE","stage":"x","source":"x","timestamp":"2026-12-01T10:00:00","status":"SUCCESS"}"#,
+            )
+            .unwrap();
+            event.source = source.to_owned();
+            event.stage = stage.to_owned();
+            board.apply(&event);
+        }
+        let now = "2026-12-01T11:00:40Z".parse::<DateTime<Utc>>().unwrap();
+        let table = render_table(&board.snapshot(), now);
+        assert!(!table.chars().any(|c| c.is_control() && c != '\n'), "{table:?}");
+        assert!(table.contains("evil\\u{1b}]0;owned\\u{7}\\u{1b}[2J\\r"), "{table}");
+        assert!(table.contains("… (65488 more characters)"), "cut, saying so");
+        assert!(table.lines().all(|line| line.chars().count() < 400), "{table}");
     }
 }

@@ -37,6 +37,28 @@ pub fn printable(value: &str, max_chars: usize) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// JSON text (as `serde_json` writes it) with the characters [`printable`] escapes that JSON
+/// leaves raw (DEL, C1 controls, the separators and bidirectional controls) written as `\uXXXX`
+/// escapes: still the same JSON, now safe on a terminal. Borrowed when nothing needed changing.
+pub fn json(json: &str) -> Cow<'_, str> {
+    // JSON's own whitespace (line breaks of pretty output) stays: inside strings JSON escapes it.
+    let raw = |c: char| needs_escape(c) && !matches!(c, '\n' | '\r' | '\t');
+    if !json.chars().any(raw) {
+        return Cow::Borrowed(json);
+    }
+    let mut out = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        if raw(c) {
+            // All of them are in the Basic Multilingual Plane: one `\u` escape each. A raw one
+            // can only stand inside a string in JSON text, where the escape means the same.
+            let _ = write!(out, "\\u{:04x}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
 /// Control characters (C0, DEL, C1), the line and paragraph separators, and the
 /// bidirectional embeddings, overrides and isolates.
 fn needs_escape(c: char) -> bool {
@@ -45,6 +67,8 @@ fn needs_escape(c: char) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     #[test]
@@ -52,6 +76,20 @@ mod tests {
         assert!(matches!(printable("OrdersDB é✓", 64), Cow::Borrowed("OrdersDB é✓")));
         assert_eq!(printable("a\u{1b}[2Jb\r\n\t\u{7}\u{0}", 64), "a\\u{1b}[2Jb\\r\\n\\t\\u{7}\\u{0}");
         assert_eq!(printable("x\u{202e}y\u{9b}", 64), "x\\u{202e}y\\u{9b}");
+    }
+
+    #[test]
+    fn json_keeps_its_meaning_and_loses_its_raw_controls() {
+        let value = serde_json::json!({ "source": "a\u{1b}[2J\u{7f}\u{9b}\u{202e}b\n" });
+        for text in [serde_json::to_string(&value).unwrap(), serde_json::to_string_pretty(&[&value]).unwrap()] {
+            let safe = json(&text);
+            assert!(!safe.chars().any(|c| needs_escape(c) && c != '\n'), "{safe}");
+            assert_eq!(
+                serde_json::from_str::<serde_json::Value>(&safe).unwrap(),
+                serde_json::from_str::<serde_json::Value>(&text).unwrap()
+            );
+        }
+        assert!(matches!(json(r#"{"a":"é✓"}"#), Cow::Borrowed(_)));
     }
 
     #[test]

@@ -151,3 +151,46 @@ async fn a_stream_without_acknowledgements_feeds_cat() {
         .collect();
     assert_eq!(lines, (0..1000).collect::<Vec<_>>(), "every event, in order, once close returned");
 }
+
+#[tokio::test]
+async fn an_event_no_process_can_take_is_refused_alone_and_the_next_runs() {
+    let out = scratch("unpassable").join("seen");
+    let mut sink = sink(serde_json::json!({
+        "command": ["sh", "-c", r#"printf '%s\n' "$HERALD_SOURCE" >> "$OUT""#],
+        "env": { "OUT": out.to_str().unwrap() },
+    }));
+    // A NUL in a value (valid JSON: "\u0000"), and a value larger than a process's environment.
+    let hostile = ["Orders\u{0}DB", &"x".repeat(1 << 20)].map(str::to_owned);
+    for (seq, source) in hostile.iter().enumerate() {
+        let mut bad = conformance::record(seq as i64 * 2);
+        bad.event.edit(|event| event.source = source.clone());
+        let mut next = conformance::record(seq as i64 * 2 + 1);
+        next.event.edit(|event| event.source = format!("next{seq}"));
+        let outcome = sink.write(&[bad, next]).await.expect("the route goes on");
+        let rejected: Vec<usize> = outcome.rejected.iter().map(|r| r.index).collect();
+        assert_eq!(rejected, [0], "only the event at fault");
+        let reason = herald_sdk::error_chain(outcome.rejected[0].error.as_ref()).join(": ");
+        assert!(reason.contains("cannot be passed"), "{reason}");
+    }
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "next0\nnext1\n");
+}
+
+#[tokio::test]
+async fn a_per_event_retry_runs_only_the_events_not_yet_done() {
+    let dir = scratch("partial");
+    let (out, flag) = (dir.join("seen"), dir.join("busy-once"));
+    // The third event asks to be tried later, once.
+    let script = r#"if [ "$HERALD_RECORDS" = 2 ] && [ ! -e "$FLAG" ]; then touch "$FLAG"; exit 75; fi; printf '%s\n' "$HERALD_RECORDS" >> "$OUT""#;
+    let mut sink = sink(serde_json::json!({
+        "command": ["sh", "-c", script],
+        "env": { "OUT": out.to_str().unwrap(), "FLAG": flag.to_str().unwrap() },
+    }));
+    let batch: Vec<SinkRecord> = (0..5).map(conformance::record).collect();
+    let outcome = sink.write(&batch).await.unwrap();
+    let unfinished = outcome.unfinished.expect("the rest is left for later");
+    assert_eq!(unfinished.indexes, [2, 3, 4]);
+    let rest: Vec<SinkRecord> = unfinished.indexes.iter().map(|&i| batch[i].clone()).collect();
+    let outcome = sink.write(&rest).await.unwrap();
+    assert!(outcome.unfinished.is_none() && outcome.rejected.is_empty());
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "0\n1\n2\n3\n4\n", "each event once, in order");
+}

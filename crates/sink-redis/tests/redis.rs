@@ -213,3 +213,39 @@ async fn an_unreachable_redis_is_a_retriable_error() {
     let err = sink.write(&[record(event("A", "b", "2026-11-26T10:00:00", 0), 0)]).await.unwrap_err();
     assert!(err.is_retriable(), "{err:?}");
 }
+
+#[tokio::test]
+async fn latest_keys_of_different_pairs_never_collide_and_a_future_event_pins_nothing() {
+    let prefix = unique("keys");
+    let mut sink = sink(serde_json::json!({ "latest_key": { "key": format!("{prefix}:{{source}}:{{stage}}") } }));
+    let mut redis = connection().await;
+    let now = chrono::Utc::now();
+    let at = |minutes: i64| (now + chrono::TimeDelta::minutes(minutes)).format("%Y-%m-%dT%H:%M:%S%.6f").to_string();
+
+    // (a, b:c) and (a:b, c) joined with `:` would share a key; so would a stage ending in the
+    // rank key's suffix with the rank key of another pair.
+    let batch = vec![
+        record(event("a", "b:c", &at(-3), 1), 1),
+        record(event("a:b", "c", &at(-3), 2), 2),
+        record(event("x", "s", &at(-3), 3), 3),
+        record(event("x", "s#rank", &at(-2), 4), 4),
+    ];
+    let outcome = sink.write(&batch).await.unwrap();
+    assert!(outcome.rejected.is_empty());
+    for (key, seq) in [("a:b%3Ac", 1), ("a%3Ab:c", 2), ("x:s", 3), ("x:s%23rank", 4)] {
+        let stored: String = redis.get(format!("{prefix}:{key}")).await.unwrap();
+        assert_eq!(seq_of(&stored), seq, "{key}");
+    }
+    let rank: String = redis.get(format!("{prefix}:x:s#rank")).await.unwrap();
+    assert!(rank.ends_with(":3"), "the pair's own rank, untouched: {rank}");
+
+    // An event from year 9999 would stay newest forever: refused, and a later real event wins.
+    let future = record(event("p", "s", "9999-12-31T23:59:59", 5), 5);
+    let outcome = sink.write(&[future]).await.unwrap();
+    assert_eq!(outcome.rejected.len(), 1);
+    assert!(outcome.rejected[0].error.to_string().contains("max_clock_skew"), "{}", outcome.rejected[0].error);
+    let real = record(event("p", "s", &at(-1), 6), 6);
+    assert!(sink.write(&[real]).await.unwrap().rejected.is_empty());
+    let stored: String = redis.get(format!("{prefix}:p:s")).await.unwrap();
+    assert_eq!(seq_of(&stored), 6);
+}

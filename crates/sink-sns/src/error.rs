@@ -89,3 +89,12 @@ pub(crate) struct EntryTooLarge {
     pub(crate) bytes: usize,
     pub(crate) limit: usize,
 }
+
+/// An entry SNS would refuse for its characters or form, refused before sending (an emulator
+/// may not check, and a refusal costs a request per entry).
+#[derive(Debug, thiserror::Error)]
+#[error("the {what} cannot be sent to SNS: {reason}")]
+pub(crate) struct EntryInvalid {
+    pub(crate) what: &'static str,
+    pub(crate) reason: &'static str,
+}

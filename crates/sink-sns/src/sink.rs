@@ -58,6 +58,47 @@ fn is_fifo(topic: &str) -> bool {
     topic.ends_with(".fifo")
 }
 
+/// SNS's rules for the text of a message, a subject and a FIFO message group id, checked before
+/// sending so an event SNS would refuse is rejected alone, with the reason.
+mod rules {
+    use crate::error::EntryInvalid;
+
+    /// Characters SNS accepts in messages and attribute values (XML 1.0's).
+    fn allowed(c: char) -> bool {
+        matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{d7ff}' | '\u{e000}'..='\u{fffd}' | '\u{10000}'..)
+    }
+
+    pub(super) fn text(what: &'static str, text: &str) -> Result<(), EntryInvalid> {
+        if text.chars().all(allowed) {
+            Ok(())
+        } else {
+            Err(EntryInvalid { what, reason: "it holds a control character SNS does not accept" })
+        }
+    }
+
+    /// ASCII, no control characters or line breaks, at most 100 characters.
+    pub(super) fn subject(subject: &str) -> Result<(), EntryInvalid> {
+        if subject.is_empty() || subject.len() >= 100 {
+            return Err(EntryInvalid { what: "subject", reason: "it must be 1 to 99 characters" });
+        }
+        if !subject.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+            return Err(EntryInvalid { what: "subject", reason: "it must be printable ASCII on one line" });
+        }
+        Ok(())
+    }
+
+    /// 1 to 128 characters of letters, digits and ASCII punctuation.
+    pub(super) fn group_id(group: &str) -> Result<(), EntryInvalid> {
+        if !(1..=128).contains(&group.len()) || !group.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(EntryInvalid {
+                what: "FIFO message group id (the event's source)",
+                reason: "it must be 1 to 128 ASCII letters, digits or punctuation",
+            });
+        }
+        Ok(())
+    }
+}
+
 /// A deduplication id that is the same every time this Kafka message is delivered.
 fn deduplication_id(record: &SinkRecord) -> String {
     let digest = Sha256::digest(format!("{}/{}/{}", record.topic, record.partition, record.offset));
@@ -85,11 +126,16 @@ impl SnsSink {
             Some(template) => template.render(&record.event)?,
             None => record.json_line().into_owned(),
         };
+        rules::text("message", &body)?;
         let subject = self.config.subject.as_ref().map(|t| t.render(&record.event)).transpose()?;
+        if let Some(subject) = &subject {
+            rules::subject(subject)?;
+        }
         let mut attributes = HashMap::new();
         let mut bytes = body.len() + subject.as_ref().map_or(0, String::len);
         for (name, kind) in &self.config.attributes {
             let Some(value) = record.event.field(name).filter(|v| !v.is_empty()) else { continue };
+            rules::text("message attribute", &value)?;
             bytes += name.len() + kind.as_str().len() + value.len();
             attributes.insert(
                 name.clone(),
@@ -99,14 +145,22 @@ impl SnsSink {
         if bytes > MAX_BYTES {
             return Err(Box::new(EntryTooLarge { bytes, limit: MAX_BYTES }));
         }
+        if is_fifo(&topic) {
+            rules::group_id(record.event.key())?;
+        }
         let fifo = is_fifo(&topic).then(|| (record.event.key().to_owned(), deduplication_id(record)));
         Ok(Entry { index, topic, body, subject, attributes, fifo, bytes })
     }
 
-    /// Publishes entries for one topic in `PublishBatch` calls, in order. Returns the entries SNS
-    /// refused for their content; entries failing for SNS's own reasons are retried here.
-    async fn publish_topic(&self, topic: &str, entries: &[Entry]) -> Result<Vec<Rejection>, SnsSinkError> {
-        let mut rejected = Vec::new();
+    /// Publishes entries for one topic in `PublishBatch` calls, in order, into `rejected` (the
+    /// entries SNS refused for their content; entries failing for SNS's own reasons are retried
+    /// here a few times). On a failure, the entries not published yet are returned with it.
+    async fn publish_topic(
+        &self,
+        topic: &str,
+        entries: &[Entry],
+        rejected: &mut Vec<Rejection>,
+    ) -> Result<(), (Vec<usize>, SnsSinkError)> {
         let mut start = 0;
         while start < entries.len() {
             let mut end = start;
@@ -115,10 +169,14 @@ impl SnsSink {
                 bytes += entries[end].bytes;
                 end += 1;
             }
-            rejected.extend(self.publish_chunk(topic, &entries[start..end]).await?);
+            match self.publish_chunk(topic, &entries[start..end]).await {
+                Ok(refused) => rejected.extend(refused),
+                // The chunks before it are published: only this one and the rest are left.
+                Err(err) => return Err((entries[start..].iter().map(|entry| entry.index).collect(), err)),
+            }
             start = end;
         }
-        Ok(rejected)
+        Ok(())
     }
 
     async fn publish_chunk(&self, topic: &str, chunk: &[Entry]) -> Result<Vec<Rejection>, SnsSinkError> {
@@ -253,10 +311,26 @@ impl Sink for SnsSink {
                 Err(error) => outcome.rejected.push(Rejection { index, error }),
             }
         }
+        let mut unfinished = Vec::new();
+        let mut failure = None;
         for (topic, entries) in &by_topic {
-            outcome.rejected.extend(self.publish_topic(topic, entries).await?);
+            if failure.is_some() {
+                unfinished.extend(entries.iter().map(|entry| entry.index));
+                continue;
+            }
+            if let Err((left, err)) = self.publish_topic(topic, entries, &mut outcome.rejected).await {
+                if !err.is_retriable() {
+                    return Err(err.into());
+                }
+                unfinished.extend(left);
+                failure = Some(err);
+            }
         }
-        Ok(outcome)
+        match failure {
+            // What was published is done; only the rest is written again.
+            Some(err) => WriteOutcome::partial(batch.len(), outcome.rejected, unfinished, Box::new(err)),
+            None => Ok(outcome),
+        }
     }
 }
 
