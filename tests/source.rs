@@ -343,3 +343,43 @@ async fn a_source_alone_creates_the_greenfield_table_and_drop_source_removes_its
     assert!(!unknown.status.success());
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no [[source]] named `nope`"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_too_large_for_kafka_is_dead_lettered_trimmed_and_the_rows_after_it_flow_exactly_once() {
+    let pool = pool().await;
+    let schema = greenfield(&pool).await;
+    let topic = unique("events");
+    let dlq = format!("{topic}.dlq");
+    let name = unique("src");
+    let config = TempConfig::new(&format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n{}",
+        source_config(&name, &schema, &topic, &format!("dead_letter_topic = \"{dlq}\""))
+    ));
+    let mut herald = Herald::run(&config);
+    herald.wait_for_log("Source active");
+    insert(&pool, &schema, "before", "s", "SUCCESS", 1).await;
+    insert_huge(&pool, &schema, "huge", 2).await;
+    insert(&pool, &schema, "after", "s", "SUCCESS", 3).await;
+    assert_the_huge_row_was_dead_lettered(&topic, &dlq);
+
+    // Not stuck: ready, and /sources says active.
+    let address = admin_address(&mut herald);
+    let (status, ready) = http(&address, "GET", "/health/ready");
+    assert_eq!(status, 200, "{ready}");
+    let (_, sources) = http(&address, "GET", "/sources");
+    let sources: serde_json::Value = serde_json::from_str(&sources).unwrap();
+    assert_eq!(sources[0]["status"], "active", "{sources}");
+    assert!(sources[0]["stuck_since"].is_null(), "{sources}");
+
+    // The cursor moved past it once: a restart publishes nothing again.
+    herald.signal("TERM");
+    herald.wait_exit();
+    insert(&pool, &schema, "later", "s", "SUCCESS", 4).await;
+    let mut herald = Herald::run(&config);
+    herald.wait_for_log("Source active");
+    let messages = read_committed(&topic, 3);
+    assert_eq!(messages.len(), 3, "before, after, later: nothing twice");
+    assert_eq!(read_committed(&dlq, 1).len(), 1, "one dead letter");
+    herald.signal("TERM");
+    herald.wait_exit();
+}

@@ -276,3 +276,22 @@ async fn wal_capture_publishes_a_huge_transaction_in_batches_exactly_once_across
     herald.wait_exit();
     source.drop_capture();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_too_large_for_kafka_is_dead_lettered_trimmed_and_the_rows_after_it_flow() {
+    let pool = pool().await;
+    let schema = greenfield(&pool).await;
+    let topic = unique("events");
+    let dlq = format!("{topic}.dlq");
+    let source = WalSource::new(&schema, &topic, &format!("dead_letter_topic = \"{dlq}\""));
+    source.migrate();
+    let mut herald = Herald::run(&source.config);
+    herald.wait_for_log("Source active");
+    insert(&pool, &schema, "before", "s", "SUCCESS", 1).await;
+    insert_huge(&pool, &schema, "huge", 2).await;
+    insert(&pool, &schema, "after", "s", "SUCCESS", 3).await;
+    assert_the_huge_row_was_dead_lettered(&topic, &dlq);
+    herald.signal("TERM");
+    herald.wait_exit();
+    source.drop_capture();
+}

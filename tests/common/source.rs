@@ -239,3 +239,31 @@ pub async fn assert_both_directions_never_loop(
     assert_eq!(distinct, 350);
     herald
 }
+
+/// A row whose event is larger than Kafka takes: a 3 MB value in the row's JSON payload.
+pub async fn insert_huge(pool: &PgPool, schema: &str, source: &str, records: i64) {
+    sqlx::query(&format!("INSERT INTO {schema}.pipeline_status (event, stage, source, records, status, payload) VALUES ('STAGE_COMPLETE', 's', $1, $2, 'SUCCESS', jsonb_build_object('blob', repeat('x', 3000000)))"))
+        .bind(source)
+        .bind(records)
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+/// Checks what a source published around a row too large for Kafka (`before`, `huge`, `after`):
+/// the rows around it on `topic` in order, and one trimmed dead letter for it on `dlq`.
+pub fn assert_the_huge_row_was_dead_lettered(topic: &str, dlq: &str) {
+    let messages = read_committed(topic, 2);
+    let sources: Vec<String> = messages.iter().map(|m| json(m)["source"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(sources, ["before", "after"], "the rows around it flow, in order");
+    let letters = read_committed(dlq, 1);
+    assert_eq!(letters.len(), 1);
+    let letter = &letters[0];
+    assert_eq!(letter.key(), Some(b"huge".as_slice()), "keyed as its event would have been");
+    assert_eq!(letter.payload().unwrap().len(), 64 * 1024, "trimmed to fit");
+    let trimmed = header(letter, "herald.trimmed").unwrap();
+    assert!(trimmed.starts_with("kept 65536 of 3000"), "the trim is said: {trimmed}");
+    let reason = header(letter, "__connect.errors.exception.message").unwrap();
+    assert!(reason.contains("bytes, more than Kafka takes"), "{reason}");
+    assert!(header(letter, "herald.origin.change").is_some(), "where in the table it came from");
+}

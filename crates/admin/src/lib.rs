@@ -7,7 +7,7 @@ herald-admin: the HTTP API operators use, what Kafka Connect's REST API gives th
 | `GET /health/live` | `200` while the process serves |
 | `GET /health/ready` | `200` when every route reaches Kafka and its sink, else `503` with what does not |
 | `GET /routes` | each route: status, assigned partitions, lag, counters, last error, last event time |
-| `GET /sources` | each source: events published, transactions, backlog (captured, not yet published), rows held in `herald_changes` (trigger capture), WAL its slot holds back (WAL capture) |
+| `GET /sources` | each source: status (`standby`, `active`, `retrying`), last error and since when it has been stuck, events published, transactions, backlog (captured, not yet published), rows held in `herald_changes` (trigger capture), WAL its slot holds back (WAL capture) |
 | `POST /routes/{name}/pause`, `/resume` | stop or restart consuming, keeping the group membership |
 | `GET /board` | the status board (when `[board] topics` is set): a live page, one row per source, one column per stage |
 | `GET /board/state` | the board as JSON: `stages` (first-seen order) and `cells` (latest event per source and stage) |
@@ -130,6 +130,8 @@ async fn routes(State(observer): State<Arc<Observer>>) -> Json<Vec<RouteView>> {
 #[derive(Debug, Serialize)]
 struct SourceView {
     name: String,
+    #[serde(flatten)]
+    state: herald_core::observe::SourceState,
     published: u64,
     transactions: u64,
     backlog: i64,
@@ -144,6 +146,7 @@ async fn sources(State(observer): State<Arc<Observer>>) -> Json<Vec<SourceView>>
             .into_iter()
             .map(|(name, metrics)| SourceView {
                 name,
+                state: metrics.state(),
                 published: metrics.published.get(),
                 transactions: metrics.transactions.get(),
                 backlog: metrics.backlog.get(),

@@ -38,7 +38,7 @@ pub mod source;
 
 // The sink contract lives in herald-sdk, so sink crates need not build librdkafka; these paths
 // stay for the runtime and the binary.
-pub use herald_sdk::{event, sink, template};
+pub use herald_sdk::{event, printable, sink, template};
 
 pub use config::{Config, ConfigError, RouteConfig, SinkSpec, SourceSpec};
 pub use error::{RouteError, RuntimeError};

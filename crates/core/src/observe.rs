@@ -30,6 +30,7 @@ pub struct Observer {
     source_backlog: IntGaugeVec,
     source_capture_rows: IntGaugeVec,
     source_retained_wal: IntGaugeVec,
+    source_stuck: IntGaugeVec,
     sources: RwLock<BTreeMap<String, SourceMetrics>>,
     routes: RwLock<BTreeMap<String, Arc<RouteShared>>>,
 }
@@ -79,6 +80,14 @@ impl Observer {
             &["source"],
         )?;
         registry.register(Box::new(source_retained_wal.clone()))?;
+        let source_stuck = IntGaugeVec::new(
+            Opts::new(
+                "source_stuck",
+                "1 while a source retries after a failure (see /sources for the error and since when).",
+            ),
+            &["source"],
+        )?;
+        registry.register(Box::new(source_stuck.clone()))?;
         let write_seconds = HistogramVec::new(
             HistogramOpts::new("route_write_seconds", "Time to write one batch to the sink, retries included.")
                 .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
@@ -105,6 +114,7 @@ impl Observer {
             source_backlog,
             source_capture_rows,
             source_retained_wal,
+            source_stuck,
             sources: RwLock::new(BTreeMap::new()),
             routes: RwLock::new(BTreeMap::new()),
         }))
@@ -149,6 +159,8 @@ impl Observer {
             backlog: self.source_backlog.with_label_values(&[name]),
             capture_rows: self.source_capture_rows.with_label_values(&[name]),
             retained_wal_bytes: self.source_retained_wal.with_label_values(&[name]),
+            stuck: self.source_stuck.with_label_values(&[name]),
+            state: Arc::new(Mutex::new(SourceState { status: "starting", ..SourceState::default() })),
         };
         self.sources.write().unwrap_or_else(PoisonError::into_inner).insert(name.to_owned(), metrics.clone());
         metrics
@@ -184,6 +196,16 @@ impl Observer {
                 problems.push(format!("route {}: sink failing", route.name));
             }
         }
+        for (name, source) in self.sources() {
+            let state = source.state();
+            if let Some(since) = state.stuck_since {
+                problems.push(format!(
+                    "source {name}: retrying since {}: {}",
+                    since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    state.last_error.unwrap_or_default()
+                ));
+            }
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -205,9 +227,51 @@ pub struct SourceMetrics {
     pub capture_rows: IntGauge,
     /// WAL the source's replication slot holds back, in bytes (WAL capture).
     pub retained_wal_bytes: IntGauge,
+    /// 1 while the source retries after a failure.
+    pub stuck: IntGauge,
+    state: Arc<Mutex<SourceState>>,
+}
+
+/// A source's state as the admin API shows it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SourceState {
+    /// `starting`, `standby` (another instance publishes), `active` or `retrying`.
+    pub status: &'static str,
+    /// The last failure, if any.
+    pub last_error: Option<String>,
+    /// Since when the source has been failing without publishing, while it is.
+    pub stuck_since: Option<DateTime<Utc>>,
 }
 
 impl SourceMetrics {
+    /// The source's state now.
+    pub fn state(&self) -> SourceState {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Records the source's status (`standby`, `active`), leaving a failure in place.
+    pub fn set_status(&self, status: &'static str) {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).status = status;
+    }
+
+    /// Records a failure the source retries: stuck from now, unless it already was.
+    pub fn failed(&self, error: String) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.status = "retrying";
+        state.last_error = Some(error);
+        state.stuck_since.get_or_insert_with(Utc::now);
+        self.stuck.set(1);
+    }
+
+    /// Records progress (a batch published): no longer stuck.
+    pub fn progressed(&self) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.status = "active";
+        if state.stuck_since.take().is_some() {
+            self.stuck.set(0);
+        }
+    }
+
     /// Metrics registered nowhere, for a source run without an admin API.
     pub fn detached() -> Self {
         let counter = |name: &str| IntCounter::new(name, "unregistered").unwrap_or_else(|_| unreachable!("valid name"));
@@ -218,6 +282,8 @@ impl SourceMetrics {
             capture_rows: IntGauge::new("capture_rows", "unregistered").unwrap_or_else(|_| unreachable!("valid name")),
             retained_wal_bytes: IntGauge::new("retained_wal_bytes", "unregistered")
                 .unwrap_or_else(|_| unreachable!("valid name")),
+            stuck: IntGauge::new("stuck", "unregistered").unwrap_or_else(|_| unreachable!("valid name")),
+            state: Arc::new(Mutex::new(SourceState { status: "starting", ..SourceState::default() })),
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use futures::future::try_join_all;
+use futures::future::join_all;
 use herald_core::config::KafkaProperties;
 use herald_core::kafka::{client_config, ensure_topic, ensure_topic_with};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -101,24 +101,51 @@ impl Publisher {
         tokio::task::spawn_blocking(move || read_checkpoint(&props, &topic, &key)).await?
     }
 
-    /// Publishes `messages` and moves the position to `cursor`, atomically.
-    pub(crate) async fn publish(&self, messages: Vec<Outgoing>, cursor: &impl Checkpoint) -> Result<(), SourceError> {
-        self.producer.begin_transaction().map_err(SourceError::kafka("beginning a transaction"))?;
-        let result = self.send_all(&messages, cursor).await;
-        let producer = self.producer.clone();
-        match result {
-            Ok(()) => {
-                self.delivery_reports_released().await;
-                tokio::task::spawn_blocking(move || producer.commit_transaction(Duration::from_secs(30)))
-                    .await?
-                    .map_err(SourceError::kafka("committing a transaction"))
-            }
-            Err(err) => {
-                // Nothing of this batch becomes visible; the cursor stays where it was.
-                let _ = tokio::task::spawn_blocking(move || producer.abort_transaction(Duration::from_secs(30))).await;
-                Err(err)
+    /// Publishes `messages` and moves the position to `cursor`, atomically. A message Kafka
+    /// refuses as too large (librdkafka's `message.max.bytes`, or the topic's) is the row's
+    /// fault, not Kafka's: it is replaced by what `too_large` makes of it (a trimmed dead
+    /// letter) and the transaction is made again, so the cursor moves past it exactly once.
+    pub(crate) async fn publish(
+        &self,
+        mut messages: Vec<Outgoing>,
+        cursor: &impl Checkpoint,
+        too_large: &(dyn Fn(Outgoing, &str) -> Outgoing + Sync),
+    ) -> Result<(), SourceError> {
+        // A dead letter made of a message is smaller each round; a few rounds are plenty.
+        for _ in 0..4 {
+            self.producer.begin_transaction().map_err(SourceError::kafka("beginning a transaction"))?;
+            let result = self.send_all(&messages, cursor).await;
+            let producer = self.producer.clone();
+            let refused = match result {
+                Ok(()) => {
+                    self.delivery_reports_released().await;
+                    return tokio::task::spawn_blocking(move || producer.commit_transaction(Duration::from_secs(30)))
+                        .await?
+                        .map_err(SourceError::kafka("committing a transaction"));
+                }
+                Err(failure) => {
+                    // Nothing of this batch becomes visible; the cursor stays where it was.
+                    let _ =
+                        tokio::task::spawn_blocking(move || producer.abort_transaction(Duration::from_secs(30))).await;
+                    match failure {
+                        SendFailure::TooLarge(refused) => refused,
+                        SendFailure::Other(err) => return Err(err),
+                    }
+                }
+            };
+            for (index, error) in refused {
+                if let Some(slot) = messages.get_mut(index) {
+                    let message = std::mem::replace(
+                        slot,
+                        Outgoing { topic: String::new(), key: None, value: String::new(), headers: Vec::new() },
+                    );
+                    *slot = too_large(message, &error);
+                }
             }
         }
+        Err(SourceError::kafka("publishing a batch")(rdkafka::error::KafkaError::MessageProduction(
+            rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge,
+        )))
     }
 
     /// Waits (briefly) until librdkafka counts no message of this transaction as in flight.
@@ -135,8 +162,11 @@ impl Publisher {
         }
     }
 
-    async fn send_all(&self, messages: &[Outgoing], cursor: &impl Checkpoint) -> Result<(), SourceError> {
+    /// Queues every message and the cursor, and waits for each to be acknowledged. The
+    /// messages refused as too large are named by index, with Kafka's error.
+    async fn send_all(&self, messages: &[Outgoing], cursor: &impl Checkpoint) -> Result<(), SendFailure> {
         let mut deliveries = Vec::with_capacity(messages.len() + 1);
+        let mut too_large = Vec::new();
         let cursor_value = cursor.encode();
         let all = messages
             .iter()
@@ -147,7 +177,7 @@ impl Publisher {
                 cursor_value.as_str(),
                 &[][..],
             )));
-        for (topic, key, value, headers) in all {
+        for (index, (topic, key, value, headers)) in all.enumerate() {
             let mut owned = OwnedHeaders::new();
             for (name, header) in headers {
                 owned = owned.insert(Header { key: name, value: Some(header.as_str()) });
@@ -156,21 +186,44 @@ impl Publisher {
             if let Some(key) = key {
                 record = record.key(key);
             }
-            let delivery =
-                self.producer.send_result(record).map_err(|(err, _)| SourceError::kafka("queueing a message")(err))?;
-            deliveries.push(async move {
-                match delivery.await {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err((err, _))) => Err(SourceError::kafka("delivering a message")(err)),
-                    Err(_canceled) => {
-                        Err(SourceError::kafka("delivering a message")(rdkafka::error::KafkaError::Canceled))
-                    }
-                }
-            });
+            match self.producer.send_result(record) {
+                Ok(delivery) => deliveries.push(async move { (index, delivery.await) }),
+                // librdkafka's own limit, checked as the message is queued.
+                Err((err, _)) if is_too_large(&err) => too_large.push((index, err.to_string())),
+                Err((err, _)) => return Err(SendFailure::Other(SourceError::kafka("queueing a message")(err))),
+            }
         }
-        try_join_all(deliveries).await?;
-        Ok(())
+        let mut failure = None;
+        for (index, delivered) in join_all(deliveries).await {
+            match delivered {
+                Ok(Ok(_)) => {}
+                // The topic's limit, checked by the broker.
+                Ok(Err((err, _))) if is_too_large(&err) => too_large.push((index, err.to_string())),
+                Ok(Err((err, _))) => failure = failure.or(Some(SourceError::kafka("delivering a message")(err))),
+                Err(_canceled) => {
+                    failure = failure
+                        .or(Some(SourceError::kafka("delivering a message")(rdkafka::error::KafkaError::Canceled)))
+                }
+            }
+        }
+        if !too_large.is_empty() {
+            return Err(SendFailure::TooLarge(too_large));
+        }
+        failure.map_or(Ok(()), |err| Err(SendFailure::Other(err)))
     }
+}
+
+/// Why a transaction's messages did not all get through.
+enum SendFailure {
+    /// These messages (by index) are larger than Kafka takes, with Kafka's error.
+    TooLarge(Vec<(usize, String)>),
+    /// Anything else: Kafka's fault, retried by the caller.
+    Other(SourceError),
+}
+
+fn is_too_large(err: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode::{MessageBatchTooLarge, MessageSizeTooLarge};
+    matches!(err.rdkafka_error_code(), Some(MessageSizeTooLarge | MessageBatchTooLarge))
 }
 
 fn read_checkpoint<C: Checkpoint>(props: &KafkaProperties, topic: &str, key: &str) -> Result<Option<C>, SourceError> {

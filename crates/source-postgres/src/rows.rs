@@ -7,8 +7,13 @@ use herald_core::StageEvent;
 use serde_json::{Map, Value};
 use tracing::warn;
 
+use herald_core::printable::{printable, LOG_CHARS};
+
 use crate::config::{Plan, PostgresSourceConfig};
 use crate::publisher::Outgoing;
+
+/// The most of a too-large event a dead letter keeps.
+const TRIMMED_BYTES: usize = 64 * 1024;
 
 /// How one source turns rows of its table into messages.
 pub(crate) struct RowMapper<'a> {
@@ -43,28 +48,70 @@ impl RowMapper<'_> {
                 headers: provenance,
             }),
             Err(reason) => {
-                warn!(source = self.name, change = position, reason = %reason, "Row cannot become a stage event; sent to the dead-letter topic.");
-                let mut letter_headers = provenance;
-                letter_headers.extend([
-                    (headers::TOPIC, origin),
-                    (headers::PARTITION, "-1".to_owned()),
-                    (headers::OFFSET, position.to_owned()),
-                    (headers::CONNECTOR, self.name.to_owned()),
-                    (headers::TASK_ID, "0".to_owned()),
-                    (headers::STAGE, "VALUE_CONVERTER".to_owned()),
-                    (headers::CLASS, "herald_source_postgres".to_owned()),
-                    (headers::EXCEPTION_CLASS, "herald_core::event::EventError".to_owned()),
-                    (headers::EXCEPTION_MESSAGE, reason.clone()),
-                    (headers::EXCEPTION_STACKTRACE, reason),
-                ]);
-                Some(Outgoing {
-                    topic: self.dead_letter_topic.to_owned(),
-                    key: None,
-                    value: Value::Object(row.clone()).to_string(),
-                    headers: letter_headers,
-                })
+                warn!(source = self.name, change = position, reason = %printable(&reason, LOG_CHARS), "Row cannot become a stage event; sent to the dead-letter topic.");
+                let value = Value::Object(row.clone()).to_string();
+                Some(self.letter(provenance, None, value, "herald_core::event::EventError", reason))
             }
         }
+    }
+
+    /// A dead letter for a message Kafka refused as too large (`error`): the key and
+    /// provenance (the change id or LSN) kept, the payload cut to fit, and the cut said in
+    /// `herald.trimmed` and in the reason, with the size.
+    pub(crate) fn too_large(&self, message: Outgoing, error: &str) -> Outgoing {
+        let Outgoing { key, value, headers: provenance, .. } = message;
+        let size = value.len();
+        // A letter refused again is cut again, to a sixteenth.
+        let keep = TRIMMED_BYTES.min(size / 16);
+        let mut end = keep;
+        while !value.is_char_boundary(end) {
+            end -= 1;
+        }
+        let change =
+            provenance.iter().find(|(name, _)| *name == "herald.origin.change").map_or("?", |(_, v)| v.as_str());
+        warn!(
+            source = self.name,
+            change,
+            bytes = size,
+            error,
+            "A row's event is larger than Kafka takes; a trimmed copy goes to the dead-letter topic."
+        );
+        let reason = format!(
+            "the event is {size} bytes, more than Kafka takes ({error}); the dead letter keeps its first {end}"
+        );
+        let mut provenance: Vec<(&'static str, String)> =
+            provenance.into_iter().filter(|(name, _)| name.starts_with("herald.origin")).collect();
+        provenance.push(("herald.trimmed", format!("kept {end} of {size} bytes")));
+        self.letter(provenance, key, value[..end].to_owned(), "herald_source_postgres::MessageSizeTooLarge", reason)
+    }
+
+    /// A dead letter: `value` with the provenance and Kafka Connect's error headers.
+    fn letter(
+        &self,
+        mut provenance: Vec<(&'static str, String)>,
+        key: Option<String>,
+        value: String,
+        class: &str,
+        reason: String,
+    ) -> Outgoing {
+        let origin = format!("postgres:{}", self.table);
+        let position = provenance
+            .iter()
+            .find(|(name, _)| *name == "herald.origin.change")
+            .map_or_else(String::new, |(_, v)| v.clone());
+        provenance.extend([
+            (headers::TOPIC, origin),
+            (headers::PARTITION, "-1".to_owned()),
+            (headers::OFFSET, position),
+            (headers::CONNECTOR, self.name.to_owned()),
+            (headers::TASK_ID, "0".to_owned()),
+            (headers::STAGE, "VALUE_CONVERTER".to_owned()),
+            (headers::CLASS, "herald_source_postgres".to_owned()),
+            (headers::EXCEPTION_CLASS, class.to_owned()),
+            (headers::EXCEPTION_MESSAGE, reason.clone()),
+            (headers::EXCEPTION_STACKTRACE, reason),
+        ]);
+        Outgoing { topic: self.dead_letter_topic.to_owned(), key, value, headers: provenance }
     }
 
     /// The row as a stage event, and its key.

@@ -131,7 +131,11 @@ impl PostgresSourceConfig {
             match self.run_once(name, &plan, kafka, &metrics, &cancel).await {
                 Ok(()) => {}
                 Err(err) if err.is_transient() => {
-                    warn!(source = name, error = %herald_core::dlq::error_chain(&err).join(": "), "Source stepped down; retrying.");
+                    let reason =
+                        herald_core::printable::printable(&herald_core::dlq::error_chain(&err).join(": "), 1024)
+                            .into_owned();
+                    warn!(source = name, error = %reason, "Source stepped down; retrying.");
+                    metrics.failed(reason);
                     tokio::select! {
                         _ = cancel.cancelled() => {}
                         _ = tokio::time::sleep(STANDBY_POLL) => {}
@@ -166,6 +170,7 @@ impl PostgresSourceConfig {
                 break;
             }
             if !announced {
+                metrics.set_status("standby");
                 info!(source = name, "Another instance publishes this source; standing by.");
                 announced = true;
             }
@@ -195,6 +200,7 @@ impl PostgresSourceConfig {
             // skipped. Behind the slot is only what an idle slot moved past: nothing of ours.
             let start = in_kafka.lsn.max(confirmed);
             info!(source = name, table = %table, topic = %self.topic, slot = %names.slot, lsn = %pgwire_replication::Lsn::from_u64(start), "Source active.");
+            metrics.set_status("active");
             let stream = WalStream {
                 name,
                 table: &table,
@@ -212,6 +218,7 @@ impl PostgresSourceConfig {
         }
         let mut cursor = publisher.committed::<Cursor>(kafka).await?.unwrap_or_default();
         info!(source = name, table = %table, topic = %self.topic, txid = cursor.txid, change = cursor.id, "Source active.");
+        metrics.set_status("active");
         // Deletes what has been published, on a connection and task of its own; it stops with
         // this activation (the guard cancels it on every way out).
         let (published, published_rx) = watch::channel(cursor);
@@ -297,12 +304,13 @@ impl Worker<'_> {
                 .filter_map(|change| self.rows.message(&change.row, &change.cursor.id.to_string(), &change.operation))
                 .collect();
             let count = messages.len();
-            self.publisher.publish(messages, &last).await?;
+            self.publisher.publish(messages, &last, &|message, error| self.rows.too_large(message, error)).await?;
             let published = started.elapsed() - read;
             *cursor = last;
             self.published.send_replace(last);
             self.metrics.published.inc_by(count as u64);
             self.metrics.transactions.inc();
+            self.metrics.progressed();
             tracing::debug!(
                 source = self.name,
                 changes = changes.len(),

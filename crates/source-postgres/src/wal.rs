@@ -745,9 +745,10 @@ impl WalStream<'_> {
         let messages = std::mem::take(batch);
         let count = messages.len();
         let started = std::time::Instant::now();
-        self.publisher.publish(messages, &checkpoint).await?;
+        self.publisher.publish(messages, &checkpoint, &|message, error| self.rows.too_large(message, error)).await?;
         self.metrics.published.inc_by(count as u64);
         self.metrics.transactions.inc();
+        self.metrics.progressed();
         debug!(
             source = self.name,
             published = count,
