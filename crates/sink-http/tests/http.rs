@@ -376,11 +376,14 @@ fn a_missing_or_empty_ca_file_and_a_bad_concurrency_are_named() {
     assert!(serde_json::from_value::<HttpSinkConfig>(serde_json::json!({ "url": "h", "format": "xml" })).is_err());
 }
 
+/// One request to the hook: its path, headers and body.
+type Hook = (String, HeaderMap, Vec<u8>);
+
 /// A receiver with a hook, an admin endpoint that must never be reached, and redirects:
 /// `/moved/{code}` answers `code` with `Location: {to}`.
 #[derive(Clone, Default)]
 struct Trap {
-    hooks: Arc<Mutex<Vec<(String, HeaderMap, Vec<u8>)>>>,
+    hooks: Arc<Mutex<Vec<Hook>>>,
     admin_hits: Arc<AtomicUsize>,
     redirect_to: Arc<Mutex<String>>,
 }
