@@ -383,3 +383,20 @@ async fn a_row_too_large_for_kafka_is_dead_lettered_trimmed_and_the_rows_after_i
     herald.signal("TERM");
     herald.wait_exit();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_rows_become_events_or_dead_letters_and_never_stop_the_source() {
+    let pool = pool().await;
+    let schema = greenfield(&pool).await;
+    let table = odd_table(&pool, &schema).await;
+    let (topic, name) = (unique("events"), unique("src"));
+    let dlq = format!("{topic}.dlq");
+    let config =
+        TempConfig::new(&source_config(&name, &schema, &topic, &format!("{table}dead_letter_topic = \"{dlq}\"\n")));
+    let mut herald = Herald::run(&config);
+    herald.wait_for_log("Source active");
+    let (published, dead) = write_hostile_rows(&pool, &schema).await;
+    assert_hostile_rows_sorted(&topic, &dlq, &published, dead);
+    herald.signal("TERM");
+    assert!(herald.wait_exit().success(), "{}", herald.log());
+}

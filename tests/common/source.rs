@@ -267,3 +267,69 @@ pub fn assert_the_huge_row_was_dead_lettered(topic: &str, dlq: &str) {
     assert!(reason.contains("bytes, more than Kafka takes"), "{reason}");
     assert!(header(letter, "herald.origin.change").is_some(), "where in the table it came from");
 }
+
+/// A legacy table of odd types in `schema`, and the `[[source]]` lines mapping it.
+pub async fn odd_table(pool: &PgPool, schema: &str) -> String {
+    sqlx::query(&format!(
+        "CREATE TABLE {schema}.odd_jobs (id bigserial PRIMARY KEY, src text, step text, state text, n numeric, at timestamptz, note text)"
+    ))
+    .execute(pool)
+    .await
+    .unwrap();
+    format!(
+        "table = \"{schema}.odd_jobs\"\ncolumns = {{ source = \"src\", stage = \"step\", status = \"state\", records = \"n\", timestamp = \"at\", note = \"note\" }}\nconstants = {{ event = \"STAGE_COMPLETE\" }}\n"
+    )
+}
+
+/// Hostile rows into the odd table, one statement each: which become events (by `src`, in
+/// order) and how many cannot (NULLs where a field is required, a number beyond `i64`,
+/// `NaN`, an infinite timestamp).
+pub async fn write_hostile_rows(pool: &PgPool, schema: &str) -> (Vec<String>, usize) {
+    let rows = [
+        ("'ok1'", "'SUCCESS'", "1", "now()", "'n'", true),
+        ("NULL", "'SUCCESS'", "2", "now()", "'no source'", false),
+        ("'nostatus'", "NULL", "3", "now()", "'n'", false),
+        ("'huge-number'", "'SUCCESS'", "1e30", "now()", "'n'", false),
+        ("'nan'", "'SUCCESS'", "'NaN'", "now()", "'n'", false),
+        ("'forever'", "'SUCCESS'", "7", "'infinity'", "'n'", false),
+        ("'year1'", "'SUCCESS'", "8", "'0001-01-01T00:00:00Z'", "'n'", true),
+        ("'year9999'", "'SUCCESS'", "9", "'9999-12-31T23:59:59Z'", "'n'", true),
+        ("E'esc\\x1b[2J\\x07'", "'SUCCESS'", "10", "now()", "E'tab\\there'", true),
+        ("'long-note'", "'SUCCESS'", "11", "now()", "repeat('z', 100000)", true),
+        ("''", "'SUCCESS'", "12", "now()", "''", true),
+        ("'ok2'", "'SUCCESS'", "13", "now()", "NULL", true),
+    ];
+    let mut published = Vec::new();
+    let mut dead = 0;
+    for (src, state, n, at, note, ok) in rows {
+        sqlx::query(&format!(
+            "INSERT INTO {schema}.odd_jobs (src, step, state, n, at, note) VALUES ({src}, 's', {state}, {n}, {at}, {note})"
+        ))
+        .execute(pool)
+        .await
+        .unwrap();
+        if ok {
+            let value: String = sqlx::query_scalar(&format!("SELECT {src}")).fetch_one(pool).await.unwrap();
+            published.push(value);
+        } else {
+            dead += 1;
+        }
+    }
+    (published, dead)
+}
+
+/// Checks what a source made of [`write_hostile_rows`]: the good rows on `topic` in order, one
+/// dead letter per bad one on `dlq`, each with its reason.
+pub fn assert_hostile_rows_sorted(topic: &str, dlq: &str, published: &[String], dead: usize) {
+    let messages = read_committed(topic, published.len());
+    let sources: Vec<String> = messages.iter().map(|m| json(m)["source"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(sources, published, "every row that is an event, in order");
+    let long = messages.iter().find(|m| json(m)["source"] == "long-note").unwrap();
+    assert_eq!(json(long)["note"].as_str().unwrap().len(), 100_000);
+    let letters = read_committed(dlq, dead);
+    assert_eq!(letters.len(), dead);
+    for letter in &letters {
+        let reason = header(letter, "__connect.errors.exception.message").unwrap();
+        assert!(!reason.is_empty());
+    }
+}

@@ -363,3 +363,34 @@ impl RouteShared {
         gauge.set(lag);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_source_retrying_is_stuck_until_it_publishes_again() {
+        let observer = Observer::new().unwrap();
+        let source = observer.source("orders");
+        assert_eq!(source.state().status, "starting");
+        assert!(observer.readiness().is_ok());
+
+        source.failed("delivering a message: Broker: Message size too large".into());
+        source.failed("the same again".into());
+        let state = source.state();
+        assert_eq!((state.status, state.last_error.as_deref()), ("retrying", Some("the same again")));
+        let since = state.stuck_since.unwrap();
+        let problems = observer.readiness().unwrap_err();
+        assert!(problems[0].starts_with("source orders: retrying since") && problems[0].contains("the same again"));
+        assert!(observer.render().contains("herald_source_stuck{source=\"orders\"} 1"));
+        assert_eq!(source.state().stuck_since, Some(since), "stuck since the first failure");
+
+        source.progressed();
+        assert_eq!(source.state().status, "active");
+        assert!(source.state().stuck_since.is_none());
+        assert!(observer.readiness().is_ok());
+        assert!(observer.render().contains("herald_source_stuck{source=\"orders\"} 0"));
+    }
+}
