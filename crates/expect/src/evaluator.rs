@@ -9,6 +9,7 @@ use std::time::Duration;
 use chrono::Utc;
 use herald_core::config::{ExpectationsConfig, KafkaProperties};
 use herald_core::kafka::{client_config, ensure_topic_with, partition_counts};
+use herald_core::printable::{printable, LOG_CHARS};
 use herald_core::{Config, StageEvent};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::ConsumerGroupMetadata;
@@ -27,6 +28,9 @@ use crate::engine::{Alert, Engine, PairKey, PairState};
 use crate::error::ExpectError;
 use crate::partition::partition_of;
 use crate::rules::{compile, Rule};
+
+/// The most sources warned about as misplaced (one warning each).
+const MAX_MISPLACED_WARNED: usize = 1000;
 
 /// How long a transaction may stay open before the broker aborts it: a process killed
 /// mid-transaction holds back the new owner of its partitions at most this long.
@@ -290,9 +294,12 @@ impl Evaluator {
         let Some(event) = message.payload().and_then(|payload| StageEvent::from_json(payload).ok()) else { return };
         let expected = self.partition_of(&event.source);
         if expected != partition {
-            if self.misplaced.insert(event.source.clone()) {
+            // Warned once per source, for a bounded number of sources: a producer's sources are
+            // not to grow herald's memory.
+            if self.misplaced.len() < MAX_MISPLACED_WARNED && self.misplaced.insert(event.source.clone()) {
                 warn!(
-                    source = %event.source, partition, expected, partitioner = ?self.settings.partitioner,
+                    source = %printable(&event.source, LOG_CHARS),
+                    partition, expected, partitioner = ?self.settings.partitioner,
                     "Expectations: this source's events are not where the configured partitioner puts them; set [expectations] partitioner to the producers' own."
                 );
             }
@@ -451,7 +458,7 @@ impl Evaluator {
             .map_err(|_| ExpectError::kafka("committing")(KafkaError::Canceled))??;
         debug!(took = ?started.elapsed(), alerts = alerts.len(), states = states.len(), "Expectations committed.");
         for alert in &alerts {
-            info!(rule = %alert.rule, source = %alert.source, stage = %alert.stage, kind = ?alert.kind, expected_by = %alert.expected_by, "Expectation alert published.");
+            info!(rule = %alert.rule, source = %printable(&alert.source, LOG_CHARS), stage = %printable(&alert.stage, LOG_CHARS), kind = ?alert.kind, expected_by = %alert.expected_by, "Expectation alert published.");
         }
         Ok(())
     }
