@@ -72,6 +72,20 @@ impl Harness for ExecHarness {
         Some(record)
     }
 
+    async fn flaky(&mut self, every: usize) -> Option<Result<Box<dyn Sink>, BoxError>> {
+        if self.mode == "stream" {
+            // One answer per batch: nothing partial to report.
+            return None;
+        }
+        // Every `every`th run asks to be tried again (75), counted in a file beside the output.
+        let count = self.out.with_extension("count");
+        let script = format!(
+            r#"n=$(( $(cat "{count}" 2>/dev/null || echo 0) + 1 )); echo $n > "{count}"; [ $(( n % {every} )) -eq 0 ] && exit 75; {PER_EVENT}"#,
+            count = count.display()
+        );
+        Some(Ok(sink(self.settings(&script))))
+    }
+
     async fn delivered(&mut self) -> Result<Vec<i64>, BoxError> {
         let text = std::fs::read_to_string(&self.out).unwrap_or_default();
         text.lines()

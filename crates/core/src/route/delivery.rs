@@ -759,4 +759,32 @@ mod tests {
             other => panic!("expected RetriesExhausted, got {other:?}"),
         }
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn hostile_payloads_are_dead_lettered_as_unparsable_and_the_rest_written() {
+        // Valid or near-valid JSON a careless or hostile producer sends, each between good events.
+        let hostile: [&[u8]; 9] = [
+            br#"{"event":"E","stage":"s","source":"\ud800","timestamp":"2026-11-26T10:15:00","status":"S"}"#,
+            br#"{"event":"E","stage":"s","source":"A","records":9223372036854775808,"timestamp":"2026-11-26T10:15:00","status":"S"}"#,
+            br#"{"event":"E","stage":"s","source":"A","records":1e400,"timestamp":"2026-11-26T10:15:00","status":"S"}"#,
+            br#"{"event":"E","stage":"s","source":"A","timestamp":"+275760-09-13T00:00:00","status":"S"}"#,
+            br#"{"event":"E","stage":"s","source":"A","timestamp":"2026-11-26T10:15:00","status":"S","x":1e400}"#,
+            br#"{"event":"E","stage":"s","source":null,"timestamp":"2026-11-26T10:15:00","status":"S"}"#,
+            b"\xef\xbb\xbf{\"event\":\"E\"}",
+            b"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[",
+            br#"{"event":"E","stage":"s","source":"A","timestamp":"2026-11-26T10:15:00","status":"S","event":"dup"}"#,
+        ];
+        let (route, stats, letters) = (route(""), stats(), Letters::default());
+        let mut sink = ScriptedSink::default();
+        let mut messages = vec![event(0, 0, 1, "SUCCESS")];
+        for (offset, payload) in (1..).zip(hostile) {
+            messages.push(message(0, offset, payload));
+        }
+        messages.push(event(0, 10, 2, "SUCCESS"));
+        let settled = settle(&route, &mut sink, Some(&letters), &stats, &messages, &CancellationToken::new()).await;
+        assert_eq!(settled.unwrap(), Some(offsets(&[(0, 11)])));
+        assert_eq!(*sink.writes.lock().unwrap(), [vec![1, 2]], "the good events, once");
+        let dead: Vec<i64> = letters.sent.lock().unwrap().iter().map(|&(_, offset, _)| offset).collect();
+        assert_eq!(dead, (1..=9).collect::<Vec<_>>(), "every hostile payload, in order");
+    }
 }
