@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use herald_core::config::KafkaProperties;
+use herald_kafka::KafkaProperties;
 use rand::Rng;
 
 /// A one-node KRaft broker with a PLAINTEXT listener and a SASL_PLAINTEXT (SCRAM-SHA-256)
@@ -188,7 +188,7 @@ async fn wait_for_readiness(admin: &str, status: u16, text: &str) {
 async fn the_broker_restarted_mid_stream_loses_nothing() {
     let mut kafka = PrivateKafka::start();
     let topic = unique("events");
-    herald_core::kafka::ensure_topic(&kafka.props(), &topic, 3).await.unwrap();
+    herald_kafka::ensure_topic(&kafka.props(), &topic, 3).await.unwrap();
     let route = stdout_route_config(&unique("route"), &topic, "").replace(BROKERS, &kafka.brokers());
     let config = TempConfig::new(&format!("[admin]\nlisten = \"127.0.0.1:0\"\n{route}"));
     let mut herald = Herald::run(&config);
@@ -220,7 +220,7 @@ async fn the_broker_restarted_mid_stream_loses_nothing() {
 async fn sasl_scram_credentials_in_kafka_properties_authenticate_and_wrong_ones_are_reported() {
     let kafka = PrivateKafka::start();
     let topic = unique("events");
-    herald_core::kafka::ensure_topic(&kafka.props(), &topic, 1).await.unwrap();
+    herald_kafka::ensure_topic(&kafka.props(), &topic, 1).await.unwrap();
     let sasl_config = |password: &str| {
         TempConfig::new(&format!(
             r#"
@@ -259,7 +259,7 @@ sink = {{ type = "stdout" }}
 async fn tls_settings_in_kafka_properties_reach_a_tls_listener() {
     let kafka = PrivateKafka::start();
     let topic = unique("events");
-    herald_core::kafka::ensure_topic(&kafka.props(), &topic, 1).await.unwrap();
+    herald_kafka::ensure_topic(&kafka.props(), &topic, 1).await.unwrap();
     produce_to(&kafka.brokers(), &topic, 0..10).await;
     let config = TempConfig::new(&format!(
         r#"

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use herald_core::dlq::headers;
+use herald_kafka::headers::connect as headers;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::message::{Header, OwnedHeaders};

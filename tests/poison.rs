@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use herald_core::dlq::headers;
+use herald_kafka::headers::connect as headers;
 use rdkafka::Message;
 
 /// A file of the test's own, and the exec sink config appending `$HERALD_SOURCE` to it, or

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use herald_core::dlq::headers;
+use herald_kafka::headers::connect as headers;
 use rand::Rng;
 use rdkafka::Message;
 use sqlx::postgres::PgPoolOptions;

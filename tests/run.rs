@@ -5,7 +5,7 @@ mod common;
 use std::collections::{BTreeSet, HashSet};
 
 use common::*;
-use herald_core::dlq::headers;
+use herald_kafka::headers::connect as headers;
 use rdkafka::Message;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

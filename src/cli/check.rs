@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::Args;
 use herald_core::dlq::error_chain;
-use herald_core::kafka::partition_counts;
 use herald_core::Config;
+use herald_kafka::partition_counts;
 
 use crate::sinks;
 

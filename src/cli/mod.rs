@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use herald_core::config::KafkaProperties;
 use herald_core::Config;
+use herald_kafka::KafkaProperties;
 
 /// The topic the seed producer and consumer use, and herald's default.
 pub const DEFAULT_TOPIC: &str = "pipeline.stage.events";

@@ -6,8 +6,8 @@ use std::time::Duration;
 use anyhow::{anyhow, Context, Result};
 use clap::Args;
 use herald_core::event::STAGE_COMPLETE;
-use herald_core::kafka::{client_config, reliable_producer_config};
 use herald_core::{EventTimestamp, StageEvent};
+use herald_kafka::{client_config, reliable_producer_config};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value;
 

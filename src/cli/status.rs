@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use chrono::Utc;
 use clap::Args;
 use herald_board::{age, render_table, Board};
-use herald_core::history::TopicReader;
+use herald_kafka::reader::TopicReader;
 
 use super::KafkaArgs;
 
@@ -40,7 +40,7 @@ pub async fn status(args: StatusArgs) -> Result<ExitCode> {
                 board.apply(&event);
             }
         }
-        Ok::<_, herald_core::history::HistoryError>(())
+        Ok::<_, herald_kafka::reader::HistoryError>(())
     };
     match tokio::time::timeout(args.timeout, read_history).await {
         Ok(read) => read?,

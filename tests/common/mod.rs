@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 pub mod source;
 
-use herald_core::config::KafkaProperties;
+use herald_kafka::KafkaProperties;
 use rand::distr::{Alphanumeric, SampleString};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, OwnedMessage};
@@ -41,7 +41,7 @@ pub fn require_kafka() {
 /// Creates a topic with `partitions` partitions.
 pub async fn create_topic(topic: &str, partitions: i32) {
     require_kafka();
-    herald_core::kafka::ensure_topic(&KafkaProperties::default(), topic, partitions).await.unwrap();
+    herald_kafka::ensure_topic(&KafkaProperties::default(), topic, partitions).await.unwrap();
 }
 
 /// A stage event's JSON, the way the seed's Python producer writes it, with a sequence number.

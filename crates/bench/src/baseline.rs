@@ -21,7 +21,7 @@ pub async fn run(services: &Services, rate: f64, events: u64) -> Result<Vec<Row>
     let run = services.run_name("baseline");
     let schema = Services::schema_for(&run);
     let topic = format!("bench.{run}");
-    herald_core::kafka::ensure_topic(&services.kafka(), &topic, 3).await.context("creating the bench topic")?;
+    herald_kafka::ensure_topic(&services.kafka(), &topic, 3).await.context("creating the bench topic")?;
     let pool = PgPool::connect(&services.postgres).await.context("connecting to Postgres")?;
     sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&pool).await.context("creating the schema")?;
     sqlx::query(&format!(

@@ -27,7 +27,7 @@ pub async fn run(services: &Services, pairs: usize, rounds: usize) -> Result<Vec
 async fn once(services: &Services, pairs: usize, with: bool, round: usize) -> Result<Row> {
     let run = services.run_name("expect");
     let topic = format!("bench.{run}");
-    herald_core::kafka::ensure_topic(&services.kafka(), &topic, 3).await.context("creating the topic")?;
+    herald_kafka::ensure_topic(&services.kafka(), &topic, 3).await.context("creating the topic")?;
     let mut config = format!(
         "[kafka]\nbootstrap.servers = \"{}\"\n\n[[route]]\nname = \"idle\"\ntopics = [\"{topic}\"]\nsink = {{ type = \"stdout\" }}\n",
         services.brokers

@@ -24,7 +24,7 @@ struct Drain {
 pub async fn stdout(services: &Services, events: u64, rounds: usize, event_bytes: usize) -> Result<Vec<Row>> {
     let run = services.run_name("limit-stdout");
     let topic = format!("bench.{run}");
-    herald_core::kafka::ensure_topic(&services.kafka(), &topic, 1).await.context("creating the topic")?;
+    herald_kafka::ensure_topic(&services.kafka(), &topic, 1).await.context("creating the topic")?;
     let producer = load::producer(&services.brokers, Pace::Max)?;
     let natural = load::event(&run, events).1.len();
     let padded_run = format!("{run}{}", "x".repeat(event_bytes.saturating_sub(natural)));
@@ -90,7 +90,7 @@ fn compare(events: u64, rounds: usize, reference: (&str, &[Drain]), herald: (&st
 pub async fn redis(services: &Services, events: u64, rounds: usize) -> Result<Vec<Row>> {
     let run = services.run_name("limit-redis");
     let topic = format!("bench.{run}");
-    herald_core::kafka::ensure_topic(&services.kafka(), &topic, 1).await.context("creating the topic")?;
+    herald_kafka::ensure_topic(&services.kafka(), &topic, 1).await.context("creating the topic")?;
     let producer = load::producer(&services.brokers, Pace::Max)?;
     load::produce(&producer, &topic, &run, 0..events, Pace::Max).await?;
     let client = redis::Client::open(services.redis.as_str()).context("the Redis URL")?;
@@ -204,7 +204,7 @@ const HISTORY_COLUMNS: &str =
 pub async fn postgres(services: &Services, events: u64, rounds: usize, max_events: Option<usize>) -> Result<Vec<Row>> {
     let run = services.run_name("limit-postgres");
     let topic = format!("bench.{run}");
-    herald_core::kafka::ensure_topic(&services.kafka(), &topic, 1).await.context("creating the topic")?;
+    herald_kafka::ensure_topic(&services.kafka(), &topic, 1).await.context("creating the topic")?;
     let producer = load::producer(&services.brokers, Pace::Max)?;
     load::produce(&producer, &topic, &run, 0..events, Pace::Max).await?;
     let pool = sqlx::PgPool::connect(&services.postgres).await.context("connecting to Postgres")?;

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use herald_core::config::KafkaProperties;
+use herald_kafka::KafkaProperties;
 
 use crate::load::Pace;
 use crate::sinks::SinkKind;

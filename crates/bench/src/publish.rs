@@ -21,7 +21,7 @@ pub async fn run(services: &Services, rounds: usize) -> Result<Vec<Row>> {
         bail!("{PYTHON} or {SEED} is missing: run from the repository after `scripts/services up`");
     }
     let topic = format!("bench.{}", services.run_name("publish"));
-    herald_core::kafka::ensure_topic(&services.kafka(), &topic, 3).await.context("creating the topic")?;
+    herald_kafka::ensure_topic(&services.kafka(), &topic, 3).await.context("creating the topic")?;
     let herald: Vec<String> = [
         services.herald.display().to_string().as_str(),
         "publish",

@@ -38,7 +38,7 @@ async fn setup(services: &Services, count: usize) -> Result<(String, Vec<String>
         format!("[kafka]\nbootstrap.servers = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n", services.brokers);
     for index in 0..count {
         let topic = format!("bench.{run}.{index}");
-        herald_core::kafka::ensure_topic(&services.kafka(), &topic, 1).await.context("creating a topic")?;
+        herald_kafka::ensure_topic(&services.kafka(), &topic, 1).await.context("creating a topic")?;
         config.push_str(&format!(
             "\n[[route]]\nname = \"r{index}\"\ntopics = [\"{topic}\"]\nsink = {{ type = \"stdout\" }}\n"
         ));

@@ -73,7 +73,7 @@ struct Prepared {
 pub async fn run(services: &Services, sink: SinkKind, events: u64, pace: Pace) -> Result<Row> {
     let run = services.run_name(sink.slug());
     let topic = format!("bench.{run}");
-    herald_core::kafka::ensure_topic(&services.kafka(), &topic, 3).await.context("creating the bench topic")?;
+    herald_kafka::ensure_topic(&services.kafka(), &topic, 3).await.context("creating the bench topic")?;
     let visible = Arc::new(Visible::default());
     let mut prepared = prepare(services, sink, &run, pace, &visible).await?;
     let group = format!("herald-bench.{run}");

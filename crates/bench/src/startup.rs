@@ -33,7 +33,7 @@ pub async fn run(services: &Services) -> Result<Row> {
     ];
     for (name, sink) in &sinks {
         let topic = format!("bench.{run}.{name}");
-        herald_core::kafka::ensure_topic(&services.kafka(), &topic, 3).await.context("creating a topic")?;
+        herald_kafka::ensure_topic(&services.kafka(), &topic, 3).await.context("creating a topic")?;
         config.push_str(&format!("\n[[route]]\nname = \"{name}\"\ntopics = [\"{topic}\"]\n[route.sink]\n{sink}\n"));
     }
     let mut herald = HeraldProcess::start(&services.herald, &run, &config, None)?;

@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use herald_core::config::KafkaProperties;
-use herald_core::history::TopicReader;
+use herald_kafka::reader::TopicReader;
+use herald_kafka::KafkaProperties;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -44,7 +44,7 @@ async fn read(
     props: &KafkaProperties,
     topics: &[String],
     from: chrono::DateTime<Utc>,
-) -> Result<(), herald_core::history::HistoryError> {
+) -> Result<(), herald_kafka::reader::HistoryError> {
     let mut reader = TopicReader::open(props, topics, from, "board").await?;
     info!(topics = ?topics, since = %from, "Status board reading.");
     loop {

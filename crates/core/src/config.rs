@@ -12,8 +12,7 @@
 //! sink = { type = "stdout" }
 //! ```
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -23,6 +22,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::filter::Filter;
+pub use herald_kafka::KafkaProperties;
 
 /// Prefix of environment variables that override the file; `__` separates keys, e.g.
 /// `HERALD__KAFKA__SASL_PASSWORD=…` sets `[kafka] sasl.password`.
@@ -665,103 +665,10 @@ pub struct SinkSettingsError {
     pub message: String,
 }
 
-/// librdkafka properties, passed through unchanged.
-///
-/// Written in TOML either quoted (`"security.protocol" = "SASL_SSL"`), as dotted keys
-/// (`security.protocol = "SASL_SSL"`, which TOML nests), or with `_` for `.`
-/// (`security_protocol`, the form environment overrides take: librdkafka names have no `_`).
-/// Values may be strings, numbers or booleans. Properties whose name mentions a password,
-/// secret or key are never printed.
-#[derive(Clone, PartialEq, Eq)]
-pub struct KafkaProperties(BTreeMap<String, String>);
-
-impl KafkaProperties {
-    /// The properties, by librdkafka name.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
-    }
-
-    /// One property.
-    pub fn get(&self, name: &str) -> Option<&str> {
-        self.0.get(name).map(String::as_str)
-    }
-
-    /// Sets a property, e.g. from a command-line flag.
-    pub fn set(&mut self, name: &str, value: impl Into<String>) {
-        self.0.insert(name.to_owned(), value.into());
-    }
-
-    /// The brokers, for messages to people.
-    pub fn bootstrap_servers(&self) -> &str {
-        self.get("bootstrap.servers").unwrap_or("127.0.0.1:9092")
-    }
-
-    /// Whether a property holds a secret and must not be printed.
-    pub fn is_secret(name: &str) -> bool {
-        ["password", "secret", "key", "token", "jaas"].iter().any(|word| name.contains(word))
-            && !name.ends_with(".location")
-    }
-
-    fn insert_flattened(&mut self, prefix: &str, value: Value) -> Result<(), String> {
-        let name = prefix.replace('_', ".");
-        match value {
-            Value::Object(table) => {
-                for (key, value) in table {
-                    self.insert_flattened(&format!("{prefix}.{key}"), value)?;
-                }
-            }
-            Value::String(s) => {
-                self.0.insert(name, s);
-            }
-            Value::Number(n) => {
-                self.0.insert(name, n.to_string());
-            }
-            Value::Bool(b) => {
-                self.0.insert(name, b.to_string());
-            }
-            Value::Null | Value::Array(_) => {
-                return Err(format!("`{name}` must be a string, number or boolean"));
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Default for KafkaProperties {
-    fn default() -> Self {
-        let mut props = BTreeMap::new();
-        props.insert("bootstrap.servers".to_owned(), "127.0.0.1:9092".to_owned());
-        Self(props)
-    }
-}
-
-impl fmt::Debug for KafkaProperties {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut map = f.debug_map();
-        for (name, value) in &self.0 {
-            if Self::is_secret(name) {
-                map.entry(name, &"<redacted>");
-            } else {
-                map.entry(name, value);
-            }
-        }
-        map.finish()
-    }
-}
-
-impl<'de> Deserialize<'de> for KafkaProperties {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let table = serde_json::Map::<String, Value>::deserialize(deserializer)?;
-        let mut props = KafkaProperties::default();
-        for (key, value) in table {
-            props.insert_flattened(&key, value).map_err(de::Error::custom)?;
-        }
-        Ok(props)
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     fn load(text: &str) -> Result<Config, ConfigError> {

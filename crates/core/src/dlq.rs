@@ -14,32 +14,8 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::Message;
 
-use crate::config::KafkaProperties;
-use crate::kafka::reliable_producer_config;
-
-/// Kafka Connect's header names.
-pub mod headers {
-    /// Topic the message was read from.
-    pub const TOPIC: &str = "__connect.errors.topic";
-    /// Partition it was read from.
-    pub const PARTITION: &str = "__connect.errors.partition";
-    /// Its offset there.
-    pub const OFFSET: &str = "__connect.errors.offset";
-    /// The connector; for herald, the route name.
-    pub const CONNECTOR: &str = "__connect.errors.connector.name";
-    /// The task; herald has one per route, `0`.
-    pub const TASK_ID: &str = "__connect.errors.task.id";
-    /// Where it failed: `VALUE_CONVERTER` (parsing) or `TASK_PUT` (the sink).
-    pub const STAGE: &str = "__connect.errors.stage";
-    /// The component that failed.
-    pub const CLASS: &str = "__connect.errors.class.name";
-    /// The error type.
-    pub const EXCEPTION_CLASS: &str = "__connect.errors.exception.class.name";
-    /// The error message.
-    pub const EXCEPTION_MESSAGE: &str = "__connect.errors.exception.message";
-    /// The error with its whole chain of causes, one per line.
-    pub const EXCEPTION_STACKTRACE: &str = "__connect.errors.exception.stacktrace";
-}
+use herald_kafka::headers::connect as headers;
+use herald_kafka::{reliable_producer_config, KafkaProperties};
 
 /// The largest dead letter herald sends, unless `[kafka] message.max.bytes` says otherwise;
 /// dead-letter topics herald creates accept it.
@@ -205,9 +181,9 @@ fn send_blocking(producer: &BaseProducer<Deliveries>, topic: &str, records: Vec<
         if let Some(payload) = outgoing.payload.as_deref() {
             record = record.payload(payload);
         }
-        crate::kafka::send_queued(producer, record)?;
+        herald_kafka::producer::send_queued(producer, record)?;
     }
-    if !crate::kafka::settle(producer, SEND_TIMEOUT) {
+    if !herald_kafka::producer::settle(producer, SEND_TIMEOUT) {
         return Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut));
     }
     match producer.context().failures.lock().unwrap_or_else(PoisonError::into_inner).pop() {

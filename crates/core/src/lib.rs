@@ -15,9 +15,7 @@ than loses (at-least-once). Sinks that can store offsets with the data do better
 - [`event`], [`sink`], [`template`]: re-exported from herald-sdk.
 - [`config`]: the TOML configuration with `HERALD__…` overrides, validated on load.
 - [`filter`]: which events a route delivers.
-- [`history`]: reading a topic from a point in time with no group (`wait`, `status`, the board).
 - [`dlq`]: the dead-letter topic and its Kafka Connect headers.
-- [`kafka`]: Kafka clients from the `[kafka]` properties; topic administration.
 - [`runtime`]: [`run`], every route at work until shutdown.
 - [`source`]: the [`source::Source`] plug-in contract, for sources that publish to Kafka.
 - [`observe`]: Prometheus metrics and each route's live state, for the admin API.
@@ -29,8 +27,6 @@ pub mod config;
 pub mod dlq;
 pub mod error;
 pub mod filter;
-pub mod history;
-pub mod kafka;
 pub mod observe;
 mod route;
 pub mod runtime;

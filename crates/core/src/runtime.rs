@@ -12,10 +12,10 @@ use tracing::{error, info};
 use crate::config::{Config, RouteConfig};
 use crate::dlq::DeadLetterQueue;
 use crate::error::{RouteError, RuntimeError};
-use crate::kafka::ensure_topic_with;
 use crate::observe::{Observer, RouteShared};
 use crate::route::{create_consumer, watch_lag, LagSubject, RouteWorker};
 use crate::sink::Sink;
+use herald_kafka::ensure_topic_with;
 
 /// A route with the sink built for it.
 pub struct BoundRoute {

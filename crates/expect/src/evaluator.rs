@@ -2,23 +2,25 @@
 //! state topic, and the transactions that publish alerts, state and offsets together.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use futures::future::join_all;
 use herald_core::config::{ExpectationsConfig, KafkaProperties};
-use herald_core::kafka::{client_config, ensure_topic_with, partition_counts};
 use herald_core::printable::{printable, LOG_CHARS};
 use herald_core::{Config, StageEvent};
+use herald_kafka::{
+    client_config, ensure_topic_with, partition_counts, AssignmentChanges, Rebalances, TransactionalProducer,
+};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedMessage;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::FutureRecord;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::Message;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -71,34 +73,10 @@ pub async fn run(config: &Config, cancel: CancellationToken) -> Result<(), Expec
     Ok(())
 }
 
-/// Partitions assigned or revoked since the evaluator last looked.
-#[derive(Default)]
-struct Changes {
-    assigned: Vec<i32>,
-    revoked: Vec<i32>,
-}
-
 /// The consumer's context: notes rebalances for the evaluator's loop.
 #[derive(Default)]
 struct EvaluatorContext {
-    changes: Mutex<Changes>,
-    changed: AtomicBool,
-}
-
-impl EvaluatorContext {
-    fn take(&self) -> Option<Changes> {
-        if !self.changed.swap(false, Ordering::AcqRel) {
-            return None;
-        }
-        Some(std::mem::take(&mut *self.changes.lock().unwrap_or_else(PoisonError::into_inner)))
-    }
-
-    fn note(&self, partitions: &TopicPartitionList, assigned: bool) {
-        let mut changes = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
-        let list = if assigned { &mut changes.assigned } else { &mut changes.revoked };
-        list.extend(partitions.elements().iter().map(|element| element.partition()));
-        self.changed.store(true, Ordering::Release);
-    }
+    rebalances: Rebalances,
 }
 
 impl ClientContext for EvaluatorContext {
@@ -116,15 +94,11 @@ impl ClientContext for EvaluatorContext {
 
 impl ConsumerContext for EvaluatorContext {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(partitions) = rebalance {
-            self.note(partitions, false);
-        }
+        self.rebalances.note(rebalance, true);
     }
 
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(partitions) = rebalance {
-            self.note(partitions, true);
-        }
+        self.rebalances.note(rebalance, false);
     }
 }
 
@@ -140,7 +114,7 @@ struct Evaluator {
     lookup: Arc<BaseConsumer>,
     /// The transactional producer: polled only while a transaction commits, so an idle
     /// evaluator costs no producer thread waking ten times a second.
-    producer: Arc<BaseProducer>,
+    producer: TransactionalProducer,
     engine: Engine,
     /// Events partitions this process holds, restored.
     owned: BTreeSet<i32>,
@@ -201,21 +175,10 @@ impl Evaluator {
             .set("enable.auto.commit", "false")
             .create()
             .map_err(ExpectError::kafka("creating the lookup client"))?;
-        let producer: BaseProducer = client_config(props)
-            .set("transactional.id", format!("herald.expect.{}.{:016x}", settings.group_id, rand::random::<u64>()))
-            .set("transaction.timeout.ms", TRANSACTION_TIMEOUT.as_millis().to_string())
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "0")
-            .set("retry.backoff.ms", "10")
-            .create()
-            .map_err(ExpectError::kafka("creating the transactional producer"))?;
-        let producer = Arc::new(producer);
-        let init = Arc::clone(&producer);
-        tokio::task::spawn_blocking(move || init.init_transactions(KAFKA_TIMEOUT))
+        let id = format!("herald.expect.{}.{:016x}", settings.group_id, rand::random::<u64>());
+        let producer = TransactionalProducer::start(props, &id, TRANSACTION_TIMEOUT)
             .await
-            .map_err(|_| ExpectError::kafka("initialising transactions")(KafkaError::Canceled))?
-            .map_err(ExpectError::kafka("initialising transactions"))?;
+            .map_err(ExpectError::kafka("starting the transactional producer"))?;
         info!(topic = %topic, group = %settings.group_id, rules = rules.len(), "Expectations evaluator started.");
         Ok(Self {
             props: props.clone(),
@@ -250,7 +213,7 @@ impl Evaluator {
                 received = self.consumer.recv() => Some(received.map(|message| message.detach())),
                 _ = tokio::time::sleep_until(wake) => None,
             };
-            if let Some(changes) = self.consumer.context().take() {
+            if let Some(changes) = self.consumer.context().rebalances.take() {
                 self.rebalanced(changes).await?;
             }
             match received {
@@ -355,11 +318,15 @@ impl Evaluator {
         .map_err(|_| ExpectError::kafka("reading positions")(KafkaError::Canceled))?
     }
 
-    async fn rebalanced(&mut self, changes: Changes) -> Result<(), ExpectError> {
-        if !changes.revoked.is_empty() {
+    /// Takes in what a rebalance changed: the evaluator reads one topic, so only partition
+    /// numbers matter.
+    async fn rebalanced(&mut self, changes: AssignmentChanges) -> Result<(), ExpectError> {
+        let revoked: Vec<i32> = changes.revoked.iter().map(|(_, partition)| *partition).collect();
+        let assigned: Vec<i32> = changes.assigned.iter().map(|(_, partition)| *partition).collect();
+        if !revoked.is_empty() {
             // The partitions are gone: what was not committed for them is dropped, never
             // committed late (their new owner starts from the last commit and redoes it).
-            for partition in &changes.revoked {
+            for partition in &revoked {
                 self.owned.remove(partition);
                 self.positions.remove(partition);
             }
@@ -367,9 +334,9 @@ impl Evaluator {
             let owns = |source: &str| owned.contains(&partition_of(partitioner, source.as_bytes(), partitions));
             self.engine.release(owns);
             self.alerts.retain(|alert| owns(&alert.source));
-            info!(partitions = ?changes.revoked, "Expectations: partitions moved to another process.");
+            info!(partitions = ?revoked, "Expectations: partitions moved to another process.");
         }
-        for partition in changes.assigned {
+        for partition in assigned {
             let restored = self.restore(partition).await?;
             let position = self.committed_position(partition).await?;
             self.positions.insert(partition, position);
@@ -451,11 +418,8 @@ impl Evaluator {
             .consumer
             .group_metadata()
             .ok_or_else(|| ExpectError::kafka("reading the group's metadata")(KafkaError::Canceled))?;
-        let producer = Arc::clone(&self.producer);
         let started = std::time::Instant::now();
-        tokio::task::spawn_blocking(move || transact(&producer, &records, &offsets, &metadata))
-            .await
-            .map_err(|_| ExpectError::kafka("committing")(KafkaError::Canceled))??;
+        transact(&self.producer, &records, offsets, metadata).await?;
         debug!(took = ?started.elapsed(), alerts = alerts.len(), states = states.len(), "Expectations committed.");
         for alert in &alerts {
             info!(rule = %alert.rule, source = %printable(&alert.source, LOG_CHARS), stage = %printable(&alert.stage, LOG_CHARS), kind = ?alert.kind, expected_by = %alert.expected_by, "Expectation alert published.");
@@ -467,31 +431,32 @@ impl Evaluator {
 /// One transaction: `records` (topic, partition, key, value), then the consumer's `offsets`
 /// under the group's `metadata` (which fences a process the group has moved on from), then the
 /// commit; on any failure the transaction is aborted and nothing of it is visible.
-fn transact(
-    producer: &BaseProducer,
+async fn transact(
+    producer: &TransactionalProducer,
     records: &[(String, i32, String, String)],
-    offsets: &TopicPartitionList,
-    metadata: &ConsumerGroupMetadata,
+    offsets: TopicPartitionList,
+    metadata: ConsumerGroupMetadata,
 ) -> Result<(), ExpectError> {
-    producer.begin_transaction().map_err(ExpectError::kafka("beginning a transaction"))?;
-    let result = (|| {
-        for (topic, partition, key, value) in records {
-            let record = BaseRecord::to(topic).partition(*partition).key(key.as_str()).payload(value.as_str());
-            herald_core::kafka::send_queued(producer, record).map_err(ExpectError::kafka("queueing a record"))?;
-        }
-        // Every record is written before the offsets join the transaction.
-        if !herald_core::kafka::settle(producer, KAFKA_TIMEOUT) {
-            return Err(ExpectError::kafka("writing the records")(KafkaError::MessageProduction(
-                RDKafkaErrorCode::MessageTimedOut,
-            )));
+    producer.begin().map_err(ExpectError::kafka("beginning a transaction"))?;
+    let result = async {
+        let deliveries = records.iter().map(|(topic, partition, key, value)| {
+            let record = FutureRecord::to(topic).partition(*partition).key(key.as_str()).payload(value.as_str());
+            // Waits for room while librdkafka's queue is full, then for the acknowledgement.
+            producer.producer().send(record, KAFKA_TIMEOUT)
+        });
+        // Every record is acknowledged before the offsets join the transaction.
+        for delivered in join_all(deliveries).await {
+            delivered.map_err(|(err, _)| ExpectError::kafka("writing the records")(err))?;
         }
         producer
-            .send_offsets_to_transaction(offsets, metadata, KAFKA_TIMEOUT)
+            .send_offsets(offsets, metadata)
+            .await
             .map_err(ExpectError::kafka("committing offsets in the transaction"))?;
-        producer.commit_transaction(KAFKA_TIMEOUT).map_err(ExpectError::kafka("committing a transaction"))
-    })();
+        producer.commit().await.map_err(ExpectError::kafka("committing a transaction"))
+    }
+    .await;
     if result.is_err() {
-        let _ = producer.abort_transaction(KAFKA_TIMEOUT);
+        let _ = producer.abort().await;
     }
     result
 }

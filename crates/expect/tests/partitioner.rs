@@ -11,7 +11,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partition_of_agrees_with_librdkafka_for_both_partitioners() {
     let topic = format!("herald-partitioner-{}-{}", std::process::id(), rand::random::<u32>());
-    herald_core::kafka::ensure_topic(&KafkaProperties::default(), &topic, 7).await.unwrap();
+    herald_kafka::ensure_topic(&KafkaProperties::default(), &topic, 7).await.unwrap();
     for (name, partitioner) in
         [("consistent_random", Partitioner::ConsistentRandom), ("murmur2_random", Partitioner::Murmur2Random)]
     {

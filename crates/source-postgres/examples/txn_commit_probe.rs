@@ -24,7 +24,7 @@ async fn main() {
     let run = std::process::id();
     let (events, cursor) = (format!("probe-{run}"), format!("probe-{run}.offsets"));
     for topic in [&events, &cursor] {
-        herald_core::kafka::ensure_topic(&Default::default(), topic, 1).await.unwrap();
+        herald_kafka::ensure_topic(&Default::default(), topic, 1).await.unwrap();
     }
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", "127.0.0.1:9092")

@@ -2,10 +2,10 @@
 //! `&herald_core::source::Registered::<herald_source_postgres::Postgres>::NEW`.
 
 use async_trait::async_trait;
-use herald_core::config::KafkaProperties;
 use herald_core::observe::SourceMetrics;
 use herald_core::source::{Claim, Source, SourcePlugin};
 use herald_core::BoxError;
+use herald_kafka::KafkaProperties;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Capture, PostgresSourceConfig};

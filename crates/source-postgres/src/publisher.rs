@@ -4,11 +4,11 @@
 use std::time::Duration;
 
 use futures::future::join_all;
-use herald_core::config::KafkaProperties;
-use herald_core::kafka::{client_config, ensure_topic, ensure_topic_with};
+use herald_kafka::KafkaProperties;
+use herald_kafka::{client_config, ensure_topic, ensure_topic_with, TransactionalProducer};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::FutureRecord;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::Message;
 
@@ -50,7 +50,7 @@ pub(crate) struct Outgoing {
 /// Kafka transaction, so `read_committed` consumers see each row once and a restart resumes
 /// exactly after the last committed batch.
 pub(crate) struct Publisher {
-    producer: FutureProducer,
+    producer: TransactionalProducer,
     offsets_topic: String,
     cursor_key: String,
 }
@@ -71,25 +71,9 @@ impl Publisher {
         ensure_topic_with(props, offsets_topic, 1, &[("cleanup.policy", "compact")])
             .await
             .map_err(SourceError::kafka("creating the offsets topic"))?;
-        let producer: FutureProducer = client_config(props)
-            .set("transactional.id", format!("herald.source.{source}"))
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("transaction.timeout.ms", TRANSACTION_TIMEOUT.as_millis().to_string())
-            // Every batch is awaited right after it is queued: lingering only delays it. In three
-            // A/B pairs at 100 rows/s (WAL capture), p99 9.6–11.2 ms with 0 against 11.9–18.3
-            // with 1; p50 the same.
-            .set("linger.ms", "0")
-            // A transaction begun while the broker still writes the previous one's markers is
-            // refused (CONCURRENT_TRANSACTIONS) and retried after `retry.backoff.ms`; with
-            // librdkafka's 100 ms default, about 1 transaction in 1,600 waited that long.
-            .set("retry.backoff.ms", "10")
-            .create()
-            .map_err(SourceError::kafka("creating the transactional producer"))?;
-        let init = producer.clone();
-        tokio::task::spawn_blocking(move || init.init_transactions(Duration::from_secs(30)))
-            .await?
-            .map_err(SourceError::kafka("initialising transactions"))?;
+        let producer = TransactionalProducer::start(props, &format!("herald.source.{source}"), TRANSACTION_TIMEOUT)
+            .await
+            .map_err(SourceError::kafka("starting the transactional producer"))?;
         Ok(Self { producer, offsets_topic: offsets_topic.to_owned(), cursor_key: source.to_owned() })
     }
 
@@ -113,20 +97,12 @@ impl Publisher {
     ) -> Result<(), SourceError> {
         // A dead letter made of a message is smaller each round; a few rounds are plenty.
         for _ in 0..4 {
-            self.producer.begin_transaction().map_err(SourceError::kafka("beginning a transaction"))?;
-            let result = self.send_all(&messages, cursor).await;
-            let producer = self.producer.clone();
-            let refused = match result {
-                Ok(()) => {
-                    self.delivery_reports_released().await;
-                    return tokio::task::spawn_blocking(move || producer.commit_transaction(Duration::from_secs(30)))
-                        .await?
-                        .map_err(SourceError::kafka("committing a transaction"));
-                }
+            self.producer.begin().map_err(SourceError::kafka("beginning a transaction"))?;
+            let refused = match self.send_all(&messages, cursor).await {
+                Ok(()) => return self.producer.commit().await.map_err(SourceError::kafka("committing a transaction")),
                 Err(failure) => {
                     // Nothing of this batch becomes visible; the cursor stays where it was.
-                    let _ =
-                        tokio::task::spawn_blocking(move || producer.abort_transaction(Duration::from_secs(30))).await;
+                    let _ = self.producer.abort().await;
                     match failure {
                         SendFailure::TooLarge(refused) => refused,
                         SendFailure::Other(err) => return Err(err),
@@ -146,20 +122,6 @@ impl Publisher {
         Err(SourceError::kafka("publishing a batch")(rdkafka::error::KafkaError::MessageProduction(
             rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge,
         )))
-    }
-
-    /// Waits (briefly) until librdkafka counts no message of this transaction as in flight.
-    ///
-    /// rdkafka's polling thread resolves a delivery future before it releases the delivery
-    /// report. `commit_transaction` first flushes, and a flush that still counts that report
-    /// blocks in a poll of up to 100 ms for an event that never comes (the polling thread
-    /// already took it): one commit in a few hundred took 100 ms longer, reproduced with bare
-    /// rdkafka by `examples/txn_commit_probe.rs`. The report is released within microseconds.
-    async fn delivery_reports_released(&self) {
-        let give_up = tokio::time::Instant::now() + Duration::from_millis(100);
-        while self.producer.in_flight_count() > 0 && tokio::time::Instant::now() < give_up {
-            tokio::time::sleep(Duration::from_micros(200)).await;
-        }
     }
 
     /// Queues every message and the cursor, and waits for each to be acknowledged. The
@@ -186,7 +148,7 @@ impl Publisher {
             if let Some(key) = key {
                 record = record.key(key);
             }
-            match self.producer.send_result(record) {
+            match self.producer.producer().send_result(record) {
                 Ok(delivery) => deliveries.push(async move { (index, delivery.await) }),
                 // librdkafka's own limit, checked as the message is queued.
                 Err((err, _)) if is_too_large(&err) => too_large.push((index, err.to_string())),

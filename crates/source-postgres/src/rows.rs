@@ -1,9 +1,9 @@
 //! Rows become stage events: the column mapping, constants, the key, loop prevention and dead
 //! letters, the same for both capture modes.
 
-use herald_core::dlq::headers;
 use herald_core::sink::ORIGIN_HEADER;
 use herald_core::StageEvent;
+use herald_kafka::headers::connect as headers;
 use serde_json::{Map, Value};
 use tracing::warn;
 

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use herald_core::config::KafkaProperties;
 use herald_core::observe::SourceMetrics;
+use herald_kafka::KafkaProperties;
 use herald_pg::Ddl;
 use sqlx::postgres::{PgConnectOptions, PgListener};
 use sqlx::{Connection, PgConnection};

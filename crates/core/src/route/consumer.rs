@@ -1,18 +1,18 @@
 //! The route's Kafka consumer: its settings, and the context that watches rebalances and
 //! commits for the worker and the admin API.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use tokio::sync::Notify;
 use tracing::{debug, error, info, warn};
 
-use crate::config::{KafkaProperties, RouteConfig};
-use crate::kafka::client_config;
+use herald_kafka::{client_config, KafkaProperties, Rebalances};
+
+use crate::config::RouteConfig;
 use crate::observe::RouteShared;
 
 /// The consumer context: observes rebalances and commits.
@@ -20,46 +20,7 @@ pub(crate) struct RouteContext {
     route: String,
     stats: Arc<RouteShared>,
     /// Partitions assigned or revoked since the worker last looked, for `Sink::stored_offsets`.
-    changes: Mutex<AssignmentChanges>,
-    /// Whether `changes` holds anything: checked per message without taking the lock.
-    changed: AtomicBool,
-    /// Signalled when `changes` gets something, for a batch waiting on no message.
-    change_signal: Arc<Notify>,
-}
-
-/// Partitions whose ownership changed in a rebalance.
-#[derive(Debug, Default)]
-pub(crate) struct AssignmentChanges {
-    pub(crate) assigned: Vec<(String, i32)>,
-    pub(crate) revoked: Vec<(String, i32)>,
-}
-
-impl RouteContext {
-    fn record(&self, partitions: &TopicPartitionList, assigned: bool) {
-        let mut changes = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
-        let list = if assigned { &mut changes.assigned } else { &mut changes.revoked };
-        list.extend(partitions.elements().iter().map(|e| (e.topic().to_owned(), e.partition())));
-        self.changed.store(true, Ordering::Release);
-        self.change_signal.notify_one();
-    }
-
-    /// Signalled (a stored permit) each time a rebalance changes the assignment.
-    pub(crate) fn change_signal(&self) -> Arc<Notify> {
-        Arc::clone(&self.change_signal)
-    }
-
-    /// Whether a rebalance changed the assignment since the worker last took the changes.
-    pub(crate) fn has_changes(&self) -> bool {
-        self.changed.load(Ordering::Acquire)
-    }
-
-    /// The assignment changes since last taken, if any.
-    pub(crate) fn take_changes(&self) -> Option<AssignmentChanges> {
-        if !self.changed.swap(false, Ordering::AcqRel) {
-            return None;
-        }
-        Some(std::mem::take(&mut *self.changes.lock().unwrap_or_else(PoisonError::into_inner)))
-    }
+    pub(crate) rebalances: Rebalances,
 }
 
 /// No statistics callback: the lag, and that Kafka is up again, come from [`super::lag`].
@@ -74,8 +35,8 @@ impl ClientContext for RouteContext {
 
 impl ConsumerContext for RouteContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        self.rebalances.note(rebalance, true);
         if let Rebalance::Revoke(partitions) = rebalance {
-            self.record(partitions, false);
             let revoked: Vec<String> =
                 partitions.elements().iter().map(|e| format!("{}[{}]", e.topic(), e.partition())).collect();
             self.stats.update(|state| state.assigned.retain(|p| !revoked.contains(p)));
@@ -89,9 +50,9 @@ impl ConsumerContext for RouteContext {
     }
 
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        self.rebalances.note(rebalance, false);
         match rebalance {
             Rebalance::Assign(partitions) => {
-                self.record(partitions, true);
                 self.stats.update(|state| {
                     state
                         .assigned
@@ -165,13 +126,7 @@ pub(crate) fn create_consumer(
         .set("enable.partition.eof", "false")
         // No statistics: a client with them keeps latency histograms herald never reads.
         .set("statistics.interval.ms", "0");
-    let context = RouteContext {
-        route: route.name.clone(),
-        stats,
-        changes: Mutex::new(AssignmentChanges::default()),
-        changed: AtomicBool::new(false),
-        change_signal: Arc::new(Notify::new()),
-    };
+    let context = RouteContext { route: route.name.clone(), stats, rebalances: Rebalances::default() };
     let consumer: RouteConsumer = config.create_with_context(context)?;
     let topics: Vec<&str> = route.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;

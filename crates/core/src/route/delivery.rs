@@ -118,7 +118,7 @@ pub(crate) fn prepare(route: &RouteConfig, messages: &mut [Fetched], reading: Re
                     topic: message.shared_topic(),
                     partition: message.partition(),
                     offset: message.offset(),
-                    origin: crate::kafka::origin_of(message.headers()),
+                    origin: herald_kafka::headers::origin_of(message.headers()),
                     raw: Some(raw),
                 });
                 prepared.record_origin.push(index);

@@ -42,10 +42,10 @@ use crate::observe::RouteShared;
 use crate::sink::{Sink, SinkError};
 
 use batch::{gather, Admission, Attention, Inbox, Limits};
-use consumer::AssignmentChanges;
 pub(crate) use consumer::{create_consumer, RouteConsumer};
 use delivery::{prepare, retry_delays, DeadLetters, Delivery, NextOffsets, Prepared, Reading};
 use fetched::Fetched;
+use herald_kafka::AssignmentChanges;
 pub(crate) use lag::{watch_lag, LagSubject};
 
 /// A route at work.
@@ -316,11 +316,11 @@ impl Inbox for ConsumerInbox<'_> {
         batch: &mut Vec<Fetched>,
         cancel: &CancellationToken,
     ) -> Result<Admission, RouteError> {
-        if self.consumer.context().has_changes() {
+        if self.consumer.context().rebalances.has_changes() {
             if self.sink.is_none() {
                 return Ok(Admission::HoldBack);
             }
-            if let Some(changes) = self.consumer.context().take_changes() {
+            if let Some(changes) = self.consumer.context().rebalances.take() {
                 self.apply_assignment_changes(changes, cancel).await?;
             }
         }
@@ -328,23 +328,23 @@ impl Inbox for ConsumerInbox<'_> {
     }
 
     fn attention(&self) -> Attention {
-        let retry_after = if self.consumer.context().has_changes() {
+        let retry_after = if self.consumer.context().rebalances.has_changes() {
             // A change whose signal another batch took (the read-ahead task hands it over).
             Some(std::time::Duration::ZERO)
         } else {
             self.resume_at.values().any(|resume| resume.early_seeks_left > 0).then_some(EARLY_SEEK_RETRY)
         };
-        Attention { signal: Some(self.consumer.context().change_signal()), retry_after }
+        Attention { signal: Some(self.consumer.context().rebalances.signal()), retry_after }
     }
 
     /// Acts on a rebalance while no message comes: asks the sink where the new partitions
     /// resume and seeks there at once. The read-ahead task, with no sink, hands over instead.
     async fn attend(&mut self, batch: &mut Vec<Fetched>, cancel: &CancellationToken) -> Result<bool, RouteError> {
-        if self.consumer.context().has_changes() {
+        if self.consumer.context().rebalances.has_changes() {
             if self.sink.is_none() {
                 return Ok(true);
             }
-            if let Some(changes) = self.consumer.context().take_changes() {
+            if let Some(changes) = self.consumer.context().rebalances.take() {
                 self.apply_assignment_changes(changes, cancel).await?;
             }
         }

@@ -12,9 +12,9 @@ use rdkafka::error::KafkaError;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::Message;
 
-use crate::config::KafkaProperties;
-use crate::event::StageEvent;
-use crate::kafka::client_config;
+use herald_sdk::StageEvent;
+
+use crate::properties::{client_config, KafkaProperties};
 
 /// How long a metadata or offset lookup may take.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(15);

@@ -1,0 +1,37 @@
+//! Message headers herald writes and reads: where an event was born, and Kafka Connect's
+//! dead-letter headers.
+
+pub use herald_sdk::sink::ORIGIN_HEADER;
+
+/// The `herald.origin` header among a message's `headers`, if any.
+pub fn origin_of(headers: Option<&impl rdkafka::message::Headers>) -> Option<String> {
+    headers?
+        .iter()
+        .find(|header| header.key == herald_sdk::sink::ORIGIN_HEADER)
+        .and_then(|header| header.value)
+        .map(|value| String::from_utf8_lossy(value).into_owned())
+}
+
+/// Kafka Connect's header names.
+pub mod connect {
+    /// Topic the message was read from.
+    pub const TOPIC: &str = "__connect.errors.topic";
+    /// Partition it was read from.
+    pub const PARTITION: &str = "__connect.errors.partition";
+    /// Its offset there.
+    pub const OFFSET: &str = "__connect.errors.offset";
+    /// The connector; for herald, the route name.
+    pub const CONNECTOR: &str = "__connect.errors.connector.name";
+    /// The task; herald has one per route, `0`.
+    pub const TASK_ID: &str = "__connect.errors.task.id";
+    /// Where it failed: `VALUE_CONVERTER` (parsing) or `TASK_PUT` (the sink).
+    pub const STAGE: &str = "__connect.errors.stage";
+    /// The component that failed.
+    pub const CLASS: &str = "__connect.errors.class.name";
+    /// The error type.
+    pub const EXCEPTION_CLASS: &str = "__connect.errors.exception.class.name";
+    /// The error message.
+    pub const EXCEPTION_MESSAGE: &str = "__connect.errors.exception.message";
+    /// The error with its whole chain of causes, one per line.
+    pub const EXCEPTION_STACKTRACE: &str = "__connect.errors.exception.stacktrace";
+}
