@@ -16,6 +16,7 @@ crash, and a sink that returns a retriable error gets the same batch again.
 - [`event`]: [`StageEvent`], its parsing and timestamps.
 - [`sink`]: the [`Sink`] trait, [`SinkRecord`], [`WriteOutcome`], [`SinkError`].
 - [`conformance`]: the promises every sink keeps, checked by each sink's own tests.
+- [`offsets`]: where each partition resumes after a batch.
 - [`factory`]: a sink kind as a plug-in ([`SinkPlugin`]), registered in the binary with one line.
 - [`template`]: `{field}` templates for channels, keys, topics and URLs, values encoded for
   where they go.
@@ -26,6 +27,7 @@ crash, and a sink that returns a retriable error gets the same batch again.
 pub mod conformance;
 pub mod event;
 pub mod factory;
+pub mod offsets;
 pub mod printable;
 pub mod sink;
 pub mod template;
@@ -34,6 +36,7 @@ pub use event::{check_clock_skew, AheadOfClock, EventError, EventTimestamp, Stag
 pub use factory::{
     parse_settings, FactoryError, Purpose, Registered, Settings, SettingsError, SinkContext, SinkFactory, SinkPlugin,
 };
+pub use offsets::next_offsets;
 pub use sink::{
     BoxError, EventFields, LazyEvent, Pending, Rejection, Settled, Sink, SinkError, SinkRecord, Unfinished,
     WriteOutcome,

@@ -305,19 +305,9 @@ impl PostgresSink {
 }
 
 /// One past the highest offset of each partition of `batch`, ordered by topic and partition (the
-/// order rows are locked in). A batch spans few partitions: a linear search per record costs less
-/// than hashing its topic.
+/// order rows are locked in).
 fn next_offsets(batch: &[SinkRecord]) -> Vec<((&str, i32), i64)> {
-    let mut next: Vec<((&str, i32), i64)> = Vec::new();
-    for record in batch {
-        let key = (&*record.topic, record.partition);
-        match next.iter_mut().find(|(partition, _)| *partition == key) {
-            Some((_, offset)) => *offset = (*offset).max(record.offset + 1),
-            None => next.push((key, record.offset + 1)),
-        }
-    }
-    next.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    next
+    herald_sdk::next_offsets(batch.iter().map(|record| (&*record.topic, record.partition, record.offset)))
 }
 
 #[async_trait]

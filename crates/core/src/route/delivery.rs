@@ -223,16 +223,10 @@ pub(crate) fn retry_delays(policy: &RetryConfig, limit: Option<u32>) -> impl Ite
 
 /// One past the highest offset of each partition in `messages`.
 pub(crate) fn next_offsets(messages: &[Fetched]) -> NextOffsets {
-    // A batch spans few partitions: a linear search avoids a key allocation per message.
-    let mut next: Vec<(&str, i32, i64)> = Vec::new();
-    for message in messages {
-        let (topic, partition, offset) = (message.topic(), message.partition(), message.offset() + 1);
-        match next.iter_mut().find(|(t, p, _)| *t == topic && *p == partition) {
-            Some(entry) => entry.2 = entry.2.max(offset),
-            None => next.push((topic, partition, offset)),
-        }
-    }
-    next.into_iter().map(|(topic, partition, offset)| ((topic.to_owned(), partition), offset)).collect()
+    herald_sdk::next_offsets(messages.iter().map(|m| (m.topic(), m.partition(), m.offset())))
+        .into_iter()
+        .map(|((topic, partition), offset)| ((topic.to_owned(), partition), offset))
+        .collect()
 }
 
 /// The payload of a message that read as an event (so it is text), shared.
