@@ -7,12 +7,12 @@ use herald_sdk::{Purpose, Registered, SinkContext, SinkFactory};
 
 /// Every sink kind this binary knows. Adding a sink is one line here and one dependency.
 pub static SINKS: &[&dyn SinkFactory] = &[
-    &Registered::<herald_sink_stdout::Stdout>::NEW,
-    &Registered::<herald_sink_postgres::Postgres>::NEW,
-    &Registered::<herald_sink_redis::Redis>::NEW,
-    &Registered::<herald_sink_sns::Sns>::NEW,
-    &Registered::<herald_sink_http::Http>::NEW,
-    &Registered::<herald_sink_exec::Exec>::NEW,
+    &Registered::<herald_sink_stdout::StdoutSinkConfig>::NEW,
+    &Registered::<herald_sink_postgres::PostgresSinkConfig>::NEW,
+    &Registered::<herald_sink_redis::RedisSinkConfig>::NEW,
+    &Registered::<herald_sink_sns::SnsSinkConfig>::NEW,
+    &Registered::<herald_sink_http::HttpSinkConfig>::NEW,
+    &Registered::<herald_sink_exec::ExecSinkConfig>::NEW,
 ];
 
 /// The factory of the route's sink kind.
@@ -52,7 +52,7 @@ pub async fn migrate(route: &RouteConfig) -> Result<Option<String>> {
 }
 
 /// Every source kind this binary knows, one line each as for sinks.
-pub static SOURCES: &[&dyn SourceFactory] = &[&Registered::<herald_source_postgres::Postgres>::NEW];
+pub static SOURCES: &[&dyn SourceFactory] = &[&Registered::<herald_source_postgres::PostgresSourceConfig>::NEW];
 
 /// The source a `[[source]]` table describes, parsed and validated (nothing connected).
 pub fn source(spec: &SourceSpec) -> Result<Box<dyn Source>> {

@@ -50,20 +50,20 @@ pub trait Source: Send + Sync {
     ) -> Result<(), BoxError>;
 }
 
-/// One source kind, as its crate describes it.
-pub trait SourcePlugin: Send + Sync + 'static {
+/// One source kind: its settings type, read from the rest of a `[[source]]` table (use
+/// `deny_unknown_fields`), is the plug-in.
+pub trait SourcePlugin: DeserializeOwned + Send + Sync + 'static {
     /// The `type` that selects it in a `[[source]]` table.
     const KIND: &'static str;
-    /// Its typed settings, read from the rest of the table (use `deny_unknown_fields`).
-    type Config: DeserializeOwned + Send + Sync;
 
-    /// Checks what the types cannot, without connecting. Errors name the setting.
-    fn validate(_config: &Self::Config) -> Result<(), BoxError> {
+    /// Checks what the types cannot, without connecting. Errors name the setting. The registry
+    /// calls it once, before `build`.
+    fn validate(&self) -> Result<(), BoxError> {
         Ok(())
     }
 
-    /// The source named `name` with these settings; connects only when used.
-    fn build(name: &str, config: Self::Config) -> Box<dyn Source>;
+    /// The source named `name` with these (validated) settings; connects only when used.
+    fn build(self, name: &str) -> Box<dyn Source>;
 }
 
 /// A source kind as the binary uses it: a `[[source]]` table in, a source out.
@@ -80,8 +80,8 @@ impl<P: SourcePlugin> SourceFactory for Registered<P> {
     }
 
     fn build(&self, spec: &SourceSpec) -> Result<Box<dyn Source>, FactoryError> {
-        let config: P::Config = parse_settings(&spec.settings)?;
-        P::validate(&config).map_err(FactoryError::Invalid)?;
-        Ok(P::build(&spec.name, config))
+        let config: P = parse_settings(&spec.settings)?;
+        config.validate().map_err(FactoryError::Invalid)?;
+        Ok(config.build(&spec.name))
     }
 }

@@ -1,6 +1,8 @@
-//! Sink kinds as plug-ins: a sink crate describes its kind once ([`SinkPlugin`]), and the binary
-//! registers it with one line (`&Registered::<MySink>::NEW`) in a list of [`SinkFactory`]s that
-//! `herald check --offline`, `check`, `migrate` and `run` all go through.
+//! Sink kinds as plug-ins: a sink crate's config type is its plug-in ([`SinkPlugin`]: its kind,
+//! how it is checked, how it builds a sink), and the binary registers it with one line
+//! (`&Registered::<MySinkConfig>::NEW`) in a list of [`SinkFactory`]s that `herald check
+//! --offline`, `check`, `migrate` and `run` all go through. The registry parses and validates the
+//! settings once per call; `build` and `migrate` get them validated.
 
 use std::marker::PhantomData;
 
@@ -34,26 +36,33 @@ pub struct SinkContext<'a> {
     pub purpose: Purpose,
 }
 
-/// One sink kind, as its crate describes it.
+impl SinkContext<'static> {
+    /// A context for a sink built outside a route: tests, benchmarks.
+    pub const STANDALONE: SinkContext<'static> =
+        SinkContext { route: "standalone", consumer_group: "herald.standalone", purpose: Purpose::Run };
+}
+
+/// One sink kind: its settings type, read from a route's `sink` table (use
+/// `deny_unknown_fields`), is the plug-in.
 #[async_trait]
-pub trait SinkPlugin: Send + Sync + 'static {
+pub trait SinkPlugin: DeserializeOwned + Send + Sync + 'static {
     /// The `type` that selects it in a route's `sink` table.
     const KIND: &'static str;
-    /// Its typed settings, read from the rest of the table (use `deny_unknown_fields`).
-    type Config: DeserializeOwned + Send + Sync;
 
     /// Checks what the types cannot (ranges, identifiers, combinations) without connecting.
-    /// Errors name the setting.
-    fn validate(_config: &Self::Config) -> Result<(), BoxError> {
+    /// Errors name the setting. The registry calls it once, before `build` or `migrate`.
+    fn validate(&self) -> Result<(), BoxError> {
         Ok(())
     }
 
-    /// Builds a sink: connects, and for [`Purpose::Run`] creates what it needs.
-    async fn build(config: &Self::Config, context: SinkContext<'_>) -> Result<Box<dyn Sink>, BoxError>;
+    /// Builds a sink from validated settings: connects, and for [`Purpose::Run`] creates what
+    /// it needs.
+    async fn build(&self, context: SinkContext<'_>) -> Result<Box<dyn Sink>, BoxError>;
 
     /// Creates or updates what the sink needs (tables) for `herald migrate`; says what it
     /// migrated, or `None` when the kind has nothing to migrate.
-    async fn migrate(_config: &Self::Config, _context: SinkContext<'_>) -> Result<Option<String>, BoxError> {
+    async fn migrate(&self, context: SinkContext<'_>) -> Result<Option<String>, BoxError> {
+        let _ = context;
         Ok(None)
     }
 }
@@ -71,7 +80,8 @@ pub trait SinkFactory: Send + Sync {
     async fn migrate(&self, settings: &Settings, context: SinkContext<'_>) -> Result<Option<String>, FactoryError>;
 }
 
-/// A [`SinkPlugin`] registered as a [`SinkFactory`]: `&Registered::<MySink>::NEW`.
+/// A plug-in registered as a factory: `&Registered::<MySinkConfig>::NEW` for a [`SinkPlugin`]
+/// (and likewise for herald-core's source plug-ins).
 pub struct Registered<P>(PhantomData<fn() -> P>);
 
 impl<P> Registered<P> {
@@ -80,9 +90,10 @@ impl<P> Registered<P> {
 }
 
 impl<P: SinkPlugin> Registered<P> {
-    fn config(settings: &Settings) -> Result<P::Config, FactoryError> {
-        let config: P::Config = parse_settings(settings)?;
-        P::validate(&config).map_err(FactoryError::Invalid)?;
+    /// The settings parsed and validated: once per call of the factory.
+    fn config(settings: &Settings) -> Result<P, FactoryError> {
+        let config: P = parse_settings(settings)?;
+        config.validate().map_err(FactoryError::Invalid)?;
         Ok(config)
     }
 }
@@ -99,12 +110,12 @@ impl<P: SinkPlugin> SinkFactory for Registered<P> {
 
     async fn build(&self, settings: &Settings, context: SinkContext<'_>) -> Result<Box<dyn Sink>, FactoryError> {
         let config = Self::config(settings)?;
-        P::build(&config, context).await.map_err(FactoryError::Sink)
+        config.build(context).await.map_err(FactoryError::Sink)
     }
 
     async fn migrate(&self, settings: &Settings, context: SinkContext<'_>) -> Result<Option<String>, FactoryError> {
         let config = Self::config(settings)?;
-        P::migrate(&config, context).await.map_err(FactoryError::Sink)
+        config.migrate(context).await.map_err(FactoryError::Sink)
     }
 }
 
@@ -151,11 +162,8 @@ mod tests {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct EchoConfig {
-        #[allow(dead_code)]
         level: u8,
     }
-
-    struct Echo;
 
     struct EchoSink;
 
@@ -170,21 +178,20 @@ mod tests {
     }
 
     #[async_trait]
-    impl SinkPlugin for Echo {
+    impl SinkPlugin for EchoConfig {
         const KIND: &'static str = "echo";
-        type Config = EchoConfig;
-        fn validate(config: &EchoConfig) -> Result<(), BoxError> {
-            if config.level > 3 {
+        fn validate(&self) -> Result<(), BoxError> {
+            if self.level > 3 {
                 return Err("sink setting `level`: at most 3".into());
             }
             Ok(())
         }
-        async fn build(_config: &EchoConfig, _context: SinkContext<'_>) -> Result<Box<dyn Sink>, BoxError> {
+        async fn build(&self, _context: SinkContext<'_>) -> Result<Box<dyn Sink>, BoxError> {
             Ok(Box::new(EchoSink))
         }
     }
 
-    static REGISTRY: &[&dyn SinkFactory] = &[&Registered::<Echo>::NEW];
+    static REGISTRY: &[&dyn SinkFactory] = &[&Registered::<EchoConfig>::NEW];
 
     fn settings(json: &str) -> Settings {
         serde_json::from_str(json).unwrap()

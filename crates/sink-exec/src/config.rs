@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use herald_sdk::{BoxError, Sink, SinkContext, SinkPlugin};
 use serde::Deserialize;
 
 use crate::error::ExecSinkError;
@@ -63,8 +64,8 @@ fn default_timeout() -> Duration {
 }
 
 impl ExecSinkConfig {
-    /// Checks the settings without running anything.
-    pub fn validate(&self) -> Result<(), ExecSinkError> {
+    /// What [`SinkPlugin::validate`] checks, as this crate's error.
+    fn check(&self) -> Result<(), ExecSinkError> {
         if self.command.first().is_none_or(|program| program.is_empty()) {
             return Err(ExecSinkError::Config { key: "command", reason: "needs at least the program".into() });
         }
@@ -80,9 +81,9 @@ impl ExecSinkConfig {
         Ok(())
     }
 
-    /// The sink these settings describe (a stream command starts with the first batch).
-    pub fn build(&self) -> Result<Box<dyn herald_sdk::Sink>, ExecSinkError> {
-        self.validate()?;
+    /// The sink these settings describe, which [`SinkPlugin::validate`] has checked (the
+    /// registry does that once) (a stream command starts with the first batch).
+    pub fn sink(&self) -> Result<Box<dyn Sink>, ExecSinkError> {
         Ok(Box::new(ExecSink::new(self.clone())))
     }
 }
@@ -113,24 +114,18 @@ pub(crate) fn find_program(program: &str, working_dir: Option<&str>) -> Result<s
         .ok_or_else(|| format!("no executable `{program}` on PATH"))
 }
 
-/// The exec sink as a plug-in; the binary registers it as
-/// `&herald_sdk::Registered::<herald_sink_exec::Exec>::NEW`.
-pub struct Exec;
-
+/// The settings are the plug-in; the binary registers the kind as
+/// `&herald_sdk::Registered::<herald_sink_exec::ExecSinkConfig>::NEW`.
 #[async_trait::async_trait]
-impl herald_sdk::SinkPlugin for Exec {
+impl SinkPlugin for ExecSinkConfig {
     const KIND: &'static str = crate::KIND;
-    type Config = ExecSinkConfig;
 
-    fn validate(config: &ExecSinkConfig) -> Result<(), herald_sdk::BoxError> {
-        Ok(config.validate()?)
+    fn validate(&self) -> Result<(), BoxError> {
+        Ok(self.check()?)
     }
 
-    async fn build(
-        config: &ExecSinkConfig,
-        _context: herald_sdk::SinkContext<'_>,
-    ) -> Result<Box<dyn herald_sdk::Sink>, herald_sdk::BoxError> {
-        Ok(config.build()?)
+    async fn build(&self, _context: SinkContext<'_>) -> Result<Box<dyn Sink>, BoxError> {
+        Ok(self.sink()?)
     }
 }
 

@@ -23,7 +23,7 @@ mod config;
 mod error;
 mod sink;
 
-pub use config::{Ack, Exec, ExecMode, ExecSinkConfig};
+pub use config::{Ack, ExecMode, ExecSinkConfig};
 pub use error::ExecSinkError;
 
 /// The `type` that selects this sink in a route's `sink` table.

@@ -17,7 +17,7 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn sink(settings: serde_json::Value) -> Box<dyn Sink> {
-    serde_json::from_value::<ExecSinkConfig>(settings).unwrap().build().unwrap()
+    serde_json::from_value::<ExecSinkConfig>(settings).unwrap().sink().unwrap()
 }
 
 /// Appends each event it is given to `$OUT`; refuses (exit 1) an event without `lane`.

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use herald_sdk::Template;
+use herald_sdk::{BoxError, Sink, SinkContext, SinkPlugin, Template};
 use secrecy::SecretString;
 use serde::Deserialize;
 
@@ -123,8 +123,8 @@ fn default_concurrency() -> usize {
 }
 
 impl HttpSinkConfig {
-    /// Checks the settings without connecting.
-    pub fn validate(&self) -> Result<(), HttpSinkError> {
+    /// What [`SinkPlugin::validate`] checks, as this crate's error.
+    fn check(&self) -> Result<(), HttpSinkError> {
         for name in self.headers.keys().chain(std::iter::once(&self.signature_header)) {
             if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
                 return Err(HttpSinkError::Config { key: "headers", reason: format!("`{name}` is not a header name") });
@@ -152,31 +152,26 @@ impl HttpSinkConfig {
         Ok(())
     }
 
-    /// The sink these settings describe.
-    pub fn build(&self) -> Result<Box<dyn herald_sdk::Sink>, HttpSinkError> {
-        self.validate()?;
+    /// The sink these settings describe, which [`SinkPlugin::validate`] has checked (the
+    /// registry does that once): builds the client, reading `ca_file`.
+    pub fn sink(&self) -> Result<Box<dyn Sink>, HttpSinkError> {
         Ok(Box::new(HttpSink::new(self.clone(), Client::new(self)?)))
     }
 }
 
-/// The HTTP sink as a plug-in; the binary registers it as
-/// `&herald_sdk::Registered::<herald_sink_http::Http>::NEW`.
-pub struct Http;
-
+/// The settings are the plug-in; the binary registers the kind as
+/// `&herald_sdk::Registered::<herald_sink_http::HttpSinkConfig>::NEW`.
 #[async_trait::async_trait]
-impl herald_sdk::SinkPlugin for Http {
+impl SinkPlugin for HttpSinkConfig {
     const KIND: &'static str = crate::KIND;
-    type Config = HttpSinkConfig;
 
-    fn validate(config: &HttpSinkConfig) -> Result<(), herald_sdk::BoxError> {
-        Ok(config.validate()?)
+    /// Checks the settings without connecting; reads `ca_file` to check it is a PEM bundle.
+    fn validate(&self) -> Result<(), BoxError> {
+        Ok(self.check()?)
     }
 
-    async fn build(
-        config: &HttpSinkConfig,
-        _context: herald_sdk::SinkContext<'_>,
-    ) -> Result<Box<dyn herald_sdk::Sink>, herald_sdk::BoxError> {
-        Ok(config.build()?)
+    async fn build(&self, _context: SinkContext<'_>) -> Result<Box<dyn Sink>, BoxError> {
+        Ok(self.sink()?)
     }
 }
 
@@ -189,10 +184,10 @@ mod tests {
         let config: HttpSinkConfig = serde_json::from_str(r#"{"url": "http://h/{source}"}"#).unwrap();
         assert_eq!(config.body, BodyMode::Array);
         assert_eq!(config.signature_header, "X-Herald-Signature");
-        config.validate().unwrap();
+        SinkPlugin::validate(&config).unwrap();
         let bad: HttpSinkConfig =
             serde_json::from_str(r#"{"url": "http://h/", "headers": {"bad header": "x"}}"#).unwrap();
-        assert!(bad.validate().unwrap_err().to_string().contains("bad header"));
+        assert!(SinkPlugin::validate(&bad).unwrap_err().to_string().contains("bad header"));
         assert!(serde_json::from_str::<HttpSinkConfig>(r#"{"url": "http://h/", "verb": "PUT"}"#).is_err());
         assert!(serde_json::from_str::<HttpSinkConfig>(r#"{"url": "http://h/{unclosed"}"#).is_err());
     }

@@ -28,7 +28,7 @@ mod config;
 mod error;
 mod sink;
 
-pub use config::{BodyFormat, BodyMode, FollowRedirects, Http, HttpSinkConfig};
+pub use config::{BodyFormat, BodyMode, FollowRedirects, HttpSinkConfig};
 pub use error::HttpSinkError;
 
 /// The `type` that selects this sink in a route's `sink` table.

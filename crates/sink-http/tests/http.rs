@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
 use herald_sdk::conformance::{self, Harness, Replay};
-use herald_sdk::{BoxError, Sink, SinkError, SinkRecord};
+use herald_sdk::{BoxError, Sink, SinkError, SinkPlugin, SinkRecord};
 use herald_sink_http::HttpSinkConfig;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -80,12 +80,18 @@ async fn receive(
     (status, answer, "{\"error\": \"no such tenant\"}")
 }
 
+/// The sink of `config`, validated first as the registry does.
+fn checked(config: HttpSinkConfig) -> Box<dyn Sink> {
+    config.validate().unwrap();
+    config.sink().unwrap()
+}
+
 fn sink(url: &str, extra: serde_json::Value) -> Box<dyn Sink> {
     let mut settings = serde_json::json!({ "url": format!("{url}/hook/{{lane}}") });
     for (key, value) in extra.as_object().unwrap() {
         settings[key] = value.clone();
     }
-    serde_json::from_value::<HttpSinkConfig>(settings).unwrap().build().unwrap()
+    checked(serde_json::from_value::<HttpSinkConfig>(settings).unwrap())
 }
 
 struct HttpHarness {
@@ -419,7 +425,7 @@ fn sink_at(url_template: &str, extra: serde_json::Value) -> Box<dyn Sink> {
     for (key, value) in extra.as_object().unwrap() {
         settings[key] = value.clone();
     }
-    serde_json::from_value::<HttpSinkConfig>(settings).unwrap().build().unwrap()
+    checked(serde_json::from_value::<HttpSinkConfig>(settings).unwrap())
 }
 
 fn with_source(seq: i64, source: &str) -> SinkRecord {

@@ -47,7 +47,7 @@ async fn main() {
             let schema = format!("bench_{mode}_{batch}_{}", std::process::id());
             let config: PostgresSinkConfig =
                 serde_json::from_value(serde_json::json!({ "url": URL, "schema": schema, "mode": mode })).unwrap();
-            let mut sink = config.build("bench", "bench", Setup::Migrate).await.unwrap();
+            let mut sink = config.connect("bench", "bench", Setup::Migrate).await.unwrap();
             let started = Instant::now();
             for chunk in records.chunks(batch) {
                 sink.write(chunk).await.unwrap();

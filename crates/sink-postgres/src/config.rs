@@ -161,7 +161,7 @@ pub(crate) struct UpsertPlan {
 
 impl PostgresSinkConfig {
     /// Checks the settings without connecting: identifiers, mapping, mode.
-    pub fn validate(&self) -> Result<(), PostgresSinkError> {
+    pub(crate) fn check(&self) -> Result<(), PostgresSinkError> {
         self.plans().map(drop)
     }
 

@@ -28,7 +28,7 @@ mod sink;
 
 pub use config::{LegacyTableConfig, PostgresSinkConfig, WriteMode};
 pub use error::PostgresSinkError;
-pub use sink::{Postgres, Setup};
+pub use sink::Setup;
 
 /// The `type` that selects this sink in a route's `sink` table.
 pub const KIND: &str = "postgres";

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use herald_sdk::{Rejection, Sink, SinkError, SinkRecord, WriteOutcome};
+use herald_sdk::{BoxError, Purpose, Rejection, Sink, SinkContext, SinkError, SinkPlugin, SinkRecord, WriteOutcome};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Connection, PgConnection, Row};
 use tracing::{debug, info, warn};
@@ -33,7 +33,7 @@ impl PostgresSinkConfig {
     /// Creates or updates herald's tables for route `route` (idempotent). When they are current
     /// it issues no DDL; otherwise every statement runs under a short `lock_timeout` and is
     /// retried, so it never queues ahead of the application's writers.
-    pub async fn migrate(&self, route: &str) -> Result<(), PostgresSinkError> {
+    pub async fn migrate_tables(&self, route: &str) -> Result<(), PostgresSinkError> {
         let schema = self.schema_ident()?;
         let mut conn =
             PgConnection::connect_with(&self.connect_options(route)?).await.map_err(PostgresSinkError::Connect)?;
@@ -50,7 +50,7 @@ impl PostgresSinkConfig {
 
     /// Connects for route `route`, migrates (or only checks) and prepares the table writes.
     /// `consumer_group` keys the stored offsets: routes sharing a group share them.
-    pub async fn build(
+    pub async fn connect(
         &self,
         route: &str,
         consumer_group: &str,
@@ -79,7 +79,7 @@ impl PostgresSink {
     ) -> Result<Self, PostgresSinkError> {
         let plans = config.plans()?;
         if setup == Setup::Migrate {
-            config.migrate(route).await?;
+            config.migrate_tables(route).await?;
         }
         let pool = PgPoolOptions::new()
             .max_connections(config.pool_size.max(1))
@@ -377,35 +377,26 @@ impl Sink for PostgresSink {
     }
 }
 
-/// The Postgres sink as a plug-in; the binary registers it as
-/// `&herald_sdk::Registered::<herald_sink_postgres::Postgres>::NEW`.
-pub struct Postgres;
-
+/// The settings are the plug-in; the binary registers the kind as
+/// `&herald_sdk::Registered::<herald_sink_postgres::PostgresSinkConfig>::NEW`.
 #[async_trait]
-impl herald_sdk::SinkPlugin for Postgres {
+impl SinkPlugin for PostgresSinkConfig {
     const KIND: &'static str = crate::KIND;
-    type Config = PostgresSinkConfig;
 
-    fn validate(config: &PostgresSinkConfig) -> Result<(), herald_sdk::BoxError> {
-        Ok(config.validate()?)
+    fn validate(&self) -> Result<(), BoxError> {
+        Ok(self.check()?)
     }
 
-    async fn build(
-        config: &PostgresSinkConfig,
-        context: herald_sdk::SinkContext<'_>,
-    ) -> Result<Box<dyn Sink>, herald_sdk::BoxError> {
+    async fn build(&self, context: SinkContext<'_>) -> Result<Box<dyn Sink>, BoxError> {
         let setup = match context.purpose {
-            herald_sdk::Purpose::Run => Setup::Migrate,
-            herald_sdk::Purpose::Check => Setup::CheckOnly,
+            Purpose::Run => Setup::Migrate,
+            Purpose::Check => Setup::CheckOnly,
         };
-        Ok(config.build(context.route, context.consumer_group, setup).await?)
+        Ok(self.connect(context.route, context.consumer_group, setup).await?)
     }
 
-    async fn migrate(
-        config: &PostgresSinkConfig,
-        context: herald_sdk::SinkContext<'_>,
-    ) -> Result<Option<String>, herald_sdk::BoxError> {
-        config.migrate(context.route).await?;
-        Ok(Some(format!("schema `{}`", config.schema)))
+    async fn migrate(&self, context: SinkContext<'_>) -> Result<Option<String>, BoxError> {
+        self.migrate_tables(context.route).await?;
+        Ok(Some(format!("schema `{}`", self.schema)))
     }
 }

@@ -63,12 +63,12 @@ impl Harness for PostgresHarness {
     }
 
     async fn sink(&mut self) -> Result<Box<dyn Sink>, BoxError> {
-        Ok(self.config(URL).build("conformance", "conformance-group", Setup::Migrate).await?)
+        Ok(self.config(URL).connect("conformance", "conformance-group", Setup::Migrate).await?)
     }
 
     async fn write_unreachable(&mut self, batch: &[SinkRecord]) -> Option<Result<(), SinkError>> {
         let config = self.config("postgres://herald:herald@127.0.0.1:1/herald");
-        Some(match config.build("conformance", "conformance-group", Setup::CheckOnly).await {
+        Some(match config.connect("conformance", "conformance-group", Setup::CheckOnly).await {
             Ok(mut sink) => sink.write(batch).await.map(drop),
             Err(err) => Err(err.into()),
         })

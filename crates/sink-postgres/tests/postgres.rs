@@ -45,7 +45,7 @@ fn config(json: serde_json::Value) -> PostgresSinkConfig {
 
 async fn greenfield(schema: &str, mode: &str) -> Box<dyn Sink> {
     config(serde_json::json!({ "schema": schema, "mode": mode }))
-        .build("test", "test-group", Setup::Migrate)
+        .connect("test", "test-group", Setup::Migrate)
         .await
         .unwrap()
 }
@@ -218,7 +218,7 @@ async fn legacy_table_gets_mapped_columns_constants_and_newest_wins() {
     let pool = pool().await;
     let schema = unique("legacy");
     legacy_table(&pool, &schema).await;
-    let mut sink = legacy_config(&schema, "upsert").build("test", "g", Setup::Migrate).await.unwrap();
+    let mut sink = legacy_config(&schema, "upsert").connect("test", "g", Setup::Migrate).await.unwrap();
     sink.write(&[
         record(event("OrdersDB", "bronze", "SUCCESS", "2026-11-26T10:05:00", 7), 0, 0),
         record(event("OrdersDB", "bronze", "RUNNING", "2026-11-26T10:00:00", 3), 0, 1), // older, arrives later
@@ -314,7 +314,7 @@ async fn a_view_over_a_legacy_table_is_appended_to_through_insert() {
         "columns": { "src_system": "source", "step": "stage", "state": "status" },
     });
     let mut sink = config(serde_json::json!({ "schema": schema, "mode": "append", "table": table }))
-        .build("test", "g", Setup::Migrate)
+        .connect("test", "g", Setup::Migrate)
         .await
         .unwrap();
     let batch: Vec<SinkRecord> = (0..3)
@@ -344,7 +344,7 @@ async fn a_row_the_table_refuses_is_rejected_alone_and_again_on_replay() {
     let pool = pool().await;
     let schema = unique("poison");
     legacy_table(&pool, &schema).await;
-    let mut sink = legacy_config(&schema, "append").build("test", "g", Setup::Migrate).await.unwrap();
+    let mut sink = legacy_config(&schema, "append").connect("test", "g", Setup::Migrate).await.unwrap();
     let batch = batch_with_a_bad_status(10, 4);
     let outcome = sink.write(&batch).await.unwrap();
     let rejected: Vec<usize> = outcome.rejected.iter().map(|r| r.index).collect();
@@ -369,7 +369,7 @@ async fn a_row_refused_deep_in_a_large_append_is_rejected_alone() {
     let pool = pool().await;
     let schema = unique("poison_deep");
     legacy_table(&pool, &schema).await;
-    let mut sink = legacy_config(&schema, "append").build("test", "g", Setup::Migrate).await.unwrap();
+    let mut sink = legacy_config(&schema, "append").connect("test", "g", Setup::Migrate).await.unwrap();
     let batch = batch_with_a_bad_status(1200, 1100);
     let outcome = sink.write(&batch).await.unwrap();
     assert_eq!(outcome.rejected.iter().map(|r| r.index).collect::<Vec<_>>(), vec![1100]);
@@ -397,7 +397,7 @@ async fn check_names_missing_and_incompatible_columns_and_changes_nothing() {
             "columns": { "src_system": "source", "stepp": "stage", "finished_at": "records", "row_count": "$event" },
         },
     }));
-    let err = config.build("test", "g", Setup::CheckOnly).await.err().expect("mapping must be refused");
+    let err = config.connect("test", "g", Setup::CheckOnly).await.err().expect("mapping must be refused");
     let text = herald_sdk::error_chain(&err).join(": ");
     assert!(text.contains("no column `stepp`"), "{text}");
     assert!(
@@ -408,7 +408,7 @@ async fn check_names_missing_and_incompatible_columns_and_changes_nothing() {
     assert_eq!(count(&pool, &format!("SELECT count(*) FROM pg_tables WHERE schemaname = '{schema}'")).await, 1);
 
     let missing = PostgresSinkConfig { table: None, ..config.clone() };
-    let err = missing.build("test", "g", Setup::CheckOnly).await.err().expect("greenfield tables are missing");
+    let err = missing.connect("test", "g", Setup::CheckOnly).await.err().expect("greenfield tables are missing");
     assert!(err.to_string().contains("does not exist"), "{err}");
 }
 
@@ -416,7 +416,7 @@ async fn check_names_missing_and_incompatible_columns_and_changes_nothing() {
 async fn an_unreachable_server_is_a_retriable_error_and_the_url_is_never_printed() {
     let mut config = config(serde_json::json!({ "connect_timeout": "1s" }));
     config.url = "postgres://herald:s3cret-pw@127.0.0.1:1/herald".to_string().into();
-    let err = config.build("test", "g", Setup::CheckOnly).await.err().expect("nothing listens on port 1");
+    let err = config.connect("test", "g", Setup::CheckOnly).await.err().expect("nothing listens on port 1");
     assert!(err.is_retriable(), "{err:?}");
     let text = format!("{} {:?}", herald_sdk::error_chain(&err).join(": "), config);
     assert!(!text.contains("s3cret-pw"), "{text}");
@@ -426,10 +426,10 @@ async fn an_unreachable_server_is_a_retriable_error_and_the_url_is_never_printed
 async fn migrations_are_idempotent_and_concurrent_runs_agree() {
     let schema = unique("migrate");
     let config = config(serde_json::json!({ "schema": schema }));
-    let (a, b) = tokio::join!(config.migrate("test"), config.migrate("test"));
+    let (a, b) = tokio::join!(config.migrate_tables("test"), config.migrate_tables("test"));
     a.unwrap();
     b.unwrap();
-    config.migrate("test").await.unwrap();
+    config.migrate_tables("test").await.unwrap();
     let pool = pool().await;
     let tables: Vec<String> =
         sqlx::query_scalar(&format!("SELECT tablename::text FROM pg_tables WHERE schemaname = '{schema}' ORDER BY 1"))
@@ -468,7 +468,7 @@ async fn columns_without_a_binary_form_and_values_that_do_not_fit_one_are_copied
 
     // `numeric` and `date` have no binary encoder here: the whole table goes as text.
     let mut text_table = config(serde_json::json!({ "src": "source", "amount": "records", "day": "day" }))
-        .build("test", "g1", Setup::Migrate)
+        .connect("test", "g1", Setup::Migrate)
         .await
         .unwrap();
     let outcome = text_table.write(&[with_tries("a", "1", 1), with_tries("b", "2", 2)]).await.unwrap();
@@ -484,7 +484,7 @@ async fn columns_without_a_binary_form_and_values_that_do_not_fit_one_are_copied
     // Every column has a binary form, but `"three"` does not fit `int4`'s: that batch goes as
     // text, and Postgres refuses that row alone.
     let mut binary_table = config(serde_json::json!({ "src": "source", "tries": "tries", "at": "timestamp" }))
-        .build("test", "g2", Setup::Migrate)
+        .connect("test", "g2", Setup::Migrate)
         .await
         .unwrap();
     let batch = [with_tries("a", "1", 1), with_tries("b", r#""three""#, 2), with_tries("c", "3", 3)];

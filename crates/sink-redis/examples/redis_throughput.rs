@@ -48,7 +48,7 @@ async fn main() {
         for batch in [1, 1000] {
             let mut settings = settings.clone();
             settings["url"] = "redis://127.0.0.1:6379".into();
-            let mut sink = serde_json::from_value::<RedisSinkConfig>(settings).unwrap().build().unwrap();
+            let mut sink = serde_json::from_value::<RedisSinkConfig>(settings).unwrap().sink().unwrap();
             let started = Instant::now();
             for chunk in records.chunks(batch) {
                 sink.write(chunk).await.unwrap();

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use herald_sdk::Template;
+use herald_sdk::{BoxError, Sink, SinkContext, SinkPlugin, Template};
 use secrecy::SecretString;
 use serde::Deserialize;
 
@@ -112,8 +112,8 @@ fn default_max_len() -> u64 {
 }
 
 impl RedisSinkConfig {
-    /// Checks the settings without connecting.
-    pub fn validate(&self) -> Result<(), RedisSinkError> {
+    /// What [`SinkPlugin::validate`] checks, as this crate's error.
+    fn check(&self) -> Result<(), RedisSinkError> {
         if self.publish.is_none() && self.latest_key.is_none() && self.stream.is_none() {
             return Err(RedisSinkError::Config(
                 "enable at least one of `publish`, `latest_key`, `stream` (e.g. `publish = {}`)".into(),
@@ -122,32 +122,26 @@ impl RedisSinkConfig {
         crate::sink::escapings(self).map(drop)
     }
 
-    /// The sink these settings describe. Connects lazily: a Redis that is down at start is
+    /// The sink these settings describe, which [`SinkPlugin::validate`] has checked (the
+    /// registry does that once). Connects lazily: a Redis that is down at start is
     /// retried like one that goes down later.
-    pub fn build(&self) -> Result<Box<dyn herald_sdk::Sink>, RedisSinkError> {
-        self.validate()?;
+    pub fn sink(&self) -> Result<Box<dyn Sink>, RedisSinkError> {
         Ok(Box::new(RedisSink::new(self)?))
     }
 }
 
-/// The Redis sink as a plug-in; the binary registers it as
-/// `&herald_sdk::Registered::<herald_sink_redis::Redis>::NEW`.
-pub struct Redis;
-
+/// The settings are the plug-in; the binary registers the kind as
+/// `&herald_sdk::Registered::<herald_sink_redis::RedisSinkConfig>::NEW`.
 #[async_trait::async_trait]
-impl herald_sdk::SinkPlugin for Redis {
+impl SinkPlugin for RedisSinkConfig {
     const KIND: &'static str = crate::KIND;
-    type Config = RedisSinkConfig;
 
-    fn validate(config: &RedisSinkConfig) -> Result<(), herald_sdk::BoxError> {
-        Ok(config.validate()?)
+    fn validate(&self) -> Result<(), BoxError> {
+        Ok(self.check()?)
     }
 
-    async fn build(
-        config: &RedisSinkConfig,
-        _context: herald_sdk::SinkContext<'_>,
-    ) -> Result<Box<dyn herald_sdk::Sink>, herald_sdk::BoxError> {
-        Ok(config.build()?)
+    async fn build(&self, _context: SinkContext<'_>) -> Result<Box<dyn Sink>, BoxError> {
+        Ok(self.sink()?)
     }
 }
 

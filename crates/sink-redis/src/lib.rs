@@ -25,7 +25,6 @@ mod config;
 mod error;
 mod sink;
 
-pub use config::Redis;
 pub use config::{LatestKeyConfig, PublishConfig, RedisSinkConfig, StreamConfig};
 pub use error::RedisSinkError;
 

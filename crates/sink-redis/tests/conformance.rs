@@ -35,11 +35,11 @@ impl Harness for RedisHarness {
     }
 
     async fn sink(&mut self) -> Result<Box<dyn Sink>, BoxError> {
-        Ok(self.config(URL).build()?)
+        Ok(self.config(URL).sink()?)
     }
 
     async fn write_unreachable(&mut self, batch: &[SinkRecord]) -> Option<Result<(), SinkError>> {
-        Some(match self.config("redis://127.0.0.1:1").build() {
+        Some(match self.config("redis://127.0.0.1:1").sink() {
             Ok(mut sink) => sink.write(batch).await.map(drop),
             Err(err) => Err(err.into()),
         })

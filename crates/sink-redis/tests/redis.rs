@@ -43,7 +43,7 @@ fn record(event: StageEvent, offset: i64) -> SinkRecord {
 fn sink(settings: serde_json::Value) -> Box<dyn herald_sdk::Sink> {
     let mut settings = settings;
     settings["url"] = URL.into();
-    serde_json::from_value::<RedisSinkConfig>(settings).unwrap().build().unwrap()
+    serde_json::from_value::<RedisSinkConfig>(settings).unwrap().sink().unwrap()
 }
 
 fn seq_of(json: &str) -> usize {
@@ -209,7 +209,7 @@ async fn an_unreachable_redis_is_a_retriable_error() {
     )
     .unwrap();
     config.response_timeout = Duration::from_secs(1);
-    let mut sink = config.build().unwrap();
+    let mut sink = config.sink().unwrap();
     let err = sink.write(&[record(event("A", "b", "2026-11-26T10:00:00", 0), 0)]).await.unwrap_err();
     assert!(err.is_retriable(), "{err:?}");
 }

@@ -50,7 +50,7 @@ async fn main() {
         "access_key_id": "test", "secret_access_key": "test",
     }))
     .unwrap();
-    let mut sink = config.build().await.unwrap();
+    let mut sink = config.sink().await.unwrap();
 
     println!("{:<36} {:>8} {:>10} {:>12}", "calls", "events", "seconds", "events/s");
     let started = Instant::now();

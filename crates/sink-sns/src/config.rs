@@ -6,7 +6,7 @@ use std::time::Duration;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_sns::config::Credentials;
-use herald_sdk::Template;
+use herald_sdk::{BoxError, Sink, SinkContext, SinkPlugin, Template};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
@@ -92,7 +92,7 @@ fn default_timeout() -> Duration {
 
 impl SnsSinkConfig {
     /// Checks the settings without calling AWS.
-    pub fn validate(&self) -> Result<(), SnsSinkError> {
+    fn check(&self) -> Result<(), SnsSinkError> {
         let invalid = |reason: &str| Err(SnsSinkError::Config(reason.to_owned()));
         match (&self.topic_arn, &self.topic_by) {
             (None, None) => return invalid("set `topic_arn`, `topic_by`, or both"),
@@ -154,31 +154,25 @@ impl SnsSinkConfig {
         aws_sdk_sns::Client::from_conf(builder.build())
     }
 
-    /// The sink these settings describe.
-    pub async fn build(&self) -> Result<Box<dyn herald_sdk::Sink>, SnsSinkError> {
-        self.validate()?;
+    /// The sink these settings describe, which [`SinkPlugin::validate`] has checked (the
+    /// registry does that once).
+    pub async fn sink(&self) -> Result<Box<dyn Sink>, SnsSinkError> {
         Ok(Box::new(SnsSink::new(self.clone(), self.client().await)))
     }
 }
 
-/// The SNS sink as a plug-in; the binary registers it as
-/// `&herald_sdk::Registered::<herald_sink_sns::Sns>::NEW`.
-pub struct Sns;
-
+/// The settings are the plug-in; the binary registers the kind as
+/// `&herald_sdk::Registered::<herald_sink_sns::SnsSinkConfig>::NEW`.
 #[async_trait::async_trait]
-impl herald_sdk::SinkPlugin for Sns {
+impl SinkPlugin for SnsSinkConfig {
     const KIND: &'static str = crate::KIND;
-    type Config = SnsSinkConfig;
 
-    fn validate(config: &SnsSinkConfig) -> Result<(), herald_sdk::BoxError> {
-        Ok(config.validate()?)
+    fn validate(&self) -> Result<(), BoxError> {
+        Ok(self.check()?)
     }
 
-    async fn build(
-        config: &SnsSinkConfig,
-        _context: herald_sdk::SinkContext<'_>,
-    ) -> Result<Box<dyn herald_sdk::Sink>, herald_sdk::BoxError> {
-        Ok(config.build().await?)
+    async fn build(&self, _context: SinkContext<'_>) -> Result<Box<dyn Sink>, BoxError> {
+        Ok(self.sink().await?)
     }
 }
 

@@ -21,7 +21,6 @@ mod error;
 mod service;
 mod sink;
 
-pub use config::Sns;
 pub use config::{AttributeType, SnsSinkConfig, TopicRouting};
 pub use error::SnsSinkError;
 

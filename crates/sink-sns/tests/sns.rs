@@ -144,7 +144,7 @@ async fn sink(settings: serde_json::Value) -> Box<dyn herald_sdk::Sink> {
     settings["region"] = "us-east-1".into();
     settings["access_key_id"] = "test".into();
     settings["secret_access_key"] = "test".into();
-    serde_json::from_value::<SnsSinkConfig>(settings).unwrap().build().await.unwrap()
+    serde_json::from_value::<SnsSinkConfig>(settings).unwrap().sink().await.unwrap()
 }
 
 fn inner(envelope: &serde_json::Value) -> serde_json::Value {
@@ -283,7 +283,7 @@ impl herald_sdk::conformance::Harness for SnsHarness {
             "access_key_id": "test", "secret_access_key": "test", "timeout": "2s",
         }))
         .unwrap()
-        .build()
+        .sink()
         .await
         .unwrap();
         Some(unreachable.write(batch).await.map(drop))

@@ -4,6 +4,8 @@ use serde::Deserialize;
 
 use std::sync::{Arc, Mutex};
 
+use herald_sdk::{BoxError, Sink, SinkContext, SinkPlugin};
+
 use crate::sink::{StdoutSink, Target};
 
 /// `sink = { type = "stdout" }`, optionally with `stream = "stderr"`.
@@ -27,31 +29,20 @@ pub enum OutputStream {
 }
 
 impl StdoutSinkConfig {
-    /// The sink these settings describe.
-    pub fn build(&self) -> Box<dyn herald_sdk::Sink> {
-        Box::new(StdoutSink::new(Target::Stream(self.stream)))
-    }
-
     /// A sink that appends its lines to `buffer` instead of a stream: for tests (the conformance
     /// suite reads them back) and for embedding.
-    pub fn build_into(buffer: Arc<Mutex<Vec<u8>>>) -> Box<dyn herald_sdk::Sink> {
+    pub fn build_into(buffer: Arc<Mutex<Vec<u8>>>) -> Box<dyn Sink> {
         Box::new(StdoutSink::new(Target::Buffer(buffer)))
     }
 }
 
-/// The stdout sink as a plug-in; the binary registers it as
-/// `&herald_sdk::Registered::<herald_sink_stdout::Stdout>::NEW`.
-pub struct Stdout;
-
+/// The settings are the plug-in; the binary registers the kind as
+/// `&herald_sdk::Registered::<herald_sink_stdout::StdoutSinkConfig>::NEW`.
 #[async_trait::async_trait]
-impl herald_sdk::SinkPlugin for Stdout {
+impl SinkPlugin for StdoutSinkConfig {
     const KIND: &'static str = crate::KIND;
-    type Config = StdoutSinkConfig;
 
-    async fn build(
-        config: &StdoutSinkConfig,
-        _context: herald_sdk::SinkContext<'_>,
-    ) -> Result<Box<dyn herald_sdk::Sink>, herald_sdk::BoxError> {
-        Ok(config.build())
+    async fn build(&self, _context: SinkContext<'_>) -> Result<Box<dyn Sink>, BoxError> {
+        Ok(Box::new(StdoutSink::new(Target::Stream(self.stream))))
     }
 }

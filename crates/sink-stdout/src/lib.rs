@@ -15,7 +15,7 @@ mod config;
 mod error;
 mod sink;
 
-pub use config::{OutputStream, Stdout, StdoutSinkConfig};
+pub use config::{OutputStream, StdoutSinkConfig};
 pub use error::StdoutSinkError;
 
 /// The `type` that selects this sink in a route's `sink` table.

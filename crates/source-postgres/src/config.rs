@@ -177,7 +177,7 @@ impl PostgresSourceConfig {
     }
 
     /// Checks the settings without connecting.
-    pub fn validate(&self) -> Result<(), SourceError> {
+    pub(crate) fn check_settings(&self) -> Result<(), SourceError> {
         self.plan().map(drop)
     }
 

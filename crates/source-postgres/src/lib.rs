@@ -39,7 +39,6 @@ mod wal;
 pub use capture::Cursor;
 pub use config::{Capture, PostgresSourceConfig, SkipWhen};
 pub use error::SourceError;
-pub use plugin::Postgres;
 
 /// The `type` that selects this source in a `[[source]]` table.
 pub const KIND: &str = "postgres";

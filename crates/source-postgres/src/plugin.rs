@@ -1,5 +1,5 @@
-//! The Postgres source as a plug-in; the binary registers it as
-//! `&herald_core::source::Registered::<herald_source_postgres::Postgres>::NEW`.
+//! The Postgres source as a plug-in (its settings type is); the binary registers it as
+//! `&herald_core::source::Registered::<herald_source_postgres::PostgresSourceConfig>::NEW`.
 
 use async_trait::async_trait;
 use herald_core::observe::SourceMetrics;
@@ -10,19 +10,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Capture, PostgresSourceConfig};
 
-/// The `postgres` source kind.
-pub struct Postgres;
-
-impl SourcePlugin for Postgres {
+impl SourcePlugin for PostgresSourceConfig {
     const KIND: &'static str = crate::KIND;
-    type Config = PostgresSourceConfig;
 
-    fn validate(config: &PostgresSourceConfig) -> Result<(), BoxError> {
-        Ok(config.validate()?)
+    fn validate(&self) -> Result<(), BoxError> {
+        Ok(self.check_settings()?)
     }
 
-    fn build(name: &str, config: PostgresSourceConfig) -> Box<dyn Source> {
-        Box::new(PostgresSource { name: name.to_owned(), config })
+    fn build(self, name: &str) -> Box<dyn Source> {
+        Box::new(PostgresSource { name: name.to_owned(), config: self })
     }
 }
 
