@@ -4,6 +4,7 @@
 //! route that needs no key or headers but those of messages that fail (stdout), it is read
 //! (validated and indexed) as it is copied, so only a failing message's key is copied and its
 //! headers asked of librdkafka, which parses a header block on each ask, even an empty one.
+//! How a message is read is `read.rs`'s: this file only keeps what it is handed.
 //!
 //! Its accessors have the names of rdkafka's [`Message`]'s, so code reads the same.
 
@@ -11,7 +12,6 @@ use std::sync::Arc;
 
 use rdkafka::message::{BorrowedHeaders, BorrowedMessage, Message, OwnedHeaders, OwnedMessage, Timestamp};
 
-use super::delivery::{read, Reading};
 use crate::event::EventError;
 use crate::sink::LazyEvent;
 
@@ -49,9 +49,14 @@ enum Payload {
 
 impl Fetched {
     /// Copies `message` out of librdkafka. `last_topic` is the topic name of the message copied
-    /// before, shared when it is the same (a batch mostly reads one topic). When `reading` needs
-    /// no keys or headers, the message is read now and its key and headers kept only if it fails.
-    pub(crate) fn copy(message: &BorrowedMessage<'_>, last_topic: &mut Option<Arc<str>>, reading: Reading) -> Self {
+    /// before, shared when it is the same (a batch mostly reads one topic). With a `reader`, the
+    /// message is read as it is copied, and its key and headers kept only if that fails;
+    /// without one, they are always kept.
+    pub(crate) fn copy(
+        message: &BorrowedMessage<'_>,
+        last_topic: &mut Option<Arc<str>>,
+        reader: Option<&dyn Fn(&Fetched) -> Read>,
+    ) -> Self {
         let name = message.topic();
         let topic = match last_topic {
             Some(topic) if **topic == *name => Arc::clone(topic),
@@ -71,11 +76,11 @@ impl Fetched {
             fetched.key = message.key().map(Box::from);
             fetched.headers = message.headers().map(BorrowedHeaders::detach);
         };
-        if reading.keys_and_headers {
+        let Some(reader) = reader else {
             keep_key_and_headers(&mut fetched);
             return fetched;
-        }
-        let read = read(&fetched, reading).map(|(event, _)| event).map_err(Box::new);
+        };
+        let read = reader(&fetched);
         if read.is_err() {
             keep_key_and_headers(&mut fetched);
         }

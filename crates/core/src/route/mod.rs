@@ -23,6 +23,7 @@ mod delivery;
 mod fetched;
 mod isolate;
 mod lag;
+mod read;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -43,10 +44,11 @@ use crate::sink::{Sink, SinkError};
 
 use batch::{gather, Admission, Attention, Inbox, Limits};
 pub(crate) use consumer::{create_consumer, RouteConsumer};
-use delivery::{prepare, retry_delays, DeadLetters, Delivery, NextOffsets, Prepared, Reading};
+use delivery::{retry_delays, DeadLetters, Delivery, NextOffsets};
 use fetched::Fetched;
 use herald_kafka::AssignmentChanges;
 pub(crate) use lag::{watch_lag, LagSubject};
+use read::{fetch, prepare, Prepared, Reading};
 
 /// A route at work.
 pub(crate) struct RouteWorker {
@@ -253,7 +255,7 @@ impl RouteWorker {
                     }
                 }
                 received = self.consumer.recv() => match received {
-                    Ok(message) => self.held.push(Fetched::copy(&message, &mut None, reading)),
+                    Ok(message) => self.held.push(fetch(&message, &mut None, reading)),
                     Err(err) => warn!(route = %self.route.name, error = %err, "Kafka consumer error while paused."),
                 },
                 _ = sleep(std::time::Duration::from_millis(500)) => pause_all(&self.consumer),
@@ -304,7 +306,7 @@ struct ConsumerInbox<'a> {
 impl Inbox for ConsumerInbox<'_> {
     async fn recv(&mut self) -> Result<Fetched, KafkaError> {
         match self.messages.next().await {
-            Some(received) => received.map(|message| Fetched::copy(&message, &mut self.last_topic, self.reading)),
+            Some(received) => received.map(|message| fetch(&message, &mut self.last_topic, self.reading)),
             // librdkafka's message streams never end.
             None => std::future::pending().await,
         }

@@ -1,0 +1,125 @@
+//! Reading messages as a route needs them: validated and indexed, or parsed, for the sink at
+//! hand, with the route's size limit; then filtered into the records of a batch. A message is
+//! read as it is fetched when its route keeps no keys or headers (`fetch`), otherwise when its
+//! batch is prepared.
+
+use std::sync::Arc;
+
+use rdkafka::message::BorrowedMessage;
+
+use super::fetched::{Fetched, Read};
+use crate::config::RouteConfig;
+use crate::dlq::{DeadLetter, FailedStage};
+use crate::event::{EventError, StageEvent};
+use crate::sink::{LazyEvent, Sink, SinkRecord};
+
+/// A batch parsed and filtered, ready to write: the work that can be done while the batch
+/// before it is still being written.
+pub(crate) struct Prepared {
+    /// The events that pass the route's filter.
+    pub(super) records: Vec<SinkRecord>,
+    /// For each record, the index of its message in the batch.
+    pub(super) record_origin: Vec<usize>,
+    /// Messages that cannot be parsed.
+    pub(super) letters: Vec<DeadLetter>,
+    /// Events the filter left out.
+    pub(super) skipped: u64,
+}
+
+/// How a route reads its messages, from its settings and its sink's needs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Reading {
+    /// Larger messages are refused.
+    pub(crate) max_message_bytes: usize,
+    /// Events are parsed now (the sink reads them as whole events); else only validated and
+    /// indexed (the filter and the sink read the known fields from the payload), and parsed if
+    /// the sink reads more after all.
+    pub(crate) parse_now: bool,
+    /// Every message's key and headers are kept; else only those of messages that fail to read.
+    pub(crate) keys_and_headers: bool,
+}
+
+impl Reading {
+    /// How `route` reads, writing to `sink`.
+    pub(crate) fn new(route: &RouteConfig, sink: &dyn Sink) -> Self {
+        Self {
+            max_message_bytes: route.max_message_bytes,
+            parse_now: sink.reads_fields(),
+            keys_and_headers: sink.needs_keys_and_headers(),
+        }
+    }
+}
+
+/// Parses `messages` (or only validates and indexes them, for a sink that reads no more than the
+/// known fields; a message read as it was fetched is not read again) and applies the route's
+/// filter.
+pub(crate) fn prepare(route: &RouteConfig, messages: &mut [Fetched], reading: Reading) -> Prepared {
+    let mut prepared = Prepared {
+        records: Vec::with_capacity(messages.len()),
+        record_origin: Vec::with_capacity(messages.len()),
+        letters: Vec::new(),
+        skipped: 0,
+    };
+    for (index, message) in messages.iter_mut().enumerate() {
+        let read = match message.take_reading() {
+            Some(Ok(event)) => Ok((event, payload_text(message))),
+            Some(Err(err)) => Err(*err),
+            None => read(message, reading),
+        };
+        match read {
+            Ok((event, raw)) if route.filter.is_empty() || route.filter.matches(&event) => {
+                prepared.records.push(SinkRecord {
+                    event,
+                    topic: message.shared_topic(),
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    origin: herald_kafka::headers::origin_of(message.headers()),
+                    raw: Some(raw),
+                });
+                prepared.record_origin.push(index);
+            }
+            Ok(_) => prepared.skipped += 1,
+            Err(err) => {
+                prepared.letters.push(DeadLetter::new(message.to_owned_message(), FailedStage::Parse, err.kind(), &err))
+            }
+        }
+    }
+    prepared
+}
+
+/// Copies `message` out of librdkafka, read now when the route needs no keys or headers (then
+/// only a message that fails to read keeps its key and headers).
+pub(crate) fn fetch(message: &BorrowedMessage<'_>, last_topic: &mut Option<Arc<str>>, reading: Reading) -> Fetched {
+    if reading.keys_and_headers {
+        return Fetched::copy(message, last_topic, None);
+    }
+    let reader = |fetched: &Fetched| -> Read { read(fetched, reading).map(|(event, _)| event).map_err(Box::new) };
+    Fetched::copy(message, last_topic, Some(&reader))
+}
+
+/// The payload of a message that read as an event (so it is text), shared.
+fn payload_text(message: &Fetched) -> Arc<str> {
+    match message.text() {
+        Ok(Some(text)) => Arc::clone(text),
+        Ok(None) | Err(_) => Arc::from(""),
+    }
+}
+
+/// The event in `message`, parsed now or only validated and indexed, and its payload as received
+/// (checked as UTF-8 when fetched, and shared).
+fn read(message: &Fetched, reading: Reading) -> Result<(LazyEvent, Arc<str>), EventError> {
+    let (size, limit) = (message.payload().map_or(0, <[u8]>::len), reading.max_message_bytes);
+    if size > limit {
+        return Err(EventError::TooLarge { size, limit });
+    }
+    let raw = match message.text() {
+        Ok(Some(text)) => Arc::clone(text),
+        Ok(None) => return Err(EventError::Empty),
+        Err(err) => return Err(EventError::NotUtf8(err)),
+    };
+    if reading.parse_now {
+        let event = StageEvent::from_json_str(&raw)?;
+        return Ok((event.into(), raw));
+    }
+    Ok((LazyEvent::validated(Arc::clone(&raw))?, raw))
+}
