@@ -136,7 +136,7 @@ async fn start_route(
         dead_letters,
         stats,
         held: Vec::new(),
-        resume_at: Default::default(),
+        resumption: Default::default(),
     })
 }
 

@@ -9,13 +9,20 @@
 //! cannot ask the sink anything, so at a rebalance it ends its batch and the worker takes over.
 //! librdkafka keeps fetching in the background, bounded by `queued.max.messages.kbytes`.
 //!
-//! Layout: `consumer.rs` (the Kafka consumer and its rebalance context), `fetched.rs` (a message
-//! as the route holds it, copied out of librdkafka once), `lag.rs` (the consumer
-//! lag and broker state for metrics, asked of the consumer), `batch.rs` (planning a
-//! batch from an [`batch::Inbox`]), `delivery.rs` (settling a batch: sink, retries, dead
-//! letters, which offsets may be stored) and this file, which ties them to the consumer: pausing,
-//! resuming where the sink left off, storing and committing offsets. `batch.rs` and
-//! `delivery.rs` know no Kafka client, and their tests run without a network under paused time.
+//! Layout, one job per file:
+//! - `consumer.rs`: the Kafka consumer, its settings and its rebalance context;
+//! - `fetched.rs`: a message as the route holds it, copied out of librdkafka once;
+//! - `read.rs`: reading messages as the sink needs them (at fetch time or when a batch is
+//!   prepared) and filtering them into records;
+//! - `batch.rs`: planning a batch from an [`batch::Inbox`];
+//! - `resume.rs`: resuming where a sink that stores offsets left off, behind a `Seek` trait;
+//! - `delivery.rs`: settling a batch (dead letters, which offsets may be stored);
+//! - `isolate.rs`: writing until every record is settled: retries, partial progress, poison;
+//! - `lag.rs`: the consumer lag and broker state for metrics;
+//! - this file, which ties them to the consumer: the worker loop, pausing, the read-ahead task.
+//!
+//! Everything but `consumer.rs`, `lag.rs` and this file knows no Kafka client, and is tested
+//! without a network under tokio's paused clock.
 
 mod batch;
 mod consumer;
@@ -24,8 +31,8 @@ mod fetched;
 mod isolate;
 mod lag;
 mod read;
+mod resume;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures::StreamExt;
@@ -37,18 +44,19 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::RouteConfig;
-use crate::dlq::{error_chain, DeadLetterQueue};
+use crate::dlq::DeadLetterQueue;
 use crate::error::RouteError;
 use crate::observe::RouteShared;
-use crate::sink::{Sink, SinkError};
+use crate::sink::Sink;
 
 use batch::{gather, Admission, Attention, Inbox, Limits};
 pub(crate) use consumer::{create_consumer, RouteConsumer};
-use delivery::{retry_delays, DeadLetters, Delivery, NextOffsets};
+use delivery::{DeadLetters, Delivery, NextOffsets};
 use fetched::Fetched;
 use herald_kafka::AssignmentChanges;
 pub(crate) use lag::{watch_lag, LagSubject};
 use read::{fetch, prepare, Prepared, Reading};
+pub(crate) use resume::Resumption;
 
 /// A route at work.
 pub(crate) struct RouteWorker {
@@ -64,26 +72,8 @@ pub(crate) struct RouteWorker {
     pub(crate) held: Vec<Fetched>,
     /// Where newly assigned partitions must resume, per the sink's own stored offsets: sought
     /// as soon as librdkafka allows, or checked against the first message of each.
-    pub(crate) resume_at: HashMap<(String, i32), Resume>,
+    pub(crate) resumption: Resumption,
 }
-
-/// Where a newly assigned partition resumes, per the sink's stored offset.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Resume {
-    /// The sink's next offset to deliver.
-    offset: i64,
-    /// Seeks left to try while no message of the partition has arrived. librdkafka refuses a
-    /// seek until it fetches the partition, a few milliseconds after the assignment; after the
-    /// last one, the partition's first message decides.
-    early_seeks_left: u8,
-}
-
-/// Early seeks of a partition: tried every [`EARLY_SEEK_RETRY`] for up to five seconds.
-const EARLY_SEEKS: u8 = 100;
-/// How long an idle route waits before trying a refused early seek again.
-const EARLY_SEEK_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
-/// How long a seek may wait for librdkafka's fetcher to take the new position.
-const SEEK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl RouteWorker {
     /// Runs until `cancel` fires or the route fails; then closes the sink, commits what is
@@ -126,26 +116,16 @@ impl RouteWorker {
             let (batch, prepared) = match prefetched.take() {
                 Some(next) => next,
                 None => {
-                    let mut inbox = ConsumerInbox {
-                        route: &self.route,
-                        consumer: &self.consumer,
-                        messages: self.consumer.stream(),
-                        last_topic: None,
-                        reading,
-                        sink: Some(self.sink.as_mut()),
-                        resume_at: &mut self.resume_at,
-                    };
-                    let limits = Limits {
-                        route: &self.route.name,
-                        max_events: self.max_events,
-                        max_wait: self.route.batch.max_wait,
-                    };
-                    let mut batch = gather(&mut inbox, &mut self.held, limits, &mut pause_requests, cancel).await?;
-                    if batch.is_empty() {
-                        continue;
+                    let feed =
+                        Feed { route: &self.route, consumer: &self.consumer, max_events: self.max_events, reading };
+                    // Coerced here to a borrow as short as this batch's.
+                    let sink: &mut dyn Sink = self.sink.as_mut();
+                    let next =
+                        feed.next_batch(Some(sink), &mut self.resumption, &mut self.held, &mut pause_requests, cancel);
+                    match next.await? {
+                        Some(next) => next,
+                        None => continue,
                     }
-                    let prepared = prepare(&self.route, &mut batch, reading);
-                    (batch, prepared)
                 }
             };
             prefetched = if self.sink.read_ahead() {
@@ -197,7 +177,7 @@ impl RouteWorker {
             let reader = ReadAhead {
                 route: Arc::clone(&self.route),
                 consumer: Arc::clone(&self.consumer),
-                resume_at: std::mem::take(&mut self.resume_at),
+                resumption: std::mem::take(&mut self.resumption),
                 held: Vec::new(),
                 max_events: self.max_events,
                 reading,
@@ -215,7 +195,7 @@ impl RouteWorker {
         }
         let read = match task.await {
             Ok((reader, read)) => {
-                self.resume_at = reader.resume_at;
+                self.resumption = reader.resumption;
                 self.held = reader.held;
                 read
             }
@@ -300,7 +280,7 @@ struct ConsumerInbox<'a> {
     /// How each message is read as it is received.
     reading: Reading,
     sink: Option<&'a mut dyn Sink>,
-    resume_at: &'a mut HashMap<(String, i32), Resume>,
+    resumption: &'a mut Resumption,
 }
 
 impl Inbox for ConsumerInbox<'_> {
@@ -326,7 +306,7 @@ impl Inbox for ConsumerInbox<'_> {
                 self.apply_assignment_changes(changes, cancel).await?;
             }
         }
-        Ok(resume_where_the_sink_left_off(self.route, self.consumer, self.resume_at, message, batch))
+        Ok(self.resumption.admit(self.route, self.consumer, message, batch))
     }
 
     fn attention(&self) -> Attention {
@@ -334,7 +314,7 @@ impl Inbox for ConsumerInbox<'_> {
             // A change whose signal another batch took (the read-ahead task hands it over).
             Some(std::time::Duration::ZERO)
         } else {
-            self.resume_at.values().any(|resume| resume.early_seeks_left > 0).then_some(EARLY_SEEK_RETRY)
+            self.resumption.retry_after()
         };
         Attention { signal: Some(self.consumer.context().rebalances.signal()), retry_after }
     }
@@ -350,7 +330,7 @@ impl Inbox for ConsumerInbox<'_> {
                 self.apply_assignment_changes(changes, cancel).await?;
             }
         }
-        seek_early(self.route, self.consumer, self.resume_at, batch);
+        self.resumption.seek_early(self.route, self.consumer, batch);
         Ok(false)
     }
 }
@@ -359,7 +339,7 @@ impl Inbox for ConsumerInbox<'_> {
 struct ReadAhead {
     route: Arc<RouteConfig>,
     consumer: Arc<RouteConsumer>,
-    resume_at: HashMap<(String, i32), Resume>,
+    resumption: Resumption,
     /// A message held back at a rebalance.
     held: Vec<Fetched>,
     /// The route's batch size.
@@ -373,125 +353,69 @@ struct ReadAhead {
 impl ReadAhead {
     /// Reads and prepares the next batch; gives itself back with it.
     async fn read(mut self) -> (Self, Result<Option<(Vec<Fetched>, Prepared)>, RouteError>) {
-        let mut inbox = ConsumerInbox {
-            route: &self.route,
-            consumer: &self.consumer,
-            messages: self.consumer.stream(),
-            last_topic: None,
-            reading: self.reading,
-            sink: None,
-            resume_at: &mut self.resume_at,
-        };
-        let limits =
-            Limits { route: &self.route.name, max_events: self.max_events, max_wait: self.route.batch.max_wait };
-        let read = gather(&mut inbox, &mut self.held, limits, &mut self.pause_requests, &self.cancel).await;
-        drop(inbox);
-        let read = read.map(|mut next| {
-            (!next.is_empty()).then(|| {
-                let prepared = prepare(&self.route, &mut next, self.reading);
-                (next, prepared)
-            })
-        });
+        let feed =
+            Feed { route: &self.route, consumer: &self.consumer, max_events: self.max_events, reading: self.reading };
+        let read =
+            feed.next_batch(None, &mut self.resumption, &mut self.held, &mut self.pause_requests, &self.cancel).await;
         (self, read)
     }
 }
 
+/// Where a route's batches come from: its consumer, read as its sink needs.
+#[derive(Clone, Copy)]
+struct Feed<'a> {
+    route: &'a RouteConfig,
+    consumer: &'a RouteConsumer,
+    /// The route's `batch.max_events`, or the sink's default.
+    max_events: usize,
+    reading: Reading,
+}
+
+impl<'a> Feed<'a> {
+    /// Gathers the next batch (held messages first) and prepares it: the one path of both the
+    /// worker, which has the sink at hand for rebalances, and the read-ahead task, which has
+    /// not (a rebalance ends its batch). `None` when the batch came out empty.
+    async fn next_batch<'b>(
+        self,
+        sink: Option<&'b mut dyn Sink>,
+        resumption: &'b mut Resumption,
+        held: &mut Vec<Fetched>,
+        pause_requests: &mut tokio::sync::watch::Receiver<bool>,
+        cancel: &CancellationToken,
+    ) -> Result<Option<(Vec<Fetched>, Prepared)>, RouteError>
+    where
+        'a: 'b,
+    {
+        let mut inbox = ConsumerInbox {
+            route: self.route,
+            consumer: self.consumer,
+            messages: self.consumer.stream(),
+            last_topic: None,
+            reading: self.reading,
+            sink,
+            resumption,
+        };
+        let limits =
+            Limits { route: &self.route.name, max_events: self.max_events, max_wait: self.route.batch.max_wait };
+        let mut batch = gather(&mut inbox, held, limits, pause_requests, cancel).await?;
+        if batch.is_empty() {
+            return Ok(None);
+        }
+        let prepared = prepare(self.route, &mut batch, self.reading);
+        Ok(Some((batch, prepared)))
+    }
+}
+
 impl ConsumerInbox<'_> {
-    /// Asks the sink where newly assigned partitions should resume (retrying transient failures).
+    /// Asks the sink where newly assigned partitions should resume.
     async fn apply_assignment_changes(
         &mut self,
         changes: AssignmentChanges,
         cancel: &CancellationToken,
     ) -> Result<(), RouteError> {
-        for partition in &changes.revoked {
-            self.resume_at.remove(partition);
+        match self.sink.as_deref_mut() {
+            Some(sink) => self.resumption.rebalanced(self.route, changes, sink, cancel).await,
+            None => Ok(()),
         }
-        let Some(sink) = self.sink.as_deref_mut() else { return Ok(()) };
-        if changes.assigned.is_empty() {
-            return Ok(());
-        }
-        let mut delays = retry_delays(&self.route.retry, None);
-        let stored = loop {
-            match sink.stored_offsets(&changes.assigned).await {
-                Ok(stored) => break stored,
-                Err(error @ SinkError::Fatal(_)) => return Err(RouteError::Sink(error)),
-                Err(error) => {
-                    let delay = delays.next().unwrap_or(self.route.retry.max_backoff);
-                    warn!(route = %self.route.name, error = %error_chain(&error).join(": "), retry_in = ?delay, "Cannot read the sink's stored offsets; retrying.");
-                    tokio::select! {
-                        _ = cancel.cancelled() => return Ok(()),
-                        _ = sleep(delay) => {}
-                    }
-                }
-            }
-        };
-        for (partition, offset) in stored {
-            debug!(route = %self.route.name, topic = %partition.0, partition = partition.1, offset, "Sink has stored an offset.");
-            self.resume_at.insert(partition, Resume { offset, early_seeks_left: EARLY_SEEKS });
-        }
-        Ok(())
     }
-}
-
-/// For the first message of a newly assigned partition: when the sink stored a different next
-/// offset than Kafka's committed one, seek there, drop what was read of that partition and skip
-/// the message. The sink's offset wins because it was written with the data.
-fn resume_where_the_sink_left_off(
-    route: &RouteConfig,
-    consumer: &RouteConsumer,
-    resume_at: &mut HashMap<(String, i32), Resume>,
-    message: &Fetched,
-    batch: &mut Vec<Fetched>,
-) -> Admission {
-    if resume_at.is_empty() {
-        return Admission::Join;
-    }
-    let key = (message.topic().to_owned(), message.partition());
-    let Some(Resume { offset: resume, .. }) = resume_at.remove(&key) else { return Admission::Join };
-    if message.offset() == resume {
-        return Admission::Join;
-    }
-    info!(
-        route = %route.name, topic = %key.0, partition = key.1, from = message.offset(), to = resume,
-        "Resuming where the sink's stored offset says."
-    );
-    batch.retain(|m| !(m.topic() == key.0 && m.partition() == key.1));
-    if let Err(err) = consumer.seek(&key.0, key.1, Offset::Offset(resume), SEEK_TIMEOUT) {
-        // The sink still drops what it already has; only the shortcut is lost.
-        warn!(route = %route.name, error = %err, "Seek to the sink's stored offset failed; continuing from Kafka's.");
-        return Admission::Join;
-    }
-    Admission::Skip
-}
-
-/// Seeks newly assigned partitions of which no message has arrived to the sink's stored
-/// offsets, so a quiet partition (at `latest`, say) does not wait for a new event to deliver
-/// what the sink missed. A seek librdkafka refuses (it has not started fetching the partition
-/// yet) is tried again later, a bounded number of times.
-fn seek_early(
-    route: &RouteConfig,
-    consumer: &RouteConsumer,
-    resume_at: &mut HashMap<(String, i32), Resume>,
-    batch: &mut Vec<Fetched>,
-) {
-    resume_at.retain(|(topic, partition), resume| {
-        if resume.early_seeks_left == 0 {
-            return true;
-        }
-        match consumer.seek(topic, *partition, Offset::Offset(resume.offset), SEEK_TIMEOUT) {
-            Ok(()) => {
-                info!(
-                    route = %route.name, topic = %topic, partition = *partition, to = resume.offset,
-                    "Resuming where the sink's stored offset says."
-                );
-                batch.retain(|m| !(m.topic() == topic && m.partition() == *partition));
-                false
-            }
-            Err(err) => {
-                resume.early_seeks_left -= 1;
-                debug!(route = %route.name, topic = %topic, partition = *partition, error = %err, "Cannot seek to the sink's stored offset yet; trying again.");
-                true
-            }
-        }
-    });
 }
