@@ -21,8 +21,19 @@ The decisions to know:
 - **No loops**: rows herald's sink wrote (`origin = 'kafka'`, or the configured marker) are not
   published; and the sink does not write back events whose `herald.origin` is its own table.
 
-Layout: `plugin.rs` (the `Source` the binary registers), `config.rs`, `capture.rs` (Postgres side), `publisher.rs` (Kafka side), `source.rs`
-(the loop), `error.rs`.
+# Layout
+- `plugin.rs`: the `Source` the binary registers (the settings type is the plug-in).
+- `config.rs`: the settings and the plan they make (table, mapping, skip rule).
+- `source.rs`: the loop: standby until the lock is held, then capture, publish, repeat; the
+  trigger mode's catch-up.
+- `capture.rs`: the trigger mode's Postgres side: the trigger, `herald_changes`, reading
+  changes in commit-safe order.
+- `prune.rs`: deleting the changes every source of a table has published (trigger mode).
+- `wal/`: the WAL mode: `position.rs` (what is stored in Kafka), `slot.rs` (slot, publication,
+  connection), `decode.rs` (pgoutput), `stream.rs` (the loop).
+- `rows.rs`: rows into stage events or dead letters, the same for both modes.
+- `publisher.rs`: the Kafka side: each batch and its position in one transaction.
+- `error.rs`: the crate's error and which failures are transient.
 */
 #![deny(missing_docs)]
 
