@@ -4,6 +4,7 @@
 //! arguments, installs logging, builds sinks from the config and maps errors to exit codes.
 
 mod cli;
+mod config;
 mod sinks;
 
 use std::io::IsTerminal;

@@ -11,9 +11,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::config::Config;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use herald_core::Config;
 use herald_kafka::KafkaProperties;
 
 /// The topic the seed producer and consumer use, and herald's default.

@@ -33,7 +33,6 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
             args.config.display()
         );
     }
-    herald_expect::compile(&config.expect).with_context(|| format!("{}", args.config.display()))?;
     let sources = sinks::sources(&config.sources).with_context(|| format!("{}", args.config.display()))?;
     let mut routes = Vec::with_capacity(config.routes.len());
     for route in &config.routes {
@@ -82,7 +81,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
             stop.cancelled().await;
             Ok(())
         } else {
-            herald_core::run(&config, routes, Arc::clone(&observer), stop.cancelled())
+            herald_core::run(&config.kafka, &config.runtime, routes, Arc::clone(&observer), stop.cancelled())
                 .await
                 .context("herald stopped on an error")
         };
@@ -109,7 +108,9 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         result
     };
     let run_expectations = async {
-        let result = herald_expect::run(&config, stop.clone()).await.context("expectations stopped");
+        let result = herald_expect::run(&config.kafka, &config.expectations, &config.expect, stop.clone())
+            .await
+            .context("expectations stopped");
         if result.is_err() {
             stop.cancel();
         }

@@ -19,6 +19,7 @@ loopback without `admin.allow_remote = true`. It shows no configuration, hence n
 #![deny(missing_docs)]
 
 mod board;
+mod config;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -35,6 +36,8 @@ use herald_core::Observer;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
+
+pub use config::AdminConfig;
 
 /// The admin server could not start.
 #[derive(Debug, thiserror::Error)]

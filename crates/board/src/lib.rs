@@ -13,9 +13,11 @@ Layout: `board.rs` (the state and its updates), `follow.rs` (reading topics into
 #![deny(missing_docs)]
 
 mod board;
+mod config;
 mod follow;
 mod text;
 
 pub use board::{Board, Cell, Snapshot};
+pub use config::BoardConfig;
 pub use follow::follow;
 pub use text::{age, render_table};

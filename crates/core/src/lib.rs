@@ -13,7 +13,7 @@ than loses (at-least-once). Sinks that can store offsets with the data do better
 
 # Layout
 - [`event`], [`sink`], [`template`]: re-exported from herald-sdk.
-- [`config`]: the TOML configuration with `HERALD__…` overrides, validated on load.
+- [`config`]: `[runtime]` and `[[route]]`, and their validation.
 - [`filter`]: which events a route delivers.
 - [`dlq`]: the dead-letter topic and its Kafka Connect headers.
 - [`runtime`]: [`run`], every route at work until shutdown.
@@ -36,11 +36,12 @@ pub mod source;
 // stay for the runtime and the binary.
 pub use herald_sdk::{event, printable, sink, template};
 
-pub use config::{Config, ConfigError, RouteConfig, SinkSpec, SourceSpec};
+pub use config::{RouteConfig, RuntimeConfig, SinkSpec};
 pub use error::{RouteError, RuntimeError};
 pub use event::{EventError, EventTimestamp, StageEvent};
 pub use filter::Filter;
 pub use observe::Observer;
 pub use runtime::{run, BoundRoute};
 pub use sink::{BoxError, Rejection, Sink, SinkError, SinkRecord, WriteOutcome};
+pub use source::SourceSpec;
 pub use template::Template;

@@ -9,13 +9,13 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-use crate::config::{Config, RouteConfig};
+use crate::config::{RouteConfig, RuntimeConfig};
 use crate::dlq::DeadLetterQueue;
 use crate::error::{RouteError, RuntimeError};
 use crate::observe::{Observer, RouteShared};
 use crate::route::{create_consumer, watch_lag, LagSubject, RouteWorker};
 use crate::sink::Sink;
-use herald_kafka::ensure_topic_with;
+use herald_kafka::{ensure_topic_with, KafkaProperties};
 
 /// A route with the sink built for it.
 pub struct BoundRoute {
@@ -33,7 +33,8 @@ pub struct BoundRoute {
 ///
 /// `observer` receives every route's metrics and state, for the admin API.
 pub async fn run(
-    config: &Config,
+    kafka: &KafkaProperties,
+    settings: &RuntimeConfig,
     routes: Vec<BoundRoute>,
     observer: Arc<Observer>,
     shutdown: impl Future<Output = ()>,
@@ -42,11 +43,11 @@ pub async fn run(
     let mut workers = JoinSet::new();
     let mut all_stats = Vec::new();
     let mut lag_subjects = Vec::new();
-    let prefetch_kbytes = config.runtime.prefetch_kbytes(routes.len());
+    let prefetch_kbytes = settings.prefetch_kbytes(routes.len());
     for BoundRoute { config: route, sink } in routes {
         let name = route.name.clone();
         let stats = observer.route(&name);
-        let worker = match start_route(config, route, sink, Arc::clone(&stats), prefetch_kbytes).await {
+        let worker = match start_route(kafka, route, sink, Arc::clone(&stats), prefetch_kbytes).await {
             Ok(worker) => worker,
             Err(source) => {
                 cancel.cancel();
@@ -64,8 +65,8 @@ pub async fn run(
         workers.spawn(async move { (name, worker.run(token).await) });
     }
     info!(routes = all_stats.len(), "herald is running.");
-    let progress = tokio::spawn(report_progress(all_stats, config.runtime.progress_interval, cancel.clone()));
-    let lag = tokio::spawn(watch_lag(lag_subjects, config.runtime.progress_interval, cancel.clone()));
+    let progress = tokio::spawn(report_progress(all_stats, settings.progress_interval, cancel.clone()));
+    let lag = tokio::spawn(watch_lag(lag_subjects, settings.progress_interval, cancel.clone()));
 
     let mut first_error = None;
     tokio::pin!(shutdown);
@@ -107,7 +108,7 @@ pub async fn run(
 }
 
 async fn start_route(
-    config: &Config,
+    kafka: &KafkaProperties,
     route: RouteConfig,
     sink: Box<dyn Sink>,
     stats: Arc<RouteShared>,
@@ -118,15 +119,14 @@ async fn start_route(
             let setup = |source| RouteError::DeadLetterSetup { topic: topic.clone(), source };
             // A dead letter is as large as the message it carries: let the topic take what the
             // dead-letter producer may send.
-            ensure_topic_with(&config.kafka, topic, 1, &[("max.message.bytes", crate::dlq::MAX_MESSAGE_BYTES)])
+            ensure_topic_with(kafka, topic, 1, &[("max.message.bytes", crate::dlq::MAX_MESSAGE_BYTES)])
                 .await
                 .map_err(setup)?;
-            Some(DeadLetterQueue::new(&config.kafka, topic, &route.name).map_err(setup)?)
+            Some(DeadLetterQueue::new(kafka, topic, &route.name).map_err(setup)?)
         }
         None => None,
     };
-    let consumer =
-        create_consumer(&config.kafka, &route, Arc::clone(&stats), prefetch_kbytes).map_err(RouteError::Consumer)?;
+    let consumer = create_consumer(kafka, &route, Arc::clone(&stats), prefetch_kbytes).map_err(RouteError::Consumer)?;
     info!(route = %route.name, group = %route.group_id(), topics = ?route.topics, sink = %route.sink.kind, "Route started.");
     Ok(RouteWorker {
         max_events: route.batch.max_events.unwrap_or_else(|| sink.default_max_events()),

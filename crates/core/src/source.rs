@@ -1,6 +1,6 @@
 //! Sources as plug-ins, the same shape as sinks: a source crate describes its kind once
 //! ([`SourcePlugin`]), and the binary registers it with one line
-//! (`&Registered::<MySource>::NEW`) in a list of [`SourceFactory`]s that `herald check
+//! (`&Registered::<MySourceConfig>::NEW`) in a list of [`SourceFactory`]s that `herald check
 //! --offline`, `check`, `migrate` and `run` all go through.
 //!
 //! A source lives here rather than in herald-sdk because it publishes to Kafka: it is handed
@@ -12,8 +12,59 @@ use herald_sdk::{parse_settings, BoxError, FactoryError};
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{KafkaProperties, SourceSpec};
+use herald_config::Invalid;
+use herald_kafka::KafkaProperties;
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::config::SinkSpec;
 use crate::observe::SourceMetrics;
+
+/// A source: its name and kind, and its settings left for that source's own typed config.
+#[derive(Debug, Clone)]
+pub struct SourceSpec {
+    /// Unique name, used in logs, the transactional id and the cursor's key.
+    pub name: String,
+    /// The source kind, from `type`, e.g. `"postgres"`.
+    pub kind: String,
+    /// Every other key of the `[[source]]` table.
+    pub settings: serde_json::Map<String, Value>,
+}
+
+impl<'de> Deserialize<'de> for SourceSpec {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let SinkSpec { kind, mut settings } = SinkSpec::deserialize(deserializer)?;
+        let name = match settings.remove("name") {
+            Some(Value::String(name)) => name,
+            Some(other) => return Err(de::Error::custom(format!("`name` must be a string, not {other}"))),
+            None => return Err(de::Error::missing_field("name")),
+        };
+        Ok(Self { name, kind, settings })
+    }
+}
+
+/// Checks the `[[source]]` tables' names: unique; letters, digits, `-`, `_`, `.`.
+pub fn validate_sources(sources: &[SourceSpec]) -> Result<(), Invalid> {
+    let mut names = std::collections::BTreeSet::new();
+    for (i, source) in sources.iter().enumerate() {
+        let valid = !source.name.is_empty()
+            && source.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !valid {
+            return Err(Invalid::new(
+                format!("source[{i}].name"),
+                format!("`{}` must be non-empty letters, digits, `-`, `_` or `.`", source.name),
+            ));
+        }
+        if !names.insert(source.name.as_str()) {
+            return Err(Invalid::new(
+                format!("source[{i}].name"),
+                format!("source name `{}` is used twice", source.name),
+            ));
+        }
+    }
+    Ok(())
+}
 
 /// Something a source holds alone: two sources claiming the same resource are refused.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -289,8 +289,8 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use crate::config::ExpectConfig;
     use crate::rules::compile;
-    use herald_core::config::ExpectConfig;
 
     fn rules(json: &str) -> Arc<Vec<Rule>> {
         let rules: Vec<ExpectConfig> = serde_json::from_str(json).unwrap();

@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use chrono::Utc;
 use futures::future::join_all;
-use herald_core::config::{ExpectationsConfig, KafkaProperties};
+use herald_kafka::KafkaProperties;
+
+use crate::config::{ExpectConfig, ExpectationsConfig};
 use herald_core::printable::{printable, LOG_CHARS};
-use herald_core::{Config, StageEvent};
+use herald_core::StageEvent;
 use herald_kafka::{
     client_config, ensure_topic_with, partition_counts, AssignmentChanges, Rebalances, TransactionalProducer,
 };
@@ -48,13 +50,18 @@ const RESTORE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Evaluates the config's `[[expect]]` rules until `cancel`. Kafka failures start the evaluator
 /// over from what it committed; an invalid rule is an error.
-pub async fn run(config: &Config, cancel: CancellationToken) -> Result<(), ExpectError> {
-    let rules = Arc::new(compile(&config.expect)?);
+pub async fn run(
+    kafka: &KafkaProperties,
+    settings: &ExpectationsConfig,
+    rules: &[ExpectConfig],
+    cancel: CancellationToken,
+) -> Result<(), ExpectError> {
+    let rules = Arc::new(compile(rules)?);
     if rules.is_empty() {
         return Ok(());
     }
     while !cancel.is_cancelled() {
-        let result = match Evaluator::start(&config.kafka, &config.expectations, Arc::clone(&rules)).await {
+        let result = match Evaluator::start(kafka, settings, Arc::clone(&rules)).await {
             Ok(evaluator) => evaluator.run(&cancel).await,
             Err(err) => Err(err),
         };

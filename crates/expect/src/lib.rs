@@ -19,14 +19,16 @@ Layout: `rules.rs` (compiling `[[expect]]`), `engine.rs` (the evaluation, no Kaf
 */
 #![deny(missing_docs)]
 
+mod config;
 mod engine;
 mod error;
 mod evaluator;
 mod partition;
 mod rules;
 
+pub use config::{ExpectConfig, ExpectationsConfig, Partitioner};
 pub use engine::{Alert, AlertKind, Due, Engine, PairKey, PairState, STAGE_LATE, STAGE_MISSING, STAGE_RECOVERED};
 pub use error::ExpectError;
 pub use evaluator::run;
 pub use partition::partition_of;
-pub use rules::{compile, Rule, Trigger};
+pub use rules::{compile, validate, Rule, Trigger};

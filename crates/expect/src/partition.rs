@@ -1,7 +1,7 @@
 //! Which partition a producer puts a key in, so the owner of a source that never published is
 //! known: the process holding that partition.
 
-use herald_core::config::Partitioner;
+use crate::config::Partitioner;
 
 /// The partition of `key` among `partitions`, as `partitioner` picks it.
 pub fn partition_of(partitioner: Partitioner, key: &[u8], partitions: i32) -> i32 {

@@ -5,10 +5,10 @@ use std::collections::BTreeSet;
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::config::ExpectConfig;
 use chrono::{DateTime, TimeDelta, Utc};
 use chrono_tz::Tz;
 use croner::Cron;
-use herald_core::config::ExpectConfig;
 
 use crate::error::ExpectError;
 
@@ -31,6 +31,15 @@ pub enum Trigger {
         /// How soon after it.
         within: TimeDelta,
     },
+}
+
+/// Checks `[[expect]]` rules as the types cannot, by compiling them: the error names the key.
+pub fn validate(rules: &[ExpectConfig]) -> Result<(), herald_config::Invalid> {
+    match compile(rules) {
+        Ok(_) => Ok(()),
+        Err(ExpectError::Rule { key, reason }) => Err(herald_config::Invalid::new(key, reason)),
+        Err(other) => Err(herald_config::Invalid::new("expect", other.to_string())),
+    }
 }
 
 /// One compiled rule.

@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use herald_core::config::{KafkaProperties, Partitioner};
+use herald_expect::Partitioner;
+use herald_kafka::KafkaProperties;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 

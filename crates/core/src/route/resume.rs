@@ -170,13 +170,11 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
     use std::cell::RefCell;
-    use std::path::Path;
 
     use async_trait::async_trait;
     use rdkafka::message::{OwnedMessage, Timestamp};
 
     use super::*;
-    use crate::config::Config;
     use crate::sink::{SinkRecord, WriteOutcome};
 
     /// A consumer that refuses the first `refusals` seeks, and records the others.
@@ -227,7 +225,7 @@ mod tests {
 
     fn route() -> RouteConfig {
         let text = "[[route]]\nname = \"r\"\ntopics = [\"t\"]\nsink = { type = \"stdout\" }\nretry = { initial_backoff = \"1s\", max_backoff = \"4s\" }";
-        Config::from_toml(text, Path::new("test.toml")).unwrap().routes.remove(0)
+        crate::config::testing::route(text)
     }
 
     fn message(partition: i32, offset: i64) -> Fetched {

@@ -3,7 +3,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::VecDeque;
-use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -13,7 +12,6 @@ use rdkafka::message::{OwnedMessage, Timestamp};
 use tokio::time::Instant;
 
 use super::*;
-use crate::config::Config;
 use crate::observe::Observer;
 use crate::route::read::{prepare, Reading};
 use crate::sink::{Rejection, SinkError, SinkRecord, WriteOutcome};
@@ -142,7 +140,7 @@ fn route(extra: &str) -> RouteConfig {
     let retry =
         if extra.contains("retry =") { "" } else { "retry = { initial_backoff = \"1s\", max_backoff = \"8s\" }" };
     let text = format!("[[route]]\nname = \"r\"\ntopics = [\"t\"]\nsink = {{ type = \"stdout\" }}\n{retry}\n{extra}");
-    Config::from_toml(&text, Path::new("test.toml")).unwrap().routes.remove(0)
+    crate::config::testing::route(&text)
 }
 
 fn stats() -> Arc<RouteShared> {
