@@ -4,7 +4,7 @@
 //! ratio carries over.
 //!
 //! ```sh
-//! cargo run --release -p herald-sink-sns --example sns_throughput -- [EVENTS]
+//! cargo run --release -p herald-bench --example sns_throughput -- [EVENTS]
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

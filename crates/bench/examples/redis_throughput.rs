@@ -3,7 +3,7 @@
 //! numbers, not a test.
 //!
 //! ```sh
-//! cargo run --release -p herald-sink-redis --example redis_throughput -- [EVENTS]
+//! cargo run --release -p herald-bench --example redis_throughput -- [EVENTS]
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

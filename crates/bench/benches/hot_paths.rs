@@ -11,8 +11,8 @@
 //!   (what a sink gets that reads events whole); `indexed/500` validates and indexes it (what the
 //!   Postgres, Redis and SNS sinks get), and the filter reads the fields from the payload.
 //!
-//! Run with `cargo bench -p herald-core --bench hot_paths`; for a quick look on a busy machine,
-//! `cargo bench -p herald-core --bench hot_paths -- --warm-up-time 1 --measurement-time 3`.
+//! Run with `cargo bench -p herald-bench --bench hot_paths`; for a quick look on a busy machine,
+//! `cargo bench -p herald-bench --bench hot_paths -- --warm-up-time 1 --measurement-time 3`.
 //! A benchmark name after `--` (e.g. `-- batch_build`) runs only the matching ones.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]

@@ -8,7 +8,7 @@
 //! Needs the local broker (`scripts/services up`). A harness that prints numbers, not a test.
 //!
 //! ```sh
-//! cargo run --release -p herald-source-postgres --example txn_commit_probe -- [RETRY_BACKOFF_MS] [settle]
+//! cargo run --release -p herald-bench --example txn_commit_probe -- [RETRY_BACKOFF_MS] [settle]
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

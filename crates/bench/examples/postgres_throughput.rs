@@ -3,7 +3,7 @@
 //! a test.
 //!
 //! ```sh
-//! cargo run --release -p herald-sink-postgres --example postgres_throughput -- [EVENTS] [BATCH,BATCH,…]
+//! cargo run --release -p herald-bench --example postgres_throughput -- [EVENTS] [BATCH,BATCH,…]
 //! ```
 //! Defaults: 100000 events, batch sizes 1,100,1000, modes append and upsert (1000 keys).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
