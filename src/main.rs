@@ -5,7 +5,7 @@
 
 mod cli;
 mod config;
-mod sinks;
+mod registry;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;

@@ -7,10 +7,10 @@ use std::time::Duration;
 use crate::config::Config;
 use anyhow::Result;
 use clap::Args;
-use herald_core::dlq::error_chain;
 use herald_kafka::partition_counts;
+use herald_sdk::error_chain;
 
-use crate::sinks;
+use crate::registry;
 
 /// Arguments of `herald check`.
 #[derive(Debug, Args)]
@@ -64,8 +64,8 @@ pub async fn check(args: CheckArgs) -> Result<ExitCode> {
     };
     report.ok("config", format!("{} ({} routes)", args.config.display(), config.routes.len()));
     // Each source's own errors are reported below; this adds what only shows across sources.
-    if config.sources.iter().all(|spec| sinks::source(spec).is_ok()) {
-        if let Err(err) = sinks::sources(&config.sources) {
+    if config.sources.iter().all(|spec| registry::source(spec).is_ok()) {
+        if let Err(err) = registry::sources(&config.sources) {
             report.fail("sources", format!("{err:#}"));
         }
     }
@@ -77,13 +77,13 @@ pub async fn check(args: CheckArgs) -> Result<ExitCode> {
     if args.offline {
         for route in &config.routes {
             let label = format!("route {}", route.name);
-            match sinks::validate(route) {
+            match registry::validate(route) {
                 Ok(()) => report.ok(&label, format!("sink `{}` settings valid", route.sink.kind)),
                 Err(err) => report.fail(&label, format!("{err:#}")),
             }
         }
         for spec in &config.sources {
-            match sinks::source(spec) {
+            match registry::source(spec) {
                 Ok(_) => report.ok(&format!("source {}", spec.name), "settings valid"),
                 Err(err) => report.fail(&format!("source {}", spec.name), format!("{err:#}")),
             }
@@ -122,7 +122,7 @@ pub async fn check(args: CheckArgs) -> Result<ExitCode> {
                 }
             }
         }
-        match sinks::build(route, herald_sdk::Purpose::Check).await {
+        match registry::build(route, herald_sdk::Purpose::Check).await {
             Ok(mut sink) => match sink.healthcheck().await {
                 Ok(()) => report.ok(&label, format!("sink `{}` reachable", route.sink.kind)),
                 Err(err) => {
@@ -135,7 +135,7 @@ pub async fn check(args: CheckArgs) -> Result<ExitCode> {
 
     for spec in &config.sources {
         let label = format!("source {}", spec.name);
-        match sinks::source(spec) {
+        match registry::source(spec) {
             Ok(source) => match source.check().await {
                 Ok(found) => report.ok(&label, found),
                 Err(err) => report.fail(&label, error_chain(err.as_ref()).join(": ")),

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use crate::sinks;
+use crate::registry;
 
 /// Arguments of `herald migrate`.
 #[derive(Debug, Args)]
@@ -33,7 +33,7 @@ pub async fn migrate(args: MigrateArgs) -> Result<ExitCode> {
                 if known.is_empty() { "none".to_owned() } else { known.join(", ") }
             );
         };
-        let source = sinks::source(spec)?;
+        let source = registry::source(spec)?;
         let had =
             source.retire().await.map_err(anyhow::Error::from_boxed).with_context(|| format!("source `{name}`"))?;
         let what = if had {
@@ -45,13 +45,13 @@ pub async fn migrate(args: MigrateArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     for route in &config.routes {
-        match sinks::migrate(route).await? {
+        match registry::migrate(route).await? {
             Some(what) => println!("ok    route {:<22} {} migrated", route.name, what),
             None => println!("-     route {:<22} sink `{}` has no tables", route.name, route.sink.kind),
         }
     }
     for spec in &config.sources {
-        let source = sinks::source(spec)?;
+        let source = registry::source(spec)?;
         let what = source
             .migrate()
             .await

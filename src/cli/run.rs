@@ -11,7 +11,7 @@ use herald_core::BoundRoute;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::sinks;
+use crate::registry;
 
 /// Arguments of `herald run`.
 #[derive(Debug, Args)]
@@ -33,15 +33,15 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
             args.config.display()
         );
     }
-    let sources = sinks::sources(&config.sources).with_context(|| format!("{}", args.config.display()))?;
+    let sources = registry::sources(&config.sources).with_context(|| format!("{}", args.config.display()))?;
     let mut routes = Vec::with_capacity(config.routes.len());
     for route in &config.routes {
-        let mut sink = sinks::build(route, herald_sdk::Purpose::Run)
+        let mut sink = registry::build(route, herald_sdk::Purpose::Run)
             .await
             .with_context(|| format!("{}", args.config.display()))?;
         // A sink that is down at start is not fatal: writes are retried until it is back.
         if let Err(err) = sink.healthcheck().await {
-            warn!(route = %route.name, error = %herald_core::dlq::error_chain(&err).join(": "), "Sink healthcheck failed; writes will be retried.");
+            warn!(route = %route.name, error = %herald_sdk::error_chain(&err).join(": "), "Sink healthcheck failed; writes will be retried.");
         }
         routes.push(BoundRoute { config: route.clone(), sink });
     }

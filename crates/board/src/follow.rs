@@ -30,7 +30,7 @@ pub async fn follow(
             result = read(&board, &props, &topics, from) => result,
         };
         if let Err(err) = result {
-            warn!(error = %herald_core::dlq::error_chain(&err).join(": "), "The status board cannot read its topics; trying again.");
+            warn!(error = %herald_sdk::error_chain(&err).join(": "), "The status board cannot read its topics; trying again.");
         }
         tokio::select! {
             _ = cancel.cancelled() => return,

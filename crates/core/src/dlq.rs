@@ -67,7 +67,7 @@ impl DeadLetter {
         error_kind: impl Into<String>,
         error: &dyn std::error::Error,
     ) -> Self {
-        Self { message, stage, error_kind: error_kind.into(), error_chain: error_chain(error) }
+        Self { message, stage, error_kind: error_kind.into(), error_chain: herald_sdk::error_chain(error) }
     }
 
     /// The error on one line, causes joined by `: `.
@@ -75,8 +75,6 @@ impl DeadLetter {
         self.error_chain.join(": ")
     }
 }
-
-pub use herald_sdk::error_chain;
 
 /// Delivery results of the dead-letter producer, collected by its context.
 #[derive(Default)]

@@ -84,7 +84,7 @@ pub async fn run(
                         None
                     }
                     Ok((route, Err(source))) => {
-                        let reason = crate::dlq::error_chain(&source).join(": ");
+                        let reason = herald_sdk::error_chain(&source).join(": ");
                         observer.route(&route).update(|state| {
                             state.status = "failed";
                             state.last_error = Some(reason);
@@ -94,7 +94,7 @@ pub async fn run(
                     Err(source) => Some(RuntimeError::Task { route: "?".into(), source }),
                 };
                 if let Some(failure) = failure {
-                    error!(error = %crate::dlq::error_chain(&failure).join(": "), "Route failed; stopping the others.");
+                    error!(error = %herald_sdk::error_chain(&failure).join(": "), "Route failed; stopping the others.");
                     first_error.get_or_insert(failure);
                     cancel.cancel();
                 }

@@ -69,7 +69,7 @@ pub async fn run(
             Ok(()) => return Ok(()),
             Err(err @ ExpectError::Rule { .. }) => return Err(err),
             Err(err) => {
-                warn!(error = %herald_core::dlq::error_chain(&err).join(": "), "Expectations: starting over from what was committed.");
+                warn!(error = %herald_sdk::error_chain(&err).join(": "), "Expectations: starting over from what was committed.");
                 tokio::select! {
                     _ = cancel.cancelled() => {}
                     _ = tokio::time::sleep(RESTART_AFTER) => {}

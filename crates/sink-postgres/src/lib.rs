@@ -16,15 +16,17 @@ a zombie consumer during a rebalance. A row the table refuses is found by replay
 row by row under savepoints, recorded in `herald_rejections` and handed back for the
 dead-letter topic; the rest of the batch is written.
 
-Layout: `config.rs` (settings, validation, table plans), `sink.rs` (the transaction),
-`service.rs` (identifiers, catalog check, statements, error classification), `error.rs`.
+Layout: `config.rs` (settings, validation, table plans), `sink.rs` (the transaction, stored
+offsets and rejections; the plug-in), `table.rs` (one table's writer: the catalog check, the
+statements, `COPY` in text or binary), `error.rs` (what each error means for the batch; the
+SQLSTATE reading is herald-pg's).
 */
 #![deny(missing_docs)]
 
 mod config;
 mod error;
-mod service;
 mod sink;
+mod table;
 
 pub use config::{LegacyTableConfig, PostgresSinkConfig, WriteMode};
 pub use error::PostgresSinkError;

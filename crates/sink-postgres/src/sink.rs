@@ -10,7 +10,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::PostgresSinkConfig;
 use crate::error::{PostgresSinkError, PreviouslyRejected};
-use crate::service::TableWriter;
+use crate::table::TableWriter;
 use herald_pg::{Ddl, Failure, Ident};
 
 /// What to do before the sink is ready.

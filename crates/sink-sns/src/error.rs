@@ -2,7 +2,7 @@
 
 use herald_sdk::{BoxError, SinkError};
 
-use crate::service::Failure;
+use crate::classify::Failure;
 
 /// What went wrong with the settings or with SNS.
 #[derive(Debug, thiserror::Error)]

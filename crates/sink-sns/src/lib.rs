@@ -11,14 +11,15 @@ topic, partition and offset** (and `MessageGroupId` = the Kafka key, the source)
 re-sent after a crash or a retry is dropped by SNS inside its 5-minute deduplication window —
 where an id minted per attempt would change on every retry. Standard topics are at-least-once.
 
-Layout: `config.rs` (settings, client), `sink.rs` (batching and partial failures),
-`service.rs` (error classification), `error.rs`.
+Layout: `config.rs` (settings, client; the plug-in), `sink.rs` (batching, partial failures,
+what SNS would refuse), `classify.rs` (which SDK errors are retriable, the entry's fault or
+fatal), `error.rs`.
 */
 #![deny(missing_docs)]
 
+mod classify;
 mod config;
 mod error;
-mod service;
 mod sink;
 
 pub use config::{AttributeType, SnsSinkConfig, TopicRouting};

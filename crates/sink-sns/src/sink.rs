@@ -11,9 +11,9 @@ use herald_sdk::{BoxError, Rejection, Sink, SinkError, SinkRecord, WriteOutcome}
 use sha2::{Digest, Sha256};
 use tracing::warn;
 
+use crate::classify::{classify, Failure};
 use crate::config::SnsSinkConfig;
 use crate::error::{EntryRejected, EntryTooLarge, SnsSinkError};
-use crate::service::{classify, Failure};
 
 /// SNS's limit on one message with its attributes, and on one `PublishBatch` request.
 const MAX_BYTES: usize = 256 * 1024;

@@ -70,7 +70,7 @@ impl Pruner {
             let pause = match round.await {
                 Ok(()) => MIN_ROUND_INTERVAL,
                 Err(err) => {
-                    warn!(source = %self.name, error = %herald_core::dlq::error_chain(&err).join(": "), "Deleting published changes failed; trying again.");
+                    warn!(source = %self.name, error = %herald_sdk::error_chain(&err).join(": "), "Deleting published changes failed; trying again.");
                     conn = None;
                     // Try the same cursor again after the pause.
                     published.mark_changed();

@@ -134,8 +134,7 @@ impl RowMapper<'_> {
             object.entry(field.clone()).or_insert_with(|| Value::String(value.clone()));
         }
         let bytes = Value::Object(object).to_string();
-        let event =
-            StageEvent::from_json(bytes.as_bytes()).map_err(|err| herald_core::dlq::error_chain(&err).join(": "))?;
+        let event = StageEvent::from_json(bytes.as_bytes()).map_err(|err| herald_sdk::error_chain(&err).join(": "))?;
         let key = event
             .field(&self.config.key_field)
             .map(std::borrow::Cow::into_owned)

@@ -132,8 +132,7 @@ impl PostgresSourceConfig {
                 Ok(()) => {}
                 Err(err) if err.is_transient() => {
                     let reason =
-                        herald_core::printable::printable(&herald_core::dlq::error_chain(&err).join(": "), 1024)
-                            .into_owned();
+                        herald_core::printable::printable(&herald_sdk::error_chain(&err).join(": "), 1024).into_owned();
                     warn!(source = name, error = %reason, "Source stepped down; retrying.");
                     metrics.failed(reason);
                     tokio::select! {

@@ -36,9 +36,10 @@ use tracing::{info, warn};
 
 use super::delivery::Delivery;
 use super::fetched::Fetched;
-use crate::dlq::{error_chain, DeadLetter, FailedStage};
+use crate::dlq::{DeadLetter, FailedStage};
 use crate::error::RouteError;
 use crate::sink::{SinkError, SinkRecord};
+use herald_sdk::error_chain;
 
 /// How a batch's write ended.
 #[derive(Debug, Default)]

@@ -23,9 +23,9 @@ use super::consumer::RouteConsumer;
 use super::delivery::retry_delays;
 use super::fetched::Fetched;
 use crate::config::RouteConfig;
-use crate::dlq::error_chain;
 use crate::error::RouteError;
 use crate::sink::{Sink, SinkError};
+use herald_sdk::error_chain;
 
 /// Early seeks of a partition: tried every [`EARLY_SEEK_RETRY`] for up to five seconds.
 const EARLY_SEEKS: u8 = 100;
