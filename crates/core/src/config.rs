@@ -1,7 +1,7 @@
 //! The route runtime's configuration: `[runtime]` and each `[[route]]`, with the checks the
 //! types cannot make. The other sections belong to the features that read them (`[kafka]` to
-//! herald-kafka, `[admin]`, `[board]`, expectations to their crates, `[[source]]` to
-//! [`crate::source`]); the binary composes them into one file.
+//! herald-kafka, `[admin]`, `[board]`, expectations to their crates, `[[source]]` to the source
+//! contract); the binary composes them into one file.
 //!
 //! ```toml
 //! [[route]]

@@ -1,10 +1,10 @@
 /*!
-herald-core: herald's configuration and the Kafka consumer runtime that drives sinks.
+herald-core: the route runtime, the Kafka consumer loop that drives sinks.
 
 herald moves *stage events* — the small JSON messages pipeline stages publish to Kafka when they
-finish a unit of work — to systems that cannot read Kafka. This crate holds the configuration
-and the consumer runtime that drives sinks; the event model and the [`Sink`] trait are
-herald-sdk's (re-exported here), so sink crates need not build librdkafka.
+finish a unit of work — to systems that cannot read Kafka. This crate is the runtime that does
+it for each `[[route]]`, and the contract sources are written against; the event model and the
+[`Sink`] trait are herald-sdk's (re-exported here), so sink crates need not build librdkafka.
 
 The one decision to know: **offsets advance only after the sink has the data.** Each route reads
 with `enable.auto.offset.store=false`; a batch's offsets are stored only once [`Sink::write`]
@@ -19,7 +19,20 @@ than loses (at-least-once). Sinks that can store offsets with the data do better
 - [`runtime`]: [`run`], every route at work until shutdown.
 - [`source`]: the [`source::Source`] plug-in contract, for sources that publish to Kafka.
 - [`observe`]: Prometheus metrics and each route's live state, for the admin API.
-- `route`: one route's consume → sink → commit loop.
+- `route`: one route's consume → sink → commit loop (its own layout in `route/mod.rs`).
+
+# Where each concept lives
+One home per concept, in the lowest crate that needs it:
+- the stage event, the `Sink` contract, templates and value encodings, printable values, the
+  next offset of each partition: **herald-sdk**;
+- Kafka plumbing (client properties, topics, the group-less topic reader, the rebalance tracker,
+  the transactional producer, header names): **herald-kafka**;
+- reading the configuration file: **herald-config**; each section lives with the feature that
+  reads it (`[[route]]` and `[runtime]` here, `[admin]`, `[board]`, expectations in their
+  crates), and the binary composes them;
+- identifiers, SQLSTATEs and DDL under `lock_timeout`: **herald-pg**;
+- settling batches, retries and poison isolation, dead letters, resuming from a sink's offsets:
+  here, in `route/`.
 */
 #![deny(missing_docs)]
 

@@ -7,13 +7,13 @@
 //! (and the writers behind it proceed), herald logs who holds the lock, backs off, and tries
 //! again.
 
-use std::fmt;
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use sqlx::{PgConnection, Row};
 use tracing::warn;
 
+use crate::blocker::Blocker;
 use crate::error::PgError;
 use crate::sqlstate::is_lock_timeout;
 
@@ -32,36 +32,6 @@ impl Default for Ddl {
         // try must be short enough that a writer held up by it barely notices, and long enough
         // for the transactions holding the lock now to end on a busy table.
         Self { lock_timeout: Duration::from_millis(500), give_up_after: Duration::from_secs(300) }
-    }
-}
-
-/// A session holding a lock that herald's DDL waited for, as `pg_locks`/`pg_stat_activity`
-/// show it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Blocker {
-    /// Backend pid (`pg_terminate_backend` takes it).
-    pub pid: i32,
-    /// The session's `application_name`.
-    pub application: String,
-    /// The session's user.
-    pub user: String,
-    /// `active`, `idle in transaction`, …
-    pub state: String,
-    /// Seconds since its transaction began.
-    pub transaction_age_secs: f64,
-    /// The lock mode it holds, e.g. `RowExclusiveLock`.
-    pub mode: String,
-    /// The relation it holds the lock on.
-    pub relation: String,
-}
-
-impl fmt::Display for Blocker {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "pid {} (application `{}`, user `{}`, {}, transaction open {:.1}s, {} on {})",
-            self.pid, self.application, self.user, self.state, self.transaction_age_secs, self.mode, self.relation
-        )
     }
 }
 

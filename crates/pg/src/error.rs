@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::ddl::Blocker;
+use crate::blocker::Blocker;
 use crate::sqlstate::{classify, Failure};
 
 /// A failed Postgres operation, with what was being attempted.

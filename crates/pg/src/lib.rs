@@ -15,10 +15,12 @@ so that neither side can harm them, and so that both sides behave the same way:
 - [`migrate_in_schema`]: herald's embedded migrations, run inside its schema under one advisory
   lock and the same DDL rules.
 
-Layout: `ident.rs`, `connect.rs`, `sqlstate.rs`, `ddl.rs`, `migrate.rs`, `error.rs`.
+Layout: `ident.rs`, `connect.rs`, `sqlstate.rs`, `ddl.rs`, `blocker.rs` (who held the lock DDL
+waited for), `migrate.rs`, `error.rs`.
 */
 #![deny(missing_docs)]
 
+mod blocker;
 mod connect;
 mod ddl;
 mod error;
@@ -26,8 +28,9 @@ mod ident;
 mod migrate;
 mod sqlstate;
 
+pub use blocker::Blocker;
 pub use connect::{application_name, connect_options};
-pub use ddl::{Blocker, Ddl, DdlAttempts};
+pub use ddl::{Ddl, DdlAttempts};
 pub use error::PgError;
 pub use ident::{Ident, QualifiedName};
 pub use migrate::{greenfield_migrator, migrate_in_schema, pending_migrations};
