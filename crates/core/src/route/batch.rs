@@ -194,7 +194,6 @@ mod tests {
     //! paused clock, so no test waits for real.
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-    use rdkafka::message::{OwnedMessage, Timestamp};
     use tokio::sync::mpsc;
 
     use super::*;
@@ -250,15 +249,7 @@ mod tests {
     }
 
     fn message(offset: i64) -> Fetched {
-        Fetched::from(OwnedMessage::new(
-            Some(b"{}".to_vec()),
-            None,
-            "t".into(),
-            Timestamp::NotAvailable,
-            0,
-            offset,
-            None,
-        ))
+        Fetched::test(0, offset, b"{}")
     }
 
     fn inbox() -> (mpsc::UnboundedSender<Fetched>, ChannelInbox) {

@@ -178,6 +178,22 @@ impl From<OwnedMessage> for Fetched {
 }
 
 #[cfg(test)]
+impl Fetched {
+    /// A message of topic `t` at `partition`/`offset` holding `payload`, for the runtime's tests.
+    pub(crate) fn test(partition: i32, offset: i64, payload: &[u8]) -> Self {
+        Fetched::from(OwnedMessage::new(
+            Some(payload.to_vec()),
+            None,
+            "t".into(),
+            Timestamp::NotAvailable,
+            partition,
+            offset,
+            None,
+        ))
+    }
+}
+
+#[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -172,7 +172,6 @@ mod tests {
     use std::cell::RefCell;
 
     use async_trait::async_trait;
-    use rdkafka::message::{OwnedMessage, Timestamp};
 
     use super::*;
     use crate::sink::{SinkRecord, WriteOutcome};
@@ -229,15 +228,7 @@ mod tests {
     }
 
     fn message(partition: i32, offset: i64) -> Fetched {
-        Fetched::from(OwnedMessage::new(
-            Some(b"{}".to_vec()),
-            None,
-            "t".into(),
-            Timestamp::NotAvailable,
-            partition,
-            offset,
-            None,
-        ))
+        Fetched::test(partition, offset, b"{}")
     }
 
     fn assigned(partitions: &[i32]) -> AssignmentChanges {

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use rdkafka::message::{OwnedMessage, Timestamp};
 use tokio::time::Instant;
 
 use super::*;
@@ -156,15 +155,7 @@ fn event(partition: i32, offset: i64, records: i64, status: &str) -> Fetched {
 }
 
 fn message(partition: i32, offset: i64, payload: &[u8]) -> Fetched {
-    Fetched::from(OwnedMessage::new(
-        Some(payload.to_vec()),
-        None,
-        "t".into(),
-        Timestamp::NotAvailable,
-        partition,
-        offset,
-        None,
-    ))
+    Fetched::test(partition, offset, payload)
 }
 
 async fn settle(
