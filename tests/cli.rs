@@ -577,3 +577,146 @@ async fn status_and_wait_survive_hostile_values_and_never_print_raw_controls() {
     let printed: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!((printed["source"].as_str(), printed["note"].as_str()), (Some(evil), Some("\u{1b}[8mhidden\u{7f}")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_and_status_read_to_the_end_of_a_topic_written_with_transactions() {
+    let topic = unique("events");
+    create_topic(&topic, 2).await;
+    let now = chrono::Utc::now().to_rfc3339();
+    let event = |source: &str, records: i64| {
+        serde_json::json!({"event": "STAGE_COMPLETE", "stage": "bronze", "source": source, "records": records,
+            "timestamp": now, "status": "SUCCESS"})
+        .to_string()
+    };
+    let (committed, aborted) = (event("OrdersDB", 1), event("Payments", 2));
+    // A committed transaction, then an aborted one last: the history ends in markers and
+    // aborted messages, never in a message a reader gets.
+    produce_transaction(&topic, &[(Some("OrdersDB"), committed.as_bytes())], true).await;
+    produce_transaction(&topic, &[(Some("Payments"), aborted.as_bytes())], false).await;
+
+    let started = std::time::Instant::now();
+    let out = run_herald(&["status", "--brokers", BROKERS, "--topic", &topic, "--timeout", "20s"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    assert!(table.contains("OrdersDB") && !table.contains("Payments"), "committed only:\n{table}");
+    assert!(started.elapsed() < Duration::from_secs(15), "read to the end, not to the timeout");
+
+    let wait = |source: &str, timeout: &str| {
+        run_herald(&[
+            "wait",
+            "--brokers",
+            BROKERS,
+            "--topic",
+            &topic,
+            "--source",
+            source,
+            "--stage",
+            "bronze",
+            "--since",
+            "1h",
+            "--timeout",
+            timeout,
+        ])
+    };
+    let out = wait("OrdersDB", "20s");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("\"records\":1"), "{}", text(&out.stdout));
+    let out = wait("Payments", "3s");
+    assert_eq!(out.status.code(), Some(124), "an aborted event never decides a wait: {}", text(&out.stdout));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_for_an_alert_ends_on_any_event_of_that_kind_and_a_completion_waits_for_its_status() {
+    let topic = unique("events");
+    create_topic(&topic, 1).await;
+    let late = serde_json::json!({
+        "event": "STAGE_LATE", "stage": "silver", "source": "OrdersDB", "status": "LATE",
+        "timestamp": chrono::Utc::now().to_rfc3339(), "rule": "r",
+    });
+    let running = serde_json::json!({
+        "event": "STAGE_COMPLETE", "stage": "silver", "source": "OrdersDB", "status": "RUNNING",
+        "timestamp": chrono::Utc::now().to_rfc3339(),
+    });
+    for event in [&late, &running] {
+        produce(&topic, &[(Some("OrdersDB"), event.to_string().as_bytes())]).await;
+    }
+    let wait = |event: &str, timeout: &str| {
+        run_herald(&[
+            "wait",
+            "--brokers",
+            BROKERS,
+            "--topic",
+            &topic,
+            "--source",
+            "OrdersDB",
+            "--stage",
+            "silver",
+            "--event",
+            event,
+            "--since",
+            "1h",
+            "--timeout",
+            timeout,
+        ])
+    };
+    let out = wait("STAGE_LATE", "20s");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("\"status\":\"LATE\""), "{}", text(&out.stdout));
+    let out = wait("STAGE_COMPLETE", "3s");
+    assert_eq!(out.status.code(), Some(124), "RUNNING does not end a wait for completion");
+}
+
+#[test]
+fn publish_to_a_missing_topic_fails_fast_saying_how_to_create_it() {
+    let topic = unique("never-created");
+    let started = std::time::Instant::now();
+    let out = run_herald(&["publish", "--brokers", BROKERS, "--topic", &topic, "--source", "A", "--stage", "s"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!("topic `{topic}` does not exist")) && stderr.contains("herald migrate"),
+        "{stderr}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(15), "not the whole 30 s: {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_creates_the_topics_herald_writes_with_the_configured_defaults() {
+    let (dlq, alerts, group) = (unique("dlq"), unique("alerts"), unique("expect"));
+    let config = TempConfig::new(&format!(
+        r#"{kafka}
+[kafka.topic_defaults]
+partitions = 3
+
+[expectations]
+topic = "{alerts}"
+group_id = "{group}"
+
+[[expect]]
+name = "r"
+stage = "silver"
+after = "bronze"
+within = "1h"
+
+[[route]]
+name = "r"
+topics = ["{alerts}"]
+dead_letter_topic = "{dlq}"
+sink = {{ type = "stdout" }}
+"#,
+        kafka = kafka_section()
+    ));
+    let out = herald().args(["migrate", "--config"]).arg(&config.path).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report = text(&out.stdout);
+    for topic in [&dlq, &alerts, &format!("{group}.state")] {
+        assert!(report.contains(&format!("ok    topic {topic}")) && report.contains("created"), "{report}");
+    }
+    let props = herald_kafka::KafkaProperties::default();
+    let names = vec![dlq.clone(), alerts.clone(), format!("{group}.state")];
+    let counts = herald_kafka::partition_counts(&props, &names, Duration::from_secs(10)).unwrap();
+    assert!(counts.iter().all(|(_, partitions)| *partitions == 3), "{counts:?}");
+    // Again: nothing to create.
+    let out = herald().args(["migrate", "--config"]).arg(&config.path).output().unwrap();
+    assert!(text(&out.stdout).matches("exists").count() >= 3, "{}", text(&out.stdout));
+}

@@ -123,6 +123,19 @@ async fn a_missing_stage_alerts_once_a_late_success_recovers_and_a_restart_alert
     let alerted: chrono::DateTime<chrono::Utc> = alert["timestamp"].as_str().unwrap().parse().unwrap();
     println!("STAGE_LATE published {} ms after its deadline", (alerted - expected_by).num_milliseconds());
 
+    // The evaluator writes with transactions; with an aborted one after its alert, `herald wait`
+    // for the alert still reads to the end and returns it.
+    let aborted = serde_json::json!({"event": "STAGE_LATE", "stage": "silver", "source": "Payments", "status": "LATE",
+        "timestamp": chrono::Utc::now().to_rfc3339()});
+    produce_transaction(&topic, &[(Some("Payments"), aborted.to_string().as_bytes())], false).await;
+    let wait = common::herald()
+        .args(["wait", "--brokers", BROKERS, "--topic", &topic, "--source", "OrdersDB", "--stage", "silver"])
+        .args(["--event", "STAGE_LATE", "--since", "1h", "--timeout", "20s"])
+        .output()
+        .unwrap();
+    assert_eq!(wait.status.code(), Some(0), "{}", String::from_utf8_lossy(&wait.stderr));
+    assert!(String::from_utf8_lossy(&wait.stdout).contains("\"rule\":\"silver-after-bronze\""));
+
     // A restart picks the state up from Kafka: no second alert for the same miss.
     herald.signal("TERM");
     assert!(herald.wait_exit().success(), "{}", herald.log());

@@ -27,19 +27,30 @@ impl PrivateMoto {
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache"));
         let server = cache.join("venv/bin/moto_server");
         assert!(server.exists(), "{} is missing: start the test services with `scripts/services up`", server.display());
-        let port = rand::rng().random_range(40_000..50_000);
-        let child = Command::new(server)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "private moto server did not start");
-            std::thread::sleep(Duration::from_millis(100));
+        // A port another process took makes the server exit at once: try another. A loaded
+        // machine makes it slow to start: give it time.
+        for _ in 0..3 {
+            let port = rand::rng().random_range(40_000..50_000);
+            let mut child = Command::new(&server)
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while Instant::now() < deadline {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Self { child, port };
+                }
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
         }
-        Self { child, port }
+        panic!("private moto server did not start (three ports tried)");
     }
 
     fn endpoint(&self) -> String {

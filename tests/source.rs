@@ -400,3 +400,63 @@ async fn hostile_rows_become_events_or_dead_letters_and_never_stop_the_source() 
     herald.signal("TERM");
     assert!(herald.wait_exit().success(), "{}", herald.log());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_and_status_read_to_the_end_of_what_the_source_published() {
+    let pool = pool().await;
+    let schema = greenfield(&pool).await;
+    let topic = unique("events");
+    let config = TempConfig::new(&source_config(&unique("src"), &schema, &topic, ""));
+    let mut herald = Herald::run(&config);
+    herald.wait_for_log("Source active");
+    insert(&pool, &schema, "OrdersDB", "bronze", "SUCCESS", 7).await;
+    read_committed(&topic, 1);
+    // The source commits each batch in a transaction; an aborted one after it ends the topic.
+    let aborted = event_json("Payments", "bronze", "SUCCESS", 8);
+    produce_transaction(&topic, &[(Some("Payments"), aborted.as_bytes())], false).await;
+
+    let wait = herald_command(&[
+        "wait",
+        "--topic",
+        &topic,
+        "--source",
+        "OrdersDB",
+        "--stage",
+        "bronze",
+        "--since",
+        "1h",
+        "--timeout",
+        "20s",
+    ]);
+    assert_eq!(wait.status.code(), Some(0), "{}", String::from_utf8_lossy(&wait.stderr));
+    assert!(String::from_utf8_lossy(&wait.stdout).contains("\"records\":7"));
+    let status = herald_command(&["status", "--topic", &topic, "--timeout", "20s"]);
+    assert_eq!(status.status.code(), Some(0), "{}", String::from_utf8_lossy(&status.stderr));
+    let table = String::from_utf8_lossy(&status.stdout);
+    assert!(table.contains("OrdersDB") && !table.contains("Payments"), "{table}");
+    herald.signal("TERM");
+    herald.wait_exit();
+}
+
+/// Runs `herald <args> --brokers <the test broker>`.
+fn herald_command(args: &[&str]) -> std::process::Output {
+    herald().args(args).args(["--brokers", BROKERS]).output().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_event_names_the_writer_of_its_row() {
+    let pool = pool().await;
+    let schema = greenfield(&pool).await;
+    let topic = unique("events");
+    let config = TempConfig::new(&source_config(&unique("src"), &schema, &topic, ""));
+    let mut herald = Herald::run(&config);
+    herald.wait_for_log("Source active");
+    let options: sqlx::postgres::PgConnectOptions = URL.parse().unwrap();
+    let legacy = PgPoolOptions::new().connect_with(options.application_name("nightly-load.sh")).await.unwrap();
+    insert(&legacy, &schema, "OrdersDB", "bronze", "SUCCESS", 1).await;
+    let messages = read_committed(&topic, 1);
+    let writer = header(&messages[0], "herald.origin.writer");
+    assert_eq!(writer.as_deref(), Some("nightly-load.sh (herald)"), "who still writes the table");
+    herald.signal("TERM");
+    herald.wait_exit();
+}

@@ -1,12 +1,17 @@
-//! `herald migrate`: create or update the tables herald's sinks own and install the sources'
-//! change capture; or, with `--drop-source`, forget a source that was taken out of service.
+//! `herald migrate`: create or update the tables herald's sinks own, install the sources'
+//! change capture, and create the topics herald writes; or, with `--drop-source`, forget a
+//! source that was taken out of service.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::time::Duration;
+
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use herald_kafka::{ensure_topics, partition_counts, TopicSpec};
 
+use crate::config::Config;
 use crate::registry;
 
 /// Arguments of `herald migrate`.
@@ -59,5 +64,46 @@ pub async fn migrate(args: MigrateArgs) -> Result<ExitCode> {
             .with_context(|| format!("source `{}`", spec.name))?;
         println!("ok    source {:<21} {what}", spec.name);
     }
+    create_topics(&config).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Creates the topics herald writes that are missing, with `[kafka.topic_defaults]`: each
+/// route's dead-letter topic, each source's events, dead-letter and offsets topics, and with
+/// `[[expect]]` rules the alerts' topic and the evaluator's state topic (as many partitions as
+/// the alerts' topic, compacted).
+async fn create_topics(config: &Config) -> Result<()> {
+    let mut topics: Vec<TopicSpec> = config
+        .routes
+        .iter()
+        .filter_map(|route| route.dead_letter_topic.as_deref())
+        .map(TopicSpec::dead_letters)
+        .collect();
+    for spec in &config.sources {
+        topics.extend(registry::source(spec)?.topics());
+    }
+    if !config.expect.is_empty() {
+        topics.push(TopicSpec::events(config.expectations.topic.as_str()));
+    }
+    let kafka = &config.kafka;
+    let brokers = kafka.bootstrap_servers();
+    let mut created =
+        ensure_topics(kafka, &topics).await.with_context(|| format!("creating herald's topics at {brokers}"))?;
+    if !config.expect.is_empty() {
+        let (props, alerts) = (kafka.clone(), vec![config.expectations.topic.clone()]);
+        let counts = tokio::task::spawn_blocking(move || partition_counts(&props, &alerts, Duration::from_secs(30)))
+            .await
+            .context("reading the alerts topic's partitions")??;
+        let partitions = counts.first().map_or(1, |(_, count)| i32::try_from(*count).unwrap_or(1).max(1));
+        let state = [TopicSpec::compacted(config.expectations.state_topic(), partitions)];
+        created.extend(
+            ensure_topics(kafka, &state).await.with_context(|| format!("creating the state topic at {brokers}"))?,
+        );
+        topics.extend(state);
+    }
+    for topic in &topics {
+        let done = if created.contains(&topic.name) { "created" } else { "exists" };
+        println!("ok    topic {:<22} {done}", topic.name);
+    }
+    Ok(())
 }

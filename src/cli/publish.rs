@@ -9,9 +9,13 @@ use herald_core::event::STAGE_COMPLETE;
 use herald_core::{EventTimestamp, StageEvent};
 use herald_kafka::{client_config, reliable_producer_config};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
 use serde_json::Value;
 
 use super::KafkaArgs;
+
+/// How soon a topic the broker does not have fails a publish.
+const MISSING_TOPIC_AFTER: Duration = Duration::from_secs(2);
 
 /// Arguments of `herald publish`.
 #[derive(Debug, Args)]
@@ -86,15 +90,27 @@ pub async fn publish(args: PublishArgs) -> Result<ExitCode> {
     };
     let producer: FutureProducer = config
         .set("message.timeout.ms", args.timeout.as_millis().max(1).to_string())
+        // A topic the broker does not have fails the message after this long, not after the
+        // whole timeout: librdkafka's default (30 s) allows for a topic still being created.
+        .set("topic.metadata.propagation.max.ms", args.timeout.min(MISSING_TOPIC_AFTER).as_millis().max(1).to_string())
         .create()
         .context("cannot create the Kafka producer")?;
     let payload = event.to_json();
     let record = FutureRecord::to(&args.kafka.topic).key(event.key()).payload(&payload);
-    let delivery = producer
-        .send(record, args.timeout)
-        .await
-        .map_err(|(err, _)| anyhow!(err))
-        .with_context(|| format!("publishing to `{}` at {} failed", args.kafka.topic, props.bootstrap_servers()))?;
+    let delivery = producer.send(record, args.timeout).await.map_err(|(err, _)| {
+        let (topic, brokers) = (&args.kafka.topic, props.bootstrap_servers());
+        if matches!(
+            err.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::UnknownTopic | RDKafkaErrorCode::UnknownTopicOrPartition)
+        ) {
+            return anyhow!(
+                "topic `{topic}` does not exist at {brokers}; create it with `herald migrate` (for the topics a \
+                 herald config writes) or your cluster's tools, e.g. `kafka-topics.sh --bootstrap-server {brokers} \
+                 --create --topic {topic}`"
+            );
+        }
+        anyhow!(err).context(format!("publishing to `{topic}` at {brokers} failed"))
+    })?;
     println!("{payload}");
     eprintln!("published to {}[{}]@{}", args.kafka.topic, delivery.partition, delivery.offset);
     Ok(ExitCode::SUCCESS)

@@ -36,7 +36,7 @@ pub async fn status(args: StatusArgs) -> Result<ExitCode> {
     let board = Board::new();
     let read_history = async {
         while !reader.history_done() {
-            if let Some(event) = reader.next().await?.event {
+            if let Some(event) = reader.next().await?.and_then(|read| read.event) {
                 board.apply(&event);
             }
         }

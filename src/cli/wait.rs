@@ -98,9 +98,16 @@ fn pairs(sources: &[String], stages: &[String]) -> Result<Vec<Pair>> {
         .collect()
 }
 
-/// A terminal status: the one `wait` is waiting for.
+/// A terminal status: the one a wait for `STAGE_COMPLETE` waits for.
 fn is_terminal(status: &str) -> bool {
     status == "SUCCESS" || status == "FAILED"
+}
+
+/// Whether `event` decides a wait for events named `wanted`: a `STAGE_COMPLETE` (whose status
+/// goes `RUNNING` → `SUCCESS`/`FAILED`) when its status is terminal, any other kind
+/// (`STAGE_LATE`, `STAGE_MISSING`, a custom one) as soon as it comes.
+fn awaited(event: &StageEvent, wanted: &str) -> bool {
+    event.event == wanted && (wanted != STAGE_COMPLETE || is_terminal(&event.status))
 }
 
 /// The pairs and what has been decided for each.
@@ -195,8 +202,12 @@ pub async fn wait(args: WaitArgs) -> Result<ExitCode> {
             },
             None => reader.next().await,
         }?;
+        // `None`: the history turned out to be read while no message came (it ended in
+        // transaction markers); the loop's top settles it.
+        let Some(read) = read else { continue };
+        let in_history = read.in_history;
         let Some(event) = read.event else { continue };
-        if event.event != args.event || !is_terminal(&event.status) || event.timestamp.instant() < cutoff {
+        if !awaited(&event, &args.event) || event.timestamp.instant() < cutoff {
             continue;
         }
         for index in 0..count {
@@ -205,7 +216,7 @@ pub async fn wait(args: WaitArgs) -> Result<ExitCode> {
             if !matches || waiting.decided[index].is_some() {
                 continue;
             }
-            if read.in_history {
+            if in_history {
                 let newest = &mut waiting.newest_in_history[index];
                 if newest.as_ref().is_none_or(|newest| event.timestamp.instant() >= newest.timestamp.instant()) {
                     *newest = Some(event.clone());

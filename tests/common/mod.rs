@@ -17,7 +17,7 @@ use herald_kafka::KafkaProperties;
 use rand::distr::{Alphanumeric, SampleString};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientConfig, Message};
 
 /// The broker `scripts/services up` starts.
@@ -59,6 +59,31 @@ pub fn producer() -> FutureProducer {
         .set("enable.idempotence", "true")
         .create()
         .unwrap()
+}
+
+/// Writes `messages` to `topic` in one Kafka transaction that is `committed` or aborted, as
+/// herald's source and expectations write: what a `read_committed` reader must read to the
+/// end of (markers and aborted messages take offsets but are never messages).
+pub async fn produce_transaction(topic: &str, messages: &[(Option<&str>, &[u8])], committed: bool) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", BROKERS)
+        .set("transactional.id", unique("test-txn"))
+        .create()
+        .unwrap();
+    producer.init_transactions(Duration::from_secs(30)).unwrap();
+    producer.begin_transaction().unwrap();
+    for (key, value) in messages {
+        let mut record = FutureRecord::to(topic).payload(*value);
+        if let Some(key) = key {
+            record = record.key(*key);
+        }
+        producer.send(record, Duration::from_secs(30)).await.unwrap();
+    }
+    if committed {
+        producer.commit_transaction(Duration::from_secs(30)).unwrap();
+    } else {
+        producer.abort_transaction(Duration::from_secs(30)).unwrap();
+    }
 }
 
 /// Produces `(key, value)` pairs in order and waits until all are acknowledged.

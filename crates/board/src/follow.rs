@@ -48,7 +48,7 @@ async fn read(
     let mut reader = TopicReader::open(props, topics, from, "board").await?;
     info!(topics = ?topics, since = %from, "Status board reading.");
     loop {
-        if let Some(event) = reader.next().await?.event {
+        if let Some(event) = reader.next().await?.and_then(|read| read.event) {
             board.apply(&event);
         }
     }

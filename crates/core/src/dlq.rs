@@ -17,10 +17,6 @@ use rdkafka::Message;
 use herald_kafka::headers::connect as headers;
 use herald_kafka::{reliable_producer_config, KafkaProperties};
 
-/// The largest dead letter herald sends, unless `[kafka] message.max.bytes` says otherwise;
-/// dead-letter topics herald creates accept it.
-pub const MAX_MESSAGE_BYTES: &str = "16777216";
-
 /// Where in the route a message failed, as Kafka Connect names its stages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailedStage {
@@ -111,7 +107,7 @@ impl DeadLetterQueue {
     pub fn new(props: &KafkaProperties, topic: &str, route: &str) -> Result<Self, KafkaError> {
         let producer: BaseProducer<Deliveries> = reliable_producer_config(props)
             // A dead letter can be as large as any message the route reads.
-            .set("message.max.bytes", props.get("message.max.bytes").unwrap_or(MAX_MESSAGE_BYTES))
+            .set("message.max.bytes", props.get("message.max.bytes").unwrap_or(herald_kafka::MAX_DEAD_LETTER_BYTES))
             .set("message.timeout.ms", SEND_TIMEOUT.as_millis().to_string())
             .create_with_context(Deliveries::default())?;
         Ok(Self { producer: Arc::new(producer), topic: topic.to_owned(), route: route.to_owned() })

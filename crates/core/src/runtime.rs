@@ -15,7 +15,7 @@ use crate::error::{RouteError, RuntimeError};
 use crate::observe::{Observer, RouteShared};
 use crate::route::{create_consumer, watch_lag, LagSubject, RouteWorker};
 use crate::sink::Sink;
-use herald_kafka::{ensure_topic_with, KafkaProperties};
+use herald_kafka::{ensure_topics, KafkaProperties, TopicSpec};
 
 /// A route with the sink built for it.
 pub struct BoundRoute {
@@ -119,9 +119,7 @@ async fn start_route(
             let setup = |source| RouteError::DeadLetterSetup { topic: topic.clone(), source };
             // A dead letter is as large as the message it carries: let the topic take what the
             // dead-letter producer may send.
-            ensure_topic_with(kafka, topic, 1, &[("max.message.bytes", crate::dlq::MAX_MESSAGE_BYTES)])
-                .await
-                .map_err(setup)?;
+            ensure_topics(kafka, &[TopicSpec::dead_letters(topic.as_str())]).await.map_err(setup)?;
             Some(DeadLetterQueue::new(kafka, topic, &route.name).map_err(setup)?)
         }
         None => None,

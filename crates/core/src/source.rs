@@ -83,6 +83,11 @@ pub trait Source: Send + Sync {
         Vec::new()
     }
 
+    /// The topics it writes, for `herald migrate` to create when missing. Default: none.
+    fn topics(&self) -> Vec<herald_kafka::TopicSpec> {
+        Vec::new()
+    }
+
     /// Connects and checks what it reads, changing nothing; says what it found.
     async fn check(&self) -> Result<String, BoxError>;
 

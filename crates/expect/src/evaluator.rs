@@ -14,7 +14,7 @@ use crate::config::{ExpectConfig, ExpectationsConfig};
 use herald_core::printable::{printable, LOG_CHARS};
 use herald_core::StageEvent;
 use herald_kafka::{
-    client_config, ensure_topic_with, partition_counts, AssignmentChanges, Rebalances, TransactionalProducer,
+    client_config, ensure_topics, partition_counts, AssignmentChanges, Rebalances, TopicSpec, TransactionalProducer,
 };
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::ConsumerGroupMetadata;
@@ -158,7 +158,7 @@ impl Evaluator {
         }
         let partitions = i32::try_from(partitions).unwrap_or(i32::MAX);
         let state_topic = settings.state_topic();
-        ensure_topic_with(props, &state_topic, partitions, &[("cleanup.policy", "compact")])
+        ensure_topics(props, &[TopicSpec::compacted(state_topic.as_str(), partitions)])
             .await
             .map_err(ExpectError::kafka("creating the state topic"))?;
 

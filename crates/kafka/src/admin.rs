@@ -10,6 +10,77 @@ use rdkafka::types::RDKafkaErrorCode;
 
 use crate::properties::{client_config, KafkaProperties};
 
+/// The largest dead letter herald sends, unless `[kafka] message.max.bytes` says otherwise;
+/// dead-letter topics herald creates accept it.
+pub const MAX_DEAD_LETTER_BYTES: &str = "16777216";
+
+/// A topic herald writes, and how it is created when missing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSpec {
+    /// The topic.
+    pub name: String,
+    /// Its partitions: `None` for `[kafka.topic_defaults] partitions` (or the broker's).
+    pub partitions: Option<i32>,
+    /// Topic configs set on creation, e.g. `cleanup.policy = compact`.
+    pub configs: Vec<(&'static str, String)>,
+}
+
+impl TopicSpec {
+    /// A topic of stage events.
+    pub fn events(name: impl Into<String>) -> Self {
+        Self { name: name.into(), partitions: None, configs: Vec::new() }
+    }
+
+    /// A dead-letter topic: it takes messages as large as herald may send.
+    pub fn dead_letters(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            partitions: None,
+            configs: vec![("max.message.bytes", MAX_DEAD_LETTER_BYTES.to_owned())],
+        }
+    }
+
+    /// A compacted topic of `partitions` (offsets, state): the newest record per key is kept.
+    pub fn compacted(name: impl Into<String>, partitions: i32) -> Self {
+        Self {
+            name: name.into(),
+            partitions: Some(partitions),
+            configs: vec![("cleanup.policy", "compact".to_owned())],
+        }
+    }
+}
+
+/// Creates each of `topics` that is missing, as its spec and `[kafka.topic_defaults]` say;
+/// returns the names of those it created (the others were there).
+pub async fn ensure_topics(props: &KafkaProperties, topics: &[TopicSpec]) -> Result<Vec<String>, KafkaError> {
+    if topics.is_empty() {
+        return Ok(Vec::new());
+    }
+    let defaults = props.topic_defaults();
+    let admin: AdminClient<DefaultClientContext> = client_config(props).create()?;
+    let replicas = defaults.replication_factor.unwrap_or(-1);
+    let new_topics: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|spec| {
+            let partitions = spec.partitions.or(defaults.partitions).unwrap_or(-1);
+            spec.configs.iter().fold(
+                NewTopic::new(&spec.name, partitions, TopicReplication::Fixed(replicas)),
+                |topic, (name, value)| topic.set(name, value),
+            )
+        })
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let mut created = Vec::new();
+    for result in admin.create_topics(&new_topics, &options).await? {
+        match result {
+            Ok(name) => created.push(name),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, code)) => return Err(KafkaError::AdminOp(code)),
+        }
+    }
+    Ok(created)
+}
+
 /// Creates `topic` with `partitions` partitions unless it exists. The replication factor is the
 /// broker default (`-1`), so this works on a one-broker test cluster and a real one alike.
 pub async fn ensure_topic(props: &KafkaProperties, topic: &str, partitions: i32) -> Result<(), KafkaError> {

@@ -33,8 +33,8 @@ pub mod reader;
 pub mod rebalance;
 pub mod transactional;
 
-pub use admin::{ensure_topic, ensure_topic_with, partition_counts};
-pub use properties::{client_config, reliable_producer_config, KafkaProperties};
+pub use admin::{ensure_topic, ensure_topic_with, ensure_topics, partition_counts, TopicSpec, MAX_DEAD_LETTER_BYTES};
+pub use properties::{client_config, reliable_producer_config, KafkaProperties, TopicDefaults};
 pub use reader::{HistoryError, Read, TopicReader};
 pub use rebalance::{AssignmentChanges, Rebalances};
 pub use transactional::TransactionalProducer;

@@ -15,23 +15,48 @@ use serde_json::Value;
 /// (`security_protocol`, the form environment overrides take: librdkafka names have no `_`).
 /// Values may be strings, numbers or booleans. Properties whose name mentions a password,
 /// secret or key are never printed.
+///
+/// One sub-table is herald's, not librdkafka's: `[kafka.topic_defaults]`, how the topics herald
+/// writes are created when missing (`partitions`, `replication_factor`; default: the broker's).
 #[derive(Clone, PartialEq, Eq)]
-pub struct KafkaProperties(BTreeMap<String, String>);
+pub struct KafkaProperties {
+    props: BTreeMap<String, String>,
+    topic_defaults: TopicDefaults,
+}
+
+/// `[kafka.topic_defaults]`: how herald creates the topics it writes (its sources' and
+/// expectations' output, dead-letter topics, offsets and state topics) when they are missing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicDefaults {
+    /// Partitions of an events or dead-letter topic. Default: the broker's `num.partitions`.
+    /// (Offsets topics have one; a state topic has as many as the events topic it follows.)
+    #[serde(default)]
+    pub partitions: Option<i32>,
+    /// Replicas of each partition. Default: the broker's `default.replication.factor`.
+    #[serde(default)]
+    pub replication_factor: Option<i32>,
+}
 
 impl KafkaProperties {
     /// The properties, by librdkafka name.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+        self.props.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
 
     /// One property.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0.get(name).map(String::as_str)
+        self.props.get(name).map(String::as_str)
     }
 
     /// Sets a property, e.g. from a command-line flag.
     pub fn set(&mut self, name: &str, value: impl Into<String>) {
-        self.0.insert(name.to_owned(), value.into());
+        self.props.insert(name.to_owned(), value.into());
+    }
+
+    /// How the topics herald writes are created.
+    pub fn topic_defaults(&self) -> TopicDefaults {
+        self.topic_defaults
     }
 
     /// The brokers, for messages to people.
@@ -54,13 +79,13 @@ impl KafkaProperties {
                 }
             }
             Value::String(s) => {
-                self.0.insert(name, s);
+                self.props.insert(name, s);
             }
             Value::Number(n) => {
-                self.0.insert(name, n.to_string());
+                self.props.insert(name, n.to_string());
             }
             Value::Bool(b) => {
-                self.0.insert(name, b.to_string());
+                self.props.insert(name, b.to_string());
             }
             Value::Null | Value::Array(_) => {
                 return Err(format!("`{name}` must be a string, number or boolean"));
@@ -74,14 +99,14 @@ impl Default for KafkaProperties {
     fn default() -> Self {
         let mut props = BTreeMap::new();
         props.insert("bootstrap.servers".to_owned(), "127.0.0.1:9092".to_owned());
-        Self(props)
+        Self { props, topic_defaults: TopicDefaults::default() }
     }
 }
 
 impl fmt::Debug for KafkaProperties {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut map = f.debug_map();
-        for (name, value) in &self.0 {
+        for (name, value) in &self.props {
             if Self::is_secret(name) {
                 map.entry(name, &"<redacted>");
             } else {
@@ -97,6 +122,11 @@ impl<'de> Deserialize<'de> for KafkaProperties {
         let table = serde_json::Map::<String, Value>::deserialize(deserializer)?;
         let mut props = KafkaProperties::default();
         for (key, value) in table {
+            if key == "topic_defaults" {
+                props.topic_defaults = TopicDefaults::deserialize(value)
+                    .map_err(|err| de::Error::custom(format!("`topic_defaults`: {err}")))?;
+                continue;
+            }
             props.insert_flattened(&key, value).map_err(de::Error::custom)?;
         }
         Ok(props)
@@ -131,6 +161,20 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn topic_defaults_are_herald_s_and_never_reach_librdkafka() {
+        let table = serde_json::json!({
+            "bootstrap.servers": "b:9092",
+            "topic_defaults": { "partitions": 6, "replication_factor": 3 },
+        });
+        let props: KafkaProperties = serde_json::from_value(table).unwrap();
+        assert_eq!(props.topic_defaults(), TopicDefaults { partitions: Some(6), replication_factor: Some(3) });
+        assert!(props.iter().all(|(name, _)| !name.contains("topic")), "{props:?}");
+        let wrong = serde_json::json!({ "topic_defaults": { "partitons": 6 } });
+        let err = serde_json::from_value::<KafkaProperties>(wrong).unwrap_err().to_string();
+        assert!(err.contains("topic_defaults") && err.contains("partitons"), "{err}");
+    }
 
     #[test]
     fn client_metrics_push_is_off_unless_the_kafka_table_turns_it_on() {

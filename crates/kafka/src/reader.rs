@@ -2,6 +2,13 @@
 //! status` and the status board need. It joins no group and commits nothing, so any number of
 //! readers can run at once, and it knows when it has read the history that was there when it
 //! started (each partition's end offset then) from events that arrive later.
+//!
+//! Topics written with Kafka transactions (herald's own source and expectations) are read as a
+//! `read_committed` consumer reads them: the end of the history is the last stable offset, and
+//! the commit and abort markers there take offsets but are never messages. So the history of a
+//! partition ends when the consumer's *position* reaches its end, which the reader also checks
+//! while no message comes: a history that ends in a marker or an aborted transaction is done
+//! without waiting for a message after it.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -18,6 +25,8 @@ use crate::properties::{client_config, KafkaProperties};
 
 /// How long a metadata or offset lookup may take.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(15);
+/// How often the positions of partitions with history left are checked while no message comes.
+const POSITION_CHECK: Duration = Duration::from_millis(50);
 
 /// Why a topic cannot be read.
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +111,8 @@ impl TopicReader {
             .set("client.id", format!("herald-{label}"))
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false")
+            // Committed events only; and the end offsets looked up are the last stable offsets.
+            .set("isolation.level", "read_committed")
             .create()
             .map_err(kafka("creating a consumer"))?;
         let mut by_time = TopicPartitionList::new();
@@ -144,8 +155,25 @@ impl TopicReader {
         self.history_end.is_empty()
     }
 
-    /// The next message; waits for one when none is fetched.
-    pub async fn next(&mut self) -> Result<Read, HistoryError> {
+    /// The next message, waiting for one when none is fetched; `None` when, while waiting, the
+    /// history turned out to be read (its last offsets were markers or aborted messages).
+    pub async fn next(&mut self) -> Result<Option<Read>, HistoryError> {
+        loop {
+            if self.history_end.is_empty() {
+                return self.receive().await.map(Some);
+            }
+            tokio::select! {
+                received = self.receive() => return received.map(Some),
+                () = tokio::time::sleep(POSITION_CHECK) => {
+                    if self.positions_past_history() {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn receive(&mut self) -> Result<Read, HistoryError> {
         let message = self.consumer.recv().await.map_err(|source| HistoryError::Kafka {
             brokers: self.brokers.clone(),
             what: "reading",
@@ -163,5 +191,23 @@ impl TopicReader {
         };
         let event = message.payload().and_then(|payload| StageEvent::from_json(payload).ok());
         Ok(Read { event, in_history, topic: key.0, partition: key.1, offset: message.offset() })
+    }
+
+    /// Drops the partitions whose position reached the end of their history (past markers and
+    /// aborted messages that never come as messages); whether the whole history is now read.
+    fn positions_past_history(&mut self) -> bool {
+        if let Ok(positions) = self.consumer.position() {
+            for element in positions.elements() {
+                let key = (element.topic().to_owned(), element.partition());
+                let reached = matches!(
+                    (element.offset(), self.history_end.get(&key)),
+                    (Offset::Offset(position), Some(&end)) if position >= end
+                );
+                if reached {
+                    self.history_end.remove(&key);
+                }
+            }
+        }
+        self.history_end.is_empty()
     }
 }

@@ -24,6 +24,8 @@ pub(crate) struct Change {
     pub(crate) cursor: Cursor,
     pub(crate) operation: String,
     pub(crate) row: serde_json::Map<String, serde_json::Value>,
+    /// Who wrote it: `<application_name> (<role>)`, when the capture recorded it.
+    pub(crate) writer: Option<String>,
 }
 
 /// `tgtype` of `AFTER INSERT OR UPDATE … FOR EACH ROW` (ROW 1 | INSERT 4 | UPDATE 16).
@@ -288,6 +290,13 @@ pub(crate) async fn missing_columns(
 /// running, in (txid, id) order. A transaction still open may have taken a lower change id than
 /// one already committed; it is read once it ends, and it sorts after everything read so far
 /// because its txid is at least the xmin this read was bounded by.
+/// `<application_name> (<role>)` of a change's writer; an empty application name is said so.
+fn writer(application: Option<String>, role: Option<String>) -> Option<String> {
+    let role = role?;
+    let application = application.filter(|name| !name.is_empty()).unwrap_or_else(|| "(no application_name)".into());
+    Some(format!("{application} ({role})"))
+}
+
 pub(crate) async fn read_changes(
     conn: &mut PgConnection,
     schema: &Ident,
@@ -296,7 +305,7 @@ pub(crate) async fn read_changes(
     limit: usize,
 ) -> Result<Vec<Change>, SourceError> {
     let rows = sqlx::query(&format!(
-        "SELECT id, txid::text, operation, row_data FROM {schema}.herald_changes
+        "SELECT id, txid::text, operation, row_data, writer_application, writer_role FROM {schema}.herald_changes
          WHERE source_table = $1
            AND txid < pg_snapshot_xmin(pg_current_snapshot())
            AND (txid, id) > ($2::text::xid8, $3)
@@ -325,6 +334,10 @@ pub(crate) async fn read_changes(
                 serde_json::Value::Object(map) => map,
                 _ => BTreeMap::<String, serde_json::Value>::new().into_iter().collect(),
             },
+            writer: writer(
+                row.try_get(4).map_err(SourceError::postgres("decoding a change"))?,
+                row.try_get(5).map_err(SourceError::postgres("decoding a change"))?,
+            ),
         });
     }
     Ok(changes)

@@ -47,6 +47,10 @@ impl Source for PostgresSource {
         ]
     }
 
+    fn topics(&self) -> Vec<herald_kafka::TopicSpec> {
+        self.config.topics(&self.name)
+    }
+
     async fn check(&self) -> Result<String, BoxError> {
         Ok(self.config.check(&self.name).await?)
     }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use herald_kafka::KafkaProperties;
-use herald_kafka::{client_config, ensure_topic, ensure_topic_with, TransactionalProducer};
+use herald_kafka::{client_config, ensure_topics, TopicSpec, TransactionalProducer};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
@@ -62,15 +62,10 @@ impl Publisher {
     pub(crate) async fn start(
         props: &KafkaProperties,
         source: &str,
-        topics: Vec<String>,
+        topics: &[TopicSpec],
         offsets_topic: &str,
     ) -> Result<Self, SourceError> {
-        for topic in topics {
-            ensure_topic(props, &topic, 1).await.map_err(SourceError::kafka("creating a topic"))?;
-        }
-        ensure_topic_with(props, offsets_topic, 1, &[("cleanup.policy", "compact")])
-            .await
-            .map_err(SourceError::kafka("creating the offsets topic"))?;
+        ensure_topics(props, topics).await.map_err(SourceError::kafka("creating the topics it writes"))?;
         let producer = TransactionalProducer::start(props, &format!("herald.source.{source}"), TRANSACTION_TIMEOUT)
             .await
             .map_err(SourceError::kafka("starting the transactional producer"))?;

@@ -28,18 +28,27 @@ pub(crate) struct RowMapper<'a> {
 impl RowMapper<'_> {
     /// The message for one changed `row` (at `position`, by `operation`): its event, a dead
     /// letter when it cannot be one, or nothing for a row herald's own sink wrote.
-    pub(crate) fn message(&self, row: &Map<String, Value>, position: &str, operation: &str) -> Option<Outgoing> {
+    pub(crate) fn message(
+        &self,
+        row: &Map<String, Value>,
+        position: &str,
+        operation: &str,
+        writer: Option<&str>,
+    ) -> Option<Outgoing> {
         if let Some(skip) = &self.plan.skip_when {
             if row.get(&skip.column).and_then(Value::as_str) == Some(skip.value.as_str()) {
                 return None;
             }
         }
         let origin = format!("postgres:{}", self.table);
-        let provenance = vec![
+        let mut provenance = vec![
             (ORIGIN_HEADER, origin.clone()),
             ("herald.origin.change", position.to_owned()),
             ("herald.origin.operation", operation.to_owned()),
         ];
+        if let Some(writer) = writer {
+            provenance.push(("herald.origin.writer", writer.to_owned()));
+        }
         match self.event(row) {
             Ok((event, key)) => Some(Outgoing {
                 topic: self.config.topic.clone(),

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use herald_core::observe::SourceMetrics;
-use herald_kafka::KafkaProperties;
+use herald_kafka::{KafkaProperties, TopicSpec};
 use herald_pg::Ddl;
 use sqlx::postgres::{PgConnectOptions, PgListener};
 use sqlx::{Connection, PgConnection};
@@ -112,6 +112,21 @@ impl PostgresSourceConfig {
         }
     }
 
+    /// Where the rows that cannot become events go: `dead_letter_topic`, or `herald.dlq.<name>`.
+    pub(crate) fn dead_letter_topic_of(&self, name: &str) -> String {
+        self.dead_letter_topic.clone().unwrap_or_else(|| format!("herald.dlq.{name}"))
+    }
+
+    /// The topics source `name` writes: its events, its dead letters, its offsets (one
+    /// partition, compacted: the cursor is read back from partition 0).
+    pub(crate) fn topics(&self, name: &str) -> Vec<TopicSpec> {
+        vec![
+            TopicSpec::events(self.topic.as_str()),
+            TopicSpec::dead_letters(self.dead_letter_topic_of(name)),
+            TopicSpec::compacted(self.offsets_topic.as_str(), 1),
+        ]
+    }
+
     fn max_retained_wal_bytes(&self) -> i64 {
         i64::try_from(self.max_retained_wal_mb.saturating_mul(1024 * 1024)).unwrap_or(i64::MAX)
     }
@@ -185,10 +200,8 @@ impl PostgresSourceConfig {
             Capture::Trigger => ensure_capture(&mut conn, plan, name).await?,
             Capture::Wal => ensure_wal(&mut conn, plan, &names).await?,
         };
-        let dead_letter_topic = self.dead_letter_topic.clone().unwrap_or_else(|| format!("herald.dlq.{name}"));
-        let publisher =
-            Publisher::start(kafka, name, vec![self.topic.clone(), dead_letter_topic.clone()], &self.offsets_topic)
-                .await?;
+        let dead_letter_topic = self.dead_letter_topic_of(name);
+        let publisher = Publisher::start(kafka, name, &self.topics(name), &self.offsets_topic).await?;
         if self.capture == Capture::Wal {
             let in_kafka = publisher.committed::<WalPosition>(kafka).await?.unwrap_or_default();
             let (confirmed, _) = wal::slot_state(&mut conn, &names.slot).await?.ok_or_else(|| {
@@ -300,7 +313,10 @@ impl Worker<'_> {
             };
             let messages: Vec<Outgoing> = changes
                 .iter()
-                .filter_map(|change| self.rows.message(&change.row, &change.cursor.id.to_string(), &change.operation))
+                .filter_map(|change| {
+                    let position = change.cursor.id.to_string();
+                    self.rows.message(&change.row, &position, &change.operation, change.writer.as_deref())
+                })
                 .collect();
             let count = messages.len();
             self.publisher.publish(messages, &last, &|message, error| self.rows.too_large(message, error)).await?;

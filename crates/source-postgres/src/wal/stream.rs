@@ -107,7 +107,8 @@ impl WalStream<'_> {
                         continue;
                     }
                     let position = wal_start.to_string();
-                    batch.extend(self.rows.message(&change.row, &position, change.operation));
+                    // pgoutput carries no writer: the WAL knows transactions, not sessions.
+                    batch.extend(self.rows.message(&change.row, &position, change.operation, None));
                     // A large transaction goes out in batches too: bounded memory, short Kafka
                     // transactions; the checkpoint says how much of it is in Kafka.
                     if batch.len() >= self.batch_size {
