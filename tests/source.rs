@@ -460,3 +460,49 @@ async fn each_event_names_the_writer_of_its_row() {
     herald.signal("TERM");
     herald.wait_exit();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trigger_dropped_or_disabled_behind_herald_s_back_stops_the_source_saying_so() {
+    let pool = pool().await;
+    let schema = greenfield(&pool).await;
+    let topic = unique("events");
+    let config = TempConfig::new(&source_config(&unique("src"), &schema, &topic, ""));
+    let mut herald = Herald::run(&config);
+    herald.wait_for_log("Source active");
+    insert(&pool, &schema, "before", "s", "SUCCESS", 1).await;
+    read_committed(&topic, 1);
+    herald.signal("TERM");
+    herald.wait_exit();
+
+    sqlx::query(&format!("DROP TRIGGER herald_capture ON {schema}.pipeline_status")).execute(&pool).await.unwrap();
+    insert(&pool, &schema, "unseen", "s", "SUCCESS", 2).await;
+    let mut herald = Herald::run(&config);
+    let status = herald.wait_exit();
+    let log = herald.log();
+    assert!(!status.success(), "{log}");
+    assert!(log.contains("the capture trigger `herald_capture`") && log.contains("is gone"), "{log}");
+    assert!(log.contains("herald published every change up to transaction"), "{log}");
+    let out = common::herald().args(["migrate", "--config"]).arg(&config.path).output().unwrap();
+    assert!(!out.status.success(), "migrate does not reinstall it over the gap");
+
+    // While herald runs: disabled, then seen within a poll interval (1 s here).
+    let name = config_source_name(&config);
+    let out =
+        common::herald().args(["migrate", "--drop-source", &name, "--config"]).arg(&config.path).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut herald = Herald::run(&config);
+    herald.wait_for_log("Source active");
+    sqlx::query(&format!("ALTER TABLE {schema}.pipeline_status DISABLE TRIGGER herald_capture"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    let status = herald.wait_exit();
+    assert!(!status.success() && herald.log().contains("is disabled"), "{}", herald.log());
+}
+
+/// The name of the one `[[source]]` in `config`.
+fn config_source_name(config: &TempConfig) -> String {
+    let text = std::fs::read_to_string(&config.path).unwrap();
+    let line = text.lines().find(|line| line.starts_with("name = ")).unwrap();
+    line.trim_start_matches("name = ").trim_matches('"').to_owned()
+}

@@ -313,3 +313,62 @@ async fn hostile_rows_become_events_or_dead_letters_and_never_stop_the_source() 
     assert!(herald.wait_exit().success(), "{}", herald.log());
     source.drop_capture();
 }
+
+/// Runs `herald run` on `config` until it exits; its status and log.
+fn run_to_exit(config: &TempConfig) -> (std::process::ExitStatus, String) {
+    let mut herald = Herald::run(config);
+    let status = herald.wait_exit();
+    (status, herald.log())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_dropped_or_advanced_behind_herald_s_back_stops_the_source_saying_so() {
+    let pool = pool().await;
+    let schema = greenfield(&pool).await;
+    let topic = unique("events");
+    let source = WalSource::new(&schema, &topic, "");
+    source.migrate();
+    let mut herald = Herald::run(&source.config);
+    herald.wait_for_log("Source active");
+    insert(&pool, &schema, "before", "s", "SUCCESS", 1).await;
+    read_committed(&topic, 1);
+    herald.signal("TERM");
+    herald.wait_exit();
+
+    // A DBA drops the slot (the remedy for one that pins WAL); rows are written meanwhile.
+    sqlx::query("SELECT pg_drop_replication_slot($1)").bind(&source.slot).execute(&pool).await.unwrap();
+    for seq in 0..5 {
+        insert(&pool, &schema, "unseen", "s", "SUCCESS", seq).await;
+    }
+    let (status, log) = run_to_exit(&source.config);
+    assert!(!status.success(), "{log}");
+    assert!(log.contains(&format!("replication slot `{}` is gone", source.slot)), "{log}");
+    assert!(log.contains("herald published every change up to LSN") && log.contains("herald reconcile"), "{log}");
+    // `herald migrate` will not hide the gap by creating the slot again.
+    let out = common::herald().args(["migrate", "--config"]).arg(&source.config.path).output().unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("is gone"));
+    assert!(!slot_exists(&pool, &source.slot).await);
+
+    // Retiring the source forgets its position: the next start captures from then on.
+    source.drop_capture();
+    source.migrate();
+    let mut herald = Herald::run(&source.config);
+    herald.wait_for_log("Source active");
+    insert(&pool, &schema, "after", "s", "SUCCESS", 9).await;
+    let messages = read_committed(&topic, 2);
+    let sources: Vec<String> = messages.iter().map(|m| json(m)["source"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(sources, ["before", "after"], "nothing of the gap pretended");
+    herald.signal("TERM");
+    herald.wait_exit();
+
+    // A slot moved ahead of herald's position (advanced by hand) is as lost.
+    insert(&pool, &schema, "skipped", "s", "SUCCESS", 10).await;
+    sqlx::query("SELECT pg_replication_slot_advance($1, pg_current_wal_lsn())")
+        .bind(&source.slot)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let (status, log) = run_to_exit(&source.config);
+    assert!(!status.success() && log.contains("past herald's position"), "{log}");
+    source.drop_capture();
+}

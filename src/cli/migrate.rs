@@ -39,8 +39,11 @@ pub async fn migrate(args: MigrateArgs) -> Result<ExitCode> {
             );
         };
         let source = registry::source(spec)?;
-        let had =
-            source.retire().await.map_err(anyhow::Error::from_boxed).with_context(|| format!("source `{name}`"))?;
+        let had = source
+            .retire(&config.kafka)
+            .await
+            .map_err(anyhow::Error::from_boxed)
+            .with_context(|| format!("source `{name}`"))?;
         let what = if had {
             "forgotten: its slot and publication, or its claim on the table's captured changes, are removed"
         } else {
@@ -49,6 +52,8 @@ pub async fn migrate(args: MigrateArgs) -> Result<ExitCode> {
         println!("ok    source {name:<21} {what}");
         return Ok(ExitCode::SUCCESS);
     }
+    // Topics first: a source's continuity check reads its offsets topic.
+    create_topics(&config).await?;
     for route in &config.routes {
         match registry::migrate(route).await? {
             Some(what) => println!("ok    route {:<22} {} migrated", route.name, what),
@@ -58,13 +63,12 @@ pub async fn migrate(args: MigrateArgs) -> Result<ExitCode> {
     for spec in &config.sources {
         let source = registry::source(spec)?;
         let what = source
-            .migrate()
+            .migrate(&config.kafka)
             .await
             .map_err(anyhow::Error::from_boxed)
             .with_context(|| format!("source `{}`", spec.name))?;
         println!("ok    source {:<21} {what}", spec.name);
     }
-    create_topics(&config).await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -8,16 +8,19 @@ of reading, so events read from several partitions, or read again after a restar
 same board. A tie goes to the one read last.
 
 Layout: `board.rs` (the state and its updates), `follow.rs` (reading topics into a board),
-`text.rs` (the terminal table of `herald status`).
+`text.rs` (the terminal table of `herald status`), `compare.rs` (two boards side by side: a
+table against a topic, for `herald reconcile`), `config.rs` (`[board]`).
 */
 #![deny(missing_docs)]
 
 mod board;
+mod compare;
 mod config;
 mod follow;
 mod text;
 
 pub use board::{Board, Cell, Snapshot};
+pub use compare::{compare, render_divergences, Divergence, Verdict};
 pub use config::BoardConfig;
 pub use follow::follow;
 pub use text::{age, render_table};

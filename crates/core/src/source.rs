@@ -91,11 +91,13 @@ pub trait Source: Send + Sync {
     /// Connects and checks what it reads, changing nothing; says what it found.
     async fn check(&self) -> Result<String, BoxError>;
 
-    /// Installs what it needs where it reads (idempotent); says what it did.
-    async fn migrate(&self) -> Result<String, BoxError>;
+    /// Installs what it needs where it reads (idempotent); says what it did. A capture that
+    /// was lost since the source's position in Kafka is refused, not installed again.
+    async fn migrate(&self, kafka: &KafkaProperties) -> Result<String, BoxError>;
 
-    /// Removes what it installed, once it is taken out of service; whether there was anything.
-    async fn retire(&self) -> Result<bool, BoxError>;
+    /// Removes what it installed, and forgets its position in Kafka, once it is taken out of
+    /// service; whether there was anything.
+    async fn retire(&self, kafka: &KafkaProperties) -> Result<bool, BoxError>;
 
     /// Publishes until `cancel`; transient failures are its own to retry, an error ends it.
     async fn run(

@@ -69,6 +69,53 @@ pub(crate) async fn installed(
     Ok(trigger.is_some())
 }
 
+/// The trigger capture of `table` as it stands: the trigger, the change ids used so far, the
+/// current transaction id, the server. Reads the catalog only.
+pub(crate) async fn observe(
+    conn: &mut PgConnection,
+    schema: &Ident,
+    table: &str,
+    server: crate::continuity::ServerIdentity,
+) -> Result<crate::continuity::TriggerCapture, SourceError> {
+    use crate::continuity::{TriggerCapture, TriggerState};
+    let enabled: Option<String> = sqlx::query_scalar(
+        "SELECT tgenabled::text FROM pg_trigger
+         WHERE tgrelid = to_regclass($1) AND tgname = 'herald_capture' AND NOT tgisinternal",
+    )
+    .bind(quoted(table)?)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(SourceError::postgres("looking for the capture trigger"))?;
+    let trigger = match enabled.as_deref() {
+        None => TriggerState::Missing,
+        Some("D") => TriggerState::Disabled,
+        Some(_) => TriggerState::Enabled,
+    };
+    let last_change_id = match sqlx::query_scalar::<_, Option<String>>("SELECT pg_get_serial_sequence($1, 'id')")
+        .bind(format!("{schema}.herald_changes"))
+        .fetch_one(&mut *conn)
+        .await
+    {
+        Ok(Some(sequence)) => {
+            let (last, called): (i64, bool) = sqlx::query_as(&format!("SELECT last_value, is_called FROM {sequence}"))
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(SourceError::postgres("reading the change ids"))?;
+            Some(if called { last } else { 0 })
+        }
+        // `herald_changes` (or its sequence) is gone.
+        Ok(None) | Err(sqlx::Error::Database(_)) => None,
+        Err(err) => return Err(SourceError::postgres("reading the change ids")(err)),
+    };
+    // The next transaction id to be assigned (without assigning one, as pg_current_xact_id would).
+    let current_txid: String = sqlx::query_scalar("SELECT pg_snapshot_xmax(pg_current_snapshot())::text")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(SourceError::postgres("reading the current transaction id"))?;
+    let current_txid = current_txid.parse().unwrap_or(u64::MAX);
+    Ok(TriggerCapture { trigger, last_change_id, current_txid, server })
+}
+
 /// Creates `herald_changes`, its ledger and the capture function in `schema` (and the greenfield
 /// tables when watched), then the trigger on `table`; idempotent. Every statement runs under
 /// `ddl`'s short `lock_timeout` and is retried with backoff, so it never waits in the lock

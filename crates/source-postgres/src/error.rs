@@ -67,6 +67,22 @@ pub enum SourceError {
         /// What went wrong.
         reason: String,
     },
+    /// The capture is not the one the position in Kafka belongs to: changes were written that
+    /// herald never saw, and cannot read any more.
+    #[error(
+        "source `{source_name}`: the change capture was lost: {what}. herald published every change up to \
+         {since}; what the table got after that was not captured. Ways forward: `herald reconcile --source \
+         {source_name}` shows what the table holds that the topic lacks, and `--repair` publishes it; then \
+         `herald migrate --drop-source {source_name}` forgets the old position, and the next start captures from now"
+    )]
+    CaptureLost {
+        /// The source.
+        source_name: String,
+        /// What was lost.
+        what: String,
+        /// The last position published, and when it was stored.
+        since: String,
+    },
     /// A blocking task died.
     #[error("internal task failed")]
     Task(#[from] tokio::task::JoinError),

@@ -28,10 +28,14 @@ The decisions to know:
   trigger mode's catch-up.
 - `capture.rs`: the trigger mode's Postgres side: the trigger, `herald_changes`, reading
   changes in commit-safe order.
+- `continuity.rs`: whether the capture is still the one the cursor in Kafka belongs to
+  (a dropped slot or trigger, a restore, a failover), decided without I/O.
 - `prune.rs`: deleting the changes every source of a table has published (trigger mode).
 - `wal/`: the WAL mode: `position.rs` (what is stored in Kafka), `slot.rs` (slot, publication,
   connection), `decode.rs` (pgoutput), `stream.rs` (the loop).
 - `rows.rs`: rows into stage events or dead letters, the same for both modes.
+- `reconcile.rs`: the table's side of `herald reconcile` (its latest row per pair) and the
+  repair that publishes what the topic lacks.
 - `publisher.rs`: the Kafka side: each batch and its position in one transaction.
 - `error.rs`: the crate's error and which failures are transient.
 */
@@ -39,10 +43,12 @@ The decisions to know:
 
 mod capture;
 mod config;
+mod continuity;
 mod error;
 mod plugin;
 mod prune;
 mod publisher;
+mod reconcile;
 mod rows;
 mod source;
 mod wal;
@@ -50,6 +56,7 @@ mod wal;
 pub use capture::Cursor;
 pub use config::{Capture, PostgresSourceConfig, SkipWhen};
 pub use error::SourceError;
+pub use reconcile::TableRow;
 
 /// The `type` that selects this source in a `[[source]]` table.
 pub const KIND: &str = "postgres";

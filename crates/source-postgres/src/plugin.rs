@@ -55,8 +55,8 @@ impl Source for PostgresSource {
         Ok(self.config.check(&self.name).await?)
     }
 
-    async fn migrate(&self) -> Result<String, BoxError> {
-        self.config.migrate(&self.name).await?;
+    async fn migrate(&self, kafka: &KafkaProperties) -> Result<String, BoxError> {
+        self.config.migrate(&self.name, kafka).await?;
         Ok(match self.config.capture {
             Capture::Trigger => "change capture installed (trigger)".into(),
             Capture::Wal => format!(
@@ -67,8 +67,8 @@ impl Source for PostgresSource {
         })
     }
 
-    async fn retire(&self) -> Result<bool, BoxError> {
-        Ok(self.config.drop_source(&self.name).await?)
+    async fn retire(&self, kafka: &KafkaProperties) -> Result<bool, BoxError> {
+        Ok(self.config.drop_source(&self.name, kafka).await?)
     }
 
     async fn run(

@@ -11,8 +11,10 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::Message;
+use serde_json::{Map, Value};
 
 use crate::capture::Cursor;
+use crate::continuity::{Committed, ServerIdentity};
 use crate::error::SourceError;
 
 /// How long a transaction may stay open before the broker aborts it.
@@ -20,22 +22,45 @@ const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A source's position, stored on the offsets topic in the same Kafka transaction as the
 /// events before it: the trigger mode's (txid, change id) cursor, the WAL mode's commit LSN.
+/// The publisher adds the server it was read from and the time (see [`Committed`]).
 pub(crate) trait Checkpoint: Sized + Send + 'static {
-    /// The record's JSON value.
-    fn encode(&self) -> String;
+    /// Writes the position's fields into the record's JSON object.
+    fn encode(&self, record: &mut Map<String, Value>);
     /// Reads a record back; `None` for a record of another shape (another capture mode).
-    fn decode(payload: &[u8]) -> Option<Self>;
+    fn decode(record: &Value) -> Option<Self>;
 }
 
 impl Checkpoint for Cursor {
-    fn encode(&self) -> String {
-        format!(r#"{{"txid":{},"id":{}}}"#, self.txid, self.id)
+    fn encode(&self, record: &mut Map<String, Value>) {
+        record.insert("txid".into(), self.txid.into());
+        record.insert("id".into(), self.id.into());
     }
 
-    fn decode(payload: &[u8]) -> Option<Self> {
-        let value: serde_json::Value = serde_json::from_slice(payload).ok()?;
-        Some(Cursor { txid: value["txid"].as_u64()?, id: value["id"].as_i64()? })
+    fn decode(record: &Value) -> Option<Self> {
+        Some(Cursor { txid: record["txid"].as_u64()?, id: record["id"].as_i64()? })
     }
+}
+
+/// The cursor record: the position, the server it was read from, and when.
+fn cursor_record(position: &impl Checkpoint, server: ServerIdentity) -> String {
+    let mut record = Map::new();
+    position.encode(&mut record);
+    record.insert("system".into(), server.system.to_string().into());
+    record.insert("timeline".into(), server.timeline.into());
+    record.insert("at".into(), chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true).into());
+    Value::Object(record).to_string()
+}
+
+/// A cursor record read back.
+fn read_record<C: Checkpoint>(payload: &[u8]) -> Option<Committed<C>> {
+    let record: Value = serde_json::from_slice(payload).ok()?;
+    let position = C::decode(&record)?;
+    let server = match (record["system"].as_str().and_then(|s| s.parse().ok()), record["timeline"].as_u64()) {
+        (Some(system), Some(timeline)) => Some(ServerIdentity { system, timeline: u32::try_from(timeline).ok()? }),
+        _ => None,
+    };
+    let at = record["at"].as_str().and_then(|at| at.parse().ok());
+    Some(Committed { position, server, at })
 }
 
 /// One message to publish.
@@ -51,6 +76,8 @@ pub(crate) struct Outgoing {
 /// exactly after the last committed batch.
 pub(crate) struct Publisher {
     producer: TransactionalProducer,
+    /// The server the source reads, recorded with each position.
+    server: ServerIdentity,
     offsets_topic: String,
     cursor_key: String,
 }
@@ -64,20 +91,21 @@ impl Publisher {
         source: &str,
         topics: &[TopicSpec],
         offsets_topic: &str,
+        server: ServerIdentity,
     ) -> Result<Self, SourceError> {
         ensure_topics(props, topics).await.map_err(SourceError::kafka("creating the topics it writes"))?;
         let producer = TransactionalProducer::start(props, &format!("herald.source.{source}"), TRANSACTION_TIMEOUT)
             .await
             .map_err(SourceError::kafka("starting the transactional producer"))?;
-        Ok(Self { producer, offsets_topic: offsets_topic.to_owned(), cursor_key: source.to_owned() })
+        Ok(Self { producer, server, offsets_topic: offsets_topic.to_owned(), cursor_key: source.to_owned() })
     }
 
     /// The position committed last, read from the offsets topic with `read_committed`.
-    pub(crate) async fn committed<C: Checkpoint>(&self, props: &KafkaProperties) -> Result<Option<C>, SourceError> {
-        let props = props.clone();
-        let topic = self.offsets_topic.clone();
-        let key = self.cursor_key.clone();
-        tokio::task::spawn_blocking(move || read_checkpoint(&props, &topic, &key)).await?
+    pub(crate) async fn committed<C: Checkpoint>(
+        &self,
+        props: &KafkaProperties,
+    ) -> Result<Option<Committed<C>>, SourceError> {
+        read_committed(props, &self.offsets_topic, &self.cursor_key).await
     }
 
     /// Publishes `messages` and moves the position to `cursor`, atomically. A message Kafka
@@ -124,7 +152,7 @@ impl Publisher {
     async fn send_all(&self, messages: &[Outgoing], cursor: &impl Checkpoint) -> Result<(), SendFailure> {
         let mut deliveries = Vec::with_capacity(messages.len() + 1);
         let mut too_large = Vec::new();
-        let cursor_value = cursor.encode();
+        let cursor_value = cursor_record(cursor, self.server);
         let all = messages
             .iter()
             .map(|m| (m.topic.as_str(), m.key.as_deref(), m.value.as_str(), m.headers.as_slice()))
@@ -183,7 +211,35 @@ fn is_too_large(err: &rdkafka::error::KafkaError) -> bool {
     matches!(err.rdkafka_error_code(), Some(MessageSizeTooLarge | MessageBatchTooLarge))
 }
 
-fn read_checkpoint<C: Checkpoint>(props: &KafkaProperties, topic: &str, key: &str) -> Result<Option<C>, SourceError> {
+/// The position source `key` committed last on `topic`, read with `read_committed`, without a
+/// producer (which would fence a running source).
+pub(crate) async fn read_committed<C: Checkpoint>(
+    props: &KafkaProperties,
+    topic: &str,
+    key: &str,
+) -> Result<Option<Committed<C>>, SourceError> {
+    let (props, topic, key) = (props.clone(), topic.to_owned(), key.to_owned());
+    tokio::task::spawn_blocking(move || read_checkpoint(&props, &topic, &key)).await?
+}
+
+/// Forgets source `key`'s position: a tombstone on the compacted offsets `topic`, so the next
+/// activation starts as a first one.
+pub(crate) async fn forget_position(props: &KafkaProperties, topic: &str, key: &str) -> Result<(), SourceError> {
+    let producer: rdkafka::producer::FutureProducer =
+        herald_kafka::reliable_producer_config(props).create().map_err(SourceError::kafka("creating a producer"))?;
+    let record: FutureRecord<'_, str, str> = FutureRecord::to(topic).key(key);
+    producer
+        .send(record, Duration::from_secs(30))
+        .await
+        .map_err(|(err, _)| SourceError::kafka("forgetting the source's position")(err))?;
+    Ok(())
+}
+
+fn read_checkpoint<C: Checkpoint>(
+    props: &KafkaProperties,
+    topic: &str,
+    key: &str,
+) -> Result<Option<Committed<C>>, SourceError> {
     let consumer: BaseConsumer = client_config(props)
         .set("group.id", format!("herald.source-offsets-reader.{key}"))
         .set("enable.auto.commit", "false")
@@ -191,6 +247,17 @@ fn read_checkpoint<C: Checkpoint>(props: &KafkaProperties, topic: &str, key: &st
         .create()
         .map_err(SourceError::kafka("creating the offsets reader"))?;
     let timeout = Duration::from_secs(15);
+    // No offsets topic yet (a source never started): no position.
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(SourceError::kafka("reading the offsets topic's metadata"))?;
+    if metadata
+        .topics()
+        .iter()
+        .all(|found| found.name() != topic || found.error().is_some() || found.partitions().is_empty())
+    {
+        return Ok(None);
+    }
     let (start, end) =
         consumer.fetch_watermarks(topic, 0, timeout).map_err(SourceError::kafka("reading offsets watermarks"))?;
     if end <= start {
@@ -215,7 +282,7 @@ fn read_checkpoint<C: Checkpoint>(props: &KafkaProperties, topic: &str, key: &st
         }
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(message)) if message.key() == Some(key.as_bytes()) => {
-                cursor = message.payload().and_then(C::decode);
+                cursor = message.payload().and_then(read_record);
             }
             Some(Ok(_)) => {}
             Some(Err(err)) => return Err(SourceError::kafka("reading the offsets topic")(err)),

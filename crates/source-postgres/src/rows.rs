@@ -35,10 +35,8 @@ impl RowMapper<'_> {
         operation: &str,
         writer: Option<&str>,
     ) -> Option<Outgoing> {
-        if let Some(skip) = &self.plan.skip_when {
-            if row.get(&skip.column).and_then(Value::as_str) == Some(skip.value.as_str()) {
-                return None;
-            }
+        if self.skipped(row) {
+            return None;
         }
         let origin = format!("postgres:{}", self.table);
         let mut provenance = vec![
@@ -123,8 +121,16 @@ impl RowMapper<'_> {
         Outgoing { topic: self.dead_letter_topic.to_owned(), key, value, headers: provenance }
     }
 
+    /// Whether herald's own sink wrote `row` (the `skip_when` marker): it is never published.
+    pub(crate) fn skipped(&self, row: &Map<String, Value>) -> bool {
+        self.plan
+            .skip_when
+            .as_ref()
+            .is_some_and(|skip| row.get(&skip.column).and_then(Value::as_str) == Some(skip.value.as_str()))
+    }
+
     /// The row as a stage event, and its key.
-    fn event(&self, row: &Map<String, Value>) -> Result<(StageEvent, String), String> {
+    pub(crate) fn event(&self, row: &Map<String, Value>) -> Result<(StageEvent, String), String> {
         let mut object = Map::new();
         if let Some(Value::Object(payload)) = self.plan.payload_column.as_ref().and_then(|c| row.get(c)) {
             object.extend(payload.clone());

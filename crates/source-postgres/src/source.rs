@@ -13,9 +13,11 @@ use tracing::{info, warn};
 
 use crate::capture::{self, Cursor};
 use crate::config::{Capture, Plan, PostgresSourceConfig};
+use crate::continuity::Committed;
+use crate::continuity::{self, ServerIdentity, WalCapture};
 use crate::error::SourceError;
 use crate::prune::Pruner;
-use crate::publisher::{Outgoing, Publisher};
+use crate::publisher::{forget_position, read_committed, Outgoing, Publisher};
 use crate::rows::RowMapper;
 use crate::wal::{self, WalNames, WalPosition, WalStream};
 
@@ -33,7 +35,7 @@ impl PostgresSourceConfig {
     }
 
     /// A connection named for source `name`.
-    async fn connect(&self, name: &str) -> Result<PgConnection, SourceError> {
+    pub(crate) async fn connect(&self, name: &str) -> Result<PgConnection, SourceError> {
         PgConnection::connect_with(&self.connect_options(name)?).await.map_err(SourceError::postgres("connecting"))
     }
 
@@ -41,15 +43,76 @@ impl PostgresSourceConfig {
     /// it is the one watched, the trigger); idempotent, and a no-op (no DDL, no lock) when the
     /// capture is installed and current. `herald migrate` calls it; `herald run` calls it only
     /// for a table not yet captured.
-    pub async fn migrate(&self, name: &str) -> Result<(), SourceError> {
+    ///
+    /// A capture that was lost (see [`crate::continuity`]) is not installed again: that would
+    /// hide the gap from the next start. The error says what was lost.
+    pub async fn migrate(&self, name: &str, kafka: &KafkaProperties) -> Result<(), SourceError> {
         let plan = self.plan()?;
         let mut conn = self.connect(name).await?;
-        let result = match self.capture {
-            Capture::Trigger => ensure_capture(&mut conn, &plan, name).await,
-            Capture::Wal => ensure_wal(&mut conn, &plan, &self.wal_names(name)).await,
-        };
+        let result = async {
+            let server = ServerIdentity::read(&mut conn).await?;
+            match self.capture {
+                Capture::Trigger => {
+                    let committed = read_committed::<Cursor>(kafka, &self.offsets_topic, name).await?;
+                    self.trigger_continuity(name, &plan, &mut conn, committed.as_ref(), server).await?;
+                    ensure_capture(&mut conn, &plan, name).await
+                }
+                Capture::Wal => {
+                    let committed = read_committed::<WalPosition>(kafka, &self.offsets_topic, name).await?;
+                    self.wal_continuity(name, &mut conn, committed.as_ref(), server).await?;
+                    ensure_wal(&mut conn, &plan, &self.wal_names(name)).await
+                }
+            }
+        }
+        .await;
         let _ = conn.close().await;
         result.map(drop)
+    }
+
+    /// Whether the WAL capture is still the one `committed` (Kafka's position) belongs to.
+    async fn wal_continuity(
+        &self,
+        name: &str,
+        conn: &mut PgConnection,
+        committed: Option<&Committed<WalPosition>>,
+        server: ServerIdentity,
+    ) -> Result<(), SourceError> {
+        let Some(committed) = committed else { return Ok(()) };
+        let slot = self.slot_name(name);
+        let slot_confirmed = wal::slot_state(conn, &slot).await?.map(|(confirmed, _)| confirmed);
+        let at = committed.clone().map(|position| position.lsn);
+        match continuity::check_wal(&at, &slot, &WalCapture { slot_confirmed, server }) {
+            Some(lost) => Err(self.capture_lost(name, lost, &format!("LSN {}", continuity::lsn(at.position)), at.at)),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the trigger capture is still the one `committed` (Kafka's cursor) belongs to.
+    async fn trigger_continuity(
+        &self,
+        name: &str,
+        plan: &Plan,
+        conn: &mut PgConnection,
+        committed: Option<&Committed<Cursor>>,
+        server: ServerIdentity,
+    ) -> Result<(), SourceError> {
+        let Some(committed) = committed else { return Ok(()) };
+        let since = format!("transaction {}, change {}", committed.position.txid, committed.position.id);
+        let lost = match capture::resolve(conn, &plan.table).await {
+            Ok(table) => {
+                let observed = capture::observe(conn, &plan.schema, &table, server).await?;
+                let at = committed.clone().map(|cursor| (cursor.txid, cursor.id));
+                continuity::check_trigger(&at, &table, &observed)
+            }
+            Err(SourceError::NoTable(table)) => {
+                Some(continuity::Lost::Trigger { table, state: continuity::TriggerState::Missing })
+            }
+            Err(err) => return Err(err),
+        };
+        match lost {
+            Some(lost) => Err(self.capture_lost(name, lost, &since, committed.at)),
+            None => Ok(()),
+        }
     }
 
     fn wal_names(&self, name: &str) -> WalNames {
@@ -61,7 +124,10 @@ impl PostgresSourceConfig {
     /// the trigger and the table's captured changes. WAL capture: drops its replication slot
     /// (which would otherwise pin WAL forever) and its publication. Returns whether there was
     /// anything to remove.
-    pub async fn drop_source(&self, name: &str) -> Result<bool, SourceError> {
+    ///
+    /// Its position in Kafka is forgotten too, so a source of the same name started later
+    /// captures from then on as a new one (rather than stopping on a capture it cannot find).
+    pub async fn drop_source(&self, name: &str, kafka: &KafkaProperties) -> Result<bool, SourceError> {
         let plan = self.plan()?;
         let mut conn = self.connect(name).await?;
         let result = match self.capture {
@@ -69,7 +135,9 @@ impl PostgresSourceConfig {
             Capture::Wal => wal::drop_capture(&mut conn, &self.wal_names(name)).await,
         };
         let _ = conn.close().await;
-        result
+        let had = result?;
+        forget_position(kafka, &self.offsets_topic, name).await?;
+        Ok(had)
     }
 
     /// Connects and checks the table and its mapped columns, changing nothing; for WAL capture
@@ -109,6 +177,24 @@ impl PostgresSourceConfig {
                 names.slot,
                 retained / 1024
             )),
+        }
+    }
+
+    /// The error that stops source `name` when its capture was lost: what, since where and
+    /// when, and the ways forward.
+    fn capture_lost(
+        &self,
+        name: &str,
+        lost: continuity::Lost,
+        position: &str,
+        at: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> SourceError {
+        let when =
+            at.map_or_else(String::new, |at| format!(" ({})", at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)));
+        SourceError::CaptureLost {
+            source_name: name.to_owned(),
+            what: lost.to_string(),
+            since: format!("{position}{when}"),
         }
     }
 
@@ -196,20 +282,31 @@ impl PostgresSourceConfig {
 
         let mut conn = self.connect(name).await?;
         let names = self.wal_names(name);
-        let table = match self.capture {
-            Capture::Trigger => ensure_capture(&mut conn, plan, name).await?,
-            Capture::Wal => ensure_wal(&mut conn, plan, &names).await?,
-        };
+        let server = ServerIdentity::read(&mut conn).await?;
         let dead_letter_topic = self.dead_letter_topic_of(name);
-        let publisher = Publisher::start(kafka, name, &self.topics(name), &self.offsets_topic).await?;
+        let publisher = Publisher::start(kafka, name, &self.topics(name), &self.offsets_topic, server).await?;
         if self.capture == Capture::Wal {
-            let in_kafka = publisher.committed::<WalPosition>(kafka).await?.unwrap_or_default();
+            let committed = publisher.committed::<WalPosition>(kafka).await?;
+            // Before anything is (re)created: is the slot still the one Kafka's position belongs to?
+            self.wal_continuity(name, &mut conn, committed.as_ref(), server).await?;
+            let table = ensure_wal(&mut conn, plan, &names).await?;
             let (confirmed, _) = wal::slot_state(&mut conn, &names.slot).await?.ok_or_else(|| {
                 SourceError::Replication { context: "starting", reason: format!("slot `{}` vanished", names.slot) }
             })?;
+            let in_kafka = match committed {
+                Some(committed) => committed.position,
+                None => {
+                    // The first activation: the position is recorded at once, so that from now on a
+                    // lost capture is always seen (a source with a position has a capture to keep).
+                    let first = WalPosition { lsn: confirmed, partial: None };
+                    publisher.publish(Vec::new(), &first, &|message, _| message).await?;
+                    first
+                }
+            };
             wal::check_history(&mut conn, in_kafka.lsn).await?;
             // The server never goes back before the slot's confirmed LSN; and what Kafka has is
-            // skipped. Behind the slot is only what an idle slot moved past: nothing of ours.
+            // skipped. The slot is never ahead of Kafka's position (herald records a position
+            // before it confirms it), so this is Kafka's position.
             let start = in_kafka.lsn.max(confirmed);
             info!(source = name, table = %table, topic = %self.topic, slot = %names.slot, lsn = %pgwire_replication::Lsn::from_u64(start), "Source active.");
             metrics.set_status("active");
@@ -228,7 +325,19 @@ impl PostgresSourceConfig {
             let config = wal::replication_config(&self.url, &herald_pg::application_name(name), &names, start)?;
             return stream.run(config, wal::Progress::new(start, in_kafka), cancel).await;
         }
-        let mut cursor = publisher.committed::<Cursor>(kafka).await?.unwrap_or_default();
+        let committed = publisher.committed::<Cursor>(kafka).await?;
+        // Before the trigger is (re)installed: is the capture still the one Kafka's cursor belongs to?
+        self.trigger_continuity(name, plan, &mut conn, committed.as_ref(), server).await?;
+        let table = ensure_capture(&mut conn, plan, name).await?;
+        let mut cursor = match committed {
+            Some(committed) => committed.position,
+            None => {
+                // The first activation: recorded at once (see the WAL branch).
+                let first = Cursor::default();
+                publisher.publish(Vec::new(), &first, &|message, _| message).await?;
+                first
+            }
+        };
         info!(source = name, table = %table, topic = %self.topic, txid = cursor.txid, change = cursor.id, "Source active.");
         metrics.set_status("active");
         // Deletes what has been published, on a connection and task of its own; it stops with
@@ -263,6 +372,7 @@ impl PostgresSourceConfig {
             published,
         };
 
+        let mut last_capture_check = std::time::Instant::now();
         loop {
             let held_back = worker.catch_up(&mut conn, &mut cursor).await?;
             let wait = if held_back { HELD_BACK_POLL } else { self.poll_interval };
@@ -278,6 +388,13 @@ impl PostgresSourceConfig {
                 _ = tokio::time::sleep(wait) => {
                     // Still holding the lock? A dead lock connection means a standby may be active.
                     sqlx::query("SELECT 1").execute(&mut lock).await.map_err(SourceError::postgres("checking the source lock"))?;
+                    // Still capturing? A trigger dropped or disabled while herald runs loses rows
+                    // too (looked at once per poll interval, not on the short held-back polls).
+                    if last_capture_check.elapsed() >= self.poll_interval {
+                        last_capture_check = std::time::Instant::now();
+                        let here = Committed { position: cursor, server: Some(server), at: Some(chrono::Utc::now()) };
+                        self.trigger_continuity(name, plan, &mut conn, Some(&here), server).await?;
+                    }
                 }
             }
         }

@@ -2,7 +2,7 @@
 //! last whole transaction, and how much of a transaction too large for one batch), and the
 //! bookkeeping that turns the stream's transactions into those positions.
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::publisher::Checkpoint;
 
@@ -29,17 +29,15 @@ pub(crate) struct Partial {
 }
 
 impl Checkpoint for WalPosition {
-    fn encode(&self) -> String {
-        match self.partial {
-            None => format!(r#"{{"lsn":{}}}"#, self.lsn),
-            Some(partial) => {
-                format!(r#"{{"lsn":{},"partial_commit":{},"partial_done":{}}}"#, self.lsn, partial.commit, partial.done)
-            }
+    fn encode(&self, record: &mut Map<String, Value>) {
+        record.insert("lsn".into(), self.lsn.into());
+        if let Some(partial) = self.partial {
+            record.insert("partial_commit".into(), partial.commit.into());
+            record.insert("partial_done".into(), partial.done.into());
         }
     }
 
-    fn decode(payload: &[u8]) -> Option<Self> {
-        let value: Value = serde_json::from_slice(payload).ok()?;
+    fn decode(value: &Value) -> Option<Self> {
         let partial = match (value["partial_commit"].as_u64(), value["partial_done"].as_u64()) {
             (Some(commit), Some(done)) => Some(Partial { commit, done }),
             _ => None,
@@ -104,6 +102,14 @@ impl Progress {
         new
     }
 
+    /// The server reports its WAL end while no transaction is open: nothing of ours is before
+    /// it that is not published, so the position may move there (once recorded in Kafka).
+    pub(crate) fn idle_at(&mut self, wal_end: u64) {
+        if self.current.is_none() {
+            self.complete_end = self.complete_end.max(wal_end);
+        }
+    }
+
     /// Whether a transaction is open.
     pub(crate) fn in_transaction(&self) -> bool {
         self.current.is_some()
@@ -131,8 +137,10 @@ mod tests {
         // Before the restart: transactions up to LSN 100 whole, and 3 row changes of the one
         // committing at 150.
         let resumed = WalPosition { lsn: 100, partial: Some(Partial { commit: 150, done: 3 }) };
-        assert_eq!(WalPosition::decode(resumed.encode().as_bytes()), Some(resumed));
-        assert_eq!(WalPosition::decode(br#"{"lsn":7}"#), Some(WalPosition { lsn: 7, partial: None }));
+        let mut record = Map::new();
+        resumed.encode(&mut record);
+        assert_eq!(WalPosition::decode(&Value::Object(record)), Some(resumed));
+        assert_eq!(WalPosition::decode(&serde_json::json!({"lsn": 7})), Some(WalPosition { lsn: 7, partial: None }));
         let mut progress = Progress::new(100, resumed);
 
         // A transaction committed before the start is in Kafka whole.

@@ -71,6 +71,10 @@ impl WalStream<'_> {
         let mut batch_has_commits = false;
         let mut confirmed = progress.checkpoint().lsn;
         let mut slot_check = tokio::time::interval(SLOT_CHECK_INTERVAL);
+        // The position moved past WAL with nothing of ours (other tables' transactions, idle
+        // keepalives) and is not recorded in Kafka yet. The slot is only told once it is: the
+        // slot is never ahead of Kafka's position, so a slot found ahead means it was lost.
+        let mut idle_pending = false;
         loop {
             // Between transactions with a batch waiting: take what has already arrived, and
             // publish as soon as nothing more has.
@@ -88,6 +92,12 @@ impl WalStream<'_> {
                     _ = cancel.cancelled() => return Ok(()),
                     _ = slot_check.tick() => {
                         self.check_slot().await?;
+                        let idle = !progress.in_transaction() && batch.is_empty() && !batch_has_commits;
+                        if idle_pending && idle && progress.checkpoint().lsn > confirmed {
+                            // A position-only transaction; then the slot may let that WAL go.
+                            confirmed = self.publish(client, &mut batch, &progress, confirmed).await?;
+                        }
+                        idle_pending = false;
                         continue;
                     }
                     event = client.recv() => event,
@@ -121,11 +131,9 @@ impl WalStream<'_> {
                         continue;
                     }
                     if batch.is_empty() && !batch_has_commits {
-                        // Nothing (more) of ours in it: the slot may move past it without a
-                        // Kafka transaction. A restart that still gets it re-sent skips what
-                        // Kafka's checkpoint says is published.
-                        client.update_applied_lsn(end_lsn);
-                        confirmed = confirmed.max(end_lsn.as_u64());
+                        // Nothing (more) of ours in it: the position moves past it, recorded
+                        // with the next batch or on the next idle check.
+                        idle_pending = true;
                     } else {
                         batch_has_commits = true;
                         if batch.len() >= self.batch_size {
@@ -134,24 +142,26 @@ impl WalStream<'_> {
                         }
                     }
                 }
-                // Idle and everything published: let the slot move on, so a quiet table on a
-                // busy server does not pin WAL (Postgres's own subscribers do the same).
+                // Idle and everything published: the position moves on (recorded on the next idle
+                // check), so a quiet table on a busy server does not pin WAL (Postgres's own
+                // subscribers do the same).
                 ReplicationEvent::KeepAlive { wal_end, .. }
                     if !progress.in_transaction()
                         && batch.is_empty()
                         && !batch_has_commits
                         && wal_end.as_u64() > confirmed =>
                 {
-                    client.update_applied_lsn(wal_end);
-                    confirmed = wal_end.as_u64();
+                    progress.idle_at(wal_end.as_u64());
+                    idle_pending = true;
                 }
                 _ => {}
             }
         }
     }
 
-    /// Publishes the batch with the checkpoint `progress` gives in one Kafka transaction, then
-    /// confirms the end of the last whole transaction to the slot. Returns the LSN confirmed.
+    /// Publishes the batch (possibly empty: the position alone) with the checkpoint `progress`
+    /// gives in one Kafka transaction, then confirms the end of the last whole transaction to
+    /// the slot. Returns the LSN confirmed.
     async fn publish(
         &self,
         client: &ReplicationClient,

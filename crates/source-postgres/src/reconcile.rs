@@ -1,0 +1,136 @@
+//! The table's side of `herald reconcile` for a source: the latest row of each (source, stage)
+//! of the watched table, read as the source reads rows (the same mapping, the same events), and
+//! the repair that publishes the rows the topic lacks.
+//!
+//! The latest rows come from one `SELECT DISTINCT ON (source, stage) … ORDER BY … timestamp
+//! DESC`: Postgres keeps one row per pair, and herald holds one event per pair, so memory is
+//! bounded by the pairs, not by the table.
+
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use herald_core::StageEvent;
+use herald_kafka::{KafkaProperties, TransactionalProducer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::FutureRecord;
+use serde_json::{Map, Value};
+use sqlx::Row;
+
+use crate::capture;
+use crate::config::PostgresSourceConfig;
+use crate::error::SourceError;
+use crate::rows::RowMapper;
+
+/// The latest row of one (source, stage) in the watched table, and its event.
+#[derive(Debug, Clone)]
+pub struct TableRow {
+    /// The row as its event.
+    pub event: StageEvent,
+    /// Whether herald's own sink wrote it (it came from Kafka): never published back.
+    pub from_kafka: bool,
+    row: Map<String, Value>,
+}
+
+impl PostgresSourceConfig {
+    /// The latest row of each (source, stage) of source `name`'s table whose timestamp is at or
+    /// after `since` (every row without it), as events. Rows that cannot be events are left out.
+    pub async fn latest_rows(&self, name: &str, since: Option<DateTime<Utc>>) -> Result<Vec<TableRow>, SourceError> {
+        let plan = self.plan()?;
+        let column = |field: &str| {
+            plan.columns.get(field).cloned().ok_or_else(|| SourceError::Config {
+                key: "columns".into(),
+                reason: format!("reconcile needs the event field `{field}` from a column, not a constant"),
+            })
+        };
+        let (source, stage, timestamp) = (column("source")?, column("stage")?, column("timestamp")?);
+        let quote = |column: &str| herald_pg::Ident::new(column).map(|ident| ident.to_string());
+        let invalid = |reason: String| SourceError::Config { key: "columns".into(), reason };
+        let (source, stage, timestamp) =
+            (quote(&source).map_err(invalid)?, quote(&stage).map_err(invalid)?, quote(&timestamp).map_err(invalid)?);
+        let mut conn = self.connect(name).await?;
+        let table = capture::resolve(&mut conn, &plan.table).await?;
+        let quoted = capture::quoted(&table)?;
+        let window = if since.is_some() { format!("WHERE {timestamp} >= $1") } else { String::new() };
+        let sql = format!(
+            "SELECT to_jsonb(t) FROM (SELECT DISTINCT ON ({source}, {stage}) * FROM {quoted} {window}
+             ORDER BY {source}, {stage}, {timestamp} DESC) t"
+        );
+        let mut query = sqlx::query(&sql);
+        if let Some(since) = since {
+            query = query.bind(since);
+        }
+        let dead_letter_topic = self.dead_letter_topic_of(name);
+        let mapper =
+            RowMapper { name, plan: &plan, config: self, table: &table, dead_letter_topic: &dead_letter_topic };
+        let mut rows = query.fetch(&mut conn);
+        let mut latest = Vec::new();
+        while let Some(row) = rows.try_next().await.map_err(SourceError::postgres("reading the table's latest rows"))? {
+            let Value::Object(row) = row.try_get::<Value, _>(0).map_err(SourceError::postgres("decoding a row"))?
+            else {
+                continue;
+            };
+            let from_kafka = mapper.skipped(&row);
+            if let Ok((event, _)) = mapper.event(&row) {
+                latest.push(TableRow { event, from_kafka, row });
+            }
+        }
+        Ok(latest)
+    }
+
+    /// Publishes `rows` (the table's latest where the topic lacks them or is older) to the
+    /// source's topic in one Kafka transaction, keyed and shaped as the source publishes them,
+    /// with `herald.origin.repair = reconcile`. Rows herald's sink wrote are never published
+    /// back. Returns how many were published.
+    pub async fn repair(&self, name: &str, kafka: &KafkaProperties, rows: &[TableRow]) -> Result<usize, SourceError> {
+        let plan = self.plan()?;
+        let mut conn = self.connect(name).await?;
+        let table = capture::resolve(&mut conn, &plan.table).await?;
+        let dead_letter_topic = self.dead_letter_topic_of(name);
+        let mapper =
+            RowMapper { name, plan: &plan, config: self, table: &table, dead_letter_topic: &dead_letter_topic };
+        let messages: Vec<_> = rows
+            .iter()
+            .filter(|row| !row.from_kafka)
+            .filter_map(|row| mapper.message(&row.row, "reconcile", "repair", None))
+            .filter(|message| message.topic == self.topic)
+            .collect();
+        if messages.is_empty() {
+            return Ok(0);
+        }
+        herald_kafka::ensure_topics(kafka, &self.topics(name))
+            .await
+            .map_err(SourceError::kafka("creating the topics it writes"))?;
+        let producer = TransactionalProducer::start(kafka, &format!("herald.reconcile.{name}"), REPAIR_TIMEOUT)
+            .await
+            .map_err(SourceError::kafka("starting the repair's producer"))?;
+        producer.begin().map_err(SourceError::kafka("beginning the repair"))?;
+        let sent = async {
+            let mut deliveries = Vec::with_capacity(messages.len());
+            for message in &messages {
+                let mut headers = OwnedHeaders::new();
+                for (key, value) in
+                    message.headers.iter().chain(std::iter::once(&("herald.origin.repair", "reconcile".into())))
+                {
+                    headers = headers.insert(Header { key, value: Some(value.as_str()) });
+                }
+                let mut record: FutureRecord<'_, str, str> =
+                    FutureRecord::to(&message.topic).payload(message.value.as_str()).headers(headers);
+                if let Some(key) = &message.key {
+                    record = record.key(key);
+                }
+                deliveries.push(producer.producer().send(record, REPAIR_TIMEOUT));
+            }
+            for delivered in futures::future::join_all(deliveries).await {
+                delivered.map_err(|(err, _)| SourceError::kafka("publishing the repair")(err))?;
+            }
+            producer.commit().await.map_err(SourceError::kafka("committing the repair"))
+        }
+        .await;
+        if sent.is_err() {
+            let _ = producer.abort().await;
+        }
+        sent.map(|()| messages.len())
+    }
+}
+
+/// How long the repair's transaction and its calls may take.
+const REPAIR_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
