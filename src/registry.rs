@@ -78,3 +78,25 @@ pub fn sources(specs: &[SourceSpec]) -> Result<Vec<(String, Box<dyn Source>)>> {
     }
     Ok(sources)
 }
+
+/// A route's sink as kind `P`'s typed config, parsed and validated, or `None` when the route's
+/// sink is another kind: for commands that use one kind's own API (`reconcile` reads Postgres).
+pub fn typed_sink<P: herald_sdk::SinkPlugin>(route: &RouteConfig) -> Result<Option<P>> {
+    if route.sink.kind != P::KIND {
+        return Ok(None);
+    }
+    let config: P = herald_sdk::parse_settings(&route.sink.settings).with_context(context(route))?;
+    config.validate().map_err(anyhow::Error::from_boxed).with_context(context(route))?;
+    Ok(Some(config))
+}
+
+/// A `[[source]]` as kind `P`'s typed config, parsed and validated, or `None` when it is
+/// another kind.
+pub fn typed_source<P: herald_core::source::SourcePlugin>(spec: &SourceSpec) -> Result<Option<P>> {
+    if spec.kind != P::KIND {
+        return Ok(None);
+    }
+    let config: P = herald_sdk::parse_settings(&spec.settings).with_context(|| format!("source `{}`", spec.name))?;
+    config.validate().map_err(anyhow::Error::from_boxed).with_context(|| format!("source `{}`", spec.name))?;
+    Ok(Some(config))
+}

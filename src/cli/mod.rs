@@ -3,6 +3,7 @@
 mod check;
 mod migrate;
 mod publish;
+mod reconcile;
 mod run;
 mod status;
 mod wait;
@@ -47,6 +48,9 @@ pub enum Command {
     Wait(wait::WaitArgs),
     /// Print which source is at which stage: the latest event of each, read from the topic.
     Status(status::StatusArgs),
+    /// Compare a status table with a topic, pair by pair; exit 3 when they differ. `--repair`
+    /// makes them agree where herald can.
+    Reconcile(reconcile::ReconcileArgs),
 }
 
 /// Runs a subcommand; `Ok` carries the process exit code.
@@ -58,6 +62,7 @@ pub async fn execute(command: Command) -> Result<ExitCode> {
         Command::Publish(args) => publish::publish(args).await,
         Command::Wait(args) => wait::wait(args).await,
         Command::Status(args) => status::status(args).await,
+        Command::Reconcile(args) => reconcile::reconcile(args).await,
     }
 }
 

@@ -43,10 +43,34 @@ pub struct Divergence {
     pub topic: Option<Cell>,
 }
 
+/// Which fields besides the instant are compared: a table that does not keep a field cannot
+/// differ on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compared {
+    /// The event name (`STAGE_COMPLETE`).
+    pub event: bool,
+    /// The status.
+    pub status: bool,
+    /// The record count.
+    pub records: bool,
+}
+
+impl Compared {
+    /// Every field.
+    pub const ALL: Compared = Compared { event: true, status: true, records: true };
+}
+
 /// Every (source, stage) on which `table` and `topic` disagree, by source then stage. Only
-/// what a reader acts on counts: event, status, instant and records (not the timestamp's
-/// spelling, nor fields beyond these).
-pub fn compare(table: &Snapshot, topic: &Snapshot) -> Vec<Divergence> {
+/// what a reader acts on counts: the instant (to the microsecond, Postgres's precision), and
+/// the event, status and records as `fields` says (not the timestamp's spelling, nor fields
+/// beyond these).
+pub fn compare(table: &Snapshot, topic: &Snapshot, fields: Compared) -> Vec<Divergence> {
+    let micros = |cell: &Cell| cell.at.timestamp_micros();
+    let differs = |a: &Cell, b: &Cell| {
+        (fields.event && a.event != b.event)
+            || (fields.status && a.status != b.status)
+            || (fields.records && a.records != b.records)
+    };
     let key = |cell: &Cell| (cell.source.clone(), cell.stage.clone());
     type Sides<'a> = (Option<&'a Cell>, Option<&'a Cell>);
     let mut pairs: BTreeMap<(String, String), Sides<'_>> = BTreeMap::new();
@@ -62,11 +86,9 @@ pub fn compare(table: &Snapshot, topic: &Snapshot) -> Vec<Divergence> {
             let verdict = match (table, topic) {
                 (Some(_), None) => Verdict::TableOnly,
                 (None, Some(_)) => Verdict::TopicOnly,
-                (Some(a), Some(b)) if a.at > b.at => Verdict::TableNewer,
-                (Some(a), Some(b)) if a.at < b.at => Verdict::TopicNewer,
-                (Some(a), Some(b)) if (&a.event, &a.status, a.records) != (&b.event, &b.status, b.records) => {
-                    Verdict::Differs
-                }
+                (Some(a), Some(b)) if micros(a) > micros(b) => Verdict::TableNewer,
+                (Some(a), Some(b)) if micros(a) < micros(b) => Verdict::TopicNewer,
+                (Some(a), Some(b)) if differs(a, b) => Verdict::Differs,
                 _ => return None,
             };
             Some(Divergence { source, stage, verdict, table: table.cloned(), topic: topic.cloned() })
@@ -156,7 +178,7 @@ mod tests {
             ("F", "bronze", "SUCCESS", "10:00:00", None),
         ]);
         let verdicts: Vec<(String, Verdict)> =
-            compare(&table, &topic).into_iter().map(|d| (d.source, d.verdict)).collect();
+            compare(&table, &topic, Compared::ALL).into_iter().map(|d| (d.source, d.verdict)).collect();
         assert_eq!(
             verdicts,
             [
@@ -168,9 +190,11 @@ mod tests {
             ],
             "A agrees: the same instant spelt two ways"
         );
-        assert!(compare(&table, &table).is_empty());
+        assert!(compare(&table, &table, Compared::ALL).is_empty());
+        let without_status = Compared { status: false, ..Compared::ALL };
+        assert!(compare(&table, &topic, without_status).iter().all(|d| d.verdict != Verdict::Differs));
         let now = "2026-12-01T11:00:00Z".parse().unwrap();
-        let text = render_divergences(&compare(&table, &topic), now);
+        let text = render_divergences(&compare(&table, &topic, Compared::ALL), now);
         assert!(text.starts_with("SOURCE  STAGE") && text.contains("only in the table"), "{text}");
     }
 }

@@ -65,6 +65,8 @@ pub struct Read {
     pub partition: i32,
     /// Its offset.
     pub offset: i64,
+    /// Where it was born when not on Kafka: its `herald.origin` header.
+    pub origin: Option<String>,
 }
 
 /// A reader of some topics from a point in time on.
@@ -190,7 +192,8 @@ impl TopicReader {
             None => false,
         };
         let event = message.payload().and_then(|payload| StageEvent::from_json(payload).ok());
-        Ok(Read { event, in_history, topic: key.0, partition: key.1, offset: message.offset() })
+        let origin = crate::headers::origin_of(message.headers());
+        Ok(Read { event, in_history, topic: key.0, partition: key.1, offset: message.offset(), origin })
     }
 
     /// Drops the partitions whose position reached the end of their history (past markers and

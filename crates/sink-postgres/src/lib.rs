@@ -18,18 +18,21 @@ dead-letter topic; the rest of the batch is written.
 
 Layout: `config.rs` (settings, validation, table plans), `sink.rs` (the transaction, stored
 offsets and rejections; the plug-in), `table.rs` (one table's writer: the catalog check, the
-statements, `COPY` in text or binary), `error.rs` (what each error means for the batch; the
+statements, `COPY` in text or binary), `reconcile.rs` (the table's side of `herald reconcile`:
+the latest event per pair read back, what the route wrote and refused, the repair), `error.rs` (what each error means for the batch; the
 SQLSTATE reading is herald-pg's).
 */
 #![deny(missing_docs)]
 
 mod config;
 mod error;
+mod reconcile;
 mod sink;
 mod table;
 
 pub use config::{LegacyTableConfig, PostgresSinkConfig, WriteMode};
 pub use error::PostgresSinkError;
+pub use reconcile::Written;
 pub use sink::Setup;
 
 /// The `type` that selects this sink in a route's `sink` table.

@@ -24,7 +24,7 @@ pub enum Setup {
 
 impl PostgresSinkConfig {
     /// Options for connections named `herald/<route>`, with the statement timeout and UTC.
-    fn connect_options(&self, route: &str) -> Result<PgConnectOptions, PostgresSinkError> {
+    pub(crate) fn connect_options(&self, route: &str) -> Result<PgConnectOptions, PostgresSinkError> {
         let statement_timeout = format!("{}ms", self.statement_timeout.as_millis());
         Ok(herald_pg::connect_options(&self.url, route)?
             .options([("statement_timeout", statement_timeout.as_str()), ("TimeZone", "UTC")]))

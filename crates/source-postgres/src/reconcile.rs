@@ -31,8 +31,8 @@ pub struct TableRow {
 }
 
 impl PostgresSourceConfig {
-    /// The latest row of each (source, stage) of source `name`'s table whose timestamp is at or
-    /// after `since` (every row without it), as events. Rows that cannot be events are left out.
+    /// The latest row of each (source, stage) of source `name`'s table, as events, when it is
+    /// dated at or after `since` (always without it). Rows that cannot be events are left out.
     pub async fn latest_rows(&self, name: &str, since: Option<DateTime<Utc>>) -> Result<Vec<TableRow>, SourceError> {
         let plan = self.plan()?;
         let column = |field: &str| {
@@ -49,15 +49,13 @@ impl PostgresSourceConfig {
         let mut conn = self.connect(name).await?;
         let table = capture::resolve(&mut conn, &plan.table).await?;
         let quoted = capture::quoted(&table)?;
-        let window = if since.is_some() { format!("WHERE {timestamp} >= $1") } else { String::new() };
+        // The latest of every pair, then the window: a pair whose latest row is older than
+        // `since` is left out (filtering first would compare an older row with the topic's latest).
         let sql = format!(
-            "SELECT to_jsonb(t) FROM (SELECT DISTINCT ON ({source}, {stage}) * FROM {quoted} {window}
+            "SELECT to_jsonb(t) FROM (SELECT DISTINCT ON ({source}, {stage}) * FROM {quoted}
              ORDER BY {source}, {stage}, {timestamp} DESC) t"
         );
-        let mut query = sqlx::query(&sql);
-        if let Some(since) = since {
-            query = query.bind(since);
-        }
+        let query = sqlx::query(&sql);
         let dead_letter_topic = self.dead_letter_topic_of(name);
         let mapper =
             RowMapper { name, plan: &plan, config: self, table: &table, dead_letter_topic: &dead_letter_topic };
@@ -70,6 +68,9 @@ impl PostgresSourceConfig {
             };
             let from_kafka = mapper.skipped(&row);
             if let Ok((event, _)) = mapper.event(&row) {
+                if since.is_some_and(|since| event.timestamp.instant() < since) {
+                    continue;
+                }
                 latest.push(TableRow { event, from_kafka, row });
             }
         }

@@ -1,0 +1,178 @@
+//! `herald reconcile`: a status table against a topic, both ways, with repair, end to end.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::process::Output;
+
+use common::source::*;
+use common::*;
+
+/// `herald reconcile --config <config> <args>`.
+fn reconcile(config: &TempConfig, args: &[&str]) -> Output {
+    herald().arg("reconcile").arg("--config").arg(&config.path).args(args).output().unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_s_table_and_topic_are_compared_and_repaired_exactly_once() {
+    let pool = pool().await;
+    let schema = greenfield(&pool).await;
+    let topic = unique("events");
+    let name = unique("src");
+    let config = TempConfig::new(&source_config(&name, &schema, &topic, ""));
+    let mut herald = Herald::run(&config);
+    herald.wait_for_log("Source active");
+    insert(&pool, &schema, "A", "bronze", "SUCCESS", 1).await;
+    insert(&pool, &schema, "B", "bronze", "SUCCESS", 2).await;
+    read_committed(&topic, 2);
+    herald.signal("TERM");
+    herald.wait_exit();
+
+    let agree = reconcile(&config, &["--source", &name]);
+    assert_eq!(agree.status.code(), Some(0), "{}", text(&agree));
+    assert!(text(&agree).contains("agree on 2 (source, stage) pairs"), "{}", text(&agree));
+
+    // The capture is lost; rows written meanwhile never reach the topic.
+    sqlx::query(&format!("DROP TRIGGER herald_capture ON {schema}.pipeline_status")).execute(&pool).await.unwrap();
+    insert(&pool, &schema, "B", "bronze", "FAILED", 3).await;
+    insert(&pool, &schema, "C", "bronze", "SUCCESS", 4).await;
+    insert(&pool, &schema, "C", "silver", "SUCCESS", 5).await;
+
+    let diverged = reconcile(&config, &["--source", &name, "--json"]);
+    assert_eq!(diverged.status.code(), Some(3), "{}", text(&diverged));
+    let report: serde_json::Value = serde_json::from_slice(&diverged.stdout).unwrap();
+    let verdicts: Vec<(String, String, String)> = report["divergences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            let field = |name: &str| d[name].as_str().unwrap().to_owned();
+            (field("source"), field("stage"), field("verdict"))
+        })
+        .collect();
+    assert_eq!(
+        verdicts,
+        [
+            ("B".into(), "bronze".into(), "table_newer".into()),
+            ("C".into(), "bronze".into(), "table_only".into()),
+            ("C".into(), "silver".into(), "table_only".into()),
+        ]
+    );
+    let human = reconcile(&config, &["--source", &name]);
+    assert!(text(&human).contains("only in the table") && text(&human).contains("3 of 4"), "{}", text(&human));
+
+    let repaired = reconcile(&config, &["--source", &name, "--repair"]);
+    assert_eq!(repaired.status.code(), Some(0), "{}", text(&repaired));
+    assert!(text(&repaired).contains("Repaired 3"), "{}", text(&repaired));
+    let messages = read_committed(&topic, 5);
+    let published: Vec<(String, String)> = messages[2..]
+        .iter()
+        .map(|m| (json(m)["source"].as_str().unwrap().to_owned(), json(m)["status"].as_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(published.len(), 3, "each missing row once: {published:?}");
+    assert!(published.contains(&("B".into(), "FAILED".into())));
+    assert_eq!(header(&messages[4], "herald.origin.repair").as_deref(), Some("reconcile"));
+    assert_eq!(
+        header(&messages[4], "herald.origin").as_deref(),
+        header(&messages[0], "herald.origin").as_deref(),
+        "repaired events carry the source's origin, so its own sink never writes them back"
+    );
+
+    // A second repair publishes nothing: they agree.
+    let again = reconcile(&config, &["--source", &name, "--repair"]);
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+    assert!(text(&again).contains("agree on 4"), "{}", text(&again));
+    assert_eq!(read_committed(&topic, 5).len(), 5, "nothing more published");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_route_s_table_is_compared_with_what_it_consumed_and_repaired() {
+    let pool = pool().await;
+    let schema = unique("rec").replace('-', "_");
+    let topic = unique("events");
+    create_topic(&topic, 2).await;
+    let route = unique("route");
+    let config = TempConfig::new(&route_config(
+        &route,
+        &topic,
+        "",
+        &format!("[route.sink]\ntype = \"postgres\"\nurl = \"{URL}\"\nschema = \"{schema}\"\n"),
+    ));
+    let events: Vec<String> = (0..4).map(|seq| event_json(&format!("S{seq}"), "bronze", "SUCCESS", seq)).collect();
+    let messages: Vec<(Option<&str>, &[u8])> =
+        events.iter().enumerate().map(|(i, e)| (Some(["S0", "S1", "S2", "S3"][i]), e.as_bytes())).collect();
+    produce(&topic, &messages).await;
+    let mut herald = Herald::run(&config);
+    let latest = format!("{schema}.pipeline_status_latest");
+    wait_for_rows(&pool, &latest, 4).await;
+    herald.signal("TERM");
+    herald.wait_exit();
+
+    let agree = reconcile(&config, &["--since", "30d", "--route", &route]);
+    assert_eq!(agree.status.code(), Some(0), "{}", text(&agree));
+
+    // An event the route has not reached yet is not a divergence: it is in flight.
+    let late = event_json("S9", "bronze", "SUCCESS", 9);
+    produce(&topic, &[(Some("S9"), late.as_bytes())]).await;
+    let in_flight = reconcile(&config, &["--since", "30d", "--route", &route]);
+    assert_eq!(in_flight.status.code(), Some(0), "{}", text(&in_flight));
+    assert!(text(&in_flight).contains("1 events the route has not reached yet"), "{}", text(&in_flight));
+
+    // Someone deletes a row and rewrites another: the table now lacks what the route wrote.
+    sqlx::query(&format!("DELETE FROM {latest} WHERE source = 'S1'")).execute(&pool).await.unwrap();
+    sqlx::query(&format!("UPDATE {latest} SET status = 'FAILED' WHERE source = 'S2'")).execute(&pool).await.unwrap();
+    let diverged = reconcile(&config, &["--since", "30d", "--route", &route]);
+    assert_eq!(diverged.status.code(), Some(3), "{}", text(&diverged));
+    assert!(text(&diverged).contains("only in the topic") && text(&diverged).contains("same instant, different"));
+
+    let history = format!("{schema}.pipeline_status");
+    let before: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {history}")).fetch_one(&pool).await.unwrap();
+    let repaired = reconcile(&config, &["--since", "30d", "--route", &route, "--repair"]);
+    assert_eq!(repaired.status.code(), Some(0), "{}", text(&repaired));
+    let rows: Vec<(String, String)> =
+        sqlx::query_as(&format!("SELECT source, status FROM {latest} ORDER BY source")).fetch_all(&pool).await.unwrap();
+    let expected: Vec<(String, String)> = (0..4).map(|seq| (format!("S{seq}"), "SUCCESS".to_owned())).collect();
+    assert_eq!(rows, expected);
+    let again = reconcile(&config, &["--since", "30d", "--route", &route, "--repair"]);
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+    let after: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {history}")).fetch_one(&pool).await.unwrap();
+    assert_eq!(after, before + 2, "the two repaired events appended once, the second repair wrote nothing");
+
+    // The route then goes on where it was: the in-flight event arrives, nothing twice.
+    let mut herald = Herald::run(&config);
+    wait_for_rows(&pool, &latest, 5).await;
+    herald.signal("TERM");
+    herald.wait_exit();
+    let agree = reconcile(&config, &["--since", "30d", "--route", &route]);
+    assert_eq!(agree.status.code(), Some(0), "{}", text(&agree));
+    assert!(text(&agree).contains("agree on 5"), "{}", text(&agree));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_reconcile_requests_are_clear_errors() {
+    let config = TempConfig::new(&stdout_route_config("out", "t", ""));
+    let unknown = reconcile(&config, &["--source", "nope"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(text(&unknown).contains("no [[source]] named `nope`"), "{}", text(&unknown));
+    let not_postgres = reconcile(&config, &["--route", "out"]);
+    assert_eq!(not_postgres.status.code(), Some(1));
+    assert!(text(&not_postgres).contains("writes to a `stdout` sink"), "{}", text(&not_postgres));
+    let neither = herald().args(["reconcile", "--config"]).arg(&config.path).output().unwrap();
+    assert_eq!(neither.status.code(), Some(2), "clap: one of --source or --route");
+}
+
+async fn wait_for_rows(pool: &sqlx::PgPool, table: &str, count: i64) {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let rows: Result<i64, _> = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}")).fetch_one(pool).await;
+        if rows.as_ref().is_ok_and(|rows| *rows >= count) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{table} has {rows:?} rows, not {count}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
