@@ -42,6 +42,14 @@ impl WalSource {
     }
 }
 
+impl Drop for WalSource {
+    /// A test that fails midway still removes its slot, which would otherwise pin WAL on the
+    /// services' Postgres for good.
+    fn drop(&mut self) {
+        let _ = herald().args(["migrate", "--drop-source", &self.name, "--config"]).arg(&self.config.path).output();
+    }
+}
+
 async fn slot_exists(pool: &PgPool, slot: &str) -> bool {
     sqlx::query_scalar::<_, i32>("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1")
         .bind(slot)
@@ -370,5 +378,44 @@ async fn a_slot_dropped_or_advanced_behind_herald_s_back_stops_the_source_saying
         .unwrap();
     let (status, log) = run_to_exit(&source.config);
     assert!(!status.success() && log.contains("past herald's position"), "{log}");
+    source.drop_capture();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_start_with_snapshot_latest_joins_the_slot_s_stream_without_a_gap_or_double() {
+    let pool = pool().await;
+    let schema = greenfield(&pool).await;
+    let topic = unique("events");
+    let source = WalSource::new(&schema, &topic, "snapshot = \"latest\"");
+    source.migrate();
+    assert_the_snapshot_joins_the_stream(&pool, &schema, &source.config, &topic).await;
+    source.drop_capture();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_capture_lost_resync_recreates_the_slot_and_publishes_what_the_topic_lacks() {
+    let pool = pool().await;
+    let schema = greenfield(&pool).await;
+    let topic = unique("events");
+    let source = WalSource::new(&schema, &topic, "on_capture_lost = \"resync\"");
+    source.migrate();
+    let mut herald = Herald::run(&source.config);
+    herald.wait_for_log("Source active");
+    insert(&pool, &schema, "A", "s", "SUCCESS", 1).await;
+    read_committed(&topic, 1);
+    herald.signal("TERM");
+    herald.wait_exit();
+
+    sqlx::query("SELECT pg_drop_replication_slot($1)").bind(&source.slot).execute(&pool).await.unwrap();
+    insert(&pool, &schema, "B", "s", "SUCCESS", 2).await;
+    let mut herald = Herald::run(&source.config);
+    herald.wait_for_log("Source active");
+    assert!(herald.log().contains("Capture lost; resyncing"), "{}", herald.log());
+    insert(&pool, &schema, "C", "s", "SUCCESS", 3).await;
+    let messages = read_committed(&topic, 3);
+    let records: Vec<i64> = messages.iter().map(|m| json(m)["records"].as_i64().unwrap()).collect();
+    assert_eq!(records, [1, 2, 3], "A once, B by the resync, C streamed");
+    herald.signal("TERM");
+    assert!(herald.wait_exit().success(), "{}", herald.log());
     source.drop_capture();
 }

@@ -333,3 +333,111 @@ pub fn assert_hostile_rows_sorted(topic: &str, dlq: &str, published: &[String], 
         assert!(!reason.is_empty());
     }
 }
+
+/// Reads `topic` with `read_committed` from the start until `done` says the messages so far
+/// are all, then a little longer to catch any extra.
+pub fn read_committed_until(topic: &str, done: impl Fn(&[OwnedMessage]) -> bool) -> Vec<OwnedMessage> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", BROKERS)
+        .set("group.id", unique("reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    let mut messages = Vec::new();
+    let mut quiet_since = None;
+    loop {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(result) => {
+                messages.push(result.unwrap().detach());
+                quiet_since = None;
+            }
+            None if done(&messages) => {
+                let since = *quiet_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > Duration::from_secs(2) {
+                    return messages;
+                }
+            }
+            None => {}
+        }
+        assert!(Instant::now() < deadline, "{} messages on {topic}, not yet all", messages.len());
+    }
+}
+
+/// A first start with `snapshot = "latest"` (herald on `config`, publishing `schema`'s table to
+/// `topic`) while a writer is busy and a transaction is open across the start. Every row ends up
+/// on the topic exactly once — as its pair's latest row read in the snapshot, or streamed after
+/// it — except rows the snapshot saw superseded by a later row of their pair. Never both, never
+/// neither.
+pub async fn assert_the_snapshot_joins_the_stream(pool: &PgPool, schema: &str, config: &TempConfig, topic: &str) {
+    let pairs = ["P0", "P1", "P2", "P3"];
+    let mut seq = 0;
+    for _ in 0..3 {
+        for pair in pairs {
+            insert(pool, schema, pair, "s", "SUCCESS", seq).await;
+            seq += 1;
+        }
+    }
+    // Open across the snapshot: the snapshot cannot see it, so the stream must carry it.
+    let mut open = pool.begin().await.unwrap();
+    sqlx::query(&format!(
+        "INSERT INTO {schema}.pipeline_status (event, stage, source, records, status) VALUES ('STAGE_COMPLETE', 's', 'P0', 1000, 'SUCCESS')"
+    ))
+    .execute(&mut *open)
+    .await
+    .unwrap();
+    let writer = {
+        let (pool, schema) = (pool.clone(), schema.to_owned());
+        tokio::spawn(async move {
+            for seq in 100..160 {
+                insert(&pool, &schema, ["P0", "P1", "P2", "P3"][seq % 4], "s", "SUCCESS", seq as i64).await;
+                tokio::time::sleep(Duration::from_millis(15)).await;
+            }
+        })
+    };
+    let mut herald = Herald::run(config);
+    herald.wait_for_log("Source active");
+    writer.await.unwrap();
+    open.commit().await.unwrap();
+    insert(pool, schema, "P9", "s", "SUCCESS", 9999).await;
+
+    let records_of = |m: &OwnedMessage| json(m)["records"].as_i64().unwrap();
+    let messages = read_committed_until(topic, |messages| messages.iter().any(|m| records_of(m) == 9999));
+    let published: Vec<(String, i64, String)> = messages
+        .iter()
+        .map(|m| {
+            let operation = header(m, "herald.origin.operation").unwrap_or_default();
+            (json(m)["source"].as_str().unwrap().to_owned(), records_of(m), operation)
+        })
+        .collect();
+    let mut seen: Vec<i64> = published.iter().map(|(_, records, _)| *records).collect();
+    seen.sort_unstable();
+    let unique_count = {
+        let mut unique = seen.clone();
+        unique.dedup();
+        unique.len()
+    };
+    assert_eq!(unique_count, seen.len(), "a row published twice: {published:?}");
+    let snapshot: Vec<&(String, i64, String)> = published.iter().filter(|(_, _, op)| op == "snapshot").collect();
+    assert_eq!(snapshot.len(), 4, "one snapshot row per pair: {published:?}");
+    let all_rows: Vec<(String, i64)> =
+        sqlx::query_as(&format!("SELECT source, records FROM {schema}.pipeline_status ORDER BY records"))
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    for (pair, records) in all_rows {
+        if seen.contains(&records) {
+            continue;
+        }
+        let (_, snapshot_records, _) = snapshot.iter().find(|(p, _, _)| *p == pair).unwrap();
+        assert!(
+            records < *snapshot_records && records != 1000,
+            "row {records} of {pair} is on the topic neither as streamed nor under the snapshot's {snapshot_records}: {published:?}"
+        );
+    }
+    herald.signal("TERM");
+    assert!(herald.wait_exit().success(), "{}", herald.log());
+}

@@ -88,6 +88,42 @@ pub struct PostgresSourceConfig {
     /// is stopped or removed (see `herald migrate --drop-source`). Default `100000`.
     #[serde(default = "default_max_capture_rows")]
     pub max_capture_rows: i64,
+    /// What the first start (no position in Kafka yet) publishes of what the table already
+    /// holds. `"none"` (default): nothing, changes from then on. `"latest"`: the latest row of
+    /// each (source, stage), read in one snapshot; the changes of the transactions that
+    /// snapshot sees are then not streamed again, and the ones it does not see are, so nothing
+    /// is missed or doubled between the two.
+    #[serde(default)]
+    pub snapshot: SnapshotMode,
+    /// What to do when the capture was lost behind herald's back (a slot dropped or advanced, a
+    /// trigger dropped or disabled, a restore or failover). `"stop"` (default): stop, saying what
+    /// was lost and since when, and the ways forward. `"resync"`: install the capture again,
+    /// compare the table's latest rows with the topic's latest events, publish the rows that
+    /// differ (exactly once, with the new position) and stream on; a WARN says what was lost.
+    #[serde(default)]
+    pub on_capture_lost: OnCaptureLost,
+}
+
+/// What the first start publishes of the table's existing rows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotMode {
+    /// Nothing: changes from the first start on.
+    #[default]
+    None,
+    /// The latest row of each (source, stage).
+    Latest,
+}
+
+/// What to do when the capture was lost.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnCaptureLost {
+    /// Stop with an error that says what was lost.
+    #[default]
+    Stop,
+    /// Reinstall, publish what the topic lacks of the table's latest rows, stream on.
+    Resync,
 }
 
 /// How a source captures the changes of its table.
@@ -236,6 +272,17 @@ impl PostgresSourceConfig {
         for required in ["event", "stage", "source", "status", "timestamp"] {
             if !columns.contains_key(required) && !self.constants.contains_key(required) {
                 return invalid("columns", format!("no column or constant gives the event field `{required}`"));
+            }
+        }
+        if self.snapshot == SnapshotMode::Latest || self.on_capture_lost == OnCaptureLost::Resync {
+            for needed in ["source", "stage", "timestamp"] {
+                if !columns.contains_key(needed) {
+                    let key = if self.snapshot == SnapshotMode::Latest { "snapshot" } else { "on_capture_lost" };
+                    return invalid(
+                        key,
+                        format!("reading the latest row of each (source, stage) needs a column for `{needed}`"),
+                    );
+                }
             }
         }
         let skip_when = match (&self.skip_when, greenfield) {

@@ -50,11 +50,12 @@ mod prune;
 mod publisher;
 mod reconcile;
 mod rows;
+mod snapshot;
 mod source;
 mod wal;
 
 pub use capture::Cursor;
-pub use config::{Capture, PostgresSourceConfig, SkipWhen};
+pub use config::{Capture, OnCaptureLost, PostgresSourceConfig, SkipWhen, SnapshotMode};
 pub use error::SourceError;
 pub use reconcile::TableRow;
 

@@ -100,12 +100,15 @@ impl Publisher {
         Ok(Self { producer, server, offsets_topic: offsets_topic.to_owned(), cursor_key: source.to_owned() })
     }
 
-    /// The position committed last, read from the offsets topic with `read_committed`.
-    pub(crate) async fn committed<C: Checkpoint>(
-        &self,
-        props: &KafkaProperties,
-    ) -> Result<Option<Committed<C>>, SourceError> {
-        read_committed(props, &self.offsets_topic, &self.cursor_key).await
+    /// A record for the offsets topic beside the position, under source key `key` (e.g. the
+    /// snapshot a first start read): published with a batch, it commits with it.
+    pub(crate) fn offsets_record(&self, key: String, record: &impl Checkpoint) -> Outgoing {
+        Outgoing {
+            topic: self.offsets_topic.clone(),
+            key: Some(key),
+            value: cursor_record(record, self.server),
+            headers: Vec::new(),
+        }
     }
 
     /// Publishes `messages` and moves the position to `cursor`, atomically. A message Kafka
@@ -218,8 +221,31 @@ pub(crate) async fn read_committed<C: Checkpoint>(
     topic: &str,
     key: &str,
 ) -> Result<Option<Committed<C>>, SourceError> {
-    let (props, topic, key) = (props.clone(), topic.to_owned(), key.to_owned());
-    tokio::task::spawn_blocking(move || read_checkpoint(&props, &topic, &key)).await?
+    let mut records = read_records(props, topic, &[key.to_owned()]).await?;
+    Ok(records.remove(key).and_then(|payload| read_record(&payload)))
+}
+
+/// What source `name` stored on the offsets `topic`: its position, and the snapshot its first
+/// start (or a resync) read, if any; one pass over the topic.
+pub(crate) async fn read_start<C: Checkpoint>(
+    props: &KafkaProperties,
+    topic: &str,
+    name: &str,
+) -> Result<(Option<Committed<C>>, Option<crate::snapshot::Snapshot>), SourceError> {
+    let snapshot_key = crate::snapshot::key(name);
+    let mut records = read_records(props, topic, &[name.to_owned(), snapshot_key.clone()]).await?;
+    let position = records.remove(name).and_then(|payload| read_record(&payload));
+    let snapshot = records.remove(&snapshot_key).and_then(|payload| read_record(&payload)).map(|c| c.position);
+    Ok((position, snapshot))
+}
+
+async fn read_records(
+    props: &KafkaProperties,
+    topic: &str,
+    keys: &[String],
+) -> Result<std::collections::HashMap<String, Vec<u8>>, SourceError> {
+    let (props, topic, keys) = (props.clone(), topic.to_owned(), keys.to_vec());
+    tokio::task::spawn_blocking(move || read_latest_records(&props, &topic, &keys)).await?
 }
 
 /// Forgets source `key`'s position: a tombstone on the compacted offsets `topic`, so the next
@@ -227,21 +253,26 @@ pub(crate) async fn read_committed<C: Checkpoint>(
 pub(crate) async fn forget_position(props: &KafkaProperties, topic: &str, key: &str) -> Result<(), SourceError> {
     let producer: rdkafka::producer::FutureProducer =
         herald_kafka::reliable_producer_config(props).create().map_err(SourceError::kafka("creating a producer"))?;
-    let record: FutureRecord<'_, str, str> = FutureRecord::to(topic).key(key);
-    producer
-        .send(record, Duration::from_secs(30))
-        .await
-        .map_err(|(err, _)| SourceError::kafka("forgetting the source's position")(err))?;
+    for key in [key.to_owned(), crate::snapshot::key(key)] {
+        let record: FutureRecord<'_, str, str> = FutureRecord::to(topic).key(&key);
+        producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .map_err(|(err, _)| SourceError::kafka("forgetting the source's position")(err))?;
+    }
     Ok(())
 }
 
-fn read_checkpoint<C: Checkpoint>(
+/// The latest committed value of each of `keys` on partition 0 of the offsets `topic` (a
+/// tombstone forgets it), read to the end with `read_committed`.
+fn read_latest_records(
     props: &KafkaProperties,
     topic: &str,
-    key: &str,
-) -> Result<Option<Committed<C>>, SourceError> {
+    keys: &[String],
+) -> Result<std::collections::HashMap<String, Vec<u8>>, SourceError> {
+    let mut latest = std::collections::HashMap::new();
     let consumer: BaseConsumer = client_config(props)
-        .set("group.id", format!("herald.source-offsets-reader.{key}"))
+        .set("group.id", format!("herald.source-offsets-reader.{}", keys.first().map_or("", String::as_str)))
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
         .create()
@@ -256,19 +287,18 @@ fn read_checkpoint<C: Checkpoint>(
         .iter()
         .all(|found| found.name() != topic || found.error().is_some() || found.partitions().is_empty())
     {
-        return Ok(None);
+        return Ok(latest);
     }
     let (start, end) =
         consumer.fetch_watermarks(topic, 0, timeout).map_err(SourceError::kafka("reading offsets watermarks"))?;
     if end <= start {
-        return Ok(None);
+        return Ok(latest);
     }
     let mut assignment = TopicPartitionList::new();
     assignment
         .add_partition_offset(topic, 0, Offset::Beginning)
         .map_err(SourceError::kafka("assigning the offsets topic"))?;
     consumer.assign(&assignment).map_err(SourceError::kafka("assigning the offsets topic"))?;
-    let mut cursor = None;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let position = consumer
@@ -277,17 +307,27 @@ fn read_checkpoint<C: Checkpoint>(
             .and_then(|p| p.find_partition(topic, 0).and_then(|e| e.offset().to_raw()))
             .unwrap_or(-1);
         // Transaction markers take offsets too, so "done" is the position, not the last message.
-        if position >= end || std::time::Instant::now() > deadline {
-            break;
+        if position >= end {
+            return Ok(latest);
+        }
+        // A position read only partly could be an old one: never guess.
+        if std::time::Instant::now() > deadline {
+            return Err(SourceError::kafka("reading the offsets topic to its end")(
+                rdkafka::error::KafkaError::Canceled,
+            ));
         }
         match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(message)) if message.key() == Some(key.as_bytes()) => {
-                cursor = message.payload().and_then(read_record);
+            Some(Ok(message)) => {
+                let Some(key) = message.key().and_then(|key| std::str::from_utf8(key).ok()) else { continue };
+                if keys.iter().any(|wanted| wanted == key) {
+                    match message.payload() {
+                        Some(payload) => latest.insert(key.to_owned(), payload.to_vec()),
+                        None => latest.remove(key),
+                    };
+                }
             }
-            Some(Ok(_)) => {}
             Some(Err(err)) => return Err(SourceError::kafka("reading the offsets topic")(err)),
             None => {}
         }
     }
-    Ok(cursor)
 }

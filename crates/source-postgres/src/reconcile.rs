@@ -13,7 +13,7 @@ use herald_kafka::{KafkaProperties, TransactionalProducer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use serde_json::{Map, Value};
-use sqlx::Row;
+use sqlx::{PgConnection, Row};
 
 use crate::capture;
 use crate::config::PostgresSourceConfig;
@@ -27,7 +27,7 @@ pub struct TableRow {
     pub event: StageEvent,
     /// Whether herald's own sink wrote it (it came from Kafka): never published back.
     pub from_kafka: bool,
-    row: Map<String, Value>,
+    pub(crate) row: Map<String, Value>,
 }
 
 impl PostgresSourceConfig {
@@ -35,44 +35,16 @@ impl PostgresSourceConfig {
     /// dated at or after `since` (always without it). Rows that cannot be events are left out.
     pub async fn latest_rows(&self, name: &str, since: Option<DateTime<Utc>>) -> Result<Vec<TableRow>, SourceError> {
         let plan = self.plan()?;
-        let column = |field: &str| {
-            plan.columns.get(field).cloned().ok_or_else(|| SourceError::Config {
-                key: "columns".into(),
-                reason: format!("reconcile needs the event field `{field}` from a column, not a constant"),
-            })
-        };
-        let (source, stage, timestamp) = (column("source")?, column("stage")?, column("timestamp")?);
-        let quote = |column: &str| herald_pg::Ident::new(column).map(|ident| ident.to_string());
-        let invalid = |reason: String| SourceError::Config { key: "columns".into(), reason };
-        let (source, stage, timestamp) =
-            (quote(&source).map_err(invalid)?, quote(&stage).map_err(invalid)?, quote(&timestamp).map_err(invalid)?);
         let mut conn = self.connect(name).await?;
         let table = capture::resolve(&mut conn, &plan.table).await?;
-        let quoted = capture::quoted(&table)?;
-        // The latest of every pair, then the window: a pair whose latest row is older than
-        // `since` is left out (filtering first would compare an older row with the topic's latest).
-        let sql = format!(
-            "SELECT to_jsonb(t) FROM (SELECT DISTINCT ON ({source}, {stage}) * FROM {quoted}
-             ORDER BY {source}, {stage}, {timestamp} DESC) t"
-        );
-        let query = sqlx::query(&sql);
         let dead_letter_topic = self.dead_letter_topic_of(name);
         let mapper =
             RowMapper { name, plan: &plan, config: self, table: &table, dead_letter_topic: &dead_letter_topic };
-        let mut rows = query.fetch(&mut conn);
-        let mut latest = Vec::new();
-        while let Some(row) = rows.try_next().await.map_err(SourceError::postgres("reading the table's latest rows"))? {
-            let Value::Object(row) = row.try_get::<Value, _>(0).map_err(SourceError::postgres("decoding a row"))?
-            else {
-                continue;
-            };
-            let from_kafka = mapper.skipped(&row);
-            if let Ok((event, _)) = mapper.event(&row) {
-                if since.is_some_and(|since| event.timestamp.instant() < since) {
-                    continue;
-                }
-                latest.push(TableRow { event, from_kafka, row });
-            }
+        let mut latest = read_latest(&mut conn, &mapper).await?;
+        // The latest of every pair, then the window: a pair whose latest row is older than
+        // `since` is left out (filtering first would compare an older row with the topic's latest).
+        if let Some(since) = since {
+            latest.retain(|row| row.event.timestamp.instant() >= since);
         }
         Ok(latest)
     }
@@ -131,6 +103,39 @@ impl PostgresSourceConfig {
         }
         sent.map(|()| messages.len())
     }
+}
+
+/// The latest row of each (source, stage) of `mapper`'s table, read on `conn` (in whatever
+/// snapshot its transaction holds), as events; rows that cannot be events are left out.
+pub(crate) async fn read_latest(conn: &mut PgConnection, mapper: &RowMapper<'_>) -> Result<Vec<TableRow>, SourceError> {
+    let plan = mapper.plan;
+    let column = |field: &str| {
+        let column = plan.columns.get(field).ok_or_else(|| SourceError::Config {
+            key: "columns".into(),
+            reason: format!("reading the latest rows needs the event field `{field}` from a column, not a constant"),
+        })?;
+        herald_pg::Ident::new(column)
+            .map(|ident| ident.to_string())
+            .map_err(|reason| SourceError::Config { key: "columns".into(), reason })
+    };
+    let (source, stage, timestamp) = (column("source")?, column("stage")?, column("timestamp")?);
+    let sql = format!(
+        "SELECT to_jsonb(t) FROM (SELECT DISTINCT ON ({source}, {stage}) * FROM {table}
+         ORDER BY {source}, {stage}, {timestamp} DESC) t",
+        table = capture::quoted(mapper.table)?
+    );
+    let mut rows = sqlx::query(&sql).fetch(&mut *conn);
+    let mut latest = Vec::new();
+    while let Some(row) = rows.try_next().await.map_err(SourceError::postgres("reading the table's latest rows"))? {
+        let Value::Object(row) = row.try_get::<Value, _>(0).map_err(SourceError::postgres("decoding a row"))? else {
+            continue;
+        };
+        let from_kafka = mapper.skipped(&row);
+        if let Ok((event, _)) = mapper.event(&row) {
+            latest.push(TableRow { event, from_kafka, row });
+        }
+    }
+    Ok(latest)
 }
 
 /// How long the repair's transaction and its calls may take.

@@ -12,13 +12,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::capture::{self, Cursor};
-use crate::config::{Capture, Plan, PostgresSourceConfig};
+use crate::config::{Capture, OnCaptureLost, Plan, PostgresSourceConfig, SnapshotMode};
 use crate::continuity::Committed;
 use crate::continuity::{self, ServerIdentity, WalCapture};
 use crate::error::SourceError;
 use crate::prune::Pruner;
-use crate::publisher::{forget_position, read_committed, Outgoing, Publisher};
+use crate::publisher::{forget_position, read_committed, read_start, Outgoing, Publisher};
 use crate::rows::RowMapper;
+use crate::snapshot::Snapshot;
 use crate::wal::{self, WalNames, WalPosition, WalStream};
 
 /// The `pg_notify` channel the capture trigger signals.
@@ -198,6 +199,40 @@ impl PostgresSourceConfig {
         }
     }
 
+    /// Whether to resync after the continuity check's `outcome`: a lost capture stops the source
+    /// unless `on_capture_lost = "resync"`, when a WARN says what was lost and it goes on.
+    fn resync_if_lost(&self, name: &str, outcome: Result<(), SourceError>) -> Result<bool, SourceError> {
+        match outcome {
+            Ok(()) => Ok(false),
+            Err(err @ SourceError::CaptureLost { .. }) if self.on_capture_lost == OnCaptureLost::Resync => {
+                let reason = herald_core::printable::printable(&err.to_string(), 2048).into_owned();
+                warn!(source = name, lost = %reason, "Capture lost; resyncing: the table's latest rows the topic lacks are published, then changes from now on.");
+                Ok(true)
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Records the first position of a capture just begun (the first activation, or a resync):
+    /// with the table's latest rows read in a snapshot when `snapshot = "latest"` or resyncing
+    /// (only those the topic lacks, then), all in one Kafka transaction. Returns the snapshot
+    /// whose transactions the stream skips, if one was read.
+    async fn begin_capture(
+        &self,
+        kafka: &KafkaProperties,
+        conn: &mut PgConnection,
+        rows: &RowMapper<'_>,
+        publisher: &Publisher,
+        first: &impl crate::publisher::Checkpoint,
+        resync: bool,
+    ) -> Result<Option<Snapshot>, SourceError> {
+        if resync || self.snapshot == SnapshotMode::Latest {
+            return self.publish_snapshot(kafka, conn, rows, publisher, first, resync).await.map(Some);
+        }
+        publisher.publish(Vec::new(), first, &|message, _| message).await?;
+        Ok(None)
+    }
+
     /// Where the rows that cannot become events go: `dead_letter_topic`, or `herald.dlq.<name>`.
     pub(crate) fn dead_letter_topic_of(&self, name: &str) -> String {
         self.dead_letter_topic.clone().unwrap_or_else(|| format!("herald.dlq.{name}"))
@@ -231,6 +266,8 @@ impl PostgresSourceConfig {
         while !cancel.is_cancelled() {
             match self.run_once(name, &plan, kafka, &metrics, &cancel).await {
                 Ok(()) => {}
+                // Lost while running: the next activation finds it lost and resyncs.
+                Err(SourceError::CaptureLost { .. }) if self.on_capture_lost == OnCaptureLost::Resync => {}
                 Err(err) if err.is_transient() => {
                     let reason =
                         herald_core::printable::printable(&herald_sdk::error_chain(&err).join(": "), 1024).into_owned();
@@ -286,21 +323,23 @@ impl PostgresSourceConfig {
         let dead_letter_topic = self.dead_letter_topic_of(name);
         let publisher = Publisher::start(kafka, name, &self.topics(name), &self.offsets_topic, server).await?;
         if self.capture == Capture::Wal {
-            let committed = publisher.committed::<WalPosition>(kafka).await?;
+            let (committed, stored_snapshot) = read_start::<WalPosition>(kafka, &self.offsets_topic, name).await?;
             // Before anything is (re)created: is the slot still the one Kafka's position belongs to?
-            self.wal_continuity(name, &mut conn, committed.as_ref(), server).await?;
+            let lost = self.wal_continuity(name, &mut conn, committed.as_ref(), server).await;
+            let resync = self.resync_if_lost(name, lost)?;
             let table = ensure_wal(&mut conn, plan, &names).await?;
             let (confirmed, _) = wal::slot_state(&mut conn, &names.slot).await?.ok_or_else(|| {
                 SourceError::Replication { context: "starting", reason: format!("slot `{}` vanished", names.slot) }
             })?;
-            let in_kafka = match committed {
-                Some(committed) => committed.position,
-                None => {
-                    // The first activation: the position is recorded at once, so that from now on a
-                    // lost capture is always seen (a source with a position has a capture to keep).
+            let rows = RowMapper { name, plan, config: self, table: &table, dead_letter_topic: &dead_letter_topic };
+            let (in_kafka, skip) = match committed {
+                Some(committed) if !resync => (committed.position, stored_snapshot),
+                _ => {
+                    // The first activation (or a resync): the position is recorded at once, so that
+                    // from now on a lost capture is always seen.
                     let first = WalPosition { lsn: confirmed, partial: None };
-                    publisher.publish(Vec::new(), &first, &|message, _| message).await?;
-                    first
+                    let skip = self.begin_capture(kafka, &mut conn, &rows, &publisher, &first, resync).await?;
+                    (first, skip)
                 }
             };
             wal::check_history(&mut conn, in_kafka.lsn).await?;
@@ -313,10 +352,11 @@ impl PostgresSourceConfig {
             let stream = WalStream {
                 name,
                 table: &table,
-                rows: RowMapper { name, plan, config: self, table: &table, dead_letter_topic: &dead_letter_topic },
+                rows,
                 publisher,
                 metrics,
                 batch_size: self.batch_size,
+                skip,
                 conn,
                 lock,
                 max_retained_bytes: self.max_retained_wal_bytes(),
@@ -325,17 +365,21 @@ impl PostgresSourceConfig {
             let config = wal::replication_config(&self.url, &herald_pg::application_name(name), &names, start)?;
             return stream.run(config, wal::Progress::new(start, in_kafka), cancel).await;
         }
-        let committed = publisher.committed::<Cursor>(kafka).await?;
+        let (committed, stored_snapshot) = read_start::<Cursor>(kafka, &self.offsets_topic, name).await?;
         // Before the trigger is (re)installed: is the capture still the one Kafka's cursor belongs to?
-        self.trigger_continuity(name, plan, &mut conn, committed.as_ref(), server).await?;
+        let lost = self.trigger_continuity(name, plan, &mut conn, committed.as_ref(), server).await;
+        let resync = self.resync_if_lost(name, lost)?;
         let table = ensure_capture(&mut conn, plan, name).await?;
-        let mut cursor = match committed {
-            Some(committed) => committed.position,
-            None => {
-                // The first activation: recorded at once (see the WAL branch).
+        let rows = RowMapper { name, plan, config: self, table: &table, dead_letter_topic: &dead_letter_topic };
+        let (mut cursor, skip) = match committed {
+            Some(committed) if !resync => (committed.position, stored_snapshot),
+            _ => {
+                // The first activation (or a resync): recorded at once (see the WAL branch). The
+                // changes already captured are read again from the start, less those the
+                // snapshot saw.
                 let first = Cursor::default();
-                publisher.publish(Vec::new(), &first, &|message, _| message).await?;
-                first
+                let skip = self.begin_capture(kafka, &mut conn, &rows, &publisher, &first, resync).await?;
+                (first, skip)
             }
         };
         info!(source = name, table = %table, topic = %self.topic, txid = cursor.txid, change = cursor.id, "Source active.");
@@ -361,16 +405,7 @@ impl PostgresSourceConfig {
             .await
             .map_err(SourceError::postgres("connecting the listener"))?;
         listener.listen(CHANNEL).await.map_err(SourceError::postgres("listening"))?;
-        let worker = Worker {
-            name,
-            plan,
-            config: self,
-            table: &table,
-            rows: RowMapper { name, plan, config: self, table: &table, dead_letter_topic: &dead_letter_topic },
-            publisher,
-            metrics,
-            published,
-        };
+        let worker = Worker { name, plan, config: self, table: &table, rows, publisher, metrics, published, skip };
 
         let mut last_capture_check = std::time::Instant::now();
         loop {
@@ -412,6 +447,9 @@ struct Worker<'a> {
     metrics: &'a SourceMetrics,
     /// Tells the pruner the cursor of the last committed Kafka transaction.
     published: watch::Sender<Cursor>,
+    /// The snapshot the capture began with: the changes of the transactions it saw are in
+    /// Kafka already (as the latest rows it read), so they are passed over.
+    skip: Option<Snapshot>,
 }
 
 impl Worker<'_> {
@@ -430,6 +468,7 @@ impl Worker<'_> {
             };
             let messages: Vec<Outgoing> = changes
                 .iter()
+                .filter(|change| !self.skip.as_ref().is_some_and(|snapshot| snapshot.sees(change.cursor.txid)))
                 .filter_map(|change| {
                     let position = change.cursor.id.to_string();
                     self.rows.message(&change.row, &position, &change.operation, change.writer.as_deref())

@@ -15,6 +15,7 @@ use tracing::{debug, info, warn};
 use crate::error::SourceError;
 use crate::publisher::{Outgoing, Publisher};
 use crate::rows::RowMapper;
+use crate::snapshot::Snapshot;
 
 use super::decode::decode;
 use super::position::Progress;
@@ -37,6 +38,9 @@ pub(crate) struct WalStream<'a> {
     pub(crate) lock: PgConnection,
     pub(crate) names: WalNames,
     pub(crate) max_retained_bytes: i64,
+    /// The snapshot the capture began with: transactions it saw are in Kafka already (as the
+    /// latest rows it read), so their changes are passed over.
+    pub(crate) skip: Option<Snapshot>,
 }
 
 impl WalStream<'_> {
@@ -75,6 +79,8 @@ impl WalStream<'_> {
         // keepalives) and is not recorded in Kafka yet. The slot is only told once it is: the
         // slot is never ahead of Kafka's position, so a slot found ahead means it was lost.
         let mut idle_pending = false;
+        // Whether the transaction being received is one the starting snapshot saw.
+        let mut seen_by_snapshot = false;
         loop {
             // Between transactions with a batch waiting: take what has already arrived, and
             // publish as soon as nothing more has.
@@ -110,10 +116,13 @@ impl WalStream<'_> {
                 });
             };
             match event {
-                ReplicationEvent::Begin { final_lsn, .. } => progress.begin(final_lsn.as_u64()),
+                ReplicationEvent::Begin { final_lsn, xid, .. } => {
+                    progress.begin(final_lsn.as_u64());
+                    seen_by_snapshot = self.skip.as_ref().is_some_and(|snapshot| snapshot.sees_xid(xid));
+                }
                 ReplicationEvent::XLogData { wal_start, data, .. } => {
                     let Some(change) = decode(&data, &mut relations)? else { continue };
-                    if change.table != self.table || !progress.admit() {
+                    if change.table != self.table || seen_by_snapshot || !progress.admit() {
                         continue;
                     }
                     let position = wal_start.to_string();
