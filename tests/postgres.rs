@@ -4,10 +4,9 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::private_pg::PrivatePostgres;
 use common::*;
 use herald_kafka::headers::connect as headers;
 use rand::Rng;
@@ -140,74 +139,6 @@ async fn exactly_once_into_postgres_across_repeated_sigkills() {
     assert_eq!(coordinates.len(), produced.len(), "no offset written twice");
     let seen: BTreeSet<(String, usize)> = rows.iter().map(|r| (r.0.clone(), r.1 as usize)).collect();
     assert_eq!(seen, produced.iter().cloned().collect::<BTreeSet<_>>());
-}
-
-/// A Postgres server of the test's own, so stopping it disturbs no other test.
-struct PrivatePostgres {
-    dir: PathBuf,
-    port: u16,
-    bin: PathBuf,
-}
-
-impl PrivatePostgres {
-    fn start() -> Self {
-        let version = std::fs::read_dir("/usr/lib/postgresql")
-            .expect("PostgreSQL server binaries: run `scripts/services up`")
-            .filter_map(|e| e.ok()?.file_name().into_string().ok()?.parse::<u32>().ok())
-            .max()
-            .unwrap();
-        let bin = PathBuf::from(format!("/usr/lib/postgresql/{version}/bin"));
-        let dir = std::env::temp_dir().join(unique("herald-pg"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let port = rand::rng().random_range(20_000..30_000);
-        let pg = Self { dir, port, bin };
-        pg.as_postgres(&format!("chown postgres {}", pg.dir.display()), true);
-        pg.as_postgres(
-            &format!("{}/initdb -D {}/data -A trust -U herald >/dev/null", pg.bin.display(), pg.dir.display()),
-            false,
-        );
-        pg.control("start");
-        pg
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://herald@127.0.0.1:{}/postgres", self.port)
-    }
-
-    fn control(&self, action: &str) {
-        let options = format!("-p {} -k {} -c listen_addresses=127.0.0.1", self.port, self.dir.display());
-        self.as_postgres(
-            &format!(
-                "{}/pg_ctl -D {dir}/data -l {dir}/log -m fast -w -o '{options}' {action} >/dev/null",
-                self.bin.display(),
-                dir = self.dir.display()
-            ),
-            false,
-        );
-    }
-
-    fn as_postgres(&self, command: &str, as_root: bool) {
-        let status = if as_root {
-            Command::new("sh").args(["-c", command]).status()
-        } else {
-            Command::new("su").args(["postgres", "-c", command]).status()
-        }
-        .unwrap();
-        assert!(status.success(), "`{command}` failed");
-    }
-}
-
-impl Drop for PrivatePostgres {
-    fn drop(&mut self) {
-        let _ = Command::new("su")
-            .args([
-                "postgres",
-                "-c",
-                &format!("{}/pg_ctl -D {}/data -m immediate stop", self.bin.display(), self.dir.display()),
-            ])
-            .output();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub mod private_pg;
 pub mod source;
 
 use herald_kafka::KafkaProperties;

@@ -65,7 +65,15 @@ impl Compared {
 /// the event, status and records as `fields` says (not the timestamp's spelling, nor fields
 /// beyond these).
 pub fn compare(table: &Snapshot, topic: &Snapshot, fields: Compared) -> Vec<Divergence> {
-    let micros = |cell: &Cell| cell.at.timestamp_micros();
+    // Postgres keeps microseconds, rounding: instants less than one apart are the same.
+    let order = |a: &Cell, b: &Cell| {
+        let apart = (a.at - b.at).num_nanoseconds().unwrap_or(i64::MAX);
+        if apart.abs() < 1000 {
+            std::cmp::Ordering::Equal
+        } else {
+            apart.cmp(&0)
+        }
+    };
     let differs = |a: &Cell, b: &Cell| {
         (fields.event && a.event != b.event)
             || (fields.status && a.status != b.status)
@@ -86,8 +94,8 @@ pub fn compare(table: &Snapshot, topic: &Snapshot, fields: Compared) -> Vec<Dive
             let verdict = match (table, topic) {
                 (Some(_), None) => Verdict::TableOnly,
                 (None, Some(_)) => Verdict::TopicOnly,
-                (Some(a), Some(b)) if micros(a) > micros(b) => Verdict::TableNewer,
-                (Some(a), Some(b)) if micros(a) < micros(b) => Verdict::TopicNewer,
+                (Some(a), Some(b)) if order(a, b).is_gt() => Verdict::TableNewer,
+                (Some(a), Some(b)) if order(a, b).is_lt() => Verdict::TopicNewer,
                 (Some(a), Some(b)) if differs(a, b) => Verdict::Differs,
                 _ => return None,
             };

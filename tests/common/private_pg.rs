@@ -1,0 +1,80 @@
+//! A Postgres server of a test's own, for tests that stop or restart it.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use rand::Rng;
+
+use super::unique;
+
+/// A Postgres server of the test's own, so stopping it disturbs no other test.
+pub struct PrivatePostgres {
+    dir: PathBuf,
+    port: u16,
+    bin: PathBuf,
+}
+
+impl PrivatePostgres {
+    pub fn start() -> Self {
+        let version = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL server binaries: run `scripts/services up`")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok()?.parse::<u32>().ok())
+            .max()
+            .unwrap();
+        let bin = PathBuf::from(format!("/usr/lib/postgresql/{version}/bin"));
+        let dir = std::env::temp_dir().join(unique("herald-pg"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = rand::rng().random_range(20_000..30_000);
+        let pg = Self { dir, port, bin };
+        pg.as_postgres(&format!("chown postgres {}", pg.dir.display()), true);
+        pg.as_postgres(
+            &format!("{}/initdb -D {}/data -A trust -U herald >/dev/null", pg.bin.display(), pg.dir.display()),
+            false,
+        );
+        pg.control("start");
+        pg
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://herald@127.0.0.1:{}/postgres", self.port)
+    }
+
+    pub fn control(&self, action: &str) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c wal_level=logical -c max_replication_slots=4",
+            self.port,
+            self.dir.display()
+        );
+        self.as_postgres(
+            &format!(
+                "{}/pg_ctl -D {dir}/data -l {dir}/log -m fast -w -o '{options}' {action} >/dev/null",
+                self.bin.display(),
+                dir = self.dir.display()
+            ),
+            false,
+        );
+    }
+
+    fn as_postgres(&self, command: &str, as_root: bool) {
+        let status = if as_root {
+            Command::new("sh").args(["-c", command]).status()
+        } else {
+            Command::new("su").args(["postgres", "-c", command]).status()
+        }
+        .unwrap();
+        assert!(status.success(), "`{command}` failed");
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = Command::new("su")
+            .args([
+                "postgres",
+                "-c",
+                &format!("{}/pg_ctl -D {}/data -m immediate stop", self.bin.display(), self.dir.display()),
+            ])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
