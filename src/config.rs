@@ -1,7 +1,8 @@
 //! The configuration file, composed from the sections each crate owns: `[kafka]`
 //! (herald-kafka), `[runtime]` and `[[route]]` (herald-core), `[[source]]` (herald-core's
 //! source contract, each kind's settings in its crate), `[admin]` (herald-admin), `[board]`
-//! (herald-board), `[expectations]` and `[[expect]]` (herald-expect). Loading (`${VAR}`,
+//! (herald-board), `[expectations]` and `[[expect]]` (herald-expect), `[reconcile]`
+//! (herald-reconcile). Loading (`${VAR}`,
 //! `HERALD__…` overrides, errors naming file and key) is herald-config's; this file only puts
 //! the sections together and asks each to check itself.
 
@@ -13,6 +14,7 @@ use herald_config::{ConfigError, Invalid};
 use herald_core::{RouteConfig, RuntimeConfig, SourceSpec};
 use herald_expect::{ExpectConfig, ExpectationsConfig};
 use herald_kafka::KafkaProperties;
+use herald_reconcile::ReconcileConfig;
 use serde::Deserialize;
 
 /// The whole configuration file.
@@ -39,6 +41,10 @@ pub struct Config {
     /// miss publishes `STAGE_LATE` (and `STAGE_MISSING`) events. Written `[[expect]]`.
     #[serde(default, rename = "expect")]
     pub expect: Vec<ExpectConfig>,
+    /// The periodic reconcile of every Postgres source and Postgres sink route (the metric
+    /// `herald_reconcile_divergent`, the board's marks). Off unless `every` is set.
+    #[serde(default)]
+    pub reconcile: ReconcileConfig,
     /// The routes: each moves events from Kafka topics to one sink. Written `[[route]]`.
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteConfig>,
@@ -71,6 +77,7 @@ impl Config {
         herald_core::source::validate_sources(&self.sources)?;
         self.admin.validate()?;
         self.board.validate(self.admin.listen.is_some())?;
+        self.reconcile.validate()?;
         herald_expect::validate(&self.expect)
     }
 }

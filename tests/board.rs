@@ -277,3 +277,84 @@ fn base64_decode(text: &str) -> Vec<u8> {
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_periodic_reconcile_marks_the_cells_where_the_table_differs_and_counts_them() {
+    const URL: &str = "postgres://herald:herald@127.0.0.1:5432/herald";
+    let topic = unique("board-rec");
+    create_topic(&topic, 1).await;
+    let schema = unique("boardrec").replace('-', "_");
+    let route = unique("to-table");
+    for (seq, source) in ["OrdersDB", "Payments", "UsersDB"].into_iter().enumerate() {
+        produce(&topic, &[(Some(source), event_json(source, "bronze", "SUCCESS", seq).as_bytes())]).await;
+    }
+    let config = TempConfig::new(&format!(
+        "{kafka}[admin]\nlisten = \"127.0.0.1:0\"\n[board]\ntopics = [\"{topic}\"]\n[reconcile]\nevery = \"1s\"\nsince = \"3650d\"\n\
+         [[route]]\nname = \"{route}\"\ntopics = [\"{topic}\"]\n[route.sink]\ntype = \"postgres\"\nurl = \"{URL}\"\nschema = \"{schema}\"\n",
+        kafka = kafka_section()
+    ));
+    let mut herald = Herald::run(&config);
+    let address = admin_address(&mut herald);
+    let pool = sqlx::PgPool::connect(URL).await.unwrap();
+    let metric = format!("herald_reconcile_divergent{{subject=\"route:{route}\"}}");
+    let wait_for_metric = |value: &'static str| {
+        let (address, metric) = (address.clone(), metric.clone());
+        async move {
+            let deadline = Instant::now() + PATIENCE;
+            loop {
+                let (_, metrics) = http(&address, "GET", "/metrics");
+                if metrics.lines().any(|line| line == format!("{metric} {value}")) {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "{metric} never {value}: {metrics}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    wait_for_metric("0").await;
+
+    // Someone deletes a row the route wrote: the table now lacks what the topic has.
+    sqlx::query(&format!("DELETE FROM {schema}.pipeline_status_latest WHERE source = 'Payments'"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    wait_for_metric("1").await;
+    let browser = Browser::open(&format!("http://{address}/board"));
+    let mut tab = browser.page("/board").await;
+    tab.wait_for_cell("Payments", "bronze", "SUCCESS").await;
+    let marked =
+        "(() => [...document.querySelectorAll('td.diverged')].map(td => td.dataset.source + ' ' + td.title))()";
+    let deadline = Instant::now() + PATIENCE;
+    let marks = loop {
+        let marks = tab.evaluate(marked).await;
+        if marks.as_array().is_some_and(|marks| !marks.is_empty()) {
+            break marks;
+        }
+        assert!(Instant::now() < deadline, "no cell marked");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let marks = marks.as_array().unwrap();
+    assert_eq!(marks.len(), 1, "{marks:?}");
+    let mark = marks[0].as_str().unwrap();
+    assert!(mark.starts_with("Payments ") && mark.contains(&format!("route:{route}: only in the topic")), "{mark}");
+    let shot = tab.call("Page.captureScreenshot", serde_json::json!({ "format": "png" })).await;
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("board-diverged.png");
+    std::fs::write(&path, base64_decode(shot["data"].as_str().unwrap())).unwrap();
+    println!("screenshot: {}", path.display());
+
+    // `herald reconcile --repair` puts the row back; the next round clears the mark, live.
+    let out = common::herald()
+        .args(["reconcile", "--since", "3650d", "--route", &route, "--repair", "--config"])
+        .arg(&config.path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    wait_for_metric("0").await;
+    let deadline = Instant::now() + PATIENCE;
+    while tab.evaluate("document.querySelectorAll('td.diverged').length").await != 0 {
+        assert!(Instant::now() < deadline, "the mark stayed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    herald.signal("TERM");
+    assert!(herald.wait_exit().success(), "{}", herald.log());
+}

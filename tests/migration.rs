@@ -316,8 +316,11 @@ async fn the_four_phases(capture: &'static str) {
     journey.assert_phase_done("phase 4", &phase2, &consumers, true).await;
     herald.signal("TERM");
     assert!(herald.wait_exit().success(), "{}", herald.log());
-    let out =
-        common::herald().args(["migrate", "--drop-source", &journey.source, "--config"]).arg(&phase2.path).output().unwrap();
+    let out = common::herald()
+        .args(["migrate", "--drop-source", &journey.source, "--config"])
+        .arg(&phase2.path)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let slots: i64 =
         sqlx::query_scalar("SELECT count(*) FROM pg_replication_slots").fetch_one(&journey.pool).await.unwrap();

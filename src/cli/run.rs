@@ -66,6 +66,17 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         );
         tokio::spawn(follow);
     }
+    if config.reconcile.every.is_some() {
+        let subjects = super::reconcile::subjects(&config).with_context(|| format!("{}", args.config.display()))?;
+        tokio::spawn(herald_reconcile::run_periodically(
+            config.kafka.clone(),
+            subjects,
+            config.reconcile.clone(),
+            Arc::clone(&observer),
+            board.clone(),
+            stop.clone(),
+        ));
+    }
     if let Some(listen) = config.admin.listen {
         let (_, serve) =
             herald_admin::bind(listen, Arc::clone(&observer), board, stop.clone()).await.context("admin API")?;

@@ -28,6 +28,10 @@ pub struct Cell {
     pub at: DateTime<Utc>,
     /// Its record count, when it has one.
     pub records: Option<i64>,
+    /// When a periodic reconcile found the status table disagreeing with the topic on this
+    /// pair: who says so and how (`route:to-table: only in the topic`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diverged: Option<String>,
 }
 
 impl Cell {
@@ -40,6 +44,7 @@ impl Cell {
             timestamp: event.timestamp.as_str().to_owned(),
             at: event.timestamp.instant(),
             records: event.records,
+            diverged: None,
         }
     }
 }
@@ -57,6 +62,20 @@ pub struct Snapshot {
 struct State {
     cells: BTreeMap<(String, String), Cell>,
     stages: Vec<String>,
+    /// Per reconcile subject, the pairs it found diverged and how.
+    diverged: BTreeMap<String, BTreeMap<(String, String), String>>,
+}
+
+impl State {
+    /// What the reconcile subjects say of pair `key`, if any says it diverged.
+    fn divergence_of(&self, key: &(String, String)) -> Option<String> {
+        let notes: Vec<String> = self
+            .diverged
+            .iter()
+            .filter_map(|(subject, pairs)| pairs.get(key).map(|note| format!("{subject}: {note}")))
+            .collect();
+        (!notes.is_empty()).then(|| notes.join("; "))
+    }
 }
 
 /// The latest event of every (source, stage), shared by the reader and the readers of the board.
@@ -85,10 +104,11 @@ impl Board {
         if event.event == "STAGE_RECOVERED" {
             return false;
         }
-        let cell = Cell::of(event);
+        let mut cell = Cell::of(event);
         {
             let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
             let key = (cell.source.clone(), cell.stage.clone());
+            cell.diverged = state.divergence_of(&key);
             match state.cells.get(&key) {
                 Some(current) if current.at > cell.at || *current == cell => return false,
                 _ => {}
@@ -101,6 +121,31 @@ impl Board {
         // No subscriber is not an error: the page may simply not be open.
         let _ = self.updates.send(cell);
         true
+    }
+
+    /// Marks the pairs reconcile subject `subject` found diverged, with how (replacing what it
+    /// said before), and tells subscribers of every cell whose mark changed.
+    pub fn mark_diverged(&self, subject: &str, pairs: BTreeMap<(String, String), String>) {
+        let changed: Vec<Cell> = {
+            let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
+            let before = state.diverged.insert(subject.to_owned(), pairs).unwrap_or_default();
+            let touched: std::collections::BTreeSet<(String, String)> =
+                before.into_keys().chain(state.diverged[subject].keys().cloned()).collect();
+            let mut changed = Vec::new();
+            for key in touched {
+                let mark = state.divergence_of(&key);
+                if let Some(cell) = state.cells.get_mut(&key) {
+                    if cell.diverged != mark {
+                        cell.diverged = mark;
+                        changed.push(cell.clone());
+                    }
+                }
+            }
+            changed
+        };
+        for cell in changed {
+            let _ = self.updates.send(cell);
+        }
     }
 
     /// Everything on the board now.
@@ -150,5 +195,25 @@ mod tests {
         );
         let statuses: Vec<String> = std::iter::from_fn(|| updates.try_recv().ok()).map(|c| c.status).collect();
         assert_eq!(statuses, ["RUNNING", "SUCCESS", "FAILED", "SUCCESS"], "one update per change, none for the rest");
+    }
+
+    #[test]
+    fn a_diverged_pair_is_marked_by_each_subject_and_cleared_when_they_agree_again() {
+        let board = Board::new();
+        board.apply(&event("OrdersDB", "bronze", "SUCCESS", 1));
+        let mut updates = board.subscribe();
+        let pair = ("OrdersDB".to_owned(), "bronze".to_owned());
+        board.mark_diverged("route:r", [(pair.clone(), "only in the topic".to_owned())].into());
+        board.mark_diverged("source:s", [(pair.clone(), "the table is newer".to_owned())].into());
+        let mark = board.snapshot().cells[0].diverged.clone().unwrap();
+        assert_eq!(mark, "route:r: only in the topic; source:s: the table is newer");
+        board.apply(&event("OrdersDB", "bronze", "SUCCESS", 2));
+        assert!(board.snapshot().cells[0].diverged.is_some(), "a newer event keeps the mark until reconcile says");
+        board.mark_diverged("route:r", BTreeMap::new());
+        board.mark_diverged("source:s", BTreeMap::new());
+        assert_eq!(board.snapshot().cells[0].diverged, None);
+        let marks: Vec<Option<String>> = std::iter::from_fn(|| updates.try_recv().ok()).map(|c| c.diverged).collect();
+        assert_eq!(marks.len(), 5, "each change of a mark is an update: {marks:?}");
+        assert_eq!(marks.last().unwrap(), &None);
     }
 }

@@ -28,6 +28,19 @@ pub enum Verdict {
     Differs,
 }
 
+impl Verdict {
+    /// The verdict in words, as `herald reconcile` and the board say it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Verdict::TableOnly => "only in the table",
+            Verdict::TopicOnly => "only in the topic",
+            Verdict::TableNewer => "the table is newer",
+            Verdict::TopicNewer => "the topic is newer",
+            Verdict::Differs => "same instant, different",
+        }
+    }
+}
+
 /// One (source, stage) on which the two sides disagree.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Divergence {
@@ -114,13 +127,6 @@ pub fn render_divergences(divergences: &[Divergence], now: DateTime<Utc>) -> Str
         }
         None => "-".to_owned(),
     };
-    let verdict = |verdict: Verdict| match verdict {
-        Verdict::TableOnly => "only in the table",
-        Verdict::TopicOnly => "only in the topic",
-        Verdict::TableNewer => "the table is newer",
-        Verdict::TopicNewer => "the topic is newer",
-        Verdict::Differs => "same instant, different",
-    };
     let mut rows =
         vec![["SOURCE".to_owned(), "STAGE".to_owned(), "TABLE".to_owned(), "TOPIC".to_owned(), String::new()]];
     for divergence in divergences {
@@ -129,7 +135,7 @@ pub fn render_divergences(divergences: &[Divergence], now: DateTime<Utc>) -> Str
             printable(&divergence.stage, 48).into_owned(),
             side(&divergence.table),
             side(&divergence.topic),
-            verdict(divergence.verdict).to_owned(),
+            divergence.verdict.describe().to_owned(),
         ]);
     }
     let widths: Vec<usize> =

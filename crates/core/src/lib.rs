@@ -32,7 +32,9 @@ One home per concept, in the lowest crate that needs it:
   crates), and the binary composes them;
 - identifiers, SQLSTATEs and DDL under `lock_timeout`: **herald-pg**;
 - settling batches, retries and poison isolation, dead letters, resuming from a sink's offsets:
-  here, in `route/`.
+  here, in `route/`;
+- comparing a status table with a topic: **herald-reconcile** (each side's reads with its owner,
+  the comparison of two boards in herald-board).
 */
 #![deny(missing_docs)]
 

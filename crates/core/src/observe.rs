@@ -31,6 +31,7 @@ pub struct Observer {
     source_capture_rows: IntGaugeVec,
     source_retained_wal: IntGaugeVec,
     source_stuck: IntGaugeVec,
+    reconcile_divergent: IntGaugeVec,
     sources: RwLock<BTreeMap<String, SourceMetrics>>,
     routes: RwLock<BTreeMap<String, Arc<RouteShared>>>,
 }
@@ -88,6 +89,14 @@ impl Observer {
             &["source"],
         )?;
         registry.register(Box::new(source_stuck.clone()))?;
+        let reconcile_divergent = IntGaugeVec::new(
+            Opts::new(
+                "reconcile_divergent",
+                "(source, stage) pairs on which a status table and its topic differed at the last periodic reconcile.",
+            ),
+            &["subject"],
+        )?;
+        registry.register(Box::new(reconcile_divergent.clone()))?;
         let write_seconds = HistogramVec::new(
             HistogramOpts::new("route_write_seconds", "Time to write one batch to the sink, retries included.")
                 .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
@@ -115,9 +124,15 @@ impl Observer {
             source_capture_rows,
             source_retained_wal,
             source_stuck,
+            reconcile_divergent,
             sources: RwLock::new(BTreeMap::new()),
             routes: RwLock::new(BTreeMap::new()),
         }))
+    }
+
+    /// The gauge of diverged pairs of reconcile subject `subject` (`source:<name>`, `route:<name>`).
+    pub fn reconcile_divergent(&self, subject: &str) -> IntGauge {
+        self.reconcile_divergent.with_label_values(&[subject])
     }
 
     /// The shared state of route `name`, created on first use.

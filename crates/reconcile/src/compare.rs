@@ -1,0 +1,302 @@
+//! One reconcile: read both sides, compare, and repair what this side can.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use herald_board::{compare, Board, Compared, Divergence, Verdict};
+use herald_core::{RouteConfig, StageEvent};
+use herald_kafka::reader::{Read, TopicReader};
+use herald_kafka::KafkaProperties;
+use herald_sdk::{LazyEvent, SinkRecord};
+use herald_sink_postgres::PostgresSinkConfig;
+use herald_source_postgres::{PostgresSourceConfig, TableRow};
+use serde::Serialize;
+
+use crate::error::ReconcileError;
+
+/// How much earlier than `since` the topic is read: an event is published after the instant it
+/// carries, but the producer's and the broker's clocks may disagree (as `max_clock_skew`).
+const PUBLISH_SLACK: Duration = Duration::from_secs(3600);
+
+/// What is reconciled: a status table and the topic on its other side.
+#[derive(Debug, Clone)]
+pub enum Subject {
+    /// A Postgres source: its table against the topic it publishes to.
+    Source {
+        /// The source's name.
+        name: String,
+        /// Its settings.
+        config: PostgresSourceConfig,
+    },
+    /// A Postgres sink route: the topics it reads against its table.
+    Route {
+        /// The route (its topics, filter and consumer group).
+        route: RouteConfig,
+        /// Its sink's settings.
+        sink: PostgresSinkConfig,
+    },
+}
+
+impl Subject {
+    /// `source:<name>` or `route:<name>`: the metric's label, the board's mark.
+    pub fn label(&self) -> String {
+        match self {
+            Subject::Source { name, .. } => format!("source:{name}"),
+            Subject::Route { route, .. } => format!("route:{}", route.name),
+        }
+    }
+
+    /// The table compared, as written in the config.
+    pub fn table(&self) -> String {
+        match self {
+            Subject::Source { config, .. } => {
+                config.table.clone().unwrap_or_else(|| format!("{}.pipeline_status", config.schema))
+            }
+            Subject::Route { sink, .. } => sink
+                .table
+                .as_ref()
+                .map_or_else(|| format!("{}.pipeline_status_latest", sink.schema), |t| t.name.clone()),
+        }
+    }
+
+    /// The topics compared.
+    pub fn topics(&self) -> Vec<String> {
+        match self {
+            Subject::Source { config, .. } => vec![config.topic.clone()],
+            Subject::Route { route, .. } => route.topics.clone(),
+        }
+    }
+}
+
+/// What a reconcile found, and did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// `source:<name>` or `route:<name>`.
+    pub subject: String,
+    /// The table compared.
+    pub table: String,
+    /// The topics compared.
+    pub topics: Vec<String>,
+    /// The window's start.
+    pub since: DateTime<Utc>,
+    /// Pairs on either side.
+    pub pairs: usize,
+    /// Every pair on which they differ.
+    pub divergences: Vec<Divergence>,
+    /// Of the divergences, how many the repair repaired.
+    pub repaired: usize,
+    /// Divergences this side cannot repair (it is the other side that lacks, or a row herald's
+    /// own sink wrote).
+    pub unrepairable: usize,
+    /// Route only: events the route has not reached yet (beyond its stored offsets), not compared.
+    pub in_flight: usize,
+    /// Route only: events the table refused (in the dead-letter topic), not compared.
+    pub dead_lettered: usize,
+}
+
+/// Compares `subject`'s table with its topics over the window from `since`, reading the topics
+/// for at most `timeout`; with `repair`, makes them agree where this side can.
+pub async fn reconcile(
+    kafka: &KafkaProperties,
+    subject: &Subject,
+    since: DateTime<Utc>,
+    timeout: Duration,
+    repair: bool,
+) -> Result<Report, ReconcileError> {
+    match subject {
+        Subject::Source { name, config } => {
+            reconcile_source(kafka, subject, name, config, since, timeout, repair).await
+        }
+        Subject::Route { route, sink } => reconcile_route(kafka, subject, route, sink, since, timeout, repair).await,
+    }
+}
+
+async fn reconcile_source(
+    kafka: &KafkaProperties,
+    subject: &Subject,
+    name: &str,
+    source: &PostgresSourceConfig,
+    since: DateTime<Utc>,
+    timeout: Duration,
+    repair: bool,
+) -> Result<Report, ReconcileError> {
+    let rows = source.latest_rows(name, Some(since)).await?;
+    let table = Board::new();
+    let mut rows_by_pair: BTreeMap<(String, String), TableRow> = BTreeMap::new();
+    for row in rows {
+        table.apply(&row.event);
+        rows_by_pair.insert((row.event.source.clone(), row.event.stage.clone()), row);
+    }
+    let topic = read_topic(kafka, &subject.topics(), since, timeout, |_| true).await?;
+    let divergences = compare(&table.snapshot(), &topic.board.snapshot(), Compared::ALL);
+    let repairable: Vec<&Divergence> = divergences
+        .iter()
+        .filter(|d| matches!(d.verdict, Verdict::TableOnly | Verdict::TableNewer | Verdict::Differs))
+        .collect();
+    let mut repaired = 0;
+    if repair && !repairable.is_empty() {
+        let rows: Vec<TableRow> =
+            repairable.iter().filter_map(|d| rows_by_pair.get(&(d.source.clone(), d.stage.clone())).cloned()).collect();
+        repaired = source.repair(name, kafka, &rows).await?;
+    }
+    Ok(Report {
+        subject: subject.label(),
+        table: subject.table(),
+        topics: subject.topics(),
+        since,
+        pairs: pairs(&table, &topic.board),
+        unrepairable: divergences.len() - repaired,
+        divergences,
+        repaired,
+        in_flight: 0,
+        dead_lettered: 0,
+    })
+}
+
+async fn reconcile_route(
+    kafka: &KafkaProperties,
+    subject: &Subject,
+    route: &RouteConfig,
+    sink: &PostgresSinkConfig,
+    since: DateTime<Utc>,
+    timeout: Duration,
+    repair: bool,
+) -> Result<Report, ReconcileError> {
+    let written = sink.written(&route.name, &route.group_id()).await?;
+    let (mut in_flight, mut dead_lettered) = (0, 0);
+    let topic = read_topic(kafka, &route.topics, since, timeout, |read| {
+        let Some(event) = &read.event else { return false };
+        if !route.filter.matches(event) {
+            return false;
+        }
+        // What the route has handled and the table took; the rest is not the table's to have yet.
+        let next = written.next_offsets.get(&(read.topic.clone(), read.partition)).copied().unwrap_or(0);
+        if read.offset >= next {
+            in_flight += 1;
+            return false;
+        }
+        if written.rejected.contains(&(read.topic.clone(), read.partition, read.offset)) {
+            dead_lettered += 1;
+            return false;
+        }
+        true
+    })
+    .await?;
+    let table = Board::new();
+    for event in sink.latest_events(&route.name).await? {
+        if event.timestamp.instant() >= since {
+            table.apply(&event);
+        }
+    }
+    let fields = Compared {
+        event: sink.keeps_field("event")?,
+        status: sink.keeps_field("status")?,
+        records: sink.keeps_field("records")?,
+    };
+    let divergences = compare(&table.snapshot(), &topic.board.snapshot(), fields);
+    let repairable: Vec<&Divergence> = divergences
+        .iter()
+        .filter(|d| matches!(d.verdict, Verdict::TopicOnly | Verdict::TopicNewer | Verdict::Differs))
+        .collect();
+    let mut repaired = 0;
+    if repair && !repairable.is_empty() {
+        let records: Vec<SinkRecord> = repairable
+            .iter()
+            .filter_map(|d| topic.latest.get(&(d.source.clone(), d.stage.clone())))
+            .map(|read| SinkRecord {
+                event: LazyEvent::from(read.event.clone()),
+                topic: Arc::from(read.topic.as_str()),
+                partition: read.partition,
+                offset: read.offset,
+                origin: read.origin.clone(),
+                raw: None,
+            })
+            .collect();
+        repaired = sink.repair(&route.name, &records).await?;
+    }
+    Ok(Report {
+        subject: subject.label(),
+        table: subject.table(),
+        topics: subject.topics(),
+        since,
+        pairs: pairs(&table, &topic.board),
+        unrepairable: divergences.len() - repaired,
+        divergences,
+        repaired,
+        in_flight,
+        dead_lettered,
+    })
+}
+
+/// The latest event of each pair on some topics.
+struct TopicSide {
+    board: Board,
+    /// Where each pair's latest event was read, and the event.
+    latest: BTreeMap<(String, String), LatestRead>,
+}
+
+struct LatestRead {
+    event: StageEvent,
+    topic: String,
+    partition: i32,
+    offset: i64,
+    origin: Option<String>,
+}
+
+/// Reads `topics` from a little before `since` to their end when reading starts, keeping the
+/// latest event per pair dated at or after `since` among those `keep` takes.
+async fn read_topic(
+    kafka: &KafkaProperties,
+    topics: &[String],
+    since: DateTime<Utc>,
+    timeout: Duration,
+    mut keep: impl FnMut(&Read) -> bool,
+) -> Result<TopicSide, ReconcileError> {
+    let from = since - chrono::Duration::from_std(PUBLISH_SLACK).unwrap_or_default();
+    let mut reader = TopicReader::open(kafka, topics, from, "reconcile").await?;
+    let board = Board::new();
+    let mut latest = BTreeMap::new();
+    let read_history = async {
+        while !reader.history_done() {
+            let Some(read) = reader.next().await? else { break };
+            if !read.in_history || !keep(&read) {
+                continue;
+            }
+            let Some(event) = &read.event else { continue };
+            if event.timestamp.instant() < since || !board.apply(event) {
+                continue;
+            }
+            let pair = (event.source.clone(), event.stage.clone());
+            let at = LatestRead {
+                event: event.clone(),
+                topic: read.topic.clone(),
+                partition: read.partition,
+                offset: read.offset,
+                origin: read.origin.clone(),
+            };
+            latest.insert(pair, at);
+        }
+        Ok::<_, herald_kafka::reader::HistoryError>(())
+    };
+    match tokio::time::timeout(timeout, read_history).await {
+        Ok(read) => read?,
+        Err(_) => return Err(ReconcileError::TimedOut { topics: topics.join(", "), after: timeout }),
+    }
+    Ok(TopicSide { board, latest })
+}
+
+/// How many (source, stage) pairs are on either side.
+fn pairs(table: &Board, topic: &Board) -> usize {
+    let mut keys: Vec<(String, String)> = table
+        .snapshot()
+        .cells
+        .into_iter()
+        .chain(topic.snapshot().cells)
+        .map(|cell| (cell.source, cell.stage))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys.len()
+}
