@@ -115,6 +115,9 @@ impl TopicReader {
             .set("enable.partition.eof", "false")
             // Committed events only; and the end offsets looked up are the last stable offsets.
             .set("isolation.level", "read_committed")
+            // A 16 MiB prefetch (librdkafka's default is 64 MiB), as routes use: a long history
+            // is read as fast, in a quarter of the memory.
+            .set("queued.max.messages.kbytes", props.get("queued.max.messages.kbytes").unwrap_or("16384"))
             .create()
             .map_err(kafka("creating a consumer"))?;
         let mut by_time = TopicPartitionList::new();

@@ -5,13 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use herald_board::{compare, Board, Compared, Divergence, Verdict};
+use herald_board::{compare, Board, Compared, Divergence, Snapshot, Verdict};
 use herald_core::{RouteConfig, StageEvent};
 use herald_kafka::reader::{Read, TopicReader};
 use herald_kafka::KafkaProperties;
 use herald_sdk::{LazyEvent, SinkRecord};
 use herald_sink_postgres::PostgresSinkConfig;
-use herald_source_postgres::{PostgresSourceConfig, TableRow};
+use herald_source_postgres::{PostgresSourceConfig, RowToPublish, TableRow};
 use serde::Serialize;
 
 use crate::error::ReconcileError;
@@ -122,22 +122,28 @@ async fn reconcile_source(
     timeout: Duration,
     repair: bool,
 ) -> Result<Report, ReconcileError> {
-    let rows = source.latest_rows(name, Some(since)).await?;
+    // One cell per pair (and for a repair the row's text): the events are dropped once on the board.
     let table = Board::new();
-    let mut rows_by_pair: BTreeMap<(String, String), TableRow> = BTreeMap::new();
-    for row in rows {
-        table.apply(&row.event);
-        rows_by_pair.insert((row.event.source.clone(), row.event.stage.clone()), row);
-    }
-    let topic = read_topic(kafka, &subject.topics(), since, timeout, |_| true).await?;
-    let divergences = compare(&table.snapshot(), &topic.board.snapshot(), Compared::ALL);
+    let mut rows_by_pair: BTreeMap<(String, String), RowToPublish> = BTreeMap::new();
+    source
+        .latest_rows(name, Some(since), |TableRow { event, row }| {
+            table.apply(&event);
+            // The row itself only for a repair, which may publish it.
+            if repair {
+                rows_by_pair.insert((event.source, event.stage), row);
+            }
+        })
+        .await?;
+    let topic = read_topic(kafka, &subject.topics(), since, timeout, false, |_| true).await?;
+    let (table, topic_cells) = (table.snapshot(), topic.board.snapshot());
+    let divergences = compare(&table, &topic_cells, Compared::ALL);
     let repairable: Vec<&Divergence> = divergences
         .iter()
         .filter(|d| matches!(d.verdict, Verdict::TableOnly | Verdict::TableNewer | Verdict::Differs))
         .collect();
     let mut repaired = 0;
     if repair && !repairable.is_empty() {
-        let rows: Vec<TableRow> =
+        let rows: Vec<RowToPublish> =
             repairable.iter().filter_map(|d| rows_by_pair.get(&(d.source.clone(), d.stage.clone())).cloned()).collect();
         repaired = source.repair(name, kafka, &rows).await?;
     }
@@ -146,7 +152,7 @@ async fn reconcile_source(
         table: subject.table(),
         topics: subject.topics(),
         since,
-        pairs: pairs(&table, &topic.board),
+        pairs: pairs(&table, &topic_cells),
         unrepairable: divergences.len() - repaired,
         divergences,
         repaired,
@@ -166,7 +172,7 @@ async fn reconcile_route(
 ) -> Result<Report, ReconcileError> {
     let written = sink.written(&route.name, &route.group_id()).await?;
     let (mut in_flight, mut dead_lettered) = (0, 0);
-    let topic = read_topic(kafka, &route.topics, since, timeout, |read| {
+    let topic = read_topic(kafka, &route.topics, since, timeout, true, |read| {
         let Some(event) = &read.event else { return false };
         if !route.filter.matches(event) {
             return false;
@@ -195,7 +201,8 @@ async fn reconcile_route(
         status: sink.keeps_field("status")?,
         records: sink.keeps_field("records")?,
     };
-    let divergences = compare(&table.snapshot(), &topic.board.snapshot(), fields);
+    let (table, topic_cells) = (table.snapshot(), topic.board.snapshot());
+    let divergences = compare(&table, &topic_cells, fields);
     let repairable: Vec<&Divergence> = divergences
         .iter()
         .filter(|d| matches!(d.verdict, Verdict::TopicOnly | Verdict::TopicNewer | Verdict::Differs))
@@ -205,8 +212,9 @@ async fn reconcile_route(
         let records: Vec<SinkRecord> = repairable
             .iter()
             .filter_map(|d| topic.latest.get(&(d.source.clone(), d.stage.clone())))
-            .map(|read| SinkRecord {
-                event: LazyEvent::from(read.event.clone()),
+            .filter_map(|read| Some((read, StageEvent::from_json_str(&read.event).ok()?)))
+            .map(|(read, event)| SinkRecord {
+                event: LazyEvent::from(event),
                 topic: Arc::from(read.topic.as_str()),
                 partition: read.partition,
                 offset: read.offset,
@@ -221,7 +229,7 @@ async fn reconcile_route(
         table: subject.table(),
         topics: subject.topics(),
         since,
-        pairs: pairs(&table, &topic.board),
+        pairs: pairs(&table, &topic_cells),
         unrepairable: divergences.len() - repaired,
         divergences,
         repaired,
@@ -238,7 +246,8 @@ struct TopicSide {
 }
 
 struct LatestRead {
-    event: StageEvent,
+    /// The event as JSON text (a parsed event takes several times the memory).
+    event: String,
     topic: String,
     partition: i32,
     offset: i64,
@@ -246,12 +255,14 @@ struct LatestRead {
 }
 
 /// Reads `topics` from a little before `since` to their end when reading starts, keeping the
-/// latest event per pair dated at or after `since` among those `keep` takes.
+/// latest event per pair dated at or after `since` among those `keep` takes; with
+/// `keep_events`, also each pair's latest event itself and where it was read (for a repair).
 async fn read_topic(
     kafka: &KafkaProperties,
     topics: &[String],
     since: DateTime<Utc>,
     timeout: Duration,
+    keep_events: bool,
     mut keep: impl FnMut(&Read) -> bool,
 ) -> Result<TopicSide, ReconcileError> {
     let from = since - chrono::Duration::from_std(PUBLISH_SLACK).unwrap_or_default();
@@ -265,12 +276,12 @@ async fn read_topic(
                 continue;
             }
             let Some(event) = &read.event else { continue };
-            if event.timestamp.instant() < since || !board.apply(event) {
+            if event.timestamp.instant() < since || !board.apply(event) || !keep_events {
                 continue;
             }
             let pair = (event.source.clone(), event.stage.clone());
             let at = LatestRead {
-                event: event.clone(),
+                event: event.to_json(),
                 topic: read.topic.clone(),
                 partition: read.partition,
                 offset: read.offset,
@@ -288,15 +299,8 @@ async fn read_topic(
 }
 
 /// How many (source, stage) pairs are on either side.
-fn pairs(table: &Board, topic: &Board) -> usize {
-    let mut keys: Vec<(String, String)> = table
-        .snapshot()
-        .cells
-        .into_iter()
-        .chain(topic.snapshot().cells)
-        .map(|cell| (cell.source, cell.stage))
-        .collect();
-    keys.sort();
-    keys.dedup();
+fn pairs(table: &Snapshot, topic: &Snapshot) -> usize {
+    let keys: std::collections::BTreeSet<(&str, &str)> =
+        table.cells.iter().chain(&topic.cells).map(|cell| (cell.source.as_str(), cell.stage.as_str())).collect();
     keys.len()
 }

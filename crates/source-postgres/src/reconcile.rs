@@ -25,35 +25,64 @@ use crate::rows::RowMapper;
 pub struct TableRow {
     /// The row as its event.
     pub event: StageEvent,
+    /// The row itself, as it would be published.
+    pub row: RowToPublish,
+}
+
+/// A row as a repair publishes it: compact JSON text (a parsed row takes several times its
+/// text's memory, and most rows of a reconcile are never published).
+#[derive(Debug, Clone)]
+pub struct RowToPublish {
     /// Whether herald's own sink wrote it (it came from Kafka): never published back.
     pub from_kafka: bool,
-    pub(crate) row: Map<String, Value>,
+    text: String,
+}
+
+impl RowToPublish {
+    /// The row's columns.
+    pub(crate) fn columns(&self) -> Option<Map<String, Value>> {
+        serde_json::from_str(&self.text).ok()
+    }
 }
 
 impl PostgresSourceConfig {
     /// The latest row of each (source, stage) of source `name`'s table, as events, when it is
     /// dated at or after `since` (always without it). Rows that cannot be events are left out.
-    pub async fn latest_rows(&self, name: &str, since: Option<DateTime<Utc>>) -> Result<Vec<TableRow>, SourceError> {
+    /// Hands `each` the latest row of each (source, stage) of source `name`'s table, as events,
+    /// when it is dated at or after `since` (always without it), one at a time (nothing is
+    /// gathered). Rows that cannot be events are left out.
+    pub async fn latest_rows(
+        &self,
+        name: &str,
+        since: Option<DateTime<Utc>>,
+        mut each: impl FnMut(TableRow) + Send,
+    ) -> Result<(), SourceError> {
         let plan = self.plan()?;
         let mut conn = self.connect(name).await?;
         let table = capture::resolve(&mut conn, &plan.table).await?;
         let dead_letter_topic = self.dead_letter_topic_of(name);
         let mapper =
             RowMapper { name, plan: &plan, config: self, table: &table, dead_letter_topic: &dead_letter_topic };
-        let mut latest = read_latest(&mut conn, &mapper).await?;
         // The latest of every pair, then the window: a pair whose latest row is older than
         // `since` is left out (filtering first would compare an older row with the topic's latest).
-        if let Some(since) = since {
-            latest.retain(|row| row.event.timestamp.instant() >= since);
-        }
-        Ok(latest)
+        read_latest(&mut conn, &mapper, &mut |row| {
+            if since.is_none_or(|since| row.event.timestamp.instant() >= since) {
+                each(row);
+            }
+        })
+        .await
     }
 
     /// Publishes `rows` (the table's latest where the topic lacks them or is older) to the
     /// source's topic in one Kafka transaction, keyed and shaped as the source publishes them,
     /// with `herald.origin.repair = reconcile`. Rows herald's sink wrote are never published
     /// back. Returns how many were published.
-    pub async fn repair(&self, name: &str, kafka: &KafkaProperties, rows: &[TableRow]) -> Result<usize, SourceError> {
+    pub async fn repair(
+        &self,
+        name: &str,
+        kafka: &KafkaProperties,
+        rows: &[RowToPublish],
+    ) -> Result<usize, SourceError> {
         let plan = self.plan()?;
         let mut conn = self.connect(name).await?;
         let table = capture::resolve(&mut conn, &plan.table).await?;
@@ -63,7 +92,8 @@ impl PostgresSourceConfig {
         let messages: Vec<_> = rows
             .iter()
             .filter(|row| !row.from_kafka)
-            .filter_map(|row| mapper.message(&row.row, "reconcile", "repair", None))
+            .filter_map(|row| row.columns())
+            .filter_map(|row| mapper.message(&row, "reconcile", "repair", None))
             .filter(|message| message.topic == self.topic)
             .collect();
         if messages.is_empty() {
@@ -105,9 +135,13 @@ impl PostgresSourceConfig {
     }
 }
 
-/// The latest row of each (source, stage) of `mapper`'s table, read on `conn` (in whatever
-/// snapshot its transaction holds), as events; rows that cannot be events are left out.
-pub(crate) async fn read_latest(conn: &mut PgConnection, mapper: &RowMapper<'_>) -> Result<Vec<TableRow>, SourceError> {
+/// Hands `each` the latest row of each (source, stage) of `mapper`'s table, read on `conn` (in
+/// whatever snapshot its transaction holds), as events; rows that cannot be events are left out.
+pub(crate) async fn read_latest(
+    conn: &mut PgConnection,
+    mapper: &RowMapper<'_>,
+    each: &mut (dyn FnMut(TableRow) + Send),
+) -> Result<(), SourceError> {
     let plan = mapper.plan;
     let column = |field: &str| {
         let column = plan.columns.get(field).ok_or_else(|| SourceError::Config {
@@ -120,22 +154,20 @@ pub(crate) async fn read_latest(conn: &mut PgConnection, mapper: &RowMapper<'_>)
     };
     let (source, stage, timestamp) = (column("source")?, column("stage")?, column("timestamp")?);
     let sql = format!(
-        "SELECT to_jsonb(t) FROM (SELECT DISTINCT ON ({source}, {stage}) * FROM {table}
+        "SELECT to_jsonb(t)::text FROM (SELECT DISTINCT ON ({source}, {stage}) * FROM {table}
          ORDER BY {source}, {stage}, {timestamp} DESC) t",
         table = capture::quoted(mapper.table)?
     );
     let mut rows = sqlx::query(&sql).fetch(&mut *conn);
-    let mut latest = Vec::new();
     while let Some(row) = rows.try_next().await.map_err(SourceError::postgres("reading the table's latest rows"))? {
-        let Value::Object(row) = row.try_get::<Value, _>(0).map_err(SourceError::postgres("decoding a row"))? else {
-            continue;
-        };
-        let from_kafka = mapper.skipped(&row);
-        if let Ok((event, _)) = mapper.event(&row) {
-            latest.push(TableRow { event, from_kafka, row });
+        let text: String = row.try_get(0).map_err(SourceError::postgres("decoding a row"))?;
+        let Ok(Value::Object(columns)) = serde_json::from_str::<Value>(&text) else { continue };
+        let from_kafka = mapper.skipped(&columns);
+        if let Ok((event, _)) = mapper.event(&columns) {
+            each(TableRow { event, row: RowToPublish { from_kafka, text } });
         }
     }
-    Ok(latest)
+    Ok(())
 }
 
 /// How long the repair's transaction and its calls may take.

@@ -122,14 +122,16 @@ impl PostgresSourceConfig {
         against_topic: bool,
     ) -> Result<Snapshot, SourceError> {
         let (mut tx, snapshot) = begin(conn).await?;
-        let rows = read_latest(&mut tx, mapper).await?;
+        let mut rows = Vec::new();
+        read_latest(&mut tx, mapper, &mut |row| rows.push(row)).await?;
         tx.commit().await.map_err(SourceError::postgres("ending the snapshot"))?;
         let pairs = rows.len();
         let rows = if against_topic { self.lacking_in_topic(kafka, rows).await? } else { rows };
         let mut messages: Vec<Outgoing> = rows
             .iter()
-            .filter(|row| !row.from_kafka)
-            .filter_map(|row| mapper.message(&row.row, "snapshot", "snapshot", None))
+            .filter(|row| !row.row.from_kafka)
+            .filter_map(|row| row.row.columns())
+            .filter_map(|row| mapper.message(&row, "snapshot", "snapshot", None))
             .collect();
         let published = messages.len();
         messages.push(publisher.offsets_record(key(mapper.name), &snapshot));
