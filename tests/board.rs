@@ -156,12 +156,28 @@ async fn the_board_in_a_real_browser_shows_each_source_and_stage_and_changes_liv
     let mut herald = Herald::run(&config);
     let address = admin_address(&mut herald);
 
-    // The page itself: small, and nothing loaded from elsewhere.
+    // The page itself: small, nothing loaded from elsewhere (its style and script come from
+    // this server, the only place the content security policy allows), no inline script.
     let (status, page) = http(&address, "GET", "/board");
     assert_eq!(status, 200);
     assert!(page.len() <= 100 * 1024, "the page is {} bytes", page.len());
-    for external in ["http://", "https://", "//cdn", "@import", "<link"] {
+    for external in ["http://", "https://", "//cdn", "@import", "<script>", "style="] {
         assert!(!page.contains(external), "the page refers to `{external}`");
+    }
+    for (path, media_type) in
+        [("/board", "text/html"), ("/board/board.css", "text/css"), ("/board/board.js", "text/javascript")]
+    {
+        assert!(path == "/board" || page.contains(&format!("\"{path}\"")), "the page loads {path}");
+        let head = http_head(&address, path);
+        assert!(head.contains(&format!("content-type: {media_type}")), "{path}: {head}");
+        for header in [
+            "x-content-type-options: nosniff",
+            "x-frame-options: DENY",
+            "frame-ancestors 'none'",
+            "default-src 'none'; script-src 'self'",
+        ] {
+            assert!(head.contains(header), "{path} lacks `{header}`: {head}");
+        }
     }
 
     let browser = Browser::open(&format!("http://{address}/board"));
@@ -228,6 +244,17 @@ async fn the_board_in_a_real_browser_shows_each_source_and_stage_and_changes_liv
     // SIGTERM with the page still open: the live stream ends and herald stops cleanly.
     herald.signal("TERM");
     assert!(herald.wait_exit().success(), "{}", herald.log());
+}
+
+/// The status line and headers of a GET to `path`.
+fn http_head(address: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer.split_once("\r\n\r\n").map(|(head, _)| head.to_owned()).unwrap_or(answer)
 }
 
 /// A GET to Chromium's DevTools HTTP endpoint, which keeps connections open: the body is read
@@ -357,4 +384,73 @@ async fn a_periodic_reconcile_marks_the_cells_where_the_table_differs_and_counts
     }
     herald.signal("TERM");
     assert!(herald.wait_exit().success(), "{}", herald.log());
+}
+
+/// A page from another origin (another local port, as any site the operator has open could be)
+/// tries every way a browser lets it send a change without asking: a `no-cors` fetch, a
+/// `text/plain` body, a submitted form. The admin API refuses each, and the route runs on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_from_another_origin_cannot_pause_a_route() {
+    let topic = unique("xorigin");
+    let route = unique("route");
+    create_topic(&topic, 1).await;
+    let config =
+        TempConfig::new(&format!("[admin]\nlisten = \"127.0.0.1:0\"\n{}", stdout_route_config(&route, &topic, "")));
+    let mut herald = Herald::run(&config);
+    let admin = admin_address(&mut herald);
+    let pause = format!("http://{admin}/routes/{route}/pause");
+    let attack = format!(
+        r#"<!doctype html><title>attack</title>
+<form id="f" method="POST" action="{pause}" target="sink"><input name="a" value="b"></form>
+<iframe name="sink"></iframe>
+<script>
+(async () => {{
+  await fetch("{pause}", {{ method: "POST", mode: "no-cors" }}).catch(() => {{}});
+  await fetch("{pause}", {{ method: "POST", mode: "no-cors", headers: {{ "Content-Type": "text/plain" }}, body: "x" }}).catch(() => {{}});
+  await fetch("{pause}", {{ method: "POST", mode: "no-cors", credentials: "include" }}).catch(() => {{}});
+  document.getElementById("f").submit();
+  document.title = "sent";
+}})();
+</script>"#
+    );
+    let site = serve_forever(attack);
+    let browser = Browser::open(&format!("http://{site}/attack"));
+    let mut tab = browser.page("/attack").await;
+    let deadline = Instant::now() + PATIENCE;
+    while tab.evaluate("document.title").await != "sent" {
+        assert!(Instant::now() < deadline, "the attacking page never ran");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Each of the four reached herald and was refused.
+    let deadline = Instant::now() + PATIENCE;
+    while herald.log().matches("Admin API refused a request.").count() < 4 {
+        assert!(Instant::now() < deadline, "not every request was refused:\n{}", herald.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let routes: serde_json::Value = serde_json::from_str(&http(&admin, "GET", "/routes").1).unwrap();
+    assert_ne!(routes[0]["status"], "paused", "{routes}");
+    assert!(!herald.log().contains("Route pause state changed"), "{}", herald.log());
+    produce_events(&topic, &["A"], 3).await;
+    herald.wait_for_lines(3);
+    // The same request from the API's own origin (a shell on this machine) is taken.
+    assert_eq!(http(&admin, "POST", &format!("/routes/{route}/pause")).0, 202);
+}
+
+/// Serves `page` to every request on a free loopback port, for the rest of the test.
+fn serve_forever(page: String) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().map_while(Result::ok) {
+            let mut request = [0; 4096];
+            let _ = stream.read(&mut request);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
+                page.len()
+            );
+        }
+    });
+    address
 }

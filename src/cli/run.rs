@@ -55,7 +55,8 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         }
     });
     let observer = herald_core::Observer::new().context("cannot register metrics")?;
-    let board = (!config.board.topics.is_empty()).then(|| Arc::new(herald_board::Board::new()));
+    let board = (!config.board.topics.is_empty())
+        .then(|| Arc::new(herald_board::Board::bounded(config.board.max_cells, Some(observer.board_evicted()))));
     if let Some(board) = &board {
         let follow = herald_board::follow(
             Arc::clone(board),
@@ -78,13 +79,10 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         ));
     }
     if let Some(listen) = config.admin.listen {
-        let (_, serve) =
-            herald_admin::bind(listen, Arc::clone(&observer), board, stop.clone()).await.context("admin API")?;
-        tokio::spawn(async move {
-            if let Err(err) = serve.await {
-                warn!(error = %err, "Admin API stopped.");
-            }
-        });
+        let (_, serve) = herald_admin::bind(listen, &config.admin, Arc::clone(&observer), board, stop.clone())
+            .await
+            .context("admin API")?;
+        tokio::spawn(serve);
     }
     // Routes and sources run side by side; whichever fails first stops the other cleanly.
     let run_routes = async {

@@ -63,34 +63,7 @@ pub async fn insert(pool: &PgPool, schema: &str, source: &str, stage: &str, stat
 /// Reads `topic` with `read_committed` until `count` messages arrived, then a little longer to
 /// catch any extra.
 pub fn read_committed(topic: &str, count: usize) -> Vec<OwnedMessage> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", BROKERS)
-        .set("group.id", unique("reader"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
-    let deadline = Instant::now() + PATIENCE;
-    let mut messages = Vec::new();
-    let mut quiet_since = None;
-    loop {
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(result) => {
-                messages.push(result.unwrap().detach());
-                quiet_since = None;
-            }
-            None if messages.len() >= count => {
-                let since = *quiet_since.get_or_insert_with(Instant::now);
-                if since.elapsed() > Duration::from_secs(2) {
-                    return messages;
-                }
-            }
-            None => {}
-        }
-        assert!(Instant::now() < deadline, "only {} of {count} messages on {topic}", messages.len());
-    }
+    read_committed_until(topic, |messages| messages.len() >= count)
 }
 
 pub fn json(message: &OwnedMessage) -> serde_json::Value {

@@ -1,26 +1,113 @@
-//! `[admin]`: where the admin API listens, checked so it stays on loopback unless told.
+//! `[admin]`: where the admin API listens, who may change things through it, and how much of
+//! herald it may take.
+
+use std::path::PathBuf;
+use std::time::Duration;
 
 use herald_config::Invalid;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-/// The admin HTTP API: `/metrics`, `/health/live`, `/health/ready`, `/routes`,
-/// `POST /routes/{name}/pause|resume`.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// The admin HTTP API: `/metrics`, `/health/live`, `/health/ready`, `/routes`, `/sources`,
+/// `POST /routes/{name}/pause|resume`, and the board.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// Address to serve on, e.g. `"127.0.0.1:9464"` (port 0: any free port, logged at start).
     /// Default: no admin API.
     #[serde(default)]
     pub listen: Option<std::net::SocketAddr>,
-    /// Allow `listen` on an address other machines can reach. Default `false`: the API has no
-    /// authentication, so it binds to loopback unless told otherwise.
+    /// Allow `listen` on an address other machines can reach. Default `false`. Needs a token.
     #[serde(default)]
     pub allow_remote: bool,
+    /// A bearer token: requests that change something (`POST`) must carry `Authorization:
+    /// Bearer <token>`, and with `auth = "all"` every request must. E.g. `"${HERALD_ADMIN_TOKEN}"`.
+    /// Never printed. Default: none (changes are still refused to other origins).
+    #[serde(default)]
+    pub token: Option<SecretString>,
+    /// The token read from a file (its first line), e.g. a mounted secret; instead of `token`.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Which requests need the token: `"changes"` (default: `POST`s) or `"all"` (then
+    /// Prometheus needs `authorization` in its scrape config, and the board page cannot be
+    /// opened in a browser).
+    #[serde(default)]
+    pub auth: AuthScope,
+    /// Most connections open at once; at the cap a new connection closes the oldest, so idle or
+    /// slow clients cannot take the file descriptors herald's sinks need and a health probe is
+    /// still answered. Default `64`.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Most live board streams (`/board/events`) at once; more get `503`. Default `16`.
+    #[serde(default = "default_max_event_streams")]
+    pub max_event_streams: usize,
+    /// Longest a client may take to send a request's headers. Default `"10s"`.
+    #[serde(default = "default_header_timeout", with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// A connection that neither sends nor takes a byte for this long is closed (a live board
+    /// stream sends a keep-alive every 15 s, so only a client that stopped reading is). Default
+    /// `"60s"`.
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+}
+
+/// Which requests need the token.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthScope {
+    /// Requests that change something: pause, resume, reload.
+    #[default]
+    Changes,
+    /// Every request.
+    All,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            allow_remote: false,
+            token: None,
+            token_file: None,
+            auth: AuthScope::default(),
+            max_connections: default_max_connections(),
+            max_event_streams: default_max_event_streams(),
+            header_timeout: default_header_timeout(),
+            idle_timeout: default_idle_timeout(),
+        }
+    }
+}
+
+fn default_max_connections() -> usize {
+    64
+}
+
+fn default_max_event_streams() -> usize {
+    16
+}
+
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 
 impl AdminConfig {
-    /// Checks what the types cannot: a `listen` other machines can reach needs `allow_remote`.
+    /// Checks what the types cannot: a `listen` other machines can reach needs `allow_remote`
+    /// and a token; one token source; limits above zero.
     pub fn validate(&self) -> Result<(), Invalid> {
+        if self.token.is_some() && self.token_file.is_some() {
+            return Err(Invalid::new("admin.token", "give `token` or `token_file`, not both"));
+        }
+        if self.token.as_ref().is_some_and(|token| token.expose_secret().trim().len() < 16) {
+            return Err(Invalid::new("admin.token", "a token shorter than 16 characters is guessable"));
+        }
+        let has_token = self.token.is_some() || self.token_file.is_some();
+        if self.auth == AuthScope::All && !has_token {
+            return Err(Invalid::new("admin.auth", "\"all\" needs `token` or `token_file`"));
+        }
         if let Some(listen) = self.listen {
             if !listen.ip().is_loopback() && !self.allow_remote {
                 return Err(Invalid::new(
@@ -28,8 +115,36 @@ impl AdminConfig {
                     format!("{listen} is reachable from other machines; set `admin.allow_remote = true` to mean it"),
                 ));
             }
+            if !listen.ip().is_loopback() && !has_token {
+                return Err(Invalid::new(
+                    "admin.listen",
+                    format!("{listen} is reachable from other machines: set `admin.token` (or `token_file`) too"),
+                ));
+            }
+        }
+        if self.max_connections == 0 || self.max_event_streams == 0 {
+            return Err(Invalid::new("admin", "`max_connections` and `max_event_streams` must be at least 1"));
+        }
+        if self.header_timeout.is_zero() || self.idle_timeout.is_zero() {
+            return Err(Invalid::new("admin", "`header_timeout` and `idle_timeout` must be greater than zero"));
         }
         Ok(())
+    }
+
+    /// The token, read from `token_file` when that is where it is.
+    pub(crate) fn resolve_token(&self) -> Result<Option<SecretString>, std::io::Error> {
+        if let Some(path) = &self.token_file {
+            let text = std::fs::read_to_string(path)?;
+            let token = text.lines().next().unwrap_or("").trim().to_owned();
+            if token.len() < 16 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{}: the token's first line is shorter than 16 characters", path.display()),
+                ));
+            }
+            return Ok(Some(SecretString::from(token)));
+        }
+        Ok(self.token.as_ref().map(|token| SecretString::from(token.expose_secret().trim().to_owned())))
     }
 }
 
@@ -44,10 +159,27 @@ mod tests {
     }
 
     #[test]
-    fn the_admin_api_stays_on_loopback_unless_allowed() {
+    fn the_admin_api_stays_on_loopback_unless_allowed_and_guarded() {
         assert!(admin(r#"{"listen": "127.0.0.1:9464"}"#).validate().is_ok());
         let err = admin(r#"{"listen": "0.0.0.0:9464"}"#).validate().unwrap_err().to_string();
         assert!(err.contains("admin.listen") && err.contains("allow_remote"), "{err}");
-        assert!(admin(r#"{"listen": "0.0.0.0:9464", "allow_remote": true}"#).validate().is_ok());
+        let err = admin(r#"{"listen": "0.0.0.0:9464", "allow_remote": true}"#).validate().unwrap_err().to_string();
+        assert!(err.contains("admin.token"), "{err}");
+        let remote = r#"{"listen": "0.0.0.0:9464", "allow_remote": true, "token": "0123456789abcdef0123"}"#;
+        assert!(admin(remote).validate().is_ok());
+    }
+
+    #[test]
+    fn tokens_and_limits_are_checked() {
+        for bad in [
+            r#"{"token": "short"}"#,
+            r#"{"token": "0123456789abcdef0123", "token_file": "/x"}"#,
+            r#"{"auth": "all"}"#,
+            r#"{"max_connections": 0}"#,
+            r#"{"idle_timeout": "0s"}"#,
+        ] {
+            assert!(admin(bad).validate().is_err(), "{bad}");
+        }
+        assert!(serde_json::from_str::<AdminConfig>(r#"{"auth": "some"}"#).is_err());
     }
 }

@@ -13,13 +13,26 @@ herald-admin: the HTTP API operators use, what Kafka Connect's REST API gives th
 | `GET /board/state` | the board as JSON: `stages` (first-seen order) and `cells` (latest event per source and stage) |
 | `GET /board/events` | the board live, as server-sent events: a `snapshot`, then a `cell` per change |
 
-The one decision to know: the API has no authentication, so the config refuses to bind it beyond
-loopback without `admin.allow_remote = true`. It shows no configuration, hence no secrets.
+What keeps it safe (module `guard`, `serve`):
+- a change (`POST`) is taken only from the API's own origin: a `Host` that names this server, an
+  `Origin` (when sent) equal to it, and no simple-form body, so no web page can pause a route;
+- with `[admin] token` (or `token_file`), a change needs `Authorization: Bearer <token>`, and
+  with `auth = "all"` every request does; beyond loopback a token is required;
+- connections are capped (`max_connections`), headers must arrive within `header_timeout`, a
+  connection idle for `idle_timeout` is closed, live board streams are capped
+  (`max_event_streams`) and one that falls behind is ended (the page reconnects and gets a
+  fresh snapshot), so slow or idle clients cannot take memory or file descriptors from the sinks;
+- every answer carries `Content-Security-Policy` (this server only, no framing),
+  `X-Content-Type-Options: nosniff` and `X-Frame-Options: DENY`.
+
+It shows no configuration, hence no secrets.
 */
 #![deny(missing_docs)]
 
 mod board;
 mod config;
+mod guard;
+mod serve;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -37,33 +50,52 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-pub use config::AdminConfig;
+pub use config::{AdminConfig, AuthScope};
 
 /// The admin server could not start.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot serve the admin API on {address}")]
-pub struct AdminError {
-    address: SocketAddr,
-    #[source]
-    source: std::io::Error,
+pub enum AdminError {
+    /// The address could not be bound (taken, or not this machine's).
+    #[error("cannot serve the admin API on {address}")]
+    Bind {
+        /// The address in `[admin] listen`.
+        address: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `[admin] token_file` could not be read.
+    #[error("cannot read admin.token_file")]
+    Token(#[source] std::io::Error),
 }
 
-/// Binds `address`, then returns the address bound (a port of 0 picks a free one) and the
-/// future that serves until `stop` is cancelled. With a `board`, also serves the status board.
+/// Binds `address` (`[admin] listen`), then returns the address bound (a port of 0 picks a free
+/// one) and the future that serves until `stop` is cancelled, within `config`'s bounds and
+/// rules. With a `board`, also serves the status board.
 pub async fn bind(
     address: SocketAddr,
+    config: &AdminConfig,
     observer: Arc<Observer>,
     board: Option<Arc<Board>>,
     stop: CancellationToken,
-) -> Result<(SocketAddr, impl Future<Output = Result<(), std::io::Error>>), AdminError> {
-    let listener = tokio::net::TcpListener::bind(address).await.map_err(|source| AdminError { address, source })?;
-    let bound = listener.local_addr().map_err(|source| AdminError { address, source })?;
-    info!(address = %bound, "Admin API listening.");
+) -> Result<(SocketAddr, impl Future<Output = ()>), AdminError> {
+    let token = config.resolve_token().map_err(AdminError::Token)?;
+    let listener =
+        tokio::net::TcpListener::bind(address).await.map_err(|source| AdminError::Bind { address, source })?;
+    let bound = listener.local_addr().map_err(|source| AdminError::Bind { address, source })?;
+    info!(address = %bound, token = token.is_some(), "Admin API listening.");
     let mut app = router(observer);
     if let Some(board) = board {
-        app = app.merge(board::router(board, stop.clone()));
+        app = app.merge(board::router(board, config.max_event_streams, stop.clone()));
     }
-    Ok((bound, async move { axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await }))
+    let guard = guard::Guard::new(bound, token, config.auth);
+    let app = app.layer(axum::middleware::from_fn_with_state(guard, guard::guard));
+    let limits = serve::Limits {
+        max_connections: config.max_connections,
+        header_timeout: config.header_timeout,
+        idle_timeout: config.idle_timeout,
+    };
+    Ok((bound, serve::serve(listener, app, limits, stop)))
 }
 
 /// The API's routes over `observer` (the board's are added by [`bind`]).
@@ -178,5 +210,121 @@ fn set_paused(observer: &Observer, name: &str, paused: bool) -> Response {
         None => {
             (StatusCode::NOT_FOUND, Json(serde_json::json!({ "error": format!("no route `{name}`") }))).into_response()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::io::{Read, Write};
+
+    use super::*;
+
+    /// A real server on a free loopback port, with `config`'s rules.
+    async fn serving(config: &str) -> (SocketAddr, CancellationToken) {
+        let config: AdminConfig = serde_json::from_str(config).unwrap();
+        let stop = CancellationToken::new();
+        let address = "127.0.0.1:0".parse().unwrap();
+        let (bound, serve) = bind(address, &config, Observer::new().unwrap(), None, stop.clone()).await.unwrap();
+        tokio::spawn(serve);
+        (bound, stop)
+    }
+
+    /// Sends `head` (request line and headers, without the blank line) and returns the status
+    /// and the whole answer.
+    async fn send(address: SocketAddr, head: String) -> (u16, String) {
+        tokio::task::spawn_blocking(move || {
+            let mut stream = std::net::TcpStream::connect(address).unwrap();
+            write!(stream, "{head}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n").unwrap();
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).unwrap();
+            let status = answer.split_whitespace().nth(1).unwrap().parse().unwrap();
+            (status, answer)
+        })
+        .await
+        .unwrap()
+    }
+
+    const TOKEN: &str = "a-token-of-some-length-0123";
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_change_needs_this_origin_no_form_and_the_token() {
+        let (address, stop) = serving(&format!(r#"{{"token": "{TOKEN}"}}"#)).await;
+        let host = format!("Host: {address}");
+        let bearer = format!("Authorization: Bearer {TOKEN}");
+        let pause = "POST /routes/r/pause HTTP/1.1";
+        // No route `r` exists: 404 means every rule let the request through.
+        let cases = [
+            (format!("{pause}\r\n{host}\r\n{bearer}"), 404),
+            (format!("{pause}\r\nHost: localhost:{}\r\n{bearer}", address.port()), 404),
+            (
+                format!("{pause}\r\n{host}\r\n{bearer}\r\nOrigin: http://{address}\r\nContent-Type: application/json"),
+                404,
+            ),
+            (format!("{pause}\r\n{host}"), 401),
+            (format!("{pause}\r\n{host}\r\nAuthorization: Bearer {TOKEN}x"), 401),
+            (format!("{pause}\r\n{host}\r\nAuthorization: {TOKEN}"), 401),
+            (format!("{pause}\r\nHost: evil.example\r\n{bearer}"), 403),
+            (format!("{pause}\r\nHost: evil.example:{}\r\n{bearer}", address.port()), 403),
+            (format!("{pause}\r\n{host}\r\n{bearer}\r\nOrigin: http://evil.example"), 403),
+            (format!("{pause}\r\n{host}\r\n{bearer}\r\nOrigin: null"), 403),
+            (format!("{pause}\r\n{host}\r\n{bearer}\r\nContent-Type: text/plain;charset=UTF-8"), 415),
+            (format!("{pause}\r\n{host}\r\n{bearer}\r\nContent-Type: application/x-www-form-urlencoded"), 415),
+            (format!("{pause}\r\n{host}\r\n{bearer}\r\nContent-Type: Multipart/Form-Data; boundary=x"), 415),
+            // Reading needs no token with the default `auth = "changes"`.
+            ("GET /routes HTTP/1.1\r\nHost: evil.example".to_owned(), 200),
+        ];
+        for (request, expected) in cases {
+            let (status, answer) = send(address, request.clone()).await;
+            assert_eq!(status, expected, "{request}\n→ {answer}");
+            assert!(answer.contains("x-content-type-options: nosniff"), "{answer}");
+            assert!(answer.contains("frame-ancestors 'none'"), "{answer}");
+        }
+        let (_, refused) = send(address, format!("{pause}\r\n{host}")).await;
+        assert!(refused.contains("www-authenticate: Bearer") && !refused.contains(TOKEN), "{refused}");
+        stop.cancel();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_auth_all_every_request_needs_the_token() {
+        let (address, stop) = serving(&format!(r#"{{"token": "{TOKEN}", "auth": "all"}}"#)).await;
+        let host = format!("Host: {address}");
+        for path in ["/metrics", "/health/live", "/routes", "/sources"] {
+            assert_eq!(send(address, format!("GET {path} HTTP/1.1\r\n{host}")).await.0, 401, "{path}");
+            let authorized = format!("GET {path} HTTP/1.1\r\n{host}\r\nAuthorization: Bearer {TOKEN}");
+            assert_eq!(send(address, authorized).await.0, 200, "{path}");
+        }
+        stop.cancel();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn at_the_connection_cap_the_oldest_connection_gives_way() {
+        let (address, stop) = serving(r#"{"max_connections": 4, "header_timeout": "30s"}"#).await;
+        // Four clients connect and say nothing; the fifth is still answered.
+        let idle: Vec<_> = (0..4).map(|_| std::net::TcpStream::connect(address).unwrap()).collect();
+        let (status, _) = send(address, format!("GET /health/live HTTP/1.1\r\nHost: {address}")).await;
+        assert_eq!(status, 200);
+        // The oldest was closed to make room: reading it ends at once.
+        let mut oldest = idle.into_iter().next().unwrap();
+        oldest.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+        assert_eq!(oldest.read(&mut [0; 16]).unwrap(), 0, "the oldest connection was closed");
+        stop.cancel();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_that_sends_no_headers_is_cut_off() {
+        let (address, stop) = serving(r#"{"header_timeout": "1s"}"#).await;
+        let mut slow = std::net::TcpStream::connect(address).unwrap();
+        slow.write_all(b"GET /metrics HTTP/1.1\r\nHost: x").unwrap();
+        slow.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+        let mut answer = Vec::new();
+        // hyper answers 408, or closes; either way the connection ends (a read timeout fails).
+        let started = std::time::Instant::now();
+        let ended = slow.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(ended.is_ok(), "still open after {:?}: {ended:?}", started.elapsed());
+        assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 408"), "{answer}");
+        stop.cancel();
     }
 }

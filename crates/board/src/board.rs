@@ -1,10 +1,11 @@
 //! The board's state: one cell per (source, stage), and a channel of changes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{PoisonError, RwLock};
 
 use chrono::{DateTime, Utc};
 use herald_core::StageEvent;
+use prometheus::IntCounter;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
@@ -61,7 +62,11 @@ pub struct Snapshot {
 #[derive(Debug, Default)]
 struct State {
     cells: BTreeMap<(String, String), Cell>,
+    /// The cells by age (their event's instant), oldest first: the first to go when full.
+    by_age: BTreeSet<(DateTime<Utc>, String, String)>,
     stages: Vec<String>,
+    /// How many cells each stage has: a stage leaves the board with its last cell.
+    stage_cells: BTreeMap<String, usize>,
     /// Per reconcile subject, the pairs it found diverged and how.
     diverged: BTreeMap<String, BTreeMap<(String, String), String>>,
 }
@@ -83,18 +88,33 @@ impl State {
 pub struct Board {
     state: RwLock<State>,
     updates: broadcast::Sender<Cell>,
+    /// Most cells held; past it the oldest go.
+    max_cells: usize,
+    /// Counts the cells that went.
+    evicted: Option<IntCounter>,
 }
 
 impl Default for Board {
     fn default() -> Self {
-        Self { state: RwLock::default(), updates: broadcast::channel(UPDATE_BACKLOG).0 }
+        Self {
+            state: RwLock::default(),
+            updates: broadcast::channel(UPDATE_BACKLOG).0,
+            max_cells: usize::MAX,
+            evicted: None,
+        }
     }
 }
 
 impl Board {
-    /// An empty board.
+    /// An empty board, unbounded (for a bounded run of `herald status` or `reconcile`).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty board of at most `max_cells` cells: past it, the cell whose event is oldest goes
+    /// (counted by `evicted`), so a producer inventing sources or stages cannot grow it for good.
+    pub fn bounded(max_cells: usize, evicted: Option<IntCounter>) -> Self {
+        Self { max_cells: max_cells.max(1), evicted, ..Self::default() }
     }
 
     /// Puts `event` on the board unless its cell holds a newer one; returns whether it changed,
@@ -113,14 +133,49 @@ impl Board {
                 Some(current) if current.at > cell.at || *current == cell => return false,
                 _ => {}
             }
-            if !state.stages.contains(&cell.stage) {
-                state.stages.push(cell.stage.clone());
+            match state.cells.get(&key).map(|current| current.at) {
+                Some(at) => {
+                    state.by_age.remove(&(at, key.0.clone(), key.1.clone()));
+                }
+                None => {
+                    let count = state.stage_cells.entry(cell.stage.clone()).or_insert(0);
+                    *count += 1;
+                    if *count == 1 {
+                        state.stages.push(cell.stage.clone());
+                    }
+                }
             }
-            state.cells.insert(key, cell.clone());
+            state.by_age.insert((cell.at, key.0.clone(), key.1.clone()));
+            state.cells.insert(key.clone(), cell.clone());
+            if self.evict_oldest(&mut state) && !state.cells.contains_key(&key) {
+                // The newcomer was itself the oldest: nothing to show.
+                return false;
+            }
         }
         // No subscriber is not an error: the page may simply not be open.
         let _ = self.updates.send(cell);
         true
+    }
+
+    /// Drops the oldest cells while there are more than `max_cells`; whether any went.
+    fn evict_oldest(&self, state: &mut State) -> bool {
+        let mut evicted = false;
+        while state.cells.len() > self.max_cells {
+            let Some((_, source, stage)) = state.by_age.pop_first() else { break };
+            state.cells.remove(&(source, stage.clone()));
+            if let Some(count) = state.stage_cells.get_mut(&stage) {
+                *count -= 1;
+                if *count == 0 {
+                    state.stage_cells.remove(&stage);
+                    state.stages.retain(|known| *known != stage);
+                }
+            }
+            if let Some(counter) = &self.evicted {
+                counter.inc();
+            }
+            evicted = true;
+        }
+        evicted
     }
 
     /// Marks the pairs reconcile subject `subject` found diverged, with how (replacing what it
@@ -215,5 +270,23 @@ mod tests {
         let marks: Vec<Option<String>> = std::iter::from_fn(|| updates.try_recv().ok()).map(|c| c.diverged).collect();
         assert_eq!(marks.len(), 5, "each change of a mark is an update: {marks:?}");
         assert_eq!(marks.last().unwrap(), &None);
+    }
+
+    #[test]
+    fn a_full_board_lets_its_oldest_cells_go_and_counts_them() {
+        let evicted = IntCounter::new("evicted", "test").unwrap();
+        let board = Board::bounded(2, Some(evicted.clone()));
+        assert!(board.apply(&event("A", "s1", "SUCCESS", 1)));
+        assert!(board.apply(&event("B", "s2", "SUCCESS", 3)));
+        assert!(board.apply(&event("C", "s2", "SUCCESS", 4)), "A/s1 (oldest) goes");
+        let pairs: Vec<(String, String)> = board.snapshot().cells.into_iter().map(|c| (c.source, c.stage)).collect();
+        assert_eq!(pairs, [("B".into(), "s2".into()), ("C".into(), "s2".into())]);
+        assert_eq!(board.snapshot().stages, ["s2"], "a stage goes with its last cell");
+        assert!(!board.apply(&event("D", "s3", "SUCCESS", 0)), "older than everything held: not kept");
+        assert!(board.apply(&event("B", "s2", "FAILED", 9)), "a newer event of a held cell replaces it");
+        assert!(board.apply(&event("E", "s1", "SUCCESS", 5)), "C/s2 (now oldest) goes");
+        assert_eq!(evicted.get(), 3);
+        let pairs: Vec<(String, String)> = board.snapshot().cells.into_iter().map(|c| (c.source, c.stage)).collect();
+        assert_eq!(pairs, [("B".into(), "s2".into()), ("E".into(), "s1".into())]);
     }
 }

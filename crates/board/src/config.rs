@@ -18,12 +18,21 @@ pub struct BoardConfig {
     /// How far back the board starts reading when herald starts. Default `"24h"`.
     #[serde(default = "default_board_since", with = "humantime_serde")]
     pub since: Duration,
+    /// Most (source, stage) cells held. Past it, the cell whose event is oldest leaves the board
+    /// (counted in `herald_board_evicted_total`), so a producer inventing sources or stages
+    /// cannot grow herald's memory or the page for good. Default `10000`.
+    #[serde(default = "default_max_cells")]
+    pub max_cells: usize,
 }
 
 impl Default for BoardConfig {
     fn default() -> Self {
-        Self { topics: Vec::new(), since: default_board_since() }
+        Self { topics: Vec::new(), since: default_board_since(), max_cells: default_max_cells() }
     }
+}
+
+fn default_max_cells() -> usize {
+    10_000
 }
 
 fn default_board_since() -> Duration {
@@ -39,6 +48,9 @@ impl BoardConfig {
         }
         if !admin_listens {
             return Err(Invalid::new("board.topics", "the board is served by the admin API: set `admin.listen`"));
+        }
+        if self.max_cells == 0 {
+            return Err(Invalid::new("board.max_cells", "must be at least 1"));
         }
         if self.topics.iter().any(|topic| topic.is_empty() || topic.starts_with('^')) {
             return Err(Invalid::new("board.topics", "topic names, not empty and not `^regex` patterns"));

@@ -32,6 +32,7 @@ pub struct Observer {
     source_retained_wal: IntGaugeVec,
     source_stuck: IntGaugeVec,
     reconcile_divergent: IntGaugeVec,
+    board_evicted: IntCounter,
     sources: RwLock<BTreeMap<String, SourceMetrics>>,
     routes: RwLock<BTreeMap<String, Arc<RouteShared>>>,
 }
@@ -97,6 +98,11 @@ impl Observer {
             &["subject"],
         )?;
         registry.register(Box::new(reconcile_divergent.clone()))?;
+        let board_evicted = IntCounter::new(
+            "board_evicted_total",
+            "Status board cells dropped, oldest first, to stay within [board] max_cells.",
+        )?;
+        registry.register(Box::new(board_evicted.clone()))?;
         let write_seconds = HistogramVec::new(
             HistogramOpts::new("route_write_seconds", "Time to write one batch to the sink, retries included.")
                 .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
@@ -125,9 +131,15 @@ impl Observer {
             source_retained_wal,
             source_stuck,
             reconcile_divergent,
+            board_evicted,
             sources: RwLock::new(BTreeMap::new()),
             routes: RwLock::new(BTreeMap::new()),
         }))
+    }
+
+    /// The count of status board cells evicted to stay within `[board] max_cells`.
+    pub fn board_evicted(&self) -> IntCounter {
+        self.board_evicted.clone()
     }
 
     /// The gauge of diverged pairs of reconcile subject `subject` (`source:<name>`, `route:<name>`).

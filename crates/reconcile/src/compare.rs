@@ -96,6 +96,30 @@ pub struct Report {
     pub dead_lettered: usize,
 }
 
+impl Report {
+    /// The report of `subject` with these findings (nothing set aside).
+    fn new(
+        subject: &Subject,
+        since: DateTime<Utc>,
+        pairs: usize,
+        divergences: Vec<Divergence>,
+        repaired: usize,
+    ) -> Self {
+        Report {
+            subject: subject.label(),
+            table: subject.table(),
+            topics: subject.topics(),
+            since,
+            pairs,
+            unrepairable: divergences.len() - repaired,
+            divergences,
+            repaired,
+            in_flight: 0,
+            dead_lettered: 0,
+        }
+    }
+}
+
 /// Compares `subject`'s table with its topics over the window from `since`, reading the topics
 /// for at most `timeout`; with `repair`, makes them agree where this side can.
 pub async fn reconcile(
@@ -147,18 +171,7 @@ async fn reconcile_source(
             repairable.iter().filter_map(|d| rows_by_pair.get(&(d.source.clone(), d.stage.clone())).cloned()).collect();
         repaired = source.repair(name, kafka, &rows).await?;
     }
-    Ok(Report {
-        subject: subject.label(),
-        table: subject.table(),
-        topics: subject.topics(),
-        since,
-        pairs: pairs(&table, &topic_cells),
-        unrepairable: divergences.len() - repaired,
-        divergences,
-        repaired,
-        in_flight: 0,
-        dead_lettered: 0,
-    })
+    Ok(Report::new(subject, since, pairs(&table, &topic_cells), divergences, repaired))
 }
 
 async fn reconcile_route(
@@ -225,16 +238,9 @@ async fn reconcile_route(
         repaired = sink.repair(&route.name, &records).await?;
     }
     Ok(Report {
-        subject: subject.label(),
-        table: subject.table(),
-        topics: subject.topics(),
-        since,
-        pairs: pairs(&table, &topic_cells),
-        unrepairable: divergences.len() - repaired,
-        divergences,
-        repaired,
         in_flight,
         dead_lettered,
+        ..Report::new(subject, since, pairs(&table, &topic_cells), divergences, repaired)
     })
 }
 
