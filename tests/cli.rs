@@ -276,20 +276,75 @@ fn a_missing_config_file_and_a_bad_flag_are_clear_errors() {
     assert!(text(&out.stderr).contains("--source"), "{}", text(&out.stderr));
 }
 
+/// Every shipped file passes `check --offline` as shipped (its `${VAR:-default}`s unset) and with
+/// each variable it names set, as its comments tell a user to.
 #[test]
 fn every_shipped_config_file_and_its_sink_settings_are_valid() {
+    // A value a user would set for each variable the files name.
+    let values = [
+        ("HERALD_PG_URL", "postgres://app:s3cret@db.internal:5432/pipelines"),
+        ("HERALD_REDIS_URL", "rediss://:s3cret@cache.internal:6380/2"),
+        ("HERALD_WEBHOOK_URL", "https://hooks.internal/stages/{source}/{stage}?x={event}"),
+        ("HERALD_WEBHOOK_TOKEN", "0123456789abcdef"),
+        ("HERALD_WEBHOOK_SECRET", "a-secret-with-{braces}"),
+        ("HERALD_SNS_TOPIC", "arn:aws:sns:eu-west-1:210987654321:stages"),
+        ("HERALD_SNS_ENDPOINT", "https://sns.eu-west-1.amazonaws.com"),
+        ("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE"),
+        ("AWS_SECRET_ACCESS_KEY", "s3cret/key+with=signs"),
+        ("HERALD_ADMIN_TOKEN", "0123456789abcdef0123"),
+    ];
     let mut count = 0;
     let files = std::fs::read_dir("config").unwrap().chain(std::fs::read_dir("docker").unwrap());
     for entry in files {
         let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "toml") {
-            let out = run_herald(&["check", "--offline", "--config", path.to_str().unwrap()]);
-            assert_eq!(out.status.code(), Some(0), "{}: {}", path.display(), text(&out.stdout));
-            assert!(text(&out.stdout).contains("settings valid"));
-            count += 1;
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
         }
+        let content = std::fs::read_to_string(&path).unwrap();
+        let named: Vec<&str> = content
+            .lines()
+            .filter(|line| !line.trim_start().starts_with('#'))
+            .flat_map(|line| line.split("${").skip(1))
+            .filter_map(|rest| rest.split([':', '}']).next())
+            .filter(|name| name.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+            .filter(|name| !name.is_empty())
+            .collect();
+        for set in [false, true] {
+            let mut command = herald();
+            command.args(["check", "--offline", "--config", path.to_str().unwrap()]).stdin(Stdio::null());
+            for (name, value) in values {
+                if set {
+                    command.env(name, value);
+                } else {
+                    command.env_remove(name);
+                }
+            }
+            for name in &named {
+                assert!(
+                    values.iter().any(|(known, _)| known == name),
+                    "{}: give `{name}` a value here",
+                    path.display()
+                );
+            }
+            let out = command.output().unwrap();
+            let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+            let how = if set { "with its variables set" } else { "as shipped" };
+            // A variable with no default is required: unset, the check names it.
+            let required = content
+                .lines()
+                .filter(|line| !line.trim_start().starts_with('#'))
+                .find_map(|line| named.iter().find(|name| line.contains(&format!("${{{name}}}"))));
+            if let (false, Some(name)) = (set, required) {
+                assert_eq!(out.status.code(), Some(1), "{} {how}: {said}", path.display());
+                assert!(said.contains(&format!("`{name}` is not set")), "{} {how}: {said}", path.display());
+                continue;
+            }
+            assert_eq!(out.status.code(), Some(0), "{} {how}: {said}", path.display());
+            assert!(said.contains("settings valid"), "{} {how}: {said}", path.display());
+        }
+        count += 1;
     }
-    assert!(count >= 4);
+    assert!(count >= 10, "{count} files");
 }
 
 #[test]

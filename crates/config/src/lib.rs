@@ -45,15 +45,47 @@ pub fn from_toml<T: DeserializeOwned>(text: &str, origin: &Path) -> Result<T, Co
 }
 
 fn from_raw<T: DeserializeOwned>(raw: config::Config, path: &Path) -> Result<T, ConfigError> {
-    serde_path_to_error::deserialize(raw)
-        .map_err(|err| ConfigError::invalid(path, display_path(&err.path().to_string()), err.into_inner().to_string()))
+    let err = match serde_path_to_error::deserialize(raw.clone()) {
+        Ok(value) => return Ok(value),
+        Err(err) => err,
+    };
+    let key = err.path().to_string();
+    let mut message = err.into_inner().to_string();
+    if message.contains("does not have variant constructor") {
+        // The config crate's enum error names the Rust type and not the values a user may
+        // write; serde's own (through a plain value tree) lists them.
+        if let Some(listed) = enum_message::<T>(raw, &key) {
+            message = listed;
+        }
+    }
+    if message.contains("expected a duration") {
+        message.push_str(" such as \"30s\", \"5m\", \"1h 30m\" or \"2d\" (a string with a unit)");
+    }
+    Err(ConfigError::invalid(path, display_path(&key), message))
 }
 
-/// Replaces `${NAME}` / `${NAME:-default}` with `lookup(NAME)`; `$${` stands for a literal `${`.
+/// serde's message for the bad enum value at `key`: `unknown variant `x`, expected `a` or `b``.
+fn enum_message<T: DeserializeOwned>(raw: config::Config, key: &str) -> Option<String> {
+    let tree: serde_json::Value = raw.try_deserialize().ok()?;
+    match serde_path_to_error::deserialize::<_, T>(tree) {
+        Err(err) if err.path().to_string() == key && err.inner().to_string().contains("variant") => {
+            Some(err.into_inner().to_string())
+        }
+        _ => None,
+    }
+}
+
+/// Replaces `${NAME}` / `${NAME:-default}` with `lookup(NAME)`; `$${` stands for a literal `${`;
+/// lines that are comments are left alone.
 /// Errors carry the 1-based line.
 fn interpolate_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, (usize, String)> {
     let mut out = String::with_capacity(text.len());
     for (number, line) in text.split_inclusive('\n').enumerate() {
+        if line.trim_start().starts_with('#') {
+            // A comment may show the syntax (`# ${NAME:-default} is replaced…`): left as it is.
+            out.push_str(line);
+            continue;
+        }
         let mut rest = line;
         while let Some(start) = rest.find("${") {
             if rest[..start].ends_with('$') {
@@ -63,7 +95,7 @@ fn interpolate_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Resul
                 continue;
             }
             out.push_str(&rest[..start]);
-            let Some(end) = rest[start..].find('}') else {
+            let Some(end) = closing_brace(&rest[start + 2..]).map(|end| end + 2) else {
                 return Err((number + 1, "`${` without a closing `}`".into()));
             };
             let inner = &rest[start + 2..start + end];
@@ -91,6 +123,21 @@ fn interpolate_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Resul
         out.push_str(rest);
     }
     Ok(out)
+}
+
+/// Where the `}` that closes a `${` lies in `text` (what follows the `${`): braces inside a
+/// default pair up, so `${URL:-http://x/{source}}` closes after `{source}`.
+fn closing_brace(text: &str) -> Option<usize> {
+    let mut depth = 0_usize;
+    for (at, c) in text.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' if depth == 0 => return Some(at),
+            '}' => depth -= 1,
+            _ => {}
+        }
+    }
+    None
 }
 
 /// serde_path_to_error writes `route[0].sink` as `route[0].sink`, and `.` for the root.
@@ -225,5 +272,40 @@ mod tests {
         assert!(message.contains("NOPE"), "{message}");
         assert!(interpolate_env("${bad name}", lookup).is_err());
         assert!(interpolate_env("${UNCLOSED", lookup).is_err());
+        // Braces inside a default pair up: a template placeholder stays whole.
+        let text = "url = \"${MISSING:-http://x/{source}/{stage}}\"\nn = \"${TOKEN}{x}\"";
+        assert_eq!(interpolate_env(text, lookup).unwrap(), "url = \"http://x/{source}/{stage}\"\nn = \"s3cret{x}\"");
+        assert!(interpolate_env("${MISSING:-{unclosed}", lookup).is_err());
+        assert_eq!(interpolate_env("  # write ${NAME}\n", lookup).unwrap(), "  # write ${NAME}\n");
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct WithEnum {
+        #[serde(default)]
+        route: Vec<Route>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Route {
+        start_from: Start,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    enum Start {
+        Earliest,
+        Latest,
+    }
+
+    #[test]
+    fn enum_and_duration_errors_list_what_may_be_written() {
+        let err = from_toml::<WithEnum>("[[route]]\nstart_from = \"beginning\"", Path::new("t.toml")).unwrap_err();
+        let err = err.to_string();
+        assert!(err.contains("route[0].start_from") && err.contains("`earliest`") && err.contains("`latest`"), "{err}");
+        assert!(!err.contains("variant constructor") && !err.contains("Start"), "{err}");
+        let err = load("[section]\nevery = 30").unwrap_err().to_string();
+        assert!(err.contains("`section.every`") && err.contains("\"30s\""), "{err}");
     }
 }
