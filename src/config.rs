@@ -74,6 +74,10 @@ impl Config {
     fn validate(&self) -> Result<(), Invalid> {
         self.runtime.validate()?;
         herald_core::config::validate_routes(&self.routes)?;
+        for (i, route) in self.routes.iter().enumerate() {
+            crate::registry::check_sink_fields(route)
+                .map_err(|(setting, reason)| Invalid::new(format!("route[{i}].{setting}"), reason))?;
+        }
         herald_core::source::validate_sources(&self.sources)?;
         self.admin.validate()?;
         self.board.validate(self.admin.listen.is_some())?;

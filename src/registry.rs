@@ -44,6 +44,18 @@ pub fn validate(route: &RouteConfig) -> Result<()> {
     factory(route)?.validate(&route.sink.settings).with_context(context(route))
 }
 
+/// Checks that every event field the route's sink settings name is an event field or one of
+/// the route's `extra_fields`. Settings that do not parse are left to [`validate`] to report.
+pub fn check_sink_fields(route: &RouteConfig) -> Result<(), (String, String)> {
+    let Ok(fields) = factory(route).and_then(|factory| Ok(factory.fields_named(&route.sink.settings)?)) else {
+        return Ok(());
+    };
+    for (setting, field) in fields {
+        herald_sdk::check_field(&field, &route.extra_fields).map_err(|reason| (format!("sink.{setting}"), reason))?;
+    }
+    Ok(())
+}
+
 /// Creates or updates what the route's sink needs (tables); returns what was migrated.
 pub async fn migrate(route: &RouteConfig) -> Result<Option<String>> {
     let group = route.group_id();

@@ -775,3 +775,75 @@ sink = {{ type = "stdout" }}
     let out = herald().args(["migrate", "--config"]).arg(&config.path).output().unwrap();
     assert!(text(&out.stdout).matches("exists").count() >= 3, "{}", text(&out.stdout));
 }
+
+/// A field name that is no event field would match nothing: a filter would skip every event and
+/// commit past it, a template or column would be empty. `check --offline` refuses each, names
+/// where, suggests the nearest field; declared in `extra_fields`, the same names pass.
+#[test]
+fn filters_templates_and_mappings_on_unknown_fields_are_refused_with_a_suggestion() {
+    let route =
+        |extra: &str, sink: &str| format!("[[route]]\nname = \"r\"\ntopics = [\"t\"]\n{extra}\nsink = {{ {sink} }}\n");
+    let stdout = "type = \"stdout\"";
+    let cases = [
+        (route("filter = { evnt = \"STAGE_COMPLETE\" }", stdout), "route[0].filter.evnt", Some("event")),
+        (route("filter = { Status = [\"FAILED\"] }", stdout), "route[0].filter.Status", Some("status")),
+        (route("filter = { run_id = \"x\" }", stdout), "route[0].filter.run_id", None),
+        (route("", "type = \"http\", url = \"http://h/{sorce}/{stage}\""), "route[0].sink.url", Some("source")),
+        (
+            route("", "type = \"redis\", url = \"redis://h\", publish = { channel = \"c:{stge}\" }"),
+            "route[0].sink.publish.channel",
+            Some("stage"),
+        ),
+        (
+            route(
+                "",
+                "type = \"postgres\", url = \"postgres://h/db\", table = { name = \"t\", columns = { a = \"sourc\" } }",
+            ),
+            "route[0].sink.table.columns",
+            Some("source"),
+        ),
+        (
+            route("", "type = \"sns\", topic_arn = \"arn:aws:sns:us-east-1:1:t\", subject = \"{stage} {recods}\""),
+            "route[0].sink.subject",
+            Some("records"),
+        ),
+    ];
+    for (config_text, key, suggestion) in cases {
+        let config = TempConfig::new(&config_text);
+        let out = run_herald(&["check", "--offline", "--config", config.path.to_str().unwrap()]);
+        let said = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{config_text}\n{said}");
+        assert!(
+            said.contains(&format!("`{key}`")) && said.contains("is not a stage event field"),
+            "{config_text}\n{said}"
+        );
+        match suggestion {
+            Some(field) => assert!(said.contains(&format!("did you mean `{field}`?")), "{said}"),
+            None => assert!(!said.contains("did you mean") && said.contains("extra_fields"), "{said}"),
+        }
+    }
+    // Declared, an extra field may be filtered on and named in a template.
+    let declared = route(
+        "extra_fields = [\"run_id\", \"rule\"]\nfilter = { run_id = \"x\", event = \"STAGE_LATE\" }",
+        "type = \"http\", url = \"http://h/{source}/{rule}\"",
+    );
+    let config = TempConfig::new(&declared);
+    let out = run_herald(&["check", "--offline", "--config", config.path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+}
+
+/// `check` binds the admin address as `run` would: a taken one fails the check, naming it.
+#[test]
+fn check_fails_when_the_admin_address_is_taken() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap();
+    let config = TempConfig::new(&format!("{}[admin]\nlisten = \"{address}\"\n", kafka_section()));
+    let out = run_herald(&["check", "--config", config.path.to_str().unwrap()]);
+    let said = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("FAIL  admin") && said.contains(&format!("cannot listen on {address}")), "{said}");
+    drop(taken);
+    let out = run_herald(&["check", "--config", config.path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains(&format!("{address} is free")));
+}

@@ -233,24 +233,43 @@ async fn a_poison_row_alone_goes_to_the_dead_letter_topic_and_the_rest_is_writte
     assert_eq!(written, (0..20).filter(|&s| s != 13).collect::<Vec<i32>>());
 }
 
-#[test]
-fn check_reports_a_mapping_that_does_not_fit_the_table_and_migrate_creates_the_greenfield_tables() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_reports_a_mapping_that_does_not_fit_the_table_and_migrate_creates_the_greenfield_tables() {
     let schema = unique("chk").replace('-', "_");
     let legacy = TempConfig::new(&postgres_route(
         "r",
         "pipeline.stage.events",
         &format!(
-            "url = \"{URL}\"\n[route.sink.table]\nname = \"{schema}.missing_table\"\ncolumns = {{ a = \"source\" }}"
+            "url = \"{URL}\"\nschema = \"{schema}\"\nmode = \"upsert\"\n[route.sink.table]\nname = \"{schema}.missing_table\"\nconflict_key = [\"src\", \"step\"]\n\
+             columns = {{ src = \"source\", step = \"stage\", n = \"records\", at = \"timestamp\", raw = \"$event\", off = \"$offset\" }}"
         ),
         "",
     ));
     let out = herald().args(["check", "--config"]).arg(&legacy.path).output().unwrap();
     let report = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{report}");
+    let table = format!("\"{schema}\".\"missing_table\"");
+    assert!(report.contains("FAIL  route r") && report.contains(&format!("{table} does not exist")), "{report}");
+    // Not sent in a loop to `herald migrate`: told herald does not create it, and what would fit.
+    assert!(report.contains("does not create it") && !report.contains("created by `herald migrate`"), "{report}");
+    let ddl = report.split('`').find(|part| part.starts_with("CREATE TABLE")).unwrap_or_else(|| panic!("{report}"));
     assert!(
-        report.contains("FAIL  route r") && report.contains(&format!("\"{schema}\".\"missing_table\" does not exist")),
-        "{report}"
+        ddl.contains("\"at\" timestamptz")
+            && ddl.contains("\"raw\" jsonb")
+            && ddl.contains("UNIQUE (\"src\", \"step\")"),
+        "{ddl}"
     );
+    // The DDL shown is one that fits: run it (and `herald migrate` for herald's own offsets
+    // table), and the check passes.
+    let pool = pool(URL).await;
+    sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&pool).await.unwrap();
+    sqlx::query(ddl).execute(&pool).await.unwrap();
+    let out = herald().args(["migrate", "--config"]).arg(&legacy.path).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = herald().args(["check", "--config"]).arg(&legacy.path).output().unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.contains("sink `postgres` reachable"), "{report}");
+    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE")).execute(&pool).await.unwrap();
 
     let greenfield = TempConfig::new(&postgres_route(
         "r",

@@ -192,3 +192,28 @@ async fn sigkill_mid_stream_then_restart_loses_nothing() {
     // At-least-once: only what was printed but not yet committed may come again.
     assert!(after.len() <= produced.len(), "the restart re-read at most the uncommitted tail");
 }
+
+/// A filter whose value no event has (`SUCESS`) lets nothing through; after 1,000 events in a
+/// row the route says so, once, instead of committing past everything in silence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filter_that_lets_nothing_through_for_a_thousand_events_is_reported() {
+    let topic = unique("events");
+    let route = unique("route");
+    create_topic(&topic, 1).await;
+    let config = TempConfig::new(&stdout_route_config(&route, &topic, "filter = { status = \"SUCESS\" }"));
+    produce_events(&topic, &["A", "B"], 999).await;
+    let mut herald = Herald::run(&config);
+    herald.wait_for_log("Partitions assigned.");
+    // 999 skipped: not yet.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while !herald.log().contains("skipped=999") {
+        assert!(std::time::Instant::now() < deadline, "never skipped 999:\n{}", herald.log());
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(!herald.log().contains("let no event through"), "{}", herald.log());
+    produce_events(&topic, &["A"], 1).await;
+    herald.wait_for_log("let no event through for 1000 events in a row");
+    assert_eq!(herald.log().matches("let no event through").count(), 1);
+    assert!(herald.log().contains("filter_fields=[\"status\"]"), "{}", herald.log());
+    assert!(herald.lines().is_empty());
+}

@@ -133,6 +133,17 @@ pub async fn check(args: CheckArgs) -> Result<ExitCode> {
         }
     }
 
+    if let Some(listen) = config.admin.listen {
+        // Bound and let go at once: `herald run` would fail on a taken address.
+        match tokio::net::TcpListener::bind(listen).await {
+            Ok(_) => report.ok("admin", format!("{listen} is free")),
+            Err(err) => report.fail(
+                "admin",
+                format!("cannot listen on {listen} (admin.listen): {err}; is another herald running on it?"),
+            ),
+        }
+    }
+
     for spec in &config.sources {
         let label = format!("source {}", spec.name);
         match registry::source(spec) {

@@ -301,6 +301,8 @@ mod tests {
 
     #[test]
     fn enum_and_duration_errors_list_what_may_be_written() {
+        let good = from_toml::<WithEnum>("[[route]]\nstart_from = \"latest\"", Path::new("t.toml")).unwrap();
+        assert!(matches!(good.route[..], [Route { start_from: Start::Latest }]));
         let err = from_toml::<WithEnum>("[[route]]\nstart_from = \"beginning\"", Path::new("t.toml")).unwrap_err();
         let err = err.to_string();
         assert!(err.contains("route[0].start_from") && err.contains("`earliest`") && err.contains("`latest`"), "{err}");

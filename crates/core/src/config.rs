@@ -88,8 +88,15 @@ pub struct RouteConfig {
     /// Which events the route delivers; the others are skipped (and their offsets committed).
     /// Each key is an event field; a string must equal the field, a list must contain it.
     /// Example: `{ event = "STAGE_COMPLETE", status = ["SUCCESS", "FAILED"] }`. Default: all.
+    /// A key that is no event field (nor one of `extra_fields`) is a config error.
     #[serde(default)]
     pub filter: Filter,
+    /// Fields beyond the stage event's own (`event`, `stage`, `source`, `status`,
+    /// `timestamp`, `records`) that this route's events carry and its filter, templates or
+    /// column mappings name, e.g. `["run_id", "rule"]`. Naming an undeclared field is a config
+    /// error (with the nearest field as a suggestion), since it would match nothing. Default: none.
+    #[serde(default)]
+    pub extra_fields: Vec<String>,
     /// How events are grouped into sink writes.
     #[serde(default)]
     pub batch: BatchConfig,
@@ -275,6 +282,10 @@ pub fn validate_routes(routes: &[RouteConfig]) -> Result<(), Invalid> {
         }
         if route.sink.kind.is_empty() {
             return Err(Invalid::new(at("sink.type"), "the sink type is required, e.g. \"stdout\""));
+        }
+        for field in route.filter.fields() {
+            herald_sdk::check_field(field, &route.extra_fields)
+                .map_err(|reason| Invalid::new(at(&format!("filter.{field}")), reason))?;
         }
     }
     Ok(())

@@ -28,6 +28,11 @@ impl Filter {
         })
     }
 
+    /// The fields it names.
+    pub fn fields(&self) -> impl Iterator<Item = &str> {
+        self.0.keys().map(String::as_str)
+    }
+
     /// Whether the filter passes everything.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()

@@ -3,7 +3,7 @@
 //! to pause or resume).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use chrono::{DateTime, Utc};
@@ -166,6 +166,7 @@ impl Observer {
             lag: AtomicI64::new(-1),
             kafka_up: AtomicBool::new(false),
             sink_failing: AtomicBool::new(false),
+            skipped_in_a_row: AtomicU64::new(0),
             paused,
             state: Mutex::new(RouteState::default()),
         });
@@ -341,6 +342,9 @@ pub struct RouteShared {
     pub kafka_up: AtomicBool,
     /// Whether the sink's last write failed and is being retried.
     pub sink_failing: AtomicBool,
+    /// Events the filter passed over since it last let one through: a long run says the filter
+    /// may name a value no event has.
+    pub skipped_in_a_row: AtomicU64,
     paused: watch::Sender<bool>,
     state: Mutex<RouteState>,
 }

@@ -55,6 +55,13 @@ pub trait SinkPlugin: DeserializeOwned + Send + Sync + 'static {
         Ok(())
     }
 
+    /// The event fields its settings name (templates, column mappings), each with the setting
+    /// that names it, e.g. `("url", "source")`: the route checks each is an event field or one
+    /// of its `extra_fields`. Default: none.
+    fn fields_named(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
+
     /// Builds a sink from validated settings: connects, and for [`Purpose::Run`] creates what
     /// it needs.
     async fn build(&self, context: SinkContext<'_>) -> Result<Box<dyn Sink>, BoxError>;
@@ -74,6 +81,8 @@ pub trait SinkFactory: Send + Sync {
     fn kind(&self) -> &'static str;
     /// Parses and checks `settings` without connecting.
     fn validate(&self, settings: &Settings) -> Result<(), FactoryError>;
+    /// Parses `settings` and lists the event fields they name, as [`SinkPlugin::fields_named`].
+    fn fields_named(&self, settings: &Settings) -> Result<Vec<(&'static str, String)>, FactoryError>;
     /// Parses `settings` and builds a sink.
     async fn build(&self, settings: &Settings, context: SinkContext<'_>) -> Result<Box<dyn Sink>, FactoryError>;
     /// Parses `settings` and migrates; what was migrated, if anything.
@@ -106,6 +115,10 @@ impl<P: SinkPlugin> SinkFactory for Registered<P> {
 
     fn validate(&self, settings: &Settings) -> Result<(), FactoryError> {
         Self::config(settings).map(drop)
+    }
+
+    fn fields_named(&self, settings: &Settings) -> Result<Vec<(&'static str, String)>, FactoryError> {
+        Self::config(settings).map(|config| config.fields_named())
     }
 
     async fn build(&self, settings: &Settings, context: SinkContext<'_>) -> Result<Box<dyn Sink>, FactoryError> {

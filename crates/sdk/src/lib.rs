@@ -27,6 +27,7 @@ crash, and a sink that returns a retriable error gets the same batch again.
 pub mod conformance;
 pub mod event;
 pub mod factory;
+pub mod fields;
 pub mod offsets;
 pub mod printable;
 pub mod sink;
@@ -36,6 +37,7 @@ pub use event::{check_clock_skew, AheadOfClock, EventError, EventTimestamp, Stag
 pub use factory::{
     parse_settings, FactoryError, Purpose, Registered, Settings, SettingsError, SinkContext, SinkFactory, SinkPlugin,
 };
+pub use fields::{check_field, EVENT_FIELDS};
 pub use offsets::next_offsets;
 pub use sink::{
     BoxError, EventFields, LazyEvent, Pending, Rejection, Settled, Sink, SinkError, SinkRecord, Unfinished,

@@ -152,6 +152,14 @@ impl Template {
         self.parts.iter().all(|part| matches!(part, Part::Literal(_)))
     }
 
+    /// The event fields it names, in order (a field named twice, twice).
+    pub fn fields(&self) -> impl Iterator<Item = &str> {
+        self.parts.iter().filter_map(|part| match part {
+            Part::Field(name) => Some(name.as_str()),
+            Part::Literal(_) => None,
+        })
+    }
+
     /// The template as written.
     pub fn as_str(&self) -> &str {
         &self.source

@@ -165,6 +165,10 @@ impl HttpSinkConfig {
 impl SinkPlugin for HttpSinkConfig {
     const KIND: &'static str = crate::KIND;
 
+    fn fields_named(&self) -> Vec<(&'static str, String)> {
+        self.url.fields().map(|field| ("url", field.to_owned())).collect()
+    }
+
     /// Checks the settings without connecting; reads `ca_file` to check it is a PEM bundle.
     fn validate(&self) -> Result<(), BoxError> {
         Ok(self.check()?)

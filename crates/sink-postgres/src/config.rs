@@ -147,6 +147,34 @@ pub(crate) struct TablePlan {
     pub(crate) table: QualifiedName,
     pub(crate) columns: Vec<(Ident, FieldSource)>,
     pub(crate) upsert: Option<UpsertPlan>,
+    /// Someone else's table (`table = …`), which herald never creates; else one of herald's own.
+    pub(crate) legacy: bool,
+}
+
+impl TablePlan {
+    /// A `CREATE TABLE` that fits the mapping, to show a user whose table is missing.
+    pub(crate) fn fitting_ddl(&self) -> String {
+        let mut lines: Vec<String> = self
+            .columns
+            .iter()
+            .map(|(column, source)| {
+                let sql_type = match source {
+                    FieldSource::Field(name) if name == "timestamp" => "timestamptz",
+                    FieldSource::Field(name) if name == "records" => "bigint",
+                    FieldSource::Event => "jsonb",
+                    FieldSource::Partition => "integer",
+                    FieldSource::Offset => "bigint",
+                    FieldSource::Field(_) | FieldSource::Topic | FieldSource::Constant(_) => "text",
+                };
+                format!("{column} {sql_type}")
+            })
+            .collect();
+        if let Some(upsert) = &self.upsert {
+            let key: Vec<String> = upsert.conflict_key.iter().map(ToString::to_string).collect();
+            lines.push(format!("UNIQUE ({})", key.join(", ")));
+        }
+        format!("CREATE TABLE {} ({})", self.table, lines.join(", "))
+    }
 }
 
 /// How an upsert decides which event is newer.
@@ -239,7 +267,7 @@ impl PostgresSinkConfig {
                 })
             }
         };
-        Ok(vec![TablePlan { table, columns, upsert }])
+        Ok(vec![TablePlan { table, columns, upsert, legacy: true }])
     }
 }
 
@@ -258,7 +286,7 @@ fn greenfield_plan(schema: &Ident, table: &'static str, upsert: Option<UpsertPla
         (Ident::trusted("kafka_partition"), FieldSource::Partition),
         (Ident::trusted("kafka_offset"), FieldSource::Offset),
     ];
-    TablePlan { table: QualifiedName::new(Some(schema.clone()), Ident::trusted(table)), columns, upsert }
+    TablePlan { table: QualifiedName::new(Some(schema.clone()), Ident::trusted(table)), columns, upsert, legacy: false }
 }
 
 #[cfg(test)]

@@ -36,6 +36,18 @@ pub enum PostgresSinkError {
         /// The table.
         table: String,
     },
+    /// The existing table `table = …` names does not exist (or is not visible to herald's user).
+    #[error(
+        "table {table} does not exist: herald writes to this table but does not create it, since it is \
+         not herald's own (`herald migrate` creates only herald's tables); fix `table.name`, or create it, \
+         e.g. `{ddl}`"
+    )]
+    NoLegacyTable {
+        /// The table.
+        table: String,
+        /// A `CREATE TABLE` that fits the mapping.
+        ddl: String,
+    },
     /// Mapped columns are missing or of an incompatible type.
     #[error("table {table} does not fit the mapping: {}", problems.join("; "))]
     Mapping {

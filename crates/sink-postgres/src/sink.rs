@@ -387,6 +387,16 @@ impl SinkPlugin for PostgresSinkConfig {
         Ok(self.check()?)
     }
 
+    fn fields_named(&self) -> Vec<(&'static str, String)> {
+        let Some(legacy) = &self.table else { return Vec::new() };
+        legacy
+            .columns
+            .values()
+            .filter(|field| !field.starts_with('$') && !field.is_empty())
+            .map(|field| ("table.columns", field.clone()))
+            .collect()
+    }
+
     async fn build(&self, context: SinkContext<'_>) -> Result<Box<dyn Sink>, BoxError> {
         let setup = match context.purpose {
             Purpose::Run => Setup::Migrate,

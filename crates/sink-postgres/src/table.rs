@@ -58,6 +58,9 @@ impl TableWriter {
         .await
         .map_err(|source| PostgresSinkError::Catalog { table: table.clone(), source })?;
         if rows.is_empty() {
+            if plan.legacy {
+                return Err(PostgresSinkError::NoLegacyTable { ddl: plan.fitting_ddl(), table });
+            }
             return Err(PostgresSinkError::NoTable { table });
         }
         // name → (type as declared, category, type name, type without modifiers)
@@ -544,6 +547,7 @@ mod tests {
                 time_column: Some(Ident::new("at").unwrap()),
                 offset_column: None,
             }),
+            legacy: true,
         };
         let sql = build_statement(&plan, &["text".into(), "timestamp with time zone".into(), "text".into()], &[0, 1]);
         assert_eq!(

@@ -136,6 +136,19 @@ impl RedisSinkConfig {
 impl SinkPlugin for RedisSinkConfig {
     const KIND: &'static str = crate::KIND;
 
+    fn fields_named(&self) -> Vec<(&'static str, String)> {
+        let templates = [
+            self.publish.as_ref().map(|publish| ("publish.channel", &publish.channel)),
+            self.latest_key.as_ref().map(|latest| ("latest_key.key", &latest.key)),
+            self.stream.as_ref().map(|stream| ("stream.key", &stream.key)),
+        ];
+        templates
+            .into_iter()
+            .flatten()
+            .flat_map(|(setting, template)| template.fields().map(move |field| (setting, field.to_owned())))
+            .collect()
+    }
+
     fn validate(&self) -> Result<(), BoxError> {
         Ok(self.check()?)
     }

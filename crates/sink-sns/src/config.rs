@@ -167,6 +167,18 @@ impl SnsSinkConfig {
 impl SinkPlugin for SnsSinkConfig {
     const KIND: &'static str = crate::KIND;
 
+    fn fields_named(&self) -> Vec<(&'static str, String)> {
+        let templates = [self.message.as_ref().map(|t| ("message", t)), self.subject.as_ref().map(|t| ("subject", t))];
+        let mut fields: Vec<(&'static str, String)> = templates
+            .into_iter()
+            .flatten()
+            .flat_map(|(setting, template)| template.fields().map(move |field| (setting, field.to_owned())))
+            .collect();
+        fields.extend(self.attributes.keys().map(|field| ("attributes", field.clone())));
+        fields.extend(self.topic_by.iter().map(|routing| ("topic_by.field", routing.field.clone())));
+        fields
+    }
+
     fn validate(&self) -> Result<(), BoxError> {
         Ok(self.check()?)
     }

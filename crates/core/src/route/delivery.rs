@@ -5,6 +5,7 @@
 //! fake sink under paused time.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 
 use async_trait::async_trait;
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -42,6 +43,9 @@ impl DeadLetters for DeadLetterQueue {
     }
 }
 
+/// Events skipped in a row by the filter before the route warns.
+const SKIP_STREAK_WARNING: u64 = 1_000;
+
 /// The next offset to read per (topic, partition): what a settled batch lets the worker store.
 pub(crate) type NextOffsets = BTreeMap<(String, i32), i64>;
 
@@ -70,6 +74,7 @@ impl Delivery<'_> {
     ) -> Result<Option<NextOffsets>, RouteError> {
         self.stats.consumed.inc_by(messages.len() as u64);
         self.stats.skipped.inc_by(prepared.skipped);
+        self.note_skip_streak(&prepared);
         let Prepared { records, record_origin, mut letters, .. } = prepared;
         // Without a dead-letter topic, fail before writing anything: the operator fixes the
         // config and the batch is read again from its first offset.
@@ -98,6 +103,30 @@ impl Delivery<'_> {
         }
         self.send_dead_letters(&letters).await?;
         Ok(Some(next_offsets(messages)))
+    }
+
+    /// Warns when the filter has let nothing through for 1,000 events in a row (and again at
+    /// 10,000, 100,000, …): its values may match no event, and every skipped event is committed.
+    fn note_skip_streak(&self, prepared: &Prepared) {
+        if !prepared.records.is_empty() {
+            self.stats.skipped_in_a_row.store(0, Ordering::Relaxed);
+            return;
+        }
+        let before = self.stats.skipped_in_a_row.fetch_add(prepared.skipped, Ordering::Relaxed);
+        let after = before + prepared.skipped;
+        let mut threshold = SKIP_STREAK_WARNING;
+        while threshold <= after {
+            if before < threshold {
+                let fields: Vec<&str> = self.route.filter.fields().collect();
+                warn!(
+                    route = %self.route.name,
+                    skipped_in_a_row = after,
+                    filter_fields = ?fields,
+                    "The route's filter has let no event through for {threshold} events in a row: check its values against the events on the topic (each skipped event is committed)."
+                );
+            }
+            threshold = threshold.saturating_mul(10);
+        }
     }
 
     /// Sends `letters` to the dead-letter topic and waits for the acknowledgements; without a
