@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use cli::{Cli, Command};
+use cli::{Cli, Command, LogFormat};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -36,12 +36,11 @@ fn main() -> ExitCode {
     };
     // Colours only for a person at a terminal, not in files and pipes.
     let ansi = std::io::stderr().is_terminal();
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .with_target(false)
-        .init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.with_ansi(ansi).with_target(false).init(),
+        LogFormat::Json => logs.json().with_current_span(true).with_span_list(true).init(),
+    }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -50,7 +49,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(cli::execute(cli.command)) {
+    let outcome = runtime.block_on(cli::execute(cli.command));
+    // A blocking Kafka call still waiting (a metadata request to a broker that is down) must
+    // not hold the exit: `--timeout` is a hard bound.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    match outcome {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");

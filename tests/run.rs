@@ -1,4 +1,5 @@
 //! `herald run` end to end: a real broker, the real binary, the stdout sink.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
@@ -216,4 +217,114 @@ async fn a_filter_that_lets_nothing_through_for_a_thousand_events_is_reported() 
     assert_eq!(herald.log().matches("let no event through").count(), 1);
     assert!(herald.log().contains("filter_fields=[\"status\"]"), "{}", herald.log());
     assert!(herald.lines().is_empty());
+}
+
+/// An idle route logs its progress line every `idle_progress_interval`, not every
+/// `progress_interval`; once events move, a line says so at the next tick.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_route_logs_progress_rarely_and_a_busy_one_at_once() {
+    let topic = unique("events");
+    let route = unique("route");
+    create_topic(&topic, 1).await;
+    let config = TempConfig::new(
+        &stdout_route_config(&route, &topic, "")
+            .replace("progress_interval = \"1s\"", "progress_interval = \"1s\"\nidle_progress_interval = \"1h\""),
+    );
+    let mut herald = Herald::run(&config);
+    herald.wait_for_log("Partitions assigned.");
+    // The first line says where the route starts; then ~6 ticks of nothing.
+    herald.wait_for_log("Progress.");
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    let idle_lines = herald.log().matches("Progress.").count();
+    assert!(idle_lines <= 2, "{idle_lines} progress lines while idle:\n{}", herald.log());
+    produce_events(&topic, &["A"], 5).await;
+    herald.wait_for_lines(5);
+    herald.wait_for_log("consumed=5");
+    assert!(herald.log().contains(&format!("route={route}")));
+}
+
+/// `HERALD_LOG_FORMAT=json`: every log line is one JSON object with the time, level, target,
+/// message and the event's fields.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line_with_the_route() {
+    let topic = unique("events");
+    let route = unique("route");
+    create_topic(&topic, 1).await;
+    let config = TempConfig::new(&stdout_route_config(&route, &topic, ""));
+    let mut herald = Herald::run_with_env(&config, &[("HERALD_LOG_FORMAT", "json")]);
+    herald.wait_for_log("Partitions assigned.");
+    herald.signal("TERM");
+    assert!(herald.wait_exit().success(), "{}", herald.log());
+    let lines: Vec<serde_json::Value> = herald
+        .log()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|err| panic!("not JSON ({err}): {line}")))
+        .collect();
+    assert!(lines.len() >= 3, "{lines:?}");
+    for line in &lines {
+        for key in ["timestamp", "level", "target"] {
+            assert!(line[key].is_string(), "no {key}: {line}");
+        }
+        assert!(line["fields"]["message"].is_string(), "{line}");
+    }
+    let started = lines.iter().find(|line| line["fields"]["message"] == "Route started.").unwrap();
+    assert_eq!(started["fields"]["route"], route.as_str());
+    assert_eq!(started["level"], "INFO");
+}
+
+/// A port on loopback where nothing listens (bound, then let go).
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Kafka down at start: one clear line naming the brokers, retries until --startup-timeout,
+/// then exit 1 naming Kafka (not a dead-letter topic), with a handful of lines, not hundreds.
+#[test]
+fn kafka_down_at_start_is_one_clear_line_then_an_error_naming_kafka() {
+    let port = closed_port();
+    let config = TempConfig::new(&format!(
+        "[kafka]\nbootstrap.servers = \"127.0.0.1:{port}\"\n[[route]]\nname = \"r\"\ntopics = [\"t\"]\n\
+         dead_letter_topic = \"t.dlq\"\nsink = {{ type = \"stdout\" }}\n"
+    ));
+    let started = std::time::Instant::now();
+    let out = herald().args(["run", "--startup-timeout", "4s", "--config"]).arg(&config.path).output().unwrap();
+    let took = started.elapsed();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(took < std::time::Duration::from_secs(30), "took {took:?}");
+    assert!(log.contains(&format!("Kafka does not answer at 127.0.0.1:{port}")), "{log}");
+    assert!(log.contains(&format!("Kafka at 127.0.0.1:{port} did not answer within --startup-timeout 4s")), "{log}");
+    assert!(!log.contains("dead-letter"), "{log}");
+    assert!(log.lines().count() <= 10, "{} lines:\n{log}", log.lines().count());
+}
+
+/// Kafka that comes up while herald waits at start: herald goes on by itself and delivers.
+/// (The "late Kafka" is a TCP relay to the real broker, opened on a port 3 s after herald
+/// started; the broker then tells the client its own address.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_that_comes_up_during_startup_is_waited_for() {
+    let topic = unique("events");
+    create_topic(&topic, 1).await;
+    produce_events(&topic, &["A"], 3).await;
+    let port = closed_port();
+    let config =
+        TempConfig::new(&stdout_route_config(&unique("route"), &topic, "").replace(
+            &format!("bootstrap.servers = \"{BROKERS}\""),
+            &format!("bootstrap.servers = \"127.0.0.1:{port}\""),
+        ));
+    let mut herald = Herald::run(&config);
+    herald.wait_for_log("Kafka does not answer");
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let relay = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = relay.accept().await {
+            tokio::spawn(async move {
+                if let Ok(mut broker) = tokio::net::TcpStream::connect(BROKERS).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut broker).await;
+                }
+            });
+        }
+    });
+    let lines = herald.wait_for_lines(3);
+    assert_eq!(seqs(&lines).into_iter().map(|(_, seq)| seq).collect::<Vec<_>>(), vec![0, 1, 2]);
 }

@@ -28,9 +28,23 @@ pub struct Cli {
     /// otherwise; `RUST_LOG` also works).
     #[arg(long, global = true, env = "HERALD_LOG")]
     pub log: Option<String>,
+    /// Log lines as `text` (default) or `json`: one object per line with `timestamp`, `level`,
+    /// `target`, the message under `fields.message` beside the event's fields (`route`,
+    /// `source`, …), and the spans it happened in.
+    #[arg(long, global = true, env = "HERALD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// For people: `2026-12-04T10:15:00Z  INFO Route started. route=…`.
+    Text,
+    /// For log shippers: one JSON object per line.
+    Json,
 }
 
 /// The subcommands.

@@ -19,6 +19,9 @@ pub struct RunArgs {
     /// The config file.
     #[arg(long, short, env = "HERALD_CONFIG", default_value = "config/herald.toml")]
     pub config: PathBuf,
+    /// How long to keep trying to reach Kafka at start (with backoff) before exiting 1.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub startup_timeout: std::time::Duration,
 }
 
 pub async fn run(args: RunArgs) -> Result<ExitCode> {
@@ -54,6 +57,10 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
             stop.cancel();
         }
     });
+    if !reach_kafka(&config.kafka, args.startup_timeout, &stop).await? {
+        info!("Stopped before Kafka answered.");
+        return Ok(ExitCode::SUCCESS);
+    }
     let observer = herald_core::Observer::new().context("cannot register metrics")?;
     let board = (!config.board.topics.is_empty())
         .then(|| Arc::new(herald_board::Board::bounded(config.board.max_cells, Some(observer.board_evicted()))));
@@ -134,6 +141,43 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
 }
 
 /// Completes on the first SIGINT or SIGTERM.
+/// Waits until a broker answers: one line when it does not, retried with backoff until
+/// `timeout`, then an error naming Kafka. `Ok(false)`: stopped by a signal meanwhile.
+async fn reach_kafka(
+    kafka: &herald_kafka::KafkaProperties,
+    timeout: std::time::Duration,
+    stop: &CancellationToken,
+) -> Result<bool> {
+    let brokers = kafka.bootstrap_servers().to_owned();
+    let deadline = std::time::Instant::now() + timeout;
+    let (props, stopping, named) = (kafka.clone(), stop.clone(), brokers.clone());
+    let reached = tokio::task::spawn_blocking(move || {
+        herald_kafka::await_brokers(
+            &props,
+            deadline,
+            || stopping.is_cancelled(),
+            |attempt, err| {
+                if attempt == 1 {
+                    warn!(
+                        brokers = %named,
+                        error = %err,
+                        "Kafka does not answer at {named}; retrying with backoff until --startup-timeout ({}).",
+                        humantime::format_duration(timeout)
+                    );
+                }
+            },
+        )
+    })
+    .await?;
+    match reached {
+        Ok(reached) => Ok(reached),
+        Err(err) => bail!(
+            "Kafka at {brokers} did not answer within --startup-timeout {} (last: {err}); check `[kafka] bootstrap.servers` and that the brokers are up",
+            humantime::format_duration(timeout)
+        ),
+    }
+}
+
 async fn shutdown_signal() {
     #[cfg(unix)]
     {

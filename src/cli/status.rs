@@ -32,7 +32,16 @@ pub struct StatusArgs {
 pub async fn status(args: StatusArgs) -> Result<ExitCode> {
     let since = Utc::now() - chrono::Duration::from_std(args.since).context("--since is too large")?;
     let props = args.kafka.properties()?;
-    let mut reader = TopicReader::open(&props, std::slice::from_ref(&args.kafka.topic), since, "status").await?;
+    // --timeout bounds the whole command, reaching Kafka included.
+    let deadline = tokio::time::Instant::now() + args.timeout;
+    let opening = TopicReader::open(&props, std::slice::from_ref(&args.kafka.topic), since, "status");
+    let mut reader = tokio::time::timeout_at(deadline, opening).await.map_err(|_| {
+        anyhow::anyhow!(
+            "Kafka at {} did not answer within --timeout {}",
+            props.bootstrap_servers(),
+            humantime::format_duration(args.timeout)
+        )
+    })??;
     let board = Board::new();
     let read_history = async {
         while !reader.history_done() {
@@ -42,7 +51,7 @@ pub async fn status(args: StatusArgs) -> Result<ExitCode> {
         }
         Ok::<_, herald_kafka::reader::HistoryError>(())
     };
-    match tokio::time::timeout(args.timeout, read_history).await {
+    match tokio::time::timeout_at(deadline, read_history).await {
         Ok(read) => read?,
         Err(_) => {
             eprintln!(

@@ -168,7 +168,17 @@ pub async fn wait(args: WaitArgs) -> Result<ExitCode> {
     let pairs = pairs(&args.source, &args.stage)?;
     let props = args.kafka.properties()?;
     let topic = args.kafka.topic.clone();
-    let mut reader = TopicReader::open(&props, std::slice::from_ref(&topic), cutoff, "wait").await?;
+    let opening = TopicReader::open(&props, std::slice::from_ref(&topic), cutoff, "wait");
+    let mut reader = match deadline {
+        Some(deadline) => tokio::time::timeout_at(deadline, opening).await.map_err(|_| {
+            anyhow::anyhow!(
+                "Kafka at {} did not answer within --timeout {}",
+                props.bootstrap_servers(),
+                humantime::format_duration(args.timeout.unwrap_or_default())
+            )
+        })??,
+        None => opening.await?,
+    };
     let count = pairs.len();
     let mut waiting = Waiting {
         pairs,

@@ -214,7 +214,13 @@ pub struct Herald {
 impl Herald {
     /// Starts `herald run --config <config>`.
     pub fn run(config: &TempConfig) -> Self {
+        Self::run_with_env(config, &[])
+    }
+
+    /// Starts `herald run --config <config>` with these environment variables set.
+    pub fn run_with_env(config: &TempConfig, env: &[(&str, &str)]) -> Self {
         let mut child = herald()
+            .envs(env.iter().copied())
             .args(["run", "--config"])
             .arg(&config.path)
             .stdout(Stdio::piped())

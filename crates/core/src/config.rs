@@ -27,11 +27,15 @@ use crate::filter::Filter;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeConfig {
-    /// How often `herald run` logs one progress line per route (events/s, lag, errors), and
-    /// asks each route's consumer for its lag and whether Kafka answers (for `/metrics`,
-    /// `/routes` and readiness). Default `"10s"`.
+    /// How often `herald run` asks each route's consumer for its lag and whether Kafka answers
+    /// (for `/metrics`, `/routes` and readiness), and logs a progress line (events/s, lag,
+    /// errors) for each route where something moved. Default `"10s"`.
     #[serde(default = "default_progress_interval", with = "humantime_serde")]
     pub progress_interval: Duration,
+    /// How often an idle route (nothing read, lag and errors unchanged) still logs its progress
+    /// line, to show it is alive. Default `"5m"`: 288 lines a day per idle route, not 8,640.
+    #[serde(default = "default_idle_progress_interval", with = "humantime_serde")]
+    pub idle_progress_interval: Duration,
     /// Memory the routes' consumers may fill with messages fetched ahead, in MiB, split evenly
     /// between routes: each gets at most 16 MiB per partition and at least 1 MiB (librdkafka's
     /// `queued.max.messages.kbytes`, which a route's `[kafka]` setting overrides). Default `64`.
@@ -49,6 +53,9 @@ impl RuntimeConfig {
         if self.progress_interval.is_zero() {
             return Err(Invalid::new("runtime.progress_interval", "must be greater than zero, e.g. \"10s\""));
         }
+        if self.idle_progress_interval.is_zero() {
+            return Err(Invalid::new("runtime.idle_progress_interval", "must be greater than zero, e.g. \"5m\""));
+        }
         Ok(())
     }
 
@@ -60,8 +67,16 @@ impl RuntimeConfig {
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        Self { progress_interval: default_progress_interval(), prefetch_budget_mb: default_prefetch_budget_mb() }
+        Self {
+            progress_interval: default_progress_interval(),
+            idle_progress_interval: default_idle_progress_interval(),
+            prefetch_budget_mb: default_prefetch_budget_mb(),
+        }
     }
+}
+
+fn default_idle_progress_interval() -> Duration {
+    Duration::from_secs(300)
 }
 
 fn default_progress_interval() -> Duration {

@@ -65,7 +65,12 @@ pub async fn run(
         workers.spawn(async move { (name, worker.run(token).await) });
     }
     info!(routes = all_stats.len(), "herald is running.");
-    let progress = tokio::spawn(report_progress(all_stats, settings.progress_interval, cancel.clone()));
+    let progress = tokio::spawn(report_progress(
+        all_stats,
+        settings.progress_interval,
+        settings.idle_progress_interval,
+        cancel.clone(),
+    ));
     let lag = tokio::spawn(watch_lag(lag_subjects, settings.progress_interval, cancel.clone()));
 
     let mut first_error = None;
@@ -138,10 +143,24 @@ async fn start_route(
     })
 }
 
-/// Logs one line per route every `interval`: rates since the last line, totals and lag.
-async fn report_progress(routes: Vec<(String, Arc<RouteShared>)>, interval: Duration, cancel: CancellationToken) {
-    let mut last: Vec<u64> = vec![0; routes.len()];
-    let mut last_at = Instant::now();
+/// Every `interval`, logs one line per route where something moved (read, lag, retries, dead
+/// letters): rates since its last line, totals and lag; an idle route's line only every
+/// `idle_interval`, so an idle herald does not fill its log.
+async fn report_progress(
+    routes: Vec<(String, Arc<RouteShared>)>,
+    interval: Duration,
+    idle_interval: Duration,
+    cancel: CancellationToken,
+) {
+    /// What a route's last line said, and when.
+    struct Said {
+        consumed: u64,
+        lag: i64,
+        troubles: u64,
+        at: Instant,
+    }
+    let start = Instant::now();
+    let mut said: Vec<Option<Said>> = routes.iter().map(|_| None).collect();
     let mut ticker = tokio::time::interval(interval);
     ticker.tick().await;
     loop {
@@ -149,13 +168,19 @@ async fn report_progress(routes: Vec<(String, Arc<RouteShared>)>, interval: Dura
             _ = cancel.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        let elapsed = last_at.elapsed().as_secs_f64().max(0.001);
-        last_at = Instant::now();
-        for ((name, stats), previous) in routes.iter().zip(last.iter_mut()) {
+        for ((name, stats), last) in routes.iter().zip(said.iter_mut()) {
             let consumed = stats.consumed.get();
-            let rate = (consumed - *previous) as f64 / elapsed;
-            *previous = consumed;
             let lag = stats.lag.load(Ordering::Relaxed);
+            let troubles = stats.retries.get() + stats.dead_lettered.get();
+            let moved = last
+                .as_ref()
+                .is_none_or(|last| last.consumed != consumed || last.lag != lag || last.troubles != troubles);
+            let since = last.as_ref().map_or(start, |last| last.at);
+            if !moved && since.elapsed() < idle_interval {
+                continue;
+            }
+            let elapsed = since.elapsed().as_secs_f64().max(0.001);
+            let rate = (consumed - last.as_ref().map_or(0, |last| last.consumed)) as f64 / elapsed;
             info!(
                 route = %name,
                 events_per_s = format_args!("{rate:.1}"),
@@ -165,8 +190,10 @@ async fn report_progress(routes: Vec<(String, Arc<RouteShared>)>, interval: Dura
                 dead_lettered = stats.dead_lettered.get(),
                 retries = stats.retries.get(),
                 lag = %if lag < 0 { "unknown".to_string() } else { lag.to_string() },
+                idle = !moved,
                 "Progress."
             );
+            *last = Some(Said { consumed, lag, troubles, at: Instant::now() });
         }
     }
 }

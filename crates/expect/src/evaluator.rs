@@ -93,8 +93,11 @@ impl ClientContext for EvaluatorContext {
             error,
             KafkaError::PartitionEOF(_) | KafkaError::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
         );
-        if !end_of_partition {
-            warn!(error = %error, reason, "Expectations: Kafka client error.");
+        if end_of_partition {
+            return;
+        }
+        if let Some(folded) = herald_kafka::fold::fold(&format!("expectations: {error}")) {
+            warn!(error = %error, reason, "Expectations: Kafka client error{}.", herald_kafka::fold::repeated(folded));
         }
     }
 }
@@ -226,7 +229,12 @@ impl Evaluator {
             match received {
                 Some(Ok(message)) => self.read(&message),
                 Some(Err(KafkaError::PartitionEOF(_))) | None => {}
-                Some(Err(err)) => warn!(error = %err, "Expectations: Kafka consumer error; librdkafka will retry."),
+                Some(Err(err)) => {
+                    if let Some(folded) = herald_kafka::fold::fold(&format!("expectations: consume: {err}")) {
+                        let repeated = herald_kafka::fold::repeated(folded);
+                        warn!(error = %err, "Expectations: Kafka consumer error{repeated}; librdkafka will retry.");
+                    }
+                }
             }
             self.tick().await?;
             let due = self.commit_by.is_some_and(|at| at <= Instant::now());

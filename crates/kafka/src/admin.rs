@@ -131,3 +131,40 @@ pub fn partition_counts(
         })
         .collect())
 }
+
+/// Asks for the cluster's metadata until a broker answers, `deadline` passes or `stop()` says
+/// so, backing off 1 s, 2 s, 4 s … up to 15 s between tries; `on_failure(attempt, error)` after
+/// each failed try. One client for all tries, so librdkafka's own connection errors are logged
+/// once and folded. Blocking: call it from `spawn_blocking`. `Ok(false)`: stopped.
+pub fn await_brokers(
+    props: &KafkaProperties,
+    deadline: std::time::Instant,
+    stop: impl Fn() -> bool,
+    mut on_failure: impl FnMut(u32, &KafkaError),
+) -> Result<bool, KafkaError> {
+    let consumer: BaseConsumer = client_config(props).set("group.id", "herald-startup").create()?;
+    let mut backoff = Duration::from_secs(1);
+    for attempt in 1.. {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match consumer.fetch_metadata(None, left.clamp(Duration::from_millis(100), Duration::from_secs(5))) {
+            Ok(_) => return Ok(true),
+            Err(err) => {
+                on_failure(attempt, &err);
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    return Err(err);
+                }
+                // Sleep in small steps, to stop promptly.
+                let wake = std::time::Instant::now() + backoff.min(left);
+                while std::time::Instant::now() < wake {
+                    if stop() {
+                        return Ok(false);
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(15));
+            }
+        }
+    }
+    Ok(false)
+}

@@ -26,6 +26,7 @@ can depend on it without depending on the route runtime.
 #![deny(missing_docs)]
 
 pub mod admin;
+pub mod fold;
 pub mod headers;
 pub mod producer;
 pub mod properties;
@@ -33,7 +34,9 @@ pub mod reader;
 pub mod rebalance;
 pub mod transactional;
 
-pub use admin::{ensure_topic, ensure_topic_with, ensure_topics, partition_counts, TopicSpec, MAX_DEAD_LETTER_BYTES};
+pub use admin::{
+    await_brokers, ensure_topic, ensure_topic_with, ensure_topics, partition_counts, TopicSpec, MAX_DEAD_LETTER_BYTES,
+};
 pub use properties::{client_config, reliable_producer_config, KafkaProperties, TopicDefaults};
 pub use reader::{HistoryError, Read, TopicReader};
 pub use rebalance::{AssignmentChanges, Rebalances};

@@ -179,7 +179,10 @@ pub(crate) async fn gather(
                 }
             },
             Err(err) => {
-                warn!(route = %limits.route, error = %err, "Kafka consumer error; librdkafka will retry.");
+                if let Some(folded) = herald_kafka::fold::fold(&format!("route {}: consume: {err}", limits.route)) {
+                    let repeated = herald_kafka::fold::repeated(folded);
+                    warn!(route = %limits.route, error = %err, "Kafka consumer error{repeated}; librdkafka will retry.");
+                }
                 // Errors such as an unknown topic repeat at once: don't spin on them.
                 sleep(Duration::from_millis(200)).await;
             }

@@ -29,7 +29,9 @@ impl ClientContext for RouteContext {
         if let KafkaError::Global(rdkafka::types::RDKafkaErrorCode::AllBrokersDown) = error {
             self.stats.kafka_up.store(false, Ordering::Relaxed);
         }
-        error!(route = %self.route, error = %error, reason, "Kafka client error.");
+        if let Some(folded) = herald_kafka::fold::fold(&format!("route {}: {error}", self.route)) {
+            error!(route = %self.route, error = %error, reason, "Kafka client error{}.", herald_kafka::fold::repeated(folded));
+        }
     }
 }
 
