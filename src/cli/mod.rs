@@ -4,6 +4,7 @@ mod check;
 mod migrate;
 mod publish;
 mod reconcile;
+mod reload;
 mod run;
 mod status;
 mod wait;

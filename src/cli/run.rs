@@ -57,11 +57,17 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
             stop.cancel();
         }
     });
+    // Reloads: SIGHUP and `POST /reload` ask; one task re-reads the config and hands the route
+    // changes to the runtime. SIGHUP is taken from here on (asked early, a reload waits).
+    let (reload_requests, reload_queue) = tokio::sync::mpsc::channel(4);
+    let (change_sender, route_changes) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(reload_on_hangup(reload_requests.clone(), stop.clone()));
     if !reach_kafka(&config.kafka, args.startup_timeout, &stop).await? {
         info!("Stopped before Kafka answered.");
         return Ok(ExitCode::SUCCESS);
     }
     let observer = herald_core::Observer::new().context("cannot register metrics")?;
+    tokio::spawn(super::reload::serve(args.config.clone(), config.clone(), reload_queue, change_sender));
     let board = (!config.board.topics.is_empty())
         .then(|| Arc::new(herald_board::Board::bounded(config.board.max_cells, Some(observer.board_evicted()))));
     if let Some(board) = &board {
@@ -86,21 +92,30 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         ));
     }
     if let Some(listen) = config.admin.listen {
-        let (_, serve) = herald_admin::bind(listen, &config.admin, Arc::clone(&observer), board, stop.clone())
-            .await
-            .context("admin API")?;
+        let (_, serve) = herald_admin::bind(
+            listen,
+            &config.admin,
+            Arc::clone(&observer),
+            board,
+            Some(reload_requests.clone()),
+            stop.clone(),
+        )
+        .await
+        .context("admin API")?;
         tokio::spawn(serve);
     }
     // Routes and sources run side by side; whichever fails first stops the other cleanly.
     let run_routes = async {
-        let result = if routes.is_empty() {
-            stop.cancelled().await;
-            Ok(())
-        } else {
-            herald_core::run(&config.kafka, &config.runtime, routes, Arc::clone(&observer), stop.cancelled())
-                .await
-                .context("herald stopped on an error")
-        };
+        let result = herald_core::run(
+            &config.kafka,
+            &config.runtime,
+            routes,
+            Arc::clone(&observer),
+            route_changes,
+            stop.cancelled(),
+        )
+        .await
+        .context("herald stopped on an error");
         stop.cancel();
         result
     };
@@ -175,6 +190,38 @@ async fn reach_kafka(
             "Kafka at {brokers} did not answer within --startup-timeout {} (last: {err}); check `[kafka] bootstrap.servers` and that the brokers are up",
             humantime::format_duration(timeout)
         ),
+    }
+}
+
+/// Each SIGHUP asks for a reload (its outcome is logged by the reload task); without this,
+/// SIGHUP would end the process uncleanly.
+async fn reload_on_hangup(requests: tokio::sync::mpsc::Sender<super::reload::ReloadRequest>, stop: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(hangups) => hangups,
+            Err(err) => {
+                warn!(error = %err, "Cannot listen for SIGHUP; reload with `POST /reload` instead.");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                received = hangups.recv() => if received.is_none() { return },
+            }
+            info!("SIGHUP: reloading the config.");
+            let (answer, outcome) = tokio::sync::oneshot::channel();
+            if requests.send(answer).await.is_err() {
+                return;
+            }
+            let _ = outcome.await;
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (requests, stop);
     }
 }
 

@@ -9,6 +9,7 @@ herald-admin: the HTTP API operators use, what Kafka Connect's REST API gives th
 | `GET /routes` | each route: status, assigned partitions, lag, counters, last error, last event time |
 | `GET /sources` | each source: status (`standby`, `active`, `retrying`), last error and since when it has been stuck, events published, transactions, backlog (captured, not yet published), rows held in `herald_changes` (trigger capture), WAL its slot holds back (WAL capture) |
 | `POST /routes/{name}/pause`, `/resume` | stop or restart consuming, keeping the group membership |
+| `POST /reload` | re-read the config: `200` with what changed (only changed routes restart), or `422` with why it was refused (the old config runs on) |
 | `GET /board` | the status board (when `[board] topics` is set): a live page, one row per source, one column per stage |
 | `GET /board/state` | the board as JSON: `stages` (first-seen order) and `cells` (latest event per source and stage) |
 | `GET /board/events` | the board live, as server-sent events: a `snapshot`, then a `cell` per change |
@@ -52,6 +53,9 @@ use tracing::info;
 
 pub use config::{AdminConfig, AuthScope};
 
+/// Where `POST /reload` sends its request; the answer is what changed, or why nothing did.
+pub type ReloadRequests = tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Result<String, String>>>;
+
 /// The admin server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -77,6 +81,7 @@ pub async fn bind(
     config: &AdminConfig,
     observer: Arc<Observer>,
     board: Option<Arc<Board>>,
+    reload: Option<ReloadRequests>,
     stop: CancellationToken,
 ) -> Result<(SocketAddr, impl Future<Output = ()>), AdminError> {
     let token = config.resolve_token().map_err(AdminError::Token)?;
@@ -87,6 +92,9 @@ pub async fn bind(
     let mut app = router(observer);
     if let Some(board) = board {
         app = app.merge(board::router(board, config.max_event_streams, stop.clone()));
+    }
+    if let Some(reload) = reload {
+        app = app.merge(Router::new().route("/reload", post(reload_config)).with_state(reload));
     }
     let guard = guard::Guard::new(bound, token, config.auth);
     let app = app.layer(axum::middleware::from_fn_with_state(guard, guard::guard));
@@ -192,6 +200,18 @@ async fn sources(State(observer): State<Arc<Observer>>) -> Json<Vec<SourceView>>
     )
 }
 
+async fn reload_config(State(reload): State<ReloadRequests>) -> Response {
+    let (answer, outcome) = tokio::sync::oneshot::channel();
+    let outcome = match reload.send(answer).await {
+        Ok(()) => outcome.await.unwrap_or_else(|_| Err("herald is stopping".into())),
+        Err(_) => Err("herald is stopping".into()),
+    };
+    match outcome {
+        Ok(changed) => (StatusCode::OK, Json(serde_json::json!({ "reloaded": changed }))).into_response(),
+        Err(why) => (StatusCode::UNPROCESSABLE_ENTITY, Json(serde_json::json!({ "error": why }))).into_response(),
+    }
+}
+
 async fn pause(State(observer): State<Arc<Observer>>, Path(name): Path<String>) -> Response {
     set_paused(&observer, &name, true)
 }
@@ -226,7 +246,7 @@ mod tests {
         let config: AdminConfig = serde_json::from_str(config).unwrap();
         let stop = CancellationToken::new();
         let address = "127.0.0.1:0".parse().unwrap();
-        let (bound, serve) = bind(address, &config, Observer::new().unwrap(), None, stop.clone()).await.unwrap();
+        let (bound, serve) = bind(address, &config, Observer::new().unwrap(), None, None, stop.clone()).await.unwrap();
         tokio::spawn(serve);
         (bound, stop)
     }

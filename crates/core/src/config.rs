@@ -84,7 +84,7 @@ fn default_progress_interval() -> Duration {
 }
 
 /// One route: Kafka topics → filter → batches → one sink, in its own consumer group.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// Unique name, used in logs, metrics, dead-letter headers and the default group id.
@@ -162,7 +162,7 @@ impl StartFrom {
 /// Batching, the way a Kafka consumer's poll does it: a batch takes every event already fetched,
 /// up to `max_events`, so it is small when traffic is light (no added latency) and grows by itself
 /// when the sink is the bottleneck. `max_wait` adds a linger for more.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchConfig {
     /// Most events in one sink write, 1..=100000. Default: the sink's own
@@ -191,7 +191,7 @@ fn default_max_wait() -> Duration {
 
 /// Retry of transient sink failures: exponential backoff with full jitter, the same records
 /// again, so order is kept; only what a write left unfinished is written again.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
     /// First delay. Default `"200ms"`.
@@ -238,7 +238,7 @@ fn default_max_backoff() -> Duration {
 }
 
 /// A route's sink: its kind, and its settings left for that sink's own typed config to read.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SinkSpec {
     /// The sink kind, from `type`, e.g. `"stdout"`.
     pub kind: String,

@@ -56,7 +56,7 @@ pub use error::{RouteError, RuntimeError};
 pub use event::{EventError, EventTimestamp, StageEvent};
 pub use filter::Filter;
 pub use observe::Observer;
-pub use runtime::{run, BoundRoute};
+pub use runtime::{run, BoundRoute, RouteChanges};
 pub use sink::{BoxError, Rejection, Sink, SinkError, SinkRecord, WriteOutcome};
 pub use source::SourceSpec;
 pub use template::Template;

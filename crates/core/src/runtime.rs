@@ -1,5 +1,6 @@
 //! `run`: every route at work until shutdown, with a progress line per route.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -25,7 +26,20 @@ pub struct BoundRoute {
     pub sink: Box<dyn Sink>,
 }
 
-/// Runs every route until `shutdown` completes or a route fails.
+/// A change to the running routes, from a reload: the routes named in `stop` finish their
+/// in-flight batch, commit and leave their groups, then those in `start` start (a changed route
+/// is in both, under one name). The routes in neither are not touched: no rebalance for them.
+pub struct RouteChanges {
+    /// Routes to stop, by name.
+    pub stop: Vec<String>,
+    /// Routes to start once those are stopped.
+    pub start: Vec<BoundRoute>,
+    /// Told when the change is done, or why it could not be.
+    pub done: tokio::sync::oneshot::Sender<Result<(), String>>,
+}
+
+/// Runs every route until `shutdown` completes or a route fails, applying each [`RouteChanges`]
+/// that arrives on `changes` meanwhile.
 ///
 /// On shutdown each route stops fetching, finishes its in-flight batch, commits its offsets,
 /// closes its sink and leaves its consumer group; then `run` returns `Ok`. When a route fails, the
@@ -37,79 +51,182 @@ pub async fn run(
     settings: &RuntimeConfig,
     routes: Vec<BoundRoute>,
     observer: Arc<Observer>,
+    mut changes: tokio::sync::mpsc::Receiver<RouteChanges>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RuntimeError> {
-    let cancel = CancellationToken::new();
-    let mut workers = JoinSet::new();
-    let mut all_stats = Vec::new();
-    let mut lag_subjects = Vec::new();
-    let prefetch_kbytes = settings.prefetch_kbytes(routes.len());
-    for BoundRoute { config: route, sink } in routes {
-        let name = route.name.clone();
-        let stats = observer.route(&name);
-        let worker = match start_route(kafka, route, sink, Arc::clone(&stats), prefetch_kbytes).await {
-            Ok(worker) => worker,
-            Err(source) => {
-                cancel.cancel();
-                while workers.join_next().await.is_some() {}
-                return Err(RuntimeError::Route { route: name, source });
-            }
-        };
-        lag_subjects.push(LagSubject {
-            consumer: Arc::downgrade(&worker.consumer),
-            topic: worker.route.topics.first().cloned(),
-            stats: Arc::clone(&stats),
-        });
-        all_stats.push((name.clone(), stats));
-        let token = cancel.child_token();
-        workers.spawn(async move { (name, worker.run(token).await) });
+    let mut running = Running {
+        kafka,
+        settings,
+        observer: &observer,
+        cancel: CancellationToken::new(),
+        workers: JoinSet::new(),
+        routes: BTreeMap::new(),
+        watchers: None,
+        first_error: None,
+    };
+    let count = routes.len();
+    for route in routes {
+        if let Err(failure) = running.start(route, count).await {
+            running.cancel.cancel();
+            while running.workers.join_next().await.is_some() {}
+            return Err(failure);
+        }
     }
-    info!(routes = all_stats.len(), "herald is running.");
-    let progress = tokio::spawn(report_progress(
-        all_stats,
-        settings.progress_interval,
-        settings.idle_progress_interval,
-        cancel.clone(),
-    ));
-    let lag = tokio::spawn(watch_lag(lag_subjects, settings.progress_interval, cancel.clone()));
+    info!(routes = running.routes.len(), "herald is running.");
+    running.watch();
 
-    let mut first_error = None;
     tokio::pin!(shutdown);
+    let mut changes_open = true;
     loop {
+        if running.cancel.is_cancelled() && running.workers.is_empty() {
+            break;
+        }
         tokio::select! {
-            _ = &mut shutdown, if !cancel.is_cancelled() => {
+            _ = &mut shutdown, if !running.cancel.is_cancelled() => {
                 info!("Shutting down: finishing in-flight batches and committing offsets.");
-                cancel.cancel();
+                running.cancel.cancel();
             }
-            joined = workers.join_next() => {
-                let Some(joined) = joined else { break };
-                let failure = match joined {
-                    Ok((route, Ok(()))) => {
-                        observer.route(&route).update(|state| state.status = "stopped");
-                        None
+            change = changes.recv(), if changes_open && !running.cancel.is_cancelled() => {
+                match change {
+                    Some(change) => {
+                        let outcome = running.apply(change.stop, change.start).await;
+                        let _ = change.done.send(outcome);
                     }
-                    Ok((route, Err(source))) => {
-                        let reason = herald_sdk::error_chain(&source).join(": ");
-                        observer.route(&route).update(|state| {
-                            state.status = "failed";
-                            state.last_error = Some(reason);
-                        });
-                        Some(RuntimeError::Route { route, source })
-                    }
-                    Err(source) => Some(RuntimeError::Task { route: "?".into(), source }),
-                };
-                if let Some(failure) = failure {
-                    error!(error = %herald_sdk::error_chain(&failure).join(": "), "Route failed; stopping the others.");
-                    first_error.get_or_insert(failure);
-                    cancel.cancel();
+                    None => changes_open = false,
                 }
+            }
+            Some(joined) = running.workers.join_next(), if !running.workers.is_empty() => {
+                running.settle(joined);
             }
         }
     }
-    cancel.cancel();
-    progress.abort();
-    lag.abort();
-    first_error.map_or(Ok(()), Err)
+    running.cancel.cancel();
+    if let Some((progress, lag, _)) = running.watchers.take() {
+        progress.abort();
+        lag.abort();
+    }
+    running.first_error.map_or(Ok(()), Err)
+}
+
+/// The routes at work, and what watches them.
+struct Running<'a> {
+    kafka: &'a KafkaProperties,
+    settings: &'a RuntimeConfig,
+    observer: &'a Observer,
+    /// Stops everything: shutdown, or a route failed.
+    cancel: CancellationToken,
+    workers: JoinSet<(String, Result<(), RouteError>)>,
+    /// Per running route: what stops it alone, its metrics and its lag subject.
+    routes: BTreeMap<String, (CancellationToken, Arc<RouteShared>, LagSubject)>,
+    /// The progress and lag tasks over the current routes, and what stops them.
+    watchers: Option<(tokio::task::JoinHandle<()>, tokio::task::JoinHandle<()>, CancellationToken)>,
+    first_error: Option<RuntimeError>,
+}
+
+impl Running<'_> {
+    /// Starts `route` (one of `count` routes sharing the prefetch budget).
+    async fn start(&mut self, route: BoundRoute, count: usize) -> Result<(), RuntimeError> {
+        let BoundRoute { config: route, sink } = route;
+        let name = route.name.clone();
+        let stats = self.observer.route(&name);
+        let prefetch_kbytes = self.settings.prefetch_kbytes(count);
+        let worker = start_route(self.kafka, route, sink, Arc::clone(&stats), prefetch_kbytes)
+            .await
+            .map_err(|source| RuntimeError::Route { route: name.clone(), source })?;
+        let lag = LagSubject {
+            consumer: Arc::downgrade(&worker.consumer),
+            topic: worker.route.topics.first().cloned(),
+            stats: Arc::clone(&stats),
+        };
+        let token = self.cancel.child_token();
+        self.routes.insert(name.clone(), (token.clone(), stats, lag));
+        self.workers.spawn(async move { (name, worker.run(token).await) });
+        Ok(())
+    }
+
+    /// (Re)starts the progress and lag tasks over the current routes.
+    fn watch(&mut self) {
+        if let Some((progress, lag, stop)) = self.watchers.take() {
+            stop.cancel();
+            progress.abort();
+            lag.abort();
+        }
+        let stop = self.cancel.child_token();
+        let all_stats = self.routes.iter().map(|(name, (_, stats, _))| (name.clone(), Arc::clone(stats))).collect();
+        let subjects = self.routes.values().map(|(_, _, lag)| lag.clone()).collect();
+        let progress = tokio::spawn(report_progress(
+            all_stats,
+            self.settings.progress_interval,
+            self.settings.idle_progress_interval,
+            stop.clone(),
+        ));
+        let lag = tokio::spawn(watch_lag(subjects, self.settings.progress_interval, stop.clone()));
+        self.watchers = Some((progress, lag, stop));
+    }
+
+    /// Records how a route's task ended; a failure stops the others.
+    fn settle(&mut self, joined: Result<(String, Result<(), RouteError>), tokio::task::JoinError>) -> Option<String> {
+        let (name, failure) = match joined {
+            Ok((route, Ok(()))) => {
+                self.observer.route(&route).update(|state| state.status = "stopped");
+                (Some(route), None)
+            }
+            Ok((route, Err(source))) => {
+                let reason = herald_sdk::error_chain(&source).join(": ");
+                self.observer.route(&route).update(|state| {
+                    state.status = "failed";
+                    state.last_error = Some(reason);
+                });
+                (Some(route.clone()), Some(RuntimeError::Route { route, source }))
+            }
+            Err(source) => (None, Some(RuntimeError::Task { route: "?".into(), source })),
+        };
+        if let Some(failure) = failure {
+            error!(error = %herald_sdk::error_chain(&failure).join(": "), "Route failed; stopping the others.");
+            self.first_error.get_or_insert(failure);
+            self.cancel.cancel();
+        }
+        if let Some(name) = &name {
+            self.routes.remove(name);
+        }
+        name
+    }
+
+    /// Stops the routes named in `stop` (each finishes its batch, commits, leaves its group),
+    /// then starts those in `start`; the others run on untouched.
+    async fn apply(&mut self, stop: Vec<String>, start: Vec<BoundRoute>) -> Result<(), String> {
+        let mut stopping: BTreeSet<String> = BTreeSet::new();
+        for name in stop {
+            if let Some((token, _, _)) = self.routes.get(&name) {
+                info!(route = %name, "Reload: stopping the route (in-flight batch, commit, leave the group).");
+                token.cancel();
+                stopping.insert(name);
+            }
+        }
+        while !stopping.is_empty() {
+            let Some(joined) = self.workers.join_next().await else { break };
+            if let Some(name) = self.settle(joined) {
+                stopping.remove(&name);
+            }
+            if self.cancel.is_cancelled() {
+                return Err("a route failed while the reload stopped routes; herald is stopping".into());
+            }
+        }
+        let count = self.routes.len() + start.len();
+        for route in start {
+            let name = route.config.name.clone();
+            info!(route = %name, "Reload: starting the route.");
+            if let Err(failure) = self.start(route, count).await {
+                let reason = herald_sdk::error_chain(&failure).join(": ");
+                error!(error = %reason, "Route failed to start on reload; stopping the others.");
+                self.first_error.get_or_insert(failure);
+                self.cancel.cancel();
+                return Err(reason);
+            }
+        }
+        self.watch();
+        Ok(())
+    }
 }
 
 async fn start_route(

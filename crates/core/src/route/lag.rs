@@ -26,6 +26,7 @@ pub(crate) struct LagReading {
 }
 
 /// One route, as [`watch_lag`] sees it.
+#[derive(Clone)]
 pub(crate) struct LagSubject {
     /// The route's consumer; the watch skips it once the route has let it go.
     pub(crate) consumer: Weak<RouteConsumer>,

@@ -1,0 +1,147 @@
+//! Reloading the config while `herald run` runs (SIGHUP, or `POST /reload` on the admin API):
+//! the file is read and checked as `check --offline` does; if it is invalid, herald runs on
+//! with the old one and says why. Otherwise only the routes whose settings changed are stopped
+//! (each finishes its batch, commits, leaves its group) and started again, new routes start and
+//! removed ones stop; the other routes are not touched, so their groups see no rebalance.
+//! Other sections (`[kafka]`, `[[source]]`, `[admin]`, …) take effect on restart; a reload that
+//! changes them says so.
+
+use std::path::PathBuf;
+
+use herald_core::{BoundRoute, RouteChanges, RouteConfig};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::registry;
+
+/// A request to reload; answered with what changed, or why nothing did.
+pub type ReloadRequest = oneshot::Sender<Result<String, String>>;
+
+/// Serves reload requests until every sender is gone: `current` is the config running now.
+pub async fn serve(
+    path: PathBuf,
+    mut current: Config,
+    mut requests: mpsc::Receiver<ReloadRequest>,
+    changes: mpsc::Sender<RouteChanges>,
+) {
+    while let Some(answer) = requests.recv().await {
+        let outcome = reload(&path, &mut current, &changes).await;
+        match &outcome {
+            Ok(summary) => info!(config = %path.display(), "Reloaded: {summary}"),
+            Err(why) => warn!(config = %path.display(), "Reload refused; running on with the old config: {why}"),
+        }
+        let _ = answer.send(outcome);
+    }
+}
+
+/// One reload: what changed, or why nothing did.
+async fn reload(
+    path: &std::path::Path,
+    current: &mut Config,
+    changes: &mpsc::Sender<RouteChanges>,
+) -> Result<String, String> {
+    let next = Config::load(path).map_err(|err| herald_sdk::error_chain(&err).join(": "))?;
+    for route in &next.routes {
+        registry::validate(route).map_err(|err| format!("{err:#}"))?;
+    }
+    let (stop, start) = route_diff(&current.routes, &next.routes);
+    let mut said = Vec::new();
+    let unchanged = next.routes.len() - start.len();
+    let restart_only = sections_needing_restart(current, &next);
+    if !restart_only.is_empty() {
+        said.push(format!("{} changed but take effect on restart", restart_only.join(", ")));
+    }
+    if stop.is_empty() && start.is_empty() {
+        said.insert(0, "no route changed".into());
+        return Ok(said.join("; "));
+    }
+    // Build every new sink before stopping anything: a sink that cannot be built refuses the
+    // whole reload, and the old routes run on.
+    let mut bound = Vec::with_capacity(start.len());
+    for route in &start {
+        let mut sink = registry::build(route, herald_sdk::Purpose::Run).await.map_err(|err| format!("{err:#}"))?;
+        if let Err(err) = sink.healthcheck().await {
+            warn!(route = %route.name, error = %herald_sdk::error_chain(&err).join(": "), "Sink healthcheck failed; writes will be retried.");
+        }
+        bound.push(BoundRoute { config: route.clone(), sink });
+    }
+    let names = |routes: &[RouteConfig]| routes.iter().map(|route| route.name.clone()).collect::<Vec<_>>();
+    let started = names(&start);
+    let (done, outcome) = oneshot::channel();
+    let change = RouteChanges { stop: stop.clone(), start: bound, done };
+    changes.send(change).await.map_err(|_| "herald is stopping".to_owned())?;
+    outcome.await.map_err(|_| "herald is stopping".to_owned())??;
+    let restarted: Vec<&String> = started.iter().filter(|name| stop.contains(name)).collect();
+    let added: Vec<&String> = started.iter().filter(|name| !stop.contains(name)).collect();
+    let removed: Vec<&String> = stop.iter().filter(|name| !started.contains(name)).collect();
+    said.insert(0, format!("restarted {restarted:?}, started {added:?}, stopped {removed:?}; {} untouched", unchanged));
+    current.routes = next.routes;
+    Ok(said.join("; "))
+}
+
+/// The routes to stop (removed or changed) and to start (new or changed), by name.
+fn route_diff(current: &[RouteConfig], next: &[RouteConfig]) -> (Vec<String>, Vec<RouteConfig>) {
+    let find = |routes: &[RouteConfig], name: &str| routes.iter().find(|route| route.name == name).cloned();
+    let stop = current
+        .iter()
+        .filter(|route| find(next, &route.name).is_none_or(|next| &next != *route))
+        .map(|route| route.name.clone())
+        .collect();
+    let start = next.iter().filter(|route| find(current, &route.name).as_ref() != Some(*route)).cloned().collect();
+    (stop, start)
+}
+
+/// The sections other than `[[route]]` that differ (compared as printed: secrets, printed
+/// redacted, are not compared).
+fn sections_needing_restart(current: &Config, next: &Config) -> Vec<&'static str> {
+    let differ = |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
+    let mut sections = Vec::new();
+    for (name, changed) in [
+        ("[kafka]", differ(&current.kafka, &next.kafka)),
+        ("[runtime]", differ(&current.runtime, &next.runtime)),
+        ("[admin]", differ(&current.admin, &next.admin)),
+        ("[board]", differ(&current.board, &next.board)),
+        (
+            "[expectations]/[[expect]]",
+            differ(&(&current.expectations, &current.expect), &(&next.expectations, &next.expect)),
+        ),
+        ("[reconcile]", differ(&current.reconcile, &next.reconcile)),
+        ("[[source]]", differ(&current.sources, &next.sources)),
+    ] {
+        if changed {
+            sections.push(name);
+        }
+    }
+    sections
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn routes(text: &str) -> Vec<RouteConfig> {
+        Config::from_toml(text, std::path::Path::new("t.toml")).unwrap().routes
+    }
+
+    #[test]
+    fn only_changed_new_and_removed_routes_are_touched() {
+        let before = routes(
+            "[[route]]\nname = \"a\"\ntopics = [\"t\"]\nsink = { type = \"stdout\" }\n\
+             [[route]]\nname = \"b\"\ntopics = [\"t\"]\nsink = { type = \"stdout\" }\n\
+             [[route]]\nname = \"c\"\ntopics = [\"t\"]\nsink = { type = \"stdout\" }\n",
+        );
+        let after = routes(
+            "[[route]]\nname = \"a\"\ntopics = [\"t\"]\nsink = { type = \"stdout\" }\n\
+             [[route]]\nname = \"b\"\ntopics = [\"t\"]\nfilter = { status = \"FAILED\" }\nsink = { type = \"stdout\" }\n\
+             [[route]]\nname = \"d\"\ntopics = [\"t\"]\nsink = { type = \"stdout\" }\n",
+        );
+        let (stop, start) = route_diff(&before, &after);
+        assert_eq!(stop, vec!["b", "c"]);
+        assert_eq!(start.iter().map(|route| route.name.as_str()).collect::<Vec<_>>(), vec!["b", "d"]);
+        let (stop, start) = route_diff(&after, &after);
+        assert!(stop.is_empty() && start.is_empty());
+    }
+}
