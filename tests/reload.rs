@@ -1,11 +1,12 @@
 //! Reloading a running `herald run`: SIGHUP and `POST /reload` re-read the config; only the
-//! route that changed restarts, the other's group sees no rebalance, and nothing is lost.
+//! route or source that changed restarts, the others are not touched, and nothing is lost.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
 use std::time::{Duration, Instant};
 
+use common::source::{assert_each_record_once, greenfield, insert, pool, read_committed, source_config};
 use common::*;
 
 const URL: &str = "postgres://herald:herald@127.0.0.1:5432/herald";
@@ -98,6 +99,69 @@ async fn a_changed_route_restarts_alone_and_loses_nothing() {
     for schema in [&steady_schema, &changing_schema] {
         sqlx::query(&format!("DROP SCHEMA {schema} CASCADE")).execute(&pool).await.unwrap();
     }
+}
+
+/// Two Postgres sources publish two tables under a steady stream of rows; one source's settings
+/// change (SIGHUP). That source finishes its transaction and starts again from its cursor; the
+/// other is never stopped; each topic holds every row exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_source_restarts_alone_and_loses_nothing() {
+    let pool = pool().await;
+    let (steady_schema, changing_schema) = (greenfield(&pool).await, greenfield(&pool).await);
+    let (steady, changing) = (unique("steady"), unique("changing"));
+    let (steady_topic, changing_topic) = (unique("steady-out"), unique("changing-out"));
+    let config_text = |batch_size: usize| {
+        let changing_block =
+            source_config(&changing, &changing_schema, &changing_topic, &format!("batch_size = {batch_size}"))
+                .replace(&kafka_section(), "");
+        format!("{}{changing_block}", source_config(&steady, &steady_schema, &steady_topic, "batch_size = 20"))
+    };
+    let config = TempConfig::new(&config_text(20));
+    let mut herald = Herald::run(&config);
+    let active = |log: &str, name: &str| {
+        log.lines().filter(|line| line.contains("Source active.") && line.contains(name)).count()
+    };
+    let deadline = Instant::now() + PATIENCE;
+    while active(&herald.log(), &steady) + active(&herald.log(), &changing) < 2 {
+        assert!(Instant::now() < deadline, "{}", herald.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A steady writer: 30 rounds of 10 rows into each table, one round every 100 ms.
+    const TOTAL: usize = 300;
+    let writing = {
+        let (pool, steady_schema, changing_schema) = (pool.clone(), steady_schema.clone(), changing_schema.clone());
+        tokio::spawn(async move {
+            for round in 0..TOTAL / 10 {
+                for records in round * 10..round * 10 + 10 {
+                    for schema in [&steady_schema, &changing_schema] {
+                        insert(&pool, schema, "OrdersDB", "bronze", "SUCCESS", records as i64).await;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    std::fs::write(&config.path, config_text(10)).unwrap();
+    herald.signal("HUP");
+    herald.wait_for_log("Reloaded: sources: restarted [");
+    writing.await.unwrap();
+
+    let log = herald.log();
+    for topic in [&steady_topic, &changing_topic] {
+        let messages = read_committed(topic, TOTAL);
+        assert_each_record_once(&messages, TOTAL, &log);
+    }
+    let log = herald.log();
+    assert_eq!(active(&log, &steady), 1, "the steady source was never restarted:\n{log}");
+    assert_eq!(active(&log, &changing), 2, "the changed source started again:\n{log}");
+    let stopped = |name: &str| {
+        log.lines().filter(|line| line.contains("Reload: stopping the source") && line.contains(name)).count()
+    };
+    assert_eq!((stopped(&steady), stopped(&changing)), (0, 1), "{log}");
+    herald.signal("TERM");
+    assert!(herald.wait_exit().success(), "{}", herald.log());
 }
 
 /// A POST with an `application/json` content type, as a script would send it.

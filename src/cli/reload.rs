@@ -3,12 +3,13 @@
 //! with the old one and says why. Otherwise only the routes whose settings changed are stopped
 //! (each finishes its batch, commits, leaves its group) and started again, new routes start and
 //! removed ones stop; the other routes are not touched, so their groups see no rebalance.
-//! Other sections (`[kafka]`, `[[source]]`, `[admin]`, …) take effect on restart; a reload that
-//! changes them says so.
+//! Sources likewise: a changed `[[source]]` finishes its transaction and starts again from its
+//! cursor, the others run on. Other sections (`[kafka]`, `[admin]`, …) take effect on restart;
+//! a reload that changes them says so.
 
 use std::path::PathBuf;
 
-use herald_core::{BoundRoute, RouteChanges, RouteConfig};
+use herald_core::{BoundRoute, RouteChanges, RouteConfig, SourceChanges, SourceSpec};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
@@ -18,13 +19,16 @@ use crate::registry;
 /// A request to reload; answered with what changed, or why nothing did.
 pub type ReloadRequest = oneshot::Sender<Result<String, String>>;
 
+/// Where a reload hands its changes: the route runtime and the source runtime.
+pub struct Changes {
+    /// To the routes.
+    pub routes: mpsc::Sender<RouteChanges>,
+    /// To the sources.
+    pub sources: mpsc::Sender<SourceChanges>,
+}
+
 /// Serves reload requests until every sender is gone: `current` is the config running now.
-pub async fn serve(
-    path: PathBuf,
-    mut current: Config,
-    mut requests: mpsc::Receiver<ReloadRequest>,
-    changes: mpsc::Sender<RouteChanges>,
-) {
+pub async fn serve(path: PathBuf, mut current: Config, mut requests: mpsc::Receiver<ReloadRequest>, changes: Changes) {
     while let Some(answer) = requests.recv().await {
         let outcome = reload(&path, &mut current, &changes).await;
         match &outcome {
@@ -36,24 +40,23 @@ pub async fn serve(
 }
 
 /// One reload: what changed, or why nothing did.
-async fn reload(
-    path: &std::path::Path,
-    current: &mut Config,
-    changes: &mpsc::Sender<RouteChanges>,
-) -> Result<String, String> {
+async fn reload(path: &std::path::Path, current: &mut Config, changes: &Changes) -> Result<String, String> {
     let next = Config::load(path).map_err(|err| herald_sdk::error_chain(&err).join(": "))?;
     for route in &next.routes {
         registry::validate(route).map_err(|err| format!("{err:#}"))?;
     }
+    // Every source of the new config is parsed (and their claims compared) even if only some
+    // start: the new config as a whole must be one herald could start with.
+    let mut next_sources = registry::sources(&next.sources).map_err(|err| format!("{err:#}"))?;
     let (stop, start) = route_diff(&current.routes, &next.routes);
+    let (stop_sources, start_sources) = spec_diff(&current.sources, &next.sources);
     let mut said = Vec::new();
-    let unchanged = next.routes.len() - start.len();
     let restart_only = sections_needing_restart(current, &next);
-    if !restart_only.is_empty() {
-        said.push(format!("{} changed but take effect on restart", restart_only.join(", ")));
-    }
-    if stop.is_empty() && start.is_empty() {
-        said.insert(0, "no route changed".into());
+    let restart_note =
+        (!restart_only.is_empty()).then(|| format!("{} changed but take effect on restart", restart_only.join(", ")));
+    if stop.is_empty() && start.is_empty() && stop_sources.is_empty() && start_sources.is_empty() {
+        said.push("no route or source changed".to_owned());
+        said.extend(restart_note);
         return Ok(said.join("; "));
     }
     // Build every new sink before stopping anything: a sink that cannot be built refuses the
@@ -66,18 +69,58 @@ async fn reload(
         }
         bound.push(BoundRoute { config: route.clone(), sink });
     }
-    let names = |routes: &[RouteConfig]| routes.iter().map(|route| route.name.clone()).collect::<Vec<_>>();
-    let started = names(&start);
-    let (done, outcome) = oneshot::channel();
-    let change = RouteChanges { stop: stop.clone(), start: bound, done };
-    changes.send(change).await.map_err(|_| "herald is stopping".to_owned())?;
-    outcome.await.map_err(|_| "herald is stopping".to_owned())??;
-    let restarted: Vec<&String> = started.iter().filter(|name| stop.contains(name)).collect();
-    let added: Vec<&String> = started.iter().filter(|name| !stop.contains(name)).collect();
-    let removed: Vec<&String> = stop.iter().filter(|name| !started.contains(name)).collect();
-    said.insert(0, format!("restarted {restarted:?}, started {added:?}, stopped {removed:?}; {} untouched", unchanged));
+    if !stop.is_empty() || !bound.is_empty() {
+        let (done, outcome) = oneshot::channel();
+        let change = RouteChanges { stop: stop.clone(), start: bound, done };
+        changes.routes.send(change).await.map_err(|_| "herald is stopping".to_owned())?;
+        outcome.await.map_err(|_| "herald is stopping".to_owned())??;
+        said.push(describe("route", &stop, &start.iter().map(|route| route.name.clone()).collect::<Vec<_>>()));
+    }
+    if !stop_sources.is_empty() || !start_sources.is_empty() {
+        next_sources.retain(|(name, _)| start_sources.contains(name));
+        let (done, outcome) = oneshot::channel();
+        let change = SourceChanges { stop: stop_sources.clone(), start: next_sources, done };
+        changes.sources.send(change).await.map_err(|_| "herald is stopping".to_owned())?;
+        outcome.await.map_err(|_| "herald is stopping".to_owned())?;
+        said.push(describe("source", &stop_sources, &start_sources));
+        for removed in stop_sources.iter().filter(|name| !start_sources.contains(name)) {
+            warn!(
+                source_name = %removed,
+                "Source removed from the config, but its change capture stays installed (a WAL slot keeps WAL): \
+                 put its [[source]] back and run `herald migrate --drop-source {removed}` to retire it."
+            );
+        }
+    }
+    let unchanged = next.routes.len() - start.len() + next.sources.len() - start_sources.len();
+    said.push(format!("{unchanged} untouched"));
+    said.extend(restart_note);
     current.routes = next.routes;
+    current.sources = next.sources;
     Ok(said.join("; "))
+}
+
+/// "restarted route [..], started [..], stopped [..]" from what stopped and what started.
+fn describe(what: &str, stopped: &[String], started: &[String]) -> String {
+    let restarted: Vec<&String> = started.iter().filter(|name| stopped.contains(name)).collect();
+    let added: Vec<&String> = started.iter().filter(|name| !stopped.contains(name)).collect();
+    let removed: Vec<&String> = stopped.iter().filter(|name| !started.contains(name)).collect();
+    format!("{what}s: restarted {restarted:?}, started {added:?}, stopped {removed:?}")
+}
+
+/// The sources to stop (removed or changed) and to start (new or changed), by name.
+fn spec_diff(current: &[SourceSpec], next: &[SourceSpec]) -> (Vec<String>, Vec<String>) {
+    let find = |specs: &[SourceSpec], name: &str| specs.iter().find(|spec| spec.name == name).cloned();
+    let stop = current
+        .iter()
+        .filter(|spec| find(next, &spec.name).is_none_or(|next| &next != *spec))
+        .map(|spec| spec.name.clone())
+        .collect();
+    let start = next
+        .iter()
+        .filter(|spec| find(current, &spec.name).as_ref() != Some(*spec))
+        .map(|spec| spec.name.clone())
+        .collect();
+    (stop, start)
 }
 
 /// The routes to stop (removed or changed) and to start (new or changed), by name.
@@ -107,7 +150,6 @@ fn sections_needing_restart(current: &Config, next: &Config) -> Vec<&'static str
             differ(&(&current.expectations, &current.expect), &(&next.expectations, &next.expect)),
         ),
         ("[reconcile]", differ(&current.reconcile, &next.reconcile)),
-        ("[[source]]", differ(&current.sources, &next.sources)),
     ] {
         if changed {
             sections.push(name);

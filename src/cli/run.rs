@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use futures::future::try_join_all;
 use herald_core::BoundRoute;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -60,14 +59,16 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     // Reloads: SIGHUP and `POST /reload` ask; one task re-reads the config and hands the route
     // changes to the runtime. SIGHUP is taken from here on (asked early, a reload waits).
     let (reload_requests, reload_queue) = tokio::sync::mpsc::channel(4);
-    let (change_sender, route_changes) = tokio::sync::mpsc::channel(1);
+    let (route_change_sender, route_changes) = tokio::sync::mpsc::channel(1);
+    let (source_change_sender, source_changes) = tokio::sync::mpsc::channel(1);
     tokio::spawn(reload_on_hangup(reload_requests.clone(), stop.clone()));
     if !reach_kafka(&config.kafka, args.startup_timeout, &stop).await? {
         info!("Stopped before Kafka answered.");
         return Ok(ExitCode::SUCCESS);
     }
     let observer = herald_core::Observer::new().context("cannot register metrics")?;
-    tokio::spawn(super::reload::serve(args.config.clone(), config.clone(), reload_queue, change_sender));
+    let changes = super::reload::Changes { routes: route_change_sender, sources: source_change_sender };
+    tokio::spawn(super::reload::serve(args.config.clone(), config.clone(), reload_queue, changes));
     let board = (!config.board.topics.is_empty())
         .then(|| Arc::new(herald_board::Board::bounded(config.board.max_cells, Some(observer.board_evicted()))));
     if let Some(board) = &board {
@@ -120,19 +121,9 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         result
     };
     let run_sources = async {
-        let result = try_join_all(sources.iter().map(|(name, source)| {
-            let stop = stop.clone();
-            let kafka = &config.kafka;
-            let metrics = observer.source(name);
-            async move {
-                source
-                    .run(kafka, metrics, stop)
-                    .await
-                    .map_err(anyhow::Error::from_boxed)
-                    .with_context(|| format!("source `{name}` stopped"))
-            }
-        }))
-        .await;
+        let result = herald_core::run_sources(&config.kafka, sources, &observer, source_changes, stop.clone())
+            .await
+            .map_err(anyhow::Error::from);
         if result.is_err() {
             stop.cancel();
         }

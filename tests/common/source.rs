@@ -106,12 +106,14 @@ pub async fn write_rows_through_three_sigkills(pool: &PgPool, schema: &str, conf
 
 /// Asserts that `messages` carry `records` 0..total, each exactly once.
 pub fn assert_each_record_once(messages: &[OwnedMessage], total: usize, log: &str) {
-    let mut seen: std::collections::BTreeMap<i64, usize> = std::collections::BTreeMap::new();
+    // Per `records`: where each copy is (topic[partition]@offset).
+    let mut seen: std::collections::BTreeMap<i64, Vec<String>> = std::collections::BTreeMap::new();
     for message in messages {
-        *seen.entry(json(message)["records"].as_i64().unwrap()).or_default() += 1;
+        let at = format!("{}[{}]@{}", message.topic(), message.partition(), message.offset());
+        seen.entry(json(message)["records"].as_i64().unwrap()).or_default().push(at);
     }
-    let duplicates: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).take(5).collect();
-    assert!(duplicates.is_empty(), "published twice: {duplicates:?}");
+    let duplicates: Vec<_> = seen.iter().filter(|(_, copies)| copies.len() > 1).take(5).collect();
+    assert!(duplicates.is_empty(), "published twice: {duplicates:?}; log:\n{log}");
     assert_eq!(seen.len(), total, "every row published once; log:\n{log}");
     assert!(seen.keys().copied().eq(0..total as i64), "exactly records 0..{total}");
 }

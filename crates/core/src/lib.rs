@@ -46,6 +46,7 @@ pub mod observe;
 mod route;
 pub mod runtime;
 pub mod source;
+pub mod source_runtime;
 
 // The sink contract lives in herald-sdk, so sink crates need not build librdkafka; these paths
 // stay for the runtime and the binary.
@@ -59,4 +60,5 @@ pub use observe::Observer;
 pub use runtime::{run, BoundRoute, RouteChanges};
 pub use sink::{BoxError, Rejection, Sink, SinkError, SinkRecord, WriteOutcome};
 pub use source::SourceSpec;
+pub use source_runtime::{run_sources, NamedSource, SourceChanges, SourceRunError};
 pub use template::Template;

@@ -22,7 +22,7 @@ use crate::config::SinkSpec;
 use crate::observe::SourceMetrics;
 
 /// A source: its name and kind, and its settings left for that source's own typed config.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SourceSpec {
     /// Unique name, used in logs, the transactional id and the cursor's key.
     pub name: String,

@@ -132,6 +132,23 @@ pub fn partition_counts(
         .collect())
 }
 
+/// A client context that keeps librdkafka's own log lines and errors at DEBUG: for a client
+/// whose caller reports the failure itself, once (with the brokers down, librdkafka would
+/// repeat the same connection error many times a second).
+struct Quiet;
+
+impl rdkafka::ClientContext for Quiet {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        tracing::debug!(?level, facility = fac, "librdkafka: {log_message}");
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::debug!(error = %error, "librdkafka: {reason}");
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for Quiet {}
+
 /// Asks for the cluster's metadata until a broker answers, `deadline` passes or `stop()` says
 /// so, backing off 1 s, 2 s, 4 s … up to 15 s between tries; `on_failure(attempt, error)` after
 /// each failed try. One client for all tries, so librdkafka's own connection errors are logged
@@ -142,7 +159,8 @@ pub fn await_brokers(
     stop: impl Fn() -> bool,
     mut on_failure: impl FnMut(u32, &KafkaError),
 ) -> Result<bool, KafkaError> {
-    let consumer: BaseConsumer = client_config(props).set("group.id", "herald-startup").create()?;
+    let consumer: BaseConsumer<Quiet> =
+        client_config(props).set("group.id", "herald-startup").create_with_context(Quiet)?;
     let mut backoff = Duration::from_secs(1);
     for attempt in 1.. {
         let left = deadline.saturating_duration_since(std::time::Instant::now());

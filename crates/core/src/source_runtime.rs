@@ -1,0 +1,162 @@
+//! `run_sources`: every `[[source]]` at work until shutdown, each stopped and started on its own
+//! when a reload changes it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use herald_kafka::KafkaProperties;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::observe::Observer;
+use crate::sink::BoxError;
+use crate::source::Source;
+
+/// A source ready to run, under its `[[source]]` name.
+pub type NamedSource = (String, Box<dyn Source>);
+
+/// A change to the running sources, from a reload: those named in `stop` finish their
+/// transaction and close their producer, then those in `start` start (a changed source is in
+/// both, under one name, so its transactional id fences nothing that still runs). The sources
+/// in neither are not touched.
+pub struct SourceChanges {
+    /// Sources to stop, by name.
+    pub stop: Vec<String>,
+    /// Sources to start once those are stopped.
+    pub start: Vec<NamedSource>,
+    /// Told when the change is done.
+    pub done: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Why [`run_sources`] returned an error.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceRunError {
+    /// A source stopped with an error; the others were stopped cleanly.
+    #[error("source `{name}` stopped")]
+    Failed {
+        /// The source's name.
+        name: String,
+        /// Why it stopped.
+        #[source]
+        source: BoxError,
+    },
+    /// A source's task panicked or was aborted.
+    #[error("a source's task ended abnormally")]
+    Task(#[source] tokio::task::JoinError),
+}
+
+/// Runs every source until `cancel` fires or one fails, applying each [`SourceChanges`] that
+/// arrives on `changes` meanwhile. A failure stops the others and is returned; `cancel` is left
+/// for the caller to fire so that routes stop too.
+pub async fn run_sources(
+    kafka: &KafkaProperties,
+    sources: Vec<NamedSource>,
+    observer: &Observer,
+    mut changes: tokio::sync::mpsc::Receiver<SourceChanges>,
+    cancel: CancellationToken,
+) -> Result<(), SourceRunError> {
+    let stop_all = cancel.child_token();
+    let mut running = RunningSources { kafka, observer, stop_all, tasks: JoinSet::new(), tokens: BTreeMap::new() };
+    for source in sources {
+        running.start(source);
+    }
+    let mut first_error = None;
+    let mut changes_open = true;
+    loop {
+        if running.stop_all.is_cancelled() && running.tasks.is_empty() {
+            break;
+        }
+        tokio::select! {
+            () = running.stop_all.cancelled(), if !running.tokens.is_empty() => {
+                // Every token is a child of `stop_all`: the tasks are ending; collect them below.
+                running.tokens.clear();
+            }
+            change = changes.recv(), if changes_open && !running.stop_all.is_cancelled() => match change {
+                Some(change) => {
+                    if let Err(failure) = running.apply(change.stop, change.start).await {
+                        first_error.get_or_insert(failure);
+                        running.stop_all.cancel();
+                    }
+                    let _ = change.done.send(());
+                }
+                None => changes_open = false,
+            },
+            Some(joined) = running.tasks.join_next(), if !running.tasks.is_empty() => {
+                if let Err(failure) = running.settle(joined) {
+                    first_error.get_or_insert(failure);
+                    running.stop_all.cancel();
+                }
+            }
+            else => {
+                // No source runs, and no change can come: wait for the end.
+                running.stop_all.cancelled().await;
+            }
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// The sources at work.
+struct RunningSources<'a> {
+    kafka: &'a KafkaProperties,
+    observer: &'a Observer,
+    /// Stops every source: shutdown, or one failed.
+    stop_all: CancellationToken,
+    tasks: JoinSet<(String, Result<(), BoxError>)>,
+    /// What stops each running source alone.
+    tokens: BTreeMap<String, CancellationToken>,
+}
+
+impl RunningSources<'_> {
+    fn start(&mut self, (name, source): NamedSource) {
+        let token = self.stop_all.child_token();
+        self.tokens.insert(name.clone(), token.clone());
+        let (kafka, metrics) = (self.kafka.clone(), self.observer.source(&name));
+        self.tasks.spawn(async move {
+            let outcome = source.run(&kafka, metrics, token).await;
+            (name, outcome)
+        });
+    }
+
+    /// How a source's task ended: an error is the source's failure.
+    fn settle(
+        &mut self,
+        joined: Result<(String, Result<(), BoxError>), tokio::task::JoinError>,
+    ) -> Result<Option<String>, SourceRunError> {
+        match joined {
+            Ok((name, Ok(()))) => {
+                self.tokens.remove(&name);
+                Ok(Some(name))
+            }
+            Ok((name, Err(source))) => {
+                self.tokens.remove(&name);
+                error!(source_name = %name, error = %herald_sdk::error_chain(source.as_ref()).join(": "), "Source failed; stopping the others.");
+                Err(SourceRunError::Failed { name, source })
+            }
+            Err(join) => Err(SourceRunError::Task(join)),
+        }
+    }
+
+    /// Stops the sources named in `stop` and waits for them, then starts those in `start`.
+    async fn apply(&mut self, stop: Vec<String>, start: Vec<NamedSource>) -> Result<(), SourceRunError> {
+        let mut stopping: BTreeSet<String> = BTreeSet::new();
+        for name in stop {
+            if let Some(token) = self.tokens.get(&name) {
+                info!(source_name = %name, "Reload: stopping the source.");
+                token.cancel();
+                stopping.insert(name);
+            }
+        }
+        while !stopping.is_empty() {
+            let Some(joined) = self.tasks.join_next().await else { break };
+            if let Some(name) = self.settle(joined)? {
+                stopping.remove(&name);
+            }
+        }
+        for source in start {
+            info!(source_name = %source.0, "Reload: starting the source.");
+            self.start(source);
+        }
+        Ok(())
+    }
+}
