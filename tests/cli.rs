@@ -54,6 +54,34 @@ async fn publish_writes_the_seed_event_keyed_by_source() {
     assert_eq!(text(&out.stdout).trim(), std::str::from_utf8(message.payload().unwrap()).unwrap());
 }
 
+/// `publish` exits as soon as the event is acknowledged, without tearing the client down: every
+/// exit 0 is an event on the topic, and in order, for both producers (plain and idempotent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_publish_is_on_the_topic_with_either_producer() {
+    let topic = unique("events");
+    create_topic(&topic, 1).await;
+    for records in 0..6 {
+        let records = records.to_string();
+        let mut args = vec!["publish", "--brokers", BROKERS, "--topic", &topic, "--source", "A", "--stage", "s"];
+        args.extend(["--records", &records]);
+        if records.parse::<u32>().unwrap() % 2 == 1 {
+            args.push("--idempotent");
+        }
+        let out = run_herald(&args);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(text(&out.stderr).contains(&format!("published to {topic}[0]@")), "{}", text(&out.stderr));
+    }
+    let seen: Vec<i64> = consume_all(&topic, 6)
+        .iter()
+        .map(|message| {
+            serde_json::from_slice::<serde_json::Value>(message.payload().unwrap()).unwrap()["records"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(seen, (0..6).collect::<Vec<i64>>());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wait_returns_an_event_published_before_it_started() {
     let topic = unique("events");
