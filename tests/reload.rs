@@ -62,7 +62,7 @@ async fn a_changed_route_restarts_alone_and_loses_nothing() {
     // The change: another filter that also passes every event of the stream.
     std::fs::write(&config.path, config_text("{ source = [\"A\", \"B\", \"C\"] }")).unwrap();
     herald.signal("HUP");
-    herald.wait_for_log("Reloaded: restarted [");
+    herald.wait_for_log("Reloaded: routes: restarted [");
     tokio::time::sleep(Duration::from_millis(500)).await;
     // A broken config is refused, naming the problem; the routes run on.
     std::fs::write(&config.path, config_text("{ sorce = \"A\" }")).unwrap();
