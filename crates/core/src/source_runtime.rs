@@ -62,16 +62,21 @@ pub async fn run_sources(
     }
     let mut first_error = None;
     let mut changes_open = true;
+    // Whether everything is stopping (shutdown, or a source failed): then no change is taken,
+    // and the loop ends once every task has.
+    let mut stopping = false;
     loop {
-        if running.stop_all.is_cancelled() && running.tasks.is_empty() {
+        if stopping && running.tasks.is_empty() {
             break;
         }
         tokio::select! {
-            () = running.stop_all.cancelled(), if !running.tokens.is_empty() => {
+            // Waited on even with no source running: with none, nothing else would end the loop.
+            () = running.stop_all.cancelled(), if !stopping => {
                 // Every token is a child of `stop_all`: the tasks are ending; collect them below.
+                stopping = true;
                 running.tokens.clear();
             }
-            change = changes.recv(), if changes_open && !running.stop_all.is_cancelled() => match change {
+            change = changes.recv(), if changes_open && !stopping => match change {
                 Some(change) => {
                     if let Err(failure) = running.apply(change.stop, change.start).await {
                         first_error.get_or_insert(failure);
@@ -86,10 +91,6 @@ pub async fn run_sources(
                     first_error.get_or_insert(failure);
                     running.stop_all.cancel();
                 }
-            }
-            else => {
-                // No source runs, and no change can come: wait for the end.
-                running.stop_all.cancelled().await;
             }
         }
     }
@@ -158,5 +159,106 @@ impl RunningSources<'_> {
             self.start(source);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::observe::SourceMetrics;
+
+    /// A source that runs until cancelled, or fails after `fails_after`.
+    struct Fake {
+        fails_after: Option<Duration>,
+    }
+
+    #[async_trait]
+    impl Source for Fake {
+        async fn check(&self) -> Result<String, BoxError> {
+            Ok(String::new())
+        }
+        async fn migrate(&self, _: &KafkaProperties) -> Result<String, BoxError> {
+            Ok(String::new())
+        }
+        async fn retire(&self, _: &KafkaProperties) -> Result<bool, BoxError> {
+            Ok(false)
+        }
+        async fn run(&self, _: &KafkaProperties, _: SourceMetrics, cancel: CancellationToken) -> Result<(), BoxError> {
+            match self.fails_after {
+                Some(after) => {
+                    tokio::time::sleep(after).await;
+                    Err("the fake source broke".into())
+                }
+                None => {
+                    cancel.cancelled().await;
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    fn fake(name: &str, fails_after: Option<Duration>) -> NamedSource {
+        (name.to_owned(), Box::new(Fake { fails_after }))
+    }
+
+    async fn run_for(sources: Vec<NamedSource>, cancel_after: Duration) -> Result<(), SourceRunError> {
+        let observer = Observer::new().unwrap();
+        let (_keep_open, changes) = tokio::sync::mpsc::channel(1);
+        let cancel = CancellationToken::new();
+        let canceller = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(cancel_after).await;
+            canceller.cancel();
+        });
+        let kafka = KafkaProperties::default();
+        let run = run_sources(&kafka, sources, &observer, changes, cancel);
+        tokio::time::timeout(Duration::from_secs(10), run).await.expect("run_sources ended")
+    }
+
+    #[tokio::test]
+    async fn with_no_source_and_the_change_channel_open_a_shutdown_still_ends_it() {
+        run_for(Vec::new(), Duration::from_millis(50)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn sources_stop_on_shutdown() {
+        run_for(vec![fake("a", None), fake("b", None)], Duration::from_millis(50)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_failing_source_stops_the_others_and_is_named() {
+        let failure = run_for(
+            vec![fake("steady", None), fake("broken", Some(Duration::from_millis(20)))],
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(&failure, SourceRunError::Failed { name, .. } if name == "broken"), "{failure:?}");
+    }
+
+    #[tokio::test]
+    async fn a_change_stops_and_starts_only_the_named_sources() {
+        let observer = Observer::new().unwrap();
+        let (changes_in, changes) = tokio::sync::mpsc::channel(1);
+        let cancel = CancellationToken::new();
+        let running = {
+            let (observer, cancel) = (Arc::clone(&observer), cancel.clone());
+            tokio::spawn(async move {
+                let kafka = KafkaProperties::default();
+                run_sources(&kafka, vec![fake("a", None), fake("b", None)], &observer, changes, cancel).await
+            })
+        };
+        let (done, applied) = tokio::sync::oneshot::channel();
+        changes_in.send(SourceChanges { stop: vec!["b".into()], start: vec![fake("c", None)], done }).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), applied).await.unwrap().unwrap();
+        cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(10), running).await.unwrap().unwrap().unwrap();
     }
 }
