@@ -875,3 +875,24 @@ fn check_fails_when_the_admin_address_is_taken() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
     assert!(text(&out.stdout).contains(&format!("{address} is free")));
 }
+
+/// `HERALD__KAFKA__BOOTSTRAP_SERVERS` overrides the file's `bootstrap.servers` (the way a
+/// container is pointed at its Kafka), though the file writes the dotted name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_env_override_replaces_the_file_s_dotted_kafka_property() {
+    let topic = unique("events");
+    create_topic(&topic, 1).await;
+    let config = TempConfig::new(&format!(
+        "[kafka]\nbootstrap.servers = \"127.0.0.1:1\"\n[[route]]\nname = \"r\"\ntopics = [\"{topic}\"]\nsink = {{ type = \"stdout\" }}\n"
+    ));
+    let out = herald()
+        .args(["check", "--config"])
+        .arg(&config.path)
+        .env("HERALD__KAFKA__BOOTSTRAP_SERVERS", BROKERS)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let report = text(&out.stdout);
+    assert!(out.status.success(), "{report}{}", text(&out.stderr));
+    assert!(report.contains(&format!("{BROKERS} answered")), "{report}");
+}

@@ -121,7 +121,11 @@ impl<'de> Deserialize<'de> for KafkaProperties {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let table = serde_json::Map::<String, Value>::deserialize(deserializer)?;
         let mut props = KafkaProperties::default();
-        for (key, value) in table {
+        // A `HERALD__KAFKA__BOOTSTRAP_SERVERS` override arrives as `bootstrap_servers` beside the
+        // file's `bootstrap.servers` (a nested table to TOML): the underscore forms go last, so
+        // the override wins whatever order the map keeps.
+        let (underscored, dotted): (Vec<_>, Vec<_>) = table.into_iter().partition(|(key, _)| key.contains('_'));
+        for (key, value) in dotted.into_iter().chain(underscored) {
             if key == "topic_defaults" {
                 props.topic_defaults = TopicDefaults::deserialize(value)
                     .map_err(|err| de::Error::custom(format!("`topic_defaults`: {err}")))?;

@@ -109,10 +109,8 @@ impl Publisher {
                 .await
                 .map_err(SourceError::kafka("starting the transactional producer"))
         };
-        let (first, second) = tokio::try_join!(
-            start(format!("herald.source.{source}")),
-            start(format!("herald.source.{source}.alt"))
-        )?;
+        let (first, second) =
+            tokio::try_join!(start(format!("herald.source.{source}")), start(format!("herald.source.{source}.alt")))?;
         Ok(Self {
             producers: [first, second],
             turn: std::sync::atomic::AtomicUsize::new(0),
