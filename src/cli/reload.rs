@@ -107,32 +107,25 @@ fn describe(what: &str, stopped: &[String], started: &[String]) -> String {
     format!("{what}s: restarted {restarted:?}, started {added:?}, stopped {removed:?}")
 }
 
-/// The sources to stop (removed or changed) and to start (new or changed), by name.
-fn spec_diff(current: &[SourceSpec], next: &[SourceSpec]) -> (Vec<String>, Vec<String>) {
-    let find = |specs: &[SourceSpec], name: &str| specs.iter().find(|spec| spec.name == name).cloned();
-    let stop = current
-        .iter()
-        .filter(|spec| find(next, &spec.name).is_none_or(|next| &next != *spec))
-        .map(|spec| spec.name.clone())
-        .collect();
-    let start = next
-        .iter()
-        .filter(|spec| find(current, &spec.name).as_ref() != Some(*spec))
-        .map(|spec| spec.name.clone())
-        .collect();
+/// The names to stop (removed or changed) and to start (new or changed), of items named by
+/// `name` (routes, sources).
+fn diff<T: PartialEq>(current: &[T], next: &[T], name: impl Fn(&T) -> &str) -> (Vec<String>, Vec<String>) {
+    let find = |items: &[T], wanted: &str| items.iter().position(|item| name(item) == wanted);
+    let changed = |item: &T, others: &[T]| find(others, name(item)).is_none_or(|at| &others[at] != item);
+    let stop = current.iter().filter(|item| changed(item, next)).map(|item| name(item).to_owned()).collect();
+    let start = next.iter().filter(|item| changed(item, current)).map(|item| name(item).to_owned()).collect();
     (stop, start)
 }
 
-/// The routes to stop (removed or changed) and to start (new or changed), by name.
+/// The sources to stop and to start, by name.
+fn spec_diff(current: &[SourceSpec], next: &[SourceSpec]) -> (Vec<String>, Vec<String>) {
+    diff(current, next, |spec| &spec.name)
+}
+
+/// The routes to stop, by name, and those to start.
 fn route_diff(current: &[RouteConfig], next: &[RouteConfig]) -> (Vec<String>, Vec<RouteConfig>) {
-    let find = |routes: &[RouteConfig], name: &str| routes.iter().find(|route| route.name == name).cloned();
-    let stop = current
-        .iter()
-        .filter(|route| find(next, &route.name).is_none_or(|next| &next != *route))
-        .map(|route| route.name.clone())
-        .collect();
-    let start = next.iter().filter(|route| find(current, &route.name).as_ref() != Some(*route)).cloned().collect();
-    (stop, start)
+    let (stop, start) = diff(current, next, |route| &route.name);
+    (stop, next.iter().filter(|route| start.contains(&route.name)).cloned().collect())
 }
 
 /// The sections other than `[[route]]` that differ (compared as printed: secrets, printed
