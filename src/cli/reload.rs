@@ -49,7 +49,7 @@ async fn reload(path: &std::path::Path, current: &mut Config, changes: &Changes)
     // start: the new config as a whole must be one herald could start with.
     let mut next_sources = registry::sources(&next.sources).map_err(|err| format!("{err:#}"))?;
     let (stop, start) = route_diff(&current.routes, &next.routes);
-    let (stop_sources, start_sources) = spec_diff(&current.sources, &next.sources);
+    let (stop_sources, start_sources) = diff(&current.sources, &next.sources, |spec: &SourceSpec| &spec.name);
     let mut said = Vec::new();
     let restart_only = sections_needing_restart(current, &next);
     let restart_note =
@@ -117,18 +117,13 @@ fn diff<T: PartialEq>(current: &[T], next: &[T], name: impl Fn(&T) -> &str) -> (
     (stop, start)
 }
 
-/// The sources to stop and to start, by name.
-fn spec_diff(current: &[SourceSpec], next: &[SourceSpec]) -> (Vec<String>, Vec<String>) {
-    diff(current, next, |spec| &spec.name)
-}
-
 /// The routes to stop, by name, and those to start.
 fn route_diff(current: &[RouteConfig], next: &[RouteConfig]) -> (Vec<String>, Vec<RouteConfig>) {
     let (stop, start) = diff(current, next, |route| &route.name);
     (stop, next.iter().filter(|route| start.contains(&route.name)).cloned().collect())
 }
 
-/// The sections other than `[[route]]` that differ (compared as printed: secrets, printed
+/// The sections other than `[[route]]` and `[[source]]` that differ (compared as printed: secrets, printed
 /// redacted, are not compared).
 fn sections_needing_restart(current: &Config, next: &Config) -> Vec<&'static str> {
     let differ = |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
