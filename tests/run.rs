@@ -161,7 +161,9 @@ async fn sigterm_commits_offsets_so_a_restart_redelivers_nothing_already_printed
 async fn sigkill_mid_stream_then_restart_loses_nothing() {
     let topic = unique("events");
     create_topic(&topic, 3).await;
-    let produced = produce_events(&topic, &["A", "B", "C", "D"], 3000).await;
+    // Enough that the kill, sent once 500 are printed, lands before the end: CI once saw a busy
+    // machine let 12,000 all be printed between the 500th line and the SIGKILL.
+    let produced = produce_events(&topic, &["A", "B", "C", "D"], 12_000).await;
     // Small batches and a slow commit cadence make it likely the kill lands between a print and its commit.
     let config = TempConfig::new(&stdout_route_config(
         &unique("route"),
