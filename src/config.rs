@@ -57,9 +57,21 @@ pub struct Config {
 impl Config {
     /// Loads and validates `path`, with `${VAR}` interpolation and `HERALD__…` overrides.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let config: Config = herald_config::load(path)?;
-        config.validate().map_err(|invalid| ConfigError::in_file(path, invalid))?;
-        Ok(config)
+        herald_config::load(path, Config::validate)
+    }
+
+    /// Why `herald run` would have nothing to do with this config, if it would not: no route,
+    /// source, expectation or board. `run` refuses such a file and a reload refuses it too (a
+    /// file read while an editor was writing it is often empty).
+    pub fn nothing_to_run(&self, path: &Path) -> Option<String> {
+        let idle =
+            self.routes.is_empty() && self.sources.is_empty() && self.board.topics.is_empty() && self.expect.is_empty();
+        idle.then(|| {
+            format!(
+                "{}: no [[route]], [[source]], [[expect]] or [board] topics are configured, so there is nothing to run",
+                path.display()
+            )
+        })
     }
 
     /// Parses and validates configuration text, as if read from `origin`.

@@ -5,6 +5,7 @@
 
 mod cli;
 mod config;
+mod logs;
 mod registry;
 
 use std::io::IsTerminal;
@@ -36,7 +37,7 @@ fn main() -> ExitCode {
     };
     // Colours only for a person at a terminal, not in files and pipes.
     let ansi = std::io::stderr().is_terminal();
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(logs::RedactedStderr);
     match cli.log_format {
         LogFormat::Text => logs.with_ansi(ansi).with_target(false).init(),
         LogFormat::Json => logs.json().with_current_span(true).with_span_list(true).init(),
@@ -56,7 +57,7 @@ fn main() -> ExitCode {
     match outcome {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", herald_config::redact(&format!("{err:#}")));
             ExitCode::FAILURE
         }
     }

@@ -21,6 +21,11 @@ pub struct CheckArgs {
     /// Only validate the file and every sink's settings; connect to nothing.
     #[arg(long)]
     pub offline: bool,
+    /// Also say what a reload from the config in this file to `--config` would do (restart,
+    /// start, stop; what it refuses; which routes start a consumer group of their own and read
+    /// from `start_from`), before sending SIGHUP.
+    #[arg(long, value_name = "OLD_CONFIG")]
+    pub diff: Option<PathBuf>,
     /// How long to wait for Kafka before calling it unreachable.
     #[arg(long, default_value = "10s", value_parser = super::parse_duration)]
     pub timeout: Duration,
@@ -32,13 +37,23 @@ struct Report {
 }
 
 impl Report {
+    /// Every line goes through [`herald_config::redact`]: a sink's error may quote its URL.
+    fn line(&self, mark: &str, what: &str, detail: impl std::fmt::Display) {
+        let line = format!("{mark:<5} {what:<28} {detail}");
+        println!("{}", herald_config::redact(&line));
+    }
+
     fn ok(&self, what: &str, detail: impl std::fmt::Display) {
-        println!("ok    {what:<28} {detail}");
+        self.line("ok", what, detail);
+    }
+
+    fn warn(&self, what: &str, detail: impl std::fmt::Display) {
+        self.line("warn", what, detail);
     }
 
     fn fail(&mut self, what: &str, detail: impl std::fmt::Display) {
         self.problems += 1;
-        println!("FAIL  {what:<28} {detail}");
+        self.line("FAIL", what, detail);
     }
 
     fn finish(&self) -> ExitCode {
@@ -49,6 +64,26 @@ impl Report {
             println!("\n{} problem{} found.", self.problems, if self.problems == 1 { "" } else { "s" });
             ExitCode::FAILURE
         }
+    }
+}
+
+/// What a reload from the config in `old` to `config` (read from `path`) would do.
+fn diff_from(old: &std::path::Path, path: &std::path::Path, config: &Config, report: &mut Report) {
+    let running = match Config::load(old) {
+        Ok(running) => running,
+        Err(err) => {
+            return report
+                .fail("reload", format!("cannot read --diff {}: {}", old.display(), error_chain(&err).join(": ")))
+        }
+    };
+    match super::reload::plan(&running, config, path) {
+        Ok(plan) => {
+            report.ok("reload", format!("from {}: {}", old.display(), plan.summary()));
+            for warning in &plan.warnings {
+                report.warn("reload", warning);
+            }
+        }
+        Err(why) => report.fail("reload", format!("from {}: refused: {why}", old.display())),
     }
 }
 
@@ -63,6 +98,28 @@ pub async fn check(args: CheckArgs) -> Result<ExitCode> {
         }
     };
     report.ok("config", format!("{} ({} routes)", args.config.display(), config.routes.len()));
+    if let Some(why) = config.nothing_to_run(&args.config) {
+        report.fail("config", why);
+    }
+    // What `herald run` reads besides the file: the admin token's file and Kafka's key and
+    // certificate files.
+    if config.admin.token.is_some() || config.admin.token_file.is_some() {
+        match config.admin.resolve_token() {
+            Ok(_) => report.ok("admin token", "readable and long enough"),
+            Err(err) => report.fail("admin token", format!("{err} (admin.token_file)")),
+        }
+    }
+    for (property, file) in
+        config.kafka.iter().filter(|(name, _)| name.ends_with(".location") || name.ends_with(".keytab"))
+    {
+        match std::fs::File::open(file) {
+            Ok(_) => report.ok("kafka", format!("`{property}` {file} is readable")),
+            Err(err) => report.fail("kafka", format!("`{property}` {file}: {err}")),
+        }
+    }
+    if let Some(old) = &args.diff {
+        diff_from(old, &args.config, &config, &mut report);
+    }
     // Each source's own errors are reported below; this adds what only shows across sources.
     if config.sources.iter().all(|spec| registry::source(spec).is_ok()) {
         if let Err(err) = registry::sources(&config.sources) {

@@ -1,13 +1,14 @@
 //! Reloading the config while `herald run` runs (SIGHUP, or `POST /reload` on the admin API):
-//! the file is read and checked as `check --offline` does; if it is invalid, herald runs on
-//! with the old one and says why. Otherwise only the routes whose settings changed are stopped
+//! the file is read once, whole, and checked as `herald run` checks it; if it is invalid, has
+//! nothing to run, or would move a source's change capture, herald runs on with the old one and
+//! says why. Otherwise only the routes whose settings changed are stopped
 //! (each finishes its batch, commits, leaves its group) and started again, new routes start and
 //! removed ones stop; the other routes are not touched, so their groups see no rebalance.
 //! Sources likewise: a changed `[[source]]` finishes its transaction and starts again from its
 //! cursor, the others run on. Other sections (`[kafka]`, `[admin]`, …) take effect on restart;
 //! a reload that changes them says so.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use herald_core::{BoundRoute, RouteChanges, RouteConfig, SourceChanges, SourceSpec};
 use tokio::sync::{mpsc, oneshot};
@@ -30,7 +31,11 @@ pub struct Changes {
 /// Serves reload requests until every sender is gone: `current` is the config running now.
 pub async fn serve(path: PathBuf, mut current: Config, mut requests: mpsc::Receiver<ReloadRequest>, changes: Changes) {
     while let Some(answer) = requests.recv().await {
-        let outcome = reload(&path, &mut current, &changes).await;
+        // Whatever a library put in an answer, a secret of the config does not leave herald.
+        let outcome = reload(&path, &mut current, &changes)
+            .await
+            .map(|said| herald_config::redact(&said).into_owned())
+            .map_err(|why| herald_config::redact(&why).into_owned());
         match &outcome {
             Ok(summary) => info!(config = %path.display(), "Reloaded: {summary}"),
             Err(why) => warn!(config = %path.display(), "Reload refused; running on with the old config: {why}"),
@@ -39,64 +44,211 @@ pub async fn serve(path: PathBuf, mut current: Config, mut requests: mpsc::Recei
     }
 }
 
-/// One reload: what changed, or why nothing did.
-async fn reload(path: &std::path::Path, current: &mut Config, changes: &Changes) -> Result<String, String> {
-    let next = Config::load(path).map_err(|err| herald_sdk::error_chain(&err).join(": "))?;
+/// What a reload does, worked out from the running config and the new one before anything is
+/// touched: `check --diff OLD` prints it, a reload applies it.
+pub struct Plan {
+    /// Routes to stop, by name: removed or changed.
+    pub stop_routes: Vec<String>,
+    /// Routes to start: new or changed.
+    pub start_routes: Vec<RouteConfig>,
+    /// Sources to stop, by name: removed or changed.
+    pub stop_sources: Vec<String>,
+    /// Sources to start, by name, and built: new or changed.
+    pub start_sources: Vec<(String, Box<dyn herald_core::source::Source>)>,
+    /// What an operator should know before it happens (a route that starts a consumer group of
+    /// its own reads from `start_from`; a removed source's capture stays installed).
+    pub warnings: Vec<String>,
+    /// Sections that changed but take effect only on restart.
+    pub restart_only: Vec<&'static str>,
+    /// Routes and sources left running as they are.
+    pub untouched: usize,
+}
+
+impl Plan {
+    /// Whether nothing would stop or start.
+    pub fn is_empty(&self) -> bool {
+        self.stop_routes.is_empty()
+            && self.start_routes.is_empty()
+            && self.stop_sources.is_empty()
+            && self.start_sources.is_empty()
+    }
+
+    /// One line: what restarts, starts and stops, what is untouched, what waits for a restart.
+    pub fn summary(&self) -> String {
+        let mut said = Vec::new();
+        if self.is_empty() {
+            said.push("no route or source changed".to_owned());
+        } else {
+            let started: Vec<String> = self.start_routes.iter().map(|route| route.name.clone()).collect();
+            if !self.stop_routes.is_empty() || !started.is_empty() {
+                said.push(describe("route", &self.stop_routes, &started));
+            }
+            let started: Vec<String> = self.start_sources.iter().map(|(name, _)| name.clone()).collect();
+            if !self.stop_sources.is_empty() || !started.is_empty() {
+                said.push(describe("source", &self.stop_sources, &started));
+            }
+            said.push(format!("{} untouched", self.untouched));
+        }
+        if !self.restart_only.is_empty() {
+            said.push(format!("{} changed but take effect on restart", self.restart_only.join(", ")));
+        }
+        said.join("; ")
+    }
+
+    /// The summary and every warning: what a reload answers.
+    pub fn answer(&self) -> String {
+        let mut said = vec![self.summary()];
+        said.extend(self.warnings.iter().map(|warning| format!("warning: {warning}")));
+        said.join("; ")
+    }
+}
+
+/// The plan from `current` to `next` (read from `path`), or why `next` cannot be applied live:
+/// it is checked as `herald run` would check it (a file with nothing to run, as an editor
+/// leaves it mid-write, is refused), and a source whose capture would have to move is refused
+/// with what to run instead.
+pub fn plan(current: &Config, next: &Config, path: &Path) -> Result<Plan, String> {
+    if let Some(why) = next.nothing_to_run(path) {
+        return Err(why);
+    }
     for route in &next.routes {
         registry::validate(route).map_err(|err| format!("{err:#}"))?;
     }
     // Every source of the new config is parsed (and their claims compared) even if only some
     // start: the new config as a whole must be one herald could start with.
     let mut next_sources = registry::sources(&next.sources).map_err(|err| format!("{err:#}"))?;
-    let (stop, start) = route_diff(&current.routes, &next.routes);
-    let (stop_sources, start_sources) = diff(&current.sources, &next.sources, |spec: &SourceSpec| &spec.name);
-    let mut said = Vec::new();
-    let restart_only = sections_needing_restart(current, &next);
-    let restart_note =
-        (!restart_only.is_empty()).then(|| format!("{} changed but take effect on restart", restart_only.join(", ")));
-    if stop.is_empty() && start.is_empty() && stop_sources.is_empty() && start_sources.is_empty() {
-        said.push("no route or source changed".to_owned());
-        said.extend(restart_note);
-        return Ok(said.join("; "));
+    let (stop_routes, start_routes) = route_diff(&current.routes, &next.routes);
+    let (stop_sources, start_names) = diff(&current.sources, &next.sources, |spec: &SourceSpec| &spec.name);
+    for (name, source) in next_sources.iter().filter(|(name, _)| start_names.contains(name)) {
+        let Some(spec) = current.sources.iter().find(|spec| &spec.name == name) else { continue };
+        let running = registry::source(spec).map_err(|err| format!("{err:#}"))?;
+        let moved = moved_capture_settings(running.as_ref(), source.as_ref());
+        if !moved.is_empty() {
+            return Err(capture_move_refusal(name, &moved, path));
+        }
+    }
+    next_sources.retain(|(name, _)| start_names.contains(name));
+    let mut warnings = new_group_warnings(current, &stop_routes, &start_routes);
+    for removed in stop_sources.iter().filter(|name| !start_names.contains(name)) {
+        warnings.push(format!(
+            "source `{removed}` is removed from the config, but its change capture stays installed (a WAL slot keeps \
+             WAL): put its [[source]] back and run `herald migrate --config {} --drop-source {removed}` to retire it",
+            path.display()
+        ));
+    }
+    let untouched = next.routes.len() - start_routes.len() + next.sources.len() - start_names.len();
+    Ok(Plan {
+        stop_routes,
+        start_routes,
+        stop_sources,
+        start_sources: next_sources,
+        warnings,
+        restart_only: sections_needing_restart(current, next),
+        untouched,
+    })
+}
+
+/// The capture settings (see [`herald_core::source::Source::capture_settings`]) that differ.
+fn moved_capture_settings(
+    running: &dyn herald_core::source::Source,
+    next: &dyn herald_core::source::Source,
+) -> Vec<&'static str> {
+    let before = running.capture_settings();
+    let after = next.capture_settings();
+    let mut moved: Vec<&'static str> = after
+        .iter()
+        .filter(|(setting, value)| before.iter().find(|(old, _)| old == setting).map(|(_, old)| old) != Some(value))
+        .map(|(setting, _)| *setting)
+        .collect();
+    moved.extend(before.iter().filter(|(setting, _)| !after.iter().any(|(new, _)| new == setting)).map(|(s, _)| *s));
+    moved
+}
+
+/// Why a source's capture cannot move on a reload, and what to run instead.
+fn capture_move_refusal(name: &str, moved: &[&str], path: &Path) -> String {
+    let settings: Vec<String> = moved.iter().map(|setting| format!("`{setting}`")).collect();
+    let config = path.display();
+    format!(
+        "source `{name}`: {} changed, which moves its change capture; a reload cannot do that (the running \
+         source would read a capture that was never installed). Either stop herald, run `herald migrate --config \
+         {config} --drop-source {name}` with the old settings, then `herald migrate --config {config}` with the new \
+         ones, and start herald; or keep this [[source]] as it is and add the new settings as another [[source]] \
+         under a new name, then `herald migrate --config {config}` and reload",
+        settings.join(", ")
+    )
+}
+
+/// A warning for each route that starts in a consumer group no running route uses: with no
+/// committed offsets it reads from `start_from`, which for a renamed route means every event
+/// again (into a table: every row again).
+fn new_group_warnings(current: &Config, stop: &[String], start: &[RouteConfig]) -> Vec<String> {
+    let running_groups: Vec<String> = current.routes.iter().map(RouteConfig::group_id).collect();
+    let removed: Vec<&RouteConfig> = current
+        .routes
+        .iter()
+        .filter(|route| stop.contains(&route.name) && !start.iter().any(|new| new.name == route.name))
+        .collect();
+    let mut warnings = Vec::new();
+    for route in start.iter().filter(|route| !running_groups.contains(&route.group_id())) {
+        let group = route.group_id();
+        let from = match route.start_from {
+            herald_core::config::StartFrom::Earliest => "the start of its topics (every event already there, again)",
+            herald_core::config::StartFrom::Latest => "the end of its topics (events published meanwhile are not read)",
+        };
+        let mut warning = format!(
+            "route `{}` starts consumer group `{group}`, which no running route uses: unless that group has \
+             committed offsets, it reads from {from} (`start_from`)",
+            route.name
+        );
+        if let Some(old) = removed.first() {
+            warning.push_str(&format!(
+                "; if it replaces route `{}`, set `group_id = \"{}\"` on it to carry on where that one stood",
+                old.name,
+                old.group_id()
+            ));
+        }
+        warnings.push(warning);
+    }
+    warnings
+}
+
+/// One reload: what changed, or why nothing did. The file is read once, whole, and checked as
+/// `run` checks it; every new sink is built before anything stops.
+async fn reload(path: &Path, current: &mut Config, changes: &Changes) -> Result<String, String> {
+    let next = Config::load(path).map_err(|err| herald_sdk::error_chain(&err).join(": "))?;
+    let plan = plan(current, &next, path)?;
+    for warning in &plan.warnings {
+        warn!(config = %path.display(), "Reload: {warning}");
+    }
+    if plan.is_empty() {
+        return Ok(plan.answer());
     }
     // Build every new sink before stopping anything: a sink that cannot be built refuses the
     // whole reload, and the old routes run on.
-    let mut bound = Vec::with_capacity(start.len());
-    for route in &start {
+    let mut bound = Vec::with_capacity(plan.start_routes.len());
+    for route in &plan.start_routes {
         let mut sink = registry::build(route, herald_sdk::Purpose::Run).await.map_err(|err| format!("{err:#}"))?;
         if let Err(err) = sink.healthcheck().await {
             warn!(route = %route.name, error = %herald_sdk::error_chain(&err).join(": "), "Sink healthcheck failed; writes will be retried.");
         }
         bound.push(BoundRoute { config: route.clone(), sink });
     }
-    if !stop.is_empty() || !bound.is_empty() {
+    let summary = plan.answer();
+    if !plan.stop_routes.is_empty() || !bound.is_empty() {
         let (done, outcome) = oneshot::channel();
-        let change = RouteChanges { stop: stop.clone(), start: bound, done };
+        let change = RouteChanges { stop: plan.stop_routes.clone(), start: bound, done };
         changes.routes.send(change).await.map_err(|_| "herald is stopping".to_owned())?;
         outcome.await.map_err(|_| "herald is stopping".to_owned())??;
-        said.push(describe("route", &stop, &start.iter().map(|route| route.name.clone()).collect::<Vec<_>>()));
     }
-    if !stop_sources.is_empty() || !start_sources.is_empty() {
-        next_sources.retain(|(name, _)| start_sources.contains(name));
+    if !plan.stop_sources.is_empty() || !plan.start_sources.is_empty() {
         let (done, outcome) = oneshot::channel();
-        let change = SourceChanges { stop: stop_sources.clone(), start: next_sources, done };
+        let change = SourceChanges { stop: plan.stop_sources, start: plan.start_sources, done };
         changes.sources.send(change).await.map_err(|_| "herald is stopping".to_owned())?;
         outcome.await.map_err(|_| "herald is stopping".to_owned())?;
-        said.push(describe("source", &stop_sources, &start_sources));
-        for removed in stop_sources.iter().filter(|name| !start_sources.contains(name)) {
-            warn!(
-                source_name = %removed,
-                "Source removed from the config, but its change capture stays installed (a WAL slot keeps WAL): \
-                 put its [[source]] back and run `herald migrate --drop-source {removed}` to retire it."
-            );
-        }
     }
-    let unchanged = next.routes.len() - start.len() + next.sources.len() - start_sources.len();
-    said.push(format!("{unchanged} untouched"));
-    said.extend(restart_note);
     current.routes = next.routes;
     current.sources = next.sources;
-    Ok(said.join("; "))
+    Ok(summary)
 }
 
 /// "restarted route [..], started [..], stopped [..]" from what stopped and what started.

@@ -25,15 +25,8 @@ pub struct RunArgs {
 
 pub async fn run(args: RunArgs) -> Result<ExitCode> {
     let config = super::load_config(&args.config)?;
-    if config.routes.is_empty()
-        && config.sources.is_empty()
-        && config.board.topics.is_empty()
-        && config.expect.is_empty()
-    {
-        bail!(
-            "{}: no [[route]], [[source]], [[expect]] or [board] topics are configured, so there is nothing to run",
-            args.config.display()
-        );
+    if let Some(why) = config.nothing_to_run(&args.config) {
+        bail!(why);
     }
     let sources = registry::sources(&config.sources).with_context(|| format!("{}", args.config.display()))?;
     let mut routes = Vec::with_capacity(config.routes.len());

@@ -101,8 +101,8 @@ impl AdminConfig {
         if self.token.is_some() && self.token_file.is_some() {
             return Err(Invalid::new("admin.token", "give `token` or `token_file`, not both"));
         }
-        if self.token.as_ref().is_some_and(|token| token.expose_secret().trim().len() < 16) {
-            return Err(Invalid::new("admin.token", "a token shorter than 16 characters is guessable"));
+        if let Some(token) = &self.token {
+            check_token(token.expose_secret().trim()).map_err(|why| Invalid::new("admin.token", why))?;
         }
         let has_token = self.token.is_some() || self.token_file.is_some();
         if self.auth == AuthScope::All && !has_token {
@@ -131,21 +131,41 @@ impl AdminConfig {
         Ok(())
     }
 
-    /// The token, read from `token_file` when that is where it is.
-    pub(crate) fn resolve_token(&self) -> Result<Option<SecretString>, std::io::Error> {
+    /// The token, read from `token_file` when that is where it is, checked as `token` is. `herald
+    /// run` and `herald check` both call this, so `check` passes only what `run` takes.
+    pub fn resolve_token(&self) -> Result<Option<SecretString>, std::io::Error> {
         if let Some(path) = &self.token_file {
             let text = std::fs::read_to_string(path)?;
             let token = text.lines().next().unwrap_or("").trim().to_owned();
-            if token.len() < 16 {
+            if let Err(why) = check_token(&token) {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
-                    format!("{}: the token's first line is shorter than 16 characters", path.display()),
+                    format!("{} (admin.token_file): its first line: {why}", path.display()),
                 ));
             }
+            herald_config::secrets::remember(&{
+                let mut secrets = herald_config::Secrets::default();
+                secrets.add_plain(&token);
+                secrets
+            });
             return Ok(Some(SecretString::from(token)));
         }
         Ok(self.token.as_ref().map(|token| SecretString::from(token.expose_secret().trim().to_owned())))
     }
+}
+
+/// A bearer token must be long enough not to be guessed and be one header value: visible ASCII,
+/// no spaces (RFC 6750's `b64token`, loosely). The reason never shows the token.
+fn check_token(token: &str) -> Result<(), String> {
+    if token.chars().count() < 16 {
+        return Err("a token shorter than 16 characters is guessable".into());
+    }
+    if !token.chars().all(|c| c.is_ascii_graphic()) {
+        return Err("a token must be visible ASCII characters without spaces (it is sent in an HTTP header); \
+                    the value is not shown"
+            .into());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -173,6 +193,8 @@ mod tests {
     fn tokens_and_limits_are_checked() {
         for bad in [
             r#"{"token": "short"}"#,
+            r#"{"token": "0123456789abcdef\n[[route]]"}"#,
+            r#"{"token": "0123456789 abcdef0123"}"#,
             r#"{"token": "0123456789abcdef0123", "token_file": "/x"}"#,
             r#"{"auth": "all"}"#,
             r#"{"max_connections": 0}"#,
@@ -181,5 +203,24 @@ mod tests {
             assert!(admin(bad).validate().is_err(), "{bad}");
         }
         assert!(serde_json::from_str::<AdminConfig>(r#"{"auth": "some"}"#).is_err());
+    }
+
+    #[test]
+    fn a_token_file_is_read_and_checked_as_the_token_is() {
+        let dir = std::env::temp_dir().join(format!("herald-admin-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let with_file =
+            |path: &std::path::Path| AdminConfig { token_file: Some(path.to_owned()), ..AdminConfig::default() };
+        let missing = with_file(&dir.join("missing")).resolve_token().unwrap_err();
+        assert_eq!(missing.kind(), std::io::ErrorKind::NotFound);
+        let short = dir.join("short");
+        std::fs::write(&short, "tooshort\n").unwrap();
+        let err = with_file(&short).resolve_token().unwrap_err().to_string();
+        assert!(err.contains("shorter than 16") && !err.contains("tooshort"), "{err}");
+        let good = dir.join("good");
+        std::fs::write(&good, "0123456789abcdef0123\nsecond line ignored\n").unwrap();
+        let token = with_file(&good).resolve_token().unwrap().unwrap();
+        assert_eq!(token.expose_secret(), "0123456789abcdef0123");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

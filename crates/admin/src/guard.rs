@@ -64,10 +64,17 @@ impl Guard {
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
+            .and_then(bearer_credentials)
             .unwrap_or("");
         constant_time_eq(presented.trim().as_bytes(), token.expose_secret().as_bytes())
     }
+}
+
+/// The credentials of an `Authorization: Bearer …` value; the scheme is case-insensitive
+/// (RFC 9110 §11.1), so `bearer` and `BEARER` are taken too.
+fn bearer_credentials(value: &str) -> Option<&str> {
+    let (scheme, credentials) = value.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(credentials)
 }
 
 /// Compares without stopping at the first difference, so timing tells nothing of the token.
@@ -86,7 +93,10 @@ pub(crate) async fn guard(State(guard): State<Guard>, request: Request, next: Ne
             return with_security_headers(refuse(status, reason));
         }
     }
-    if (changes || guard.scope == AuthScope::All) && !guard.authorized(&request) {
+    // `/health/live` says only that the process serves: a container's health check or a
+    // liveness probe reads it without a token, whatever `auth` says.
+    let liveness = request.uri().path() == "/health/live" && !changes;
+    if (changes || (guard.scope == AuthScope::All && !liveness)) && !guard.authorized(&request) {
         let mut refusal = refuse(StatusCode::UNAUTHORIZED, "this needs `Authorization: Bearer <admin.token>`");
         refusal.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return with_security_headers(refusal);
@@ -158,6 +168,11 @@ mod tests {
         let everywhere =
             Guard::new("0.0.0.0:9464".parse().unwrap_or_else(|_| unreachable!()), None, AuthScope::Changes);
         assert!(everywhere.names_this_server("herald.internal:9464") && !everywhere.names_this_server("x:1"));
+        assert_eq!(bearer_credentials("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_credentials("bearer abc"), Some("abc"));
+        assert_eq!(bearer_credentials("BEARER abc"), Some("abc"));
+        assert_eq!(bearer_credentials("Basic abc"), None);
+        assert_eq!(bearer_credentials("Bearerabc"), None);
         assert!(
             constant_time_eq(b"abc", b"abc") && !constant_time_eq(b"abc", b"abd") && !constant_time_eq(b"ab", b"abc")
         );

@@ -4,7 +4,7 @@ herald-admin: the HTTP API operators use, what Kafka Connect's REST API gives th
 | endpoint | answer |
 |---|---|
 | `GET /metrics` | Prometheus text: per route consumed, delivered, skipped, dead-lettered, retried, batch write latency, lag per partition; per source events published, transactions, backlog and rows held in `herald_changes` |
-| `GET /health/live` | `200` while the process serves |
+| `GET /health/live` | `200` while the process serves; never needs the token |
 | `GET /health/ready` | `200` when every route reaches Kafka and its sink, else `503` with what does not |
 | `GET /routes` | each route: status, assigned partitions, lag, counters, last error, last event time |
 | `GET /sources` | each source: status (`standby`, `active`, `retrying`), last error and since when it has been stuck, events published, transactions, backlog (captured, not yet published), rows held in `herald_changes` (trigger capture), WAL its slot holds back (WAL capture) |
@@ -18,7 +18,8 @@ What keeps it safe (module `guard`, `serve`):
 - a change (`POST`) is taken only from the API's own origin: a `Host` that names this server, an
   `Origin` (when sent) equal to it, and no simple-form body, so no web page can pause a route;
 - with `[admin] token` (or `token_file`), a change needs `Authorization: Bearer <token>`, and
-  with `auth = "all"` every request does; beyond loopback a token is required;
+  with `auth = "all"` every request but `/health/live` does (the scheme `Bearer` in any case);
+  beyond loopback a token is required;
 - connections are capped (`max_connections`), headers must arrive within `header_timeout`, a
   connection idle for `idle_timeout` is closed, live board streams are capped
   (`max_event_streams`) and one that falls behind is ended (the page reconnects and gets a
@@ -310,7 +311,11 @@ mod tests {
     async fn with_auth_all_every_request_needs_the_token() {
         let (address, stop) = serving(&format!(r#"{{"token": "{TOKEN}", "auth": "all"}}"#)).await;
         let host = format!("Host: {address}");
-        for path in ["/metrics", "/health/live", "/routes", "/sources"] {
+        // Liveness says nothing but "up": a container's health check reads it without a token.
+        assert_eq!(send(address, format!("GET /health/live HTTP/1.1\r\n{host}")).await.0, 200);
+        let lower = format!("GET /routes HTTP/1.1\r\n{host}\r\nAuthorization: bearer {TOKEN}");
+        assert_eq!(send(address, lower).await.0, 200, "the scheme is case-insensitive");
+        for path in ["/metrics", "/health/ready", "/routes", "/sources"] {
             assert_eq!(send(address, format!("GET {path} HTTP/1.1\r\n{host}")).await.0, 401, "{path}");
             let authorized = format!("GET {path} HTTP/1.1\r\n{host}\r\nAuthorization: Bearer {TOKEN}");
             assert_eq!(send(address, authorized).await.0, 200, "{path}");

@@ -1,46 +1,151 @@
 /*!
 herald-config: reading herald's configuration file into the typed sections each feature owns.
 
-The file is TOML. Before it is parsed, `${NAME}` and `${NAME:-default}` are replaced by
-environment variables (so a secret inside a `[[route]]` table stays out of the file), and after,
-`HERALD__SECTION__KEY=…` variables override keys (`HERALD__KAFKA__SASL_PASSWORD` sets `[kafka]
-sasl.password`). Every error names the file and, for a bad value, the key
+The file is TOML. It is parsed first; then `${NAME}` and `${NAME:-default}` inside string
+values are replaced by environment variables (so a secret inside a `[[route]]` table stays out
+of the file), and `HERALD__SECTION__KEY=…` variables override keys (`HERALD__KAFKA__SASL_PASSWORD`
+sets `[kafka] sasl.password`). Every error names the file and, for a bad value, the key
 (`route[0].batch.max_events`), so a user knows what to fix.
 
-The one decision to know: **this crate knows no section.** Each feature's crate owns its
-section's type and validation (routes in herald-core, `[admin]` in herald-admin, `[board]` in
-herald-board, expectations in herald-expect, `[kafka]` in herald-kafka); the binary composes
-them into one file type and calls [`load`] with it.
+Two decisions to know:
+- **this crate knows no section.** Each feature's crate owns its section's type and validation
+  (routes in herald-core, `[admin]` in herald-admin, `[board]` in herald-board, expectations in
+  herald-expect, `[kafka]` in herald-kafka); the binary composes them into one file type and
+  calls [`load`] with it and its validation.
+- **config is data, and secrets stay secret.** A variable's text becomes exactly one string
+  value, never syntax (interpolation runs on the parsed tree, and a line break in a variable is
+  refused); no error shows a value that came from the environment or the line a syntax error is
+  on; and every secret a loaded file holds is remembered ([`secrets`]) so the binary masks it
+  in whatever it prints.
 */
 #![deny(missing_docs)]
 
+mod interpolate;
+pub mod secrets;
+mod syntax;
+
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
+
+use interpolate::FromEnv;
+pub use secrets::{redact, Secrets};
+pub use syntax::SyntaxError;
 
 /// Prefix of environment variables that override the file; `__` separates keys, e.g.
 /// `HERALD__KAFKA__SASL_PASSWORD=…` sets `[kafka] sasl.password`.
 pub const ENV_PREFIX: &str = "HERALD";
 
-/// Loads `path` into `T`, applying `${…}` interpolation and `HERALD__…` environment overrides.
-pub fn load<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+/// Loads `path` into `T` and checks it with `validate`, applying `${…}` interpolation and
+/// `HERALD__…` environment overrides. The file is read once, whole. The secrets it holds are
+/// remembered for [`redact`], and masked in the error this returns.
+pub fn load<T: DeserializeOwned>(
+    path: &Path,
+    validate: impl FnOnce(&T) -> Result<(), Invalid>,
+) -> Result<T, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_owned(), source })?;
-    let text = interpolate_env(&text, |name| std::env::var(name).ok())
-        .map_err(|(line, message)| ConfigError::invalid(path, format!("line {line}"), message))?;
-    let raw = config::Config::builder()
-        .add_source(config::File::from_str(&text, config::FileFormat::Toml))
-        .add_source(config::Environment::with_prefix(ENV_PREFIX).prefix_separator("__").separator("__"))
-        .build()
-        .map_err(|source| ConfigError::Read { path: path.to_owned(), source: Box::new(source) })?;
-    from_raw(raw, path)
+    let overrides = std::env::vars().filter(|(name, _)| name.starts_with(&format!("{ENV_PREFIX}__"))).collect();
+    load_text(&text, path, &|name| std::env::var(name).ok(), overrides, validate)
 }
 
-/// Parses configuration text into `T`, as if it had been read from `origin` (no environment).
-pub fn from_toml<T: DeserializeOwned>(text: &str, origin: &Path) -> Result<T, ConfigError> {
+/// [`load`] over `text` as if read from `origin`, with `lookup` for `${NAME}` and `overrides`
+/// as the `HERALD__…` variables.
+fn load_text<T: DeserializeOwned>(
+    text: &str,
+    origin: &Path,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    overrides: BTreeMap<String, String>,
+    validate: impl FnOnce(&T) -> Result<(), Invalid>,
+) -> Result<T, ConfigError> {
+    let table = syntax::parse(text).map_err(|error| ConfigError::Syntax { path: origin.to_owned(), error })?;
+    let mut tree = toml::Value::Table(table);
+    let mut from_env = Vec::new();
+    interpolate::interpolate_tree(&mut tree, "", lookup, &mut from_env)
+        .map_err(|invalid| ConfigError::in_file(origin, invalid))?;
+    for (variable, value) in &overrides {
+        let key = override_key(variable);
+        interpolate::check_one_value(&key, variable, value).map_err(|invalid| ConfigError::in_file(origin, invalid))?;
+        from_env.push(FromEnv { key, variables: vec![variable.clone()], values: vec![value.clone()] });
+    }
+    let mut secrets = Secrets::default();
+    collect_secrets(&tree, "", &mut secrets);
+    for from in from_env.iter().filter(|from| from.variables.iter().any(|name| name.starts_with(ENV_PREFIX))) {
+        for value in &from.values {
+            secrets.add_value(&from.key, value);
+        }
+    }
+    secrets::remember(&secrets);
+    let hide = |err: ConfigError| hide_values(err, &from_env, &secrets);
+    // The tree, written back as TOML, is what the config crate reads: every string in it is
+    // quoted and escaped by the writer, so no value can become syntax.
+    let written = toml::to_string(&tree)
+        .map_err(|err| ConfigError::invalid(origin, "(top level)", format!("cannot write the file back: {err}")))?;
+    let environment = config::Environment::with_prefix(ENV_PREFIX)
+        .prefix_separator("__")
+        .separator("__")
+        .source(Some(overrides.into_iter().collect()));
     let raw = config::Config::builder()
-        .add_source(config::File::from_str(text, config::FileFormat::Toml))
+        .add_source(config::File::from_str(&written, config::FileFormat::Toml))
+        .add_source(environment)
         .build()
-        .map_err(|source| ConfigError::Read { path: origin.to_owned(), source: Box::new(source) })?;
+        .map_err(|err| hide(ConfigError::invalid(origin, "(top level)", err.to_string())))?;
+    let value: T = from_raw(raw, origin).map_err(hide)?;
+    validate(&value).map_err(|invalid| hide(ConfigError::in_file(origin, invalid)))?;
+    Ok(value)
+}
+
+/// The key a `HERALD__SECTION__KEY` variable overrides, as errors name it: `section.key`.
+fn override_key(variable: &str) -> String {
+    let rest = variable.strip_prefix(ENV_PREFIX).unwrap_or(variable).trim_start_matches('_');
+    rest.split("__").map(str::to_ascii_lowercase).collect::<Vec<_>>().join(".")
+}
+
+/// Adds every secret under `value` (at `key`) to `secrets`.
+fn collect_secrets(value: &toml::Value, key: &str, secrets: &mut Secrets) {
+    match value {
+        toml::Value::String(text) => secrets.add_value(key, text),
+        toml::Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                collect_secrets(item, &format!("{key}[{i}]"), secrets);
+            }
+        }
+        toml::Value::Table(table) => {
+            for (name, item) in table {
+                collect_secrets(item, &interpolate::join(key, name), secrets);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// An error about a value: the secrets masked, and a value that came from the environment
+/// neither shown nor quoted but named by its variable.
+fn hide_values(err: ConfigError, from_env: &[FromEnv], secrets: &Secrets) -> ConfigError {
+    let ConfigError::Invalid { path, key, mut message } = err else { return err };
+    for from in from_env.iter().filter(|from| key == from.key || key.starts_with(&format!("{}.", from.key))) {
+        for value in from.values.iter().filter(|value| !value.is_empty()) {
+            for (open, close) in [("\"", "\""), ("`", "`"), ("'", "'")] {
+                message = message.replace(&format!("{open}{value}{close}"), &format!("{open}{}{close}", secrets::MASK));
+            }
+        }
+        let variables: Vec<String> = from.variables.iter().map(|name| format!("`{name}`")).collect();
+        message.push_str(&format!(" (the value comes from environment variable {}, not shown)", variables.join(", ")));
+    }
+    let message = secrets.redact(&message).into_owned();
+    ConfigError::Invalid { path, key, message }
+}
+
+/// Parses configuration text into `T`, as if it had been read from `origin`: no environment
+/// (neither `${…}` nor overrides), no validation.
+pub fn from_toml<T: DeserializeOwned>(text: &str, origin: &Path) -> Result<T, ConfigError> {
+    let table = syntax::parse(text).map_err(|error| ConfigError::Syntax { path: origin.to_owned(), error })?;
+    let written = toml::to_string(&table)
+        .map_err(|err| ConfigError::invalid(origin, "(top level)", format!("cannot write the file back: {err}")))?;
+    let raw = config::Config::builder()
+        .add_source(config::File::from_str(&written, config::FileFormat::Toml))
+        .build()
+        .map_err(|err| ConfigError::invalid(origin, "(top level)", err.to_string()))?;
     from_raw(raw, origin)
 }
 
@@ -75,71 +180,6 @@ fn enum_message<T: DeserializeOwned>(raw: config::Config, key: &str) -> Option<S
     }
 }
 
-/// Replaces `${NAME}` / `${NAME:-default}` with `lookup(NAME)`; `$${` stands for a literal `${`;
-/// lines that are comments are left alone.
-/// Errors carry the 1-based line.
-fn interpolate_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, (usize, String)> {
-    let mut out = String::with_capacity(text.len());
-    for (number, line) in text.split_inclusive('\n').enumerate() {
-        if line.trim_start().starts_with('#') {
-            // A comment may show the syntax (`# ${NAME:-default} is replaced…`): left as it is.
-            out.push_str(line);
-            continue;
-        }
-        let mut rest = line;
-        while let Some(start) = rest.find("${") {
-            if rest[..start].ends_with('$') {
-                out.push_str(&rest[..start - 1]);
-                out.push_str("${");
-                rest = &rest[start + 2..];
-                continue;
-            }
-            out.push_str(&rest[..start]);
-            let Some(end) = closing_brace(&rest[start + 2..]).map(|end| end + 2) else {
-                return Err((number + 1, "`${` without a closing `}`".into()));
-            };
-            let inner = &rest[start + 2..start + end];
-            let (name, default) = match inner.split_once(":-") {
-                Some((name, default)) => (name, Some(default)),
-                None => (inner, None),
-            };
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err((number + 1, format!("`${{{inner}}}` is not a variable name")));
-            }
-            match (lookup(name), default) {
-                (Some(value), _) => out.push_str(&value),
-                (None, Some(default)) => out.push_str(default),
-                (None, None) => {
-                    return Err((
-                        number + 1,
-                        format!(
-                            "environment variable `{name}` is not set (write `${{{name}:-default}}` for a default)"
-                        ),
-                    ))
-                }
-            }
-            rest = &rest[start + end + 1..];
-        }
-        out.push_str(rest);
-    }
-    Ok(out)
-}
-
-/// Where the `}` that closes a `${` lies in `text` (what follows the `${`): braces inside a
-/// default pair up, so `${URL:-http://x/{source}}` closes after `{source}`.
-fn closing_brace(text: &str) -> Option<usize> {
-    let mut depth = 0_usize;
-    for (at, c) in text.char_indices() {
-        match c {
-            '{' => depth += 1,
-            '}' if depth == 0 => return Some(at),
-            '}' => depth -= 1,
-            _ => {}
-        }
-    }
-    None
-}
-
 /// serde_path_to_error writes `route[0].sink` as `route[0].sink`, and `.` for the root.
 fn display_path(path: &str) -> String {
     if path == "." || path.is_empty() {
@@ -161,14 +201,14 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    /// The file is not TOML.
-    #[error("cannot read config file {}", path.display())]
-    Read {
+    /// The file is not TOML: where, and what the parser expected (never the line's text, which
+    /// may hold a secret).
+    #[error("{}: not valid TOML at {error}", path.display())]
+    Syntax {
         /// The file.
         path: PathBuf,
-        /// What the config crate reported (boxed: it is large, and errors travel by value).
-        #[source]
-        source: Box<config::ConfigError>,
+        /// Where and what.
+        error: SyntaxError,
     },
     /// A key has a wrong, missing or unknown value.
     #[error("{}: `{key}`: {message}", path.display())]
@@ -256,27 +296,129 @@ mod tests {
     }
 
     #[test]
-    fn not_toml_is_a_read_error_naming_the_file() {
-        let err = load("this is = = not toml").unwrap_err();
-        assert!(matches!(err, ConfigError::Read { .. }));
-        assert!(err.to_string().contains("test.toml"));
+    fn not_toml_is_a_syntax_error_naming_the_file_and_line() {
+        let err = load("a = 1\nthis is = = not toml").unwrap_err();
+        assert!(matches!(err, ConfigError::Syntax { .. }));
+        let shown = err.to_string();
+        assert!(shown.starts_with("test.toml: not valid TOML at line 2"), "{shown}");
+    }
+
+    /// A file with `[admin] token` and routes, as the injection cases need.
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Injectable {
+        #[serde(default)]
+        admin: Admin,
+        #[serde(default)]
+        route: Vec<InjectedRoute>,
+        #[serde(default)]
+        section: Section,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Admin {
+        token: Option<String>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct InjectedRoute {
+        name: String,
+        url: Option<String>,
+    }
+
+    fn with_env(
+        text: &str,
+        vars: &[(&str, &str)],
+        validate: impl FnOnce(&Injectable) -> Result<(), Invalid>,
+    ) -> Result<Injectable, ConfigError> {
+        let lookup = |name: &str| vars.iter().find(|(var, _)| *var == name).map(|(_, value)| (*value).to_owned());
+        let overrides = vars
+            .iter()
+            .filter(|(name, _)| name.starts_with("HERALD__"))
+            .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+            .collect();
+        load_text(text, Path::new("test.toml"), &lookup, overrides, validate)
+    }
+
+    const FILE: &str = "[admin]\ntoken = \"${ADMIN_TOKEN}\"\n\n[[route]]\nname = \"a\"\n";
+
+    #[test]
+    fn a_variable_is_always_exactly_one_string_value() {
+        // What an attacker who holds one variable would write, and what ordinary secrets hold.
+        for value in [
+            "x\" \n[[route]]\nname = \"evil\"\nurl = \"exec\"",
+            "x\"\n[[route]]\nname = \"evil\"",
+            "pa\"ss",
+            "back\\slash",
+            "tab\\tnot-a-tab",
+            "hash # not a comment",
+            "[[route]]",
+            "${OTHER}",
+            "$${OTHER}",
+            "quote' and \"double\" ''' \"\"\"",
+            "ünïcödé ☃",
+        ] {
+            let loaded = with_env(FILE, &[("ADMIN_TOKEN", value), ("OTHER", "other")], |_| Ok(()));
+            if value.contains('\n') {
+                let err = loaded.unwrap_err().to_string();
+                assert!(err.contains("`admin.token`") && err.contains("`ADMIN_TOKEN`"), "{err}");
+                assert!(!err.contains("evil"), "the value is not shown: {err}");
+                continue;
+            }
+            let loaded = loaded.unwrap();
+            assert_eq!(loaded.admin.token.as_deref(), Some(value), "taken as it is, character for character");
+            let names: Vec<&str> = loaded.route.iter().map(|route| route.name.as_str()).collect();
+            assert_eq!(names, ["a"], "{value:?} added a route");
+        }
     }
 
     #[test]
-    fn environment_variables_are_interpolated_with_defaults_and_escapes() {
-        let lookup = |name: &str| (name == "TOKEN").then(|| "s3cret".to_owned());
-        let text = "a = \"${TOKEN}\"\nb = \"${MISSING:-fallback}\"\nc = \"$${TOKEN}\"\n";
-        assert_eq!(interpolate_env(text, lookup).unwrap(), "a = \"s3cret\"\nb = \"fallback\"\nc = \"${TOKEN}\"\n");
-        let (line, message) = interpolate_env("x = 1\ny = \"${NOPE}\"", lookup).unwrap_err();
-        assert_eq!(line, 2);
-        assert!(message.contains("NOPE"), "{message}");
-        assert!(interpolate_env("${bad name}", lookup).is_err());
-        assert!(interpolate_env("${UNCLOSED", lookup).is_err());
-        // Braces inside a default pair up: a template placeholder stays whole.
-        let text = "url = \"${MISSING:-http://x/{source}/{stage}}\"\nn = \"${TOKEN}{x}\"";
-        assert_eq!(interpolate_env(text, lookup).unwrap(), "url = \"http://x/{source}/{stage}\"\nn = \"s3cret{x}\"");
-        assert!(interpolate_env("${MISSING:-{unclosed}", lookup).is_err());
-        assert_eq!(interpolate_env("  # write ${NAME}\n", lookup).unwrap(), "  # write ${NAME}\n");
+    fn overrides_are_one_value_too_and_cannot_hold_line_breaks() {
+        let loaded = with_env(FILE, &[("ADMIN_TOKEN", "t"), ("HERALD__SECTION__COUNT", "7")], |_| Ok(())).unwrap();
+        assert_eq!(loaded.section.count, 7);
+        let err = with_env(FILE, &[("ADMIN_TOKEN", "t"), ("HERALD__ADMIN__TOKEN", "a\nb")], |_| Ok(()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`admin.token`") && err.contains("HERALD__ADMIN__TOKEN"), "{err}");
+    }
+
+    #[test]
+    fn a_quoted_variable_can_fill_a_number_and_comments_are_not_values() {
+        let text = "# ${NOT_SET} in a comment is text\n[section]\ncount = \"${COUNT}\" # ${NOT_SET_EITHER}\n";
+        let loaded = with_env(text, &[("COUNT", "12")], |_| Ok(())).unwrap();
+        assert_eq!(loaded.section.count, 12);
+    }
+
+    #[test]
+    fn no_error_shows_a_secret_or_a_value_from_the_environment() {
+        const SECRET: &str = "S3cretPW-planted";
+        let url = format!("postgres://herald:{SECRET}@db:5432/x");
+        // A syntax error on the line that holds the secret.
+        let text = format!("[[route]]\nname = \"a\"\nurl = \"{url}\" x\n");
+        let err = with_env(&text, &[], |_| Ok(())).unwrap_err().to_string();
+        assert!(err.contains("line 3") && err.contains("`url`") && !err.contains(SECRET), "{err}");
+        // A wrong type whose value came from the environment: the variable is named instead.
+        let text = "[section]\ncount = \"${COUNT}\"\n";
+        let err = with_env(text, &[("COUNT", SECRET)], |_| Ok(())).unwrap_err().to_string();
+        assert!(err.contains("`section.count`") && err.contains("`COUNT`") && !err.contains(SECRET), "{err}");
+        // A section's validation that quotes the value.
+        let text = "[admin]\ntoken = \"${ADMIN_TOKEN}\"\n";
+        let quoting = |loaded: &Injectable| {
+            Err(Invalid::new("admin.token", format!("`{}` is no token", loaded.admin.token.as_deref().unwrap_or(""))))
+        };
+        let err = with_env(text, &[("ADMIN_TOKEN", SECRET)], quoting).unwrap_err().to_string();
+        assert!(err.contains("`admin.token`") && err.contains("ADMIN_TOKEN") && !err.contains(SECRET), "{err}");
+        // A URL's password written in the file, quoted by a validation of another key.
+        let text = format!("[[route]]\nname = \"a\"\nurl = \"{url}\"\n");
+        let quoting = |loaded: &Injectable| {
+            Err(Invalid::new("route[0].name", format!("see {}", loaded.route[0].url.as_deref().unwrap_or(""))))
+        };
+        let err = with_env(&text, &[], quoting).unwrap_err().to_string();
+        assert!(err.contains("postgres://herald:***@db") && !err.contains(SECRET), "{err}");
+        // And from now on the process masks it wherever it is printed.
+        assert_eq!(redact(&format!("connecting to {url}")), "connecting to postgres://herald:***@db:5432/x");
     }
 
     #[derive(Debug, Deserialize)]

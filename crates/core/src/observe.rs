@@ -174,6 +174,33 @@ impl Observer {
         Arc::clone(routes.entry(name.to_owned()).or_insert(route))
     }
 
+    /// Forgets route `name` (removed from the config by a reload): it leaves `/routes`,
+    /// readiness and its per-route metrics.
+    pub fn forget_route(&self, name: &str) {
+        if self.routes.write().unwrap_or_else(PoisonError::into_inner).remove(name).is_some() {
+            for family in
+                [&self.consumed, &self.delivered, &self.skipped, &self.dead_lettered, &self.retried, &self.isolated]
+            {
+                let _ = family.remove_label_values(&[name]);
+            }
+            let _ = self.write_seconds.remove_label_values(&[name]);
+        }
+    }
+
+    /// Forgets source `name` (removed from the config by a reload).
+    pub fn forget_source(&self, name: &str) {
+        if self.sources.write().unwrap_or_else(PoisonError::into_inner).remove(name).is_some() {
+            for family in [&self.source_published, &self.source_batches] {
+                let _ = family.remove_label_values(&[name]);
+            }
+            for family in
+                [&self.source_backlog, &self.source_capture_rows, &self.source_retained_wal, &self.source_stuck]
+            {
+                let _ = family.remove_label_values(&[name]);
+            }
+        }
+    }
+
     /// Every route's shared state, by name.
     pub fn routes(&self) -> Vec<Arc<RouteShared>> {
         self.routes.read().unwrap_or_else(PoisonError::into_inner).values().cloned().collect()
@@ -222,6 +249,18 @@ impl Observer {
             }
             if route.sink_failing.load(Ordering::Relaxed) {
                 problems.push(format!("route {}: sink failing", route.name));
+            }
+            // A route of the config that is not running is not ready, whatever stopped it (a
+            // route removed by a reload is forgotten, not stopped).
+            let state = route.state();
+            match state.status {
+                "failed" => problems.push(format!(
+                    "route {}: failed: {}",
+                    route.name,
+                    state.last_error.as_deref().unwrap_or("(no error recorded)")
+                )),
+                "stopped" => problems.push(format!("route {}: stopped", route.name)),
+                _ => {}
             }
         }
         for (name, source) in self.sources() {

@@ -196,6 +196,7 @@ impl Running<'_> {
     /// then starts those in `start`; the others run on untouched.
     async fn apply(&mut self, stop: Vec<String>, start: Vec<BoundRoute>) -> Result<(), String> {
         let mut stopping: BTreeSet<String> = BTreeSet::new();
+        let stopping_names = stop.clone();
         for name in stop {
             if let Some((token, _, _)) = self.routes.get(&name) {
                 info!(route = %name, "Reload: stopping the route (in-flight batch, commit, leave the group).");
@@ -211,6 +212,10 @@ impl Running<'_> {
             if self.cancel.is_cancelled() {
                 return Err("a route failed while the reload stopped routes; herald is stopping".into());
             }
+        }
+        for name in stopping_names.iter().filter(|name| !start.iter().any(|route| &route.config.name == *name)) {
+            // Removed from the config: no longer this process's to show or to be ready for.
+            self.observer.forget_route(name);
         }
         let count = self.routes.len() + start.len();
         for route in start {

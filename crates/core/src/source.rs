@@ -83,6 +83,15 @@ pub trait Source: Send + Sync {
         Vec::new()
     }
 
+    /// The settings that say where its change capture is installed and where its position is
+    /// kept (for Postgres: the database, table, schema, capture mode, slot, publication and
+    /// offsets topic), as `(setting, value)` pairs. A reload cannot move an installed capture,
+    /// so it refuses a change of any of these (values are compared, never shown: the
+    /// database URL holds a password). Default: none.
+    fn capture_settings(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
+
     /// The topics it writes, for `herald migrate` to create when missing. Default: none.
     fn topics(&self) -> Vec<herald_kafka::TopicSpec> {
         Vec::new()

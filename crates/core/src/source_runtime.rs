@@ -141,6 +141,7 @@ impl RunningSources<'_> {
     /// Stops the sources named in `stop` and waits for them, then starts those in `start`.
     async fn apply(&mut self, stop: Vec<String>, start: Vec<NamedSource>) -> Result<(), SourceRunError> {
         let mut stopping: BTreeSet<String> = BTreeSet::new();
+        let stopped = stop.clone();
         for name in stop {
             if let Some(token) = self.tokens.get(&name) {
                 info!(source_name = %name, "Reload: stopping the source.");
@@ -154,12 +155,21 @@ impl RunningSources<'_> {
                 stopping.remove(&name);
             }
         }
+        for name in removed_by(&stopped, &start) {
+            // Removed from the config: no longer this process's to show or to be ready for.
+            self.observer.forget_source(&name);
+        }
         for source in start {
             info!(source_name = %source.0, "Reload: starting the source.");
             self.start(source);
         }
         Ok(())
     }
+}
+
+/// The names in `stopped` that `start` does not start again.
+fn removed_by(stopped: &[String], start: &[NamedSource]) -> Vec<String> {
+    stopped.iter().filter(|name| !start.iter().any(|(started, _)| started == *name)).cloned().collect()
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use herald_core::observe::SourceMetrics;
 use herald_core::source::{Claim, Source, SourcePlugin};
 use herald_core::BoxError;
 use herald_kafka::KafkaProperties;
+use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Capture, PostgresSourceConfig};
@@ -45,6 +46,22 @@ impl Source for PostgresSource {
                 hint: "set `publication` on one of them".into(),
             },
         ]
+    }
+
+    fn capture_settings(&self) -> Vec<(&'static str, String)> {
+        let config = &self.config;
+        let mut settings = vec![
+            ("url", config.url.expose_secret().to_owned()),
+            ("schema", config.schema.clone()),
+            ("table", config.table.clone().unwrap_or_default()),
+            ("capture", format!("{:?}", config.capture)),
+            ("offsets_topic", config.offsets_topic.clone()),
+        ];
+        if config.capture == Capture::Wal {
+            settings.push(("slot", config.slot_name(&self.name)));
+            settings.push(("publication", config.publication_name(&self.name)));
+        }
+        settings
     }
 
     fn topics(&self) -> Vec<herald_kafka::TopicSpec> {
