@@ -103,6 +103,13 @@ fn is_terminal(status: &str) -> bool {
     status == "SUCCESS" || status == "FAILED"
 }
 
+/// Whether `event` says a new run of its stage began, which makes an earlier outcome stale: a
+/// `STAGE_STARTED`, or a `STAGE_COMPLETE` whose status is neither `SUCCESS` nor `FAILED`
+/// (`RUNNING`). A table upserted by (source, stage) shows that row, and a poller waits on it.
+fn starts_a_run(event: &StageEvent) -> bool {
+    event.event == "STAGE_STARTED" || (event.event == STAGE_COMPLETE && !is_terminal(&event.status))
+}
+
 /// Whether `event` decides a wait for events named `wanted`: a `STAGE_COMPLETE` (whose status
 /// goes `RUNNING` → `SUCCESS`/`FAILED`) when its status is terminal, any other kind
 /// (`STAGE_LATE`, `STAGE_MISSING`, a custom one) as soon as it comes.
@@ -115,8 +122,9 @@ struct Waiting {
     pairs: Vec<Pair>,
     /// The event that decided each pair.
     decided: Vec<Option<StageEvent>>,
-    /// The newest matching event of each pair in the history read so far.
-    newest_in_history: Vec<Option<StageEvent>>,
+    /// Per pair, per stage: the newest event in the history read so far that either decides
+    /// the wait or says a new run began (then the pair waits for that run's outcome).
+    newest_in_history: Vec<std::collections::BTreeMap<String, StageEvent>>,
     any: bool,
     allow_failed: bool,
 }
@@ -142,13 +150,33 @@ impl Waiting {
         (done == self.pairs.len() || (self.any && done > 0)).then_some(ExitCode::SUCCESS)
     }
 
-    /// Once the history is read: each pair still open is decided by its newest event there.
-    fn settle_history(&mut self) -> Option<ExitCode> {
+    /// Keeps `event`, read from the history, if it is the newest of its pair and stage: by
+    /// timestamp, and on a tie the later offset (read later), as the Postgres sink's upsert
+    /// orders them.
+    fn remember(&mut self, index: usize, event: StageEvent) {
+        let Some(newest) = self.newest_in_history.get_mut(index) else { return };
+        match newest.get(&event.stage) {
+            Some(kept) if event.timestamp.instant() < kept.timestamp.instant() => {}
+            _ => {
+                newest.insert(event.stage.clone(), event);
+            }
+        }
+    }
+
+    /// Once the history is read: each pair still open is decided by its newest event there,
+    /// unless that event says a new run began (the stage is re-running: wait for its outcome).
+    /// With no `--stage`, the newest outcome among the stages whose newest event is one.
+    fn settle_history(&mut self, wanted: &str) -> Option<ExitCode> {
         for index in 0..self.pairs.len() {
             if self.decided[index].is_some() {
                 continue;
             }
-            if let Some(event) = self.newest_in_history[index].take() {
+            let newest = std::mem::take(&mut self.newest_in_history[index]);
+            let outcome = newest
+                .into_values()
+                .filter(|event| awaited(event, wanted))
+                .max_by_key(|event| event.timestamp.instant());
+            if let Some(event) = outcome {
                 if let Some(exit) = self.decide(index, event) {
                     return Some(exit);
                 }
@@ -183,7 +211,7 @@ pub async fn wait(args: WaitArgs) -> Result<ExitCode> {
     let mut waiting = Waiting {
         pairs,
         decided: (0..count).map(|_| None).collect(),
-        newest_in_history: (0..count).map(|_| None).collect(),
+        newest_in_history: (0..count).map(|_| std::collections::BTreeMap::new()).collect(),
         any: args.any,
         allow_failed: args.allow_failed,
     };
@@ -193,7 +221,7 @@ pub async fn wait(args: WaitArgs) -> Result<ExitCode> {
     loop {
         if !history_settled && reader.history_done() {
             history_settled = true;
-            if let Some(exit) = waiting.settle_history() {
+            if let Some(exit) = waiting.settle_history(&args.event) {
                 return Ok(exit);
             }
         }
@@ -217,7 +245,9 @@ pub async fn wait(args: WaitArgs) -> Result<ExitCode> {
         let Some(read) = read else { continue };
         let in_history = read.in_history;
         let Some(event) = read.event else { continue };
-        if !awaited(&event, &args.event) || event.timestamp.instant() < cutoff {
+        let decides = awaited(&event, &args.event);
+        let restarts = args.event == STAGE_COMPLETE && starts_a_run(&event);
+        if !(decides || restarts) || event.timestamp.instant() < cutoff {
             continue;
         }
         for index in 0..count {
@@ -227,12 +257,11 @@ pub async fn wait(args: WaitArgs) -> Result<ExitCode> {
                 continue;
             }
             if in_history {
-                let newest = &mut waiting.newest_in_history[index];
-                if newest.as_ref().is_none_or(|newest| event.timestamp.instant() >= newest.timestamp.instant()) {
-                    *newest = Some(event.clone());
+                waiting.remember(index, event.clone());
+            } else if decides {
+                if let Some(exit) = waiting.decide(index, event.clone()) {
+                    return Ok(exit);
                 }
-            } else if let Some(exit) = waiting.decide(index, event.clone()) {
-                return Ok(exit);
             }
         }
     }
@@ -240,7 +269,60 @@ pub async fn wait(args: WaitArgs) -> Result<ExitCode> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
+
+    fn event(event: &str, stage: &str, status: &str, second: u32) -> StageEvent {
+        StageEvent::from_json_str(&format!(
+            r#"{{"event":"{event}","stage":"{stage}","source":"A","records":1,"timestamp":"2026-12-06T10:00:{second:02}","status":"{status}"}}"#
+        ))
+        .unwrap()
+    }
+
+    fn waiting(stage: Option<&str>) -> Waiting {
+        Waiting {
+            pairs: vec![Pair { source: "A".into(), stage: stage.map(str::to_owned) }],
+            decided: vec![None],
+            newest_in_history: vec![std::collections::BTreeMap::new()],
+            any: false,
+            allow_failed: false,
+        }
+    }
+
+    /// The history's events in offset order, as `wait` reads them; whether the pair is decided.
+    fn settles(stage: Option<&str>, history: &[StageEvent]) -> bool {
+        let mut waiting = waiting(stage);
+        for event in history {
+            waiting.remember(0, event.clone());
+        }
+        waiting.settle_history(STAGE_COMPLETE).is_some()
+    }
+
+    #[test]
+    fn a_stage_re_running_after_its_success_is_not_done() {
+        let success = event(STAGE_COMPLETE, "silver", "SUCCESS", 1);
+        let running = event(STAGE_COMPLETE, "silver", "RUNNING", 2);
+        let started = event("STAGE_STARTED", "silver", "", 2);
+        assert!(!settles(Some("silver"), &[success.clone(), running.clone()]), "SUCCESS then RUNNING: open");
+        assert!(!settles(Some("silver"), &[success.clone(), started]), "SUCCESS then STAGE_STARTED: open");
+        assert!(settles(Some("silver"), &[running.clone(), event(STAGE_COMPLETE, "silver", "SUCCESS", 3)]));
+        // One instant: the later offset decides, as the table's upsert does.
+        let tied_running = event(STAGE_COMPLETE, "silver", "RUNNING", 1);
+        assert!(!settles(Some("silver"), &[success.clone(), tied_running.clone()]));
+        assert!(settles(Some("silver"), &[tied_running, success.clone()]));
+        // Read out of time order (another partition's event): the newer instant still decides.
+        assert!(!settles(Some("silver"), &[running, success]));
+    }
+
+    #[test]
+    fn without_a_stage_the_newest_outcome_of_a_stage_not_re_running_decides() {
+        let bronze_done = event(STAGE_COMPLETE, "bronze", "SUCCESS", 1);
+        let silver_running = event(STAGE_COMPLETE, "silver", "RUNNING", 2);
+        assert!(settles(None, &[bronze_done.clone(), silver_running.clone()]));
+        let bronze_again = event(STAGE_COMPLETE, "bronze", "RUNNING", 3);
+        assert!(!settles(None, &[bronze_done, silver_running, bronze_again]));
+    }
 
     #[test]
     fn stages_pair_with_sources_one_for_all_or_one_each() {
