@@ -185,6 +185,90 @@ async fn wait_exits_3_when_the_stage_failed_unless_allowed() {
     assert_eq!(allowed.status.code(), Some(0));
 }
 
+/// A stage that succeeded and is running again is not done: `wait` decides as a poller of the
+/// (source, stage) row would, by the newest event. It waits for this run's outcome, and a
+/// `RUNNING` followed by `SUCCESS` is done at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_does_not_call_a_re_running_stage_done() {
+    let topic = unique("events");
+    create_topic(&topic, 1).await;
+    let publish = |stage: &str, status: &str, event: &str| {
+        let out = run_herald(&[
+            "publish",
+            "--brokers",
+            BROKERS,
+            "--topic",
+            &topic,
+            "--source",
+            "OrdersDB",
+            "--stage",
+            stage,
+            "--status",
+            status,
+            "--event",
+            event,
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    };
+    let wait = |stage: &str, timeout: &str| {
+        run_herald(&[
+            "wait",
+            "--brokers",
+            BROKERS,
+            "--topic",
+            &topic,
+            "--source",
+            "OrdersDB",
+            "--stage",
+            stage,
+            "--since",
+            "6h",
+            "--timeout",
+            timeout,
+        ])
+    };
+    // silver: SUCCESS, then a re-run starts (RUNNING): open until the re-run's outcome.
+    publish("silver", "SUCCESS", "STAGE_COMPLETE");
+    publish("silver", "RUNNING", "STAGE_COMPLETE");
+    let open = wait("silver", "3s");
+    assert_eq!(open.status.code(), Some(124), "the old SUCCESS does not decide: {}", text(&open.stdout));
+    // gold: SUCCESS, then STAGE_STARTED: open too.
+    publish("gold", "SUCCESS", "STAGE_COMPLETE");
+    publish("gold", "RUNNING", "STAGE_STARTED");
+    assert_eq!(wait("gold", "3s").status.code(), Some(124));
+    // The re-run's outcome arrives while `wait` waits: that decides.
+    let waiting = {
+        let topic = topic.clone();
+        std::thread::spawn(move || {
+            run_herald(&[
+                "wait",
+                "--brokers",
+                BROKERS,
+                "--topic",
+                &topic,
+                "--source",
+                "OrdersDB",
+                "--stage",
+                "silver",
+                "--since",
+                "6h",
+                "--timeout",
+                "60s",
+            ])
+        })
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    publish("silver", "SUCCESS", "STAGE_COMPLETE");
+    let decided = waiting.join().unwrap();
+    assert_eq!(decided.status.code(), Some(0), "{}", text(&decided.stderr));
+    // bronze: RUNNING then SUCCESS is done at once.
+    publish("bronze", "RUNNING", "STAGE_COMPLETE");
+    publish("bronze", "SUCCESS", "STAGE_COMPLETE");
+    let done = wait("bronze", "30s");
+    assert_eq!(done.status.code(), Some(0), "{}", text(&done.stderr));
+    assert!(text(&done.stdout).contains("SUCCESS"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wait_times_out_with_124_when_nothing_matches_and_ignores_events_older_than_since() {
     let topic = unique("events");
@@ -865,7 +949,9 @@ fn filters_templates_and_mappings_on_unknown_fields_are_refused_with_a_suggestio
 fn check_fails_when_the_admin_address_is_taken() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = taken.local_addr().unwrap();
-    let config = TempConfig::new(&format!("{}[admin]\nlisten = \"{address}\"\n", kafka_section()));
+    // A route, so that the file has something to run (`check` fails a file `run` refuses).
+    let route = stdout_route_config("r", "pipeline.stage.events", "");
+    let config = TempConfig::new(&format!("{route}[admin]\nlisten = \"{address}\"\n"));
     let out = run_herald(&["check", "--config", config.path.to_str().unwrap()]);
     let said = text(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{said}");

@@ -76,7 +76,7 @@ fn diff_from(old: &std::path::Path, path: &std::path::Path, config: &Config, rep
                 .fail("reload", format!("cannot read --diff {}: {}", old.display(), error_chain(&err).join(": ")))
         }
     };
-    match super::reload::plan(&running, config, path) {
+    match super::reload::plan(&running, config, path, &super::reload::Failed::default()) {
         Ok(plan) => {
             report.ok("reload", format!("from {}: {}", old.display(), plan.summary()));
             for warning in &plan.warnings {

@@ -10,15 +10,18 @@
 
 use std::path::{Path, PathBuf};
 
-use herald_core::{BoundRoute, RouteChanges, RouteConfig, SourceChanges, SourceSpec};
+use std::sync::Arc;
+
+use herald_admin::Control;
+use herald_core::{BoundRoute, Observer, RouteChanges, RouteConfig, SourceChanges, SourceSpec};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::registry;
 
-/// A request to reload; answered with what changed, or why nothing did.
-pub type ReloadRequest = oneshot::Sender<Result<String, String>>;
+/// A request from SIGHUP or the admin API, with where its answer goes.
+pub type ControlRequest = (Control, oneshot::Sender<Result<String, String>>);
 
 /// Where a reload hands its changes: the route runtime and the source runtime.
 pub struct Changes {
@@ -28,20 +31,65 @@ pub struct Changes {
     pub sources: mpsc::Sender<SourceChanges>,
 }
 
-/// Serves reload requests until every sender is gone: `current` is the config running now.
-pub async fn serve(path: PathBuf, mut current: Config, mut requests: mpsc::Receiver<ReloadRequest>, changes: Changes) {
-    while let Some(answer) = requests.recv().await {
+/// Serves reload and restart requests until every sender is gone: `current` is the config
+/// running now, `observer` says which routes and sources have failed.
+pub async fn serve(
+    path: PathBuf,
+    mut current: Config,
+    mut requests: mpsc::Receiver<ControlRequest>,
+    changes: Changes,
+    observer: Arc<Observer>,
+) {
+    while let Some((request, answer)) = requests.recv().await {
+        let outcome = match &request {
+            Control::Reload => reload(&path, &mut current, &changes, &observer).await,
+            Control::RestartRoute(name) => restart_route(&current, name, &changes).await,
+            Control::RestartSource(name) => restart_source(&current, name, &changes).await,
+        };
         // Whatever a library put in an answer, a secret of the config does not leave herald.
-        let outcome = reload(&path, &mut current, &changes)
-            .await
+        let outcome = outcome
             .map(|said| herald_config::redact(&said).into_owned())
             .map_err(|why| herald_config::redact(&why).into_owned());
-        match &outcome {
-            Ok(summary) => info!(config = %path.display(), "Reloaded: {summary}"),
-            Err(why) => warn!(config = %path.display(), "Reload refused; running on with the old config: {why}"),
+        match (&request, &outcome) {
+            (Control::Reload, Ok(summary)) => info!(config = %path.display(), "Reloaded: {summary}"),
+            (Control::Reload, Err(why)) => {
+                warn!(config = %path.display(), "Reload refused; running on with the old config: {why}")
+            }
+            (_, Ok(done)) => info!("Restarted: {done}"),
+            (_, Err(why)) => warn!("Restart refused: {why}"),
         }
         let _ = answer.send(outcome);
     }
+}
+
+/// Stops route `name` if it runs and starts it again with its settings in `current`.
+async fn restart_route(current: &Config, name: &str, changes: &Changes) -> Result<String, String> {
+    let Some(route) = current.routes.iter().find(|route| route.name == name) else {
+        return Err(format!("no route `{name}` in the running config"));
+    };
+    let mut sink = registry::build(route, herald_sdk::Purpose::Run).await.map_err(|err| format!("{err:#}"))?;
+    if let Err(err) = sink.healthcheck().await {
+        warn!(route = %name, error = %herald_sdk::error_chain(&err).join(": "), "Sink healthcheck failed; writes will be retried.");
+    }
+    let (done, outcome) = oneshot::channel();
+    let start = vec![BoundRoute { config: route.clone(), sink }];
+    let change = RouteChanges { stop: vec![name.to_owned()], start, done };
+    changes.routes.send(change).await.map_err(|_| "herald is stopping".to_owned())?;
+    outcome.await.map_err(|_| "herald is stopping".to_owned())??;
+    Ok(format!("route `{name}`"))
+}
+
+/// Stops source `name` if it runs and starts it again with its settings in `current`.
+async fn restart_source(current: &Config, name: &str, changes: &Changes) -> Result<String, String> {
+    let Some(spec) = current.sources.iter().find(|spec| spec.name == name) else {
+        return Err(format!("no source `{name}` in the running config"));
+    };
+    let source = registry::source(spec).map_err(|err| format!("{err:#}"))?;
+    let (done, outcome) = oneshot::channel();
+    let change = SourceChanges { stop: vec![name.to_owned()], start: vec![(name.to_owned(), source)], done };
+    changes.sources.send(change).await.map_err(|_| "herald is stopping".to_owned())?;
+    outcome.await.map_err(|_| "herald is stopping".to_owned())?;
+    Ok(format!("source `{name}`"))
 }
 
 /// What a reload does, worked out from the running config and the new one before anything is
@@ -107,7 +155,7 @@ impl Plan {
 /// it is checked as `herald run` would check it (a file with nothing to run, as an editor
 /// leaves it mid-write, is refused), and a source whose capture would have to move is refused
 /// with what to run instead.
-pub fn plan(current: &Config, next: &Config, path: &Path) -> Result<Plan, String> {
+pub fn plan(current: &Config, next: &Config, path: &Path, failed: &Failed) -> Result<Plan, String> {
     if let Some(why) = next.nothing_to_run(path) {
         return Err(why);
     }
@@ -117,8 +165,22 @@ pub fn plan(current: &Config, next: &Config, path: &Path) -> Result<Plan, String
     // Every source of the new config is parsed (and their claims compared) even if only some
     // start: the new config as a whole must be one herald could start with.
     let mut next_sources = registry::sources(&next.sources).map_err(|err| format!("{err:#}"))?;
-    let (stop_routes, start_routes) = route_diff(&current.routes, &next.routes);
-    let (stop_sources, start_names) = diff(&current.sources, &next.sources, |spec: &SourceSpec| &spec.name);
+    let (mut stop_routes, mut start_routes) = route_diff(&current.routes, &next.routes);
+    let (mut stop_sources, mut start_names) = diff(&current.sources, &next.sources, |spec: &SourceSpec| &spec.name);
+    // A failed route or source of the new config starts again, changed or not: a reload is
+    // how a fixed cause is picked up.
+    for route in next.routes.iter().filter(|route| failed.routes.contains(&route.name)) {
+        if !start_routes.iter().any(|started| started.name == route.name) {
+            stop_routes.push(route.name.clone());
+            start_routes.push(route.clone());
+        }
+    }
+    for spec in next.sources.iter().filter(|spec| failed.sources.contains(&spec.name)) {
+        if !start_names.contains(&spec.name) {
+            stop_sources.push(spec.name.clone());
+            start_names.push(spec.name.clone());
+        }
+    }
     for (name, source) in next_sources.iter().filter(|(name, _)| start_names.contains(name)) {
         let Some(spec) = current.sources.iter().find(|spec| &spec.name == name) else { continue };
         let running = registry::source(spec).map_err(|err| format!("{err:#}"))?;
@@ -146,6 +208,35 @@ pub fn plan(current: &Config, next: &Config, path: &Path) -> Result<Plan, String
         restart_only: sections_needing_restart(current, next),
         untouched,
     })
+}
+
+/// The routes and sources that are `failed` now, by name: a reload starts them again.
+#[derive(Debug, Default)]
+pub struct Failed {
+    /// Failed routes.
+    pub routes: Vec<String>,
+    /// Failed sources.
+    pub sources: Vec<String>,
+}
+
+impl Failed {
+    /// What `observer` shows failed.
+    pub fn from(observer: &Observer) -> Self {
+        Self {
+            routes: observer
+                .routes()
+                .iter()
+                .filter(|route| route.state().status == "failed")
+                .map(|route| route.name.clone())
+                .collect(),
+            sources: observer
+                .sources()
+                .into_iter()
+                .filter(|(_, source)| source.state().status == "failed")
+                .map(|(name, _)| name)
+                .collect(),
+        }
+    }
 }
 
 /// The capture settings (see [`herald_core::source::Source::capture_settings`]) that differ.
@@ -214,9 +305,9 @@ fn new_group_warnings(current: &Config, stop: &[String], start: &[RouteConfig]) 
 
 /// One reload: what changed, or why nothing did. The file is read once, whole, and checked as
 /// `run` checks it; every new sink is built before anything stops.
-async fn reload(path: &Path, current: &mut Config, changes: &Changes) -> Result<String, String> {
+async fn reload(path: &Path, current: &mut Config, changes: &Changes, observer: &Observer) -> Result<String, String> {
     let next = Config::load(path).map_err(|err| herald_sdk::error_chain(&err).join(": "))?;
-    let plan = plan(current, &next, path)?;
+    let plan = plan(current, &next, path, &Failed::from(observer))?;
     for warning in &plan.warnings {
         warn!(config = %path.display(), "Reload: {warning}");
     }

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use herald_core::BoundRoute;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::registry;
 
@@ -18,6 +18,10 @@ pub struct RunArgs {
     /// The config file.
     #[arg(long, short, env = "HERALD_CONFIG", default_value = "config/herald.toml")]
     pub config: PathBuf,
+    /// Exit 1 on the first route or source that fails, instead of running on with the others
+    /// (for CI and one-shot jobs; a supervisor that restarts herald should leave it off).
+    #[arg(long)]
+    pub fail_fast: bool,
     /// How long to keep trying to reach Kafka at start (with backoff) before exiting 1.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub startup_timeout: std::time::Duration,
@@ -29,16 +33,32 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         bail!(why);
     }
     let sources = registry::sources(&config.sources).with_context(|| format!("{}", args.config.display()))?;
+    let observer = herald_core::Observer::new().context("cannot register metrics")?;
+    // Every route and source is known to the observer from the start, so "every one failed" is
+    // never decided over those not started yet.
+    for route in &config.routes {
+        observer.route(&route.name);
+    }
+    for (name, _) in &sources {
+        observer.source(name);
+    }
     let mut routes = Vec::with_capacity(config.routes.len());
     for route in &config.routes {
-        let mut sink = registry::build(route, herald_sdk::Purpose::Run)
-            .await
-            .with_context(|| format!("{}", args.config.display()))?;
-        // A sink that is down at start is not fatal: writes are retried until it is back.
-        if let Err(err) = sink.healthcheck().await {
-            warn!(route = %route.name, error = %herald_sdk::error_chain(&err).join(": "), "Sink healthcheck failed; writes will be retried.");
+        match registry::build(route, herald_sdk::Purpose::Run).await {
+            Ok(mut sink) => {
+                // A sink that is down at start is not fatal: writes are retried until it is back.
+                if let Err(err) = sink.healthcheck().await {
+                    warn!(route = %route.name, error = %herald_sdk::error_chain(&err).join(": "), "Sink healthcheck failed; writes will be retried.");
+                }
+                routes.push(BoundRoute { config: route.clone(), sink });
+            }
+            Err(err) => {
+                // It fails alone: the other routes and the sources start.
+                let reason = format!("{err:#}");
+                error!(route = %route.name, error = %reason, "Route failed to start; the other routes run on.");
+                observer.route(&route.name).stopped_on(reason);
+            }
         }
-        routes.push(BoundRoute { config: route.clone(), sink });
     }
     info!(config = %args.config.display(), brokers = config.kafka.bootstrap_servers(), "Starting herald.");
     let stop = CancellationToken::new();
@@ -59,9 +79,15 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         info!("Stopped before Kafka answered.");
         return Ok(ExitCode::SUCCESS);
     }
-    let observer = herald_core::Observer::new().context("cannot register metrics")?;
     let changes = super::reload::Changes { routes: route_change_sender, sources: source_change_sender };
-    tokio::spawn(super::reload::serve(args.config.clone(), config.clone(), reload_queue, changes));
+    tokio::spawn(super::reload::serve(
+        args.config.clone(),
+        config.clone(),
+        reload_queue,
+        changes,
+        Arc::clone(&observer),
+    ));
+    let failures = tokio::spawn(stop_when_failed(Arc::clone(&observer), args.fail_fast, stop.clone()));
     let board = (!config.board.topics.is_empty())
         .then(|| Arc::new(herald_board::Board::bounded(config.board.max_cells, Some(observer.board_evicted()))));
     if let Some(board) = &board {
@@ -98,7 +124,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         .context("admin API")?;
         tokio::spawn(serve);
     }
-    // Routes and sources run side by side; whichever fails first stops the other cleanly.
+    // Routes and sources run side by side; one that fails stops alone (see `stop_when_failed`).
     let run_routes = async {
         let result = herald_core::run(
             &config.kafka,
@@ -135,8 +161,40 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     routes_result?;
     sources_result?;
     expect_result?;
+    if let Ok(Some(failed)) = failures.await {
+        bail!("herald stopped because {failed}");
+    }
     info!("herald stopped cleanly.");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Watches for failed routes and sources: with `fail_fast` the first one, otherwise all of them
+/// failed, stops herald (`stop`) and is returned as why. While anything runs herald runs on: a
+/// failed unit is shown (`/routes`, `/sources`, readiness, `herald_*_failed`) and restarted on
+/// its own.
+async fn stop_when_failed(
+    observer: Arc<herald_core::Observer>,
+    fail_fast: bool,
+    stop: CancellationToken,
+) -> Option<String> {
+    let mut ticker = tokio::time::interval(std::time::Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return None,
+            _ = ticker.tick() => {}
+        }
+        let (failed, units) = observer.failures();
+        let why = if fail_fast && !failed.is_empty() {
+            format!("a route or source failed and --fail-fast is set: {}", failed.join("; "))
+        } else if units > 0 && failed.len() == units {
+            format!("every route and source failed: {}", failed.join("; "))
+        } else {
+            continue;
+        };
+        error!("{why}");
+        stop.cancel();
+        return Some(why);
+    }
 }
 
 /// Completes on the first SIGINT or SIGTERM.
@@ -179,7 +237,7 @@ async fn reach_kafka(
 
 /// Each SIGHUP asks for a reload (its outcome is logged by the reload task); without this,
 /// SIGHUP would end the process uncleanly.
-async fn reload_on_hangup(requests: tokio::sync::mpsc::Sender<super::reload::ReloadRequest>, stop: CancellationToken) {
+async fn reload_on_hangup(requests: tokio::sync::mpsc::Sender<super::reload::ControlRequest>, stop: CancellationToken) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -197,7 +255,7 @@ async fn reload_on_hangup(requests: tokio::sync::mpsc::Sender<super::reload::Rel
             }
             info!("SIGHUP: reloading the config.");
             let (answer, outcome) = tokio::sync::oneshot::channel();
-            if requests.send(answer).await.is_err() {
+            if requests.send((herald_admin::Control::Reload, answer)).await.is_err() {
                 return;
             }
             let _ = outcome.await;

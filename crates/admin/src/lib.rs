@@ -9,7 +9,8 @@ herald-admin: the HTTP API operators use, what Kafka Connect's REST API gives th
 | `GET /routes` | each route: status, assigned partitions, lag, counters, last error, last event time |
 | `GET /sources` | each source: status (`standby`, `active`, `retrying`), last error and since when it has been stuck, events published, transactions, backlog (captured, not yet published), rows held in `herald_changes` (trigger capture), WAL its slot holds back (WAL capture) |
 | `POST /routes/{name}/pause`, `/resume` | stop or restart consuming, keeping the group membership |
-| `POST /reload` | re-read the config: `200` with what changed (only changed routes restart), or `422` with why it was refused (the old config runs on) |
+| `POST /reload` | re-read the config: `200` with what changed (only changed routes restart, and failed ones start again), or `422` with why it was refused (the old config runs on) |
+| `POST /routes/{name}/restart`, `POST /sources/{name}/restart` | stop the route or source if it runs and start it again from the running config: a `failed` one whose cause was fixed comes back; `200`, or `422` with why not |
 | `GET /board` | the status board (when `[board] topics` is set): a live page, one row per source, one column per stage |
 | `GET /board/state` | the board as JSON: `stages` (first-seen order) and `cells` (latest event per source and stage) |
 | `GET /board/events` | the board live, as server-sent events: a `snapshot`, then a `cell` per change |
@@ -54,8 +55,20 @@ use tracing::info;
 
 pub use config::{AdminConfig, AuthScope};
 
-/// Where `POST /reload` sends its request; the answer is what changed, or why nothing did.
-pub type ReloadRequests = tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Result<String, String>>>;
+/// What the admin API asks the process to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Control {
+    /// Re-read the config (`POST /reload`).
+    Reload,
+    /// Stop route `name` if it runs and start it again from the running config (`POST
+    /// /routes/{name}/restart`): a failed route whose cause was fixed comes back.
+    RestartRoute(String),
+    /// The same for source `name` (`POST /sources/{name}/restart`).
+    RestartSource(String),
+}
+
+/// Where the admin API sends a [`Control`] request; the answer is what was done, or why not.
+pub type ControlRequests = tokio::sync::mpsc::Sender<(Control, tokio::sync::oneshot::Sender<Result<String, String>>)>;
 
 /// The admin server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -82,7 +95,7 @@ pub async fn bind(
     config: &AdminConfig,
     observer: Arc<Observer>,
     board: Option<Arc<Board>>,
-    reload: Option<ReloadRequests>,
+    control: Option<ControlRequests>,
     stop: CancellationToken,
 ) -> Result<(SocketAddr, impl Future<Output = ()>), AdminError> {
     let token = config.resolve_token().map_err(AdminError::Token)?;
@@ -94,8 +107,14 @@ pub async fn bind(
     if let Some(board) = board {
         app = app.merge(board::router(board, config.max_event_streams, stop.clone()));
     }
-    if let Some(reload) = reload {
-        app = app.merge(Router::new().route("/reload", post(reload_config)).with_state(reload));
+    if let Some(control) = control {
+        app = app.merge(
+            Router::new()
+                .route("/reload", post(reload_config))
+                .route("/routes/{name}/restart", post(restart_route))
+                .route("/sources/{name}/restart", post(restart_source))
+                .with_state(control),
+        );
     }
     let guard = guard::Guard::new(bound, token, config.auth);
     let app = app.layer(axum::middleware::from_fn_with_state(guard, guard::guard));
@@ -201,14 +220,34 @@ async fn sources(State(observer): State<Arc<Observer>>) -> Json<Vec<SourceView>>
     )
 }
 
-async fn reload_config(State(reload): State<ReloadRequests>) -> Response {
+/// Sends `request` and waits for its answer.
+async fn ask(control: &ControlRequests, request: Control) -> Result<String, String> {
     let (answer, outcome) = tokio::sync::oneshot::channel();
-    let outcome = match reload.send(answer).await {
+    match control.send((request, answer)).await {
         Ok(()) => outcome.await.unwrap_or_else(|_| Err("herald is stopping".into())),
         Err(_) => Err("herald is stopping".into()),
-    };
-    match outcome {
+    }
+}
+
+async fn reload_config(State(control): State<ControlRequests>) -> Response {
+    match ask(&control, Control::Reload).await {
         Ok(changed) => (StatusCode::OK, Json(serde_json::json!({ "reloaded": changed }))).into_response(),
+        Err(why) => (StatusCode::UNPROCESSABLE_ENTITY, Json(serde_json::json!({ "error": why }))).into_response(),
+    }
+}
+
+async fn restart_route(State(control): State<ControlRequests>, Path(name): Path<String>) -> Response {
+    restarted(ask(&control, Control::RestartRoute(name)).await)
+}
+
+async fn restart_source(State(control): State<ControlRequests>, Path(name): Path<String>) -> Response {
+    restarted(ask(&control, Control::RestartSource(name)).await)
+}
+
+/// `200` with what restarted, or `422` with why not.
+fn restarted(outcome: Result<String, String>) -> Response {
+    match outcome {
+        Ok(done) => (StatusCode::OK, Json(serde_json::json!({ "restarted": done }))).into_response(),
         Err(why) => (StatusCode::UNPROCESSABLE_ENTITY, Json(serde_json::json!({ "error": why }))).into_response(),
     }
 }

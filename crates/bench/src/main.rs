@@ -17,6 +17,7 @@ mod observe;
 mod plot;
 mod process;
 mod publish;
+mod restart;
 mod routes;
 mod sinks;
 mod source;
@@ -177,6 +178,13 @@ enum Command {
     },
     /// Start-up time to all sinks connected, and idle memory.
     Startup,
+    /// A herald SIGKILLed and restarted at once: exec → first delivery, with dynamic and with
+    /// static group membership (`[runtime] instance_id`), alternating.
+    Restart {
+        /// Rounds of (dynamic, static).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// Draws baseline.svg again from a results.json that `all` wrote.
     Plot {
         /// The results.json.
@@ -253,6 +261,7 @@ async fn main() -> Result<()> {
         Command::SourceOverhead { rows, rounds } => source::writer_overhead(&services, rows, rounds).await?,
         Command::Baseline { rate, duration } => baseline::run(&services, rate, events_in(rate, duration)).await?,
         Command::Startup => vec![startup::run(&services).await?],
+        Command::Restart { rounds } => restart::run(&services, rounds).await?,
         Command::Expect { pairs, rounds } => expect::run(&services, pairs, rounds).await?,
         Command::Publish { rounds } => publish::run(&services, rounds).await?,
         Command::LimitStdout { events, rounds, event_bytes } => {

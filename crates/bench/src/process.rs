@@ -201,6 +201,13 @@ impl HeraldProcess {
         })
     }
 
+    /// SIGKILL, as a crash or the OOM killer ends a process: nothing is committed or left.
+    pub fn kill(mut self) -> Result<()> {
+        self.child.kill().context("killing herald")?;
+        self.child.wait().context("reaping herald")?;
+        Ok(())
+    }
+
     /// SIGTERM, then waits for a clean exit.
     pub fn stop(mut self) -> Result<()> {
         let pid = self.child.id().to_string();

@@ -41,6 +41,18 @@ pub struct RuntimeConfig {
     /// `queued.max.messages.kbytes`, which a route's `[kafka]` setting overrides). Default `64`.
     #[serde(default = "default_prefetch_budget_mb")]
     pub prefetch_budget_mb: usize,
+    /// This process's stable name among the processes that share a config, for Kafka's static
+    /// group membership (KIP-345): each route's consumer joins as `group.instance.id =
+    /// "<instance_id>.<route>"`, so a herald restarted after a crash (SIGKILL, OOM) gets its
+    /// partitions back at once instead of waiting out the dead member's `session.timeout.ms`
+    /// (45 s by default). Give every process its own, stable across restarts: a StatefulSet's
+    /// pod name, a systemd instance name, e.g. `"${HOSTNAME}"`; two running processes with one
+    /// `instance_id` fence each other. The trade-off: a static member leaves its group only when
+    /// its session ends, so a process stopped for good (scaled down) holds its partitions for
+    /// `session.timeout.ms` before they move. Letters, digits, `.`, `_`, `-`. Default: none
+    /// (dynamic membership).
+    #[serde(default)]
+    pub instance_id: Option<String>,
 }
 
 fn default_prefetch_budget_mb() -> usize {
@@ -55,6 +67,17 @@ impl RuntimeConfig {
         }
         if self.idle_progress_interval.is_zero() {
             return Err(Invalid::new("runtime.idle_progress_interval", "must be greater than zero, e.g. \"5m\""));
+        }
+        if let Some(instance) = &self.instance_id {
+            let valid = !instance.is_empty()
+                && instance.len() <= 200
+                && instance.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+            if !valid {
+                return Err(Invalid::new(
+                    "runtime.instance_id",
+                    "must be 1 to 200 letters, digits, `.`, `_` or `-` (Kafka's group.instance.id)",
+                ));
+            }
         }
         Ok(())
     }
@@ -71,6 +94,7 @@ impl Default for RuntimeConfig {
             progress_interval: default_progress_interval(),
             idle_progress_interval: default_idle_progress_interval(),
             prefetch_budget_mb: default_prefetch_budget_mb(),
+            instance_id: None,
         }
     }
 }

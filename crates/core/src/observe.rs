@@ -31,6 +31,8 @@ pub struct Observer {
     source_capture_rows: IntGaugeVec,
     source_retained_wal: IntGaugeVec,
     source_stuck: IntGaugeVec,
+    route_failed: IntGaugeVec,
+    source_failed: IntGaugeVec,
     reconcile_divergent: IntGaugeVec,
     board_evicted: IntCounter,
     sources: RwLock<BTreeMap<String, SourceMetrics>>,
@@ -90,6 +92,22 @@ impl Observer {
             &["source"],
         )?;
         registry.register(Box::new(source_stuck.clone()))?;
+        let route_failed = IntGaugeVec::new(
+            Opts::new(
+                "route_failed",
+                "1 while a route has stopped on a failure that retrying will not heal (see /routes); the others run on.",
+            ),
+            &["route"],
+        )?;
+        registry.register(Box::new(route_failed.clone()))?;
+        let source_failed = IntGaugeVec::new(
+            Opts::new(
+                "source_failed",
+                "1 while a source has stopped on a failure that retrying will not heal (see /sources); the others run on.",
+            ),
+            &["source"],
+        )?;
+        registry.register(Box::new(source_failed.clone()))?;
         let reconcile_divergent = IntGaugeVec::new(
             Opts::new(
                 "reconcile_divergent",
@@ -130,6 +148,8 @@ impl Observer {
             source_capture_rows,
             source_retained_wal,
             source_stuck,
+            route_failed,
+            source_failed,
             reconcile_divergent,
             board_evicted,
             sources: RwLock::new(BTreeMap::new()),
@@ -162,6 +182,7 @@ impl Observer {
             retries: self.retried.with_label_values(&[name]),
             isolated: self.isolated.with_label_values(&[name]),
             write_seconds: self.write_seconds.with_label_values(&[name]),
+            failed: self.route_failed.with_label_values(&[name]),
             lag_by_partition: self.lag.clone(),
             lag: AtomicI64::new(-1),
             kafka_up: AtomicBool::new(false),
@@ -184,6 +205,7 @@ impl Observer {
                 let _ = family.remove_label_values(&[name]);
             }
             let _ = self.write_seconds.remove_label_values(&[name]);
+            let _ = self.route_failed.remove_label_values(&[name]);
         }
     }
 
@@ -201,6 +223,24 @@ impl Observer {
         }
     }
 
+    /// The routes and sources that are `failed`, and how many routes and sources there are.
+    pub fn failures(&self) -> (Vec<String>, usize) {
+        let routes = self.routes();
+        let sources = self.sources();
+        let mut failed: Vec<String> = routes
+            .iter()
+            .filter(|route| route.state().status == "failed")
+            .map(|route| format!("route {}: {}", route.name, route.state().last_error.unwrap_or_default()))
+            .collect();
+        failed.extend(
+            sources
+                .iter()
+                .filter(|(_, source)| source.state().status == "failed")
+                .map(|(name, source)| format!("source {name}: {}", source.state().last_error.unwrap_or_default())),
+        );
+        (failed, routes.len() + sources.len())
+    }
+
     /// Every route's shared state, by name.
     pub fn routes(&self) -> Vec<Arc<RouteShared>> {
         self.routes.read().unwrap_or_else(PoisonError::into_inner).values().cloned().collect()
@@ -215,8 +255,10 @@ impl Observer {
             capture_rows: self.source_capture_rows.with_label_values(&[name]),
             retained_wal_bytes: self.source_retained_wal.with_label_values(&[name]),
             stuck: self.source_stuck.with_label_values(&[name]),
+            failed: self.source_failed.with_label_values(&[name]),
             state: Arc::new(Mutex::new(SourceState { status: "starting", ..SourceState::default() })),
         };
+        metrics.failed.set(0);
         self.sources.write().unwrap_or_else(PoisonError::into_inner).insert(name.to_owned(), metrics.clone());
         metrics
     }
@@ -255,8 +297,12 @@ impl Observer {
             let state = route.state();
             match state.status {
                 "failed" => problems.push(format!(
-                    "route {}: failed: {}",
+                    "route {}: failed since {}: {}",
                     route.name,
+                    state
+                        .failed_since
+                        .map(|since| since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                        .unwrap_or_default(),
                     state.last_error.as_deref().unwrap_or("(no error recorded)")
                 )),
                 "stopped" => problems.push(format!("route {}: stopped", route.name)),
@@ -265,6 +311,14 @@ impl Observer {
         }
         for (name, source) in self.sources() {
             let state = source.state();
+            if let (Some(since), "failed") = (state.failed_since, state.status) {
+                problems.push(format!(
+                    "source {name}: failed since {}: {}",
+                    since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    state.last_error.clone().unwrap_or_default()
+                ));
+                continue;
+            }
             if let Some(since) = state.stuck_since {
                 problems.push(format!(
                     "source {name}: retrying since {}: {}",
@@ -296,18 +350,24 @@ pub struct SourceMetrics {
     pub retained_wal_bytes: IntGauge,
     /// 1 while the source retries after a failure.
     pub stuck: IntGauge,
+    /// 1 while the source has stopped on a failure.
+    failed: IntGauge,
     state: Arc<Mutex<SourceState>>,
 }
 
 /// A source's state as the admin API shows it.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct SourceState {
-    /// `starting`, `standby` (another instance publishes), `active` or `retrying`.
+    /// `starting`, `standby` (another instance publishes), `active`, `retrying`, or `failed`
+    /// (stopped on a failure retrying will not heal; `POST /sources/{name}/restart` or a reload
+    /// starts it again).
     pub status: &'static str,
     /// The last failure, if any.
     pub last_error: Option<String>,
     /// Since when the source has been failing without publishing, while it is.
     pub stuck_since: Option<DateTime<Utc>>,
+    /// When it stopped on a failure, while it is `failed`.
+    pub failed_since: Option<DateTime<Utc>>,
 }
 
 impl SourceMetrics {
@@ -319,6 +379,16 @@ impl SourceMetrics {
     /// Records the source's status (`standby`, `active`), leaving a failure in place.
     pub fn set_status(&self, status: &'static str) {
         self.state.lock().unwrap_or_else(PoisonError::into_inner).status = status;
+    }
+
+    /// Records that the source stopped on `error`, a failure retrying will not heal.
+    pub fn stopped_on(&self, error: String) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.status = "failed";
+        state.last_error = Some(error);
+        state.failed_since = Some(Utc::now());
+        self.failed.set(1);
+        self.stuck.set(0);
     }
 
     /// Records a failure the source retries: stuck from now, unless it already was.
@@ -350,6 +420,7 @@ impl SourceMetrics {
             retained_wal_bytes: IntGauge::new("retained_wal_bytes", "unregistered")
                 .unwrap_or_else(|_| unreachable!("valid name")),
             stuck: IntGauge::new("stuck", "unregistered").unwrap_or_else(|_| unreachable!("valid name")),
+            failed: IntGauge::new("failed", "unregistered").unwrap_or_else(|_| unreachable!("valid name")),
             state: Arc::new(Mutex::new(SourceState { status: "starting", ..SourceState::default() })),
         }
     }
@@ -374,6 +445,8 @@ pub struct RouteShared {
     pub isolated: IntCounter,
     /// Batch write latency.
     pub write_seconds: Histogram,
+    /// 1 while the route is failed.
+    failed: IntGauge,
     lag_by_partition: IntGaugeVec,
     /// Total consumer lag of the assigned partitions (-1: unknown).
     pub lag: AtomicI64,
@@ -399,6 +472,8 @@ pub struct RouteState {
     pub last_error: Option<String>,
     /// When the last event was delivered.
     pub last_event_at: Option<DateTime<Utc>>,
+    /// When it stopped on a failure, while it is `failed`.
+    pub failed_since: Option<DateTime<Utc>>,
     /// Records dead-lettered as poison so far.
     pub isolated: u64,
     /// The last record dead-lettered as poison: `topic[partition]@offset: error`.
@@ -419,6 +494,27 @@ impl RouteShared {
     /// The route's state now.
     pub fn state(&self) -> RouteState {
         self.state.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Records that the route stopped on `error`, a failure retrying will not heal; the others
+    /// run on.
+    pub fn stopped_on(&self, error: String) {
+        self.update(|state| {
+            state.status = "failed";
+            state.last_error = Some(error);
+            state.failed_since = Some(Utc::now());
+            state.assigned.clear();
+        });
+        self.failed.set(1);
+    }
+
+    /// Records that the route is starting (again).
+    pub fn starting(&self) {
+        self.update(|state| {
+            state.status = "starting";
+            state.failed_since = None;
+        });
+        self.failed.set(0);
     }
 
     /// Updates the state.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::config::{RouteConfig, RuntimeConfig};
 use crate::dlq::DeadLetterQueue;
@@ -38,12 +38,17 @@ pub struct RouteChanges {
     pub done: tokio::sync::oneshot::Sender<Result<(), String>>,
 }
 
-/// Runs every route until `shutdown` completes or a route fails, applying each [`RouteChanges`]
-/// that arrives on `changes` meanwhile.
+/// Runs every route until `shutdown` completes, applying each [`RouteChanges`] that arrives on
+/// `changes` meanwhile (a reload, or a restart of one route: stop it if it runs, start it).
+///
+/// A route that fails (a failure its sink does not retry: configuration, permissions, a table
+/// dropped) stops alone: it shows `failed` in the observer, with its error and since when, and
+/// the others run on. Deciding whether the process should stop then (every route failed, or
+/// `--fail-fast`) is the caller's, from [`Observer::failures`].
 ///
 /// On shutdown each route stops fetching, finishes its in-flight batch, commits its offsets,
-/// closes its sink and leaves its consumer group; then `run` returns `Ok`. When a route fails, the
-/// others are shut down the same way and the route's error is returned.
+/// closes its sink and leaves its consumer group; then `run` returns `Ok`. It returns an error
+/// only when a route's task ended abnormally (a panic).
 ///
 /// `observer` receives every route's metrics and state, for the admin API.
 pub async fn run(
@@ -66,11 +71,8 @@ pub async fn run(
     };
     let count = routes.len();
     for route in routes {
-        if let Err(failure) = running.start(route, count).await {
-            running.cancel.cancel();
-            while running.workers.join_next().await.is_some() {}
-            return Err(failure);
-        }
+        // A route that cannot start fails alone; the others start.
+        running.start_or_fail(route, count).await;
     }
     info!(routes = running.routes.len(), "herald is running.");
     running.watch();
@@ -130,7 +132,8 @@ impl Running<'_> {
         let name = route.name.clone();
         let stats = self.observer.route(&name);
         let prefetch_kbytes = self.settings.prefetch_kbytes(count);
-        let worker = start_route(self.kafka, route, sink, Arc::clone(&stats), prefetch_kbytes)
+        let instance_id = self.settings.instance_id.as_deref();
+        let worker = start_route(self.kafka, route, sink, Arc::clone(&stats), prefetch_kbytes, instance_id)
             .await
             .map_err(|source| RuntimeError::Route { route: name.clone(), source })?;
         let lag = LagSubject {
@@ -164,28 +167,43 @@ impl Running<'_> {
         self.watchers = Some((progress, lag, stop));
     }
 
-    /// Records how a route's task ended; a failure stops the others.
+    /// Starts `route`, or records it `failed` when it cannot start: the others run on.
+    async fn start_or_fail(&mut self, route: BoundRoute, count: usize) -> Option<String> {
+        let name = route.config.name.clone();
+        self.observer.route(&name).starting();
+        match self.start(route, count).await {
+            Ok(()) => None,
+            Err(failure) => {
+                let reason = herald_sdk::error_chain(&failure).join(": ");
+                error!(route = %name, error = %reason, "Route failed to start; the other routes run on.");
+                self.observer.route(&name).stopped_on(reason.clone());
+                Some(reason)
+            }
+        }
+    }
+
+    /// Records how a route's task ended. A failure stops that route alone: it shows `failed`
+    /// (with the error and since when) until a restart or a reload starts it again.
     fn settle(&mut self, joined: Result<(String, Result<(), RouteError>), tokio::task::JoinError>) -> Option<String> {
-        let (name, failure) = match joined {
+        let name = match joined {
             Ok((route, Ok(()))) => {
                 self.observer.route(&route).update(|state| state.status = "stopped");
-                (Some(route), None)
+                Some(route)
             }
             Ok((route, Err(source))) => {
                 let reason = herald_sdk::error_chain(&source).join(": ");
-                self.observer.route(&route).update(|state| {
-                    state.status = "failed";
-                    state.last_error = Some(reason);
-                });
-                (Some(route.clone()), Some(RuntimeError::Route { route, source }))
+                error!(route = %route, error = %reason, "Route failed; the other routes run on.");
+                self.observer.route(&route).stopped_on(reason);
+                Some(route)
             }
-            Err(source) => (None, Some(RuntimeError::Task { route: "?".into(), source })),
+            Err(source) => {
+                let failure = RuntimeError::Task { route: "?".into(), source };
+                error!(error = %herald_sdk::error_chain(&failure).join(": "), "A route's task ended abnormally; stopping.");
+                self.first_error.get_or_insert(failure);
+                self.cancel.cancel();
+                None
+            }
         };
-        if let Some(failure) = failure {
-            error!(error = %herald_sdk::error_chain(&failure).join(": "), "Route failed; stopping the others.");
-            self.first_error.get_or_insert(failure);
-            self.cancel.cancel();
-        }
         if let Some(name) = &name {
             self.routes.remove(name);
         }
@@ -210,7 +228,7 @@ impl Running<'_> {
                 stopping.remove(&name);
             }
             if self.cancel.is_cancelled() {
-                return Err("a route failed while the reload stopped routes; herald is stopping".into());
+                return Err("herald is stopping".into());
             }
         }
         for name in stopping_names.iter().filter(|name| !start.iter().any(|route| &route.config.name == *name)) {
@@ -218,19 +236,20 @@ impl Running<'_> {
             self.observer.forget_route(name);
         }
         let count = self.routes.len() + start.len();
+        let mut refused = Vec::new();
         for route in start {
             let name = route.config.name.clone();
-            info!(route = %name, "Reload: starting the route.");
-            if let Err(failure) = self.start(route, count).await {
-                let reason = herald_sdk::error_chain(&failure).join(": ");
-                error!(error = %reason, "Route failed to start on reload; stopping the others.");
-                self.first_error.get_or_insert(failure);
-                self.cancel.cancel();
-                return Err(reason);
+            info!(route = %name, "Starting the route.");
+            if let Some(reason) = self.start_or_fail(route, count).await {
+                refused.push(format!("route `{name}` failed to start: {reason}"));
             }
         }
         self.watch();
-        Ok(())
+        if refused.is_empty() {
+            Ok(())
+        } else {
+            Err(refused.join("; "))
+        }
     }
 }
 
@@ -240,6 +259,7 @@ async fn start_route(
     sink: Box<dyn Sink>,
     stats: Arc<RouteShared>,
     prefetch_kbytes: usize,
+    instance_id: Option<&str>,
 ) -> Result<RouteWorker, RouteError> {
     let dead_letters = match &route.dead_letter_topic {
         Some(topic) => {
@@ -251,7 +271,8 @@ async fn start_route(
         }
         None => None,
     };
-    let consumer = create_consumer(kafka, &route, Arc::clone(&stats), prefetch_kbytes).map_err(RouteError::Consumer)?;
+    let consumer = create_consumer(kafka, &route, Arc::clone(&stats), prefetch_kbytes, instance_id)
+        .map_err(RouteError::Consumer)?;
     info!(route = %route.name, group = %route.group_id(), topics = ?route.topics, sink = %route.sink.kind, "Route started.");
     Ok(RouteWorker {
         max_events: route.batch.max_events.unwrap_or_else(|| sink.default_max_events()),
@@ -264,6 +285,9 @@ async fn start_route(
         resumption: Default::default(),
     })
 }
+
+/// How long a route may wait for partitions before the progress task says why it may be.
+const UNASSIGNED_WARNING: Duration = Duration::from_secs(15);
 
 /// Every `interval`, logs one line per route where something moved (read, lag, retries, dead
 /// letters): rates since its last line, totals and lag; an idle route's line only every
@@ -283,12 +307,29 @@ async fn report_progress(
     }
     let start = Instant::now();
     let mut said: Vec<Option<Said>> = routes.iter().map(|_| None).collect();
+    let mut told_unassigned = vec![false; routes.len()];
     let mut ticker = tokio::time::interval(interval);
     ticker.tick().await;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = ticker.tick() => {}
+        }
+        for ((name, stats), told) in routes.iter().zip(told_unassigned.iter_mut()) {
+            let state = stats.state();
+            let waiting = state.assigned.is_empty() && matches!(state.status, "starting" | "running");
+            if waiting && !*told && start.elapsed() >= UNASSIGNED_WARNING {
+                // The usual cause after a crash: the group waits for the dead member's session.
+                warn!(
+                    route = %name,
+                    waited_s = start.elapsed().as_secs(),
+                    "No partitions assigned yet: the consumer group is probably waiting for a previous member's \
+                     session to end (up to `session.timeout.ms`, 45 s by default, after a crash). \
+                     `[runtime] instance_id` (static membership) gives a restarted herald its partitions at once. \
+                     (Or more processes share the group than its topics have partitions.)"
+                );
+                *told = true;
+            }
         }
         for ((name, stats), last) in routes.iter().zip(said.iter_mut()) {
             let consumed = stats.consumed.get();

@@ -45,9 +45,9 @@ pub enum SourceRunError {
     Task(#[source] tokio::task::JoinError),
 }
 
-/// Runs every source until `cancel` fires or one fails, applying each [`SourceChanges`] that
-/// arrives on `changes` meanwhile. A failure stops the others and is returned; `cancel` is left
-/// for the caller to fire so that routes stop too.
+/// Runs every source until `cancel` fires, applying each [`SourceChanges`] that arrives on
+/// `changes` meanwhile (a reload, or a restart of one source). A source that fails stops
+/// alone: it shows `failed` in the observer with its error, and the others run on.
 pub async fn run_sources(
     kafka: &KafkaProperties,
     sources: Vec<NamedSource>,
@@ -130,9 +130,14 @@ impl RunningSources<'_> {
                 Ok(Some(name))
             }
             Ok((name, Err(source))) => {
+                // It stops alone: the other sources and every route run on.
                 self.tokens.remove(&name);
-                error!(source_name = %name, error = %herald_sdk::error_chain(source.as_ref()).join(": "), "Source failed; stopping the others.");
-                Err(SourceRunError::Failed { name, source })
+                let reason = herald_sdk::error_chain(source.as_ref()).join(": ");
+                error!(source_name = %name, error = %reason, "Source failed; the others run on.");
+                if let Some((_, metrics)) = self.observer.sources().into_iter().find(|(known, _)| known == &name) {
+                    metrics.stopped_on(reason);
+                }
+                Ok(Some(name))
             }
             Err(join) => Err(SourceRunError::Task(join)),
         }
@@ -219,7 +224,14 @@ mod tests {
     }
 
     async fn run_for(sources: Vec<NamedSource>, cancel_after: Duration) -> Result<(), SourceRunError> {
-        let observer = Observer::new().unwrap();
+        run_observed(sources, cancel_after, Observer::new().unwrap()).await
+    }
+
+    async fn run_observed(
+        sources: Vec<NamedSource>,
+        cancel_after: Duration,
+        observer: Arc<Observer>,
+    ) -> Result<(), SourceRunError> {
         let (_keep_open, changes) = tokio::sync::mpsc::channel(1);
         let cancel = CancellationToken::new();
         let canceller = cancel.clone();
@@ -243,14 +255,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_failing_source_stops_the_others_and_is_named() {
-        let failure = run_for(
-            vec![fake("steady", None), fake("broken", Some(Duration::from_millis(20)))],
-            Duration::from_secs(60),
-        )
-        .await
-        .unwrap_err();
-        assert!(matches!(&failure, SourceRunError::Failed { name, .. } if name == "broken"), "{failure:?}");
+    async fn a_failing_source_stops_alone_and_is_named() {
+        let observer = Observer::new().unwrap();
+        let sources = vec![fake("steady", None), fake("broken", Some(Duration::from_millis(20)))];
+        run_observed(sources, Duration::from_millis(500), Arc::clone(&observer)).await.unwrap();
+        let states: Vec<(String, &str)> =
+            observer.sources().into_iter().map(|(name, metrics)| (name, metrics.state().status)).collect();
+        assert!(states.contains(&("broken".to_owned(), "failed")), "{states:?}");
+        assert!(!states.contains(&("steady".to_owned(), "failed")), "{states:?}");
+        let (failed, units) = observer.failures();
+        assert_eq!((failed.len(), units), (1, 2), "{failed:?}");
+        assert!(observer.render().contains("herald_source_failed{source=\"broken\"} 1"));
     }
 
     #[tokio::test]

@@ -83,6 +83,17 @@ pub enum SourceError {
         /// The last position published, and when it was stored.
         since: String,
     },
+    /// A retire was asked for while a herald runs the source (it holds the source's lock).
+    #[error(
+        "source `{source_name}` is running in a herald ({holder}): a retire now would look to it like a lost \
+         capture. Stop that herald, or remove the [[source]] from its config and reload it, then retire"
+    )]
+    Running {
+        /// The source.
+        source_name: String,
+        /// Who holds the lock, as Postgres shows the session.
+        holder: String,
+    },
     /// A blocking task died.
     #[error("internal task failed")]
     Task(#[from] tokio::task::JoinError),

@@ -131,6 +131,12 @@ impl PostgresSourceConfig {
     pub async fn drop_source(&self, name: &str, kafka: &KafkaProperties) -> Result<bool, SourceError> {
         let plan = self.plan()?;
         let mut conn = self.connect(name).await?;
+        // A retire is not a loss: refused while a herald runs the source (it holds the lock),
+        // and the lock is held here until the retire is done, so none starts meanwhile.
+        if let Err(err) = take_source_lock(&mut conn, name).await {
+            let _ = conn.close().await;
+            return Err(err);
+        }
         let result = match self.capture {
             Capture::Trigger => retire_trigger_source(&mut conn, &plan, name).await,
             Capture::Wal => wal::drop_capture(&mut conn, &self.wal_names(name)).await,
@@ -525,6 +531,38 @@ async fn ensure_capture(conn: &mut PgConnection, plan: &Plan, name: &str) -> Res
 
 /// Forgets trigger source `name`; when no source reads its table any more, removes the
 /// trigger and the table's captured changes too. Returns whether the source was registered.
+/// Takes source `name`'s advisory lock on `conn` (held until it closes), or says who holds it.
+async fn take_source_lock(conn: &mut PgConnection, name: &str) -> Result<(), SourceError> {
+    let lock_key = format!("herald.source.{name}");
+    let acquired: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
+        .bind(&lock_key)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(SourceError::postgres("taking the source lock"))?;
+    if acquired {
+        return Ok(());
+    }
+    // A one-key advisory lock shows its key split into classid (high half) and objid.
+    let holder: Option<(i32, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT a.pid, a.application_name, host(a.client_addr) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+         WHERE l.locktype = 'advisory' AND l.objsubid = 1 AND l.granted \
+         AND ((l.classid::bigint << 32) | l.objid::bigint) = hashtext($1)::bigint LIMIT 1",
+    )
+    .bind(&lock_key)
+    .fetch_optional(&mut *conn)
+    .await
+    .unwrap_or(None);
+    let holder = match holder {
+        Some((pid, application, address)) => format!(
+            "Postgres session pid {pid}, application_name `{}`{}",
+            application.unwrap_or_default(),
+            address.map(|address| format!(", from {address}")).unwrap_or_default()
+        ),
+        None => "another session holds its lock".to_owned(),
+    };
+    Err(SourceError::Running { source_name: name.to_owned(), holder })
+}
+
 async fn retire_trigger_source(conn: &mut PgConnection, plan: &Plan, name: &str) -> Result<bool, SourceError> {
     let had = capture::forget(conn, &plan.schema, name).await?;
     let table = match capture::resolve(conn, &plan.table).await {

@@ -99,6 +99,7 @@ pub(crate) fn create_consumer(
     route: &RouteConfig,
     stats: Arc<RouteShared>,
     prefetch_kbytes: usize,
+    instance_id: Option<&str>,
 ) -> Result<RouteConsumer, KafkaError> {
     let mut config = client_config(&KafkaProperties::default());
     // Defaults the `[kafka]` table may override…
@@ -128,6 +129,10 @@ pub(crate) fn create_consumer(
         .set("enable.partition.eof", "false")
         // No statistics: a client with them keeps latency histograms herald never reads.
         .set("statistics.interval.ms", "0");
+    if let Some(instance) = instance_id {
+        // Static membership: a restarted process takes its member's place at once.
+        config.set("group.instance.id", format!("{instance}.{}", route.name));
+    }
     let context = RouteContext { route: route.name.clone(), stats, rebalances: Rebalances::default() };
     let consumer: RouteConsumer = config.create_with_context(context)?;
     let topics: Vec<&str> = route.topics.iter().map(String::as_str).collect();
