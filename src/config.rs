@@ -60,6 +60,13 @@ impl Config {
         herald_config::load(path, Config::validate)
     }
 
+    /// [`Config::load`] for a reload: the file is read until two reads 100 ms apart agree (at
+    /// most 2 s), so a file caught mid-write is never taken for the whole.
+    pub fn load_settled(path: &Path) -> Result<Self, ConfigError> {
+        let (settle, patience) = (std::time::Duration::from_millis(100), std::time::Duration::from_secs(2));
+        herald_config::load_settled(path, settle, patience, Config::validate)
+    }
+
     /// Why `herald run` would have nothing to do with this config, if it would not: no route,
     /// source, expectation or board. `run` refuses such a file and a reload refuses it too (a
     /// file read while an editor was writing it is often empty).

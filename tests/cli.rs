@@ -269,6 +269,42 @@ async fn wait_does_not_call_a_re_running_stage_done() {
     assert!(text(&done.stdout).contains("SUCCESS"));
 }
 
+/// With `--config`, `wait` and `status` read the topics that config's sources write and routes
+/// read, not the default one; a timeout names them, and a long wait says what it still awaits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_and_status_read_the_topics_of_their_config() {
+    let (source_topic, route_topic) = (unique("cfg-src"), unique("cfg-route"));
+    create_topic(&source_topic, 1).await;
+    create_topic(&route_topic, 1).await;
+    let config = TempConfig::new(&format!(
+        "{}\n[[source]]\nname = \"s\"\ntype = \"postgres\"\nurl = \"postgres://herald:herald@127.0.0.1/herald\"\n\
+         topic = \"{source_topic}\"\n",
+        stdout_route_config("r", &route_topic, "")
+    ));
+    let path = config.path.to_str().unwrap();
+    let published = run_herald(&[
+        "publish",
+        "--brokers",
+        BROKERS,
+        "--topic",
+        &source_topic,
+        "--source",
+        "Legacy",
+        "--stage",
+        "bronze",
+    ]);
+    assert!(published.status.success(), "{}", text(&published.stderr));
+    let found = run_herald(&["wait", "--config", path, "--source", "Legacy", "--stage", "bronze", "--timeout", "60s"]);
+    assert_eq!(found.status.code(), Some(0), "{}", text(&found.stderr));
+    let status = run_herald(&["status", "--config", path]);
+    assert!(text(&status.stdout).contains("Legacy"), "{}", text(&status.stdout));
+    let open = run_herald(&["wait", "--config", path, "--source", "Nobody", "--timeout", "3s", "--progress", "1s"]);
+    assert_eq!(open.status.code(), Some(124));
+    let said = text(&open.stderr);
+    assert!(said.contains(&source_topic) && said.contains(&route_topic), "the timeout names the topics: {said}");
+    assert!(said.contains("still waiting for source `Nobody`"), "progress on stderr: {said}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wait_times_out_with_124_when_nothing_matches_and_ignores_events_older_than_since() {
     let topic = unique("events");

@@ -269,7 +269,8 @@ async fn a_reload_that_would_move_a_capture_is_refused_and_the_source_runs_on() 
     assert!(herald.wait_exit().success(), "{}", herald.log());
 }
 
-/// `check` reads `[admin] token_file` as `run` does: missing or too short fails both.
+/// `check` reads `[admin] token_file` as `run` does: missing or too short fails both; and
+/// Kafka's certificate files.
 #[test]
 fn check_reads_the_token_file_as_run_does() {
     let topic = unique("cfg-token");
@@ -292,6 +293,12 @@ fn check_reads_the_token_file_as_run_does() {
     let (code, out) = herald_output(&["check", "--offline"], &config, &[]);
     assert_eq!(code, Some(0), "{out}");
     std::fs::remove_file(&file).unwrap();
+    // Kafka's certificate files, which librdkafka reads when `run` starts, are read by `check`.
+    let text = stdout_route_config("r", &topic, "")
+        .replace("[kafka]\n", "[kafka]\nssl.ca.location = \"/nonexistent/ca.pem\"\n");
+    let (code, out) = herald_output(&["check", "--offline"], &TempConfig::new(&text), &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("FAIL  kafka") && out.contains("ssl.ca.location"), "{out}");
 }
 
 /// Runs a future to completion from a plain test.

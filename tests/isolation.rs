@@ -125,7 +125,8 @@ async fn a_failed_route_or_source_stops_alone_and_a_restart_brings_it_back() {
     eventually(&herald, "ready again", async || http(&admin, "GET", "/health/ready").0 == 200).await;
 
     // A retire while the source runs is refused, naming who runs it: it would look like a loss.
-    let out = common::herald().args(["migrate", "--drop-source", "orders", "--config"]).arg(&config.path).output().unwrap();
+    let out =
+        common::herald().args(["migrate", "--drop-source", "orders", "--config"]).arg(&config.path).output().unwrap();
     let said = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{said}");
     assert!(said.contains("is running in a herald") && said.contains("application_name"), "{said}");
@@ -163,7 +164,8 @@ async fn a_failed_route_or_source_stops_alone_and_a_restart_brings_it_back() {
     .await;
     // Recovered as an operator would: retire (the failed source holds no lock), install again,
     // restart the source alone; it publishes the next row.
-    let out = common::herald().args(["migrate", "--drop-source", "orders", "--config"]).arg(&config.path).output().unwrap();
+    let out =
+        common::herald().args(["migrate", "--drop-source", "orders", "--config"]).arg(&config.path).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     migrate();
     let (status, body) = post(&admin, "/sources/orders/restart");

@@ -90,12 +90,46 @@ pub struct KafkaArgs {
     /// Kafka bootstrap servers; overrides the config file's. Default `127.0.0.1:9092`.
     #[arg(long, short, env = "HERALD_BROKERS")]
     pub brokers: Option<String>,
-    /// The topic.
-    #[arg(long, short, default_value = DEFAULT_TOPIC)]
-    pub topic: String,
+    /// The topic. Default for `publish`: `pipeline.stage.events`. For `wait` and `status`: with
+    /// `--config`, the topics its sources write, its routes read and its `[board]` shows; else
+    /// `pipeline.stage.events`.
+    #[arg(long, short)]
+    pub topic: Option<String>,
 }
 
 impl KafkaArgs {
+    /// The topic to publish to: `--topic`, else the default.
+    pub fn publish_topic(&self) -> String {
+        self.topic.clone().unwrap_or_else(|| DEFAULT_TOPIC.to_owned())
+    }
+
+    /// The topics to read stage events from: `--topic`; else, with `--config`, the topics its
+    /// sources write, its routes read (names, not patterns) and its board shows; else the
+    /// default. So `wait --config F` waits where F's herald publishes.
+    pub fn read_topics(&self) -> Result<Vec<String>> {
+        if let Some(topic) = &self.topic {
+            return Ok(vec![topic.clone()]);
+        }
+        let Some(path) = &self.config else { return Ok(vec![DEFAULT_TOPIC.to_owned()]) };
+        let config = Config::load(path)?;
+        let mut topics: Vec<String> = Vec::new();
+        for spec in &config.sources {
+            if let Some(source) = crate::registry::typed_source::<herald_source_postgres::PostgresSourceConfig>(spec)? {
+                topics.push(source.topic);
+            }
+        }
+        topics.extend(
+            config.routes.iter().flat_map(|route| route.topics.iter().filter(|t| !t.starts_with('^')).cloned()),
+        );
+        topics.extend(config.board.topics.iter().filter(|t| !t.starts_with('^')).cloned());
+        let mut seen = std::collections::BTreeSet::new();
+        topics.retain(|topic| seen.insert(topic.clone()));
+        if topics.is_empty() {
+            topics.push(DEFAULT_TOPIC.to_owned());
+        }
+        Ok(topics)
+    }
+
     /// The Kafka properties these arguments select.
     pub fn properties(&self) -> Result<KafkaProperties> {
         let mut props = match &self.config {

@@ -76,6 +76,7 @@ pub async fn publish(args: PublishArgs) -> Result<ExitCode> {
         extra: args.fields.into_iter().collect(),
     };
     let props = args.kafka.properties()?;
+    let topic = args.kafka.publish_topic();
     // One message from a short-lived process: `acks=all` (the write is on every in-sync
     // replica before this returns), as the seed's Python producer does. Idempotence costs a
     // round trip for the producer id (see `nudge_producer_id`). It only guards against the
@@ -95,12 +96,12 @@ pub async fn publish(args: PublishArgs) -> Result<ExitCode> {
         .create()
         .context("cannot create the Kafka producer")?;
     if args.idempotent {
-        nudge_producer_id(&producer, &args.kafka.topic, args.timeout);
+        nudge_producer_id(&producer, &topic, args.timeout);
     }
     let payload = event.to_json();
-    let record = FutureRecord::to(&args.kafka.topic).key(event.key()).payload(&payload);
+    let record = FutureRecord::to(&topic).key(event.key()).payload(&payload);
     let delivery = producer.send(record, args.timeout).await.map_err(|(err, _)| {
-        let (topic, brokers) = (&args.kafka.topic, props.bootstrap_servers());
+        let (topic, brokers) = (&topic, props.bootstrap_servers());
         if matches!(
             err.rdkafka_error_code(),
             Some(RDKafkaErrorCode::UnknownTopic | RDKafkaErrorCode::UnknownTopicOrPartition)
@@ -114,7 +115,7 @@ pub async fn publish(args: PublishArgs) -> Result<ExitCode> {
         anyhow!(err).context(format!("publishing to `{topic}` at {brokers} failed"))
     })?;
     println!("{payload}");
-    eprintln!("published to {}[{}]@{}", args.kafka.topic, delivery.partition, delivery.offset);
+    eprintln!("published to {}[{}]@{}", topic, delivery.partition, delivery.offset);
     // The event is acknowledged (`acks=all`) and nothing else was queued: there is nothing left
     // to flush. Tearing the client down would only wait for its threads to wind down (~85 ms of
     // a ~110 ms publish); the process exits without it.

@@ -303,10 +303,15 @@ fn new_group_warnings(current: &Config, stop: &[String], start: &[RouteConfig]) 
     warnings
 }
 
-/// One reload: what changed, or why nothing did. The file is read once, whole, and checked as
-/// `run` checks it; every new sink is built before anything stops.
+/// One reload: what changed, or why nothing did. The file is read whole until two reads agree
+/// (a file caught mid-write is not taken), and checked as `run` checks it; every new sink is
+/// built before anything stops.
 async fn reload(path: &Path, current: &mut Config, changes: &Changes, observer: &Observer) -> Result<String, String> {
-    let next = Config::load(path).map_err(|err| herald_sdk::error_chain(&err).join(": "))?;
+    let reading = path.to_owned();
+    let next = tokio::task::spawn_blocking(move || Config::load_settled(&reading))
+        .await
+        .map_err(|err| format!("reading the config: {err}"))?
+        .map_err(|err| herald_sdk::error_chain(&err).join(": "))?;
     let plan = plan(current, &next, path, &Failed::from(observer))?;
     for warning in &plan.warnings {
         warn!(config = %path.display(), "Reload: {warning}");

@@ -32,9 +32,11 @@ pub struct StatusArgs {
 pub async fn status(args: StatusArgs) -> Result<ExitCode> {
     let since = Utc::now() - chrono::Duration::from_std(args.since).context("--since is too large")?;
     let props = args.kafka.properties()?;
+    let topics = args.kafka.read_topics()?;
+    let named = topics.join("`, `");
     // --timeout bounds the whole command, reaching Kafka included.
     let deadline = tokio::time::Instant::now() + args.timeout;
-    let opening = TopicReader::open(&props, std::slice::from_ref(&args.kafka.topic), since, "status");
+    let opening = TopicReader::open(&props, &topics, since, "status");
     let mut reader = tokio::time::timeout_at(deadline, opening).await.map_err(|_| {
         anyhow::anyhow!(
             "Kafka at {} did not answer within --timeout {}",
@@ -56,7 +58,7 @@ pub async fn status(args: StatusArgs) -> Result<ExitCode> {
         Err(_) => {
             eprintln!(
                 "herald status: reading `{}` took longer than {}; try a shorter --since",
-                args.kafka.topic,
+                named,
                 humantime::format_duration(args.timeout)
             );
             return Ok(ExitCode::from(124));
@@ -77,7 +79,7 @@ pub async fn status(args: StatusArgs) -> Result<ExitCode> {
         let json = serde_json::to_string_pretty(&cells).context("encoding the board")?;
         println!("{}", herald_sdk::printable::json(&json));
     } else if snapshot.cells.is_empty() {
-        println!("No stage events on `{}` in the last {}.", args.kafka.topic, humantime::format_duration(args.since));
+        println!("No stage events on `{named}` in the last {}.", humantime::format_duration(args.since));
     } else {
         print!("{}", render_table(&snapshot, now));
         let newest = snapshot.cells.iter().map(|cell| cell.at).max().unwrap_or(now);

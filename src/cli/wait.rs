@@ -55,6 +55,9 @@ pub struct WaitArgs {
     /// Give up after this long (exit 124); default: wait indefinitely.
     #[arg(long, value_parser = super::parse_duration)]
     pub timeout: Option<Duration>,
+    /// How often to say on stderr what is still awaited and the last event read (`0s`: never).
+    #[arg(long, default_value = "30s", value_parser = super::parse_duration)]
+    pub progress: Duration,
     /// Count a FAILED event as done (default: any awaited pair FAILED exits 3 at once).
     #[arg(long)]
     pub allow_failed: bool,
@@ -195,8 +198,9 @@ pub async fn wait(args: WaitArgs) -> Result<ExitCode> {
     let cutoff = Utc::now() - chrono::Duration::from_std(args.since).context("--since is too large")?;
     let pairs = pairs(&args.source, &args.stage)?;
     let props = args.kafka.properties()?;
-    let topic = args.kafka.topic.clone();
-    let opening = TopicReader::open(&props, std::slice::from_ref(&topic), cutoff, "wait");
+    let topics = args.kafka.read_topics()?;
+    let named = format!("`{}`", topics.join("`, `"));
+    let opening = TopicReader::open(&props, &topics, cutoff, "wait");
     let mut reader = match deadline {
         Some(deadline) => tokio::time::timeout_at(deadline, opening).await.map_err(|_| {
             anyhow::anyhow!(
@@ -218,6 +222,7 @@ pub async fn wait(args: WaitArgs) -> Result<ExitCode> {
     debug!(pairs = ?waiting.pairs, "Reading history before waiting.");
 
     let mut history_settled = false;
+    let (mut last_progress, mut read_count, mut last_read) = (Instant::now(), 0_u64, None::<StageEvent>);
     loop {
         if !history_settled && reader.history_done() {
             history_settled = true;
@@ -225,21 +230,44 @@ pub async fn wait(args: WaitArgs) -> Result<ExitCode> {
                 return Ok(exit);
             }
         }
-        let read = match deadline {
-            Some(deadline) => match tokio::time::timeout_at(deadline, reader.next()).await {
-                Ok(read) => read,
-                Err(_) => {
-                    eprintln!(
-                        "herald wait: no {} event for {} within {}",
-                        args.event,
-                        printable::printable(&waiting.pending().join("; "), 4 * printable::LOG_CHARS),
-                        humantime::format_duration(args.timeout.unwrap_or_default())
-                    );
-                    return Ok(ExitCode::from(EXIT_TIMEOUT));
-                }
-            },
-            None => reader.next().await,
-        }?;
+        let timed_out = async {
+            match deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
+        let progress_due = async {
+            if args.progress.is_zero() {
+                std::future::pending().await
+            } else {
+                tokio::time::sleep_until(last_progress + args.progress).await
+            }
+        };
+        // `next` is cancel-safe: a message is taken only once it is there.
+        let read = tokio::select! {
+            read = reader.next() => read?,
+            () = timed_out => {
+                eprintln!(
+                    "herald wait: no {} event for {} on {} within {}",
+                    args.event,
+                    printable::printable(&waiting.pending().join("; "), 4 * printable::LOG_CHARS),
+                    printable::printable(&named, 4 * printable::LOG_CHARS),
+                    humantime::format_duration(args.timeout.unwrap_or_default())
+                );
+                return Ok(ExitCode::from(EXIT_TIMEOUT));
+            }
+            () = progress_due => {
+                last_progress = Instant::now();
+                eprintln!("herald wait: {}", printable::printable(&progress(&waiting, &named, read_count, last_read.as_ref()), 8 * printable::LOG_CHARS));
+                continue;
+            }
+        };
+        if let Some(read) = &read {
+            read_count += 1;
+            if let Some(event) = &read.event {
+                last_read = Some(event.clone());
+            }
+        }
         // `None`: the history turned out to be read while no message came (it ended in
         // transaction markers); the loop's top settles it.
         let Some(read) = read else { continue };
@@ -265,6 +293,22 @@ pub async fn wait(args: WaitArgs) -> Result<ExitCode> {
             }
         }
     }
+}
+
+/// What `wait` says while it waits: the pairs still open, where it reads, the last event read.
+fn progress(waiting: &Waiting, topics: &str, read: u64, last: Option<&StageEvent>) -> String {
+    let last = match last {
+        Some(event) => format!(
+            "last: {} {} of `{}`/`{}` at {}",
+            event.event,
+            event.status,
+            event.source,
+            event.stage,
+            event.timestamp.instant().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        ),
+        None => "none yet".to_owned(),
+    };
+    format!("still waiting for {} on {topics}; {read} messages read, {last}", waiting.pending().join("; "))
 }
 
 #[cfg(test)]

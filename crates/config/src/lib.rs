@@ -49,6 +49,38 @@ pub fn load<T: DeserializeOwned>(
     load_text(&text, path, &|name| std::env::var(name).ok(), overrides, validate)
 }
 
+/// [`load`] for a file that may be being written right now (a reload on SIGHUP while an editor
+/// or a config-management tool rewrites it in place): the file is read until two reads
+/// `settle` apart agree, so a half-written file that happens to parse (the first of two routes)
+/// is not taken for the whole; after `patience` without two equal reads, it is refused.
+pub fn load_settled<T: DeserializeOwned>(
+    path: &Path,
+    settle: std::time::Duration,
+    patience: std::time::Duration,
+    validate: impl FnOnce(&T) -> Result<(), Invalid>,
+) -> Result<T, ConfigError> {
+    let read = || std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_owned(), source });
+    let deadline = std::time::Instant::now() + patience;
+    let mut text = read()?;
+    loop {
+        std::thread::sleep(settle);
+        let again = read()?;
+        if again == text {
+            break;
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(ConfigError::invalid(
+                path,
+                "(file)",
+                format!("the file kept changing for {patience:?}: it is still being written; reload again once it is"),
+            ));
+        }
+        text = again;
+    }
+    let overrides = std::env::vars().filter(|(name, _)| name.starts_with(&format!("{ENV_PREFIX}__"))).collect();
+    load_text(&text, path, &|name| std::env::var(name).ok(), overrides, validate)
+}
+
 /// [`load`] over `text` as if read from `origin`, with `lookup` for `${NAME}` and `overrides`
 /// as the `HERALD__…` variables.
 fn load_text<T: DeserializeOwned>(
@@ -293,6 +325,45 @@ mod tests {
         assert!(duration.contains("`section.every`"), "{duration}");
         let section = load("[section]\ncount = 2\nevery = \"5s\"").unwrap().section;
         assert_eq!((section.count, section.every), (2, Some(Duration::from_secs(5))));
+    }
+
+    #[test]
+    fn a_file_caught_mid_write_is_read_again_until_it_settles() {
+        let path = std::env::temp_dir().join(format!("herald-settled-{}.toml", std::process::id()));
+        std::fs::write(&path, "[section]\ncount = 1\n").unwrap();
+        let writer = {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                // An editor writing in place: the file changes every 20 ms for 300 ms.
+                for count in 2..=16 {
+                    std::fs::write(&path, format!("[section]\ncount = {count}\n")).unwrap();
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            })
+        };
+        std::thread::sleep(Duration::from_millis(10));
+        let settle = Duration::from_millis(100);
+        let loaded: File = load_settled(&path, settle, Duration::from_secs(5), |_| Ok(())).unwrap();
+        writer.join().unwrap();
+        assert_eq!(loaded.section.count, 16, "the settled content, not a snapshot mid-write");
+        // A file that never settles is refused.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (path, stop) = (path.clone(), std::sync::Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut count = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    count += 1;
+                    std::fs::write(&path, format!("[section]\ncount = {count}\n")).unwrap();
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            })
+        };
+        let refused = load_settled::<File>(&path, Duration::from_millis(50), Duration::from_millis(300), |_| Ok(()));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        writer.join().unwrap();
+        assert!(refused.unwrap_err().to_string().contains("still being written"));
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]
