@@ -181,7 +181,12 @@ pub async fn check(args: CheckArgs) -> Result<ExitCode> {
         }
         match registry::build(route, herald_sdk::Purpose::Check).await {
             Ok(mut sink) => match sink.healthcheck().await {
-                Ok(()) => report.ok(&label, format!("sink `{}` reachable", route.sink.kind)),
+                Ok(()) => {
+                    report.ok(&label, format!("sink `{}` reachable", route.sink.kind));
+                    for warning in sink.warnings() {
+                        report.warn(&label, warning);
+                    }
+                }
                 Err(err) => {
                     report.fail(&label, format!("sink `{}`: {}", route.sink.kind, error_chain(&err).join(": ")))
                 }

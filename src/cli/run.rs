@@ -50,6 +50,9 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
                 if let Err(err) = sink.healthcheck().await {
                     warn!(route = %route.name, error = %herald_sdk::error_chain(&err).join(": "), "Sink healthcheck failed; writes will be retried.");
                 }
+                for warning in sink.warnings() {
+                    warn!(route = %route.name, "{warning}");
+                }
                 routes.push(BoundRoute { config: route.clone(), sink });
             }
             Err(err) => {

@@ -214,6 +214,13 @@ pub trait Sink: Send + Sync {
     /// Makes one cheap real call (`SELECT 1`, `PING`, …) proving the sink is reachable.
     async fn healthcheck(&mut self) -> Result<(), SinkError>;
 
+    /// What the sink found at its destination when it was built that works but will surprise
+    /// (a unique index an append will run into): `herald check` prints each as a `warn` line and
+    /// `herald run` logs it when the route starts. Default: nothing.
+    fn warnings(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Delivers a batch.
     ///
     /// `Ok` means the sink has **durably accepted** every record of the batch except those listed

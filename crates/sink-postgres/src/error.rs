@@ -59,6 +59,15 @@ pub enum PostgresSinkError {
     /// A statement failed.
     #[error("Postgres query failed")]
     Query(#[from] sqlx::Error),
+    /// The table's unique index refused a row an append wrote (what `herald check` warns of).
+    #[error("refused by the table: {hint}")]
+    RefusedByIndex {
+        /// Which index, and what to write instead.
+        hint: String,
+        /// What Postgres said.
+        #[source]
+        source: sqlx::Error,
+    },
     /// An event dated too far ahead for a newest-wins table.
     #[error(transparent)]
     AheadOfClock(#[from] herald_sdk::AheadOfClock),
@@ -69,6 +78,7 @@ impl PostgresSinkError {
     pub(crate) fn failure(&self) -> Failure {
         match self {
             PostgresSinkError::Query(err)
+            | PostgresSinkError::RefusedByIndex { source: err, .. }
             | PostgresSinkError::Connect(err)
             | PostgresSinkError::Catalog { source: err, .. } => classify(err),
             PostgresSinkError::Pg(err) => err.failure(),

@@ -147,7 +147,12 @@ impl PostgresSink {
                     Err(err) if herald_pg::classify(&err) == Failure::Row => {
                         sqlx::query("ROLLBACK TO SAVEPOINT herald_row").execute(&mut *tx).await?;
                         warn!(topic = %record.topic, partition = record.partition, offset = record.offset, error = %err, "Row rejected by the table.");
-                        new_rejections.push((index, err.into()));
+                        let hint = self.writers.iter().find_map(|writer| writer.refusal_hint(&err));
+                        let refused = match hint {
+                            Some(hint) => PostgresSinkError::RefusedByIndex { hint, source: err },
+                            None => err.into(),
+                        };
+                        new_rejections.push((index, refused));
                     }
                     Err(err) => return Err(err.into()),
                 }
@@ -321,6 +326,10 @@ impl Sink for PostgresSink {
     async fn healthcheck(&mut self) -> Result<(), SinkError> {
         sqlx::query("SELECT 1").execute(&self.pool).await.map_err(PostgresSinkError::Query)?;
         Ok(())
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        self.writers.iter().flat_map(|writer| writer.warnings()).collect()
     }
 
     async fn write(&mut self, batch: &[SinkRecord]) -> Result<WriteOutcome, SinkError> {

@@ -35,6 +35,10 @@ pub(crate) struct TableWriter {
     /// `postgres:<schema>.<table>`, as herald's Postgres source names rows of this table in the
     /// `herald.origin` header: such events came from this table and are not written back.
     origin: String,
+    /// Appending to someone else's table: its unique indexes whose columns are all fed from
+    /// what repeats between two events of one pair (`source`, `stage`, `event`, `status`,
+    /// constants), each as `(index, columns)`. Such an index refuses the second event of a pair.
+    pub(crate) repeat_refusing_indexes: Vec<(String, Vec<String>)>,
 }
 
 impl TableWriter {
@@ -111,7 +115,48 @@ impl TableWriter {
             (Some(copy), Some(columns)) => Some((format!("{copy} WITH (FORMAT binary)"), columns)),
             _ => None,
         };
-        Ok(Self { plan, sql, copy, binary_copy, array_columns, origin: format!("postgres:{resolved}") })
+        let repeat_refusing_indexes = if plan.legacy && plan.upsert.is_none() {
+            repeat_refusing_indexes(conn, &table, &plan).await?
+        } else {
+            Vec::new()
+        };
+        Ok(Self {
+            plan,
+            sql,
+            copy,
+            binary_copy,
+            array_columns,
+            origin: format!("postgres:{resolved}"),
+            repeat_refusing_indexes,
+        })
+    }
+
+    /// What `herald check` and the start of a route should say about this table: an append
+    /// that a unique index will refuse from a pair's second event on, and what to write instead.
+    pub(crate) fn warnings(&self) -> Vec<String> {
+        self.repeat_refusing_indexes
+            .iter()
+            .map(|(index, columns)| {
+                let quoted: Vec<String> = columns.iter().map(|column| format!("\"{column}\"")).collect();
+                format!(
+                    "table {} has unique index `{index}` on ({}), so `mode = \"append\"` is refused from the second \
+                     event of a pair on (each then fails or goes to the dead-letter topic); for one row per pair write \
+                     `mode = \"upsert\"` with `conflict_key = [{}]`",
+                    self.plan.table,
+                    columns.join(", "),
+                    quoted.join(", ")
+                )
+            })
+            .collect()
+    }
+
+    /// The hint for a row this table refused, when an index named in
+    /// [`TableWriter::warnings`] refused it.
+    pub(crate) fn refusal_hint(&self, error: &sqlx::Error) -> Option<String> {
+        let constraint = error.as_database_error()?.constraint()?;
+        self.repeat_refusing_indexes.iter().any(|(index, _)| index == constraint).then(|| {
+            self.warnings().into_iter().find(|warning| warning.contains(&format!("`{constraint}`"))).unwrap_or_default()
+        })
     }
 
     /// Writes `records` in one statement: `COPY` for an append into a plain table, else
@@ -559,4 +604,45 @@ mod tests {
              WHERE t.\"at\" IS NULL OR t.\"at\" < EXCLUDED.\"at\" OR t.\"at\" = EXCLUDED.\"at\""
         );
     }
+}
+
+/// The unique indexes (primary key included) of `table` whose every column is fed, by `plan`,
+/// from what two events of one pair share: such an index lets an append write one row per pair.
+async fn repeat_refusing_indexes(
+    conn: &mut PgConnection,
+    table: &str,
+    plan: &TablePlan,
+) -> Result<Vec<(String, Vec<String>)>, PostgresSinkError> {
+    let indexes: Vec<(String, Vec<String>)> = sqlx::query_as(
+        "SELECT i.indexrelid::regclass::text,
+                array_agg(a.attname::text ORDER BY k.ordinality)
+         FROM pg_index i
+         CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ordinality)
+         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+         WHERE i.indrelid = to_regclass($1) AND i.indisunique AND i.indpred IS NULL
+         GROUP BY i.indexrelid",
+    )
+    .bind(table)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(|source| PostgresSinkError::Catalog { table: table.to_owned(), source })?;
+    let repeats = |column: &str| {
+        plan.columns.iter().any(|(name, source)| {
+            name.as_str() == column
+                && match source {
+                    FieldSource::Field(field) => matches!(field.as_str(), "source" | "stage" | "event" | "status"),
+                    FieldSource::Constant(_) => true,
+                    _ => false,
+                }
+        })
+    };
+    Ok(indexes
+        .into_iter()
+        .filter(|(_, columns)| !columns.is_empty() && columns.iter().all(|column| repeats(column)))
+        .map(|(index, columns)| {
+            // The constraint a violation names is the index's own name, without its schema.
+            let name = index.rsplit('.').next().unwrap_or(&index).trim_matches('"').to_owned();
+            (name, columns)
+        })
+        .collect())
 }

@@ -339,6 +339,33 @@ fn batch_with_a_bad_status(len: usize, bad: usize) -> Vec<SinkRecord> {
         .collect()
 }
 
+/// Appending to a table with `UNIQUE (src_system, step)`, fed from `source` and `stage`: the sink
+/// says so when built (for `check` and the route's start), and the second event of a pair is
+/// refused with the index named and the upsert that fits. Upsert on that key warns of nothing.
+#[tokio::test]
+async fn an_append_a_unique_index_will_refuse_is_warned_of_and_the_refusal_names_upsert() {
+    let pool = pool().await;
+    let schema = unique("uniq");
+    legacy_table(&pool, &schema).await;
+    let mut sink = legacy_config(&schema, "append").connect("test", "g", Setup::Migrate).await.unwrap();
+    let warnings = sink.warnings();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("(src_system, step)") && warnings[0].contains("mode = \"upsert\""), "{warnings:?}");
+    assert!(warnings[0].contains("conflict_key = [\"src_system\", \"step\"]"), "{warnings:?}");
+    let outcome = sink
+        .write(&[
+            record(event("OrdersDB", "bronze", "RUNNING", "2026-11-26T10:00:00", 1), 0, 0),
+            record(event("OrdersDB", "bronze", "SUCCESS", "2026-11-26T10:05:00", 2), 0, 1),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(outcome.rejected.iter().map(|r| r.index).collect::<Vec<_>>(), vec![1]);
+    let reason = herald_sdk::error_chain(outcome.rejected[0].error.as_ref()).join(": ");
+    assert!(reason.contains("mode = \"upsert\"") && reason.contains("duplicate key"), "{reason}");
+    let upsert = legacy_config(&schema, "upsert").connect("test", "g2", Setup::Migrate).await.unwrap();
+    assert!(upsert.warnings().is_empty(), "{:?}", upsert.warnings());
+}
+
 #[tokio::test]
 async fn a_row_the_table_refuses_is_rejected_alone_and_again_on_replay() {
     let pool = pool().await;
