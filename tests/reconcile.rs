@@ -89,6 +89,83 @@ async fn a_source_s_table_and_topic_are_compared_and_repaired_exactly_once() {
     assert_eq!(read_committed(&topic, 5).len(), 5, "nothing more published");
 }
 
+/// Ties and NULLs in a legacy table. Two rows of one pair in one transaction share `now()`: the
+/// later written is the latest on both sides (the table's key, the topic's offset), so they
+/// agree and a repair publishes nothing. A pair whose newest row has a NULL status is reported,
+/// naming the column: never dropped, never "agree". `--repair` converges: a second publishes
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ties_and_nulls_are_ordered_and_reported_and_repair_converges() {
+    let pool = pool().await;
+    let schema = unique("ties").replace('-', "_");
+    sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&pool).await.unwrap();
+    let mapping = odd_table(&pool, &schema).await;
+    let topic = unique("events");
+    let name = unique("src");
+    let config = TempConfig::new(&source_config(&name, &schema, &topic, &mapping));
+    let out = herald().args(["migrate", "--config"]).arg(&config.path).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut herald = Herald::run(&config);
+    herald.wait_for_log("Source active");
+    // One transaction, one now(): RUNNING then SUCCESS for (A, silver), for several pairs.
+    let mut tx = pool.begin().await.unwrap();
+    for source in ["A", "B", "C", "D", "E"] {
+        for state in ["RUNNING", "SUCCESS"] {
+            sqlx::query(&format!(
+                "INSERT INTO {schema}.odd_jobs (src, step, state, n, at) VALUES ('{source}', 'silver', '{state}', 1, now())"
+            ))
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        }
+    }
+    tx.commit().await.unwrap();
+    read_committed(&topic, 10);
+    herald.signal("TERM");
+    assert!(herald.wait_exit().success(), "{}", herald.log());
+
+    let agree = reconcile(&config, &["--source", &name]);
+    assert_eq!(agree.status.code(), Some(0), "the later row of each tie is the latest on both sides: {}", text(&agree));
+    assert!(text(&agree).contains("agree on 5 (source, stage) pairs"), "{}", text(&agree));
+    let repair = reconcile(&config, &["--source", &name, "--repair"]);
+    assert_eq!(repair.status.code(), Some(0), "{}", text(&repair));
+    assert_eq!(read_committed(&topic, 10).len(), 10, "nothing published by a repair of agreeing sides");
+
+    // The newest row of (F, silver) has no status; (G, silver) has only a NULL-timestamp row.
+    sqlx::query(&format!(
+        "INSERT INTO {schema}.odd_jobs (src, step, state, n, at) VALUES ('F', 'silver', 'SUCCESS', 1, now() - interval '1 minute'), \
+         ('F', 'silver', NULL, 2, now()), ('G', 'silver', 'SUCCESS', 3, NULL)"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let diverged = reconcile(&config, &["--source", &name, "--json"]);
+    assert_eq!(diverged.status.code(), Some(3), "{}", text(&diverged));
+    let report: serde_json::Value = serde_json::from_slice(&diverged.stdout).unwrap();
+    let unreadable: Vec<(String, String)> = report["unreadable"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| (row["source"].as_str().unwrap().to_owned(), row["reason"].as_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(unreadable.len(), 2, "{unreadable:?}");
+    assert!(
+        unreadable.iter().any(|(source, reason)| source == "F" && reason.contains("column `state`")),
+        "{unreadable:?}"
+    );
+    assert!(
+        unreadable.iter().any(|(source, reason)| source == "G" && reason.contains("column `at`")),
+        "{unreadable:?}"
+    );
+    assert_eq!(report["pairs"], 7, "{report}");
+    let human = reconcile(&config, &["--source", &name, "--repair"]);
+    assert_eq!(human.status.code(), Some(3), "{}", text(&human));
+    assert!(text(&human).contains("Repaired 0; 2 cannot be repaired from this side:"), "{}", text(&human));
+    assert!(text(&human).contains("F/silver: the newest row cannot become an event"), "{}", text(&human));
+    assert_eq!(read_committed(&topic, 10).len(), 10, "an unreadable row is never published");
+    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE")).execute(&pool).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sink_route_s_table_is_compared_with_what_it_consumed_and_repaired() {
     let pool = pool().await;

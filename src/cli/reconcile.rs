@@ -69,7 +69,7 @@ pub async fn reconcile(args: ReconcileArgs) -> Result<ExitCode> {
         Err(err) => return Err(err).with_context(|| subject.label()),
     };
     print_report(&report, args.json, args.repair)?;
-    let left = if args.repair { report.unrepairable } else { report.divergences.len() };
+    let left = if args.repair { report.unrepairable } else { report.divergences.len() + report.unreadable.len() };
     Ok(if left == 0 { ExitCode::SUCCESS } else { ExitCode::from(EXIT_DIVERGENT) })
 }
 
@@ -130,7 +130,15 @@ fn print_report(report: &Report, json: bool, repair: bool) -> Result<()> {
     }
     let window = format!("since {}", report.since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
     let (table, topics) = (printable(&report.table, 128), printable(&report.topics.join(", "), 256).into_owned());
-    if report.divergences.is_empty() {
+    for row in &report.unreadable {
+        println!(
+            "cannot compare {}/{}: its newest row cannot become an event: {}",
+            printable(&row.source, 64),
+            printable(&row.stage, 64),
+            printable(&row.reason, 256)
+        );
+    }
+    if report.divergences.is_empty() && report.unreadable.is_empty() {
         println!(
             "{}: table {table} and topic {topics} agree on {} (source, stage) pairs {window}.",
             report.subject, report.pairs
@@ -138,14 +146,22 @@ fn print_report(report: &Report, json: bool, repair: bool) -> Result<()> {
     } else {
         print!("{}", render_divergences(&report.divergences, Utc::now()));
         println!(
-            "\n{}: {} of {} (source, stage) pairs differ between table {table} and topic {topics} {window}.",
+            "\n{}: {} of {} (source, stage) pairs differ between table {table} and topic {topics} {window}{}.",
             report.subject,
-            report.divergences.len(),
+            report.divergences.len() + report.unreadable.len(),
             report.pairs,
+            if report.unreadable.is_empty() {
+                String::new()
+            } else {
+                format!(" ({} of them cannot be compared)", report.unreadable.len())
+            }
         );
         if repair {
-            println!("Repaired {}; {} cannot be repaired from this side.", report.repaired, report.unrepairable);
-        } else {
+            println!("Repaired {}; {} cannot be repaired from this side:", report.repaired, report.unrepairable);
+            for why in &report.cannot_repair {
+                println!("  {}", printable(why, 512));
+            }
+        } else if !report.divergences.is_empty() {
             println!("`--repair` makes them agree where this side lacks or is older.");
         }
     }

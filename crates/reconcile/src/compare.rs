@@ -11,7 +11,7 @@ use herald_kafka::reader::{Read, TopicReader};
 use herald_kafka::KafkaProperties;
 use herald_sdk::{LazyEvent, SinkRecord};
 use herald_sink_postgres::PostgresSinkConfig;
-use herald_source_postgres::{PostgresSourceConfig, RowToPublish, TableRow};
+use herald_source_postgres::{PostgresSourceConfig, RowToPublish, TableRow, UnreadableRow};
 use serde::Serialize;
 
 use crate::error::ReconcileError;
@@ -70,6 +70,23 @@ impl Subject {
     }
 }
 
+/// A pair whose newest row in the table cannot become an event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Unreadable {
+    /// The row's source column, as text.
+    pub source: String,
+    /// The row's stage column, as text.
+    pub stage: String,
+    /// Why, naming the column.
+    pub reason: String,
+}
+
+impl From<UnreadableRow> for Unreadable {
+    fn from(row: UnreadableRow) -> Self {
+        Unreadable { source: row.source, stage: row.stage, reason: row.reason }
+    }
+}
+
 /// What a reconcile found, and did.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -88,8 +105,13 @@ pub struct Report {
     /// Of the divergences, how many the repair repaired.
     pub repaired: usize,
     /// Divergences this side cannot repair (it is the other side that lacks, or a row herald's
-    /// own sink wrote).
+    /// own sink wrote), and pairs whose newest row cannot become an event.
     pub unrepairable: usize,
+    /// Why each pair that cannot be repaired from this side cannot: `source/stage: reason`.
+    pub cannot_repair: Vec<String>,
+    /// Source only: pairs whose newest row cannot become an event (a NULL status or
+    /// timestamp): neither compared as agreeing nor dropped, and not repairable by herald.
+    pub unreadable: Vec<Unreadable>,
     /// Route only: events the route has not reached yet (beyond its stored offsets), not compared.
     pub in_flight: usize,
     /// Route only: events the table refused (in the dead-letter topic), not compared.
@@ -112,6 +134,8 @@ impl Report {
             since,
             pairs,
             unrepairable: divergences.len() - repaired,
+            cannot_repair: Vec::new(),
+            unreadable: Vec::new(),
             divergences,
             repaired,
             in_flight: 0,
@@ -149,29 +173,63 @@ async fn reconcile_source(
     // One cell per pair (and for a repair the row's text): the events are dropped once on the board.
     let table = Board::new();
     let mut rows_by_pair: BTreeMap<(String, String), RowToPublish> = BTreeMap::new();
+    let mut unreadable: Vec<Unreadable> = Vec::new();
     source
-        .latest_rows(name, Some(since), |TableRow { event, row }| {
-            table.apply(&event);
-            // The row itself only for a repair, which may publish it.
-            if repair {
-                rows_by_pair.insert((event.source, event.stage), row);
+        .latest_rows(name, Some(since), |row| match row {
+            Ok(TableRow { event, row }) => {
+                table.apply(&event);
+                // The row itself only for a repair, which may publish it; whether herald's
+                // sink wrote it always (that row is never published back).
+                if repair || row.from_kafka {
+                    rows_by_pair.insert((event.source, event.stage), row);
+                }
             }
+            Err(row) => unreadable.push(row.into()),
         })
         .await?;
     let topic = read_topic(kafka, &subject.topics(), since, timeout, false, |_| true).await?;
     let (table, topic_cells) = (table.snapshot(), topic.board.snapshot());
     let divergences = compare(&table, &topic_cells, Compared::ALL);
-    let repairable: Vec<&Divergence> = divergences
-        .iter()
-        .filter(|d| matches!(d.verdict, Verdict::TableOnly | Verdict::TableNewer | Verdict::Differs))
-        .collect();
+    let mut cannot_repair = Vec::new();
+    let mut repairable: Vec<RowToPublish> = Vec::new();
+    for divergence in &divergences {
+        let pair = format!("{}/{}", divergence.source, divergence.stage);
+        match divergence.verdict {
+            Verdict::TableOnly | Verdict::TableNewer | Verdict::Differs => {
+                match rows_by_pair.get(&(divergence.source.clone(), divergence.stage.clone())) {
+                    Some(row) if row.from_kafka => cannot_repair.push(format!(
+                        "{pair}: the table's newest row was written by herald's sink (it carries the `skip_when` \
+                         marker), so it came from Kafka and is not published back; reconcile the route that wrote it"
+                    )),
+                    Some(row) => repairable.push(row.clone()),
+                    None => cannot_repair.push(format!("{pair}: the row was not kept (reconcile without --repair)")),
+                }
+            }
+            Verdict::TopicOnly | Verdict::TopicNewer => cannot_repair.push(format!(
+                "{pair}: the topic is ahead of the table; a source publishes the table, it does not write it"
+            )),
+        }
+    }
+    for row in &unreadable {
+        cannot_repair
+            .push(format!("{}/{}: the newest row cannot become an event: {}", row.source, row.stage, row.reason));
+    }
     let mut repaired = 0;
     if repair && !repairable.is_empty() {
-        let rows: Vec<RowToPublish> =
-            repairable.iter().filter_map(|d| rows_by_pair.get(&(d.source.clone(), d.stage.clone())).cloned()).collect();
-        repaired = source.repair(name, kafka, &rows).await?;
+        repaired = source.repair(name, kafka, &repairable).await?;
     }
-    Ok(Report::new(subject, since, pairs(&table, &topic_cells), divergences, repaired))
+    let keys_of_unreadable = unreadable
+        .iter()
+        .filter(|row| {
+            !table.cells.iter().chain(&topic_cells.cells).any(|c| c.source == row.source && c.stage == row.stage)
+        })
+        .count();
+    let mut report =
+        Report::new(subject, since, pairs(&table, &topic_cells) + keys_of_unreadable, divergences, repaired);
+    report.unrepairable += unreadable.len();
+    report.cannot_repair = if repair { cannot_repair } else { Vec::new() };
+    report.unreadable = unreadable;
+    Ok(report)
 }
 
 async fn reconcile_route(
@@ -237,9 +295,25 @@ async fn reconcile_route(
             .collect();
         repaired = sink.repair(&route.name, &records).await?;
     }
+    let cannot_repair = if repair {
+        divergences
+            .iter()
+            .filter(|d| matches!(d.verdict, Verdict::TableOnly | Verdict::TableNewer))
+            .map(|d| {
+                format!(
+                    "{}/{}: the table is ahead of the topic; a route writes the table from the topic, it does not \
+                     publish (a row written by someone else: reconcile the source that publishes the table)",
+                    d.source, d.stage
+                )
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     Ok(Report {
         in_flight,
         dead_lettered,
+        cannot_repair,
         ..Report::new(subject, since, pairs(&table, &topic_cells), divergences, repaired)
     })
 }

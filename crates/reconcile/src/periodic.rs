@@ -86,7 +86,7 @@ pub async fn run_periodically(
                 Ok(report) => {
                     observer
                         .reconcile_divergent(&label)
-                        .set(i64::try_from(report.divergences.len()).unwrap_or(i64::MAX));
+                        .set(i64::try_from(report.divergences.len() + report.unreadable.len()).unwrap_or(i64::MAX));
                     if !report.divergences.is_empty() {
                         warn!(subject = %label, divergent = report.divergences.len(), pairs = report.pairs, "Table and topic differ; `herald reconcile` lists the pairs.");
                     }

@@ -57,7 +57,7 @@ mod wal;
 pub use capture::Cursor;
 pub use config::{Capture, OnCaptureLost, PostgresSourceConfig, SkipWhen, SnapshotMode};
 pub use error::SourceError;
-pub use reconcile::{RowToPublish, TableRow};
+pub use reconcile::{RowToPublish, TableRow, UnreadableRow};
 
 /// The `type` that selects this source in a `[[source]]` table.
 pub const KIND: &str = "postgres";

@@ -20,6 +20,18 @@ use crate::config::PostgresSourceConfig;
 use crate::error::SourceError;
 use crate::rows::RowMapper;
 
+/// The newest row of a (source, stage) that cannot become an event (a NULL status, a timestamp
+/// that does not parse): reconcile reports it, never leaves the pair out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnreadableRow {
+    /// The row's source column, as text (`NULL` when it is).
+    pub source: String,
+    /// The row's stage column, as text.
+    pub stage: String,
+    /// Why it cannot be an event, naming the column.
+    pub reason: String,
+}
+
 /// The latest row of one (source, stage) in the watched table, and its event.
 #[derive(Debug, Clone)]
 pub struct TableRow {
@@ -55,7 +67,7 @@ impl PostgresSourceConfig {
         &self,
         name: &str,
         since: Option<DateTime<Utc>>,
-        mut each: impl FnMut(TableRow) + Send,
+        mut each: impl FnMut(Result<TableRow, UnreadableRow>) + Send,
     ) -> Result<(), SourceError> {
         let plan = self.plan()?;
         let mut conn = self.connect(name).await?;
@@ -65,10 +77,14 @@ impl PostgresSourceConfig {
             RowMapper { name, plan: &plan, config: self, table: &table, dead_letter_topic: &dead_letter_topic };
         // The latest of every pair, then the window: a pair whose latest row is older than
         // `since` is left out (filtering first would compare an older row with the topic's latest).
-        read_latest(&mut conn, &mapper, &mut |row| {
-            if since.is_none_or(|since| row.event.timestamp.instant() >= since) {
-                each(row);
+        read_latest(&mut conn, &mapper, &mut |row| match row {
+            Ok(row) => {
+                if since.is_none_or(|since| row.event.timestamp.instant() >= since) {
+                    each(Ok(row));
+                }
             }
+            // No instant to window by: always reported.
+            Err(unreadable) => each(Err(unreadable)),
         })
         .await
     }
@@ -136,11 +152,16 @@ impl PostgresSourceConfig {
 }
 
 /// Hands `each` the latest row of each (source, stage) of `mapper`'s table, read on `conn` (in
-/// whatever snapshot its transaction holds), as events; rows that cannot be events are left out.
+/// whatever snapshot its transaction holds), as an event, or why it cannot be one.
+///
+/// "Latest" is one total order, the one the source publishes in: by timestamp (NULL last),
+/// then by the table's primary key, then by the row's physical place, newest first. Two rows
+/// of one pair written in one transaction share `now()`; the one written later is the latest,
+/// as its event is the later one on the topic.
 pub(crate) async fn read_latest(
     conn: &mut PgConnection,
     mapper: &RowMapper<'_>,
-    each: &mut (dyn FnMut(TableRow) + Send),
+    each: &mut (dyn FnMut(Result<TableRow, UnreadableRow>) + Send),
 ) -> Result<(), SourceError> {
     let plan = mapper.plan;
     let column = |field: &str| {
@@ -153,21 +174,49 @@ pub(crate) async fn read_latest(
             .map_err(|reason| SourceError::Config { key: "columns".into(), reason })
     };
     let (source, stage, timestamp) = (column("source")?, column("stage")?, column("timestamp")?);
+    let table = capture::quoted(mapper.table)?;
+    let mut tie_break = String::new();
+    for key in primary_key(conn, mapper.table).await? {
+        let key = herald_pg::Ident::new(&key).map_err(|reason| SourceError::Config { key: "table".into(), reason })?;
+        tie_break.push_str(&format!("{key} DESC, "));
+    }
     let sql = format!(
-        "SELECT to_jsonb(t)::text FROM (SELECT DISTINCT ON ({source}, {stage}) * FROM {table}
-         ORDER BY {source}, {stage}, {timestamp} DESC) t",
-        table = capture::quoted(mapper.table)?
+        "SELECT to_jsonb(t)::text, t.{source}::text, t.{stage}::text FROM (SELECT DISTINCT ON ({source}, {stage}) * FROM {table}
+         ORDER BY {source}, {stage}, {timestamp} DESC NULLS LAST, {tie_break}ctid DESC) t"
     );
     let mut rows = sqlx::query(&sql).fetch(&mut *conn);
     while let Some(row) = rows.try_next().await.map_err(SourceError::postgres("reading the table's latest rows"))? {
         let text: String = row.try_get(0).map_err(SourceError::postgres("decoding a row"))?;
-        let Ok(Value::Object(columns)) = serde_json::from_str::<Value>(&text) else { continue };
+        let named = |at: usize| row.try_get::<Option<String>, _>(at).ok().flatten().unwrap_or_else(|| "NULL".into());
+        let unreadable = |reason: String| UnreadableRow { source: named(1), stage: named(2), reason };
+        let columns = match serde_json::from_str::<Value>(&text) {
+            Ok(Value::Object(columns)) => columns,
+            _ => {
+                each(Err(unreadable("the row is not a JSON object".into())));
+                continue;
+            }
+        };
         let from_kafka = mapper.skipped(&columns);
-        if let Ok((event, _)) = mapper.event(&columns) {
-            each(TableRow { event, row: RowToPublish { from_kafka, text } });
+        match mapper.event(&columns) {
+            Ok((event, _)) => each(Ok(TableRow { event, row: RowToPublish { from_kafka, text } })),
+            Err(reason) => each(Err(unreadable(reason))),
         }
     }
     Ok(())
+}
+
+/// The columns of `table`'s primary key, in order (none without one).
+async fn primary_key(conn: &mut PgConnection, table: &str) -> Result<Vec<String>, SourceError> {
+    sqlx::query_scalar(
+        "SELECT a.attname::text FROM pg_index i
+         CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ordinality)
+         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+         WHERE i.indrelid = to_regclass($1) AND i.indisprimary ORDER BY k.ordinality",
+    )
+    .bind(table)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(SourceError::postgres("reading the table's primary key"))
 }
 
 /// How long the repair's transaction and its calls may take.

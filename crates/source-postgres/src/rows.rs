@@ -148,6 +148,14 @@ impl RowMapper<'_> {
         for (field, value) in &self.config.constants {
             object.entry(field.clone()).or_insert_with(|| Value::String(value.clone()));
         }
+        // A required field whose column is NULL: say which column, not only which field.
+        for field in ["event", "stage", "source", "timestamp", "status"] {
+            if !object.contains_key(field) {
+                if let Some(column) = self.plan.columns.get(field) {
+                    return Err(format!("column `{column}` (the event's `{field}`) is NULL"));
+                }
+            }
+        }
         let bytes = Value::Object(object).to_string();
         let event = StageEvent::from_json(bytes.as_bytes()).map_err(|err| herald_sdk::error_chain(&err).join(": "))?;
         let key = event

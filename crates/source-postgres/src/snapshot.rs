@@ -12,11 +12,12 @@
 use std::time::Duration;
 
 use herald_board::{compare, Board, Compared, Verdict};
+use herald_core::printable::{printable, LOG_CHARS};
 use herald_kafka::reader::TopicReader;
 use herald_kafka::KafkaProperties;
 use serde_json::{Map, Value};
 use sqlx::{Connection, PgConnection};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::PostgresSourceConfig;
 use crate::error::SourceError;
@@ -122,8 +123,22 @@ impl PostgresSourceConfig {
         against_topic: bool,
     ) -> Result<Snapshot, SourceError> {
         let (mut tx, snapshot) = begin(conn).await?;
-        let mut rows = Vec::new();
-        read_latest(&mut tx, mapper, &mut |row| rows.push(row)).await?;
+        let (mut rows, mut unreadable) = (Vec::new(), Vec::new());
+        read_latest(&mut tx, mapper, &mut |row| match row {
+            Ok(row) => rows.push(row),
+            Err(row) => unreadable.push(row),
+        })
+        .await?;
+        for row in &unreadable {
+            // Not published, and not lost silently: `herald reconcile` reports the pair too.
+            warn!(
+                source = mapper.name,
+                pair_source = %printable(&row.source, LOG_CHARS),
+                pair_stage = %printable(&row.stage, LOG_CHARS),
+                reason = %row.reason,
+                "The snapshot cannot publish this pair's latest row: it cannot become an event."
+            );
+        }
         tx.commit().await.map_err(SourceError::postgres("ending the snapshot"))?;
         let pairs = rows.len();
         let rows = if against_topic { self.lacking_in_topic(kafka, rows).await? } else { rows };

@@ -221,7 +221,7 @@ impl PostgresSourceConfig {
 
     /// Records the first position of a capture just begun (the first activation, or a resync):
     /// with the table's latest rows read in a snapshot when `snapshot = "latest"` or resyncing
-    /// (only those the topic lacks, then), all in one Kafka transaction. Returns the snapshot
+    /// (only those the topic lacks or holds older), all in one Kafka transaction. Returns the snapshot
     /// whose transactions the stream skips, if one was read.
     async fn begin_capture(
         &self,
@@ -233,7 +233,10 @@ impl PostgresSourceConfig {
         resync: bool,
     ) -> Result<Option<Snapshot>, SourceError> {
         if resync || self.snapshot == SnapshotMode::Latest {
-            return self.publish_snapshot(kafka, conn, rows, publisher, first, resync).await.map(Some);
+            // Always against the topic: after a retire and a new start (the recovery a lost
+            // capture prints), the topic already holds most of the table's latest rows, and a
+            // consumer acting on each event would act twice on any published again.
+            return self.publish_snapshot(kafka, conn, rows, publisher, first, true).await.map(Some);
         }
         publisher.publish(Vec::new(), first, &|message, _| message).await?;
         Ok(None)
