@@ -518,6 +518,47 @@ fn describe(source: &FieldSource) -> String {
     }
 }
 
+/// The unique indexes (primary key included) of `table` whose every column is fed, by `plan`,
+/// from what two events of one pair share: such an index lets an append write one row per pair.
+async fn repeat_refusing_indexes(
+    conn: &mut PgConnection,
+    table: &str,
+    plan: &TablePlan,
+) -> Result<Vec<(String, Vec<String>)>, PostgresSinkError> {
+    let indexes: Vec<(String, Vec<String>)> = sqlx::query_as(
+        "SELECT i.indexrelid::regclass::text,
+                array_agg(a.attname::text ORDER BY k.ordinality)
+         FROM pg_index i
+         CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ordinality)
+         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+         WHERE i.indrelid = to_regclass($1) AND i.indisunique AND i.indpred IS NULL
+         GROUP BY i.indexrelid",
+    )
+    .bind(table)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(|source| PostgresSinkError::Catalog { table: table.to_owned(), source })?;
+    let repeats = |column: &str| {
+        plan.columns.iter().any(|(name, source)| {
+            name.as_str() == column
+                && match source {
+                    FieldSource::Field(field) => matches!(field.as_str(), "source" | "stage" | "event" | "status"),
+                    FieldSource::Constant(_) => true,
+                    _ => false,
+                }
+        })
+    };
+    Ok(indexes
+        .into_iter()
+        .filter(|(_, columns)| !columns.is_empty() && columns.iter().all(|column| repeats(column)))
+        .map(|(index, columns)| {
+            // The constraint a violation names is the index's own name, without its schema.
+            let name = index.rsplit('.').next().unwrap_or(&index).trim_matches('"').to_owned();
+            (name, columns)
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -604,45 +645,4 @@ mod tests {
              WHERE t.\"at\" IS NULL OR t.\"at\" < EXCLUDED.\"at\" OR t.\"at\" = EXCLUDED.\"at\""
         );
     }
-}
-
-/// The unique indexes (primary key included) of `table` whose every column is fed, by `plan`,
-/// from what two events of one pair share: such an index lets an append write one row per pair.
-async fn repeat_refusing_indexes(
-    conn: &mut PgConnection,
-    table: &str,
-    plan: &TablePlan,
-) -> Result<Vec<(String, Vec<String>)>, PostgresSinkError> {
-    let indexes: Vec<(String, Vec<String>)> = sqlx::query_as(
-        "SELECT i.indexrelid::regclass::text,
-                array_agg(a.attname::text ORDER BY k.ordinality)
-         FROM pg_index i
-         CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ordinality)
-         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-         WHERE i.indrelid = to_regclass($1) AND i.indisunique AND i.indpred IS NULL
-         GROUP BY i.indexrelid",
-    )
-    .bind(table)
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(|source| PostgresSinkError::Catalog { table: table.to_owned(), source })?;
-    let repeats = |column: &str| {
-        plan.columns.iter().any(|(name, source)| {
-            name.as_str() == column
-                && match source {
-                    FieldSource::Field(field) => matches!(field.as_str(), "source" | "stage" | "event" | "status"),
-                    FieldSource::Constant(_) => true,
-                    _ => false,
-                }
-        })
-    };
-    Ok(indexes
-        .into_iter()
-        .filter(|(_, columns)| !columns.is_empty() && columns.iter().all(|column| repeats(column)))
-        .map(|(index, columns)| {
-            // The constraint a violation names is the index's own name, without its schema.
-            let name = index.rsplit('.').next().unwrap_or(&index).trim_matches('"').to_owned();
-            (name, columns)
-        })
-        .collect())
 }
