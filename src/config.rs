@@ -57,14 +57,22 @@ pub struct Config {
 impl Config {
     /// Loads and validates `path`, with `${VAR}` interpolation and `HERALD__…` overrides.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        herald_config::load(path, Config::validate)
+        herald_config::load(path, Config::validate).map(|config| config.read_from(path))
     }
 
     /// [`Config::load`] for a reload: the file is read until two reads 100 ms apart agree (at
     /// most 2 s), so a file caught mid-write is never taken for the whole.
     pub fn load_settled(path: &Path) -> Result<Self, ConfigError> {
         let (settle, patience) = (std::time::Duration::from_millis(100), std::time::Duration::from_secs(2));
-        herald_config::load_settled(path, settle, patience, Config::validate)
+        herald_config::load_settled(path, settle, patience, Config::validate).map(|config| config.read_from(path))
+    }
+
+    /// This config, its sources told which file it came from (for the commands they print).
+    fn read_from(mut self, path: &Path) -> Self {
+        for spec in &mut self.sources {
+            spec.config_file = Some(path.to_owned());
+        }
+        self
     }
 
     /// Why `herald run` would have nothing to do with this config, if it would not: no route,

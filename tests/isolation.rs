@@ -150,6 +150,16 @@ async fn a_failed_route_or_source_stops_alone_and_a_restart_brings_it_back() {
     eventually(&herald, "source `orders` failed", async || unit(&admin, "sources", "orders").0 == "failed").await;
     let (status, ready) = http(&admin, "GET", "/health/ready");
     assert!(status == 503 && ready.contains("source orders: failed since"), "{status} {ready}");
+    // Its error prints the ways forward as commands that run as printed: with --config.
+    let (_, failed) = unit(&admin, "sources", "orders");
+    let error = failed["last_error"].as_str().unwrap_or("");
+    let config_flag = format!("--config {}", config.path.display());
+    for command in [
+        format!("herald reconcile {config_flag} --source orders"),
+        format!("herald migrate {config_flag} --drop-source orders"),
+    ] {
+        assert!(error.contains(&command), "`{command}` in: {error}");
+    }
     produce_seqs(&topic, 200..250).await;
     herald.wait_for_lines(250);
     eventually(&herald, "the table holds 200..250", async || {

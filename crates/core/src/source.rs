@@ -30,6 +30,9 @@ pub struct SourceSpec {
     pub kind: String,
     /// Every other key of the `[[source]]` table.
     pub settings: serde_json::Map<String, Value>,
+    /// The config file it was read from, set by whoever loaded it: the commands a source prints
+    /// (the ways forward after a lost capture) name it with `--config`, so they run as printed.
+    pub config_file: Option<std::path::PathBuf>,
 }
 
 impl<'de> Deserialize<'de> for SourceSpec {
@@ -40,7 +43,7 @@ impl<'de> Deserialize<'de> for SourceSpec {
             Some(other) => return Err(de::Error::custom(format!("`name` must be a string, not {other}"))),
             None => return Err(de::Error::missing_field("name")),
         };
-        Ok(Self { name, kind, settings })
+        Ok(Self { name, kind, settings, config_file: None })
     }
 }
 
@@ -129,8 +132,9 @@ pub trait SourcePlugin: DeserializeOwned + Send + Sync + 'static {
         Ok(())
     }
 
-    /// The source named `name` with these (validated) settings; connects only when used.
-    fn build(self, name: &str) -> Box<dyn Source>;
+    /// The source named `name` with these (validated) settings, read from `config_file` (for
+    /// the commands it prints); connects only when used.
+    fn build(self, name: &str, config_file: Option<&std::path::Path>) -> Box<dyn Source>;
 }
 
 /// A source kind as the binary uses it: a `[[source]]` table in, a source out.
@@ -149,6 +153,6 @@ impl<P: SourcePlugin> SourceFactory for Registered<P> {
     fn build(&self, spec: &SourceSpec) -> Result<Box<dyn Source>, FactoryError> {
         let config: P = parse_settings(&spec.settings)?;
         config.validate().map_err(FactoryError::Invalid)?;
-        Ok(config.build(&spec.name))
+        Ok(config.build(&spec.name, spec.config_file.as_deref()))
     }
 }

@@ -71,9 +71,11 @@ pub enum SourceError {
     /// herald never saw, and cannot read any more.
     #[error(
         "source `{source_name}`: the change capture was lost: {what}. herald published every change up to \
-         {since}; what the table got after that was not captured. Ways forward: `herald reconcile --source \
-         {source_name}` shows what the table holds that the topic lacks, and `--repair` publishes it; then \
-         `herald migrate --drop-source {source_name}` forgets the old position, and the next start captures from now"
+         {since}; what the table got after that was not captured. Ways forward: `herald reconcile{config} --source \
+         {source_name}` shows what the table holds that the topic lacks, and `herald reconcile{config} --source \
+         {source_name} --repair` publishes it; then `herald migrate{config} --drop-source {source_name}` forgets the \
+         old position, and the next start (or `POST /sources/{source_name}/restart`) captures from now, publishing \
+         only what the topic lacks"
     )]
     CaptureLost {
         /// The source.
@@ -82,6 +84,8 @@ pub enum SourceError {
         what: String,
         /// The last position published, and when it was stored.
         since: String,
+        /// ` --config <file>` for the printed commands, when the file is known.
+        config: String,
     },
     /// A retire was asked for while a herald runs the source (it holds the source's lock).
     #[error(

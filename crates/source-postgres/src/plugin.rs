@@ -10,6 +10,7 @@ use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Capture, PostgresSourceConfig};
+use crate::error::SourceError;
 
 impl SourcePlugin for PostgresSourceConfig {
     const KIND: &'static str = crate::KIND;
@@ -18,8 +19,9 @@ impl SourcePlugin for PostgresSourceConfig {
         Ok(self.check_settings()?)
     }
 
-    fn build(self, name: &str) -> Box<dyn Source> {
-        Box::new(PostgresSource { name: name.to_owned(), config: self })
+    fn build(self, name: &str, config_file: Option<&std::path::Path>) -> Box<dyn Source> {
+        let config_flag = config_file.map(|path| format!(" --config {}", path.display())).unwrap_or_default();
+        Box::new(PostgresSource { name: name.to_owned(), config: self, config_flag })
     }
 }
 
@@ -27,6 +29,20 @@ impl SourcePlugin for PostgresSourceConfig {
 struct PostgresSource {
     name: String,
     config: PostgresSourceConfig,
+    /// ` --config <file>`, for the commands its errors print (empty when not known).
+    config_flag: String,
+}
+
+impl PostgresSource {
+    /// `err`, with the commands it prints naming the config file.
+    fn with_config(&self, err: SourceError) -> BoxError {
+        match err {
+            SourceError::CaptureLost { source_name, what, since, .. } => {
+                Box::new(SourceError::CaptureLost { source_name, what, since, config: self.config_flag.clone() })
+            }
+            other => Box::new(other),
+        }
+    }
 }
 
 #[async_trait]
@@ -69,11 +85,11 @@ impl Source for PostgresSource {
     }
 
     async fn check(&self) -> Result<String, BoxError> {
-        Ok(self.config.check(&self.name).await?)
+        self.config.check(&self.name).await.map_err(|err| self.with_config(err))
     }
 
     async fn migrate(&self, kafka: &KafkaProperties) -> Result<String, BoxError> {
-        self.config.migrate(&self.name, kafka).await?;
+        self.config.migrate(&self.name, kafka).await.map_err(|err| self.with_config(err))?;
         Ok(match self.config.capture {
             Capture::Trigger => "change capture installed (trigger)".into(),
             Capture::Wal => format!(
@@ -85,7 +101,7 @@ impl Source for PostgresSource {
     }
 
     async fn retire(&self, kafka: &KafkaProperties) -> Result<bool, BoxError> {
-        Ok(self.config.drop_source(&self.name, kafka).await?)
+        self.config.drop_source(&self.name, kafka).await.map_err(|err| self.with_config(err))
     }
 
     async fn run(
@@ -94,6 +110,6 @@ impl Source for PostgresSource {
         metrics: SourceMetrics,
         cancel: CancellationToken,
     ) -> Result<(), BoxError> {
-        Ok(self.config.run(&self.name, kafka, metrics, cancel).await?)
+        self.config.run(&self.name, kafka, metrics, cancel).await.map_err(|err| self.with_config(err))
     }
 }

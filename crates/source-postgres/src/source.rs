@@ -202,6 +202,7 @@ impl PostgresSourceConfig {
             source_name: name.to_owned(),
             what: lost.to_string(),
             since: format!("{position}{when}"),
+            config: String::new(),
         }
     }
 
