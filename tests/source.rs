@@ -158,7 +158,7 @@ async fn a_row_that_cannot_be_an_event_goes_to_the_dead_letter_topic_and_the_res
     let letters = read_committed(&dlq, 1);
     assert_eq!(letters.len(), 1);
     let reason = header(&letters[0], "__connect.errors.exception.message").unwrap();
-    assert!(reason.contains("missing field `source`"), "{reason}");
+    assert!(reason.contains("column `src_system` (the event's `source`) is NULL"), "the column is named: {reason}");
     assert_eq!(json(&letters[0])["state"], "SUCCESS");
 }
 

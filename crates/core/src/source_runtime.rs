@@ -28,18 +28,10 @@ pub struct SourceChanges {
     pub done: tokio::sync::oneshot::Sender<()>,
 }
 
-/// Why [`run_sources`] returned an error.
+/// Why [`run_sources`] returned an error. A source that fails is not one: it stops alone and
+/// shows `failed` in the observer.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceRunError {
-    /// A source stopped with an error; the others were stopped cleanly.
-    #[error("source `{name}` stopped")]
-    Failed {
-        /// The source's name.
-        name: String,
-        /// Why it stopped.
-        #[source]
-        source: BoxError,
-    },
     /// A source's task panicked or was aborted.
     #[error("a source's task ended abnormally")]
     Task(#[source] tokio::task::JoinError),
