@@ -5,26 +5,10 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use common::source::{greenfield, insert, pool, read_committed, source_config};
 use common::*;
-
-/// One HTTP/1.1 request with extra header lines; the status and the body.
-fn request(address: &str, method: &str, path: &str, headers: &str) -> (u16, String) {
-    let mut stream = std::net::TcpStream::connect(address).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {address}\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default())
-}
 
 /// `herald <args…> --config <config>` with `env`; exit code and stdout + stderr.
 fn herald_output(args: &[&str], config: &TempConfig, env: &[(&str, &str)]) -> (Option<i32>, String) {

@@ -28,14 +28,7 @@ fn unit(admin: &str, kind: &str, name: &str) -> (String, serde_json::Value) {
 }
 
 fn post(admin: &str, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(admin).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    write!(stream, "POST {path} HTTP/1.1\r\nHost: {admin}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default())
+    request(admin, "POST", path, "")
 }
 
 async fn produce_seqs(topic: &str, seqs: std::ops::Range<usize>) {

@@ -351,11 +351,21 @@ pub fn assert_per_key_order(seen: &[(String, usize)]) {
 
 /// One HTTP/1.1 request to the admin API; returns the status code and the body.
 pub fn http(address: &str, method: &str, path: &str) -> (u16, String) {
+    request(address, method, path, "")
+}
+
+/// One HTTP/1.1 request with extra header lines (each ending in `\r\n`, e.g.
+/// `"Content-Type: application/json\r\n"`); the status code and the body. A reload may take a
+/// while: answers are awaited up to a minute.
+pub fn request(address: &str, method: &str, path: &str, headers: &str) -> (u16, String) {
     use std::io::Read;
     let mut stream = std::net::TcpStream::connect(address).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(stream, "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-        .unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
