@@ -371,15 +371,16 @@ fn route_diff(current: &[RouteConfig], next: &[RouteConfig]) -> (Vec<String>, Ve
     (stop, next.iter().filter(|route| start.contains(&route.name)).cloned().collect())
 }
 
-/// The sections other than `[[route]]` and `[[source]]` that differ (compared as printed: secrets, printed
-/// redacted, are not compared).
+/// The sections other than `[[route]]` and `[[source]]` that differ (compared as printed, and
+/// the secrets that print redacted by value).
 fn sections_needing_restart(current: &Config, next: &Config) -> Vec<&'static str> {
     let differ = |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
+    // Secrets print redacted: compared by value, so a changed password alone is noticed too.
     let mut sections = Vec::new();
     for (name, changed) in [
-        ("[kafka]", differ(&current.kafka, &next.kafka)),
+        ("[kafka]", current.kafka.iter().ne(next.kafka.iter())),
         ("[runtime]", differ(&current.runtime, &next.runtime)),
-        ("[admin]", differ(&current.admin, &next.admin)),
+        ("[admin]", differ(&current.admin, &next.admin) || !current.admin.same_token(&next.admin)),
         ("[board]", differ(&current.board, &next.board)),
         (
             "[expectations]/[[expect]]",
@@ -402,6 +403,21 @@ mod tests {
 
     fn routes(text: &str) -> Vec<RouteConfig> {
         Config::from_toml(text, std::path::Path::new("t.toml")).unwrap().routes
+    }
+
+    #[test]
+    fn a_changed_secret_alone_is_a_change_that_takes_effect_on_restart() {
+        let load = |password: &str, token: &str| {
+            let text = format!(
+                "[kafka]\nsasl.password = \"{password}\"\n[admin]\ntoken = \"{token}\"\n\
+                 [[route]]\nname = \"a\"\ntopics = [\"t\"]\nsink = {{ type = \"stdout\" }}\n"
+            );
+            Config::from_toml(&text, std::path::Path::new("t.toml")).unwrap()
+        };
+        let before = load("old-password", "0123456789abcdef-old");
+        assert!(sections_needing_restart(&before, &load("old-password", "0123456789abcdef-old")).is_empty());
+        assert_eq!(sections_needing_restart(&before, &load("new-password", "0123456789abcdef-old")), ["[kafka]"]);
+        assert_eq!(sections_needing_restart(&before, &load("old-password", "0123456789abcdef-new")), ["[admin]"]);
     }
 
     #[test]

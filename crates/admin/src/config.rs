@@ -131,6 +131,12 @@ impl AdminConfig {
         Ok(())
     }
 
+    /// Whether `other` holds the same `token` (compared by value: it prints redacted).
+    pub fn same_token(&self, other: &AdminConfig) -> bool {
+        let token = |admin: &AdminConfig| admin.token.as_ref().map(|token| token.expose_secret().to_owned());
+        token(self) == token(other)
+    }
+
     /// The token, read from `token_file` when that is where it is, checked as `token` is. `herald
     /// run` and `herald check` both call this, so `check` passes only what `run` takes.
     pub fn resolve_token(&self) -> Result<Option<SecretString>, std::io::Error> {
