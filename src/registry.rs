@@ -2,8 +2,9 @@
 
 use anyhow::{bail, Context, Result};
 use herald_core::source::{Source, SourceFactory};
-use herald_core::{RouteConfig, Sink, SourceSpec};
+use herald_core::{BoundRoute, RouteConfig, Sink, SourceSpec};
 use herald_sdk::{Purpose, Registered, SinkContext, SinkFactory};
+use tracing::warn;
 
 /// Every sink kind this binary knows. Adding a sink is one line here and one dependency.
 pub static SINKS: &[&dyn SinkFactory] = &[
@@ -37,6 +38,20 @@ pub async fn build(route: &RouteConfig, purpose: Purpose) -> Result<Box<dyn Sink
     let group = route.group_id();
     let sink_context = SinkContext { route: &route.name, consumer_group: &group, purpose };
     factory(route)?.build(&route.sink.settings, sink_context).await.with_context(context(route))
+}
+
+/// The route with its sink built to run, as `run`, a reload and a restart start it: a sink
+/// that does not answer its healthcheck is not fatal (writes are retried until it is back),
+/// and what the sink found that will surprise ([`Sink::warnings`]) is logged.
+pub async fn bind(route: &RouteConfig) -> Result<BoundRoute> {
+    let mut sink = build(route, Purpose::Run).await?;
+    if let Err(err) = sink.healthcheck().await {
+        warn!(route = %route.name, error = %herald_sdk::error_chain(&err).join(": "), "Sink healthcheck failed; writes will be retried.");
+    }
+    for warning in sink.warnings() {
+        warn!(route = %route.name, "{warning}");
+    }
+    Ok(BoundRoute { config: route.clone(), sink })
 }
 
 /// Checks the route's sink settings without connecting to anything.

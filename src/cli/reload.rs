@@ -1,5 +1,6 @@
 //! Reloading the config while `herald run` runs (SIGHUP, or `POST /reload` on the admin API):
-//! the file is read once, whole, and checked as `herald run` checks it; if it is invalid, has
+//! the file is read whole until two reads agree (never mid-write), and checked as `herald run`
+//! checks it; if it is invalid, has
 //! nothing to run, or would move a source's change capture, herald runs on with the old one and
 //! says why. Otherwise only the routes whose settings changed are stopped
 //! (each finishes its batch, commits, leaves its group) and started again, new routes start and
@@ -13,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use herald_admin::Control;
-use herald_core::{BoundRoute, Observer, RouteChanges, RouteConfig, SourceChanges, SourceSpec};
+use herald_core::{Observer, RouteChanges, RouteConfig, SourceChanges, SourceSpec};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
@@ -67,12 +68,8 @@ async fn restart_route(current: &Config, name: &str, changes: &Changes) -> Resul
     let Some(route) = current.routes.iter().find(|route| route.name == name) else {
         return Err(format!("no route `{name}` in the running config"));
     };
-    let mut sink = registry::build(route, herald_sdk::Purpose::Run).await.map_err(|err| format!("{err:#}"))?;
-    if let Err(err) = sink.healthcheck().await {
-        warn!(route = %name, error = %herald_sdk::error_chain(&err).join(": "), "Sink healthcheck failed; writes will be retried.");
-    }
+    let start = vec![registry::bind(route).await.map_err(|err| format!("{err:#}"))?];
     let (done, outcome) = oneshot::channel();
-    let start = vec![BoundRoute { config: route.clone(), sink }];
     let change = RouteChanges { stop: vec![name.to_owned()], start, done };
     changes.routes.send(change).await.map_err(|_| "herald is stopping".to_owned())?;
     outcome.await.map_err(|_| "herald is stopping".to_owned())??;
@@ -323,11 +320,7 @@ async fn reload(path: &Path, current: &mut Config, changes: &Changes, observer: 
     // whole reload, and the old routes run on.
     let mut bound = Vec::with_capacity(plan.start_routes.len());
     for route in &plan.start_routes {
-        let mut sink = registry::build(route, herald_sdk::Purpose::Run).await.map_err(|err| format!("{err:#}"))?;
-        if let Err(err) = sink.healthcheck().await {
-            warn!(route = %route.name, error = %herald_sdk::error_chain(&err).join(": "), "Sink healthcheck failed; writes will be retried.");
-        }
-        bound.push(BoundRoute { config: route.clone(), sink });
+        bound.push(registry::bind(route).await.map_err(|err| format!("{err:#}"))?);
     }
     let summary = plan.answer();
     if !plan.stop_routes.is_empty() || !bound.is_empty() {

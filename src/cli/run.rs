@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use herald_core::BoundRoute;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -44,17 +43,8 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     }
     let mut routes = Vec::with_capacity(config.routes.len());
     for route in &config.routes {
-        match registry::build(route, herald_sdk::Purpose::Run).await {
-            Ok(mut sink) => {
-                // A sink that is down at start is not fatal: writes are retried until it is back.
-                if let Err(err) = sink.healthcheck().await {
-                    warn!(route = %route.name, error = %herald_sdk::error_chain(&err).join(": "), "Sink healthcheck failed; writes will be retried.");
-                }
-                for warning in sink.warnings() {
-                    warn!(route = %route.name, "{warning}");
-                }
-                routes.push(BoundRoute { config: route.clone(), sink });
-            }
+        match registry::bind(route).await {
+            Ok(bound) => routes.push(bound),
             Err(err) => {
                 // It fails alone: the other routes and the sources start.
                 let reason = format!("{err:#}");
