@@ -217,7 +217,14 @@ async fn a_sink_route_s_table_is_compared_with_what_it_consumed_and_repaired() {
     let again = reconcile(&config, &["--since", "30d", "--route", &route, "--repair"]);
     assert_eq!(again.status.code(), Some(0), "{}", text(&again));
     let after: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {history}")).fetch_one(&pool).await.unwrap();
-    assert_eq!(after, before + 2, "the two repaired events appended once, the second repair wrote nothing");
+    assert_eq!(after, before, "the history already held both events (by offset): a repair adds no row to it");
+    let doubled: i64 = sqlx::query_scalar(&format!(
+        "SELECT count(*) - count(DISTINCT (kafka_topic, kafka_partition, kafka_offset)) FROM {history}"
+    ))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(doubled, 0, "no offset twice in the history");
 
     // The route then goes on where it was: the in-flight event arrives, nothing twice.
     let mut herald = Herald::run(&config);
@@ -227,6 +234,92 @@ async fn a_sink_route_s_table_is_compared_with_what_it_consumed_and_repaired() {
     let agree = reconcile(&config, &["--since", "30d", "--route", &route]);
     assert_eq!(agree.status.code(), Some(0), "{}", text(&agree));
     assert!(text(&agree).contains("agree on 5"), "{}", text(&agree));
+}
+
+/// A legacy append table without the offset: two events of a pair share a timestamp, and an
+/// event the table refuses stops a route that has no dead-letter topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_s_ties_converge_and_a_refused_event_reaches_the_dead_letter_topic_once_one_is_set() {
+    let pool = pool().await;
+    let table = format!("public.{}", unique("legacy_status").replace('-', "_"));
+    sqlx::query(&format!(
+        "CREATE TABLE {table} (id bigserial PRIMARY KEY, src text NOT NULL, step text NOT NULL, state text NOT NULL,
+                               done_at timestamptz NOT NULL, CONSTRAINT known_state CHECK (state <> 'BOGUS'))"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let topic = unique("events");
+    create_topic(&topic, 1).await;
+    let (route, dlq) = (unique("route"), unique("dlq"));
+    create_topic(&dlq, 1).await;
+    let sink = format!(
+        "[route.sink]\ntype = \"postgres\"\nurl = \"{URL}\"\n[route.sink.table]\nname = \"{table}\"\n\
+         columns = {{ src = \"source\", step = \"stage\", state = \"status\", done_at = \"timestamp\" }}\n"
+    );
+    let at = "2026-12-01T10:00:00.000000";
+    let event = |source: &str, status: &str| {
+        format!(
+            r#"{{"event":"STAGE_COMPLETE","stage":"silver","source":"{source}","timestamp":"{at}","status":"{status}"}}"#
+        )
+    };
+    let events = [event("A", "RUNNING"), event("A", "SUCCESS"), event("B", "SUCCESS"), event("C", "BOGUS")];
+    let messages: Vec<(Option<&str>, &[u8])> =
+        events.iter().zip(["A", "A", "B", "C"]).map(|(e, key)| (Some(key), e.as_bytes())).collect();
+    produce(&topic, &messages).await;
+
+    // No dead-letter topic: the refusal stops the route (and, its only unit, herald).
+    let config = TempConfig::new(&route_config(&route, &topic, "", &sink));
+    let mut herald = Herald::run(&config);
+    assert_eq!(herald.wait_exit().code(), Some(1), "{}", herald.log());
+    let rows: Vec<(String, String)> =
+        sqlx::query_as(&format!("SELECT src, state FROM {table} ORDER BY id")).fetch_all(&pool).await.unwrap();
+    assert_eq!(rows.len(), 3, "A twice and B written, C refused: {rows:?}");
+
+    // A's two rows tie; the table holds the topic's newest (SUCCESS), so they agree, and the
+    // refused event is named with its reason and where its dead letter is (nowhere yet).
+    for _ in 0..2 {
+        let out = reconcile(&config, &["--since", "30d", "--route", &route, "--repair"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        assert!(text(&out).contains("agree on 2"), "{}", text(&out));
+        assert!(text(&out).contains("1 events the table refused"), "{}", text(&out));
+        assert!(text(&out).contains("known_state"), "the reason: {}", text(&out));
+        assert!(text(&out).contains("no dead_letter_topic"), "{}", text(&out));
+        let count: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}")).fetch_one(&pool).await.unwrap();
+        assert_eq!(count, 3, "a repair that finds agreement writes nothing");
+    }
+
+    // With a dead-letter topic set, the refused event goes there (the route resumes at it),
+    // once, and reconcile says so.
+    let with_dlq = TempConfig::new(&route_config(&route, &topic, &format!("dead_letter_topic = \"{dlq}\""), &sink));
+    let mut herald = Herald::run(&with_dlq);
+    let letters = consume_all(&dlq, 1);
+    assert_eq!(header(&letters[0], "__connect.errors.offset").as_deref(), Some("3"));
+    herald.wait_for_log("Message sent to the dead-letter topic");
+    herald.signal("TERM");
+    herald.wait_exit();
+    let out = reconcile(&with_dlq, &["--since", "30d", "--route", &route]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("1 of them in dead-letter topic"), "{}", text(&out));
+    let count: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}")).fetch_one(&pool).await.unwrap();
+    assert_eq!(count, 3, "nothing written twice on the way");
+
+    // Sent and acknowledged: another start does not send it again.
+    let mut herald = Herald::run(&with_dlq);
+    herald.wait_for_log("Postgres sink ready");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    herald.signal("TERM");
+    herald.wait_exit();
+    assert_eq!(message_count(&dlq), 1, "one dead letter, not one per start");
+    sqlx::query(&format!("DROP TABLE {table}")).execute(&pool).await.unwrap();
+}
+
+/// How many messages `topic` holds (its log end, one partition).
+fn message_count(topic: &str) -> i64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new().set("bootstrap.servers", BROKERS).create().unwrap();
+    let (low, high) = consumer.fetch_watermarks(topic, 0, std::time::Duration::from_secs(10)).unwrap();
+    high - low
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -157,19 +157,50 @@ fn print_report(report: &Report, json: bool, repair: bool) -> Result<()> {
             }
         );
         if repair {
-            println!("Repaired {}; {} cannot be repaired from this side:", report.repaired, report.unrepairable);
-            for why in &report.cannot_repair {
-                println!("  {}", printable(why, 512));
+            print!("Repaired {}", report.repaired);
+            if report.cannot_repair.is_empty() {
+                println!(".");
+            } else {
+                println!("; {} cannot be repaired from this side:", report.unrepairable);
             }
-        } else if !report.divergences.is_empty() {
-            println!("`--repair` makes them agree where this side lacks or is older.");
+        } else if report.repairable > 0 {
+            println!("`--repair` makes {} of them agree (where this side lacks or is older).", report.repairable);
+        }
+        if !repair && !report.cannot_repair.is_empty() {
+            println!("{} cannot be repaired from this side:", report.unrepairable);
+        }
+        for why in &report.cannot_repair {
+            println!("  {}", printable(why, 512));
         }
     }
-    if report.in_flight > 0 || report.dead_lettered > 0 {
+    if report.in_flight > 0 {
+        println!("Not compared: {} events the route has not reached yet.", report.in_flight);
+    }
+    if !report.refused.is_empty() {
+        let queue = report.dead_letter_topic.as_deref();
         println!(
-            "Not compared: {} events the route has not reached yet, {} the table refused (in the dead-letter topic).",
-            report.in_flight, report.dead_lettered
+            "Not compared: {} events the table refused (recorded in herald_rejections){}:",
+            report.refused.len(),
+            match queue {
+                Some(queue) =>
+                    format!("; {} of them in dead-letter topic {}", report.dead_lettered, printable(queue, 128)),
+                None => "; the route has no dead_letter_topic, so it stops on them until one is set".to_owned(),
+            }
         );
+        for refused in &report.refused {
+            let letter = match (queue, refused.in_dead_letter_topic) {
+                (_, true) => "in the dead-letter topic",
+                (Some(_), false) => "NOT in the dead-letter topic yet (the route sends it when it reads it again)",
+                (None, false) => "no dead-letter topic",
+            };
+            println!(
+                "  {}:{}@{}: {} ({letter})",
+                printable(&refused.topic, 128),
+                refused.partition,
+                refused.offset,
+                printable(&refused.reason, 256)
+            );
+        }
     }
     Ok(())
 }

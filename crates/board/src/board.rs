@@ -36,7 +36,8 @@ pub struct Cell {
 }
 
 impl Cell {
-    fn of(event: &StageEvent) -> Self {
+    /// The cell `event` makes.
+    pub fn of(event: &StageEvent) -> Self {
         Self {
             source: event.source.clone(),
             stage: event.stage.clone(),

@@ -78,20 +78,6 @@ impl Compared {
 /// the event, status and records as `fields` says (not the timestamp's spelling, nor fields
 /// beyond these).
 pub fn compare(table: &Snapshot, topic: &Snapshot, fields: Compared) -> Vec<Divergence> {
-    // Postgres keeps microseconds, rounding: instants less than one apart are the same.
-    let order = |a: &Cell, b: &Cell| {
-        let apart = (a.at - b.at).num_nanoseconds().unwrap_or(i64::MAX);
-        if apart.abs() < 1000 {
-            std::cmp::Ordering::Equal
-        } else {
-            apart.cmp(&0)
-        }
-    };
-    let differs = |a: &Cell, b: &Cell| {
-        (fields.event && a.event != b.event)
-            || (fields.status && a.status != b.status)
-            || (fields.records && a.records != b.records)
-    };
     let key = |cell: &Cell| (cell.source.clone(), cell.stage.clone());
     type Sides<'a> = (Option<&'a Cell>, Option<&'a Cell>);
     let mut pairs: BTreeMap<(String, String), Sides<'_>> = BTreeMap::new();
@@ -107,14 +93,34 @@ pub fn compare(table: &Snapshot, topic: &Snapshot, fields: Compared) -> Vec<Dive
             let verdict = match (table, topic) {
                 (Some(_), None) => Verdict::TableOnly,
                 (None, Some(_)) => Verdict::TopicOnly,
-                (Some(a), Some(b)) if order(a, b).is_gt() => Verdict::TableNewer,
-                (Some(a), Some(b)) if order(a, b).is_lt() => Verdict::TopicNewer,
-                (Some(a), Some(b)) if differs(a, b) => Verdict::Differs,
+                (Some(a), Some(b)) if instant_order(a, b).is_gt() => Verdict::TableNewer,
+                (Some(a), Some(b)) if instant_order(a, b).is_lt() => Verdict::TopicNewer,
+                (Some(a), Some(b)) if !agrees(a, b, fields) => Verdict::Differs,
                 _ => return None,
             };
             Some(Divergence { source, stage, verdict, table: table.cloned(), topic: topic.cloned() })
         })
         .collect()
+}
+
+/// Whether `table` and `topic` say the same of a pair: one instant, and the same event,
+/// status and records as `fields` says.
+pub fn agrees(table: &Cell, topic: &Cell, fields: Compared) -> bool {
+    instant_order(table, topic).is_eq()
+        && !((fields.event && table.event != topic.event)
+            || (fields.status && table.status != topic.status)
+            || (fields.records && table.records != topic.records))
+}
+
+/// Which cell is newer. Postgres keeps microseconds, rounding: instants less than one apart
+/// are the same.
+fn instant_order(a: &Cell, b: &Cell) -> std::cmp::Ordering {
+    let apart = (a.at - b.at).num_nanoseconds().unwrap_or(i64::MAX);
+    if apart.abs() < 1000 {
+        std::cmp::Ordering::Equal
+    } else {
+        apart.cmp(&0)
+    }
 }
 
 /// The divergences as a terminal table, one row each, values escaped and cut as `herald

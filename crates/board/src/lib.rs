@@ -20,7 +20,7 @@ mod follow;
 mod text;
 
 pub use board::{Board, Cell, Snapshot};
-pub use compare::{compare, render_divergences, Compared, Divergence, Verdict};
+pub use compare::{agrees, compare, render_divergences, Compared, Divergence, Verdict};
 pub use config::BoardConfig;
 pub use follow::follow;
 pub use text::{age, render_table};

@@ -12,6 +12,25 @@ pub fn origin_of(headers: Option<&impl rdkafka::message::Headers>) -> Option<Str
         .map(|value| String::from_utf8_lossy(value).into_owned())
 }
 
+/// Where a dead letter came from, by its Kafka Connect headers: `(route, topic, partition,
+/// offset)` of the original message; `None` for a message that is not a dead letter.
+pub fn dead_letter_of(headers: Option<&impl rdkafka::message::Headers>) -> Option<(String, String, i32, i64)> {
+    let headers = headers?;
+    let text = |name: &str| {
+        headers
+            .iter()
+            .find(|header| header.key == name)
+            .and_then(|header| header.value)
+            .map(|value| String::from_utf8_lossy(value).into_owned())
+    };
+    Some((
+        text(connect::CONNECTOR)?,
+        text(connect::TOPIC)?,
+        text(connect::PARTITION)?.parse().ok()?,
+        text(connect::OFFSET)?.parse().ok()?,
+    ))
+}
+
 /// Kafka Connect's header names.
 pub mod connect {
     /// Topic the message was read from.

@@ -67,6 +67,9 @@ pub struct Read {
     pub offset: i64,
     /// Where it was born when not on Kafka: its `herald.origin` header.
     pub origin: Option<String>,
+    /// For a dead letter: the route that sent it and the topic, partition and offset it was
+    /// read at, from its Kafka Connect headers.
+    pub dead_letter_of: Option<(String, String, i32, i64)>,
 }
 
 /// A reader of some topics from a point in time on.
@@ -196,7 +199,8 @@ impl TopicReader {
         };
         let event = message.payload().and_then(|payload| StageEvent::from_json(payload).ok());
         let origin = crate::headers::origin_of(message.headers());
-        Ok(Read { event, in_history, topic: key.0, partition: key.1, offset: message.offset(), origin })
+        let dead_letter_of = crate::headers::dead_letter_of(message.headers());
+        Ok(Read { event, in_history, topic: key.0, partition: key.1, offset: message.offset(), origin, dead_letter_of })
     }
 
     /// Drops the partitions whose position reached the end of their history (past markers and

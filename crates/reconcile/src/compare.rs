@@ -1,16 +1,16 @@
 //! One reconcile: read both sides, compare, and repair what this side can.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use herald_board::{compare, Board, Compared, Divergence, Snapshot, Verdict};
+use herald_board::{agrees, compare, Board, Cell, Compared, Divergence, Snapshot, Verdict};
 use herald_core::{RouteConfig, StageEvent};
 use herald_kafka::reader::{Read, TopicReader};
 use herald_kafka::KafkaProperties;
 use herald_sdk::{LazyEvent, SinkRecord};
-use herald_sink_postgres::PostgresSinkConfig;
+use herald_sink_postgres::{PostgresSinkConfig, Written};
 use herald_source_postgres::{PostgresSourceConfig, RowToPublish, TableRow, UnreadableRow};
 use serde::Serialize;
 
@@ -102,20 +102,44 @@ pub struct Report {
     pub pairs: usize,
     /// Every pair on which they differ.
     pub divergences: Vec<Divergence>,
+    /// Of the divergences, how many this side can repair (`--repair` writes or publishes them).
+    pub repairable: usize,
     /// Of the divergences, how many the repair repaired.
     pub repaired: usize,
     /// Divergences this side cannot repair (it is the other side that lacks, or a row herald's
-    /// own sink wrote), and pairs whose newest row cannot become an event.
+    /// own sink wrote), and pairs whose newest row cannot become an event: one per line of
+    /// `cannot_repair`.
     pub unrepairable: usize,
     /// Why each pair that cannot be repaired from this side cannot: `source/stage: reason`.
     pub cannot_repair: Vec<String>,
-    /// Source only: pairs whose newest row cannot become an event (a NULL status or
-    /// timestamp): neither compared as agreeing nor dropped, and not repairable by herald.
+    /// Pairs whose newest row cannot become an event (a NULL status or timestamp): neither
+    /// compared as agreeing nor dropped, and not repairable by herald.
     pub unreadable: Vec<Unreadable>,
     /// Route only: events the route has not reached yet (beyond its stored offsets), not compared.
     pub in_flight: usize,
-    /// Route only: events the table refused (in the dead-letter topic), not compared.
+    /// Route only: of the refused events, how many are in the route's dead-letter topic.
     pub dead_lettered: usize,
+    /// Route only: the route's dead-letter topic, if it has one.
+    pub dead_letter_topic: Option<String>,
+    /// Route only: the events of the window the table refused (recorded in
+    /// `herald_rejections`), not compared: each with its reason and where its dead letter is.
+    pub refused: Vec<Refused>,
+}
+
+/// An event the table refused, as `herald_rejections` records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Refused {
+    /// The topic it was read from.
+    pub topic: String,
+    /// Its partition.
+    pub partition: i32,
+    /// Its offset.
+    pub offset: i64,
+    /// Why the table refused it.
+    pub reason: String,
+    /// Whether its dead letter is in the route's dead-letter topic (read to see). `false` with
+    /// no dead-letter topic: the route stops on it until one is set.
+    pub in_dead_letter_topic: bool,
 }
 
 impl Report {
@@ -133,13 +157,16 @@ impl Report {
             topics: subject.topics(),
             since,
             pairs,
-            unrepairable: divergences.len() - repaired,
+            unrepairable: 0,
+            repairable: 0,
             cannot_repair: Vec::new(),
             unreadable: Vec::new(),
             divergences,
             repaired,
             in_flight: 0,
             dead_lettered: 0,
+            dead_letter_topic: None,
+            refused: Vec::new(),
         }
     }
 }
@@ -192,6 +219,8 @@ async fn reconcile_source(
     let divergences = compare(&table, &topic_cells, Compared::ALL);
     let mut cannot_repair = Vec::new();
     let mut repairable: Vec<RowToPublish> = Vec::new();
+    // Without --repair the rows are not kept: those divergences are counted as repairable.
+    let mut repairable_unkept = 0;
     for divergence in &divergences {
         let pair = format!("{}/{}", divergence.source, divergence.stage);
         match divergence.verdict {
@@ -202,7 +231,7 @@ async fn reconcile_source(
                          marker), so it came from Kafka and is not published back; reconcile the route that wrote it"
                     )),
                     Some(row) => repairable.push(row.clone()),
-                    None => cannot_repair.push(format!("{pair}: the row was not kept (reconcile without --repair)")),
+                    None => repairable_unkept += 1,
                 }
             }
             Verdict::TopicOnly | Verdict::TopicNewer => cannot_repair.push(format!(
@@ -226,8 +255,9 @@ async fn reconcile_source(
         .count();
     let mut report =
         Report::new(subject, since, pairs(&table, &topic_cells) + keys_of_unreadable, divergences, repaired);
-    report.unrepairable += unreadable.len();
-    report.cannot_repair = if repair { cannot_repair } else { Vec::new() };
+    report.unrepairable = cannot_repair.len();
+    report.repairable = repairable.len() + repairable_unkept;
+    report.cannot_repair = cannot_repair;
     report.unreadable = unreadable;
     Ok(report)
 }
@@ -242,10 +272,11 @@ async fn reconcile_route(
     repair: bool,
 ) -> Result<Report, ReconcileError> {
     let written = sink.written(&route.name, &route.group_id()).await?;
-    let (mut in_flight, mut dead_lettered) = (0, 0);
+    let mut in_flight = 0;
+    let mut refused_in_window: Vec<(String, i32, i64)> = Vec::new();
     let topic = read_topic(kafka, &route.topics, since, timeout, true, |read| {
         let Some(event) = &read.event else { return false };
-        if !route.filter.matches(event) {
+        if !route.filter.matches(event) || event.timestamp.instant() < since {
             return false;
         }
         // What the route has handled and the table took; the rest is not the table's to have yet.
@@ -254,31 +285,49 @@ async fn reconcile_route(
             in_flight += 1;
             return false;
         }
-        if written.rejected.contains(&(read.topic.clone(), read.partition, read.offset)) {
-            dead_lettered += 1;
+        let coordinates = (read.topic.clone(), read.partition, read.offset);
+        if written.rejected.contains_key(&coordinates) {
+            refused_in_window.push(coordinates);
             return false;
         }
         true
     })
     .await?;
-    let table = Board::new();
-    for event in sink.latest_events(&route.name).await? {
-        if event.timestamp.instant() >= since {
-            table.apply(&event);
-        }
-    }
     let fields = Compared {
         event: sink.keeps_field("event")?,
         status: sink.keeps_field("status")?,
         records: sink.keeps_field("records")?,
     };
-    let (table, topic_cells) = (table.snapshot(), topic.board.snapshot());
+    // The table's newest row per pair; where rows tie (a table without the offset), the one
+    // that is the topic's event if it is there: the table holds it, whichever a reader sees.
+    let table = Board::new();
+    let mut unreadable: Vec<Unreadable> = Vec::new();
+    let topic_cells = topic.board.snapshot();
+    for rows in sink.latest_rows(&route.name).await? {
+        if let Some(reason) = rows.unreadable.filter(|_| rows.events.is_empty()) {
+            unreadable.push(Unreadable { source: rows.source, stage: rows.stage, reason });
+            continue;
+        }
+        let topic_cell = topic_cells.cells.iter().find(|c| c.source == rows.source && c.stage == rows.stage);
+        let chosen = rows
+            .events
+            .iter()
+            .find(|event| topic_cell.is_some_and(|cell| agrees(&Cell::of(event), cell, fields)))
+            .or_else(|| rows.events.first());
+        if let Some(event) = chosen.filter(|event| event.timestamp.instant() >= since) {
+            table.apply(event);
+        }
+    }
+    let table = table.snapshot();
     let divergences = compare(&table, &topic_cells, fields);
     let repairable: Vec<&Divergence> = divergences
         .iter()
         .filter(|d| matches!(d.verdict, Verdict::TopicOnly | Verdict::TopicNewer | Verdict::Differs))
+        .filter(|d| !unreadable.iter().any(|u| u.source == d.source && u.stage == d.stage))
         .collect();
+    let repairable_count = repairable.len();
     let mut repaired = 0;
+    let mut altered: Vec<String> = Vec::new();
     if repair && !repairable.is_empty() {
         let records: Vec<SinkRecord> = repairable
             .iter()
@@ -293,29 +342,98 @@ async fn reconcile_route(
                 raw: None,
             })
             .collect();
-        repaired = sink.repair(&route.name, &records).await?;
+        let outcome = sink.repair(&route.name, &records).await?;
+        repaired = outcome.written;
+        for index in outcome.already_there {
+            if let Some(record) = records.get(index) {
+                altered.push(format!(
+                    "{}/{}: the table holds this event ({}:{}@{}) with other values; someone changed the row, and \
+                     herald does not append an event twice",
+                    record.event.source, record.event.stage, record.topic, record.partition, record.offset
+                ));
+            }
+        }
     }
-    let cannot_repair = if repair {
-        divergences
-            .iter()
-            .filter(|d| matches!(d.verdict, Verdict::TableOnly | Verdict::TableNewer))
-            .map(|d| {
-                format!(
-                    "{}/{}: the table is ahead of the topic; a route writes the table from the topic, it does not \
-                     publish (a row written by someone else: reconcile the source that publishes the table)",
-                    d.source, d.stage
-                )
-            })
-            .collect()
-    } else {
-        Vec::new()
-    };
-    Ok(Report {
-        in_flight,
-        dead_lettered,
-        cannot_repair,
-        ..Report::new(subject, since, pairs(&table, &topic_cells), divergences, repaired)
-    })
+    let refused = refused_events(kafka, route, &written, refused_in_window, since, timeout).await?;
+    let mut cannot_repair: Vec<String> = divergences
+        .iter()
+        .filter(|d| matches!(d.verdict, Verdict::TableOnly | Verdict::TableNewer))
+        .map(|d| {
+            format!(
+                "{}/{}: the table is ahead of the topic; a route writes the table from the topic, it does not \
+                 publish (a row written by someone else: reconcile the source that publishes the table)",
+                d.source, d.stage
+            )
+        })
+        .collect();
+    cannot_repair.extend(altered);
+    for row in &unreadable {
+        cannot_repair.push(format!(
+            "{}/{}: the table's newest row cannot become an event ({}); fix or delete the row",
+            row.source, row.stage, row.reason
+        ));
+    }
+    let keys_of_unreadable = unreadable
+        .iter()
+        .filter(|row| {
+            !table.cells.iter().chain(&topic_cells.cells).any(|c| c.source == row.source && c.stage == row.stage)
+        })
+        .count();
+    let mut report =
+        Report::new(subject, since, pairs(&table, &topic_cells) + keys_of_unreadable, divergences, repaired);
+    report.repairable = repairable_count;
+    report.unrepairable = cannot_repair.len();
+    report.cannot_repair = cannot_repair;
+    report.unreadable = unreadable;
+    report.in_flight = in_flight;
+    report.dead_lettered = refused.iter().filter(|r| r.in_dead_letter_topic).count();
+    report.refused = refused;
+    report.dead_letter_topic = route.dead_letter_topic.clone();
+    Ok(report)
+}
+
+/// The refused events of the window, each with its reason and whether its dead letter is in the
+/// route's dead-letter topic (read to see, not assumed).
+async fn refused_events(
+    kafka: &KafkaProperties,
+    route: &RouteConfig,
+    written: &Written,
+    refused_in_window: Vec<(String, i32, i64)>,
+    since: DateTime<Utc>,
+    timeout: Duration,
+) -> Result<Vec<Refused>, ReconcileError> {
+    if refused_in_window.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut letters: HashSet<(String, i32, i64)> = HashSet::new();
+    if let Some(queue) = &route.dead_letter_topic {
+        let from = since - chrono::Duration::from_std(PUBLISH_SLACK).unwrap_or_default();
+        let mut reader = TopicReader::open(kafka, std::slice::from_ref(queue), from, "reconcile").await?;
+        let read_letters = async {
+            while !reader.history_done() {
+                let Some(read) = reader.next().await? else { break };
+                if let Some((from_route, topic, partition, offset)) = read.dead_letter_of {
+                    if read.in_history && from_route == route.name {
+                        letters.insert((topic, partition, offset));
+                    }
+                }
+            }
+            Ok::<_, herald_kafka::reader::HistoryError>(())
+        };
+        match tokio::time::timeout(timeout, read_letters).await {
+            Ok(read) => read?,
+            Err(_) => return Err(ReconcileError::TimedOut { topics: queue.clone(), after: timeout }),
+        }
+    }
+    Ok(refused_in_window
+        .into_iter()
+        .map(|coordinates| {
+            let reason = written.rejected.get(&coordinates).cloned().unwrap_or_default();
+            let in_dead_letter_topic = letters.contains(&coordinates);
+            let (topic, partition, offset) = coordinates;
+            Refused { topic, partition, offset, reason, in_dead_letter_topic }
+        })
+        .collect())
 }
 
 /// The latest event of each pair on some topics.

@@ -27,6 +27,6 @@ mod compare;
 mod error;
 mod periodic;
 
-pub use compare::{reconcile, Report, Subject, Unreadable};
+pub use compare::{reconcile, Refused, Report, Subject, Unreadable};
 pub use error::ReconcileError;
 pub use periodic::{run_periodically, ReconcileConfig};

@@ -248,6 +248,18 @@ pub trait Sink: Send + Sync {
         Ok(Vec::new())
     }
 
+    /// The route's dead-letter topic has acknowledged the dead letters of these records, which
+    /// this sink rejected: `(topic, partition, offset)` each. A sink that stores offsets and
+    /// records its refusals resumes a partition at its oldest refusal not yet acknowledged, so
+    /// that a crash between its commit and the dead letter (or a route with no dead-letter topic
+    /// yet) sends the dead letter again instead of losing it; here it marks them sent. If this
+    /// fails the dead letters are sent again on the next assignment (at least once). The default
+    /// does nothing.
+    async fn dead_letters_sent(&mut self, rejected: &[(String, i32, i64)]) -> Result<(), SinkError> {
+        let _ = rejected;
+        Ok(())
+    }
+
     /// Whether this sink stores the consumed offsets with its data ([`Sink::stored_offsets`]):
     /// it then counts every record before the newest it accepted as delivered. The runtime never
     /// writes past a record it has not settled for such a sink, so a record it suspects of

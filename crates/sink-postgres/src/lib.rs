@@ -32,7 +32,7 @@ mod table;
 
 pub use config::{LegacyTableConfig, PostgresSinkConfig, WriteMode};
 pub use error::PostgresSinkError;
-pub use reconcile::Written;
+pub use reconcile::{NewestRows, Repaired, Written};
 pub use sink::Setup;
 
 /// The `type` that selects this sink in a route's `sink` table.

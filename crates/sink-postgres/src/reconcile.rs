@@ -17,14 +17,41 @@ use sqlx::{Connection, PgConnection, Row};
 use crate::config::{FieldSource, PostgresSinkConfig, TablePlan};
 use crate::error::PostgresSinkError;
 use crate::table::TableWriter;
+use herald_pg::Ident;
 
 /// What the route has done with the topic, as Postgres records it with the rows.
 #[derive(Debug, Clone, Default)]
 pub struct Written {
     /// The next offset to write of each (topic, partition): events before it were handled.
     pub next_offsets: HashMap<(String, i32), i64>,
-    /// The events the table refused (sent to the dead-letter topic), by (topic, partition, offset).
-    pub rejected: HashSet<(String, i32, i64)>,
+    /// The events the table refused, by (topic, partition, offset), with the reason recorded.
+    /// The route hands each to its dead-letter topic after recording it (or stops on it when it
+    /// has none).
+    pub rejected: HashMap<(String, i32, i64), String>,
+}
+
+/// What a repair did.
+#[derive(Debug, Clone, Default)]
+pub struct Repaired {
+    /// How many of the events were written to at least one table.
+    pub written: usize,
+    /// The events (by index) the compared append table already holds by their Kafka
+    /// coordinates, with values someone changed since: not appended a second time.
+    pub already_there: Vec<usize>,
+}
+
+/// The newest rows of one (source, stage) in a sink's table.
+#[derive(Debug, Clone)]
+pub struct NewestRows {
+    /// The row's source column, as text.
+    pub source: String,
+    /// The row's stage column, as text.
+    pub stage: String,
+    /// The newest rows read back as events, in the table's order (the Kafka offset, where the
+    /// table keeps it, descending). More than one when rows tie on timestamp and offset.
+    pub events: Vec<StageEvent>,
+    /// Why a newest row cannot become an event, naming the column, when one cannot.
+    pub unreadable: Option<String>,
 }
 
 impl PostgresSinkConfig {
@@ -39,10 +66,12 @@ impl PostgresSinkConfig {
         }))
     }
 
-    /// The latest event of each (source, stage) in the route's table: the newest-wins table
-    /// when it has one (`pipeline_status_latest`), else its only table. A row that does not
-    /// read back as an event is left out.
-    pub async fn latest_events(&self, route: &str) -> Result<Vec<StageEvent>, PostgresSinkError> {
+    /// The newest rows of each (source, stage) in the route's table: the newest-wins table
+    /// when it has one (`pipeline_status_latest`), else its only table. Rows are ordered by
+    /// timestamp, then by the Kafka offset where the table keeps it (the topic's own order);
+    /// rows that still tie are all returned, for the comparison to find the topic's event among
+    /// them. A pair whose newest row cannot become an event is returned with the reason.
+    pub async fn latest_rows(&self, route: &str) -> Result<Vec<NewestRows>, PostgresSinkError> {
         let plan = self.compared_plan()?;
         let column = |field: &str| {
             plan.columns
@@ -56,21 +85,42 @@ impl PostgresSinkConfig {
         };
         let (source, stage, timestamp) = (column("source")?, column("stage")?, column("timestamp")?);
         let offset = plan.columns.iter().find(|(_, from)| *from == FieldSource::Offset).map(|(c, _)| c.clone());
-        let tie = offset.map_or_else(String::new, |offset| format!(", {offset} DESC"));
+        let tie = offset.map_or_else(String::new, |offset| format!(", {offset} DESC NULLS LAST"));
         let sql = format!(
-            "SELECT to_jsonb(t) FROM (SELECT DISTINCT ON ({source}, {stage}) * FROM {table}
-             ORDER BY {source}, {stage}, {timestamp} DESC{tie}) t",
+            "SELECT to_jsonb(t) - 'herald_reconcile_rank' FROM (
+                 SELECT *, rank() OVER (PARTITION BY {source}, {stage} ORDER BY {timestamp} DESC NULLS LAST{tie})
+                        AS herald_reconcile_rank
+                 FROM {table}) t
+             WHERE herald_reconcile_rank = 1
+             ORDER BY {source}, {stage}",
             table = plan.table
         );
+        let (source, stage) = (source.as_str().to_owned(), stage.as_str().to_owned());
         let mut conn = self.connect_for_reconcile(route).await?;
-        let mut latest = Vec::new();
+        let mut latest: Vec<NewestRows> = Vec::new();
         {
             let mut rows = sqlx::query(&sql).fetch(&mut conn);
             while let Some(row) = rows.try_next().await? {
-                if let Ok(Value::Object(row)) = row.try_get::<Value, _>(0) {
-                    if let Some(event) = event_of(&plan, row) {
-                        latest.push(event);
-                    }
+                let Ok(Value::Object(row)) = row.try_get::<Value, _>(0) else { continue };
+                let text = |column: &str| match row.get(column) {
+                    Some(Value::String(text)) => text.clone(),
+                    Some(Value::Null) | None => String::new(),
+                    Some(other) => other.to_string(),
+                };
+                let (row_source, row_stage) = (text(&source), text(&stage));
+                let same_pair = latest.last().is_some_and(|last| last.source == row_source && last.stage == row_stage);
+                if !same_pair {
+                    latest.push(NewestRows {
+                        source: row_source,
+                        stage: row_stage,
+                        events: Vec::new(),
+                        unreadable: None,
+                    });
+                }
+                let Some(pair) = latest.last_mut() else { continue };
+                match event_of(&plan, row) {
+                    Ok(event) => pair.events.push(event),
+                    Err(reason) => pair.unreadable = Some(reason),
                 }
             }
         }
@@ -89,8 +139,8 @@ impl PostgresSinkConfig {
         .bind(consumer_group)
         .fetch_all(&mut conn)
         .await?;
-        let rejected: Vec<(String, i32, i64)> = sqlx::query_as(&format!(
-            "SELECT topic, partition, \"offset\" FROM {schema}.herald_rejections WHERE consumer_group = $1"
+        let rejected: Vec<(String, i32, i64, String)> = sqlx::query_as(&format!(
+            "SELECT topic, partition, \"offset\", reason FROM {schema}.herald_rejections WHERE consumer_group = $1"
         ))
         .bind(consumer_group)
         .fetch_all(&mut conn)
@@ -98,30 +148,48 @@ impl PostgresSinkConfig {
         let _ = conn.close().await;
         Ok(Written {
             next_offsets: offsets.into_iter().map(|(topic, partition, next)| ((topic, partition), next)).collect(),
-            rejected: rejected.into_iter().collect(),
+            rejected: rejected
+                .into_iter()
+                .map(|(topic, partition, offset, reason)| ((topic, partition, offset), reason))
+                .collect(),
         })
     }
 
-    /// Writes `records` (events the table lacks, with the Kafka coordinates they were read at)
-    /// into every table of the route in one transaction, as the sink writes them: a newest-wins
-    /// table keeps the newest per key, so writing again changes nothing. The stored offsets are
-    /// not moved (the route's own progress is its own). Returns how many events were written.
-    pub async fn repair(&self, route: &str, records: &[SinkRecord]) -> Result<usize, PostgresSinkError> {
+    /// Writes `records` (events the compared table lacks, with the Kafka coordinates they were
+    /// read at) into every table of the route in one transaction, as the sink writes them. An
+    /// append table that keeps the Kafka coordinates gets only the events it does not hold yet
+    /// (by topic, partition and offset): a history never gets a row twice. A newest-wins table
+    /// keeps the newest per key, so writing again changes nothing but a row someone altered.
+    /// A second repair therefore writes nothing. The stored offsets are not moved (the route's
+    /// own progress is its own).
+    pub async fn repair(&self, route: &str, records: &[SinkRecord]) -> Result<Repaired, PostgresSinkError> {
+        let mut outcome = Repaired::default();
         if records.is_empty() {
-            return Ok(0);
+            return Ok(outcome);
         }
+        let compared = self.compared_plan()?.table.to_string();
         let mut conn = self.connect_for_reconcile(route).await?;
         let mut writers = Vec::new();
         for plan in self.plans()? {
-            writers.push(TableWriter::prepare(&mut conn, plan).await?);
+            let present =
+                if plan.upsert.is_none() { already_there(&mut conn, &plan, records).await? } else { HashSet::new() };
+            if plan.table.to_string() == compared {
+                outcome.already_there = present.iter().copied().collect();
+                outcome.already_there.sort_unstable();
+            }
+            writers.push((TableWriter::prepare(&mut conn, plan).await?, present));
         }
-        let refs: Vec<&SinkRecord> = records.iter().collect();
         let mut tx = conn.begin().await?;
-        for writer in &writers {
-            writer.write(&mut tx, &refs).await?;
+        let mut written = HashSet::new();
+        for (writer, present) in &writers {
+            let missing: Vec<&SinkRecord> =
+                records.iter().enumerate().filter(|(i, _)| !present.contains(i)).map(|(_, r)| r).collect();
+            writer.write(&mut tx, &missing).await?;
+            written.extend((0..records.len()).filter(|i| !present.contains(i)));
         }
         tx.commit().await?;
-        Ok(records.len())
+        outcome.written = written.len();
+        Ok(outcome)
     }
 
     /// The plan whose table `reconcile` reads: the newest-wins one, else the only one.
@@ -143,7 +211,8 @@ impl PostgresSinkConfig {
 
 /// A row read back as the event it was written from: the `$event` column when mapped, with
 /// the mapped fields over it; fields the table does not keep stay empty (they are not compared).
-fn event_of(plan: &TablePlan, mut row: Map<String, Value>) -> Option<StageEvent> {
+/// A row that cannot become an event says why, naming the column.
+fn event_of(plan: &TablePlan, mut row: Map<String, Value>) -> Result<StageEvent, String> {
     let mut event = Map::new();
     for (column, from) in &plan.columns {
         if *from == FieldSource::Event {
@@ -161,7 +230,11 @@ fn event_of(plan: &TablePlan, mut row: Map<String, Value>) -> Option<StageEvent>
     for (column, from) in &plan.columns {
         if let FieldSource::Field(name) = from {
             match row.remove(column.as_str()) {
-                Some(Value::Null) | None => {}
+                Some(Value::Null) | None => {
+                    if matches!(name.as_str(), "source" | "stage" | "timestamp") {
+                        return Err(format!("column `{}` (the event's `{name}`) is NULL", column.as_str()));
+                    }
+                }
                 Some(value) => {
                     event.insert(name.clone(), value);
                 }
@@ -171,7 +244,43 @@ fn event_of(plan: &TablePlan, mut row: Map<String, Value>) -> Option<StageEvent>
     for field in ["event", "status"] {
         event.entry(field).or_insert_with(|| Value::String(String::new()));
     }
-    serde_json::from_value(Value::Object(event)).ok()
+    serde_json::from_value(Value::Object(event)).map_err(|err| format!("the row's values do not make an event: {err}"))
+}
+
+/// The Kafka coordinates a table keeps of each row (`$topic`, `$partition`, `$offset`), when it
+/// keeps the offset: a row's identity, by which a repair knows an event is already there.
+fn identity_columns(plan: &TablePlan) -> Option<[Option<Ident>; 3]> {
+    let find = |wanted: FieldSource| plan.columns.iter().find(|(_, from)| *from == wanted).map(|(c, _)| c.clone());
+    let offset = find(FieldSource::Offset)?;
+    Some([find(FieldSource::Topic), find(FieldSource::Partition), Some(offset)])
+}
+
+/// Which of `records` (by index) `plan`'s table already holds, by their Kafka coordinates.
+async fn already_there(
+    conn: &mut PgConnection,
+    plan: &TablePlan,
+    records: &[SinkRecord],
+) -> Result<HashSet<usize>, PostgresSinkError> {
+    let Some(columns) = identity_columns(plan) else { return Ok(HashSet::new()) };
+    // Compared as text: a legacy table may keep the offset in a text column.
+    let conditions: Vec<String> = columns
+        .iter()
+        .zip(["u.topic", "u.partition", "u.kafka_offset"])
+        .filter_map(|(column, value)| column.as_ref().map(|column| format!("t.{column}::text = {value}")))
+        .collect();
+    let sql = format!(
+        "SELECT u.i FROM UNNEST($1::int[], $2::text[], $3::text[], $4::text[]) AS u(i, topic, partition, kafka_offset)
+         WHERE EXISTS (SELECT 1 FROM {} t WHERE {})",
+        plan.table,
+        conditions.join(" AND ")
+    );
+    let indexes: Vec<i32> = (0..records.len()).filter_map(|i| i32::try_from(i).ok()).collect();
+    let topics: Vec<&str> = records.iter().map(|r| &*r.topic).collect();
+    let partitions: Vec<String> = records.iter().map(|r| r.partition.to_string()).collect();
+    let offsets: Vec<String> = records.iter().map(|r| r.offset.to_string()).collect();
+    let found: Vec<i32> =
+        sqlx::query_scalar(&sql).bind(indexes).bind(topics).bind(partitions).bind(offsets).fetch_all(conn).await?;
+    Ok(found.into_iter().filter_map(|i| usize::try_from(i).ok()).collect())
 }
 
 #[cfg(test)]

@@ -257,8 +257,9 @@ impl PostgresSink {
             }
         }
         sqlx::query(&format!(
-            "INSERT INTO {}.herald_rejections (consumer_group, topic, partition, \"offset\", reason)
-             SELECT $1, * FROM UNNEST($2::text[], $3::int[], $4::bigint[], $5::text[]) ON CONFLICT DO NOTHING",
+            "INSERT INTO {}.herald_rejections (consumer_group, topic, partition, \"offset\", reason, dead_letter_pending)
+             SELECT $1, u.*, true FROM UNNEST($2::text[], $3::int[], $4::bigint[], $5::text[]) AS u
+             ON CONFLICT DO NOTHING",
             self.schema
         ))
         .bind(&self.consumer_group)
@@ -271,8 +272,9 @@ impl PostgresSink {
         Ok(())
     }
 
-    /// For replayed events, the ones the table refused last time: they go to the dead-letter
-    /// topic again, since the crash may have come before the first dead letter was acknowledged.
+    /// For replayed events, the ones the table refused whose dead letter is not acknowledged
+    /// yet (a crash, or a route with no dead-letter topic): they are handed back as rejected,
+    /// for the dead-letter topic. A refusal already dead-lettered counts as settled.
     async fn previous_rejections(
         &self,
         conn: &mut PgConnection,
@@ -285,7 +287,7 @@ impl PostgresSink {
         let offsets: Vec<i64> = replayed.iter().map(|(_, r)| r.offset).collect();
         let rows = sqlx::query(&format!(
             "SELECT topic, partition, \"offset\", reason FROM {}.herald_rejections
-             WHERE consumer_group = $1
+             WHERE consumer_group = $1 AND dead_letter_pending
                AND (topic, partition, \"offset\") IN (SELECT * FROM UNNEST($2::text[], $3::int[], $4::bigint[]))",
             self.schema
         ))
@@ -353,10 +355,16 @@ impl Sink for PostgresSink {
 
     async fn stored_offsets(&mut self, partitions: &[(String, i32)]) -> Result<Vec<((String, i32), i64)>, SinkError> {
         let (topics, numbers): (Vec<&str>, Vec<i32>) = partitions.iter().map(|(t, p)| (t.as_str(), *p)).unzip();
+        // A refusal whose dead letter is not acknowledged yet holds the partition back: the
+        // route reads it again and this sink hands it back as rejected (`previous_rejections`).
         let rows = sqlx::query(&format!(
-            "SELECT topic, partition, next_offset FROM {}.herald_offsets
-             WHERE consumer_group = $1 AND (topic, partition) IN (SELECT * FROM UNNEST($2::text[], $3::int[]))",
-            self.schema
+            "SELECT o.topic, o.partition, LEAST(o.next_offset, (
+                 SELECT min(r.\"offset\") FROM {schema}.herald_rejections r
+                 WHERE r.consumer_group = o.consumer_group AND r.topic = o.topic AND r.partition = o.partition
+                   AND r.dead_letter_pending))
+             FROM {schema}.herald_offsets o
+             WHERE o.consumer_group = $1 AND (o.topic, o.partition) IN (SELECT * FROM UNNEST($2::text[], $3::int[]))",
+            schema = self.schema
         ))
         .bind(&self.consumer_group)
         .bind(&topics)
@@ -370,6 +378,28 @@ impl Sink for PostgresSink {
             .collect::<Result<_, sqlx::Error>>()
             .map_err(PostgresSinkError::Query)?;
         Ok(offsets)
+    }
+
+    async fn dead_letters_sent(&mut self, rejected: &[(String, i32, i64)]) -> Result<(), SinkError> {
+        if rejected.is_empty() {
+            return Ok(());
+        }
+        let (topics, (partitions, offsets)): (Vec<&str>, (Vec<i32>, Vec<i64>)) =
+            rejected.iter().map(|(topic, partition, offset)| (topic.as_str(), (*partition, *offset))).unzip();
+        sqlx::query(&format!(
+            "UPDATE {}.herald_rejections SET dead_letter_pending = false
+             WHERE consumer_group = $1 AND dead_letter_pending
+               AND (topic, partition, \"offset\") IN (SELECT * FROM UNNEST($2::text[], $3::int[], $4::bigint[]))",
+            self.schema
+        ))
+        .bind(&self.consumer_group)
+        .bind(&topics)
+        .bind(&partitions)
+        .bind(&offsets)
+        .execute(&self.pool)
+        .await
+        .map_err(PostgresSinkError::Query)?;
+        Ok(())
     }
 
     async fn close(&mut self) -> Result<(), SinkError> {

@@ -22,6 +22,7 @@ use crate::error::RouteError;
 use crate::observe::RouteShared;
 use crate::printable::{printable, LOG_CHARS};
 use crate::sink::Sink;
+use herald_sdk::error_chain;
 
 /// Where undeliverable messages go: the route's dead-letter topic.
 #[async_trait]
@@ -79,6 +80,7 @@ impl Delivery<'_> {
         // Without a dead-letter topic, fail before writing anything: the operator fixes the
         // config and the batch is read again from its first offset.
         self.require_dead_letter_topic(&letters)?;
+        let mut refused = Vec::new();
 
         if !records.is_empty() {
             let timer = self.stats.write_seconds.start_timer();
@@ -93,6 +95,7 @@ impl Delivery<'_> {
                 let Some(message) = record_origin.get(rejection.index).and_then(|&i| messages.get(i)) else {
                     return Err(RouteError::BadRejectionIndex { index: rejection.index, batch: records.len() });
                 };
+                refused.push((message.topic().to_owned(), message.partition(), message.offset()));
                 letters.push(DeadLetter::new(
                     message.to_owned_message(),
                     FailedStage::Sink,
@@ -102,6 +105,11 @@ impl Delivery<'_> {
             }
         }
         self.send_dead_letters(&letters).await?;
+        if !refused.is_empty() {
+            if let Err(err) = self.sink.dead_letters_sent(&refused).await {
+                warn!(route = %self.route.name, error = %error_chain(&err).join(": "), "Cannot mark the refused events' dead letters as sent; they are sent again when the partition is next assigned.");
+            }
+        }
         Ok(Some(next_offsets(messages)))
     }
 
