@@ -482,6 +482,9 @@ async fn a_trigger_dropped_or_disabled_behind_herald_s_back_stops_the_source_say
     assert!(!status.success(), "{log}");
     assert!(log.contains("the capture trigger `herald_capture`") && log.contains("is gone"), "{log}");
     assert!(log.contains("herald published every change up to transaction"), "{log}");
+    let check = common::herald().args(["check", "--config"]).arg(&config.path).output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
+    assert!(!check.status.success() && said.contains("is gone") && said.contains("herald reconcile"), "{said}");
     let out = common::herald().args(["migrate", "--config"]).arg(&config.path).output().unwrap();
     assert!(!out.status.success(), "migrate does not reinstall it over the gap");
 

@@ -352,6 +352,14 @@ async fn a_slot_dropped_or_advanced_behind_herald_s_back_stops_the_source_saying
     assert!(!status.success(), "{log}");
     assert!(log.contains(&format!("replication slot `{}` is gone", source.slot)), "{log}");
     assert!(log.contains("herald published every change up to LSN") && log.contains("herald reconcile"), "{log}");
+    // `herald check` says the capture was lost and what to do, not "not created yet".
+    let check = common::herald().args(["check", "--config"]).arg(&source.config.path).output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
+    assert!(!check.status.success(), "{said}");
+    assert!(
+        said.contains("is gone") && said.contains("herald reconcile") && !said.contains("not created yet"),
+        "{said}"
+    );
     // `herald migrate` will not hide the gap by creating the slot again.
     let out = common::herald().args(["migrate", "--config"]).arg(&source.config.path).output().unwrap();
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("is gone"));

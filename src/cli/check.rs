@@ -209,7 +209,7 @@ pub async fn check(args: CheckArgs) -> Result<ExitCode> {
     for spec in &config.sources {
         let label = format!("source {}", spec.name);
         match registry::source(spec) {
-            Ok(source) => match source.check().await {
+            Ok(source) => match source.check(&config.kafka).await {
                 Ok(found) => report.ok(&label, found),
                 Err(err) => report.fail(&label, error_chain(err.as_ref()).join(": ")),
             },

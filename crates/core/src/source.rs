@@ -100,8 +100,9 @@ pub trait Source: Send + Sync {
         Vec::new()
     }
 
-    /// Connects and checks what it reads, changing nothing; says what it found.
-    async fn check(&self) -> Result<String, BoxError>;
+    /// Connects and checks what it reads, changing nothing; says what it found. A capture lost
+    /// since the source's position in Kafka is an error, as it would be at the start.
+    async fn check(&self, kafka: &KafkaProperties) -> Result<String, BoxError>;
 
     /// Installs what it needs where it reads (idempotent); says what it did. A capture that
     /// was lost since the source's position in Kafka is refused, not installed again.

@@ -188,7 +188,7 @@ mod tests {
 
     #[async_trait]
     impl Source for Fake {
-        async fn check(&self) -> Result<String, BoxError> {
+        async fn check(&self, _: &KafkaProperties) -> Result<String, BoxError> {
             Ok(String::new())
         }
         async fn migrate(&self, _: &KafkaProperties) -> Result<String, BoxError> {

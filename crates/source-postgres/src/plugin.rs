@@ -84,8 +84,8 @@ impl Source for PostgresSource {
         self.config.topics(&self.name)
     }
 
-    async fn check(&self) -> Result<String, BoxError> {
-        self.config.check(&self.name).await.map_err(|err| self.with_config(err))
+    async fn check(&self, kafka: &KafkaProperties) -> Result<String, BoxError> {
+        self.config.check(&self.name, kafka).await.map_err(|err| self.with_config(err))
     }
 
     async fn migrate(&self, kafka: &KafkaProperties) -> Result<String, BoxError> {

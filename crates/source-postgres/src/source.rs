@@ -148,24 +148,41 @@ impl PostgresSourceConfig {
     }
 
     /// Connects and checks the table and its mapped columns, changing nothing; for WAL capture
-    /// also the replication slot and the WAL it holds back. Returns what it found.
-    pub async fn check(&self, name: &str) -> Result<String, SourceError> {
+    /// also the replication slot and the WAL it holds back. A capture lost since the source's
+    /// position in Kafka (a slot or trigger removed behind herald's back) is an error, as the
+    /// start would find it. Returns what it found.
+    pub async fn check(&self, name: &str, kafka: &KafkaProperties) -> Result<String, SourceError> {
         let plan = self.plan()?;
         let mut conn = self.connect(name).await?;
-        let resolved = capture::resolve(&mut conn, &plan.table).await?;
+        let result = self.check_on(name, &plan, kafka, &mut conn).await;
+        let _ = conn.close().await;
+        result
+    }
+
+    async fn check_on(
+        &self,
+        name: &str,
+        plan: &Plan,
+        kafka: &KafkaProperties,
+        conn: &mut PgConnection,
+    ) -> Result<String, SourceError> {
+        let resolved = capture::resolve(conn, &plan.table).await?;
         let wanted: Vec<String> =
             plan.columns.values().cloned().chain(plan.skip_when.iter().map(|s| s.column.clone())).collect();
-        let missing = capture::missing_columns(&mut conn, &resolved, wanted.iter()).await?;
+        let missing = capture::missing_columns(conn, &resolved, wanted.iter()).await?;
         if !missing.is_empty() {
             return Err(SourceError::MissingColumns { table: resolved, missing });
         }
+        let server = ServerIdentity::read(conn).await?;
         if self.capture == Capture::Trigger {
+            let committed = read_committed::<Cursor>(kafka, &self.offsets_topic, name).await?;
+            self.trigger_continuity(name, plan, conn, committed.as_ref(), server).await?;
             return Ok("table and mapped columns found".into());
         }
+        let committed = read_committed::<WalPosition>(kafka, &self.offsets_topic, name).await?;
+        self.wal_continuity(name, conn, committed.as_ref(), server).await?;
         let names = self.wal_names(name);
-        let slot = wal::slot_state(&mut conn, &names.slot).await?;
-        let _ = conn.close().await;
-        match slot {
+        match wal::slot_state(conn, &names.slot).await? {
             None => Ok(format!(
                 "table and mapped columns found; slot `{}` not created yet (`herald migrate` creates it)",
                 names.slot
