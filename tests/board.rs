@@ -312,11 +312,14 @@ async fn a_periodic_reconcile_marks_the_cells_where_the_table_differs_and_counts
     create_topic(&topic, 1).await;
     let schema = unique("boardrec").replace('-', "_");
     let route = unique("to-table");
+    // OrdersDB's silver is seen before any bronze: `[board] stages` puts bronze first anyway.
+    produce(&topic, &[(Some("OrdersDB"), event_json("OrdersDB", "silver", "SUCCESS", 9).as_bytes())]).await;
     for (seq, source) in ["OrdersDB", "Payments", "UsersDB"].into_iter().enumerate() {
         produce(&topic, &[(Some(source), event_json(source, "bronze", "SUCCESS", seq).as_bytes())]).await;
     }
     let config = TempConfig::new(&format!(
-        "{kafka}[admin]\nlisten = \"127.0.0.1:0\"\n[board]\ntopics = [\"{topic}\"]\n[reconcile]\nevery = \"1s\"\nsince = \"3650d\"\n\
+        "{kafka}[admin]\nlisten = \"127.0.0.1:0\"\n[board]\ntopics = [\"{topic}\"]\nstages = [\"bronze\", \"silver\"]\n\
+         [reconcile]\nevery = \"1s\"\nsince = \"3650d\"\n\
          [[route]]\nname = \"{route}\"\ntopics = [\"{topic}\"]\n[route.sink]\ntype = \"postgres\"\nurl = \"{URL}\"\nschema = \"{schema}\"\n",
         kafka = kafka_section()
     ));
@@ -340,30 +343,49 @@ async fn a_periodic_reconcile_marks_the_cells_where_the_table_differs_and_counts
     };
     wait_for_metric("0").await;
 
-    // Someone deletes a row the route wrote: the table now lacks what the topic has.
+    // Someone deletes a row the route wrote, and rewrites another as a failure: the table now
+    // lacks one event and contradicts another.
     sqlx::query(&format!("DELETE FROM {schema}.pipeline_status_latest WHERE source = 'Payments'"))
         .execute(&pool)
         .await
         .unwrap();
-    wait_for_metric("1").await;
+    sqlx::query(&format!(
+        "UPDATE {schema}.pipeline_status_latest SET status = 'FAILED', records = 4242 WHERE source = 'UsersDB'"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    wait_for_metric("2").await;
     let browser = Browser::open(&format!("http://{address}/board"));
     let mut tab = browser.page("/board").await;
     tab.wait_for_cell("Payments", "bronze", "SUCCESS").await;
-    let marked =
-        "(() => [...document.querySelectorAll('td.diverged')].map(td => td.dataset.source + ' ' + td.title))()";
+    let marked = "(() => [...document.querySelectorAll('td.diverged')].map(td => td.dataset.source + ' | ' + \
+                  td.textContent + ' | ' + td.title))()";
     let deadline = Instant::now() + PATIENCE;
     let marks = loop {
         let marks = tab.evaluate(marked).await;
-        if marks.as_array().is_some_and(|marks| !marks.is_empty()) {
+        if marks.as_array().is_some_and(|marks| marks.len() == 2) {
             break marks;
         }
-        assert!(Instant::now() < deadline, "no cell marked");
+        assert!(Instant::now() < deadline, "not two cells marked: {marks}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let marks = marks.as_array().unwrap();
-    assert_eq!(marks.len(), 1, "{marks:?}");
-    let mark = marks[0].as_str().unwrap();
-    assert!(mark.starts_with("Payments ") && mark.contains(&format!("route:{route}: only in the topic")), "{mark}");
+    let marks: Vec<&str> = marks.as_array().unwrap().iter().map(|m| m.as_str().unwrap()).collect();
+    // Both sides in the cell: the topic's SUCCESS, and the table's value and which is newer.
+    assert!(marks[0].starts_with("Payments | SUCCESS") && marks[0].contains("≠ not in the table"), "{marks:?}");
+    assert!(marks[0].contains(&format!("route:{route}: only in the topic")), "{marks:?}");
+    assert!(
+        marks[1].starts_with("UsersDB | SUCCESS") && marks[1].contains("≠ table: FAILED (4242) · same instant"),
+        "{marks:?}"
+    );
+    let header = tab
+        .evaluate("[...document.querySelectorAll('thead th')].map(th => th.textContent).join(',') + ' | ' + \
+                   document.getElementById('diverged').textContent + ' | ' + document.getElementById('reconciled').textContent + \
+                   ' | ' + document.querySelectorAll('#legend li').length")
+        .await;
+    let header = header.as_str().unwrap();
+    assert!(header.starts_with("source,bronze,silver | 2 diverged | reconciled "), "{header}");
+    assert!(header.ends_with(" ago | 5"), "{header}");
     let shot = tab.call("Page.captureScreenshot", serde_json::json!({ "format": "png" })).await;
     let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("board-diverged.png");
     std::fs::write(&path, base64_decode(shot["data"].as_str().unwrap())).unwrap();

@@ -81,8 +81,12 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         Arc::clone(&observer),
     ));
     let failures = tokio::spawn(stop_when_failed(Arc::clone(&observer), args.fail_fast, stop.clone()));
-    let board = (!config.board.topics.is_empty())
-        .then(|| Arc::new(herald_board::Board::bounded(config.board.max_cells, Some(observer.board_evicted()))));
+    let board = (!config.board.topics.is_empty()).then(|| {
+        Arc::new(
+            herald_board::Board::bounded(config.board.max_cells, Some(observer.board_evicted()))
+                .with_stage_order(config.board.stages.clone()),
+        )
+    });
     if let Some(board) = &board {
         let follow = herald_board::follow(
             Arc::clone(board),

@@ -106,13 +106,6 @@ fn is_terminal(status: &str) -> bool {
     status == "SUCCESS" || status == "FAILED"
 }
 
-/// Whether `event` says a new run of its stage began, which makes an earlier outcome stale: a
-/// `STAGE_STARTED`, or a `STAGE_COMPLETE` whose status is neither `SUCCESS` nor `FAILED`
-/// (`RUNNING`). A table upserted by (source, stage) shows that row, and a poller waits on it.
-fn starts_a_run(event: &StageEvent) -> bool {
-    event.event == "STAGE_STARTED" || (event.event == STAGE_COMPLETE && !is_terminal(&event.status))
-}
-
 /// Whether `event` decides a wait for events named `wanted`: a `STAGE_COMPLETE` (whose status
 /// goes `RUNNING` → `SUCCESS`/`FAILED`) when its status is terminal, any other kind
 /// (`STAGE_LATE`, `STAGE_MISSING`, a custom one) as soon as it comes.
@@ -274,7 +267,7 @@ pub async fn wait(args: WaitArgs) -> Result<ExitCode> {
         let in_history = read.in_history;
         let Some(event) = read.event else { continue };
         let decides = awaited(&event, &args.event);
-        let restarts = args.event == STAGE_COMPLETE && starts_a_run(&event);
+        let restarts = args.event == STAGE_COMPLETE && event.starts_a_run();
         if !(decides || restarts) || event.timestamp.instant() < cutoff {
             continue;
         }

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use futures::stream::{self, StreamExt};
-use herald_board::{Board, Snapshot};
+use herald_board::{Board, Snapshot, Update};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -57,7 +57,7 @@ fn snapshot_event(board: &Board) -> Event {
         .unwrap_or_else(|_| Event::default().comment("unencodable snapshot"))
 }
 
-/// A snapshot, then each changed cell. A stream that falls behind the board's buffer ends (the
+/// A snapshot, then each changed cell and each periodic reconcile's time. A stream that falls behind the board's buffer ends (the
 /// page reconnects and starts from a new snapshot), so a client that does not read holds at
 /// most that buffer; when `max_event_streams` are open, `503` with `Retry-After`.
 async fn events(State(state): State<BoardState>) -> Response {
@@ -73,18 +73,19 @@ async fn events(State(state): State<BoardState>) -> Response {
     let updates = state.board.subscribe();
     let first = snapshot_event(&state.board);
     let changes = stream::unfold((updates, permit), |(mut updates, permit)| async move {
-        let cell = match updates.recv().await {
-            Ok(cell) => cell,
+        let update = match updates.recv().await {
+            Ok(update) => update,
             Err(RecvError::Lagged(missed)) => {
                 tracing::debug!(missed, "A board stream fell behind; ending it so the page starts anew.");
                 return None;
             }
             Err(RecvError::Closed) => return None,
         };
-        let event = Event::default()
-            .event("cell")
-            .json_data(&cell)
-            .unwrap_or_else(|_| Event::default().comment("unencodable cell"));
+        let event = match &update {
+            Update::Cell(cell) => Event::default().event("cell").json_data(cell),
+            Update::Reconciled(at) => Event::default().event("reconciled").json_data(at),
+        }
+        .unwrap_or_else(|_| Event::default().comment("unencodable update"));
         Some((Ok::<_, Infallible>(event), (updates, permit)))
     });
     let stop = state.stop.clone();

@@ -29,10 +29,37 @@ pub struct Cell {
     pub at: DateTime<Utc>,
     /// Its record count, when it has one.
     pub records: Option<i64>,
-    /// When a periodic reconcile found the status table disagreeing with the topic on this
-    /// pair: who says so and how (`route:to-table: only in the topic`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub diverged: Option<String>,
+    /// What each periodic reconcile that found the status table disagreeing with the topic on
+    /// this pair says: who, how, which side is newer and the table's own value. Empty when
+    /// they agree.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub diverged: Vec<Mark>,
+}
+
+/// What one reconcile subject says of a pair on which the table and the topic differ.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Mark {
+    /// Who compared: `route:<name>` or `source:<name>`.
+    pub by: String,
+    /// How they differ, in words (`only in the topic`, `the table is newer`, …).
+    pub verdict: String,
+    /// Which side is newer: `table`, `topic`, or `neither` (same instant, or one side only).
+    pub newer: &'static str,
+    /// The table's newest row of the pair as an event, when the table has one.
+    pub table: Option<TableSide>,
+}
+
+/// The table's side of a diverged pair.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TableSide {
+    /// The event name the row reads as (empty when the table does not keep it).
+    pub event: String,
+    /// The row's status.
+    pub status: String,
+    /// The row's record count, when it keeps one.
+    pub records: Option<i64>,
+    /// The row's timestamp.
+    pub timestamp: String,
 }
 
 impl Cell {
@@ -46,7 +73,7 @@ impl Cell {
             timestamp: event.timestamp.as_str().to_owned(),
             at: event.timestamp.instant(),
             records: event.records,
-            diverged: None,
+            diverged: Vec::new(),
         }
     }
 }
@@ -54,10 +81,27 @@ impl Cell {
 /// Everything on the board at one moment.
 #[derive(Debug, Clone, Serialize)]
 pub struct Snapshot {
-    /// Stages in the order they were first seen (a pipeline's order, as events arrive).
+    /// Stages in pipeline order: those of `[board] stages` first, in its order, then the
+    /// others in the order they were first seen.
     pub stages: Vec<String>,
     /// Every cell, by source then stage.
     pub cells: Vec<Cell>,
+    /// When a periodic reconcile last compared a table with its topic, if one has.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reconciled_at: Option<DateTime<Utc>>,
+    /// `[board] stages`, for a page placing a stage that appears later.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stage_order: Vec<String>,
+}
+
+/// A change on the board, as its subscribers get it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Update {
+    /// A cell changed (a newer event, or a reconcile's mark).
+    Cell(Cell),
+    /// A periodic reconcile compared a table with its topic at this instant.
+    Reconciled(DateTime<Utc>),
 }
 
 #[derive(Debug, Default)]
@@ -69,18 +113,15 @@ struct State {
     /// How many cells each stage has: a stage leaves the board with its last cell.
     stage_cells: BTreeMap<String, usize>,
     /// Per reconcile subject, the pairs it found diverged and how.
-    diverged: BTreeMap<String, BTreeMap<(String, String), String>>,
+    diverged: BTreeMap<String, BTreeMap<(String, String), Mark>>,
+    /// When a periodic reconcile last compared.
+    reconciled_at: Option<DateTime<Utc>>,
 }
 
 impl State {
-    /// What the reconcile subjects say of pair `key`, if any says it diverged.
-    fn divergence_of(&self, key: &(String, String)) -> Option<String> {
-        let notes: Vec<String> = self
-            .diverged
-            .iter()
-            .filter_map(|(subject, pairs)| pairs.get(key).map(|note| format!("{subject}: {note}")))
-            .collect();
-        (!notes.is_empty()).then(|| notes.join("; "))
+    /// What the reconcile subjects say of pair `key`: empty when none says it diverged.
+    fn divergence_of(&self, key: &(String, String)) -> Vec<Mark> {
+        self.diverged.values().filter_map(|pairs| pairs.get(key).cloned()).collect()
     }
 }
 
@@ -88,7 +129,9 @@ impl State {
 #[derive(Debug)]
 pub struct Board {
     state: RwLock<State>,
-    updates: broadcast::Sender<Cell>,
+    updates: broadcast::Sender<Update>,
+    /// `[board] stages`: the pipeline's order of stages, shown first.
+    stage_order: Vec<String>,
     /// Most cells held; past it the oldest go.
     max_cells: usize,
     /// Counts the cells that went.
@@ -100,6 +143,7 @@ impl Default for Board {
         Self {
             state: RwLock::default(),
             updates: broadcast::channel(UPDATE_BACKLOG).0,
+            stage_order: Vec::new(),
             max_cells: usize::MAX,
             evicted: None,
         }
@@ -154,7 +198,7 @@ impl Board {
             }
         }
         // No subscriber is not an error: the page may simply not be open.
-        let _ = self.updates.send(cell);
+        let _ = self.updates.send(Update::Cell(cell));
         true
     }
 
@@ -179,11 +223,19 @@ impl Board {
         evicted
     }
 
+    /// Shows stages in this order (`[board] stages`), before those it does not name.
+    pub fn with_stage_order(mut self, stages: Vec<String>) -> Self {
+        self.stage_order = stages;
+        self
+    }
+
     /// Marks the pairs reconcile subject `subject` found diverged, with how (replacing what it
-    /// said before), and tells subscribers of every cell whose mark changed.
-    pub fn mark_diverged(&self, subject: &str, pairs: BTreeMap<(String, String), String>) {
+    /// said before), notes the time, and tells subscribers of every cell whose mark changed.
+    pub fn mark_diverged(&self, subject: &str, pairs: BTreeMap<(String, String), Mark>) {
+        let now = Utc::now();
         let changed: Vec<Cell> = {
             let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
+            state.reconciled_at = Some(now);
             let before = state.diverged.insert(subject.to_owned(), pairs).unwrap_or_default();
             let touched: std::collections::BTreeSet<(String, String)> =
                 before.into_keys().chain(state.diverged[subject].keys().cloned()).collect();
@@ -200,19 +252,28 @@ impl Board {
             changed
         };
         for cell in changed {
-            let _ = self.updates.send(cell);
+            let _ = self.updates.send(Update::Cell(cell));
         }
+        let _ = self.updates.send(Update::Reconciled(now));
     }
 
     /// Everything on the board now.
     pub fn snapshot(&self) -> Snapshot {
         let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
-        Snapshot { stages: state.stages.clone(), cells: state.cells.values().cloned().collect() }
+        let mut stages: Vec<String> =
+            self.stage_order.iter().filter(|stage| state.stages.contains(stage)).cloned().collect();
+        stages.extend(state.stages.iter().filter(|stage| !self.stage_order.contains(stage)).cloned());
+        Snapshot {
+            stages,
+            cells: state.cells.values().cloned().collect(),
+            reconciled_at: state.reconciled_at,
+            stage_order: self.stage_order.clone(),
+        }
     }
 
     /// Changes from now on. A subscriber that falls behind gets `Lagged` and should take a new
     /// [`Board::snapshot`].
-    pub fn subscribe(&self) -> broadcast::Receiver<Cell> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Update> {
         self.updates.subscribe()
     }
 }
@@ -249,8 +310,23 @@ mod tests {
             cells,
             [("OrdersDB", "bronze", "SUCCESS"), ("OrdersDB", "silver", "SUCCESS"), ("Payments", "silver", "FAILED")]
         );
-        let statuses: Vec<String> = std::iter::from_fn(|| updates.try_recv().ok()).map(|c| c.status).collect();
+        let statuses: Vec<String> = std::iter::from_fn(|| updates.try_recv().ok())
+            .filter_map(|update| match update {
+                Update::Cell(cell) => Some(cell.status),
+                Update::Reconciled(_) => None,
+            })
+            .collect();
         assert_eq!(statuses, ["RUNNING", "SUCCESS", "FAILED", "SUCCESS"], "one update per change, none for the rest");
+    }
+
+    fn mark(by: &str, verdict: &str) -> Mark {
+        let table = TableSide {
+            event: "STAGE_COMPLETE".into(),
+            status: "FAILED".into(),
+            records: Some(4242),
+            timestamp: "2026-12-01T10:00:00".into(),
+        };
+        Mark { by: by.into(), verdict: verdict.into(), newer: "table", table: Some(table) }
     }
 
     #[test]
@@ -259,18 +335,38 @@ mod tests {
         board.apply(&event("OrdersDB", "bronze", "SUCCESS", 1));
         let mut updates = board.subscribe();
         let pair = ("OrdersDB".to_owned(), "bronze".to_owned());
-        board.mark_diverged("route:r", [(pair.clone(), "only in the topic".to_owned())].into());
-        board.mark_diverged("source:s", [(pair.clone(), "the table is newer".to_owned())].into());
-        let mark = board.snapshot().cells[0].diverged.clone().unwrap();
-        assert_eq!(mark, "route:r: only in the topic; source:s: the table is newer");
+        assert_eq!(board.snapshot().reconciled_at, None);
+        board.mark_diverged("route:r", [(pair.clone(), mark("route:r", "only in the topic"))].into());
+        board.mark_diverged("source:s", [(pair.clone(), mark("source:s", "the table is newer"))].into());
+        let marks = board.snapshot().cells[0].diverged.clone();
+        let said: Vec<(&str, &str)> = marks.iter().map(|m| (m.by.as_str(), m.verdict.as_str())).collect();
+        assert_eq!(said, [("route:r", "only in the topic"), ("source:s", "the table is newer")]);
+        assert!(board.snapshot().reconciled_at.is_some());
         board.apply(&event("OrdersDB", "bronze", "SUCCESS", 2));
-        assert!(board.snapshot().cells[0].diverged.is_some(), "a newer event keeps the mark until reconcile says");
+        assert!(!board.snapshot().cells[0].diverged.is_empty(), "a newer event keeps the mark until reconcile says");
         board.mark_diverged("route:r", BTreeMap::new());
         board.mark_diverged("source:s", BTreeMap::new());
-        assert_eq!(board.snapshot().cells[0].diverged, None);
-        let marks: Vec<Option<String>> = std::iter::from_fn(|| updates.try_recv().ok()).map(|c| c.diverged).collect();
-        assert_eq!(marks.len(), 5, "each change of a mark is an update: {marks:?}");
-        assert_eq!(marks.last().unwrap(), &None);
+        assert!(board.snapshot().cells[0].diverged.is_empty());
+        let updates: Vec<Update> = std::iter::from_fn(|| updates.try_recv().ok()).collect();
+        let marks: Vec<usize> = updates
+            .iter()
+            .filter_map(|update| match update {
+                Update::Cell(cell) => Some(cell.diverged.len()),
+                Update::Reconciled(_) => None,
+            })
+            .collect();
+        assert_eq!(marks, [1, 2, 2, 1, 0], "each change of a mark is an update");
+        let rounds = updates.iter().filter(|update| matches!(update, Update::Reconciled(_))).count();
+        assert_eq!(rounds, 4, "each reconcile's time is an update");
+    }
+
+    #[test]
+    fn stages_follow_the_configured_pipeline_order_then_first_seen() {
+        let board = Board::new().with_stage_order(vec!["bronze".into(), "silver".into(), "gold".into()]);
+        board.apply(&event("A", "gold", "SUCCESS", 3));
+        board.apply(&event("A", "audit", "SUCCESS", 4));
+        board.apply(&event("A", "bronze", "SUCCESS", 1));
+        assert_eq!(board.snapshot().stages, ["bronze", "gold", "audit"]);
     }
 
     #[test]

@@ -23,11 +23,16 @@ pub struct BoardConfig {
     /// cannot grow herald's memory or the page for good. Default `10000`.
     #[serde(default = "default_max_cells")]
     pub max_cells: usize,
+    /// The pipeline's stages in order, e.g. `["bronze_ingest", "silver", "gold"]`: the board's
+    /// columns follow it, and stages it does not name come after, in the order first seen.
+    /// Default: none (first-seen order).
+    #[serde(default)]
+    pub stages: Vec<String>,
 }
 
 impl Default for BoardConfig {
     fn default() -> Self {
-        Self { topics: Vec::new(), since: default_board_since(), max_cells: default_max_cells() }
+        Self { topics: Vec::new(), since: default_board_since(), max_cells: default_max_cells(), stages: Vec::new() }
     }
 }
 

@@ -19,7 +19,7 @@ mod config;
 mod follow;
 mod text;
 
-pub use board::{Board, Cell, Snapshot};
+pub use board::{Board, Cell, Mark, Snapshot, TableSide, Update};
 pub use compare::{agrees, compare, render_divergences, Compared, Divergence, Verdict};
 pub use config::BoardConfig;
 pub use follow::follow;

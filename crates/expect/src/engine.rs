@@ -40,6 +40,11 @@ pub struct PairState {
     pub due: Option<Due>,
     /// The pair's last event (any status), as JSON, for alerts.
     pub last_event: Option<String>,
+    /// The instant of the newest run start seen (`STAGE_STARTED`, or `RUNNING`): a success
+    /// dated before it is a superseded run's, and does not count (the newest event decides, as
+    /// a poller of the table sees it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
 }
 
 /// A (rule name, source).
@@ -190,7 +195,14 @@ impl Engine {
                 let state = self.pairs.entry(key.clone()).or_default();
                 state.last_event = Some(event.to_json());
                 self.changed.insert(key.clone());
+                if event.starts_a_run() && state.started_at.is_none_or(|started| at > started) {
+                    state.started_at = Some(at);
+                }
                 if !(success && event.event == rule.event) {
+                    continue;
+                }
+                if state.started_at.is_some_and(|started| started > at) {
+                    // A newer run began after this success: the stage is running, not done.
                     continue;
                 }
                 let Some(due) = state.due.clone() else { continue };
@@ -334,6 +346,22 @@ mod tests {
     }
 
     #[test]
+    fn a_success_superseded_by_a_newer_run_is_not_done_and_the_rerun_s_success_is() {
+        let mut engine = Engine::new(rules(BY_SIX));
+        engine.adopt(Vec::new(), |_| true, at("01:00:00"));
+        // A re-run started at 05:30; the 05:10 success read after it (another partition's
+        // lag, a replay) is the superseded run's: OrdersDB is running at the deadline.
+        engine.on_event(&event("OrdersDB", "bronze", "RUNNING", "05:30:00"), at("05:30:01"));
+        engine.on_event(&event("OrdersDB", "bronze", "SUCCESS", "05:10:00"), at("05:31:00"));
+        engine.on_event(&event("Payments", "bronze", "SUCCESS", "05:40:00"), at("05:40:01"));
+        let late = engine.on_tick(at("06:00:00"), |_| true);
+        assert_eq!(kinds(&late), [(AlertKind::Late, "OrdersDB", "06:00:00".into())]);
+        // The re-run's own success recovers it.
+        let recovered = engine.on_event(&event("OrdersDB", "bronze", "SUCCESS", "06:10:00"), at("06:10:01"));
+        assert_eq!(kinds(&recovered), [(AlertKind::Recovered, "OrdersDB", "06:00:00".into())]);
+    }
+
+    #[test]
     fn a_late_success_recovers_and_pays_only_its_own_deadline() {
         let mut engine = Engine::new(rules(BY_SIX));
         engine.adopt(Vec::new(), |source| source == "OrdersDB", at("01:00:00"));
@@ -400,6 +428,7 @@ mod tests {
                 late_sent: true,
             }),
             last_event: None,
+            started_at: None,
         };
         engine.adopt(
             vec![(key.clone(), stale)],

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use herald_board::Board;
+use herald_board::{Board, Divergence, Mark, TableSide, Verdict};
 use herald_config::Invalid;
 use herald_core::Observer;
 use herald_kafka::KafkaProperties;
@@ -91,10 +91,10 @@ pub async fn run_periodically(
                         warn!(subject = %label, divergent = report.divergences.len(), pairs = report.pairs, "Table and topic differ; `herald reconcile` lists the pairs.");
                     }
                     if let Some(board) = &board {
-                        let marks: BTreeMap<(String, String), String> = report
+                        let marks: BTreeMap<(String, String), Mark> = report
                             .divergences
                             .iter()
-                            .map(|d| ((d.source.clone(), d.stage.clone()), d.verdict.describe().to_owned()))
+                            .map(|d| ((d.source.clone(), d.stage.clone()), mark(&label, d)))
                             .collect();
                         board.mark_diverged(&label, marks);
                     }
@@ -109,4 +109,21 @@ pub async fn run_periodically(
             _ = tokio::time::sleep(every) => {}
         }
     }
+}
+
+/// How the board shows divergence `d` found by `by`: the verdict, which side is newer, and the
+/// table's own value (the board shows the topic's).
+fn mark(by: &str, d: &Divergence) -> Mark {
+    let newer = match d.verdict {
+        Verdict::TableNewer => "table",
+        Verdict::TopicNewer => "topic",
+        Verdict::TableOnly | Verdict::TopicOnly | Verdict::Differs => "neither",
+    };
+    let table = d.table.as_ref().map(|cell| TableSide {
+        event: cell.event.clone(),
+        status: cell.status.clone(),
+        records: cell.records,
+        timestamp: cell.timestamp.clone(),
+    });
+    Mark { by: by.to_owned(), verdict: d.verdict.describe().to_owned(), newer, table }
 }

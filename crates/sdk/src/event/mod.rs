@@ -50,6 +50,20 @@ pub struct StageEvent {
 }
 
 impl StageEvent {
+    /// Whether this event is a stage's outcome: a `STAGE_COMPLETE` whose status is `SUCCESS`
+    /// or `FAILED`.
+    pub fn is_outcome(&self) -> bool {
+        self.event == STAGE_COMPLETE && (self.status == "SUCCESS" || self.status == "FAILED")
+    }
+
+    /// Whether this event says a new run of its stage began, which makes an earlier outcome
+    /// stale: a `STAGE_STARTED`, or a `STAGE_COMPLETE` whose status is neither `SUCCESS` nor
+    /// `FAILED` (`RUNNING`). A table upserted by (source, stage) then shows this row, and a
+    /// poller reading it waits: `wait`, expectations and the board decide "done" the same way.
+    pub fn starts_a_run(&self) -> bool {
+        self.event == "STAGE_STARTED" || (self.event == STAGE_COMPLETE && !self.is_outcome())
+    }
+
     /// Parses a Kafka message value. The error says which field is missing or has the wrong type.
     pub fn from_json(bytes: &[u8]) -> Result<Self, EventError> {
         Self::from_json_str(std::str::from_utf8(bytes).map_err(EventError::NotUtf8)?)
