@@ -444,6 +444,8 @@ struct TopicSide {
 }
 
 struct LatestRead {
+    /// The event's instant.
+    at: DateTime<Utc>,
     /// The event as JSON text (a parsed event takes several times the memory).
     event: String,
     topic: String,
@@ -474,11 +476,24 @@ async fn read_topic(
                 continue;
             }
             let Some(event) = &read.event else { continue };
-            if event.timestamp.instant() < since || !board.apply(event) || !keep_events {
+            let instant = event.timestamp.instant();
+            if instant < since {
+                continue;
+            }
+            let applied = board.apply(event);
+            if !keep_events {
                 continue;
             }
             let pair = (event.source.clone(), event.stage.clone());
+            // The board keeps the first of two identical events (a producer's retry); where it
+            // was read is the later's, which is what the route's table holds (offset breaks ties).
+            let repeated =
+                event.event != "STAGE_RECOVERED" && latest.get(&pair).is_some_and(|l: &LatestRead| instant >= l.at);
+            if !(applied || repeated) {
+                continue;
+            }
             let at = LatestRead {
+                at: instant,
                 event: event.to_json(),
                 topic: read.topic.clone(),
                 partition: read.partition,
