@@ -133,6 +133,29 @@ constants = {{ updated_by = "herald" }}
         }
     }
 
+    /// One legacy job run's row with status `state`; its sequence number.
+    async fn legacy_state(&mut self, source: &str, state: &str) -> i64 {
+        let seq = self.seq();
+        sqlx::query("INSERT INTO job_status (src_system, step, state, row_count) VALUES ($1, 'ingest', $2, $3)")
+            .bind(source)
+            .bind(state)
+            .bind(seq)
+            .execute(&self.pool)
+            .await
+            .unwrap();
+        self.produced.push((source.to_owned(), seq));
+        seq
+    }
+
+    /// `herald wait` for `source`'s ingest, as a phase 3 job step runs it.
+    fn wait(&self, source: &str, timeout: &str) -> std::process::Output {
+        herald()
+            .args(["wait", "--brokers", BROKERS, "--topic", &self.topic, "--source", source, "--stage", "ingest"])
+            .args(["--since", "1h", "--timeout", timeout])
+            .output()
+            .unwrap()
+    }
+
     /// The migrated producer: `count` events through `herald publish`.
     fn publishes(&mut self, sources: &[&str], count: usize) {
         for i in 0..count {
@@ -254,6 +277,15 @@ impl Consumers {
         Self { seen, stop }
     }
 
+    /// Waits until the group has seen `status`.
+    fn wait_until_seen(&self, status: &Status) {
+        let deadline = Instant::now() + PATIENCE;
+        while !self.seen.lock().unwrap().contains_key(status) {
+            assert!(Instant::now() < deadline, "the consumer group never saw {status:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Waits until the group has seen everything `expected` holds, then a little longer; then
     /// what it saw must be exactly that, each once.
     fn wait_for(&self, expected: &BTreeMap<Status, usize>, phase: &str) {
@@ -307,6 +339,24 @@ async fn the_four_phases(capture: &'static str) {
 
     // Phase 3: move pollers. Consumers use events; the table stays current for stragglers.
     journey.legacy_writes(&["L1"], 3).await;
+    // A stage re-runs: the job that succeeded marks itself RUNNING again. `wait`, which replaced
+    // the poller, waits for this run's outcome instead of starting the next job on the old one.
+    let running = journey.legacy_state("L1", "RUNNING").await;
+    consumers.wait_until_seen(&("L1".to_owned(), running));
+    let early = journey.wait("L1", "3s");
+    assert_eq!(
+        early.status.code(),
+        Some(124),
+        "phase 3: wait on a re-running stage: {}",
+        String::from_utf8_lossy(&early.stdout)
+    );
+    let outcome = journey.legacy_state("L1", "SUCCESS").await;
+    let done = journey.wait("L1", "60s");
+    assert_eq!(done.status.code(), Some(0), "phase 3: {}", String::from_utf8_lossy(&done.stderr));
+    assert!(
+        String::from_utf8_lossy(&done.stdout).contains(&format!("\"records\":{outcome}")),
+        "phase 3: the re-run's outcome"
+    );
     journey.publishes(&["M1", "M3"], 3);
     journey.assert_phase_done("phase 3", &phase2, &consumers, true).await;
 
@@ -314,6 +364,17 @@ async fn the_four_phases(capture: &'static str) {
     // the source is retired, leaving no trigger or slot behind.
     journey.publishes(&["M2"], 2);
     journey.assert_phase_done("phase 4", &phase2, &consumers, true).await;
+    // Retiring the source while a herald still runs it is refused, naming who runs it, and
+    // takes nothing away from it: the signals still hold afterwards.
+    let early = common::herald()
+        .args(["migrate", "--drop-source", &journey.source, "--config"])
+        .arg(&phase2.path)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&early.stderr);
+    assert!(!early.status.success() && said.contains("is running in a herald"), "retire while running: {said}");
+    journey.legacy_writes(&["L2"], 1).await;
+    journey.assert_phase_done("phase 4, after a refused retire", &phase2, &consumers, true).await;
     herald.signal("TERM");
     assert!(herald.wait_exit().success(), "{}", herald.log());
     let out = common::herald()

@@ -503,6 +503,16 @@ async fn a_trigger_dropped_or_disabled_behind_herald_s_back_stops_the_source_say
     assert!(!status.success() && herald.log().contains("is disabled"), "{}", herald.log());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_trigger_recovered_as_printed_publishes_each_missing_status_once_and_none_twice() {
+    let pool = pool().await;
+    let schema = greenfield(&pool).await;
+    let topic = unique("events");
+    let config = TempConfig::new(&source_config(&unique("src"), &schema, &topic, "snapshot = \"latest\""));
+    let lose = format!("DROP TRIGGER herald_capture ON {schema}.pipeline_status");
+    recover_a_lost_capture_as_printed(&pool, &schema, &config, &topic, &lose).await;
+}
+
 /// The name of the one `[[source]]` in `config`.
 fn config_source_name(config: &TempConfig) -> String {
     let text = std::fs::read_to_string(&config.path).unwrap();

@@ -330,6 +330,17 @@ fn run_to_exit(config: &TempConfig) -> (std::process::ExitStatus, String) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_slot_recovered_as_printed_publishes_each_missing_status_once_and_none_twice() {
+    let pool = pool().await;
+    let schema = greenfield(&pool).await;
+    let topic = unique("events");
+    let source = WalSource::new(&schema, &topic, "snapshot = \"latest\"");
+    source.migrate();
+    let lose = format!("SELECT pg_drop_replication_slot('{}')", source.slot);
+    recover_a_lost_capture_as_printed(&pool, &schema, &source.config, &topic, &lose).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_dropped_or_advanced_behind_herald_s_back_stops_the_source_saying_so() {
     let pool = pool().await;
     let schema = greenfield(&pool).await;

@@ -420,3 +420,68 @@ pub async fn assert_the_snapshot_joins_the_stream(pool: &PgPool, schema: &str, c
     herald.signal("TERM");
     assert!(herald.wait_exit().success(), "{}", herald.log());
 }
+
+/// A lost capture recovered with the commands the stopped source printed, run as printed, in
+/// `snapshot = "latest"`'s config: nine statuses published, the capture lost (`lose`, SQL), two
+/// written meanwhile (a newer status of a pair, a new pair). The printed repair publishes those
+/// two, the printed retire and the next start publish none of the nine again, and the stream
+/// goes on: every status on the topic exactly once.
+pub async fn recover_a_lost_capture_as_printed(
+    pool: &PgPool,
+    schema: &str,
+    config: &TempConfig,
+    topic: &str,
+    lose: &str,
+) {
+    let mut herald = Herald::run(config);
+    herald.wait_for_log("Source active");
+    for (i, source) in ["A", "B", "C", "D", "E", "F", "G", "H", "I"].into_iter().enumerate() {
+        insert(pool, schema, source, "bronze", if i % 3 == 0 { "FAILED" } else { "SUCCESS" }, i as i64).await;
+    }
+    read_committed(topic, 9);
+    herald.signal("TERM");
+    assert!(herald.wait_exit().success(), "{}", herald.log());
+
+    sqlx::query(lose).execute(pool).await.unwrap();
+    insert(pool, schema, "A", "bronze", "SUCCESS", 100).await;
+    insert(pool, schema, "J", "bronze", "FAILED", 101).await;
+    let mut herald = Herald::run(config);
+    assert!(!herald.wait_exit().success(), "a lost capture stops the source: {}", herald.log());
+    let log = herald.log();
+    // The ways forward, in backticks, as printed.
+    let mut printed: Vec<&str> = log.split('`').skip(1).step_by(2).filter(|text| text.starts_with("herald ")).collect();
+    printed.dedup();
+    let repair = printed.iter().find(|c| c.contains("reconcile") && c.ends_with("--repair")).expect("a repair printed");
+    let retire = printed.iter().find(|c| c.contains("--drop-source")).expect("a retire printed");
+    for command in [repair, retire] {
+        let out = super::herald().args(command.split_whitespace().skip(1)).output().unwrap();
+        assert!(
+            out.status.success(),
+            "`{command}` as printed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    let mut herald = Herald::run(config);
+    herald.wait_for_log("Source active");
+    insert(pool, schema, "Z", "bronze", "SUCCESS", 999).await;
+    let messages = read_committed_until(topic, |messages| messages.iter().any(|m| json(m)["source"] == "Z"));
+    herald.signal("TERM");
+    herald.wait_exit();
+    let mut seen: std::collections::BTreeMap<(String, i64), usize> = std::collections::BTreeMap::new();
+    for message in &messages {
+        let event = json(message);
+        *seen.entry((event["source"].as_str().unwrap().to_owned(), event["records"].as_i64().unwrap())).or_insert(0) +=
+            1;
+    }
+    let mut expected: Vec<(String, i64)> = ["A", "B", "C", "D", "E", "F", "G", "H", "I"]
+        .iter()
+        .enumerate()
+        .map(|(i, source)| ((*source).to_owned(), i as i64))
+        .collect();
+    expected.extend([("A".to_owned(), 100), ("J".to_owned(), 101), ("Z".to_owned(), 999)]);
+    expected.sort();
+    assert_eq!(seen.keys().cloned().collect::<Vec<_>>(), expected, "the statuses on the topic: {seen:?}");
+    assert!(seen.values().all(|&count| count == 1), "each status once, none twice: {seen:?}");
+}

@@ -247,14 +247,7 @@ async fn reconcile_source(
     if repair && !repairable.is_empty() {
         repaired = source.repair(name, kafka, &repairable).await?;
     }
-    let keys_of_unreadable = unreadable
-        .iter()
-        .filter(|row| {
-            !table.cells.iter().chain(&topic_cells.cells).any(|c| c.source == row.source && c.stage == row.stage)
-        })
-        .count();
-    let mut report =
-        Report::new(subject, since, pairs(&table, &topic_cells) + keys_of_unreadable, divergences, repaired);
+    let mut report = Report::new(subject, since, pairs(&table, &topic_cells, &unreadable), divergences, repaired);
     report.unrepairable = cannot_repair.len();
     report.repairable = repairable.len() + repairable_unkept;
     report.cannot_repair = cannot_repair;
@@ -373,14 +366,7 @@ async fn reconcile_route(
             row.source, row.stage, row.reason
         ));
     }
-    let keys_of_unreadable = unreadable
-        .iter()
-        .filter(|row| {
-            !table.cells.iter().chain(&topic_cells.cells).any(|c| c.source == row.source && c.stage == row.stage)
-        })
-        .count();
-    let mut report =
-        Report::new(subject, since, pairs(&table, &topic_cells) + keys_of_unreadable, divergences, repaired);
+    let mut report = Report::new(subject, since, pairs(&table, &topic_cells, &unreadable), divergences, repaired);
     report.repairable = repairable_count;
     report.unrepairable = cannot_repair.len();
     report.cannot_repair = cannot_repair;
@@ -511,9 +497,15 @@ async fn read_topic(
     Ok(TopicSide { board, latest })
 }
 
-/// How many (source, stage) pairs are on either side.
-fn pairs(table: &Snapshot, topic: &Snapshot) -> usize {
-    let keys: std::collections::BTreeSet<(&str, &str)> =
-        table.cells.iter().chain(&topic.cells).map(|cell| (cell.source.as_str(), cell.stage.as_str())).collect();
+/// How many (source, stage) pairs are on either side, counting those whose newest row cannot
+/// be read.
+fn pairs(table: &Snapshot, topic: &Snapshot, unreadable: &[Unreadable]) -> usize {
+    let keys: std::collections::BTreeSet<(&str, &str)> = table
+        .cells
+        .iter()
+        .chain(&topic.cells)
+        .map(|cell| (cell.source.as_str(), cell.stage.as_str()))
+        .chain(unreadable.iter().map(|row| (row.source.as_str(), row.stage.as_str())))
+        .collect();
     keys.len()
 }
