@@ -12,13 +12,14 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use chrono::Utc;
 use clap::Args;
-use herald_core::event::STAGE_COMPLETE;
-use herald_core::StageEvent;
 use herald_kafka::reader::TopicReader;
+use herald_sdk::event::STAGE_COMPLETE;
 use herald_sdk::printable;
+use herald_sdk::StageEvent;
+use herald_wait::{pairs, Decision, Verdict, Waiting};
 use tokio::time::Instant;
 use tracing::debug;
 
@@ -65,125 +66,25 @@ pub struct WaitArgs {
     pub kafka: KafkaArgs,
 }
 
-/// One source (and maybe stage) awaited.
-#[derive(Debug)]
-struct Pair {
-    source: String,
-    stage: Option<String>,
-}
-
-impl std::fmt::Display for Pair {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.stage {
-            Some(stage) => write!(f, "source `{}`, stage `{stage}`", self.source),
-            None => write!(f, "source `{}`", self.source),
-        }
-    }
-}
-
-/// The pairs `--source` and `--stage` describe: no stage (any), one for all, or one each.
-fn pairs(sources: &[String], stages: &[String]) -> Result<Vec<Pair>> {
-    let stage_of = |index: usize| {
-        match stages.len() {
-        0 => Ok(None),
-        1 => Ok(stages.first().cloned()),
-        n if n == sources.len() => Ok(stages.get(index).cloned()),
-        n => bail!(
-            "--stage is given {n} times for {} --source: give one stage for all sources, or one per source in the same order",
-            sources.len()
-        ),
-    }
-    };
-    sources
-        .iter()
-        .enumerate()
-        .map(|(index, source)| Ok(Pair { source: source.clone(), stage: stage_of(index)? }))
-        .collect()
-}
-
-/// A terminal status: the one a wait for `STAGE_COMPLETE` waits for.
-fn is_terminal(status: &str) -> bool {
-    status == "SUCCESS" || status == "FAILED"
-}
-
-/// Whether `event` decides a wait for events named `wanted`: a `STAGE_COMPLETE` (whose status
-/// goes `RUNNING` → `SUCCESS`/`FAILED`) when its status is terminal, any other kind
-/// (`STAGE_LATE`, `STAGE_MISSING`, a custom one) as soon as it comes.
-fn awaited(event: &StageEvent, wanted: &str) -> bool {
-    event.event == wanted && (wanted != STAGE_COMPLETE || is_terminal(&event.status))
-}
-
-/// The pairs and what has been decided for each.
-struct Waiting {
-    pairs: Vec<Pair>,
-    /// The event that decided each pair.
-    decided: Vec<Option<StageEvent>>,
-    /// Per pair, per stage: the newest event in the history read so far that either decides
-    /// the wait or says a new run began (then the pair waits for that run's outcome).
-    newest_in_history: Vec<std::collections::BTreeMap<String, StageEvent>>,
-    any: bool,
-    allow_failed: bool,
-}
-
-impl Waiting {
-    /// Decides pair `index` with `event` and prints it; the exit code once `wait` is over.
-    fn decide(&mut self, index: usize, event: StageEvent) -> Option<ExitCode> {
+/// Prints `decisions` (each deciding event as JSON); the exit code once one ends the wait.
+fn report(decisions: Vec<Decision>) -> Option<ExitCode> {
+    for Decision { event, verdict } in decisions {
         // The event as JSON, with what JSON leaves raw and a terminal would act on escaped.
         println!("{}", printable::json(&event.to_json()));
-        let failed = event.status == "FAILED";
-        if failed && !self.allow_failed {
-            eprintln!(
-                "herald wait: stage `{}` of `{}` FAILED",
-                printable::printable(&event.stage, printable::LOG_CHARS),
-                printable::printable(&event.source, printable::LOG_CHARS)
-            );
-            return Some(ExitCode::from(EXIT_FAILED));
-        }
-        if let Some(slot) = self.decided.get_mut(index) {
-            *slot = Some(event);
-        }
-        let done = self.decided.iter().filter(|decided| decided.is_some()).count();
-        (done == self.pairs.len() || (self.any && done > 0)).then_some(ExitCode::SUCCESS)
-    }
-
-    /// Keeps `event`, read from the history, if it is the newest of its pair and stage: by
-    /// timestamp, and on a tie the later offset (read later), as the Postgres sink's upsert
-    /// orders them.
-    fn remember(&mut self, index: usize, event: StageEvent) {
-        let Some(newest) = self.newest_in_history.get_mut(index) else { return };
-        match newest.get(&event.stage) {
-            Some(kept) if event.timestamp.instant() < kept.timestamp.instant() => {}
-            _ => {
-                newest.insert(event.stage.clone(), event);
+        match verdict {
+            Verdict::Decided => {}
+            Verdict::Failed => {
+                eprintln!(
+                    "herald wait: stage `{}` of `{}` FAILED",
+                    printable::printable(&event.stage, printable::LOG_CHARS),
+                    printable::printable(&event.source, printable::LOG_CHARS)
+                );
+                return Some(ExitCode::from(EXIT_FAILED));
             }
+            Verdict::Done => return Some(ExitCode::SUCCESS),
         }
     }
-
-    /// Once the history is read: each pair still open is decided by its newest event there,
-    /// unless that event says a new run began (the stage is re-running: wait for its outcome).
-    /// With no `--stage`, the newest outcome among the stages whose newest event is one.
-    fn settle_history(&mut self, wanted: &str) -> Option<ExitCode> {
-        for index in 0..self.pairs.len() {
-            if self.decided[index].is_some() {
-                continue;
-            }
-            let newest = std::mem::take(&mut self.newest_in_history[index]);
-            let outcome = newest
-                .into_values()
-                .filter(|event| awaited(event, wanted))
-                .max_by_key(|event| event.timestamp.instant());
-            if let Some(event) = outcome {
-                if let Some(exit) = self.decide(index, event) {
-                    return Some(exit);
-                }
-            }
-        }
-        None
-    }
-
-    fn pending(&self) -> Vec<String> {
-        self.pairs.iter().zip(&self.decided).filter(|(_, d)| d.is_none()).map(|(pair, _)| pair.to_string()).collect()
-    }
+    None
 }
 
 pub async fn wait(args: WaitArgs) -> Result<ExitCode> {
@@ -204,22 +105,15 @@ pub async fn wait(args: WaitArgs) -> Result<ExitCode> {
         })??,
         None => opening.await?,
     };
-    let count = pairs.len();
-    let mut waiting = Waiting {
-        pairs,
-        decided: (0..count).map(|_| None).collect(),
-        newest_in_history: (0..count).map(|_| std::collections::BTreeMap::new()).collect(),
-        any: args.any,
-        allow_failed: args.allow_failed,
-    };
-    debug!(pairs = ?waiting.pairs, "Reading history before waiting.");
+    let mut waiting = Waiting::new(pairs, &args.event, cutoff, args.any, args.allow_failed);
+    debug!(pairs = ?waiting.pairs(), "Reading history before waiting.");
 
     let mut history_settled = false;
     let (mut last_progress, mut read_count, mut last_read) = (Instant::now(), 0_u64, None::<StageEvent>);
     loop {
         if !history_settled && reader.history_done() {
             history_settled = true;
-            if let Some(exit) = waiting.settle_history(&args.event) {
+            if let Some(exit) = report(waiting.settle_history()) {
                 return Ok(exit);
             }
         }
@@ -264,26 +158,9 @@ pub async fn wait(args: WaitArgs) -> Result<ExitCode> {
         // `None`: the history turned out to be read while no message came (it ended in
         // transaction markers); the loop's top settles it.
         let Some(read) = read else { continue };
-        let in_history = read.in_history;
         let Some(event) = read.event else { continue };
-        let decides = awaited(&event, &args.event);
-        let restarts = args.event == STAGE_COMPLETE && event.starts_a_run();
-        if !(decides || restarts) || event.timestamp.instant() < cutoff {
-            continue;
-        }
-        for index in 0..count {
-            let pair = &waiting.pairs[index];
-            let matches = event.source == pair.source && pair.stage.as_ref().is_none_or(|stage| &event.stage == stage);
-            if !matches || waiting.decided[index].is_some() {
-                continue;
-            }
-            if in_history {
-                waiting.remember(index, event.clone());
-            } else if decides {
-                if let Some(exit) = waiting.decide(index, event.clone()) {
-                    return Ok(exit);
-                }
-            }
+        if let Some(exit) = report(waiting.read(&event, read.in_history)) {
+            return Ok(exit);
         }
     }
 }
@@ -302,81 +179,4 @@ fn progress(waiting: &Waiting, topics: &str, read: u64, last: Option<&StageEvent
         None => "none yet".to_owned(),
     };
     format!("still waiting for {} on {topics}; {read} messages read, {last}", waiting.pending().join("; "))
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-
-    use super::*;
-
-    fn event(event: &str, stage: &str, status: &str, second: u32) -> StageEvent {
-        StageEvent::from_json_str(&format!(
-            r#"{{"event":"{event}","stage":"{stage}","source":"A","records":1,"timestamp":"2026-12-06T10:00:{second:02}","status":"{status}"}}"#
-        ))
-        .unwrap()
-    }
-
-    fn waiting(stage: Option<&str>) -> Waiting {
-        Waiting {
-            pairs: vec![Pair { source: "A".into(), stage: stage.map(str::to_owned) }],
-            decided: vec![None],
-            newest_in_history: vec![std::collections::BTreeMap::new()],
-            any: false,
-            allow_failed: false,
-        }
-    }
-
-    /// The history's events in offset order, as `wait` reads them; whether the pair is decided.
-    fn settles(stage: Option<&str>, history: &[StageEvent]) -> bool {
-        let mut waiting = waiting(stage);
-        for event in history {
-            waiting.remember(0, event.clone());
-        }
-        waiting.settle_history(STAGE_COMPLETE).is_some()
-    }
-
-    #[test]
-    fn a_stage_re_running_after_its_success_is_not_done() {
-        let success = event(STAGE_COMPLETE, "silver", "SUCCESS", 1);
-        let running = event(STAGE_COMPLETE, "silver", "RUNNING", 2);
-        let started = event("STAGE_STARTED", "silver", "", 2);
-        assert!(!settles(Some("silver"), &[success.clone(), running.clone()]), "SUCCESS then RUNNING: open");
-        assert!(!settles(Some("silver"), &[success.clone(), started]), "SUCCESS then STAGE_STARTED: open");
-        assert!(settles(Some("silver"), &[running.clone(), event(STAGE_COMPLETE, "silver", "SUCCESS", 3)]));
-        // One instant: the later offset decides, as the table's upsert does.
-        let tied_running = event(STAGE_COMPLETE, "silver", "RUNNING", 1);
-        assert!(!settles(Some("silver"), &[success.clone(), tied_running.clone()]));
-        assert!(settles(Some("silver"), &[tied_running, success.clone()]));
-        // Read out of time order (another partition's event): the newer instant still decides.
-        assert!(!settles(Some("silver"), &[running, success]));
-    }
-
-    #[test]
-    fn without_a_stage_the_newest_outcome_of_a_stage_not_re_running_decides() {
-        let bronze_done = event(STAGE_COMPLETE, "bronze", "SUCCESS", 1);
-        let silver_running = event(STAGE_COMPLETE, "silver", "RUNNING", 2);
-        assert!(settles(None, &[bronze_done.clone(), silver_running.clone()]));
-        let bronze_again = event(STAGE_COMPLETE, "bronze", "RUNNING", 3);
-        assert!(!settles(None, &[bronze_done, silver_running, bronze_again]));
-    }
-
-    #[test]
-    fn stages_pair_with_sources_one_for_all_or_one_each() {
-        let strings = |items: &[&str]| items.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let described = |sources: &[&str], stages: &[&str]| -> Result<Vec<String>> {
-            Ok(pairs(&strings(sources), &strings(stages))?.iter().map(ToString::to_string).collect())
-        };
-        assert_eq!(described(&["A"], &[]).unwrap(), ["source `A`"]);
-        assert_eq!(
-            described(&["A", "B"], &["silver"]).unwrap(),
-            ["source `A`, stage `silver`", "source `B`, stage `silver`"]
-        );
-        assert_eq!(
-            described(&["A", "B"], &["s1", "s2"]).unwrap(),
-            ["source `A`, stage `s1`", "source `B`, stage `s2`"]
-        );
-        let error = described(&["A", "B", "C"], &["s1", "s2"]).unwrap_err().to_string();
-        assert!(error.contains("--stage is given 2 times for 3 --source"), "{error}");
-    }
 }
