@@ -2,7 +2,8 @@
 
 use anyhow::{bail, Context, Result};
 use herald_core::source::{Source, SourceFactory};
-use herald_core::{BoundRoute, RouteConfig, Sink, SourceSpec};
+use herald_core::{BoundRoute, RouteConfig, SourceSpec};
+use herald_sdk::Sink;
 use herald_sdk::{Purpose, Registered, SinkContext, SinkFactory};
 use tracing::warn;
 

@@ -49,7 +49,7 @@ async fn publish_writes_the_seed_event_keyed_by_source() {
     assert_eq!(event["status"], "SUCCESS");
     assert_eq!(event["run_id"], "r-7");
     let timestamp = event["timestamp"].as_str().unwrap();
-    assert!(herald_core::EventTimestamp::parse(timestamp).is_ok(), "{timestamp}");
+    assert!(herald_sdk::EventTimestamp::parse(timestamp).is_ok(), "{timestamp}");
     // What was printed is what was sent.
     assert_eq!(text(&out.stdout).trim(), std::str::from_utf8(message.payload().unwrap()).unwrap());
 }

@@ -45,7 +45,7 @@ async fn herald_delivers_what_the_seed_python_producer_publishes() {
     // `datetime.utcnow().isoformat()` has no offset: herald keeps it as written and reads it as UTC.
     let timestamp = event["timestamp"].as_str().unwrap();
     assert!(!timestamp.ends_with('Z') && !timestamp.contains('+'), "{timestamp}");
-    let age = chrono::Utc::now() - herald_core::EventTimestamp::parse(timestamp).unwrap().instant();
+    let age = chrono::Utc::now() - herald_sdk::EventTimestamp::parse(timestamp).unwrap().instant();
     assert!(age.num_seconds().abs() < 600, "read as UTC: {timestamp} is {age} away");
 }
 

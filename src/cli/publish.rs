@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use clap::Args;
-use herald_core::event::STAGE_COMPLETE;
-use herald_core::{EventTimestamp, StageEvent};
 use herald_kafka::{client_config, reliable_producer_config};
+use herald_sdk::event::STAGE_COMPLETE;
+use herald_sdk::{EventTimestamp, StageEvent};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use serde_json::Value;

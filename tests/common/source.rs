@@ -146,7 +146,7 @@ pub fn assert_the_legacy_jobs_events(messages: &[OwnedMessage], schema: &str, lo
     assert_eq!(success["status"], "SUCCESS");
     assert_eq!(success["records"], 14823);
     assert_eq!(success["stage"], "bronze_ingest");
-    let timestamp = herald_core::EventTimestamp::parse(success["timestamp"].as_str().unwrap()).unwrap();
+    let timestamp = herald_sdk::EventTimestamp::parse(success["timestamp"].as_str().unwrap()).unwrap();
     assert_eq!(timestamp.instant().to_rfc3339(), "2026-11-26T10:15:00.123456+00:00");
     assert_eq!(header(&messages[1], "herald.origin"), Some(format!("postgres:{schema}.pipeline_status")));
     assert_eq!(header(&messages[1], "herald.origin.operation").as_deref(), Some("UPDATE"));

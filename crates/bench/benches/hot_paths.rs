@@ -20,10 +20,10 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use herald_core::event::{EventTimestamp, StageEvent};
 use herald_core::filter::Filter;
-use herald_core::sink::{LazyEvent, SinkRecord};
-use herald_core::template::Template;
+use herald_sdk::event::{EventTimestamp, StageEvent};
+use herald_sdk::sink::{LazyEvent, SinkRecord};
+use herald_sdk::template::Template;
 
 /// The seed producer's message, byte for byte as it writes it.
 const SEED: &str = r#"{"event":"STAGE_COMPLETE","stage":"bronze_ingest","source":"OrdersDB","records":14823,"timestamp":"2026-11-26T10:15:00.123456","status":"SUCCESS"}"#;

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{PoisonError, RwLock};
 
 use chrono::{DateTime, Utc};
-use herald_core::StageEvent;
+use herald_sdk::StageEvent;
 use prometheus::IntCounter;
 use serde::Serialize;
 use tokio::sync::broadcast;

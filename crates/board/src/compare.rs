@@ -176,7 +176,7 @@ mod tests {
             if let Some(records) = records {
                 json["records"] = (*records).into();
             }
-            board.apply(&herald_core::StageEvent::from_json(json.to_string().as_bytes()).unwrap());
+            board.apply(&herald_sdk::StageEvent::from_json(json.to_string().as_bytes()).unwrap());
         }
         board.snapshot()
     }

@@ -81,7 +81,7 @@ mod tests {
             let json = format!(
                 r#"{{"event":"STAGE_COMPLETE","stage":"{stage}","source":"{source}","timestamp":"2026-12-01T10:00:{second:02}","status":"{status}"}}"#
             );
-            board.apply(&herald_core::StageEvent::from_json(json.as_bytes()).unwrap());
+            board.apply(&herald_sdk::StageEvent::from_json(json.as_bytes()).unwrap());
         }
         let now = "2026-12-01T11:00:40Z".parse::<DateTime<Utc>>().unwrap();
         let table = render_table(&board.snapshot(), now);
@@ -100,7 +100,7 @@ mod tests {
         let board = Board::new();
         let long = "L".repeat(65_536);
         for (source, stage) in [(long.as_str(), "bronze"), ("evil\u{1b}]0;owned\u{7}\u{1b}[2J\r", "s\u{9b}31m")] {
-            let mut event = herald_core::StageEvent::from_json(
+            let mut event = herald_sdk::StageEvent::from_json(
                 br#"{"event":"STAGE_COMPLETE","stage":"x","source":"x","timestamp":"2026-12-01T10:00:00","status":"SUCCESS"}"#,
             )
             .unwrap();

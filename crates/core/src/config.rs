@@ -190,7 +190,7 @@ impl StartFrom {
 #[serde(deny_unknown_fields)]
 pub struct BatchConfig {
     /// Most events in one sink write, 1..=100000. Default: the sink's own
-    /// ([`crate::sink::Sink::default_max_events`]: 5000 for Postgres, 500 for the others).
+    /// ([`herald_sdk::sink::Sink::default_max_events`]: 5000 for Postgres, 500 for the others).
     #[serde(default)]
     pub max_events: Option<usize>,
     /// How long a batch lingers for more events once those already fetched are taken, counted

@@ -2,7 +2,7 @@
 
 use rdkafka::error::KafkaError;
 
-use crate::sink::SinkError;
+use herald_sdk::sink::SinkError;
 
 /// Why a route stopped.
 #[derive(Debug, thiserror::Error)]

@@ -106,7 +106,7 @@ impl<'de> Deserialize<'de> for FieldMatch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::StageEvent;
+    use herald_sdk::event::StageEvent;
 
     fn event(status: &str, source: &str) -> StageEvent {
         StageEvent::from_json(

@@ -3,16 +3,16 @@ herald-core: the route runtime, the Kafka consumer loop that drives sinks.
 
 herald moves *stage events* — the small JSON messages pipeline stages publish to Kafka when they
 finish a unit of work — to systems that cannot read Kafka. This crate is the runtime that does
-it for each `[[route]]`, and the contract sources are written against; the event model and the
-[`Sink`] trait are herald-sdk's (re-exported here), so sink crates need not build librdkafka.
+it for each `[[route]]`, and the contract sources are written against. The event model and the
+`Sink` trait are herald-sdk's, and only there (`herald_sdk::StageEvent`, `herald_sdk::Sink`):
+sink crates, the board and expectations need not build librdkafka or depend on this crate.
 
 The one decision to know: **offsets advance only after the sink has the data.** Each route reads
-with `enable.auto.offset.store=false`; a batch's offsets are stored only once [`Sink::write`]
+with `enable.auto.offset.store=false`; a batch's offsets are stored only once `Sink::write`
 returned `Ok` and its dead letters were acknowledged, so a crash at any instant re-delivers rather
 than loses (at-least-once). Sinks that can store offsets with the data do better.
 
 # Layout
-- [`event`], [`sink`], [`template`]: re-exported from herald-sdk.
 - [`config`]: `[runtime]` and `[[route]]`, and their validation.
 - [`filter`]: which events a route delivers.
 - [`dlq`]: the dead-letter topic and its Kafka Connect headers.
@@ -48,17 +48,10 @@ pub mod runtime;
 pub mod source;
 pub mod source_runtime;
 
-// The sink contract lives in herald-sdk, so sink crates need not build librdkafka; these paths
-// stay for the runtime and the binary.
-pub use herald_sdk::{event, printable, sink, template};
-
 pub use config::{RouteConfig, RuntimeConfig, SinkSpec};
 pub use error::{RouteError, RuntimeError};
-pub use event::{EventError, EventTimestamp, StageEvent};
 pub use filter::Filter;
 pub use observe::Observer;
 pub use runtime::{run, BoundRoute, RouteChanges};
-pub use sink::{BoxError, Rejection, Sink, SinkError, SinkRecord, WriteOutcome};
 pub use source::SourceSpec;
 pub use source_runtime::{run_sources, NamedSource, SourceChanges, SourceRunError};
-pub use template::Template;

@@ -15,8 +15,8 @@ use crate::dlq::DeadLetterQueue;
 use crate::error::{RouteError, RuntimeError};
 use crate::observe::{Observer, RouteShared};
 use crate::route::{create_consumer, watch_lag, LagSubject, RouteWorker};
-use crate::sink::Sink;
 use herald_kafka::{ensure_topics, KafkaProperties, TopicSpec};
+use herald_sdk::sink::Sink;
 
 /// A route with the sink built for it.
 pub struct BoundRoute {

@@ -9,8 +9,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use crate::observe::Observer;
-use crate::sink::BoxError;
 use crate::source::Source;
+use herald_sdk::sink::BoxError;
 
 /// A source ready to run, under its `[[source]]` name.
 pub type NamedSource = (String, Box<dyn Source>);

@@ -5,7 +5,8 @@
 //! `PROPTEST_CASES=200000 cargo test --release -p herald-core --test fuzz`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use herald_core::{Filter, StageEvent, Template};
+use herald_core::Filter;
+use herald_sdk::{StageEvent, Template};
 use proptest::prelude::*;
 
 /// JSON-ish text: objects and arrays of stage-event-like fields, nested, sometimes broken.

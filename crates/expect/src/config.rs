@@ -105,5 +105,5 @@ pub struct ExpectConfig {
 }
 
 fn default_expect_event() -> String {
-    herald_core::event::STAGE_COMPLETE.into()
+    herald_sdk::event::STAGE_COMPLETE.into()
 }

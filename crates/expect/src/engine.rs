@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use herald_core::StageEvent;
+use herald_sdk::StageEvent;
 use serde::{Deserialize, Serialize};
 
 use crate::rules::{Rule, Trigger};

@@ -11,11 +11,11 @@ use futures::future::join_all;
 use herald_kafka::KafkaProperties;
 
 use crate::config::{ExpectConfig, ExpectationsConfig};
-use herald_core::printable::{printable, LOG_CHARS};
-use herald_core::StageEvent;
 use herald_kafka::{
     client_config, ensure_topics, partition_counts, AssignmentChanges, Rebalances, TopicSpec, TransactionalProducer,
 };
+use herald_sdk::printable::{printable, LOG_CHARS};
+use herald_sdk::StageEvent;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};

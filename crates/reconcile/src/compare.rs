@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use herald_board::{agrees, compare, Board, Cell, Compared, Divergence, Snapshot, Verdict};
-use herald_core::{RouteConfig, StageEvent};
+use herald_core::RouteConfig;
 use herald_kafka::reader::{Read, TopicReader};
 use herald_kafka::KafkaProperties;
+use herald_sdk::StageEvent;
 use herald_sdk::{LazyEvent, SinkRecord};
 use herald_sink_postgres::{PostgresSinkConfig, Written};
 use herald_source_postgres::{PostgresSourceConfig, RowToPublish, TableRow, UnreadableRow};

@@ -4,8 +4,8 @@
 use async_trait::async_trait;
 use herald_core::observe::SourceMetrics;
 use herald_core::source::{Claim, Source, SourcePlugin};
-use herald_core::BoxError;
 use herald_kafka::KafkaProperties;
+use herald_sdk::BoxError;
 use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 

@@ -8,8 +8,8 @@
 
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
-use herald_core::StageEvent;
 use herald_kafka::{KafkaProperties, TransactionalProducer};
+use herald_sdk::StageEvent;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use serde_json::{Map, Value};

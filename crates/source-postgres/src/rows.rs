@@ -1,13 +1,13 @@
 //! Rows become stage events: the column mapping, constants, the key, loop prevention and dead
 //! letters, the same for both capture modes.
 
-use herald_core::sink::ORIGIN_HEADER;
-use herald_core::StageEvent;
 use herald_kafka::headers::connect as headers;
+use herald_sdk::sink::ORIGIN_HEADER;
+use herald_sdk::StageEvent;
 use serde_json::{Map, Value};
 use tracing::warn;
 
-use herald_core::printable::{printable, LOG_CHARS};
+use herald_sdk::printable::{printable, LOG_CHARS};
 
 use crate::config::{Plan, PostgresSourceConfig};
 use crate::publisher::Outgoing;

@@ -12,9 +12,9 @@
 use std::time::Duration;
 
 use herald_board::{compare, Board, Compared, Verdict};
-use herald_core::printable::{printable, LOG_CHARS};
 use herald_kafka::reader::TopicReader;
 use herald_kafka::KafkaProperties;
+use herald_sdk::printable::{printable, LOG_CHARS};
 use serde_json::{Map, Value};
 use sqlx::{Connection, PgConnection};
 use tracing::{info, warn};

@@ -229,7 +229,7 @@ impl PostgresSourceConfig {
         match outcome {
             Ok(()) => Ok(false),
             Err(err @ SourceError::CaptureLost { .. }) if self.on_capture_lost == OnCaptureLost::Resync => {
-                let reason = herald_core::printable::printable(&err.to_string(), 2048).into_owned();
+                let reason = herald_sdk::printable::printable(&err.to_string(), 2048).into_owned();
                 warn!(source = name, lost = %reason, "Capture lost; resyncing: the table's latest rows the topic lacks are published, then changes from now on.");
                 Ok(true)
             }
@@ -297,7 +297,7 @@ impl PostgresSourceConfig {
                 Err(SourceError::CaptureLost { .. }) if self.on_capture_lost == OnCaptureLost::Resync => {}
                 Err(err) if err.is_transient() => {
                     let reason =
-                        herald_core::printable::printable(&herald_sdk::error_chain(&err).join(": "), 1024).into_owned();
+                        herald_sdk::printable::printable(&herald_sdk::error_chain(&err).join(": "), 1024).into_owned();
                     warn!(source = name, error = %reason, "Source stepped down; retrying.");
                     metrics.failed(reason);
                     tokio::select! {

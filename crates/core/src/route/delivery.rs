@@ -20,9 +20,9 @@ use crate::config::{RetryConfig, RouteConfig};
 use crate::dlq::{DeadLetter, DeadLetterQueue, FailedStage};
 use crate::error::RouteError;
 use crate::observe::RouteShared;
-use crate::printable::{printable, LOG_CHARS};
-use crate::sink::Sink;
 use herald_sdk::error_chain;
+use herald_sdk::printable::{printable, LOG_CHARS};
+use herald_sdk::sink::Sink;
 
 /// Where undeliverable messages go: the route's dead-letter topic.
 #[async_trait]

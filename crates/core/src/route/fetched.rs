@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use rdkafka::message::{BorrowedHeaders, BorrowedMessage, Message, OwnedHeaders, OwnedMessage, Timestamp};
 
-use crate::event::EventError;
-use crate::sink::LazyEvent;
+use herald_sdk::event::EventError;
+use herald_sdk::sink::LazyEvent;
 
 /// A fetched message.
 #[derive(Debug)]

@@ -38,8 +38,8 @@ use super::delivery::Delivery;
 use super::fetched::Fetched;
 use crate::dlq::{DeadLetter, FailedStage};
 use crate::error::RouteError;
-use crate::sink::{SinkError, SinkRecord};
 use herald_sdk::error_chain;
+use herald_sdk::sink::{SinkError, SinkRecord};
 
 /// How a batch's write ended.
 #[derive(Debug, Default)]

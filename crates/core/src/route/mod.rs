@@ -3,7 +3,7 @@
 //! Writes are sequential on purpose: a batch is fully settled (sink Ok, dead letters
 //! acknowledged, offsets stored) before the next is written, which keeps per-partition order and
 //! makes "offsets advance only after the sink has the data" true by construction. Reading is
-//! not, for sinks whose writes wait on another system ([`Sink::read_ahead`]): while a batch is
+//! not, for sinks whose writes wait on another system ([`Sink::read_ahead`](herald_sdk::Sink::read_ahead)): while a batch is
 //! written, a task of its own reads and parses the next one (at most one batch ahead), so
 //! herald's share of the work runs beside the sink's on another core. That task
 //! cannot ask the sink anything, so at a rebalance it ends its batch and the worker takes over.
@@ -47,7 +47,7 @@ use crate::config::RouteConfig;
 use crate::dlq::DeadLetterQueue;
 use crate::error::RouteError;
 use crate::observe::RouteShared;
-use crate::sink::Sink;
+use herald_sdk::sink::Sink;
 
 use batch::{gather, Admission, Attention, Inbox, Limits};
 pub(crate) use consumer::{create_consumer, RouteConsumer};

@@ -10,8 +10,8 @@ use rdkafka::message::BorrowedMessage;
 use super::fetched::{Fetched, Read};
 use crate::config::RouteConfig;
 use crate::dlq::{DeadLetter, FailedStage};
-use crate::event::{EventError, StageEvent};
-use crate::sink::{LazyEvent, Sink, SinkRecord};
+use herald_sdk::event::{EventError, StageEvent};
+use herald_sdk::sink::{LazyEvent, Sink, SinkRecord};
 
 /// A batch parsed and filtered, ready to write: the work that can be done while the batch
 /// before it is still being written.

@@ -24,8 +24,8 @@ use super::delivery::retry_delays;
 use super::fetched::Fetched;
 use crate::config::RouteConfig;
 use crate::error::RouteError;
-use crate::sink::{Sink, SinkError};
 use herald_sdk::error_chain;
+use herald_sdk::sink::{Sink, SinkError};
 
 /// Early seeks of a partition: tried every [`EARLY_SEEK_RETRY`] for up to five seconds.
 const EARLY_SEEKS: u8 = 100;
@@ -174,7 +174,7 @@ mod tests {
     use async_trait::async_trait;
 
     use super::*;
-    use crate::sink::{SinkRecord, WriteOutcome};
+    use herald_sdk::sink::{SinkRecord, WriteOutcome};
 
     /// A consumer that refuses the first `refusals` seeks, and records the others.
     #[derive(Default)]

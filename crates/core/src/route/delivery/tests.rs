@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use super::*;
 use crate::observe::Observer;
 use crate::route::read::{prepare, Reading};
-use crate::sink::{Rejection, SinkError, SinkRecord, WriteOutcome};
+use herald_sdk::sink::{Rejection, SinkError, SinkRecord, WriteOutcome};
 
 /// What the scripted sink answers to one write.
 enum Answer {
