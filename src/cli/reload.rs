@@ -364,22 +364,17 @@ fn route_diff(current: &[RouteConfig], next: &[RouteConfig]) -> (Vec<String>, Ve
     (stop, next.iter().filter(|route| start.contains(&route.name)).cloned().collect())
 }
 
-/// The sections other than `[[route]]` and `[[source]]` that differ (compared as printed, and
-/// the secrets that print redacted by value).
+/// The sections other than `[[route]]` and `[[source]]` that differ, compared by value
+/// (secrets too: a changed password alone is a change).
 fn sections_needing_restart(current: &Config, next: &Config) -> Vec<&'static str> {
-    let differ = |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
-    // Secrets print redacted: compared by value, so a changed password alone is noticed too.
     let mut sections = Vec::new();
     for (name, changed) in [
         ("[kafka]", current.kafka.iter().ne(next.kafka.iter())),
-        ("[runtime]", differ(&current.runtime, &next.runtime)),
-        ("[admin]", differ(&current.admin, &next.admin) || !current.admin.same_token(&next.admin)),
-        ("[board]", differ(&current.board, &next.board)),
-        (
-            "[expectations]/[[expect]]",
-            differ(&(&current.expectations, &current.expect), &(&next.expectations, &next.expect)),
-        ),
-        ("[reconcile]", differ(&current.reconcile, &next.reconcile)),
+        ("[runtime]", current.runtime != next.runtime),
+        ("[admin]", current.admin != next.admin),
+        ("[board]", current.board != next.board),
+        ("[expectations]/[[expect]]", current.expectations != next.expectations || current.expect != next.expect),
+        ("[reconcile]", current.reconcile != next.reconcile),
     ] {
         if changed {
             sections.push(name);

@@ -51,6 +51,22 @@ pub struct AdminConfig {
     pub idle_timeout: Duration,
 }
 
+/// Every setting compared, the token by value (it prints redacted): a reload tells a changed
+/// token alone from no change.
+impl PartialEq for AdminConfig {
+    fn eq(&self, other: &Self) -> bool {
+        self.listen == other.listen
+            && self.allow_remote == other.allow_remote
+            && self.same_token(other)
+            && self.token_file == other.token_file
+            && self.auth == other.auth
+            && self.max_connections == other.max_connections
+            && self.max_event_streams == other.max_event_streams
+            && self.header_timeout == other.header_timeout
+            && self.idle_timeout == other.idle_timeout
+    }
+}
+
 /// Which requests need the token.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -132,7 +148,7 @@ impl AdminConfig {
     }
 
     /// Whether `other` holds the same `token` (compared by value: it prints redacted).
-    pub fn same_token(&self, other: &AdminConfig) -> bool {
+    fn same_token(&self, other: &AdminConfig) -> bool {
         let token = |admin: &AdminConfig| admin.token.as_ref().map(|token| token.expose_secret().to_owned());
         token(self) == token(other)
     }

@@ -8,7 +8,7 @@ use serde::Deserialize;
 /// The status board: the latest event of every (source, stage) read from `topics`, served by
 /// the admin API as a live page (`/board`), JSON (`/board/state`) and a server-sent event stream
 /// (`/board/events`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BoardConfig {
     /// Topics of stage events to show, e.g. `["pipeline.stage.events"]`. Default: none (no

@@ -24,7 +24,7 @@ use serde_json::Value;
 use crate::filter::Filter;
 
 /// Process-wide settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeConfig {
     /// How often `herald run` asks each route's consumer for its lag and whether Kafka answers

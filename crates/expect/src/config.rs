@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 /// How `[[expect]]` rules are evaluated.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExpectationsConfig {
     /// The topic stage events are read from and alerts published to. Default
@@ -67,7 +67,7 @@ pub enum Partitioner {
 
 /// One `[[expect]]` rule: a stage that must succeed for each of some sources, by a schedule
 /// (`by`) or within a time after an upstream stage succeeded (`after` + `within`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExpectConfig {
     /// Unique name, carried by its alerts as `rule`. Example: `"bronze-by-six"`.

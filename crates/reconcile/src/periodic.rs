@@ -17,7 +17,7 @@ use tracing::{info, warn};
 use crate::compare::{reconcile, Subject};
 
 /// `[reconcile]`: the periodic reconcile of `herald run`. Off unless `every` is set.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReconcileConfig {
     /// How often to compare every Postgres source's and Postgres sink route's table with its
