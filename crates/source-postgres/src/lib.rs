@@ -36,7 +36,10 @@ The decisions to know:
 - `rows.rs`: rows into stage events or dead letters, the same for both modes.
 - `reconcile.rs`: the table's side of `herald reconcile` (its latest row per pair) and the
   repair that publishes what the topic lacks.
-- `publisher.rs`: the Kafka side: each batch and its position in one transaction.
+- `publisher.rs`: the Kafka side: each batch and its position in one transaction; a repair's
+  transaction through the same record loop.
+- `offsets.rs`: the offsets topic's records (position, snapshot), their keys and encoding, and
+  reading them back.
 - `error.rs`: the crate's error and which failures are transient.
 */
 #![deny(missing_docs)]
@@ -45,6 +48,7 @@ mod capture;
 mod config;
 mod continuity;
 mod error;
+mod offsets;
 mod plugin;
 mod prune;
 mod publisher;

@@ -8,16 +8,15 @@
 
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
-use herald_kafka::{KafkaProperties, TransactionalProducer};
+use herald_kafka::KafkaProperties;
 use herald_sdk::StageEvent;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::FutureRecord;
 use serde_json::{Map, Value};
 use sqlx::{PgConnection, Row};
 
 use crate::capture;
 use crate::config::PostgresSourceConfig;
 use crate::error::SourceError;
+use crate::publisher::publish_alone;
 use crate::rows::RowMapper;
 
 /// The newest row of a (source, stage) that cannot become an event (a NULL status, a timestamp
@@ -111,6 +110,10 @@ impl PostgresSourceConfig {
             .filter_map(|row| row.columns())
             .filter_map(|row| mapper.message(&row, "reconcile", "repair", None))
             .filter(|message| message.topic == self.topic)
+            .map(|mut message| {
+                message.headers.push(("herald.origin.repair", "reconcile".into()));
+                message
+            })
             .collect();
         if messages.is_empty() {
             return Ok(0);
@@ -118,36 +121,8 @@ impl PostgresSourceConfig {
         herald_kafka::ensure_topics(kafka, &self.topics(name))
             .await
             .map_err(SourceError::kafka("creating the topics it writes"))?;
-        let producer = TransactionalProducer::start(kafka, &format!("herald.reconcile.{name}"), REPAIR_TIMEOUT)
-            .await
-            .map_err(SourceError::kafka("starting the repair's producer"))?;
-        producer.begin().map_err(SourceError::kafka("beginning the repair"))?;
-        let sent = async {
-            let mut deliveries = Vec::with_capacity(messages.len());
-            for message in &messages {
-                let mut headers = OwnedHeaders::new();
-                for (key, value) in
-                    message.headers.iter().chain(std::iter::once(&("herald.origin.repair", "reconcile".into())))
-                {
-                    headers = headers.insert(Header { key, value: Some(value.as_str()) });
-                }
-                let mut record: FutureRecord<'_, str, str> =
-                    FutureRecord::to(&message.topic).payload(message.value.as_str()).headers(headers);
-                if let Some(key) = &message.key {
-                    record = record.key(key);
-                }
-                deliveries.push(producer.producer().send(record, REPAIR_TIMEOUT));
-            }
-            for delivered in futures::future::join_all(deliveries).await {
-                delivered.map_err(|(err, _)| SourceError::kafka("publishing the repair")(err))?;
-            }
-            producer.commit().await.map_err(SourceError::kafka("committing the repair"))
-        }
-        .await;
-        if sent.is_err() {
-            let _ = producer.abort().await;
-        }
-        sent.map(|()| messages.len())
+        publish_alone(kafka, &format!("herald.reconcile.{name}"), &messages, REPAIR_TIMEOUT).await?;
+        Ok(messages.len())
     }
 }
 

@@ -21,7 +21,8 @@ use tracing::{info, warn};
 
 use crate::config::PostgresSourceConfig;
 use crate::error::SourceError;
-use crate::publisher::{Checkpoint, Outgoing, Publisher};
+use crate::offsets::Checkpoint;
+use crate::publisher::{Outgoing, Publisher};
 use crate::reconcile::{read_latest, TableRow};
 use crate::rows::RowMapper;
 
@@ -84,11 +85,6 @@ impl Checkpoint for Snapshot {
     }
 }
 
-/// The key of source `name`'s snapshot on the offsets topic.
-pub(crate) fn key(name: &str) -> String {
-    format!("{name}.snapshot")
-}
-
 /// Begins a read-only `REPEATABLE READ` transaction on `conn` and returns it with its
 /// snapshot: every statement run in it sees exactly that snapshot.
 pub(crate) async fn begin(
@@ -149,7 +145,7 @@ impl PostgresSourceConfig {
             .filter_map(|row| mapper.message(&row, "snapshot", "snapshot", None))
             .collect();
         let published = messages.len();
-        messages.push(publisher.offsets_record(key(mapper.name), &snapshot));
+        messages.push(publisher.offsets_record(crate::offsets::snapshot_key(mapper.name), &snapshot));
         publisher.publish(messages, position, &|message, error| mapper.too_large(message, error)).await?;
         info!(
             source = mapper.name,

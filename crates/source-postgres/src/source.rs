@@ -16,8 +16,9 @@ use crate::config::{Capture, OnCaptureLost, Plan, PostgresSourceConfig, Snapshot
 use crate::continuity::Committed;
 use crate::continuity::{self, ServerIdentity, WalCapture};
 use crate::error::SourceError;
+use crate::offsets::{forget_position, read_committed, read_start};
 use crate::prune::Pruner;
-use crate::publisher::{forget_position, read_committed, read_start, Outgoing, Publisher};
+use crate::publisher::{Outgoing, Publisher};
 use crate::rows::RowMapper;
 use crate::snapshot::Snapshot;
 use crate::wal::{self, WalNames, WalPosition, WalStream};
@@ -247,7 +248,7 @@ impl PostgresSourceConfig {
         conn: &mut PgConnection,
         rows: &RowMapper<'_>,
         publisher: &Publisher,
-        first: &impl crate::publisher::Checkpoint,
+        first: &impl crate::offsets::Checkpoint,
         resync: bool,
     ) -> Result<Option<Snapshot>, SourceError> {
         if resync || self.snapshot == SnapshotMode::Latest {

@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::publisher::Checkpoint;
+use crate::offsets::Checkpoint;
 
 /// The WAL mode's position in Kafka: the end LSN of the last whole transaction published, and,
 /// when a batch ended inside a large transaction, how many of that transaction's row changes
