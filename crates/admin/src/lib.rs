@@ -12,8 +12,8 @@ herald-admin: the HTTP API operators use, what Kafka Connect's REST API gives th
 | `POST /reload` | re-read the config: `200` with what changed (only changed routes restart, and failed ones start again), or `422` with why it was refused (the old config runs on) |
 | `POST /routes/{name}/restart`, `POST /sources/{name}/restart` | stop the route or source if it runs and start it again from the running config: a `failed` one whose cause was fixed comes back; `200`, or `422` with why not |
 | `GET /board` | the status board (when `[board] topics` is set): a live page, one row per source, one column per stage |
-| `GET /board/state` | the board as JSON: `stages` (first-seen order) and `cells` (latest event per source and stage) |
-| `GET /board/events` | the board live, as server-sent events: a `snapshot`, then a `cell` per change |
+| `GET /board/state` | the board as JSON: `stages` (`[board] stages` first, then first-seen order), `cells` (latest event per source and stage, with `diverged` marks) and `reconciled_at` |
+| `GET /board/events` | the board live, as server-sent events: a `snapshot`, then a `cell` per change and a `reconciled` per periodic reconcile |
 
 What keeps it safe (module `guard`, `serve`):
 - a change (`POST`) is taken only from the API's own origin: a `Host` that names this server, an
@@ -32,7 +32,7 @@ It shows no configuration, hence no secrets.
 */
 #![deny(missing_docs)]
 
-mod board;
+mod board_page;
 mod config;
 mod guard;
 mod serve;
@@ -105,7 +105,7 @@ pub async fn bind(
     info!(address = %bound, token = token.is_some(), "Admin API listening.");
     let mut app = router(observer);
     if let Some(board) = board {
-        app = app.merge(board::router(board, config.max_event_streams, stop.clone()));
+        app = app.merge(board_page::router(board, config.max_event_streams, stop.clone()));
     }
     if let Some(control) = control {
         app = app.merge(

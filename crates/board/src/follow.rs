@@ -9,7 +9,7 @@ use herald_kafka::KafkaProperties;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::board::Board;
+use crate::cells::Board;
 
 /// The wait before reading again after Kafka failed.
 const RETRY_AFTER: Duration = Duration::from_secs(2);

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 
 use herald_sdk::printable::printable;
 
-use crate::board::Snapshot;
+use crate::cells::Snapshot;
 
 /// A short age: `45s`, `12m`, `3h`, `2d`.
 pub fn age(at: DateTime<Utc>, now: DateTime<Utc>) -> String {

@@ -13,20 +13,20 @@ table or the topic.
 `herald_reconcile_divergent` and marks the board.
 
 # Layout
-- `compare.rs`: one reconcile: the subjects, reading both sides, the repair, the report.
+- `round.rs`: one reconcile: the subjects, reading both sides, the repair, the report.
 - `periodic.rs`: `[reconcile]` and the loop of `herald run`.
 - `error.rs`: what can stop a reconcile.
 
 The sides' own reads live with their owners: the source's latest rows and repair in
-herald-source-postgres (`reconcile.rs`), the sink's in herald-sink-postgres (`reconcile.rs`), the
-comparison of two boards in herald-board (`compare.rs`).
+herald-source-postgres (`latest_rows.rs`), the sink's in herald-sink-postgres (`table_side.rs`),
+the comparison of two boards in herald-board (`divergence.rs`).
 */
 #![deny(missing_docs)]
 
-mod compare;
 mod error;
 mod periodic;
+mod round;
 
-pub use compare::{reconcile, Refused, Report, Subject, Unreadable};
 pub use error::ReconcileError;
 pub use periodic::{run_periodically, ReconcileConfig};
+pub use round::{reconcile, Refused, Report, Subject, Unreadable};

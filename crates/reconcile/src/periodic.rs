@@ -14,7 +14,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::compare::{reconcile, Subject};
+use crate::round::{reconcile, Subject};
 
 /// `[reconcile]`: the periodic reconcile of `herald run`. Off unless `every` is set.
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -18,7 +18,7 @@ dead-letter topic; the rest of the batch is written.
 
 Layout: `config.rs` (settings, validation, table plans), `sink.rs` (the transaction, stored
 offsets and rejections; the plug-in), `table.rs` (one table's writer: the catalog check, the
-statements, `COPY` in text or binary), `reconcile.rs` (the table's side of `herald reconcile`:
+statements, `COPY` in text or binary), `table_side.rs` (the table's side of `herald reconcile`:
 the latest event per pair read back, what the route wrote and refused, the repair), `error.rs` (what each error means for the batch; the
 SQLSTATE reading is herald-pg's).
 */
@@ -26,14 +26,14 @@ SQLSTATE reading is herald-pg's).
 
 mod config;
 mod error;
-mod reconcile;
 mod sink;
 mod table;
+mod table_side;
 
 pub use config::{LegacyTableConfig, PostgresSinkConfig, WriteMode};
 pub use error::PostgresSinkError;
-pub use reconcile::{NewestRows, Repaired, Written};
 pub use sink::Setup;
+pub use table_side::{NewestRows, Repaired, Written};
 
 /// The `type` that selects this sink in a route's `sink` table.
 pub const KIND: &str = "postgres";

@@ -34,7 +34,7 @@ The decisions to know:
 - `wal/`: the WAL mode: `position.rs` (what is stored in Kafka), `slot.rs` (slot, publication,
   connection), `decode.rs` (pgoutput), `stream.rs` (the loop).
 - `rows.rs`: rows into stage events or dead letters, the same for both modes.
-- `reconcile.rs`: the table's side of `herald reconcile` (its latest row per pair) and the
+- `latest_rows.rs`: the table's side of `herald reconcile` (its latest row per pair) and the
   repair that publishes what the topic lacks.
 - `publisher.rs`: the Kafka side: each batch and its position in one transaction; a repair's
   transaction through the same record loop.
@@ -48,11 +48,11 @@ mod capture;
 mod config;
 mod continuity;
 mod error;
+mod latest_rows;
 mod offsets;
 mod plugin;
 mod prune;
 mod publisher;
-mod reconcile;
 mod rows;
 mod snapshot;
 mod source;
@@ -61,7 +61,7 @@ mod wal;
 pub use capture::Cursor;
 pub use config::{Capture, OnCaptureLost, PostgresSourceConfig, SkipWhen, SnapshotMode};
 pub use error::SourceError;
-pub use reconcile::{RowToPublish, TableRow, UnreadableRow};
+pub use latest_rows::{RowToPublish, TableRow, UnreadableRow};
 
 /// The `type` that selects this source in a `[[source]]` table.
 pub const KIND: &str = "postgres";

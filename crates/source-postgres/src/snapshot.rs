@@ -21,9 +21,9 @@ use tracing::{info, warn};
 
 use crate::config::PostgresSourceConfig;
 use crate::error::SourceError;
+use crate::latest_rows::{read_latest, TableRow};
 use crate::offsets::Checkpoint;
 use crate::publisher::{Outgoing, Publisher};
-use crate::reconcile::{read_latest, TableRow};
 use crate::rows::RowMapper;
 
 /// Longest a resync may read the source's topic for its latest events.

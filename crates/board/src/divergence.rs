@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use herald_sdk::printable::printable;
 use serde::Serialize;
 
-use crate::board::{Cell, Snapshot};
+use crate::cells::{Cell, Snapshot};
 use crate::text::age;
 
 /// How one (source, stage) differs between the table and the topic.
