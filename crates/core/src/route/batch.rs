@@ -1,6 +1,6 @@
 //! Planning a batch: wait for a first message, take what is already fetched, linger up to
 //! `max_wait` (counted from the batch's first message) for more, stop at `max_events`, at
-//! cancellation or at a pause request. The messages come from an [`Inbox`]: the route's
+//! cancellation or at a pause request. The messages come from a [`BatchSource`]: the route's
 //! consumer, or a channel in the tests.
 
 use std::future::Future;
@@ -14,48 +14,48 @@ use tokio::time::{sleep, sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use super::fetched::Fetched;
+use super::fetched::FetchedMessage;
 use crate::error::RouteError;
 
 /// Where a route's messages come from.
 ///
 /// The methods return their futures unboxed: they run once per message.
-pub(crate) trait Inbox: Send {
+pub(crate) trait BatchSource: Send {
     /// The next fetched message. Must be cancel-safe: a batch that ends while this waits loses
     /// nothing, and so does a poll that finds nothing yet.
-    fn recv(&mut self) -> impl Future<Output = Result<Fetched, KafkaError>> + Send;
+    fn recv(&mut self) -> impl Future<Output = Result<FetchedMessage, KafkaError>> + Send;
 
     /// Whether `message` joins `batch`; may also drop messages already in `batch` (after a
     /// seek). Runs to completion once a message is received.
     fn admit(
         &mut self,
-        message: &Fetched,
-        batch: &mut Vec<Fetched>,
+        message: &FetchedMessage,
+        batch: &mut Vec<FetchedMessage>,
         cancel: &CancellationToken,
-    ) -> impl Future<Output = Result<Admission, RouteError>> + Send;
+    ) -> impl Future<Output = Result<BatchAdmission, RouteError>> + Send;
 
     /// What the inbox waits on, besides messages, while a batch waits for one.
-    fn attention(&self) -> Attention;
+    fn idle_wakeups(&self) -> IdleWakeups;
 
-    /// Does the work [`Inbox::attention`] announced (a rebalance to act on, a seek to retry);
+    /// Does the work [`BatchSource::idle_wakeups`] announced (a rebalance to act on, a seek to retry);
     /// may drop messages of `batch`. Returns whether the batch ends here.
     fn attend(
         &mut self,
-        batch: &mut Vec<Fetched>,
+        batch: &mut Vec<FetchedMessage>,
         cancel: &CancellationToken,
     ) -> impl Future<Output = Result<bool, RouteError>> + Send;
 }
 
 /// What an idle batch waits on besides messages: a signal, and a retry after a delay.
 #[derive(Debug, Default)]
-pub(crate) struct Attention {
+pub(crate) struct IdleWakeups {
     /// Signalled when there is work; a stored permit counts.
     pub(crate) signal: Option<Arc<Notify>>,
     /// Work postponed, to try again after this long.
     pub(crate) retry_after: Option<Duration>,
 }
 
-impl Attention {
+impl IdleWakeups {
     /// Resolves when the signal fires or the retry is due; never, when there is neither.
     async fn due(self) {
         let signalled = async {
@@ -79,7 +79,7 @@ impl Attention {
 
 /// What becomes of a received message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Admission {
+pub(crate) enum BatchAdmission {
     /// It joins the batch.
     Join,
     /// It is dropped (it will be read again from elsewhere, e.g. after a seek).
@@ -90,8 +90,8 @@ pub(crate) enum Admission {
 
 /// What woke a batch waiting for a message.
 enum Woken {
-    Received(Result<Fetched, KafkaError>),
-    Attention,
+    Received(Result<FetchedMessage, KafkaError>),
+    IdleWakeups,
 }
 
 /// The route's name for logs, and the limits of one batch.
@@ -108,19 +108,19 @@ pub(crate) struct Limits<'a> {
 /// admitted held messages start the linger at once. A message held back goes into `held`
 /// again, with the rest after it.
 pub(crate) async fn gather(
-    inbox: &mut impl Inbox,
-    held: &mut Vec<Fetched>,
+    inbox: &mut impl BatchSource,
+    held: &mut Vec<FetchedMessage>,
     limits: Limits<'_>,
     pause_requests: &mut watch::Receiver<bool>,
     cancel: &CancellationToken,
-) -> Result<Vec<Fetched>, RouteError> {
+) -> Result<Vec<FetchedMessage>, RouteError> {
     let mut offered = std::mem::take(held).into_iter();
     let mut batch = Vec::with_capacity(offered.len());
     while let Some(message) = offered.next() {
         match inbox.admit(&message, &mut batch, cancel).await? {
-            Admission::Join => batch.push(message),
-            Admission::Skip => {}
-            Admission::HoldBack => {
+            BatchAdmission::Join => batch.push(message),
+            BatchAdmission::Skip => {}
+            BatchAdmission::HoldBack => {
                 held.push(message);
                 held.extend(offered);
                 return Ok(batch);
@@ -144,18 +144,18 @@ pub(crate) async fn gather(
                 received
             }
             None => {
-                let attention = inbox.attention();
+                let attention = inbox.idle_wakeups();
                 let woken = tokio::select! {
                     biased;
                     _ = cancel.cancelled() => break,
                     _ = pause_requests.changed() => break,
                     received = inbox.recv() => Woken::Received(received),
-                    () = attention.due() => Woken::Attention,
+                    () = attention.due() => Woken::IdleWakeups,
                     _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => break,
                 };
                 match woken {
                     Woken::Received(received) => received,
-                    Woken::Attention => {
+                    Woken::IdleWakeups => {
                         // A rebalance is acted on now, not when a message of it first arrives:
                         // at `latest`, none may come for a long time.
                         if inbox.attend(&mut batch, cancel).await? {
@@ -168,12 +168,12 @@ pub(crate) async fn gather(
         };
         match received {
             Ok(message) => match inbox.admit(&message, &mut batch, cancel).await? {
-                Admission::Join => {
+                BatchAdmission::Join => {
                     batch.push(message);
                     deadline.get_or_insert_with(|| Instant::now() + limits.max_wait);
                 }
-                Admission::Skip => {}
-                Admission::HoldBack => {
+                BatchAdmission::Skip => {}
+                BatchAdmission::HoldBack => {
                     held.push(message);
                     break;
                 }
@@ -206,7 +206,7 @@ mod tests {
     /// the batch (once each). `signal` asks for attention; `retries` more attentions follow, each
     /// after a retry delay; attending ends the batch when `end_on_attend`.
     struct ChannelInbox {
-        messages: mpsc::UnboundedReceiver<Fetched>,
+        messages: mpsc::UnboundedReceiver<FetchedMessage>,
         skip: Vec<i64>,
         hold_back: Vec<i64>,
         signal: Arc<Notify>,
@@ -216,8 +216,8 @@ mod tests {
         attended: Vec<Instant>,
     }
 
-    impl Inbox for ChannelInbox {
-        async fn recv(&mut self) -> Result<Fetched, KafkaError> {
+    impl BatchSource for ChannelInbox {
+        async fn recv(&mut self) -> Result<FetchedMessage, KafkaError> {
             match self.messages.recv().await {
                 Some(message) => Ok(message),
                 None => std::future::pending().await,
@@ -226,36 +226,40 @@ mod tests {
 
         async fn admit(
             &mut self,
-            message: &Fetched,
-            _batch: &mut Vec<Fetched>,
+            message: &FetchedMessage,
+            _batch: &mut Vec<FetchedMessage>,
             _cancel: &CancellationToken,
-        ) -> Result<Admission, RouteError> {
+        ) -> Result<BatchAdmission, RouteError> {
             if let Some(at) = self.hold_back.iter().position(|&offset| offset == message.offset()) {
                 self.hold_back.remove(at);
-                return Ok(Admission::HoldBack);
+                return Ok(BatchAdmission::HoldBack);
             }
-            Ok(if self.skip.contains(&message.offset()) { Admission::Skip } else { Admission::Join })
+            Ok(if self.skip.contains(&message.offset()) { BatchAdmission::Skip } else { BatchAdmission::Join })
         }
 
-        fn attention(&self) -> Attention {
-            Attention {
+        fn idle_wakeups(&self) -> IdleWakeups {
+            IdleWakeups {
                 signal: Some(Arc::clone(&self.signal)),
                 retry_after: (self.retries > 0).then_some(Duration::from_millis(50)),
             }
         }
 
-        async fn attend(&mut self, _batch: &mut Vec<Fetched>, _cancel: &CancellationToken) -> Result<bool, RouteError> {
+        async fn attend(
+            &mut self,
+            _batch: &mut Vec<FetchedMessage>,
+            _cancel: &CancellationToken,
+        ) -> Result<bool, RouteError> {
             self.retries = self.retries.saturating_sub(1);
             self.attended.push(Instant::now());
             Ok(self.end_on_attend)
         }
     }
 
-    fn message(offset: i64) -> Fetched {
-        Fetched::test(0, offset, b"{}")
+    fn message(offset: i64) -> FetchedMessage {
+        FetchedMessage::test(0, offset, b"{}")
     }
 
-    fn inbox() -> (mpsc::UnboundedSender<Fetched>, ChannelInbox) {
+    fn inbox() -> (mpsc::UnboundedSender<FetchedMessage>, ChannelInbox) {
         let (sender, messages) = mpsc::unbounded_channel();
         let inbox = ChannelInbox {
             messages,
@@ -270,7 +274,7 @@ mod tests {
     }
 
     /// Sends `offset` after `after` on the paused clock.
-    fn send_later(sender: &mpsc::UnboundedSender<Fetched>, offset: i64, after: Duration) {
+    fn send_later(sender: &mpsc::UnboundedSender<FetchedMessage>, offset: i64, after: Duration) {
         let sender = sender.clone();
         tokio::spawn(async move {
             tokio::time::sleep(after).await;
@@ -285,11 +289,11 @@ mod tests {
         batch
     }
 
-    async fn batch_holding(inbox: &mut ChannelInbox, held: &mut Vec<Fetched>, config: &BatchConfig) -> Vec<i64> {
+    async fn batch_holding(inbox: &mut ChannelInbox, held: &mut Vec<FetchedMessage>, config: &BatchConfig) -> Vec<i64> {
         let (_pause, mut pause_requests) = watch::channel(false);
         let limits = Limits { route: "r", max_events: config.max_events.unwrap(), max_wait: config.max_wait };
         let batch = gather(inbox, held, limits, &mut pause_requests, &CancellationToken::new()).await.unwrap();
-        batch.iter().map(Fetched::offset).collect()
+        batch.iter().map(FetchedMessage::offset).collect()
     }
 
     #[tokio::test(start_paused = true)]
@@ -375,7 +379,11 @@ mod tests {
         let batch = gather(&mut inbox, &mut Vec::new(), limits(), &mut pause_requests, &CancellationToken::new())
             .await
             .unwrap();
-        assert_eq!(batch.iter().map(Fetched::offset).collect::<Vec<_>>(), (0..10).collect::<Vec<_>>(), "nothing lost");
+        assert_eq!(
+            batch.iter().map(FetchedMessage::offset).collect::<Vec<_>>(),
+            (0..10).collect::<Vec<_>>(),
+            "nothing lost"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -387,10 +395,10 @@ mod tests {
         let config = BatchConfig { max_events: Some(100), max_wait: Duration::ZERO };
         let mut held = Vec::new();
         assert_eq!(batch_holding(&mut inbox, &mut held, &config).await, [0, 1]);
-        assert_eq!(held.iter().map(Fetched::offset).collect::<Vec<_>>(), [2]);
+        assert_eq!(held.iter().map(FetchedMessage::offset).collect::<Vec<_>>(), [2]);
         // The held message goes through admission like any other: offered again, it joins.
         assert_eq!(batch_holding(&mut inbox, &mut held, &config).await, [2, 3]);
-        assert_eq!(held.iter().map(Fetched::offset).collect::<Vec<_>>(), [4]);
+        assert_eq!(held.iter().map(FetchedMessage::offset).collect::<Vec<_>>(), [4]);
         // Held messages are admitted too: a refused one is dropped, not delivered unchecked.
         held.push(message(5));
         inbox.hold_back = vec![];

@@ -14,8 +14,8 @@ use rdkafka::Message;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use super::fetched::Fetched;
-use super::read::Prepared;
+use super::fetched::FetchedMessage;
+use super::read::PreparedBatch;
 use crate::config::{RetryConfig, RouteConfig};
 use crate::dlq::{DeadLetter, DeadLetterQueue, FailedStage};
 use crate::error::RouteError;
@@ -69,14 +69,14 @@ impl Delivery<'_> {
     /// cancelled while waiting to retry, nothing may be stored (the batch is read again).
     pub(crate) async fn deliver(
         &mut self,
-        messages: &[Fetched],
-        prepared: Prepared,
+        messages: &[FetchedMessage],
+        prepared: PreparedBatch,
         cancel: &CancellationToken,
     ) -> Result<Option<NextOffsets>, RouteError> {
         self.stats.consumed.inc_by(messages.len() as u64);
         self.stats.skipped.inc_by(prepared.skipped);
         self.note_skip_streak(&prepared);
-        let Prepared { records, record_origin, mut letters, .. } = prepared;
+        let PreparedBatch { records, record_origin, mut letters, .. } = prepared;
         // Without a dead-letter topic, fail before writing anything: the operator fixes the
         // config and the batch is read again from its first offset.
         self.require_dead_letter_topic(&letters)?;
@@ -115,7 +115,7 @@ impl Delivery<'_> {
 
     /// Warns when the filter has let nothing through for 1,000 events in a row (and again at
     /// 10,000, 100,000, …): its values may match no event, and every skipped event is committed.
-    fn note_skip_streak(&self, prepared: &Prepared) {
+    fn note_skip_streak(&self, prepared: &PreparedBatch) {
         if !prepared.records.is_empty() {
             self.stats.skipped_in_a_row.store(0, Ordering::Relaxed);
             return;
@@ -184,7 +184,7 @@ pub(crate) fn retry_delays(policy: &RetryConfig, limit: Option<u32>) -> impl Ite
 }
 
 /// One past the highest offset of each partition in `messages`.
-pub(crate) fn next_offsets(messages: &[Fetched]) -> NextOffsets {
+pub(crate) fn next_offsets(messages: &[FetchedMessage]) -> NextOffsets {
     herald_sdk::next_offsets(messages.iter().map(|m| (m.topic(), m.partition(), m.offset())))
         .into_iter()
         .map(|((topic, partition), offset)| ((topic.to_owned(), partition), offset))

@@ -17,7 +17,7 @@ use herald_sdk::sink::LazyEvent;
 
 /// A fetched message.
 #[derive(Debug)]
-pub(crate) struct Fetched {
+pub(crate) struct FetchedMessage {
     topic: Arc<str>,
     partition: i32,
     offset: i64,
@@ -47,7 +47,7 @@ enum Payload {
     Bytes(Box<(Vec<u8>, std::str::Utf8Error)>),
 }
 
-impl Fetched {
+impl FetchedMessage {
     /// Copies `message` out of librdkafka. `last_topic` is the topic name of the message copied
     /// before, shared when it is the same (a batch mostly reads one topic). With a `reader`, the
     /// message is read as it is copied, and its key and headers kept only if that fails;
@@ -55,7 +55,7 @@ impl Fetched {
     pub(crate) fn copy(
         message: &BorrowedMessage<'_>,
         last_topic: &mut Option<Arc<str>>,
-        reader: Option<&dyn Fn(&Fetched) -> Read>,
+        reader: Option<&dyn Fn(&FetchedMessage) -> Read>,
     ) -> Self {
         let name = message.topic();
         let topic = match last_topic {
@@ -162,7 +162,7 @@ impl From<Option<&[u8]>> for Payload {
     }
 }
 
-impl From<OwnedMessage> for Fetched {
+impl From<OwnedMessage> for FetchedMessage {
     fn from(message: OwnedMessage) -> Self {
         Self {
             topic: Arc::from(message.topic()),
@@ -178,10 +178,10 @@ impl From<OwnedMessage> for Fetched {
 }
 
 #[cfg(test)]
-impl Fetched {
+impl FetchedMessage {
     /// A message of topic `t` at `partition`/`offset` holding `payload`, for the runtime's tests.
     pub(crate) fn test(partition: i32, offset: i64, payload: &[u8]) -> Self {
-        Fetched::from(OwnedMessage::new(
+        FetchedMessage::from(OwnedMessage::new(
             Some(payload.to_vec()),
             None,
             "t".into(),
@@ -217,7 +217,7 @@ mod tests {
     #[test]
     fn a_message_goes_to_the_dead_letter_topic_exactly_as_received() {
         for payload in [Some(&b"{\"a\":1}"[..]), Some(&b"\xff\xfe not utf-8"[..]), None] {
-            let fetched = Fetched::from(owned(payload));
+            let fetched = FetchedMessage::from(owned(payload));
             let back = fetched.to_owned_message();
             assert_eq!(back.payload(), payload);
             assert_eq!(back.key(), Some(&b"k"[..]));
@@ -230,9 +230,9 @@ mod tests {
 
     #[test]
     fn text_is_shared_and_other_bytes_are_refused_as_utf8() {
-        let text = Fetched::from(owned(Some(b"{}")));
+        let text = FetchedMessage::from(owned(Some(b"{}")));
         assert_eq!(text.text().unwrap().map(|t| &**t), Some("{}"));
-        assert!(Fetched::from(owned(Some(b"\xff"))).text().is_err());
-        assert!(Fetched::from(owned(None)).text().unwrap().is_none());
+        assert!(FetchedMessage::from(owned(Some(b"\xff"))).text().is_err());
+        assert!(FetchedMessage::from(owned(None)).text().unwrap().is_none());
     }
 }

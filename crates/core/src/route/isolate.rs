@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::delivery::Delivery;
-use super::fetched::Fetched;
+use super::fetched::FetchedMessage;
 use crate::dlq::{DeadLetter, FailedStage};
 use crate::error::RouteError;
 use herald_sdk::error_chain;
@@ -83,7 +83,7 @@ impl Delivery<'_> {
     /// retry (nothing may be stored).
     pub(super) async fn write_until_settled(
         &mut self,
-        messages: &[Fetched],
+        messages: &[FetchedMessage],
         records: &[SinkRecord],
         record_origin: &[usize],
         cancel: &CancellationToken,
@@ -222,7 +222,7 @@ impl Delivery<'_> {
     /// written (a sink storing offsets would count it delivered by then).
     async fn poison(
         &mut self,
-        messages: &[Fetched],
+        messages: &[FetchedMessage],
         records: &[SinkRecord],
         record_origin: &[usize],
         suspect: Suspect,

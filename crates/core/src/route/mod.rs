@@ -14,7 +14,7 @@
 //! - `fetched.rs`: a message as the route holds it, copied out of librdkafka once;
 //! - `read.rs`: reading messages as the sink needs them (at fetch time or when a batch is
 //!   prepared) and filtering them into records;
-//! - `batch.rs`: planning a batch from an [`batch::Inbox`];
+//! - `batch.rs`: planning a batch from a [`batch::BatchSource`];
 //! - `resume.rs`: resuming where a sink that stores offsets left off, behind a `Seek` trait;
 //! - `delivery.rs`: settling a batch (dead letters, which offsets may be stored);
 //! - `isolate.rs`: writing until every record is settled: retries, partial progress, poison;
@@ -49,13 +49,13 @@ use crate::error::RouteError;
 use crate::observe::RouteShared;
 use herald_sdk::sink::Sink;
 
-use batch::{gather, Admission, Attention, Inbox, Limits};
+use batch::{gather, BatchAdmission, BatchSource, IdleWakeups, Limits};
 pub(crate) use consumer::{create_consumer, RouteConsumer};
 use delivery::{DeadLetters, Delivery, NextOffsets};
-use fetched::Fetched;
+use fetched::FetchedMessage;
 use herald_kafka::AssignmentChanges;
 pub(crate) use lag::{watch_lag, LagSubject};
-use read::{fetch, prepare, Prepared, Reading};
+use read::{fetch, prepare, PreparedBatch, ReadSettings};
 pub(crate) use resume::Resumption;
 
 /// A route at work.
@@ -69,7 +69,7 @@ pub(crate) struct RouteWorker {
     pub(crate) dead_letters: Option<DeadLetterQueue>,
     pub(crate) stats: Arc<RouteShared>,
     /// Messages received while paused, delivered first after resuming.
-    pub(crate) held: Vec<Fetched>,
+    pub(crate) held: Vec<FetchedMessage>,
     /// Where newly assigned partitions must resume, per the sink's own stored offsets: sought
     /// as soon as librdkafka allows, or checked against the first message of each.
     pub(crate) resumption: Resumption,
@@ -102,8 +102,8 @@ impl RouteWorker {
     async fn run_batches(&mut self, cancel: &CancellationToken) -> Result<(), RouteError> {
         let mut pause_requests = self.stats.pause_requests();
         self.stats.update(|state| state.status = "running");
-        let mut prefetched: Option<(Vec<Fetched>, Prepared)> = None;
-        let reading = Reading::new(&self.route, self.sink.as_ref());
+        let mut prefetched: Option<(Vec<FetchedMessage>, PreparedBatch)> = None;
+        let reading = ReadSettings::new(&self.route, self.sink.as_ref());
         while !cancel.is_cancelled() {
             if *pause_requests.borrow_and_update() {
                 // Read but not written: held, and delivered first after resuming.
@@ -116,8 +116,12 @@ impl RouteWorker {
             let (batch, prepared) = match prefetched.take() {
                 Some(next) => next,
                 None => {
-                    let feed =
-                        Feed { route: &self.route, consumer: &self.consumer, max_events: self.max_events, reading };
+                    let feed = BatchReader {
+                        route: &self.route,
+                        consumer: &self.consumer,
+                        max_events: self.max_events,
+                        reading,
+                    };
                     // Coerced here to a borrow as short as this batch's.
                     let sink: &mut dyn Sink = self.sink.as_mut();
                     let next =
@@ -141,8 +145,8 @@ impl RouteWorker {
     /// Delivers `batch` and stores its offsets once settled.
     async fn deliver(
         &mut self,
-        batch: &[Fetched],
-        prepared: Prepared,
+        batch: &[FetchedMessage],
+        prepared: PreparedBatch,
         cancel: &CancellationToken,
     ) -> Result<(), RouteError> {
         let mut delivery = Delivery {
@@ -166,12 +170,12 @@ impl RouteWorker {
     /// was read, prepared as `reading` says.
     async fn deliver_while_reading_on(
         &mut self,
-        batch: &[Fetched],
-        prepared: Prepared,
-        reading: Reading,
+        batch: &[FetchedMessage],
+        prepared: PreparedBatch,
+        reading: ReadSettings,
         pause_requests: &tokio::sync::watch::Receiver<bool>,
         cancel: &CancellationToken,
-    ) -> Result<Option<(Vec<Fetched>, Prepared)>, RouteError> {
+    ) -> Result<Option<(Vec<FetchedMessage>, PreparedBatch)>, RouteError> {
         // Messages held back at a rebalance go through the sink's admission first.
         let read_ahead = self.held.is_empty().then(|| {
             let reader = ReadAhead {
@@ -213,7 +217,7 @@ impl RouteWorker {
     async fn pause_until_resumed(
         &mut self,
         requests: &mut tokio::sync::watch::Receiver<bool>,
-        reading: Reading,
+        reading: ReadSettings,
         cancel: &CancellationToken,
     ) {
         info!(route = %self.route.name, "Route paused.");
@@ -265,11 +269,11 @@ fn store_offsets(route: &RouteConfig, consumer: &RouteConsumer, next: NextOffset
     }
 }
 
-/// The route's consumer as a batch's [`Inbox`]. On a rebalance it asks the sink where the new
+/// The route's consumer as a batch's [`BatchSource`]. On a rebalance it asks the sink where the new
 /// partitions resume, and seeks there when the sink's stored offset differs from Kafka's. The
 /// read-ahead task has no sink at hand: for it a rebalance ends the batch, and the message is
 /// held back for the worker.
-struct ConsumerInbox<'a> {
+struct ConsumerBatches<'a> {
     route: &'a RouteConfig,
     consumer: &'a RouteConsumer,
     /// The consumer's messages, as one stream for the whole batch: a stream registers its
@@ -278,13 +282,13 @@ struct ConsumerInbox<'a> {
     /// The topic of the message received last, shared with the next when it is the same.
     last_topic: Option<Arc<str>>,
     /// How each message is read as it is received.
-    reading: Reading,
+    reading: ReadSettings,
     sink: Option<&'a mut dyn Sink>,
     resumption: &'a mut Resumption,
 }
 
-impl Inbox for ConsumerInbox<'_> {
-    async fn recv(&mut self) -> Result<Fetched, KafkaError> {
+impl BatchSource for ConsumerBatches<'_> {
+    async fn recv(&mut self) -> Result<FetchedMessage, KafkaError> {
         match self.messages.next().await {
             Some(received) => received.map(|message| fetch(&message, &mut self.last_topic, self.reading)),
             // librdkafka's message streams never end.
@@ -294,13 +298,13 @@ impl Inbox for ConsumerInbox<'_> {
 
     async fn admit(
         &mut self,
-        message: &Fetched,
-        batch: &mut Vec<Fetched>,
+        message: &FetchedMessage,
+        batch: &mut Vec<FetchedMessage>,
         cancel: &CancellationToken,
-    ) -> Result<Admission, RouteError> {
+    ) -> Result<BatchAdmission, RouteError> {
         if self.consumer.context().rebalances.has_changes() {
             if self.sink.is_none() {
-                return Ok(Admission::HoldBack);
+                return Ok(BatchAdmission::HoldBack);
             }
             if let Some(changes) = self.consumer.context().rebalances.take() {
                 self.apply_assignment_changes(changes, cancel).await?;
@@ -309,19 +313,23 @@ impl Inbox for ConsumerInbox<'_> {
         Ok(self.resumption.admit(self.route, self.consumer, message, batch))
     }
 
-    fn attention(&self) -> Attention {
+    fn idle_wakeups(&self) -> IdleWakeups {
         let retry_after = if self.consumer.context().rebalances.has_changes() {
             // A change whose signal another batch took (the read-ahead task hands it over).
             Some(std::time::Duration::ZERO)
         } else {
             self.resumption.retry_after()
         };
-        Attention { signal: Some(self.consumer.context().rebalances.signal()), retry_after }
+        IdleWakeups { signal: Some(self.consumer.context().rebalances.signal()), retry_after }
     }
 
     /// Acts on a rebalance while no message comes: asks the sink where the new partitions
     /// resume and seeks there at once. The read-ahead task, with no sink, hands over instead.
-    async fn attend(&mut self, batch: &mut Vec<Fetched>, cancel: &CancellationToken) -> Result<bool, RouteError> {
+    async fn attend(
+        &mut self,
+        batch: &mut Vec<FetchedMessage>,
+        cancel: &CancellationToken,
+    ) -> Result<bool, RouteError> {
         if self.consumer.context().rebalances.has_changes() {
             if self.sink.is_none() {
                 return Ok(true);
@@ -341,20 +349,24 @@ struct ReadAhead {
     consumer: Arc<RouteConsumer>,
     resumption: Resumption,
     /// A message held back at a rebalance.
-    held: Vec<Fetched>,
+    held: Vec<FetchedMessage>,
     /// The route's batch size.
     max_events: usize,
     /// How the route reads messages, for its sink.
-    reading: Reading,
+    reading: ReadSettings,
     pause_requests: tokio::sync::watch::Receiver<bool>,
     cancel: CancellationToken,
 }
 
 impl ReadAhead {
     /// Reads and prepares the next batch; gives itself back with it.
-    async fn read(mut self) -> (Self, Result<Option<(Vec<Fetched>, Prepared)>, RouteError>) {
-        let feed =
-            Feed { route: &self.route, consumer: &self.consumer, max_events: self.max_events, reading: self.reading };
+    async fn read(mut self) -> (Self, Result<Option<(Vec<FetchedMessage>, PreparedBatch)>, RouteError>) {
+        let feed = BatchReader {
+            route: &self.route,
+            consumer: &self.consumer,
+            max_events: self.max_events,
+            reading: self.reading,
+        };
         let read =
             feed.next_batch(None, &mut self.resumption, &mut self.held, &mut self.pause_requests, &self.cancel).await;
         (self, read)
@@ -363,15 +375,15 @@ impl ReadAhead {
 
 /// Where a route's batches come from: its consumer, read as its sink needs.
 #[derive(Clone, Copy)]
-struct Feed<'a> {
+struct BatchReader<'a> {
     route: &'a RouteConfig,
     consumer: &'a RouteConsumer,
     /// The route's `batch.max_events`, or the sink's default.
     max_events: usize,
-    reading: Reading,
+    reading: ReadSettings,
 }
 
-impl<'a> Feed<'a> {
+impl<'a> BatchReader<'a> {
     /// Gathers the next batch (held messages first) and prepares it: the one path of both the
     /// worker, which has the sink at hand for rebalances, and the read-ahead task, which has
     /// not (a rebalance ends its batch). `None` when the batch came out empty.
@@ -379,14 +391,14 @@ impl<'a> Feed<'a> {
         self,
         sink: Option<&'b mut dyn Sink>,
         resumption: &'b mut Resumption,
-        held: &mut Vec<Fetched>,
+        held: &mut Vec<FetchedMessage>,
         pause_requests: &mut tokio::sync::watch::Receiver<bool>,
         cancel: &CancellationToken,
-    ) -> Result<Option<(Vec<Fetched>, Prepared)>, RouteError>
+    ) -> Result<Option<(Vec<FetchedMessage>, PreparedBatch)>, RouteError>
     where
         'a: 'b,
     {
-        let mut inbox = ConsumerInbox {
+        let mut inbox = ConsumerBatches {
             route: self.route,
             consumer: self.consumer,
             messages: self.consumer.stream(),
@@ -406,7 +418,7 @@ impl<'a> Feed<'a> {
     }
 }
 
-impl ConsumerInbox<'_> {
+impl ConsumerBatches<'_> {
     /// Asks the sink where newly assigned partitions should resume.
     async fn apply_assignment_changes(
         &mut self,

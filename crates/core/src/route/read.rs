@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use rdkafka::message::BorrowedMessage;
 
-use super::fetched::{Fetched, Read};
+use super::fetched::{FetchedMessage, Read};
 use crate::config::RouteConfig;
 use crate::dlq::{DeadLetter, FailedStage};
 use herald_sdk::event::{EventError, StageEvent};
@@ -15,7 +15,7 @@ use herald_sdk::sink::{LazyEvent, Sink, SinkRecord};
 
 /// A batch parsed and filtered, ready to write: the work that can be done while the batch
 /// before it is still being written.
-pub(crate) struct Prepared {
+pub(crate) struct PreparedBatch {
     /// The events that pass the route's filter.
     pub(super) records: Vec<SinkRecord>,
     /// For each record, the index of its message in the batch.
@@ -28,7 +28,7 @@ pub(crate) struct Prepared {
 
 /// How a route reads its messages, from its settings and its sink's needs.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Reading {
+pub(crate) struct ReadSettings {
     /// Larger messages are refused.
     pub(crate) max_message_bytes: usize,
     /// Events are parsed now (the sink reads them as whole events); else only validated and
@@ -39,7 +39,7 @@ pub(crate) struct Reading {
     pub(crate) keys_and_headers: bool,
 }
 
-impl Reading {
+impl ReadSettings {
     /// How `route` reads, writing to `sink`.
     pub(crate) fn new(route: &RouteConfig, sink: &dyn Sink) -> Self {
         Self {
@@ -53,8 +53,8 @@ impl Reading {
 /// Parses `messages` (or only validates and indexes them, for a sink that reads no more than the
 /// known fields; a message read as it was fetched is not read again) and applies the route's
 /// filter.
-pub(crate) fn prepare(route: &RouteConfig, messages: &mut [Fetched], reading: Reading) -> Prepared {
-    let mut prepared = Prepared {
+pub(crate) fn prepare(route: &RouteConfig, messages: &mut [FetchedMessage], reading: ReadSettings) -> PreparedBatch {
+    let mut prepared = PreparedBatch {
         records: Vec::with_capacity(messages.len()),
         record_origin: Vec::with_capacity(messages.len()),
         letters: Vec::new(),
@@ -89,16 +89,21 @@ pub(crate) fn prepare(route: &RouteConfig, messages: &mut [Fetched], reading: Re
 
 /// Copies `message` out of librdkafka, read now when the route needs no keys or headers (then
 /// only a message that fails to read keeps its key and headers).
-pub(crate) fn fetch(message: &BorrowedMessage<'_>, last_topic: &mut Option<Arc<str>>, reading: Reading) -> Fetched {
+pub(crate) fn fetch(
+    message: &BorrowedMessage<'_>,
+    last_topic: &mut Option<Arc<str>>,
+    reading: ReadSettings,
+) -> FetchedMessage {
     if reading.keys_and_headers {
-        return Fetched::copy(message, last_topic, None);
+        return FetchedMessage::copy(message, last_topic, None);
     }
-    let reader = |fetched: &Fetched| -> Read { read(fetched, reading).map(|(event, _)| event).map_err(Box::new) };
-    Fetched::copy(message, last_topic, Some(&reader))
+    let reader =
+        |fetched: &FetchedMessage| -> Read { read(fetched, reading).map(|(event, _)| event).map_err(Box::new) };
+    FetchedMessage::copy(message, last_topic, Some(&reader))
 }
 
 /// The payload of a message that read as an event (so it is text), shared.
-fn payload_text(message: &Fetched) -> Arc<str> {
+fn payload_text(message: &FetchedMessage) -> Arc<str> {
     match message.text() {
         Ok(Some(text)) => Arc::clone(text),
         Ok(None) | Err(_) => Arc::from(""),
@@ -107,7 +112,7 @@ fn payload_text(message: &Fetched) -> Arc<str> {
 
 /// The event in `message`, parsed now or only validated and indexed, and its payload as received
 /// (checked as UTF-8 when fetched, and shared).
-fn read(message: &Fetched, reading: Reading) -> Result<(LazyEvent, Arc<str>), EventError> {
+fn read(message: &FetchedMessage, reading: ReadSettings) -> Result<(LazyEvent, Arc<str>), EventError> {
     let (size, limit) = (message.payload().map_or(0, <[u8]>::len), reading.max_message_bytes);
     if size > limit {
         return Err(EventError::TooLarge { size, limit });

@@ -18,10 +18,10 @@ use tokio::time::sleep;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::batch::Admission;
+use super::batch::BatchAdmission;
 use super::consumer::RouteConsumer;
 use super::delivery::retry_delays;
-use super::fetched::Fetched;
+use super::fetched::FetchedMessage;
 use crate::config::RouteConfig;
 use crate::error::RouteError;
 use herald_sdk::error_chain;
@@ -108,16 +108,16 @@ impl Resumption {
         &mut self,
         route: &RouteConfig,
         consumer: &impl Seek,
-        message: &Fetched,
-        batch: &mut Vec<Fetched>,
-    ) -> Admission {
+        message: &FetchedMessage,
+        batch: &mut Vec<FetchedMessage>,
+    ) -> BatchAdmission {
         if self.at.is_empty() {
-            return Admission::Join;
+            return BatchAdmission::Join;
         }
         let key = (message.topic().to_owned(), message.partition());
-        let Some(Resume { offset: resume, .. }) = self.at.remove(&key) else { return Admission::Join };
+        let Some(Resume { offset: resume, .. }) = self.at.remove(&key) else { return BatchAdmission::Join };
         if message.offset() == resume {
-            return Admission::Join;
+            return BatchAdmission::Join;
         }
         info!(
             route = %route.name, topic = %key.0, partition = key.1, from = message.offset(), to = resume,
@@ -127,15 +127,15 @@ impl Resumption {
         if let Err(err) = consumer.seek_to(&key.0, key.1, resume) {
             // The sink still drops what it already has; only the shortcut is lost.
             warn!(route = %route.name, error = %err, "Seek to the sink's stored offset failed; continuing from Kafka's.");
-            return Admission::Join;
+            return BatchAdmission::Join;
         }
-        Admission::Skip
+        BatchAdmission::Skip
     }
 
     /// Seeks newly assigned partitions of which no message has arrived to the sink's stored
     /// offsets, so a quiet partition (at `latest`, say) does not wait for a new event to deliver
     /// what the sink missed. A refused seek is tried again later, a bounded number of times.
-    pub(super) fn seek_early(&mut self, route: &RouteConfig, consumer: &impl Seek, batch: &mut Vec<Fetched>) {
+    pub(super) fn seek_early(&mut self, route: &RouteConfig, consumer: &impl Seek, batch: &mut Vec<FetchedMessage>) {
         self.at.retain(|(topic, partition), resume| {
             if resume.early_seeks_left == 0 {
                 return true;
@@ -227,8 +227,8 @@ mod tests {
         crate::config::testing::route(text)
     }
 
-    fn message(partition: i32, offset: i64) -> Fetched {
-        Fetched::test(partition, offset, b"{}")
+    fn message(partition: i32, offset: i64) -> FetchedMessage {
+        FetchedMessage::test(partition, offset, b"{}")
     }
 
     fn assigned(partitions: &[i32]) -> AssignmentChanges {
@@ -253,14 +253,14 @@ mod tests {
         let consumer = Seeks::default();
         let mut batch = vec![message(0, 10), message(1, 7)];
         // Partition 0's first message is at 11, the sink has everything before 40.
-        assert!(matches!(resumption.admit(&route(), &consumer, &message(0, 11), &mut batch), Admission::Skip));
+        assert!(matches!(resumption.admit(&route(), &consumer, &message(0, 11), &mut batch), BatchAdmission::Skip));
         assert_eq!(batch.iter().map(|m| (m.partition(), m.offset())).collect::<Vec<_>>(), [(1, 7)]);
         assert_eq!(*consumer.done.borrow(), [("t".to_owned(), 0, 40)]);
         // Partition 1's is where the sink stopped: it joins, and no seek.
-        assert!(matches!(resumption.admit(&route(), &consumer, &message(1, 7), &mut batch), Admission::Join));
+        assert!(matches!(resumption.admit(&route(), &consumer, &message(1, 7), &mut batch), BatchAdmission::Join));
         assert_eq!(consumer.done.borrow().len(), 1);
         // Decided once: later messages join.
-        assert!(matches!(resumption.admit(&route(), &consumer, &message(0, 40), &mut batch), Admission::Join));
+        assert!(matches!(resumption.admit(&route(), &consumer, &message(0, 40), &mut batch), BatchAdmission::Join));
         assert!(resumption.retry_after().is_none());
     }
 
@@ -285,7 +285,7 @@ mod tests {
         assert!(stubborn_partition.retry_after().is_none(), "no more early seeks");
         let willing = Seeks::default();
         let admitted = stubborn_partition.admit(&route(), &willing, &message(0, 3), &mut Vec::new());
-        assert!(matches!(admitted, Admission::Skip));
+        assert!(matches!(admitted, BatchAdmission::Skip));
         assert_eq!(*willing.done.borrow(), [("t".to_owned(), 0, 40)]);
     }
 

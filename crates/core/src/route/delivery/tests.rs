@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::*;
 use crate::observe::Observer;
-use crate::route::read::{prepare, Reading};
+use crate::route::read::{prepare, ReadSettings};
 use herald_sdk::sink::{Rejection, SinkError, SinkRecord, WriteOutcome};
 
 /// What the scripted sink answers to one write.
@@ -147,15 +147,15 @@ fn stats() -> Arc<RouteShared> {
 }
 
 /// A stage event at `partition`/`offset` whose `records` field is `records`.
-fn event(partition: i32, offset: i64, records: i64, status: &str) -> Fetched {
+fn event(partition: i32, offset: i64, records: i64, status: &str) -> FetchedMessage {
     let json = format!(
         r#"{{"event":"STAGE_COMPLETE","stage":"s","source":"S{records}","records":{records},"timestamp":"2026-11-26T10:15:00","status":"{status}"}}"#
     );
     message(partition, offset, json.as_bytes())
 }
 
-fn message(partition: i32, offset: i64, payload: &[u8]) -> Fetched {
-    Fetched::test(partition, offset, payload)
+fn message(partition: i32, offset: i64, payload: &[u8]) -> FetchedMessage {
+    FetchedMessage::test(partition, offset, payload)
 }
 
 async fn settle(
@@ -163,12 +163,12 @@ async fn settle(
     sink: &mut ScriptedSink,
     letters: Option<&Letters>,
     stats: &RouteShared,
-    messages: &[Fetched],
+    messages: &[FetchedMessage],
     cancel: &CancellationToken,
 ) -> Result<Option<NextOffsets>, RouteError> {
     let mut delivery = Delivery { route, sink, dead_letters: letters.map(|l| l as &dyn DeadLetters), stats };
-    let mut batch: Vec<Fetched> = messages.iter().map(|m| Fetched::from(m.to_owned_message())).collect();
-    let reading = Reading { max_message_bytes: route.max_message_bytes, parse_now: true, keys_and_headers: true };
+    let mut batch: Vec<FetchedMessage> = messages.iter().map(|m| FetchedMessage::from(m.to_owned_message())).collect();
+    let reading = ReadSettings { max_message_bytes: route.max_message_bytes, parse_now: true, keys_and_headers: true };
     let prepared = prepare(route, &mut batch, reading);
     delivery.deliver(&batch, prepared, cancel).await
 }
@@ -321,7 +321,7 @@ async fn filtered_events_are_skipped_but_their_offsets_move() {
 }
 
 /// Six events at offsets 0..6 of partition 0, numbered 1..=6.
-fn six() -> Vec<Fetched> {
+fn six() -> Vec<FetchedMessage> {
     (0..6).map(|offset| event(0, offset, offset + 1, "SUCCESS")).collect()
 }
 
@@ -344,7 +344,7 @@ async fn only_what_a_write_left_unfinished_is_written_again_so_a_flaky_destinati
     // never get 60 events through; retrying only the rest does.
     let mut sink = ScriptedSink { fail_every: Some(4), ..ScriptedSink::default() };
     let log = Arc::clone(&sink.log);
-    let messages: Vec<Fetched> = (0..60).map(|offset| event(0, offset, offset + 1, "SUCCESS")).collect();
+    let messages: Vec<FetchedMessage> = (0..60).map(|offset| event(0, offset, offset + 1, "SUCCESS")).collect();
     let settled = settle(&route, &mut sink, None, &stats, &messages, &CancellationToken::new()).await.unwrap();
     assert_eq!(settled, Some(offsets(&[(0, 60)])));
     assert_eq!(accepted(&log), (1..=60).collect::<Vec<_>>(), "each event once, in order");
