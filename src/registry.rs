@@ -118,6 +118,14 @@ pub fn typed_sink<P: herald_sdk::SinkPlugin>(route: &RouteConfig) -> Result<Opti
     Ok(Some(config))
 }
 
+/// The Postgres source `spec` describes, built (its plan checked); `None` for another kind.
+pub fn postgres_source(spec: &SourceSpec) -> Result<Option<herald_source_postgres::PostgresSource>> {
+    let Some(config) = typed_source::<herald_source_postgres::PostgresSourceConfig>(spec)? else { return Ok(None) };
+    let source = herald_source_postgres::PostgresSource::new(&spec.name, config, spec.config_file.as_deref())
+        .with_context(|| format!("source `{}`", spec.name))?;
+    Ok(Some(source))
+}
+
 /// A `[[source]]` as kind `P`'s typed config, parsed and validated, or `None` when it is
 /// another kind.
 pub fn typed_source<P: herald_core::source::SourcePlugin>(spec: &SourceSpec) -> Result<Option<P>> {

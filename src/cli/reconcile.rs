@@ -79,8 +79,8 @@ fn source_subject(config: &Config, name: &str, path: &std::path::Path) -> Result
         let known: Vec<&str> = config.sources.iter().map(|spec| spec.name.as_str()).collect();
         bail!("{}: no [[source]] named `{name}` (sources: {})", path.display(), list(&known));
     };
-    match registry::typed_source(spec)? {
-        Some(source) => Ok(Subject::Source { name: spec.name.clone(), config: source }),
+    match registry::postgres_source(spec)? {
+        Some(source) => Ok(Subject::Source(source)),
         None => bail!("source `{name}` is of type `{}`; reconcile compares Postgres tables", spec.kind),
     }
 }
@@ -102,8 +102,8 @@ fn route_subject(config: &Config, name: &str, path: &std::path::Path) -> Result<
 pub fn subjects(config: &Config) -> Result<Vec<Subject>> {
     let mut subjects = Vec::new();
     for spec in &config.sources {
-        if let Some(source) = registry::typed_source(spec)? {
-            subjects.push(Subject::Source { name: spec.name.clone(), config: source });
+        if let Some(source) = registry::postgres_source(spec)? {
+            subjects.push(Subject::Source(source));
         }
     }
     for route in &config.routes {

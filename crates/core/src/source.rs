@@ -133,9 +133,10 @@ pub trait SourcePlugin: DeserializeOwned + Send + Sync + 'static {
         Ok(())
     }
 
-    /// The source named `name` with these (validated) settings, read from `config_file` (for
-    /// the commands it prints); connects only when used.
-    fn build(self, name: &str, config_file: Option<&std::path::Path>) -> Box<dyn Source>;
+    /// The source named `name`, built once from these (validated) settings, read from
+    /// `config_file` (for the commands it prints): a value that owns what the source does, the
+    /// settings staying plain data. Connects only when used; an error says which setting.
+    fn build(self, name: &str, config_file: Option<&std::path::Path>) -> Result<Box<dyn Source>, BoxError>;
 }
 
 /// A source kind as the binary uses it: a `[[source]]` table in, a source out.
@@ -154,6 +155,6 @@ impl<P: SourcePlugin> SourceFactory for Registered<P> {
     fn build(&self, spec: &SourceSpec) -> Result<Box<dyn Source>, FactoryError> {
         let config: P = parse_settings(&spec.settings)?;
         config.validate().map_err(FactoryError::Invalid)?;
-        Ok(config.build(&spec.name, spec.config_file.as_deref()))
+        config.build(&spec.name, spec.config_file.as_deref()).map_err(FactoryError::Invalid)
     }
 }

@@ -12,7 +12,7 @@ use herald_kafka::KafkaProperties;
 use herald_sdk::StageEvent;
 use herald_sdk::{LazyEvent, SinkRecord};
 use herald_sink_postgres::{PostgresSinkConfig, Written};
-use herald_source_postgres::{PostgresSourceConfig, RowToPublish, TableRow, UnreadableRow};
+use herald_source_postgres::{PostgresSource, RowToPublish, TableRow, UnreadableRow};
 use serde::Serialize;
 
 use crate::error::ReconcileError;
@@ -25,12 +25,7 @@ const PUBLISH_SLACK: Duration = Duration::from_secs(3600);
 #[derive(Debug, Clone)]
 pub enum Subject {
     /// A Postgres source: its table against the topic it publishes to.
-    Source {
-        /// The source's name.
-        name: String,
-        /// Its settings.
-        config: PostgresSourceConfig,
-    },
+    Source(PostgresSource),
     /// A Postgres sink route: the topics it reads against its table.
     Route {
         /// The route (its topics, filter and consumer group).
@@ -44,7 +39,7 @@ impl Subject {
     /// `source:<name>` or `route:<name>`: the metric's label, the board's mark.
     pub fn label(&self) -> String {
         match self {
-            Subject::Source { name, .. } => format!("source:{name}"),
+            Subject::Source(source) => format!("source:{}", source.name()),
             Subject::Route { route, .. } => format!("route:{}", route.name),
         }
     }
@@ -52,7 +47,8 @@ impl Subject {
     /// The table compared, as written in the config.
     pub fn table(&self) -> String {
         match self {
-            Subject::Source { config, .. } => {
+            Subject::Source(source) => {
+                let config = source.config();
                 config.table.clone().unwrap_or_else(|| format!("{}.pipeline_status", config.schema))
             }
             Subject::Route { sink, .. } => sink
@@ -65,7 +61,7 @@ impl Subject {
     /// The topics compared.
     pub fn topics(&self) -> Vec<String> {
         match self {
-            Subject::Source { config, .. } => vec![config.topic.clone()],
+            Subject::Source(source) => vec![source.config().topic.clone()],
             Subject::Route { route, .. } => route.topics.clone(),
         }
     }
@@ -182,9 +178,7 @@ pub async fn reconcile(
     repair: bool,
 ) -> Result<Report, ReconcileError> {
     match subject {
-        Subject::Source { name, config } => {
-            reconcile_source(kafka, subject, name, config, since, timeout, repair).await
-        }
+        Subject::Source(source) => reconcile_source(kafka, subject, source, since, timeout, repair).await,
         Subject::Route { route, sink } => reconcile_route(kafka, subject, route, sink, since, timeout, repair).await,
     }
 }
@@ -192,8 +186,7 @@ pub async fn reconcile(
 async fn reconcile_source(
     kafka: &KafkaProperties,
     subject: &Subject,
-    name: &str,
-    source: &PostgresSourceConfig,
+    source: &PostgresSource,
     since: DateTime<Utc>,
     timeout: Duration,
     repair: bool,
@@ -203,7 +196,7 @@ async fn reconcile_source(
     let mut rows_by_pair: BTreeMap<(String, String), RowToPublish> = BTreeMap::new();
     let mut unreadable: Vec<Unreadable> = Vec::new();
     source
-        .latest_rows(name, Some(since), |row| match row {
+        .latest_rows(Some(since), |row| match row {
             Ok(TableRow { event, row }) => {
                 table.apply(&event);
                 // The row itself only for a repair, which may publish it; whether herald's
@@ -246,7 +239,7 @@ async fn reconcile_source(
     }
     let mut repaired = 0;
     if repair && !repairable.is_empty() {
-        repaired = source.repair(name, kafka, &repairable).await?;
+        repaired = source.repair(kafka, &repairable).await?;
     }
     let mut report = Report::new(subject, since, pairs(&table, &topic_cells, &unreadable), divergences, repaired);
     report.unrepairable = cannot_repair.len();

@@ -14,10 +14,10 @@ use serde_json::{Map, Value};
 use sqlx::{PgConnection, Row};
 
 use crate::capture;
-use crate::config::PostgresSourceConfig;
 use crate::error::SourceError;
 use crate::publisher::publish_alone;
 use crate::rows::RowMapper;
+use crate::source::PostgresSource;
 
 /// The newest row of a (source, stage) that cannot become an event (a NULL status, a timestamp
 /// that does not parse): reconcile reports it, never leaves the pair out.
@@ -56,7 +56,7 @@ impl RowToPublish {
     }
 }
 
-impl PostgresSourceConfig {
+impl PostgresSource {
     /// The latest row of each (source, stage) of source `name`'s table, as events, when it is
     /// dated at or after `since` (always without it). Rows that cannot be events are left out.
     /// Hands `each` the latest row of each (source, stage) of source `name`'s table, as events,
@@ -64,16 +64,16 @@ impl PostgresSourceConfig {
     /// gathered). Rows that cannot be events are left out.
     pub async fn latest_rows(
         &self,
-        name: &str,
         since: Option<DateTime<Utc>>,
         mut each: impl FnMut(Result<TableRow, UnreadableRow>) + Send,
     ) -> Result<(), SourceError> {
-        let plan = self.plan()?;
-        let mut conn = self.connect(name).await?;
+        let name = self.name.as_str();
+        let plan = &self.plan;
+        let mut conn = self.connect().await?;
         let table = capture::resolve(&mut conn, &plan.table).await?;
-        let dead_letter_topic = self.dead_letter_topic_of(name);
+        let dead_letter_topic = self.dead_letter_topic_of();
         let mapper =
-            RowMapper { name, plan: &plan, config: self, table: &table, dead_letter_topic: &dead_letter_topic };
+            RowMapper { name, plan, config: &self.config, table: &table, dead_letter_topic: &dead_letter_topic };
         // The latest of every pair, then the window: a pair whose latest row is older than
         // `since` is left out (filtering first would compare an older row with the topic's latest).
         read_latest(&mut conn, &mapper, &mut |row| match row {
@@ -92,24 +92,20 @@ impl PostgresSourceConfig {
     /// source's topic in one Kafka transaction, keyed and shaped as the source publishes them,
     /// with `herald.origin.repair = reconcile`. Rows herald's sink wrote are never published
     /// back. Returns how many were published.
-    pub async fn repair(
-        &self,
-        name: &str,
-        kafka: &KafkaProperties,
-        rows: &[RowToPublish],
-    ) -> Result<usize, SourceError> {
-        let plan = self.plan()?;
-        let mut conn = self.connect(name).await?;
+    pub async fn repair(&self, kafka: &KafkaProperties, rows: &[RowToPublish]) -> Result<usize, SourceError> {
+        let name = self.name.as_str();
+        let plan = &self.plan;
+        let mut conn = self.connect().await?;
         let table = capture::resolve(&mut conn, &plan.table).await?;
-        let dead_letter_topic = self.dead_letter_topic_of(name);
+        let dead_letter_topic = self.dead_letter_topic_of();
         let mapper =
-            RowMapper { name, plan: &plan, config: self, table: &table, dead_letter_topic: &dead_letter_topic };
+            RowMapper { name, plan, config: &self.config, table: &table, dead_letter_topic: &dead_letter_topic };
         let messages: Vec<_> = rows
             .iter()
             .filter(|row| !row.from_kafka)
             .filter_map(|row| row.columns())
             .filter_map(|row| mapper.message(&row, "reconcile", "repair", None))
-            .filter(|message| message.topic == self.topic)
+            .filter(|message| message.topic == self.config.topic)
             .map(|mut message| {
                 message.headers.push(("herald.origin.repair", "reconcile".into()));
                 message
@@ -118,7 +114,7 @@ impl PostgresSourceConfig {
         if messages.is_empty() {
             return Ok(0);
         }
-        herald_kafka::ensure_topics(kafka, &self.topics(name))
+        herald_kafka::ensure_topics(kafka, &self.topics())
             .await
             .map_err(SourceError::kafka("creating the topics it writes"))?;
         publish_alone(kafka, &format!("herald.reconcile.{name}"), &messages, REPAIR_TIMEOUT).await?;

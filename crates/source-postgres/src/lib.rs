@@ -62,6 +62,7 @@ pub use capture::Cursor;
 pub use config::{Capture, OnCaptureLost, PostgresSourceConfig, SkipWhen, SnapshotMode};
 pub use error::SourceError;
 pub use latest_rows::{RowToPublish, TableRow, UnreadableRow};
+pub use source::PostgresSource;
 
 /// The `type` that selects this source in a `[[source]]` table.
 pub const KIND: &str = "postgres";

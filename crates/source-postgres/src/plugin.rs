@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Capture, PostgresSourceConfig};
 use crate::error::SourceError;
+use crate::source::PostgresSource;
 
 impl SourcePlugin for PostgresSourceConfig {
     const KIND: &'static str = crate::KIND;
@@ -19,18 +20,9 @@ impl SourcePlugin for PostgresSourceConfig {
         Ok(self.check_settings()?)
     }
 
-    fn build(self, name: &str, config_file: Option<&std::path::Path>) -> Box<dyn Source> {
-        let config_flag = config_file.map(|path| format!(" --config {}", path.display())).unwrap_or_default();
-        Box::new(PostgresSource { name: name.to_owned(), config: self, config_flag })
+    fn build(self, name: &str, config_file: Option<&std::path::Path>) -> Result<Box<dyn Source>, BoxError> {
+        Ok(Box::new(PostgresSource::new(name, self, config_file)?))
     }
-}
-
-/// One configured Postgres source.
-struct PostgresSource {
-    name: String,
-    config: PostgresSourceConfig,
-    /// ` --config <file>`, for the commands its errors print (empty when not known).
-    config_flag: String,
 }
 
 impl PostgresSource {
@@ -81,15 +73,15 @@ impl Source for PostgresSource {
     }
 
     fn topics(&self) -> Vec<herald_kafka::TopicSpec> {
-        self.config.topics(&self.name)
+        self.topics()
     }
 
     async fn check(&self, kafka: &KafkaProperties) -> Result<String, BoxError> {
-        self.config.check(&self.name, kafka).await.map_err(|err| self.with_config(err))
+        PostgresSource::check(self, kafka).await.map_err(|err| self.with_config(err))
     }
 
     async fn migrate(&self, kafka: &KafkaProperties) -> Result<String, BoxError> {
-        self.config.migrate(&self.name, kafka).await.map_err(|err| self.with_config(err))?;
+        PostgresSource::migrate(self, kafka).await.map_err(|err| self.with_config(err))?;
         Ok(match self.config.capture {
             Capture::Trigger => "change capture installed (trigger)".into(),
             Capture::Wal => format!(
@@ -101,7 +93,7 @@ impl Source for PostgresSource {
     }
 
     async fn retire(&self, kafka: &KafkaProperties) -> Result<bool, BoxError> {
-        self.config.drop_source(&self.name, kafka).await.map_err(|err| self.with_config(err))
+        self.drop_source(kafka).await.map_err(|err| self.with_config(err))
     }
 
     async fn run(
@@ -110,6 +102,6 @@ impl Source for PostgresSource {
         metrics: SourceMetrics,
         cancel: CancellationToken,
     ) -> Result<(), BoxError> {
-        self.config.run(&self.name, kafka, metrics, cancel).await.map_err(|err| self.with_config(err))
+        PostgresSource::run(self, kafka, metrics, cancel).await.map_err(|err| self.with_config(err))
     }
 }

@@ -19,12 +19,12 @@ use serde_json::{Map, Value};
 use sqlx::{Connection, PgConnection};
 use tracing::{info, warn};
 
-use crate::config::PostgresSourceConfig;
 use crate::error::SourceError;
 use crate::latest_rows::{read_latest, TableRow};
 use crate::offsets::Checkpoint;
 use crate::publisher::{Outgoing, Publisher};
 use crate::rows::RowMapper;
+use crate::source::PostgresSource;
 
 /// Longest a resync may read the source's topic for its latest events.
 const TOPIC_READ_TIMEOUT: Duration = Duration::from_secs(300);
@@ -104,7 +104,7 @@ pub(crate) async fn begin(
     Ok((tx, snapshot))
 }
 
-impl PostgresSourceConfig {
+impl PostgresSource {
     /// Reads the latest row of each (source, stage) in one snapshot (the capture is already in
     /// place) and publishes them with the snapshot and `position` in one Kafka transaction. With
     /// `against_topic` (a resync), only the rows the topic lacks or holds older or different
@@ -166,9 +166,13 @@ impl PostgresSourceConfig {
     ) -> Result<Vec<TableRow>, SourceError> {
         let topic = Board::new();
         let read = async {
-            let mut reader =
-                TopicReader::open(kafka, std::slice::from_ref(&self.topic), chrono::DateTime::UNIX_EPOCH, "resync")
-                    .await?;
+            let mut reader = TopicReader::open(
+                kafka,
+                std::slice::from_ref(&self.config.topic),
+                chrono::DateTime::UNIX_EPOCH,
+                "resync",
+            )
+            .await?;
             while !reader.history_done() {
                 let Some(read) = reader.next().await? else { break };
                 if let Some(event) = read.event.filter(|_| read.in_history) {
@@ -180,8 +184,10 @@ impl PostgresSourceConfig {
         let failed = |reason: String| SourceError::Replication { context: "resyncing", reason };
         match tokio::time::timeout(TOPIC_READ_TIMEOUT, read).await {
             Ok(Ok(())) => {}
-            Ok(Err(err)) => return Err(failed(format!("reading `{}`: {err}", self.topic))),
-            Err(_) => return Err(failed(format!("reading `{}` took longer than {TOPIC_READ_TIMEOUT:?}", self.topic))),
+            Ok(Err(err)) => return Err(failed(format!("reading `{}`: {err}", self.config.topic))),
+            Err(_) => {
+                return Err(failed(format!("reading `{}` took longer than {TOPIC_READ_TIMEOUT:?}", self.config.topic)))
+            }
         }
         let table = Board::new();
         for row in &rows {

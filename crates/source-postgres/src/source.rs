@@ -30,15 +30,50 @@ const STANDBY_POLL: Duration = Duration::from_secs(1);
 /// How soon to look again when an open transaction holds changes back.
 const HELD_BACK_POLL: Duration = Duration::from_millis(20);
 
-impl PostgresSourceConfig {
+/// One configured Postgres source: its name, its settings and the plan they make, built once.
+/// It owns what the source does (check, migrate, run, retire, its side of reconcile); the
+/// settings stay plain data.
+#[derive(Debug, Clone)]
+pub struct PostgresSource {
+    pub(crate) name: String,
+    pub(crate) config: PostgresSourceConfig,
+    pub(crate) plan: Plan,
+    /// ` --config <file>`, for the commands its errors print (empty when not known).
+    pub(crate) config_flag: String,
+}
+
+impl PostgresSource {
+    /// Source `name` with `config` (read from `config_file`, for the commands it prints),
+    /// its plan checked: table, mapping, skip rule.
+    pub fn new(
+        name: &str,
+        config: PostgresSourceConfig,
+        config_file: Option<&std::path::Path>,
+    ) -> Result<Self, SourceError> {
+        let plan = config.plan()?;
+        let config_flag = config_file.map(|path| format!(" --config {}", path.display())).unwrap_or_default();
+        Ok(Self { name: name.to_owned(), config, plan, config_flag })
+    }
+
+    /// The source's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its settings.
+    pub fn config(&self) -> &PostgresSourceConfig {
+        &self.config
+    }
+
     /// Options for connections named `herald/<source name>`.
-    fn connect_options(&self, name: &str) -> Result<PgConnectOptions, SourceError> {
-        Ok(herald_pg::connect_options(&self.url, name)?)
+    fn connect_options(&self) -> Result<PgConnectOptions, SourceError> {
+        let name = self.name.as_str();
+        Ok(herald_pg::connect_options(&self.config.url, name)?)
     }
 
     /// A connection named for source `name`.
-    pub(crate) async fn connect(&self, name: &str) -> Result<PgConnection, SourceError> {
-        PgConnection::connect_with(&self.connect_options(name)?).await.map_err(SourceError::postgres("connecting"))
+    pub(crate) async fn connect(&self) -> Result<PgConnection, SourceError> {
+        PgConnection::connect_with(&self.connect_options()?).await.map_err(SourceError::postgres("connecting"))
     }
 
     /// Installs the change capture (herald's tables and function, the greenfield table when
@@ -48,21 +83,22 @@ impl PostgresSourceConfig {
     ///
     /// A capture that was lost (see [`crate::continuity`]) is not installed again: that would
     /// hide the gap from the next start. The error says what was lost.
-    pub async fn migrate(&self, name: &str, kafka: &KafkaProperties) -> Result<(), SourceError> {
-        let plan = self.plan()?;
-        let mut conn = self.connect(name).await?;
+    pub async fn migrate(&self, kafka: &KafkaProperties) -> Result<(), SourceError> {
+        let name = self.name.as_str();
+        let plan = &self.plan;
+        let mut conn = self.connect().await?;
         let result = async {
             let server = ServerIdentity::read(&mut conn).await?;
-            match self.capture {
+            match self.config.capture {
                 Capture::Trigger => {
-                    let committed = read_committed::<Cursor>(kafka, &self.offsets_topic, name).await?;
-                    self.trigger_continuity(name, &plan, &mut conn, committed.as_ref(), server).await?;
-                    ensure_capture(&mut conn, &plan, name).await
+                    let committed = read_committed::<Cursor>(kafka, &self.config.offsets_topic, name).await?;
+                    self.trigger_continuity(plan, &mut conn, committed.as_ref(), server).await?;
+                    ensure_capture(&mut conn, plan, name).await
                 }
                 Capture::Wal => {
-                    let committed = read_committed::<WalPosition>(kafka, &self.offsets_topic, name).await?;
-                    self.wal_continuity(name, &mut conn, committed.as_ref(), server).await?;
-                    ensure_wal(&mut conn, &plan, &self.wal_names(name)).await
+                    let committed = read_committed::<WalPosition>(kafka, &self.config.offsets_topic, name).await?;
+                    self.wal_continuity(&mut conn, committed.as_ref(), server).await?;
+                    ensure_wal(&mut conn, plan, &self.wal_names()).await
                 }
             }
         }
@@ -74,17 +110,16 @@ impl PostgresSourceConfig {
     /// Whether the WAL capture is still the one `committed` (Kafka's position) belongs to.
     async fn wal_continuity(
         &self,
-        name: &str,
         conn: &mut PgConnection,
         committed: Option<&Committed<WalPosition>>,
         server: ServerIdentity,
     ) -> Result<(), SourceError> {
         let Some(committed) = committed else { return Ok(()) };
-        let slot = self.slot_name(name);
+        let slot = self.config.slot_name(&self.name);
         let slot_confirmed = wal::slot_state(conn, &slot).await?.map(|(confirmed, _)| confirmed);
         let at = committed.clone().map(|position| position.lsn);
         match continuity::check_wal(&at, &slot, &WalCapture { slot_confirmed, server }) {
-            Some(lost) => Err(self.capture_lost(name, lost, &format!("LSN {}", continuity::lsn(at.position)), at.at)),
+            Some(lost) => Err(self.capture_lost(lost, &format!("LSN {}", continuity::lsn(at.position)), at.at)),
             None => Ok(()),
         }
     }
@@ -92,7 +127,6 @@ impl PostgresSourceConfig {
     /// Whether the trigger capture is still the one `committed` (Kafka's cursor) belongs to.
     async fn trigger_continuity(
         &self,
-        name: &str,
         plan: &Plan,
         conn: &mut PgConnection,
         committed: Option<&Committed<Cursor>>,
@@ -112,13 +146,13 @@ impl PostgresSourceConfig {
             Err(err) => return Err(err),
         };
         match lost {
-            Some(lost) => Err(self.capture_lost(name, lost, &since, committed.at)),
+            Some(lost) => Err(self.capture_lost(lost, &since, committed.at)),
             None => Ok(()),
         }
     }
 
-    fn wal_names(&self, name: &str) -> WalNames {
-        WalNames { slot: self.slot_name(name), publication: self.publication_name(name) }
+    fn wal_names(&self) -> WalNames {
+        WalNames { slot: self.config.slot_name(&self.name), publication: self.config.publication_name(&self.name) }
     }
 
     /// Retires source `name`. Trigger capture: removes its clean-up progress, so captured
@@ -129,22 +163,23 @@ impl PostgresSourceConfig {
     ///
     /// Its position in Kafka is forgotten too, so a source of the same name started later
     /// captures from then on as a new one (rather than stopping on a capture it cannot find).
-    pub async fn drop_source(&self, name: &str, kafka: &KafkaProperties) -> Result<bool, SourceError> {
-        let plan = self.plan()?;
-        let mut conn = self.connect(name).await?;
+    pub async fn drop_source(&self, kafka: &KafkaProperties) -> Result<bool, SourceError> {
+        let name = self.name.as_str();
+        let plan = &self.plan;
+        let mut conn = self.connect().await?;
         // A retire is not a loss: refused while a herald runs the source (it holds the lock),
         // and the lock is held here until the retire is done, so none starts meanwhile.
         if let Err(err) = take_source_lock(&mut conn, name).await {
             let _ = conn.close().await;
             return Err(err);
         }
-        let result = match self.capture {
-            Capture::Trigger => retire_trigger_source(&mut conn, &plan, name).await,
-            Capture::Wal => wal::drop_capture(&mut conn, &self.wal_names(name)).await,
+        let result = match self.config.capture {
+            Capture::Trigger => retire_trigger_source(&mut conn, plan, name).await,
+            Capture::Wal => wal::drop_capture(&mut conn, &self.wal_names()).await,
         };
         let _ = conn.close().await;
         let had = result?;
-        forget_position(kafka, &self.offsets_topic, name).await?;
+        forget_position(kafka, &self.config.offsets_topic, name).await?;
         Ok(had)
     }
 
@@ -152,21 +187,21 @@ impl PostgresSourceConfig {
     /// also the replication slot and the WAL it holds back. A capture lost since the source's
     /// position in Kafka (a slot or trigger removed behind herald's back) is an error, as the
     /// start would find it. Returns what it found.
-    pub async fn check(&self, name: &str, kafka: &KafkaProperties) -> Result<String, SourceError> {
-        let plan = self.plan()?;
-        let mut conn = self.connect(name).await?;
-        let result = self.check_on(name, &plan, kafka, &mut conn).await;
+    pub async fn check(&self, kafka: &KafkaProperties) -> Result<String, SourceError> {
+        let plan = &self.plan;
+        let mut conn = self.connect().await?;
+        let result = self.check_on(plan, kafka, &mut conn).await;
         let _ = conn.close().await;
         result
     }
 
     async fn check_on(
         &self,
-        name: &str,
         plan: &Plan,
         kafka: &KafkaProperties,
         conn: &mut PgConnection,
     ) -> Result<String, SourceError> {
+        let name = self.name.as_str();
         let resolved = capture::resolve(conn, &plan.table).await?;
         let wanted: Vec<String> =
             plan.columns.values().cloned().chain(plan.skip_when.iter().map(|s| s.column.clone())).collect();
@@ -175,14 +210,14 @@ impl PostgresSourceConfig {
             return Err(SourceError::MissingColumns { table: resolved, missing });
         }
         let server = ServerIdentity::read(conn).await?;
-        if self.capture == Capture::Trigger {
-            let committed = read_committed::<Cursor>(kafka, &self.offsets_topic, name).await?;
-            self.trigger_continuity(name, plan, conn, committed.as_ref(), server).await?;
+        if self.config.capture == Capture::Trigger {
+            let committed = read_committed::<Cursor>(kafka, &self.config.offsets_topic, name).await?;
+            self.trigger_continuity(plan, conn, committed.as_ref(), server).await?;
             return Ok("table and mapped columns found".into());
         }
-        let committed = read_committed::<WalPosition>(kafka, &self.offsets_topic, name).await?;
-        self.wal_continuity(name, conn, committed.as_ref(), server).await?;
-        let names = self.wal_names(name);
+        let committed = read_committed::<WalPosition>(kafka, &self.config.offsets_topic, name).await?;
+        self.wal_continuity(conn, committed.as_ref(), server).await?;
+        let names = self.wal_names();
         match wal::slot_state(conn, &names.slot).await? {
             None => Ok(format!(
                 "table and mapped columns found; slot `{}` not created yet (`herald migrate` creates it)",
@@ -194,7 +229,7 @@ impl PostgresSourceConfig {
                     "slot `{}` holds back {} MiB of WAL, more than {} MiB: is its herald running?",
                     names.slot,
                     retained / (1024 * 1024),
-                    self.max_retained_wal_mb
+                    self.config.max_retained_wal_mb
                 ),
             }),
             Some((_, retained)) => Ok(format!(
@@ -209,11 +244,11 @@ impl PostgresSourceConfig {
     /// when, and the ways forward.
     fn capture_lost(
         &self,
-        name: &str,
         lost: continuity::Lost,
         position: &str,
         at: Option<chrono::DateTime<chrono::Utc>>,
     ) -> SourceError {
+        let name = self.name.as_str();
         let when =
             at.map_or_else(String::new, |at| format!(" ({})", at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)));
         SourceError::CaptureLost {
@@ -226,10 +261,11 @@ impl PostgresSourceConfig {
 
     /// Whether to resync after the continuity check's `outcome`: a lost capture stops the source
     /// unless `on_capture_lost = "resync"`, when a WARN says what was lost and it goes on.
-    fn resync_if_lost(&self, name: &str, outcome: Result<(), SourceError>) -> Result<bool, SourceError> {
+    fn resync_if_lost(&self, outcome: Result<(), SourceError>) -> Result<bool, SourceError> {
+        let name = self.name.as_str();
         match outcome {
             Ok(()) => Ok(false),
-            Err(err @ SourceError::CaptureLost { .. }) if self.on_capture_lost == OnCaptureLost::Resync => {
+            Err(err @ SourceError::CaptureLost { .. }) if self.config.on_capture_lost == OnCaptureLost::Resync => {
                 let reason = herald_sdk::printable::printable(&err.to_string(), 2048).into_owned();
                 warn!(source = name, lost = %reason, "Capture lost; resyncing: the table's latest rows the topic lacks are published, then changes from now on.");
                 Ok(true)
@@ -251,7 +287,7 @@ impl PostgresSourceConfig {
         first: &impl crate::offsets::Checkpoint,
         resync: bool,
     ) -> Result<Option<Snapshot>, SourceError> {
-        if resync || self.snapshot == SnapshotMode::Latest {
+        if resync || self.config.snapshot == SnapshotMode::Latest {
             // Always against the topic: after a retire and a new start (the recovery a lost
             // capture prints), the topic already holds most of the table's latest rows, and a
             // consumer acting on each event would act twice on any published again.
@@ -262,22 +298,23 @@ impl PostgresSourceConfig {
     }
 
     /// Where the rows that cannot become events go: `dead_letter_topic`, or `herald.dlq.<name>`.
-    pub(crate) fn dead_letter_topic_of(&self, name: &str) -> String {
-        self.dead_letter_topic.clone().unwrap_or_else(|| format!("herald.dlq.{name}"))
+    pub(crate) fn dead_letter_topic_of(&self) -> String {
+        let name = self.name.as_str();
+        self.config.dead_letter_topic.clone().unwrap_or_else(|| format!("herald.dlq.{name}"))
     }
 
     /// The topics source `name` writes: its events, its dead letters, its offsets (one
     /// partition, compacted: the cursor is read back from partition 0).
-    pub(crate) fn topics(&self, name: &str) -> Vec<TopicSpec> {
+    pub(crate) fn topics(&self) -> Vec<TopicSpec> {
         vec![
-            TopicSpec::events(self.topic.as_str()),
-            TopicSpec::dead_letters(self.dead_letter_topic_of(name)),
-            TopicSpec::compacted(self.offsets_topic.as_str(), 1),
+            TopicSpec::events(self.config.topic.as_str()),
+            TopicSpec::dead_letters(self.dead_letter_topic_of()),
+            TopicSpec::compacted(self.config.offsets_topic.as_str(), 1),
         ]
     }
 
     fn max_retained_wal_bytes(&self) -> i64 {
-        i64::try_from(self.max_retained_wal_mb.saturating_mul(1024 * 1024)).unwrap_or(i64::MAX)
+        i64::try_from(self.config.max_retained_wal_mb.saturating_mul(1024 * 1024)).unwrap_or(i64::MAX)
     }
 
     /// Runs the source named `name` until `cancel`: standby while another instance holds its
@@ -285,17 +322,17 @@ impl PostgresSourceConfig {
     /// to standby and it tries again; configuration errors end it.
     pub async fn run(
         &self,
-        name: &str,
         kafka: &KafkaProperties,
         metrics: SourceMetrics,
         cancel: CancellationToken,
     ) -> Result<(), SourceError> {
-        let plan = self.plan()?;
+        let name = self.name.as_str();
+        let plan = &self.plan;
         while !cancel.is_cancelled() {
-            match self.run_once(name, &plan, kafka, &metrics, &cancel).await {
+            match self.run_once(plan, kafka, &metrics, &cancel).await {
                 Ok(()) => {}
                 // Lost while running: the next activation finds it lost and resyncs.
-                Err(SourceError::CaptureLost { .. }) if self.on_capture_lost == OnCaptureLost::Resync => {}
+                Err(SourceError::CaptureLost { .. }) if self.config.on_capture_lost == OnCaptureLost::Resync => {}
                 Err(err) if err.is_transient() => {
                     let reason =
                         herald_sdk::printable::printable(&herald_sdk::error_chain(&err).join(": "), 1024).into_owned();
@@ -314,15 +351,15 @@ impl PostgresSourceConfig {
 
     async fn run_once(
         &self,
-        name: &str,
         plan: &Plan,
         kafka: &KafkaProperties,
         metrics: &SourceMetrics,
         cancel: &CancellationToken,
     ) -> Result<(), SourceError> {
+        let name = self.name.as_str();
         // The lock lives as long as this connection: if the process dies, Postgres drops the
         // connection and the lock with it, and a standby takes over.
-        let mut lock = self.connect(name).await?;
+        let mut lock = self.connect().await?;
         let lock_key = format!("herald.source.{name}");
         let mut announced = false;
         loop {
@@ -345,21 +382,23 @@ impl PostgresSourceConfig {
             }
         }
 
-        let mut conn = self.connect(name).await?;
-        let names = self.wal_names(name);
+        let mut conn = self.connect().await?;
+        let names = self.wal_names();
         let server = ServerIdentity::read(&mut conn).await?;
-        let dead_letter_topic = self.dead_letter_topic_of(name);
-        let publisher = Publisher::start(kafka, name, &self.topics(name), &self.offsets_topic, server).await?;
-        if self.capture == Capture::Wal {
-            let (committed, stored_snapshot) = read_start::<WalPosition>(kafka, &self.offsets_topic, name).await?;
+        let dead_letter_topic = self.dead_letter_topic_of();
+        let publisher = Publisher::start(kafka, name, &self.topics(), &self.config.offsets_topic, server).await?;
+        if self.config.capture == Capture::Wal {
+            let (committed, stored_snapshot) =
+                read_start::<WalPosition>(kafka, &self.config.offsets_topic, name).await?;
             // Before anything is (re)created: is the slot still the one Kafka's position belongs to?
-            let lost = self.wal_continuity(name, &mut conn, committed.as_ref(), server).await;
-            let resync = self.resync_if_lost(name, lost)?;
+            let lost = self.wal_continuity(&mut conn, committed.as_ref(), server).await;
+            let resync = self.resync_if_lost(lost)?;
             let table = ensure_wal(&mut conn, plan, &names).await?;
             let (confirmed, _) = wal::slot_state(&mut conn, &names.slot).await?.ok_or_else(|| {
                 SourceError::Replication { context: "starting", reason: format!("slot `{}` vanished", names.slot) }
             })?;
-            let rows = RowMapper { name, plan, config: self, table: &table, dead_letter_topic: &dead_letter_topic };
+            let rows =
+                RowMapper { name, plan, config: &self.config, table: &table, dead_letter_topic: &dead_letter_topic };
             let (in_kafka, skip) = match committed {
                 Some(committed) if !resync => (committed.position, stored_snapshot),
                 _ => {
@@ -375,7 +414,7 @@ impl PostgresSourceConfig {
             // skipped. The slot is never ahead of Kafka's position (herald records a position
             // before it confirms it), so this is Kafka's position.
             let start = in_kafka.lsn.max(confirmed);
-            info!(source = name, table = %table, topic = %self.topic, slot = %names.slot, lsn = %pgwire_replication::Lsn::from_u64(start), "Source active.");
+            info!(source = name, table = %table, topic = %self.config.topic, slot = %names.slot, lsn = %pgwire_replication::Lsn::from_u64(start), "Source active.");
             metrics.set_status("active");
             let stream = WalStream {
                 name,
@@ -383,22 +422,22 @@ impl PostgresSourceConfig {
                 rows,
                 publisher,
                 metrics,
-                batch_size: self.batch_size,
+                batch_size: self.config.batch_size,
                 skip,
                 conn,
                 lock,
                 max_retained_bytes: self.max_retained_wal_bytes(),
                 names: names.clone(),
             };
-            let config = wal::replication_config(&self.url, &herald_pg::application_name(name), &names, start)?;
+            let config = wal::replication_config(&self.config.url, &herald_pg::application_name(name), &names, start)?;
             return stream.run(config, wal::Progress::new(start, in_kafka), cancel).await;
         }
-        let (committed, stored_snapshot) = read_start::<Cursor>(kafka, &self.offsets_topic, name).await?;
+        let (committed, stored_snapshot) = read_start::<Cursor>(kafka, &self.config.offsets_topic, name).await?;
         // Before the trigger is (re)installed: is the capture still the one Kafka's cursor belongs to?
-        let lost = self.trigger_continuity(name, plan, &mut conn, committed.as_ref(), server).await;
-        let resync = self.resync_if_lost(name, lost)?;
+        let lost = self.trigger_continuity(plan, &mut conn, committed.as_ref(), server).await;
+        let resync = self.resync_if_lost(lost)?;
         let table = ensure_capture(&mut conn, plan, name).await?;
-        let rows = RowMapper { name, plan, config: self, table: &table, dead_letter_topic: &dead_letter_topic };
+        let rows = RowMapper { name, plan, config: &self.config, table: &table, dead_letter_topic: &dead_letter_topic };
         let (mut cursor, skip) = match committed {
             Some(committed) if !resync => (committed.position, stored_snapshot),
             _ => {
@@ -410,7 +449,7 @@ impl PostgresSourceConfig {
                 (first, skip)
             }
         };
-        info!(source = name, table = %table, topic = %self.topic, txid = cursor.txid, change = cursor.id, "Source active.");
+        info!(source = name, table = %table, topic = %self.config.topic, txid = cursor.txid, change = cursor.id, "Source active.");
         metrics.set_status("active");
         // Deletes what has been published, on a connection and task of its own; it stops with
         // this activation (the guard cancels it on every way out).
@@ -420,25 +459,26 @@ impl PostgresSourceConfig {
         tokio::spawn(
             Pruner {
                 name: name.to_owned(),
-                options: self.connect_options(name)?,
+                options: self.connect_options()?,
                 schema: plan.schema.clone(),
                 table: table.clone(),
-                max_rows: self.max_capture_rows,
+                max_rows: self.config.max_capture_rows,
                 metrics: metrics.clone(),
             }
             .run(published_rx, pruner_stop),
         );
 
-        let mut listener = PgListener::connect_with(&sqlx::PgPool::connect_lazy_with(self.connect_options(name)?))
+        let mut listener = PgListener::connect_with(&sqlx::PgPool::connect_lazy_with(self.connect_options()?))
             .await
             .map_err(SourceError::postgres("connecting the listener"))?;
         listener.listen(CHANNEL).await.map_err(SourceError::postgres("listening"))?;
-        let worker = Worker { name, plan, config: self, table: &table, rows, publisher, metrics, published, skip };
+        let worker =
+            Worker { name, plan, config: &self.config, table: &table, rows, publisher, metrics, published, skip };
 
         let mut last_capture_check = std::time::Instant::now();
         loop {
             let held_back = worker.catch_up(&mut conn, &mut cursor).await?;
-            let wait = if held_back { HELD_BACK_POLL } else { self.poll_interval };
+            let wait = if held_back { HELD_BACK_POLL } else { self.config.poll_interval };
             tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
                 notification = listener.try_recv() => match notification {
@@ -453,10 +493,10 @@ impl PostgresSourceConfig {
                     sqlx::query("SELECT 1").execute(&mut lock).await.map_err(SourceError::postgres("checking the source lock"))?;
                     // Still capturing? A trigger dropped or disabled while herald runs loses rows
                     // too (looked at once per poll interval, not on the short held-back polls).
-                    if last_capture_check.elapsed() >= self.poll_interval {
+                    if last_capture_check.elapsed() >= self.config.poll_interval {
                         last_capture_check = std::time::Instant::now();
                         let here = Committed { position: cursor, server: Some(server), at: Some(chrono::Utc::now()) };
-                        self.trigger_continuity(name, plan, &mut conn, Some(&here), server).await?;
+                        self.trigger_continuity(plan, &mut conn, Some(&here), server).await?;
                     }
                 }
             }
