@@ -15,6 +15,7 @@ use clap::Args;
 use herald_board::render_divergences;
 use herald_reconcile::{ReconcileError, Report, Subject};
 use herald_sdk::printable::printable;
+use herald_sink_postgres::RouteTable;
 
 use crate::config::Config;
 use crate::registry;
@@ -92,7 +93,7 @@ fn route_subject(config: &Config, name: &str, path: &std::path::Path) -> Result<
         bail!("{}: no [[route]] named `{name}` (routes: {})", path.display(), list(&known));
     };
     match registry::typed_sink(route)? {
-        Some(sink) => Ok(Subject::Route { route: route.clone(), sink }),
+        Some(sink) => Ok(Subject::Route { route: route.clone(), table: RouteTable::new(&route.name, sink)? }),
         None => bail!("route `{name}` writes to a `{}` sink; reconcile compares Postgres tables", route.sink.kind),
     }
 }
@@ -108,7 +109,7 @@ pub fn subjects(config: &Config) -> Result<Vec<Subject>> {
     }
     for route in &config.routes {
         if let Some(sink) = registry::typed_sink(route)? {
-            subjects.push(Subject::Route { route: route.clone(), sink });
+            subjects.push(Subject::Route { route: route.clone(), table: RouteTable::new(&route.name, sink)? });
         }
     }
     Ok(subjects)

@@ -11,7 +11,7 @@ use herald_kafka::reader::{Read, TopicReader};
 use herald_kafka::KafkaProperties;
 use herald_sdk::StageEvent;
 use herald_sdk::{LazyEvent, SinkRecord};
-use herald_sink_postgres::{PostgresSinkConfig, Written};
+use herald_sink_postgres::{RouteTable, Written};
 use herald_source_postgres::{PostgresSource, RowToPublish, TableRow, UnreadableRow};
 use serde::Serialize;
 
@@ -30,8 +30,8 @@ pub enum Subject {
     Route {
         /// The route (its topics, filter and consumer group).
         route: RouteConfig,
-        /// Its sink's settings.
-        sink: PostgresSinkConfig,
+        /// The table its sink writes.
+        table: RouteTable,
     },
 }
 
@@ -51,10 +51,12 @@ impl Subject {
                 let config = source.config();
                 config.table.clone().unwrap_or_else(|| format!("{}.pipeline_status", config.schema))
             }
-            Subject::Route { sink, .. } => sink
-                .table
-                .as_ref()
-                .map_or_else(|| format!("{}.pipeline_status_latest", sink.schema), |t| t.name.clone()),
+            Subject::Route { table, .. } => {
+                let sink = table.config();
+                sink.table
+                    .as_ref()
+                    .map_or_else(|| format!("{}.pipeline_status_latest", sink.schema), |t| t.name.clone())
+            }
         }
     }
 
@@ -179,7 +181,7 @@ pub async fn reconcile(
 ) -> Result<Report, ReconcileError> {
     match subject {
         Subject::Source(source) => reconcile_source(kafka, subject, source, since, timeout, repair).await,
-        Subject::Route { route, sink } => reconcile_route(kafka, subject, route, sink, since, timeout, repair).await,
+        Subject::Route { route, table } => reconcile_route(kafka, subject, route, table, since, timeout, repair).await,
     }
 }
 
@@ -253,12 +255,12 @@ async fn reconcile_route(
     kafka: &KafkaProperties,
     subject: &Subject,
     route: &RouteConfig,
-    sink: &PostgresSinkConfig,
+    sink: &RouteTable,
     since: DateTime<Utc>,
     timeout: Duration,
     repair: bool,
 ) -> Result<Report, ReconcileError> {
-    let written = sink.written(&route.name, &route.group_id()).await?;
+    let written = sink.written(&route.group_id()).await?;
     let mut in_flight = 0;
     let mut refused_in_window: Vec<(String, i32, i64)> = Vec::new();
     let topic = read_topic(kafka, &route.topics, since, timeout, true, |read| {
@@ -281,16 +283,16 @@ async fn reconcile_route(
     })
     .await?;
     let fields = Compared {
-        event: sink.keeps_field("event")?,
-        status: sink.keeps_field("status")?,
-        records: sink.keeps_field("records")?,
+        event: sink.keeps_field("event"),
+        status: sink.keeps_field("status"),
+        records: sink.keeps_field("records"),
     };
     // The table's newest row per pair; where rows tie (a table without the offset), the one
     // that is the topic's event if it is there: the table holds it, whichever a reader sees.
     let table = Board::new();
     let mut unreadable: Vec<Unreadable> = Vec::new();
     let topic_cells = topic.board.snapshot();
-    for rows in sink.latest_rows(&route.name).await? {
+    for rows in sink.latest_rows().await? {
         if let Some(reason) = rows.unreadable.filter(|_| rows.events.is_empty()) {
             unreadable.push(Unreadable { source: rows.source, stage: rows.stage, reason });
             continue;
@@ -329,7 +331,7 @@ async fn reconcile_route(
                 raw: None,
             })
             .collect();
-        let outcome = sink.repair(&route.name, &records).await?;
+        let outcome = sink.repair(&records).await?;
         repaired = outcome.written;
         for index in outcome.already_there {
             if let Some(record) = records.get(index) {

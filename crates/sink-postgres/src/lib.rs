@@ -18,9 +18,9 @@ dead-letter topic; the rest of the batch is written.
 
 Layout: `config.rs` (settings, validation, table plans), `sink.rs` (the transaction, stored
 offsets and rejections; the plug-in), `table.rs` (one table's writer: the catalog check, the
-statements, `COPY` in text or binary), `table_side.rs` (the table's side of `herald reconcile`:
-the latest event per pair read back, what the route wrote and refused, the repair), `error.rs` (what each error means for the batch; the
-SQLSTATE reading is herald-pg's).
+statements, `COPY` in text or binary), `table_side.rs` (`RouteTable`, the table's side of
+`herald reconcile`: the latest event per pair read back, what the route wrote and refused, the
+repair), `error.rs` (what each error means for the batch; the SQLSTATE reading is herald-pg's).
 */
 #![deny(missing_docs)]
 
@@ -33,7 +33,7 @@ mod table_side;
 pub use config::{LegacyTableConfig, PostgresSinkConfig, WriteMode};
 pub use error::PostgresSinkError;
 pub use sink::Setup;
-pub use table_side::{NewestRows, Repaired, Written};
+pub use table_side::{NewestRows, Repaired, RouteTable, Written};
 
 /// The `type` that selects this sink in a route's `sink` table.
 pub const KIND: &str = "postgres";

@@ -54,16 +54,44 @@ pub struct NewestRows {
     pub unreadable: Option<String>,
 }
 
-impl PostgresSinkConfig {
+/// The table a Postgres sink route writes, as `herald reconcile` reads and repairs it: built
+/// once from the route's name and its sink's settings (their plan checked), it owns the
+/// reading back and the repair; the settings stay plain data.
+#[derive(Debug, Clone)]
+pub struct RouteTable {
+    route: String,
+    config: PostgresSinkConfig,
+    /// Every table the route writes, and how.
+    plans: Vec<TablePlan>,
+    /// The one compared: the newest-wins table, else the only one.
+    compared: TablePlan,
+}
+
+impl RouteTable {
+    /// The table of route `route` writing with `config`.
+    pub fn new(route: &str, config: PostgresSinkConfig) -> Result<Self, PostgresSinkError> {
+        let plans = config.plans()?;
+        let index = plans.iter().position(|plan| plan.upsert.is_some()).unwrap_or(0);
+        let compared = plans.get(index).cloned().ok_or_else(|| PostgresSinkError::Config {
+            key: "table".into(),
+            reason: "the route writes no table".into(),
+        })?;
+        Ok(Self { route: route.to_owned(), config, plans, compared })
+    }
+
+    /// The sink's settings.
+    pub fn config(&self) -> &PostgresSinkConfig {
+        &self.config
+    }
+
     /// Whether the table the route is compared on keeps event field `field` (`event`,
     /// `status`, `records`): a field it does not keep cannot differ.
-    pub fn keeps_field(&self, field: &str) -> Result<bool, PostgresSinkError> {
-        let plan = self.compared_plan()?;
-        Ok(plan.columns.iter().any(|(_, from)| match from {
+    pub fn keeps_field(&self, field: &str) -> bool {
+        self.compared.columns.iter().any(|(_, from)| match from {
             FieldSource::Field(name) => name == field,
             FieldSource::Event => true,
             _ => false,
-        }))
+        })
     }
 
     /// The newest rows of each (source, stage) in the route's table: the newest-wins table
@@ -71,8 +99,8 @@ impl PostgresSinkConfig {
     /// timestamp, then by the Kafka offset where the table keeps it (the topic's own order);
     /// rows that still tie are all returned, for the comparison to find the topic's event among
     /// them. A pair whose newest row cannot become an event is returned with the reason.
-    pub async fn latest_rows(&self, route: &str) -> Result<Vec<NewestRows>, PostgresSinkError> {
-        let plan = self.compared_plan()?;
+    pub async fn latest_rows(&self) -> Result<Vec<NewestRows>, PostgresSinkError> {
+        let plan = &self.compared;
         let column = |field: &str| {
             plan.columns
                 .iter()
@@ -96,7 +124,7 @@ impl PostgresSinkConfig {
             table = plan.table
         );
         let (source, stage) = (source.as_str().to_owned(), stage.as_str().to_owned());
-        let mut conn = self.connect_for_reconcile(route).await?;
+        let mut conn = self.connect_for_reconcile().await?;
         let mut latest: Vec<NewestRows> = Vec::new();
         {
             let mut rows = sqlx::query(&sql).fetch(&mut conn);
@@ -118,7 +146,7 @@ impl PostgresSinkConfig {
                     });
                 }
                 let Some(pair) = latest.last_mut() else { continue };
-                match event_of(&plan, row) {
+                match event_of(plan, row) {
                     Ok(event) => pair.events.push(event),
                     Err(reason) => pair.unreadable = Some(reason),
                 }
@@ -130,9 +158,9 @@ impl PostgresSinkConfig {
 
     /// What consumer group `consumer_group` has written and refused, from herald's bookkeeping
     /// tables beside the rows.
-    pub async fn written(&self, route: &str, consumer_group: &str) -> Result<Written, PostgresSinkError> {
-        let schema = self.schema_ident()?;
-        let mut conn = self.connect_for_reconcile(route).await?;
+    pub async fn written(&self, consumer_group: &str) -> Result<Written, PostgresSinkError> {
+        let schema = self.config.schema_ident()?;
+        let mut conn = self.connect_for_reconcile().await?;
         let offsets: Vec<(String, i32, i64)> = sqlx::query_as(&format!(
             "SELECT topic, partition, next_offset FROM {schema}.herald_offsets WHERE consumer_group = $1"
         ))
@@ -162,15 +190,15 @@ impl PostgresSinkConfig {
     /// keeps the newest per key, so writing again changes nothing but a row someone altered.
     /// A second repair therefore writes nothing. The stored offsets are not moved (the route's
     /// own progress is its own).
-    pub async fn repair(&self, route: &str, records: &[SinkRecord]) -> Result<Repaired, PostgresSinkError> {
+    pub async fn repair(&self, records: &[SinkRecord]) -> Result<Repaired, PostgresSinkError> {
         let mut outcome = Repaired::default();
         if records.is_empty() {
             return Ok(outcome);
         }
-        let compared = self.compared_plan()?.table.to_string();
-        let mut conn = self.connect_for_reconcile(route).await?;
+        let compared = self.compared.table.to_string();
+        let mut conn = self.connect_for_reconcile().await?;
         let mut writers = Vec::new();
-        for plan in self.plans()? {
+        for plan in self.plans.iter().cloned() {
             let present =
                 if plan.upsert.is_none() { already_there(&mut conn, &plan, records).await? } else { HashSet::new() };
             if plan.table.to_string() == compared {
@@ -192,18 +220,8 @@ impl PostgresSinkConfig {
         Ok(outcome)
     }
 
-    /// The plan whose table `reconcile` reads: the newest-wins one, else the only one.
-    fn compared_plan(&self) -> Result<TablePlan, PostgresSinkError> {
-        let plans = self.plans()?;
-        let index = plans.iter().position(|plan| plan.upsert.is_some()).unwrap_or(0);
-        plans.into_iter().nth(index).ok_or_else(|| PostgresSinkError::Config {
-            key: "table".into(),
-            reason: "the route writes no table".into(),
-        })
-    }
-
-    async fn connect_for_reconcile(&self, route: &str) -> Result<PgConnection, PostgresSinkError> {
-        PgConnection::connect_with(&self.connect_options(&format!("{route}/reconcile"))?)
+    async fn connect_for_reconcile(&self) -> Result<PgConnection, PostgresSinkError> {
+        PgConnection::connect_with(&self.config.connect_options(&format!("{}/reconcile", self.route))?)
             .await
             .map_err(PostgresSinkError::Connect)
     }
@@ -291,7 +309,7 @@ mod tests {
 
     fn plan(json: &str) -> TablePlan {
         let config: PostgresSinkConfig = serde_json::from_str(json).unwrap();
-        config.compared_plan().unwrap()
+        RouteTable::new("r", config).unwrap().compared
     }
 
     #[test]
@@ -320,10 +338,11 @@ mod tests {
                 "conflict_key":["src","step"]}}"#,
         )
         .unwrap();
-        assert!(config.keeps_field("status").unwrap() && !config.keeps_field("records").unwrap());
+        let table = RouteTable::new("r", config).unwrap();
+        assert!(table.keeps_field("status") && !table.keeps_field("records"));
         let row = serde_json::json!({"src": "A", "step": "s", "done_at": "2026-12-01T10:00:00", "state": "FAILED"});
         let Value::Object(row) = row else { unreachable!() };
-        let event = event_of(&config.compared_plan().unwrap(), row).unwrap();
+        let event = event_of(&table.compared, row).unwrap();
         assert_eq!((event.status.as_str(), event.event.as_str(), event.records), ("FAILED", "", None));
     }
 }
