@@ -1,11 +1,15 @@
-//! The registry: every sink and source kind this binary knows, one line each.
+//! The registry: every sink and source kind this binary knows, one line each, and the typed
+//! values commands that use one kind's own API build from them (reconcile's subjects).
 
 use anyhow::{bail, Context, Result};
 use herald_core::source::{Source, SourceFactory};
 use herald_core::{BoundRoute, RouteConfig, SourceSpec};
+use herald_reconcile::Subject;
 use herald_sdk::Sink;
 use herald_sdk::{Purpose, Registered, SinkContext, SinkFactory};
 use tracing::warn;
+
+use crate::config::Config;
 
 /// Every sink kind this binary knows. Adding a sink is one line here and one dependency.
 pub static SINKS: &[&dyn SinkFactory] = &[
@@ -105,6 +109,34 @@ pub fn sources(specs: &[SourceSpec]) -> Result<Vec<(String, Box<dyn Source>)>> {
         }
     }
     Ok(sources)
+}
+
+/// What `reconcile` compares for `[[source]]` `spec`: a Postgres source's table; `None` for
+/// another kind.
+pub fn source_subject(spec: &SourceSpec) -> Result<Option<Subject>> {
+    Ok(postgres_source(spec)?.map(Subject::Source))
+}
+
+/// What `reconcile` compares for `route`: the table of a Postgres sink; `None` for another
+/// sink.
+pub fn route_subject(route: &RouteConfig) -> Result<Option<Subject>> {
+    let Some(sink) = typed_sink::<herald_sink_postgres::PostgresSinkConfig>(route)? else { return Ok(None) };
+    let table =
+        herald_sink_postgres::RouteTable::new(&route.name, sink).with_context(|| format!("route `{}`", route.name))?;
+    Ok(Some(Subject::Route { route: route.clone(), table }))
+}
+
+/// Every Postgres source and Postgres sink route of `config`: what `herald run` reconciles
+/// periodically.
+pub fn reconcile_subjects(config: &Config) -> Result<Vec<Subject>> {
+    let mut subjects = Vec::new();
+    for spec in &config.sources {
+        subjects.extend(source_subject(spec)?);
+    }
+    for route in &config.routes {
+        subjects.extend(route_subject(route)?);
+    }
+    Ok(subjects)
 }
 
 /// A route's sink as kind `P`'s typed config, parsed and validated, or `None` when the route's

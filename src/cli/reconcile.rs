@@ -15,7 +15,6 @@ use clap::Args;
 use herald_board::render_divergences;
 use herald_reconcile::{ReconcileError, Report, Subject};
 use herald_sdk::printable::printable;
-use herald_sink_postgres::RouteTable;
 
 use crate::config::Config;
 use crate::registry;
@@ -80,8 +79,8 @@ fn source_subject(config: &Config, name: &str, path: &std::path::Path) -> Result
         let known: Vec<&str> = config.sources.iter().map(|spec| spec.name.as_str()).collect();
         bail!("{}: no [[source]] named `{name}` (sources: {})", path.display(), list(&known));
     };
-    match registry::postgres_source(spec)? {
-        Some(source) => Ok(Subject::Source(source)),
+    match registry::source_subject(spec)? {
+        Some(subject) => Ok(subject),
         None => bail!("source `{name}` is of type `{}`; reconcile compares Postgres tables", spec.kind),
     }
 }
@@ -92,27 +91,10 @@ fn route_subject(config: &Config, name: &str, path: &std::path::Path) -> Result<
         let known: Vec<&str> = config.routes.iter().map(|route| route.name.as_str()).collect();
         bail!("{}: no [[route]] named `{name}` (routes: {})", path.display(), list(&known));
     };
-    match registry::typed_sink(route)? {
-        Some(sink) => Ok(Subject::Route { route: route.clone(), table: RouteTable::new(&route.name, sink)? }),
+    match registry::route_subject(route)? {
+        Some(subject) => Ok(subject),
         None => bail!("route `{name}` writes to a `{}` sink; reconcile compares Postgres tables", route.sink.kind),
     }
-}
-
-/// Every Postgres source and Postgres sink route of `config`: what `herald run` reconciles
-/// periodically.
-pub fn subjects(config: &Config) -> Result<Vec<Subject>> {
-    let mut subjects = Vec::new();
-    for spec in &config.sources {
-        if let Some(source) = registry::postgres_source(spec)? {
-            subjects.push(Subject::Source(source));
-        }
-    }
-    for route in &config.routes {
-        if let Some(sink) = registry::typed_sink(route)? {
-            subjects.push(Subject::Route { route: route.clone(), table: RouteTable::new(&route.name, sink)? });
-        }
-    }
-    Ok(subjects)
 }
 
 fn list(names: &[&str]) -> String {

@@ -98,7 +98,8 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         tokio::spawn(follow);
     }
     if config.reconcile.every.is_some() {
-        let subjects = super::reconcile::subjects(&config).with_context(|| format!("{}", args.config.display()))?;
+        let subjects =
+            crate::registry::reconcile_subjects(&config).with_context(|| format!("{}", args.config.display()))?;
         tokio::spawn(herald_reconcile::run_periodically(
             config.kafka.clone(),
             subjects,
