@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use herald_admin::Control;
+use herald_core::changes::{changed_by_name, moved_capture_settings, new_group_warnings, route_diff};
 use herald_core::{Observer, RouteChanges, RouteConfig, SourceChanges, SourceSpec};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
@@ -163,7 +164,8 @@ pub fn plan(current: &Config, next: &Config, path: &Path, failed: &Failed) -> Re
     // start: the new config as a whole must be one herald could start with.
     let mut next_sources = registry::sources(&next.sources).map_err(|err| format!("{err:#}"))?;
     let (mut stop_routes, mut start_routes) = route_diff(&current.routes, &next.routes);
-    let (mut stop_sources, mut start_names) = diff(&current.sources, &next.sources, |spec: &SourceSpec| &spec.name);
+    let (mut stop_sources, mut start_names) =
+        changed_by_name(&current.sources, &next.sources, |spec: &SourceSpec| &spec.name);
     // A failed route or source of the new config starts again, changed or not: a reload is
     // how a fixed cause is picked up.
     for route in next.routes.iter().filter(|route| failed.routes.contains(&route.name)) {
@@ -187,7 +189,7 @@ pub fn plan(current: &Config, next: &Config, path: &Path, failed: &Failed) -> Re
         }
     }
     next_sources.retain(|(name, _)| start_names.contains(name));
-    let mut warnings = new_group_warnings(current, &stop_routes, &start_routes);
+    let mut warnings = new_group_warnings(&current.routes, &stop_routes, &start_routes);
     for removed in stop_sources.iter().filter(|name| !start_names.contains(name)) {
         warnings.push(format!(
             "source `{removed}` is removed from the config, but its change capture stays installed (a WAL slot keeps \
@@ -236,22 +238,6 @@ impl Failed {
     }
 }
 
-/// The capture settings (see [`herald_core::source::Source::capture_settings`]) that differ.
-fn moved_capture_settings(
-    running: &dyn herald_core::source::Source,
-    next: &dyn herald_core::source::Source,
-) -> Vec<&'static str> {
-    let before = running.capture_settings();
-    let after = next.capture_settings();
-    let mut moved: Vec<&'static str> = after
-        .iter()
-        .filter(|(setting, value)| before.iter().find(|(old, _)| old == setting).map(|(_, old)| old) != Some(value))
-        .map(|(setting, _)| *setting)
-        .collect();
-    moved.extend(before.iter().filter(|(setting, _)| !after.iter().any(|(new, _)| new == setting)).map(|(s, _)| *s));
-    moved
-}
-
 /// Why a source's capture cannot move on a reload, and what to run instead.
 fn capture_move_refusal(name: &str, moved: &[&str], path: &Path) -> String {
     let settings: Vec<String> = moved.iter().map(|setting| format!("`{setting}`")).collect();
@@ -264,40 +250,6 @@ fn capture_move_refusal(name: &str, moved: &[&str], path: &Path) -> String {
          under a new name, then `herald migrate --config {config}` and reload",
         settings.join(", ")
     )
-}
-
-/// A warning for each route that starts in a consumer group no running route uses: with no
-/// committed offsets it reads from `start_from`, which for a renamed route means every event
-/// again (into a table: every row again).
-fn new_group_warnings(current: &Config, stop: &[String], start: &[RouteConfig]) -> Vec<String> {
-    let running_groups: Vec<String> = current.routes.iter().map(RouteConfig::group_id).collect();
-    let removed: Vec<&RouteConfig> = current
-        .routes
-        .iter()
-        .filter(|route| stop.contains(&route.name) && !start.iter().any(|new| new.name == route.name))
-        .collect();
-    let mut warnings = Vec::new();
-    for route in start.iter().filter(|route| !running_groups.contains(&route.group_id())) {
-        let group = route.group_id();
-        let from = match route.start_from {
-            herald_core::config::StartFrom::Earliest => "the start of its topics (every event already there, again)",
-            herald_core::config::StartFrom::Latest => "the end of its topics (events published meanwhile are not read)",
-        };
-        let mut warning = format!(
-            "route `{}` starts consumer group `{group}`, which no running route uses: unless that group has \
-             committed offsets, it reads from {from} (`start_from`)",
-            route.name
-        );
-        if let Some(old) = removed.first() {
-            warning.push_str(&format!(
-                "; if it replaces route `{}`, set `group_id = \"{}\"` on it to carry on where that one stood",
-                old.name,
-                old.group_id()
-            ));
-        }
-        warnings.push(warning);
-    }
-    warnings
 }
 
 /// One reload: what changed, or why nothing did. The file is read whole until two reads agree
@@ -348,22 +300,6 @@ fn describe(what: &str, stopped: &[String], started: &[String]) -> String {
     format!("{what}s: restarted {restarted:?}, started {added:?}, stopped {removed:?}")
 }
 
-/// The names to stop (removed or changed) and to start (new or changed), of items named by
-/// `name` (routes, sources).
-fn diff<T: PartialEq>(current: &[T], next: &[T], name: impl Fn(&T) -> &str) -> (Vec<String>, Vec<String>) {
-    let find = |items: &[T], wanted: &str| items.iter().position(|item| name(item) == wanted);
-    let changed = |item: &T, others: &[T]| find(others, name(item)).is_none_or(|at| &others[at] != item);
-    let stop = current.iter().filter(|item| changed(item, next)).map(|item| name(item).to_owned()).collect();
-    let start = next.iter().filter(|item| changed(item, current)).map(|item| name(item).to_owned()).collect();
-    (stop, start)
-}
-
-/// The routes to stop, by name, and those to start.
-fn route_diff(current: &[RouteConfig], next: &[RouteConfig]) -> (Vec<String>, Vec<RouteConfig>) {
-    let (stop, start) = diff(current, next, |route| &route.name);
-    (stop, next.iter().filter(|route| start.contains(&route.name)).cloned().collect())
-}
-
 /// The sections other than `[[route]]` and `[[source]]` that differ, compared by value
 /// (secrets too: a changed password alone is a change).
 fn sections_needing_restart(current: &Config, next: &Config) -> Vec<&'static str> {
@@ -389,10 +325,6 @@ mod tests {
 
     use super::*;
 
-    fn routes(text: &str) -> Vec<RouteConfig> {
-        Config::from_toml(text, std::path::Path::new("t.toml")).unwrap().routes
-    }
-
     #[test]
     fn a_changed_secret_alone_is_a_change_that_takes_effect_on_restart() {
         let load = |password: &str, token: &str| {
@@ -406,24 +338,5 @@ mod tests {
         assert!(sections_needing_restart(&before, &load("old-password", "0123456789abcdef-old")).is_empty());
         assert_eq!(sections_needing_restart(&before, &load("new-password", "0123456789abcdef-old")), ["[kafka]"]);
         assert_eq!(sections_needing_restart(&before, &load("old-password", "0123456789abcdef-new")), ["[admin]"]);
-    }
-
-    #[test]
-    fn only_changed_new_and_removed_routes_are_touched() {
-        let before = routes(
-            "[[route]]\nname = \"a\"\ntopics = [\"t\"]\nsink = { type = \"stdout\" }\n\
-             [[route]]\nname = \"b\"\ntopics = [\"t\"]\nsink = { type = \"stdout\" }\n\
-             [[route]]\nname = \"c\"\ntopics = [\"t\"]\nsink = { type = \"stdout\" }\n",
-        );
-        let after = routes(
-            "[[route]]\nname = \"a\"\ntopics = [\"t\"]\nsink = { type = \"stdout\" }\n\
-             [[route]]\nname = \"b\"\ntopics = [\"t\"]\nfilter = { status = \"FAILED\" }\nsink = { type = \"stdout\" }\n\
-             [[route]]\nname = \"d\"\ntopics = [\"t\"]\nsink = { type = \"stdout\" }\n",
-        );
-        let (stop, start) = route_diff(&before, &after);
-        assert_eq!(stop, vec!["b", "c"]);
-        assert_eq!(start.iter().map(|route| route.name.as_str()).collect::<Vec<_>>(), vec!["b", "d"]);
-        let (stop, start) = route_diff(&after, &after);
-        assert!(stop.is_empty() && start.is_empty());
     }
 }

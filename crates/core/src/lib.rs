@@ -14,6 +14,7 @@ than loses (at-least-once). Sinks that can store offsets with the data do better
 
 # Layout
 - [`config`]: `[runtime]` and `[[route]]`, and their validation.
+- [`changes`]: what a reload changes among routes and sources, decided without I/O.
 - [`filter`]: which events a route delivers.
 - [`dlq`]: the dead-letter topic and its Kafka Connect headers.
 - [`runtime`]: [`run`], every route at work until shutdown.
@@ -38,6 +39,7 @@ One home per concept, in the lowest crate that needs it:
 */
 #![deny(missing_docs)]
 
+pub mod changes;
 pub mod config;
 pub mod dlq;
 pub mod error;
