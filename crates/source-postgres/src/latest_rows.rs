@@ -15,9 +15,9 @@ use sqlx::{PgConnection, Row};
 
 use crate::capture;
 use crate::error::SourceError;
+use crate::instance::PostgresSource;
 use crate::publisher::publish_alone;
 use crate::rows::RowMapper;
-use crate::source::PostgresSource;
 
 /// The newest row of a (source, stage) that cannot become an event (a NULL status, a timestamp
 /// that does not parse): reconcile reports it, never leaves the pair out.

@@ -24,6 +24,7 @@ The decisions to know:
 # Layout
 - `plugin.rs`: the `Source` the binary registers (the settings type is the plug-in).
 - `config.rs`: the settings and the plan they make (table, mapping, skip rule).
+- `instance.rs`: `PostgresSource`, one configured source as a value (name, settings, plan).
 - `source.rs`: the loop: standby until the lock is held, then capture, publish, repeat; the
   trigger mode's catch-up.
 - `capture.rs`: the trigger mode's Postgres side: the trigger, `herald_changes`, reading
@@ -48,6 +49,7 @@ mod capture;
 mod config;
 mod continuity;
 mod error;
+mod instance;
 mod latest_rows;
 mod offsets;
 mod plugin;
@@ -61,8 +63,8 @@ mod wal;
 pub use capture::Cursor;
 pub use config::{Capture, OnCaptureLost, PostgresSourceConfig, SkipWhen, SnapshotMode};
 pub use error::SourceError;
+pub use instance::PostgresSource;
 pub use latest_rows::{RowToPublish, TableRow, UnreadableRow};
-pub use source::PostgresSource;
 
 /// The `type` that selects this source in a `[[source]]` table.
 pub const KIND: &str = "postgres";

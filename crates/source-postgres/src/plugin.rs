@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Capture, PostgresSourceConfig};
 use crate::error::SourceError;
-use crate::source::PostgresSource;
+use crate::instance::PostgresSource;
 
 impl SourcePlugin for PostgresSourceConfig {
     const KIND: &'static str = crate::KIND;

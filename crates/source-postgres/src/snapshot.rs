@@ -20,11 +20,11 @@ use sqlx::{Connection, PgConnection};
 use tracing::{info, warn};
 
 use crate::error::SourceError;
+use crate::instance::PostgresSource;
 use crate::latest_rows::{read_latest, TableRow};
 use crate::offsets::Checkpoint;
 use crate::publisher::{Outgoing, Publisher};
 use crate::rows::RowMapper;
-use crate::source::PostgresSource;
 
 /// Longest a resync may read the source's topic for its latest events.
 const TOPIC_READ_TIMEOUT: Duration = Duration::from_secs(300);

@@ -16,6 +16,7 @@ use crate::config::{Capture, OnCaptureLost, Plan, PostgresSourceConfig, Snapshot
 use crate::continuity::Committed;
 use crate::continuity::{self, ServerIdentity, WalCapture};
 use crate::error::SourceError;
+use crate::instance::PostgresSource;
 use crate::offsets::{forget_position, read_committed, read_start};
 use crate::prune::Pruner;
 use crate::publisher::{Outgoing, Publisher};
@@ -30,41 +31,7 @@ const STANDBY_POLL: Duration = Duration::from_secs(1);
 /// How soon to look again when an open transaction holds changes back.
 const HELD_BACK_POLL: Duration = Duration::from_millis(20);
 
-/// One configured Postgres source: its name, its settings and the plan they make, built once.
-/// It owns what the source does (check, migrate, run, retire, its side of reconcile); the
-/// settings stay plain data.
-#[derive(Debug, Clone)]
-pub struct PostgresSource {
-    pub(crate) name: String,
-    pub(crate) config: PostgresSourceConfig,
-    pub(crate) plan: Plan,
-    /// ` --config <file>`, for the commands its errors print (empty when not known).
-    pub(crate) config_flag: String,
-}
-
 impl PostgresSource {
-    /// Source `name` with `config` (read from `config_file`, for the commands it prints),
-    /// its plan checked: table, mapping, skip rule.
-    pub fn new(
-        name: &str,
-        config: PostgresSourceConfig,
-        config_file: Option<&std::path::Path>,
-    ) -> Result<Self, SourceError> {
-        let plan = config.plan()?;
-        let config_flag = config_file.map(|path| format!(" --config {}", path.display())).unwrap_or_default();
-        Ok(Self { name: name.to_owned(), config, plan, config_flag })
-    }
-
-    /// The source's name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// Its settings.
-    pub fn config(&self) -> &PostgresSourceConfig {
-        &self.config
-    }
-
     /// Options for connections named `herald/<source name>`.
     fn connect_options(&self) -> Result<PgConnectOptions, SourceError> {
         let name = self.name.as_str();
