@@ -35,6 +35,32 @@ impl PrivatePostgres {
         pg
     }
 
+    /// An asynchronous streaming standby of `primary`, made by `pg_basebackup -R` and started:
+    /// read-only, in recovery, until [`PrivatePostgres::control`]`("promote")`.
+    pub fn standby_of(primary: &PrivatePostgres) -> Self {
+        let dir = std::env::temp_dir().join(unique("herald-pg-standby"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = rand::rng().random_range(20_000..30_000);
+        let pg = Self { dir, port, bin: primary.bin.clone() };
+        pg.as_postgres(&format!("chown postgres {}", pg.dir.display()), true);
+        pg.as_postgres(
+            &format!(
+                "{}/pg_basebackup -h 127.0.0.1 -p {} -U herald -D {}/data -R -X stream >/dev/null",
+                pg.bin.display(),
+                primary.port,
+                pg.dir.display()
+            ),
+            false,
+        );
+        pg.control("start");
+        pg
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     pub fn url(&self) -> String {
         format!("postgres://herald@127.0.0.1:{}/postgres", self.port)
     }

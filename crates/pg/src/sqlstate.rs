@@ -43,6 +43,9 @@ fn classify_sqlstate(code: &str) -> Failure {
     match code {
         // lock_not_available (lock_timeout), object_in_use: someone else holds it for now.
         LOCK_NOT_AVAILABLE | "55006" => return Failure::Transient,
+        // read_only_sql_transaction: the server is a standby (a failover under way, or an
+        // endpoint not yet moved to the new primary). The destination's fault, for now.
+        "25006" => return Failure::Transient,
         // program_limit_exceeded: "index row size 2720 exceeds maximum 2712", "row is too big".
         // (Its siblings, a statement too complex or too many columns, are the SQL's, not a row's.)
         "54000" => return Failure::Row,
@@ -71,6 +74,8 @@ mod tests {
         assert_eq!(classify_sqlstate("40P01"), Failure::Transient); // deadlock
         assert_eq!(classify_sqlstate("57P01"), Failure::Transient); // admin shutdown
         assert_eq!(classify_sqlstate("55P03"), Failure::Transient); // lock_timeout
+        assert_eq!(classify_sqlstate("25006"), Failure::Transient); // read-only: a standby
+        assert_eq!(classify_sqlstate("25P02"), Failure::Fatal); // in failed transaction: a bug
         assert_eq!(classify_sqlstate("42P01"), Failure::Fatal); // undefined table
         assert_eq!(classify_sqlstate("42501"), Failure::Fatal); // permission denied
         assert_eq!(classify(&sqlx::Error::PoolTimedOut), Failure::Transient);

@@ -43,6 +43,11 @@ pub struct PostgresSinkConfig {
     /// Default `"60s"`.
     #[serde(default = "default_statement_timeout", with = "humantime_serde")]
     pub statement_timeout: Duration,
+    /// How long herald's session may sit idle inside an open transaction before Postgres ends
+    /// it (`idle_in_transaction_session_timeout`): a herald that vanished mid-batch never holds
+    /// its offsets rows' locks against the herald that takes over. Default `"60s"`.
+    #[serde(default = "default_idle_in_transaction_timeout", with = "humantime_serde")]
+    pub idle_in_transaction_timeout: Duration,
     /// For upserts (newest wins): an event dated more than this ahead of herald's clock goes to
     /// the dead-letter topic instead, since it would stay "newest" over every real event after it
     /// (a year-9999 timestamp would pin its row forever). Default `"1h"`.
@@ -105,6 +110,10 @@ fn default_connect_timeout() -> Duration {
 }
 
 fn default_statement_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_idle_in_transaction_timeout() -> Duration {
     Duration::from_secs(60)
 }
 

@@ -23,11 +23,21 @@ pub enum Setup {
 }
 
 impl PostgresSinkConfig {
-    /// Options for connections named `herald/<route>`, with the statement timeout and UTC.
+    /// Options for connections named `herald/<route>`: UTC, the statement timeout, the idle
+    /// in-transaction timeout, and the server's TCP keepalives (probe after 30 s idle, every
+    /// 10 s, 3 misses), so a client that vanished is found and its transaction ended in about a
+    /// minute, its locks released.
     pub(crate) fn connect_options(&self, route: &str) -> Result<PgConnectOptions, PostgresSinkError> {
         let statement_timeout = format!("{}ms", self.statement_timeout.as_millis());
-        Ok(herald_pg::connect_options(&self.url, route)?
-            .options([("statement_timeout", statement_timeout.as_str()), ("TimeZone", "UTC")]))
+        let idle_in_transaction = format!("{}ms", self.idle_in_transaction_timeout.as_millis());
+        Ok(herald_pg::connect_options(&self.url, route)?.options([
+            ("statement_timeout", statement_timeout.as_str()),
+            ("idle_in_transaction_session_timeout", idle_in_transaction.as_str()),
+            ("tcp_keepalives_idle", "30"),
+            ("tcp_keepalives_interval", "10"),
+            ("tcp_keepalives_count", "3"),
+            ("TimeZone", "UTC"),
+        ]))
     }
 
     /// Creates or updates herald's tables for route `route` (idempotent). When they are current
@@ -84,6 +94,7 @@ impl PostgresSink {
         let pool = PgPoolOptions::new()
             .max_connections(config.pool_size.max(1))
             .acquire_timeout(config.connect_timeout)
+            .after_connect(|conn, _| Box::pin(async move { refuse_a_standby(conn).await }))
             .connect_lazy_with(config.connect_options(route)?);
         let mut conn = pool.acquire().await.map_err(PostgresSinkError::Connect)?;
         let mut writers = Vec::with_capacity(plans.len());
@@ -309,6 +320,19 @@ impl PostgresSink {
             })
             .collect())
     }
+}
+
+/// Refuses a connection that landed on a server in recovery (a standby: an endpoint not yet moved
+/// to the new primary after a failover). herald never writes to one; the write is retried, as
+/// for any destination that is not there yet.
+async fn refuse_a_standby(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    let standby: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()").fetch_one(&mut *conn).await?;
+    if standby {
+        return Err(sqlx::Error::Io(std::io::Error::other(
+            "the server is in recovery (a standby); herald writes only to a primary, and tries again",
+        )));
+    }
+    Ok(())
 }
 
 /// One past the highest offset of each partition of `batch`, ordered by topic and partition (the

@@ -1,0 +1,136 @@
+//! A database failover under a running Postgres sink route: the primary dies, the endpoint (a
+//! TCP proxy here, as a DNS name or a pooler would be) moves to a standby that is still in
+//! recovery, then the standby is promoted. herald never writes to the standby (its connections
+//! there are refused and the writes retried: the route never fails, nothing is dead-lettered),
+//! and once the standby is promoted every event is written exactly once.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::private_pg::PrivatePostgres;
+use common::*;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use tokio::net::{TcpListener, TcpStream};
+
+/// An endpoint that forwards each new connection to the port it points at now; moving it leaves
+/// connections already open where they were (they die with their server).
+struct Endpoint {
+    port: u16,
+    target: Arc<AtomicU16>,
+}
+
+impl Endpoint {
+    async fn start(target: u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let target = Arc::new(AtomicU16::new(target));
+        let to = target.clone();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let port = to.load(Ordering::SeqCst);
+                tokio::spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(("127.0.0.1", port)).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+        Self { port, target }
+    }
+
+    fn move_to(&self, port: u16) {
+        self.target.store(port, Ordering::SeqCst);
+    }
+}
+
+async fn count(pool: &PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+}
+
+async fn wait_for(pool: &PgPool, sql: &str, wanted: i64) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let now: Result<i64, _> = sqlx::query_scalar(sql).fetch_one(pool).await;
+        if now.as_ref().is_ok_and(|now| *now == wanted) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "`{sql}` is {now:?}, not {wanted}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_to_a_standby_is_waited_out_never_written_and_every_event_lands_once_on_the_promoted_server() {
+    let primary = PrivatePostgres::start();
+    let primary_pool = PgPoolOptions::new().max_connections(2).connect(&primary.url()).await.unwrap();
+    // herald's tables exist before the standby is made from the primary.
+    sqlx::query("SELECT 1").execute(&primary_pool).await.unwrap();
+    let endpoint = Endpoint::start(primary.port()).await;
+    let url = format!("postgres://herald@127.0.0.1:{}/postgres", endpoint.port);
+    let topic = unique("failover");
+    create_topic(&topic, 1).await;
+    let (route, dlq) = (unique("to-db"), unique("dlq"));
+    create_topic(&dlq, 1).await;
+    let config = TempConfig::new(&format!(
+        "{kafka}[admin]\nlisten = \"127.0.0.1:0\"\n[[route]]\nname = \"{route}\"\ntopics = [\"{topic}\"]\n\
+         dead_letter_topic = \"{dlq}\"\nretry = {{ max_backoff = \"1s\" }}\n\
+         [route.sink]\ntype = \"postgres\"\nurl = \"{url}\"\nconnect_timeout = \"2s\"\n",
+        kafka = kafka_section()
+    ));
+    let migrate = herald().args(["migrate", "--config"]).arg(&config.path).output().unwrap();
+    assert!(migrate.status.success(), "{}", String::from_utf8_lossy(&migrate.stderr));
+    let standby = PrivatePostgres::standby_of(&primary);
+    let standby_pool = PgPoolOptions::new().max_connections(2).connect(&standby.url()).await.unwrap();
+
+    let mut herald = Herald::run(&config);
+    let admin = admin_address(&mut herald);
+    let first: Vec<String> =
+        (0..50).map(|seq| event_json(&format!("S{}", seq % 5), "bronze", "SUCCESS", seq)).collect();
+    let messages: Vec<(Option<&str>, &[u8])> = first.iter().map(|e| (Some("k"), e.as_bytes())).collect();
+    produce(&topic, &messages).await;
+    let history = "SELECT count(*) FROM public.pipeline_status";
+    wait_for(&primary_pool, history, 50).await;
+    wait_for(&standby_pool, history, 50).await;
+
+    // The primary dies; the endpoint moves to the standby, still in recovery.
+    primary_pool.close().await;
+    primary.control("stop -m immediate");
+    endpoint.move_to(standby.port());
+    let second: Vec<String> =
+        (50..100).map(|seq| event_json(&format!("S{}", seq % 5), "bronze", "SUCCESS", seq)).collect();
+    let messages: Vec<(Option<&str>, &[u8])> = second.iter().map(|e| (Some("k"), e.as_bytes())).collect();
+    produce(&topic, &messages).await;
+    // herald keeps trying; the standby takes nothing and the route does not fail.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (_, routes) = http(&admin, "GET", "/routes");
+        assert!(!routes.contains("\"failed\""), "the route failed on a standby: {routes}");
+        if routes.contains("\"retrying\"") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the route never retried: {routes}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(count(&standby_pool, history).await, 50, "nothing written to a standby");
+
+    // Promoted: the writes go through, every event once.
+    standby.control("promote");
+    wait_for(&standby_pool, history, 100).await;
+    let distinct = "SELECT count(DISTINCT kafka_offset) FROM public.pipeline_status";
+    assert_eq!(count(&standby_pool, distinct).await, 100, "each offset once");
+    let (_, routes) = http(&admin, "GET", "/routes");
+    assert!(!routes.contains("\"failed\""), "{routes}");
+    herald.signal("TERM");
+    assert!(herald.wait_exit().success(), "{}", herald.log());
+    let (low, high) = {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new().set("bootstrap.servers", BROKERS).create().unwrap();
+        consumer.fetch_watermarks(&dlq, 0, Duration::from_secs(10)).unwrap()
+    };
+    assert_eq!(high - low, 0, "nothing dead-lettered: the standby was the destination's fault");
+}
