@@ -52,6 +52,19 @@ async fn count(pool: &PgPool, sql: &str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
 }
 
+/// Whether `sql` counts `wanted` within the patience.
+async fn reaches(pool: &PgPool, sql: &str, wanted: i64) -> bool {
+    let deadline = Instant::now() + PATIENCE;
+    while Instant::now() < deadline {
+        let now: Result<i64, _> = sqlx::query_scalar(sql).fetch_one(pool).await;
+        if now.as_ref().is_ok_and(|now| *now == wanted) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
+}
+
 async fn wait_for(pool: &PgPool, sql: &str, wanted: i64) {
     let deadline = Instant::now() + PATIENCE;
     loop {
@@ -133,4 +146,75 @@ async fn a_failover_to_a_standby_is_waited_out_never_written_and_every_event_lan
         consumer.fetch_watermarks(&dlq, 0, Duration::from_secs(10)).unwrap()
     };
     assert_eq!(high - low, 0, "nothing dead-lettered: the standby was the destination's fault");
+}
+
+/// The standby is behind when the primary dies (it was stopped while 50 events were written):
+/// the promoted server has lost what herald had written. herald finds its stored offsets behind
+/// what it committed, reads again from there and writes what was lost: every event once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_failover_to_a_standby_that_was_behind_herald_writes_again_what_the_database_lost() {
+    let primary = PrivatePostgres::start();
+    let primary_pool = PgPoolOptions::new().max_connections(2).connect(&primary.url()).await.unwrap();
+    let endpoint = Endpoint::start(primary.port()).await;
+    let url = format!("postgres://herald@127.0.0.1:{}/postgres", endpoint.port);
+    let topic = unique("failover-behind");
+    create_topic(&topic, 1).await;
+    let route = unique("to-db");
+    let config = TempConfig::new(&format!(
+        "{kafka}[admin]\nlisten = \"127.0.0.1:0\"\n[[route]]\nname = \"{route}\"\ntopics = [\"{topic}\"]\n\
+         retry = {{ max_backoff = \"1s\" }}\n\
+         [route.sink]\ntype = \"postgres\"\nurl = \"{url}\"\nconnect_timeout = \"2s\"\n",
+        kafka = kafka_section()
+    ));
+    let migrate = herald().args(["migrate", "--config"]).arg(&config.path).output().unwrap();
+    assert!(migrate.status.success(), "{}", String::from_utf8_lossy(&migrate.stderr));
+    let standby = PrivatePostgres::standby_of(&primary);
+    let standby_pool = PgPoolOptions::new().max_connections(2).connect(&standby.url()).await.unwrap();
+    let produce_range = |range: std::ops::Range<usize>| {
+        let topic = topic.clone();
+        async move {
+            let events: Vec<String> =
+                range.map(|seq| event_json(&format!("S{}", seq % 5), "bronze", "SUCCESS", seq)).collect();
+            let messages: Vec<(Option<&str>, &[u8])> = events.iter().map(|e| (Some("k"), e.as_bytes())).collect();
+            produce(&topic, &messages).await;
+        }
+    };
+
+    let mut herald = Herald::run(&config);
+    let admin = admin_address(&mut herald);
+    let history = "SELECT count(*) FROM public.pipeline_status";
+    produce_range(0..50).await;
+    wait_for(&primary_pool, history, 50).await;
+    wait_for(&standby_pool, history, 50).await;
+
+    // The standby stops receiving; 50 more land on the primary alone; the primary dies.
+    standby_pool.close().await;
+    standby.control("stop");
+    produce_range(50..100).await;
+    wait_for(&primary_pool, history, 100).await;
+    primary_pool.close().await;
+    primary.control("stop -m immediate");
+    // The standby comes back with what it had, is promoted, and the endpoint follows it.
+    standby.control("start");
+    standby.control("promote");
+    endpoint.move_to(standby.port());
+    let promoted = PgPoolOptions::new().max_connections(2).connect(&standby.url()).await.unwrap();
+    assert_eq!(count(&promoted, history).await, 50, "the failover lost 50 events herald had written");
+
+    produce_range(100..120).await;
+    if !reaches(&promoted, history, 120).await {
+        panic!("not 120 rows; herald's log:\n{}", herald.log());
+    }
+    let distinct = "SELECT count(DISTINCT kafka_offset) FROM public.pipeline_status";
+    assert_eq!(count(&promoted, distinct).await, 120, "each offset once");
+    let stored = "SELECT next_offset FROM public.herald_offsets";
+    assert_eq!(count(&promoted, stored).await, 120);
+    herald.wait_for_log("The sink's database is behind what herald delivered");
+    let (_, metrics) = http(&admin, "GET", "/metrics");
+    assert!(
+        metrics.lines().any(|line| line == format!("herald_route_replayed_total{{route=\"{route}\"}} 50")),
+        "{metrics}"
+    );
+    herald.signal("TERM");
+    assert!(herald.wait_exit().success(), "{}", herald.log());
 }

@@ -10,6 +10,19 @@ pub enum RouteError {
     /// The Kafka consumer could not be created or subscribed.
     #[error("cannot create the Kafka consumer")]
     Consumer(#[source] KafkaError),
+    /// Reading a partition again from where the sink's destination stands failed.
+    #[error("cannot read {topic}[{partition}] again from offset {offset}")]
+    Rewind {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// Where it was to be read from.
+        offset: i64,
+        /// Why the seek failed.
+        #[source]
+        source: KafkaError,
+    },
     /// The task reading the next batch while one is written failed unexpectedly.
     #[error("reading the next batch failed: {0}")]
     ReadAhead(String),

@@ -23,6 +23,7 @@ pub struct Observer {
     dead_lettered: IntCounterVec,
     retried: IntCounterVec,
     isolated: IntCounterVec,
+    replayed: IntCounterVec,
     write_seconds: HistogramVec,
     lag: IntGaugeVec,
     source_published: IntCounterVec,
@@ -58,6 +59,11 @@ impl Observer {
         let isolated = counter(
             "route_isolated_total",
             "Records a route dead-lettered because they failed alone `retry.poison_after` times while the sink answered.",
+            &["route"],
+        )?;
+        let replayed = counter(
+            "route_replayed_total",
+            "Events a route wrote again because its sink's destination lost them (a failover to a standby that had not received them).",
             &["route"],
         )?;
         let source_published = counter("source_published_total", "Events a source published to Kafka.", &["source"])?;
@@ -140,6 +146,7 @@ impl Observer {
             dead_lettered,
             retried,
             isolated,
+            replayed,
             write_seconds,
             lag,
             source_published,
@@ -181,6 +188,7 @@ impl Observer {
             dead_lettered: self.dead_lettered.with_label_values(&[name]),
             retries: self.retried.with_label_values(&[name]),
             isolated: self.isolated.with_label_values(&[name]),
+            replayed: self.replayed.with_label_values(&[name]),
             write_seconds: self.write_seconds.with_label_values(&[name]),
             failed: self.route_failed.with_label_values(&[name]),
             lag_by_partition: self.lag.clone(),
@@ -199,9 +207,15 @@ impl Observer {
     /// readiness and its per-route metrics.
     pub fn forget_route(&self, name: &str) {
         if self.routes.write().unwrap_or_else(PoisonError::into_inner).remove(name).is_some() {
-            for family in
-                [&self.consumed, &self.delivered, &self.skipped, &self.dead_lettered, &self.retried, &self.isolated]
-            {
+            for family in [
+                &self.consumed,
+                &self.delivered,
+                &self.skipped,
+                &self.dead_lettered,
+                &self.retried,
+                &self.isolated,
+                &self.replayed,
+            ] {
                 let _ = family.remove_label_values(&[name]);
             }
             let _ = self.write_seconds.remove_label_values(&[name]);
@@ -443,6 +457,8 @@ pub struct RouteShared {
     /// Records dead-lettered as poison: they failed alone `retry.poison_after` times while the
     /// sink answered.
     pub isolated: IntCounter,
+    /// Events written again because the sink's destination lost them.
+    pub replayed: IntCounter,
     /// Batch write latency.
     pub write_seconds: Histogram,
     /// 1 while the route is failed.

@@ -473,6 +473,19 @@ pub enum SinkError {
     /// A failure that retrying cannot fix (bad credentials, missing table): stop the route.
     #[error("sink failed")]
     Fatal(#[source] BoxError),
+    /// A sink that stores offsets with its data found them behind what it acknowledged before:
+    /// its destination lost commits (a failover to a standby that had not received them, a
+    /// restore). Nothing of this batch was written. The runtime asks the sink where each
+    /// assigned partition resumes ([`Sink::stored_offsets`]) and reads from there again, so
+    /// what was lost is written again, once; `events` is how many that is.
+    #[error("the sink's stored offsets are behind what it acknowledged, by {events} events")]
+    Behind {
+        /// How many acknowledged events the destination lost, over all partitions.
+        events: u64,
+        /// What the sink found, per partition.
+        #[source]
+        source: BoxError,
+    },
 }
 
 impl SinkError {
@@ -485,7 +498,7 @@ impl SinkError {
         }
     }
 
-    /// Whether the runtime should retry.
+    /// Whether the runtime should retry (the same batch, after a backoff).
     pub fn is_retriable(&self) -> bool {
         matches!(self, SinkError::Retriable(_))
     }

@@ -71,6 +71,26 @@ pub enum PostgresSinkError {
     /// An event dated too far ahead for a newest-wins table.
     #[error(transparent)]
     AheadOfClock(#[from] herald_sdk::AheadOfClock),
+    /// The database's stored offsets are behind what this sink committed before: it lost
+    /// commits (a failover to a standby that had not received them, a restore).
+    #[error("the database is behind what herald wrote to it: {}", describe_behind(.partitions))]
+    Behind {
+        /// Per partition: topic, partition, the database's next offset, herald's.
+        partitions: Vec<(String, i32, i64, i64)>,
+    },
+}
+
+fn describe_behind(partitions: &[(String, i32, i64, i64)]) -> String {
+    let each: Vec<String> = partitions
+        .iter()
+        .map(|(topic, partition, stored, written)| {
+            format!(
+                "{topic}[{partition}] holds up to offset {stored}, herald had written up to {written} ({} events)",
+                written - stored
+            )
+        })
+        .collect();
+    each.join("; ")
 }
 
 impl PostgresSinkError {
@@ -83,6 +103,7 @@ impl PostgresSinkError {
             | PostgresSinkError::Catalog { source: err, .. } => classify(err),
             PostgresSinkError::Pg(err) => err.failure(),
             PostgresSinkError::AheadOfClock(_) => Failure::Row,
+            PostgresSinkError::Behind { .. } => Failure::Transient,
             _ => Failure::Fatal,
         }
     }
@@ -95,6 +116,11 @@ impl PostgresSinkError {
 
 impl From<PostgresSinkError> for SinkError {
     fn from(err: PostgresSinkError) -> Self {
+        if let PostgresSinkError::Behind { partitions } = &err {
+            let events =
+                partitions.iter().map(|(_, _, stored, written)| u64::try_from(written - stored).unwrap_or(0)).sum();
+            return SinkError::Behind { events, source: Box::new(err) };
+        }
         let retriable = err.is_retriable();
         SinkError::classified(err, retriable)
     }

@@ -78,6 +78,9 @@ pub(crate) struct PostgresSink {
     consumer_group: String,
     /// For a sink with a newest-wins table: how far ahead of the clock an event may be dated.
     max_clock_skew: Option<std::time::Duration>,
+    /// The next offset of each partition this sink committed last: were the database's stored
+    /// offsets ever behind it, the database lost commits it acknowledged.
+    committed: std::sync::Mutex<HashMap<(String, i32), i64>>,
 }
 
 impl PostgresSink {
@@ -113,7 +116,14 @@ impl PostgresSink {
         drop(conn);
         info!(consumer_group, tables = writers.len(), "Postgres sink ready.");
         let max_clock_skew = writers.iter().any(TableWriter::is_newest_wins).then_some(config.max_clock_skew);
-        Ok(Self { pool, writers, schema, consumer_group: consumer_group.to_owned(), max_clock_skew })
+        Ok(Self {
+            pool,
+            writers,
+            schema,
+            consumer_group: consumer_group.to_owned(),
+            max_clock_skew,
+            committed: std::sync::Mutex::default(),
+        })
     }
 
     /// One attempt at the whole batch. `row_by_row` isolates each event under a savepoint, so
@@ -123,6 +133,7 @@ impl PostgresSink {
         // The batch's partitions and where it leaves each: one pass, for the lock and the update.
         let next = next_offsets(batch);
         let stored = self.lock_offsets(&mut tx, &next).await?;
+        self.check_not_behind(&stored)?;
         // Looked up per record by borrowed topic, among the batch's few partitions: no copy of
         // the topic and no hash of it per event.
         let is_new = |record: &SinkRecord| {
@@ -178,10 +189,39 @@ impl PostgresSink {
         }
         self.store_offsets(&mut tx, &next).await?;
         tx.commit().await?;
+        {
+            let mut committed = self.committed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for &((topic, partition), offset) in &next {
+                let at = committed.entry((topic.to_owned(), partition)).or_insert(offset);
+                *at = (*at).max(offset);
+            }
+        }
         outcome
             .rejected
             .extend(new_rejections.into_iter().map(|(index, err)| Rejection { index, error: Box::new(err) }));
         Ok(outcome)
+    }
+
+    /// Whether the database's `stored` offsets are behind what this sink committed: then it lost
+    /// commits, and the route must read again from where it stands (nothing of this batch is
+    /// written; the transaction is dropped). What was committed is forgotten down to what the
+    /// database holds, so the events written again count once.
+    fn check_not_behind(&self, stored: &[((String, i32), i64)]) -> Result<(), PostgresSinkError> {
+        let mut committed = self.committed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut behind = Vec::new();
+        for (partition, stored) in stored {
+            if let Some(written) = committed.get_mut(partition) {
+                if *written > *stored {
+                    behind.push((partition.0.clone(), partition.1, *stored, *written));
+                    *written = *stored;
+                }
+            }
+        }
+        if behind.is_empty() {
+            Ok(())
+        } else {
+            Err(PostgresSinkError::Behind { partitions: behind })
+        }
     }
 
     async fn write_rows(&self, conn: &mut PgConnection, records: &[&SinkRecord]) -> Result<(), sqlx::Error> {

@@ -147,7 +147,9 @@ impl Delivery<'_> {
                         Some(error) => SinkError::Retriable(error),
                     }
                 }
-                Err(error @ SinkError::Fatal(_)) => return Err(RouteError::Sink(error)),
+                // Fatal stops the route; Behind is the worker's to handle (it reads again from
+                // where the sink's destination stands).
+                Err(error @ (SinkError::Fatal(_) | SinkError::Behind { .. })) => return Err(RouteError::Sink(error)),
                 Err(error) => error,
             };
             drop(attempt);
@@ -167,7 +169,8 @@ impl Delivery<'_> {
             if left == 1 && policy.poison_after > 0 && failures >= policy.poison_after {
                 let index = piece.pending.indexes()[0];
                 if self.destination_answers().await {
-                    let (SinkError::Retriable(last) | SinkError::Fatal(last)) = error;
+                    let (SinkError::Retriable(last) | SinkError::Fatal(last) | SinkError::Behind { source: last, .. }) =
+                        error;
                     let suspect = Suspect { index, attempts: failures, last };
                     // Set aside while a record after it shows whether the destination takes
                     // others, unless nothing may be written past it or nothing is left.

@@ -47,7 +47,9 @@ use crate::config::RouteConfig;
 use crate::dlq::DeadLetterQueue;
 use crate::error::RouteError;
 use crate::observe::RouteShared;
-use herald_sdk::sink::Sink;
+use herald_sdk::error_chain;
+use herald_sdk::printable::{printable, LOG_CHARS};
+use herald_sdk::sink::{Sink, SinkError};
 
 use batch::{gather, BatchAdmission, BatchSource, IdleWakeups, Limits};
 pub(crate) use consumer::{create_consumer, RouteConsumer};
@@ -132,12 +134,74 @@ impl RouteWorker {
                     }
                 }
             };
-            prefetched = if self.sink.read_ahead() {
-                self.deliver_while_reading_on(&batch, prepared, reading, &pause_requests, cancel).await?
+            let delivered = if self.sink.read_ahead() {
+                self.deliver_while_reading_on(&batch, prepared, reading, &pause_requests, cancel).await
             } else {
-                self.deliver(&batch, prepared, cancel).await?;
-                None
+                self.deliver(&batch, prepared, cancel).await.map(|()| None)
             };
+            prefetched = match delivered {
+                Ok(next) => next,
+                Err(RouteError::Sink(SinkError::Behind { events, source })) => {
+                    self.read_again_from_the_sink(batch, events, &*source).await?;
+                    None
+                }
+                Err(err) => return Err(err),
+            };
+        }
+        Ok(())
+    }
+
+    /// The sink's destination lost what it acknowledged (see [`SinkError::Behind`]): nothing
+    /// of `batch` was written. Every assigned partition is read again from where the sink's
+    /// stored offsets say, or from the first message not written yet (of `batch` and the
+    /// messages held and the batch read ahead, which are dropped), whichever is earlier; a
+    /// partition with neither from its committed offset. The sink skips what it still holds.
+    async fn read_again_from_the_sink(
+        &mut self,
+        batch: Vec<FetchedMessage>,
+        events: u64,
+        reason: &(dyn std::error::Error + Send + Sync + 'static),
+    ) -> Result<(), RouteError> {
+        warn!(
+            route = %self.route.name, events, reason = %printable(&error_chain(reason).join(": "), LOG_CHARS),
+            "The sink's database is behind what herald delivered to it (a failover to a standby that had not received everything?); reading again from where the database stands, to write what it lost."
+        );
+        self.stats.replayed.inc_by(events);
+        let mut from: std::collections::BTreeMap<(String, i32), i64> = std::collections::BTreeMap::new();
+        for message in batch.iter().chain(self.held.iter()) {
+            let at = from.entry((message.topic().to_owned(), message.partition())).or_insert(message.offset());
+            *at = (*at).min(message.offset());
+        }
+        self.held.clear();
+        let assigned: Vec<(String, i32)> = match self.consumer.assignment() {
+            Ok(list) => list.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect(),
+            Err(_) => from.keys().cloned().collect(),
+        };
+        let stored = self.sink.stored_offsets(&assigned).await.map_err(RouteError::Sink)?;
+        for (partition, offset) in stored {
+            let at = from.entry(partition).or_insert(offset);
+            *at = (*at).min(offset);
+        }
+        let unknown: Vec<&(String, i32)> = assigned.iter().filter(|partition| !from.contains_key(*partition)).collect();
+        if !unknown.is_empty() {
+            let mut list = TopicPartitionList::new();
+            for (topic, partition) in &unknown {
+                list.add_partition(topic, *partition);
+            }
+            let committed =
+                self.consumer.committed_offsets(list, std::time::Duration::from_secs(10)).map_err(|source| {
+                    RouteError::Rewind { topic: unknown[0].0.clone(), partition: unknown[0].1, offset: -1, source }
+                })?;
+            for element in committed.elements() {
+                if let Offset::Offset(offset) = element.offset() {
+                    from.insert((element.topic().to_owned(), element.partition()), offset);
+                }
+            }
+        }
+        for ((topic, partition), offset) in from {
+            self.consumer
+                .seek(&topic, partition, Offset::Offset(offset), std::time::Duration::from_secs(10))
+                .map_err(|source| RouteError::Rewind { topic: topic.clone(), partition, offset, source })?;
         }
         Ok(())
     }
@@ -176,7 +240,9 @@ impl RouteWorker {
         pause_requests: &tokio::sync::watch::Receiver<bool>,
         cancel: &CancellationToken,
     ) -> Result<Option<(Vec<FetchedMessage>, PreparedBatch)>, RouteError> {
-        // Messages held back at a rebalance go through the sink's admission first.
+        // Messages held back at a rebalance go through the sink's admission first. The reader
+        // has a cancellation of its own: a sink behind its acknowledgements ends its batch early.
+        let reading_cancel = cancel.child_token();
         let read_ahead = self.held.is_empty().then(|| {
             let reader = ReadAhead {
                 route: Arc::clone(&self.route),
@@ -186,7 +252,7 @@ impl RouteWorker {
                 max_events: self.max_events,
                 reading,
                 pause_requests: pause_requests.clone(),
-                cancel: cancel.clone(),
+                cancel: reading_cancel.clone(),
             };
             tokio::spawn(reader.read())
         });
@@ -194,13 +260,24 @@ impl RouteWorker {
         let Some(task) = read_ahead else {
             return settled.map(|()| None);
         };
-        if settled.is_err() {
+        // On a failure the batch read ahead is abandoned; a sink behind its acknowledgements
+        // gets it back, ended early, to read every message again (`read_again_from_the_sink`).
+        let behind = matches!(settled, Err(RouteError::Sink(SinkError::Behind { .. })));
+        if behind {
+            reading_cancel.cancel();
+        } else if settled.is_err() {
             task.abort();
         }
         let read = match task.await {
             Ok((reader, read)) => {
                 self.resumption = reader.resumption;
                 self.held = reader.held;
+                if behind {
+                    if let Ok(Some((messages, _))) = read {
+                        self.held.extend(messages);
+                    }
+                    return settled.map(|()| None);
+                }
                 read
             }
             // Aborted because the route is failing: `settled` says why.
