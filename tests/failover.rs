@@ -130,6 +130,9 @@ async fn a_failover_to_a_standby_is_waited_out_never_written_and_every_event_lan
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(count(&standby_pool, history).await, 50, "nothing written to a standby");
+    let (status, ready) = http(&admin, "GET", "/health/ready");
+    assert_eq!(status, 503, "{ready}");
+    assert!(ready.contains("sink failing") && ready.contains("standby"), "readiness says why: {ready}");
 
     // Promoted: the writes go through, every event once.
     standby.control("promote");

@@ -303,12 +303,14 @@ impl Observer {
             if !route.kafka_up.load(Ordering::Relaxed) {
                 problems.push(format!("route {}: no Kafka broker reachable", route.name));
             }
-            if route.sink_failing.load(Ordering::Relaxed) {
-                problems.push(format!("route {}: sink failing", route.name));
-            }
             // A route of the config that is not running is not ready, whatever stopped it (a
             // route removed by a reload is forgotten, not stopped).
             let state = route.state();
+            if route.sink_failing.load(Ordering::Relaxed) {
+                // Why, as the sink last said (a database in recovery after a failover, …).
+                let why = state.last_error.as_deref().map(|error| format!(": {error}")).unwrap_or_default();
+                problems.push(format!("route {}: sink failing{why}", route.name));
+            }
             match state.status {
                 "failed" => problems.push(format!(
                     "route {}: failed since {}: {}",

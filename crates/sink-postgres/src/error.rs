@@ -71,6 +71,9 @@ pub enum PostgresSinkError {
     /// An event dated too far ahead for a newest-wins table.
     #[error(transparent)]
     AheadOfClock(#[from] herald_sdk::AheadOfClock),
+    /// The server behind the url is a standby (in recovery): herald writes only to a primary.
+    #[error("the server is a standby (in recovery): herald writes only to a primary, and waits for one")]
+    Standby,
     /// The database's stored offsets are behind what this sink committed before: it lost
     /// commits (a failover to a standby that had not received them, a restore).
     #[error("the database is behind what herald wrote to it: {}", describe_behind(.partitions))]
@@ -103,7 +106,7 @@ impl PostgresSinkError {
             | PostgresSinkError::Catalog { source: err, .. } => classify(err),
             PostgresSinkError::Pg(err) => err.failure(),
             PostgresSinkError::AheadOfClock(_) => Failure::Row,
-            PostgresSinkError::Behind { .. } => Failure::Transient,
+            PostgresSinkError::Behind { .. } | PostgresSinkError::Standby => Failure::Transient,
             _ => Failure::Fatal,
         }
     }

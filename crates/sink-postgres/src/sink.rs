@@ -202,6 +202,25 @@ impl PostgresSink {
         Ok(outcome)
     }
 
+    /// Why the pool had no connection to give (its own attempts say only that it timed out):
+    /// one connection made here says it, a standby included.
+    async fn why_no_connection(&self) -> PostgresSinkError {
+        let options = self.pool.connect_options();
+        match PgConnection::connect_with(&options).await {
+            Err(err) => PostgresSinkError::Connect(err),
+            Ok(mut conn) => {
+                let standby: Result<bool, _> =
+                    sqlx::query_scalar("SELECT pg_is_in_recovery()").fetch_one(&mut conn).await;
+                let _ = conn.close().await;
+                match standby {
+                    Ok(true) => PostgresSinkError::Standby,
+                    Ok(false) => PostgresSinkError::Query(sqlx::Error::PoolTimedOut),
+                    Err(err) => PostgresSinkError::Query(err),
+                }
+            }
+        }
+    }
+
     /// Whether the database's `stored` offsets are behind what this sink committed: then it lost
     /// commits, and the route must read again from where it stands (nothing of this batch is
     /// written; the transaction is dropped). What was committed is forgotten down to what the
@@ -408,6 +427,7 @@ impl Sink for PostgresSink {
                 debug!(error = %err, "Batch refused; writing it row by row to find the bad rows.");
                 Ok(self.write_batch(batch, true).await?)
             }
+            Err(PostgresSinkError::Query(sqlx::Error::PoolTimedOut)) => Err(self.why_no_connection().await.into()),
             Err(err) => Err(err.into()),
         }
     }
