@@ -57,11 +57,10 @@ impl RowToPublish {
 }
 
 impl PostgresSource {
-    /// The latest row of each (source, stage) of source `name`'s table, as events, when it is
-    /// dated at or after `since` (always without it). Rows that cannot be events are left out.
-    /// Hands `each` the latest row of each (source, stage) of source `name`'s table, as events,
+    /// Hands `each` the latest row of each (source, stage) of the source's table, as an event,
     /// when it is dated at or after `since` (always without it), one at a time (nothing is
-    /// gathered). Rows that cannot be events are left out.
+    /// gathered). A pair whose latest row cannot be an event is handed over as unreadable, with
+    /// why, whatever `since`.
     pub async fn latest_rows(
         &self,
         since: Option<DateTime<Utc>>,
