@@ -221,3 +221,116 @@ async fn after_a_failover_to_a_standby_that_was_behind_herald_writes_again_what_
     herald.signal("TERM");
     assert!(herald.wait_exit().success(), "{}", herald.log());
 }
+
+/// A Postgres source across the same failover, in `capture` mode: the standby is behind when the
+/// primary dies (5 rows were published from the primary alone), and the endpoint moves to it
+/// before it is promoted. The source waits the standby out (it captures from a primary only),
+/// sees the new timeline once it is promoted and resyncs: nothing published twice, the rows
+/// written after the promotion once each. `reconcile` names exactly the pairs whose rows the
+/// failover lost (their events are in the topic, their rows gone); once those jobs run again it
+/// exits 0.
+async fn a_source_across_a_failover(capture: &str) {
+    use common::source::{insert, json, read_committed};
+    let primary = PrivatePostgres::start();
+    let primary_pool = PgPoolOptions::new().max_connections(2).connect(&primary.url()).await.unwrap();
+    let endpoint = Endpoint::start(primary.port()).await;
+    let url = format!("postgres://herald@127.0.0.1:{}/postgres", endpoint.port);
+    let (name, topic) = (unique("src"), unique("failover-src"));
+    let config = TempConfig::new(&format!(
+        "{kafka}[admin]\nlisten = \"127.0.0.1:0\"\n[[source]]\nname = \"{name}\"\ntype = \"postgres\"\n\
+         url = \"{url}\"\nschema = \"public\"\ntopic = \"{topic}\"\noffsets_topic = \"{topic}.offsets\"\n\
+         poll_interval = \"1s\"\ncapture = \"{capture}\"\non_capture_lost = \"resync\"\n",
+        kafka = kafka_section()
+    ));
+    let migrate = herald().args(["migrate", "--config"]).arg(&config.path).output().unwrap();
+    assert!(migrate.status.success(), "{}", String::from_utf8_lossy(&migrate.stderr));
+    let standby = PrivatePostgres::standby_of(&primary);
+    let standby_pool = PgPoolOptions::new().max_connections(2).connect(&standby.url()).await.unwrap();
+    let rows = "SELECT count(*) FROM public.pipeline_status";
+    let records = |messages: &[rdkafka::message::OwnedMessage]| -> Vec<i64> {
+        messages.iter().map(|m| json(m)["records"].as_i64().unwrap()).collect()
+    };
+
+    let mut herald = Herald::run(&config);
+    let admin = admin_address(&mut herald);
+    herald.wait_for_log("Source active");
+    for seq in 0..10 {
+        insert(&primary_pool, "public", &format!("P{}", seq % 5), "bronze", "SUCCESS", seq).await;
+    }
+    read_committed(&topic, 10);
+    wait_for(&standby_pool, rows, 10).await;
+
+    // The standby stops receiving; five jobs complete on the primary alone and are published.
+    standby_pool.close().await;
+    standby.control("stop");
+    for seq in 10..15 {
+        insert(&primary_pool, "public", &format!("P{}", seq % 5), "bronze", "FAILED", seq).await;
+    }
+    assert_eq!(records(&read_committed(&topic, 15)), (0..15).collect::<Vec<_>>());
+    // The primary dies; the endpoint moves to the standby, still in recovery: the source waits.
+    primary_pool.close().await;
+    primary.control("stop -m immediate");
+    standby.control("start");
+    endpoint.move_to(standby.port());
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (_, sources) = http(&admin, "GET", "/sources");
+        assert!(!sources.contains("\"failed\""), "the source failed on a standby: {sources}");
+        if sources.contains("standby (in recovery)") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the source never said it waits for a primary: {sources}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Promoted: a new timeline, so the source resyncs against the topic.
+    standby.control("promote");
+    let promoted = PgPoolOptions::new().max_connections(2).connect(&standby.url()).await.unwrap();
+    assert_eq!(count(&promoted, rows).await, 10, "the failover lost the 5 rows the standby never received");
+    herald.wait_for_log("Capture lost; resyncing");
+    assert!(herald.log().contains("timeline 2, was 1"), "{}", herald.log());
+    herald.wait_for_log("The topic holds newer events than the table");
+    insert(&promoted, "public", "N0", "bronze", "SUCCESS", 100).await;
+    insert(&promoted, "public", "N1", "bronze", "SUCCESS", 101).await;
+    let published = records(&read_committed(&topic, 17));
+    assert_eq!(published, [(0..15).collect::<Vec<_>>(), vec![100, 101]].concat(), "{}", herald.log());
+
+    // reconcile names the five pairs whose rows the failover lost, and nothing else.
+    let reconcile =
+        || common::herald().args(["reconcile", "--json", "--source", &name, "--config"]).arg(&config.path).output();
+    let out = reconcile().unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(out.status.code(), Some(3), "divergent: {report}");
+    let mut diverged: Vec<(String, String)> = report["divergences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (d["source"].as_str().unwrap().to_owned(), d["verdict"].as_str().unwrap().to_owned()))
+        .collect();
+    diverged.sort();
+    let lost: Vec<(String, String)> = (0..5).map(|p| (format!("P{p}"), "topic_newer".to_owned())).collect();
+    assert_eq!(diverged, lost, "{report}");
+    assert_eq!(report["repairable"], 0, "{report}");
+
+    // Those jobs run again: the table has them, the topic has them once more, they agree.
+    for seq in 20..25 {
+        insert(&promoted, "public", &format!("P{}", seq % 5), "bronze", "SUCCESS", seq).await;
+    }
+    let published = records(&read_committed(&topic, 22));
+    assert_eq!(published[17..], [20, 21, 22, 23, 24], "{}", herald.log());
+    let out = reconcile().unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    herald.signal("TERM");
+    assert!(herald.wait_exit().success(), "{}", herald.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trigger_source_waits_out_a_standby_and_resyncs_once_promoted() {
+    a_source_across_a_failover("trigger").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wal_source_waits_out_a_standby_and_resyncs_once_promoted() {
+    a_source_across_a_failover("wal").await;
+}

@@ -231,7 +231,9 @@ async fn reconcile_source(
                 }
             }
             Verdict::TopicOnly | Verdict::TopicNewer => cannot_repair.push(format!(
-                "{pair}: the topic is ahead of the table; a source publishes the table, it does not write it"
+                "{pair}: the topic is ahead of the table (its row is gone: lost by a failover to a standby that was \
+                 behind, or a restore; or another producer published the event); a source publishes the table, it \
+                 does not write it"
             )),
         }
     }

@@ -19,16 +19,20 @@ use crate::error::SourceError;
 pub(crate) struct ServerIdentity {
     /// `pg_control_system().system_identifier`: the cluster, fixed at `initdb`.
     pub(crate) system: u64,
-    /// `pg_control_checkpoint().timeline_id`: the history the server is on.
+    /// The timeline the server writes WAL on: the history it is on.
     pub(crate) timeline: u32,
 }
 
 impl ServerIdentity {
-    /// The server `conn` is connected to (both functions are readable by any role).
+    /// The server `conn` is connected to, a primary (every function here is readable by any
+    /// role). The timeline is the one of the WAL segment being written, read from its name:
+    /// `pg_control_checkpoint()` would still say the old one until the first checkpoint after
+    /// a promotion, which finishes in the background, so a source starting meanwhile would not
+    /// see the failover.
     pub(crate) async fn read(conn: &mut PgConnection) -> Result<Self, SourceError> {
         let (system, timeline): (String, i32) = sqlx::query_as(
             "SELECT (SELECT system_identifier::text FROM pg_control_system()),
-                    (SELECT timeline_id FROM pg_control_checkpoint())",
+                    ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int",
         )
         .fetch_one(&mut *conn)
         .await

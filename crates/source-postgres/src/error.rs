@@ -98,6 +98,10 @@ pub enum SourceError {
         /// Who holds the lock, as Postgres shows the session.
         holder: String,
     },
+    /// The server is a standby (in recovery): an endpoint not yet moved to the new primary
+    /// after a failover. The source captures only from a primary, and waits for one.
+    #[error("the server is a standby (in recovery): the source captures from a primary only, and waits for one")]
+    Standby,
     /// A blocking task died.
     #[error("internal task failed")]
     Task(#[from] tokio::task::JoinError),
@@ -134,7 +138,10 @@ impl SourceError {
         match self {
             SourceError::Postgres { source, .. } => classify(source) == Failure::Transient,
             SourceError::Pg(err) => err.is_transient(),
-            SourceError::Kafka { .. } | SourceError::Fenced(_) | SourceError::ReplicationLost { .. } => true,
+            SourceError::Kafka { .. }
+            | SourceError::Fenced(_)
+            | SourceError::ReplicationLost { .. }
+            | SourceError::Standby => true,
             _ => false,
         }
     }

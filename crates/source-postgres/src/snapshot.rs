@@ -193,12 +193,34 @@ impl PostgresSource {
         for row in &rows {
             table.apply(&row.event);
         }
-        let lacking: std::collections::BTreeSet<(String, String)> =
-            compare(&table.snapshot(), &topic.snapshot(), Compared::ALL)
-                .into_iter()
-                .filter(|d| matches!(d.verdict, Verdict::TableOnly | Verdict::TableNewer | Verdict::Differs))
-                .map(|d| (d.source, d.stage))
+        let (mut lacking, mut ahead) = (std::collections::BTreeSet::new(), Vec::new());
+        for divergence in compare(&table.snapshot(), &topic.snapshot(), Compared::ALL) {
+            let pair = (divergence.source, divergence.stage);
+            match divergence.verdict {
+                Verdict::TableOnly | Verdict::TableNewer | Verdict::Differs => {
+                    lacking.insert(pair);
+                }
+                Verdict::TopicOnly | Verdict::TopicNewer => ahead.push(pair),
+            }
+        }
+        if !ahead.is_empty() {
+            // Not the source's to mend (it publishes the table, it does not write it), but never
+            // passed over in silence: after a failover to a standby that was behind, these are
+            // the rows the database lost although their events were published.
+            let first: Vec<String> = ahead
+                .iter()
+                .take(3)
+                .map(|(source, stage)| format!("{}/{}", printable(source, LOG_CHARS), printable(stage, LOG_CHARS)))
                 .collect();
+            warn!(
+                source = self.name(),
+                pairs = ahead.len(),
+                first = %first.join(", "),
+                "The topic holds newer events than the table for these pairs: rows the database no longer has \
+                 (lost by a failover to a standby that was behind, or a restore), or events another producer \
+                 published. `herald reconcile --source` lists them."
+            );
+        }
         Ok(rows
             .into_iter()
             .filter(|row| lacking.contains(&(row.event.source.clone(), row.event.stage.clone())))

@@ -38,9 +38,21 @@ impl PostgresSource {
         Ok(herald_pg::connect_options(&self.config.url, name)?)
     }
 
-    /// A connection named for source `name`.
+    /// A connection named for source `name`, to a primary: a server in recovery (a standby the
+    /// endpoint still points at during a failover) is [`SourceError::Standby`], which the
+    /// running source waits out.
     pub(crate) async fn connect(&self) -> Result<PgConnection, SourceError> {
-        PgConnection::connect_with(&self.connect_options()?).await.map_err(SourceError::postgres("connecting"))
+        let mut conn =
+            PgConnection::connect_with(&self.connect_options()?).await.map_err(SourceError::postgres("connecting"))?;
+        let standby: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
+            .fetch_one(&mut conn)
+            .await
+            .map_err(SourceError::postgres("asking whether the server is a standby"))?;
+        if standby {
+            let _ = conn.close().await;
+            return Err(SourceError::Standby);
+        }
+        Ok(conn)
     }
 
     /// Installs the change capture (herald's tables and function, the greenfield table when
