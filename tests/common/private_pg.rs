@@ -56,6 +56,31 @@ impl PrivatePostgres {
         pg
     }
 
+    /// A streaming standby of `primary` made from a file copy of its data directory, taken
+    /// while it is stopped for a moment: unlike `pg_basebackup`, the copy keeps the replication
+    /// slots, as a PostgreSQL 17 failover slot would be kept on a standby (at the state it had
+    /// when copied, which is never ahead of its reader). Read-only until promoted.
+    pub fn copy_of(primary: &PrivatePostgres) -> Self {
+        let dir = std::env::temp_dir().join(unique("herald-pg-copy"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = rand::rng().random_range(20_000..30_000);
+        let pg = Self { dir, port, bin: primary.bin.clone() };
+        pg.as_postgres(&format!("chown postgres {}", pg.dir.display()), true);
+        primary.control("stop");
+        pg.as_postgres(&format!("cp -a {}/data {}/data", primary.dir.display(), pg.dir.display()), false);
+        primary.control("start");
+        pg.as_postgres(
+            &format!(
+                "touch {dir}/data/standby.signal && echo \"primary_conninfo = 'host=127.0.0.1 port={} user=herald'\" >> {dir}/data/postgresql.auto.conf",
+                primary.port,
+                dir = pg.dir.display()
+            ),
+            false,
+        );
+        pg.control("start");
+        pg
+    }
+
     /// The port it listens on.
     pub fn port(&self) -> u16 {
         self.port

@@ -91,6 +91,9 @@ pub(crate) struct WalCapture {
     /// The slot's confirmed LSN, or `None` when the slot is gone.
     pub(crate) slot_confirmed: Option<u64>,
     pub(crate) server: ServerIdentity,
+    /// After a promotion that kept the slot (a failover slot): where, in the server's timeline
+    /// history, the timeline herald's position was stored on ended. `None` when not read.
+    pub(crate) timeline_ended: Option<u64>,
 }
 
 /// How a capture was lost, and so what herald cannot know it published.
@@ -111,6 +114,9 @@ pub(crate) enum Lost {
     /// Another cluster (a restore or a failover to another copy) or another timeline
     /// (point-in-time recovery, a promoted replica).
     ServerChanged { was: ServerIdentity, now: ServerIdentity },
+    /// A promotion kept the slot, but herald's position is past where its timeline ended in the
+    /// promoted server's history: herald published changes that server never had.
+    PastPromotion { was: u32, now: u32, ended: u64, position: u64 },
 }
 
 impl std::fmt::Display for Lost {
@@ -146,6 +152,13 @@ impl std::fmt::Display for Lost {
                 "the database is on timeline {}, was {}: a point-in-time recovery or a promoted replica",
                 now.timeline, was.timeline
             ),
+            Lost::PastPromotion { was, now, ended, position } => write!(
+                f,
+                "the database was promoted to timeline {now}, and timeline {was} ended at {} in its history, before \
+                 herald's position {}: herald published changes the promoted server never had (its standby was behind)",
+                lsn(*ended),
+                lsn(*position)
+            ),
         }
     }
 }
@@ -155,10 +168,23 @@ pub(crate) fn lsn(value: u64) -> String {
     format!("{:X}/{:X}", value >> 32, value & 0xFFFF_FFFF)
 }
 
-/// Whether the WAL capture is the one `committed` belongs to.
+/// Whether the WAL capture is the one `committed` belongs to. A promotion (the same cluster
+/// on a later timeline) that kept the slot — a failover slot — loses nothing when herald's
+/// position lies in the promoted server's history: at or before where the old timeline ended.
 pub(crate) fn check_wal(committed: &Committed<u64>, slot: &str, now: &WalCapture) -> Option<Lost> {
-    if let Some(lost) = server_changed(committed.server, now.server) {
-        return Some(lost);
+    match server_changed(committed.server, now.server) {
+        Some(Lost::ServerChanged { was, now: server }) if is_promotion(was, server) && now.slot_confirmed.is_some() => {
+            match now.timeline_ended {
+                Some(ended) if committed.position <= ended => {}
+                Some(ended) => {
+                    let (was, now) = (was.timeline, server.timeline);
+                    return Some(Lost::PastPromotion { was, now, ended, position: committed.position });
+                }
+                None => return Some(Lost::ServerChanged { was, now: server }),
+            }
+        }
+        Some(lost) => return Some(lost),
+        None => {}
     }
     match now.slot_confirmed {
         None => Some(Lost::SlotMissing { slot: slot.to_owned() }),
@@ -191,6 +217,24 @@ fn server_changed(was: Option<ServerIdentity>, now: ServerIdentity) -> Option<Lo
     was.filter(|was| *was != now).map(|was| Lost::ServerChanged { was, now })
 }
 
+/// Whether `now` is `was`'s cluster on a later timeline: a promoted standby (or a
+/// point-in-time recovery, which the timeline history tells apart by where it forked).
+pub(crate) fn is_promotion(was: ServerIdentity, now: ServerIdentity) -> bool {
+    was.system == now.system && now.timeline > was.timeline
+}
+
+/// Where `timeline` ended in a timeline history file (`TIMELINE_HISTORY`: one line per
+/// ancestor, `<timeline>\t<switch point LSN>\t<reason>`), if it is an ancestor there.
+pub(crate) fn timeline_ended(history: &str, timeline: u32) -> Option<u64> {
+    history.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let ancestor: u32 = fields.next()?.parse().ok()?;
+        let (high, low) = fields.next()?.split_once('/')?;
+        let switch = (u64::from_str_radix(high, 16).ok()? << 32) | u64::from_str_radix(low, 16).ok()?;
+        (ancestor == timeline).then_some(switch)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,21 +247,59 @@ mod tests {
 
     #[test]
     fn a_wal_capture_is_lost_when_its_slot_is_gone_ahead_or_on_another_server() {
-        let at = |slot_confirmed| WalCapture { slot_confirmed, server: SERVER };
+        let at = |slot_confirmed| WalCapture { slot_confirmed, server: SERVER, timeline_ended: None };
         assert_eq!(check_wal(&committed(0x500), "s", &at(Some(0x500))), None);
         assert_eq!(check_wal(&committed(0x500), "s", &at(Some(0x400))), None, "behind: herald skips what it has");
         assert_eq!(check_wal(&committed(0x500), "s", &at(None)), Some(Lost::SlotMissing { slot: "s".into() }));
         let ahead = check_wal(&committed(0x500), "s", &at(Some(0x900))).unwrap();
         assert_eq!(ahead, Lost::SlotAhead { slot: "s".into(), slot_lsn: 0x900, position: 0x500 });
         assert!(ahead.to_string().contains("0/900") && ahead.to_string().contains("0/500"), "{ahead}");
-        let failed_over = WalCapture { slot_confirmed: Some(0x500), server: ServerIdentity { timeline: 2, ..SERVER } };
+        let failed_over = WalCapture {
+            slot_confirmed: Some(0x500),
+            server: ServerIdentity { timeline: 2, ..SERVER },
+            timeline_ended: None,
+        };
         let lost = check_wal(&committed(0x500), "s", &failed_over).unwrap();
         assert!(lost.to_string().contains("timeline 2, was 1"), "{lost}");
-        let restored = WalCapture { slot_confirmed: Some(0x500), server: ServerIdentity { system: 1, ..SERVER } };
+        let restored = WalCapture {
+            slot_confirmed: Some(0x500),
+            server: ServerIdentity { system: 1, ..SERVER },
+            timeline_ended: Some(0x900),
+        };
         assert!(check_wal(&committed(0x500), "s", &restored).unwrap().to_string().contains("another cluster"));
         // A position stored before herald recorded the server: the slot alone decides.
         let old = Committed { position: 0x500, server: None, at: None };
         assert_eq!(check_wal(&old, "s", &restored), None);
+    }
+
+    #[test]
+    fn a_promotion_that_kept_the_slot_loses_nothing_when_herald_s_position_is_in_the_new_history() {
+        let promoted = ServerIdentity { timeline: 3, ..SERVER };
+        let at = |slot_confirmed, timeline_ended| WalCapture { slot_confirmed, server: promoted, timeline_ended };
+        // Timeline 1 ended at 0/700 (then 2 at 0/900): a position up to 0/700 is in the history.
+        let history = "1\t0/700\tno recovery target specified\n\n2\t0/900\tno recovery target specified\n";
+        assert_eq!(timeline_ended(history, 1), Some(0x700));
+        assert_eq!(timeline_ended(history, 2), Some(0x900));
+        assert_eq!(timeline_ended(history, 4), None);
+        assert_eq!(timeline_ended("1\tA/B0000028\tbefore 2026-12-07\n", 1), Some(0xA_B000_0028));
+        assert_eq!(check_wal(&committed(0x500), "s", &at(Some(0x400), Some(0x700))), None);
+        assert_eq!(check_wal(&committed(0x700), "s", &at(Some(0x700), Some(0x700))), None, "the switch point itself");
+        let past = check_wal(&committed(0x800), "s", &at(Some(0x400), Some(0x700))).unwrap();
+        assert_eq!(past, Lost::PastPromotion { was: 1, now: 3, ended: 0x700, position: 0x800 });
+        assert!(past.to_string().contains("timeline 1 ended at 0/700") && past.to_string().contains("0/800"), "{past}");
+        // The slot did not come along, or the history was not read: lost, as any new timeline.
+        let changed = Some(Lost::ServerChanged { was: SERVER, now: promoted });
+        assert_eq!(check_wal(&committed(0x500), "s", &at(None, Some(0x700))), changed);
+        assert!(matches!(check_wal(&committed(0x500), "s", &at(Some(0x400), None)), Some(Lost::ServerChanged { .. })));
+        // A slot that came along but moved past herald's position is still a slot ahead.
+        assert!(matches!(
+            check_wal(&committed(0x500), "s", &at(Some(0x600), Some(0x700))),
+            Some(Lost::SlotAhead { .. })
+        ));
+        // An older timeline is a restore, never a promotion.
+        let older = WalCapture { slot_confirmed: Some(0x400), server: SERVER, timeline_ended: Some(0x700) };
+        let on_three = Committed { position: 0x500, server: Some(promoted), at: None };
+        assert!(matches!(check_wal(&on_three, "s", &older), Some(Lost::ServerChanged { .. })));
     }
 
     #[test]

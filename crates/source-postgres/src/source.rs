@@ -97,9 +97,33 @@ impl PostgresSource {
         let slot = self.config.slot_name(&self.name);
         let slot_confirmed = wal::slot_state(conn, &slot).await?.map(|(confirmed, _)| confirmed);
         let at = committed.clone().map(|position| position.lsn);
-        match continuity::check_wal(&at, &slot, &WalCapture { slot_confirmed, server }) {
+        // A promotion that kept the slot (a failover slot): where the old timeline ended decides.
+        let mut timeline_ended = None;
+        if let Some(was) = committed.server.filter(|was| continuity::is_promotion(*was, server)) {
+            if slot_confirmed.is_some() {
+                let config = wal::replication_config(
+                    &self.config.url,
+                    &herald_pg::application_name(&self.name),
+                    &self.wal_names(),
+                    at.position,
+                )?;
+                timeline_ended = wal::timeline_ended(config, server.timeline, was.timeline).await?;
+            }
+        }
+        match continuity::check_wal(&at, &slot, &WalCapture { slot_confirmed, server, timeline_ended }) {
             Some(lost) => Err(self.capture_lost(lost, &format!("LSN {}", continuity::lsn(at.position)), at.at)),
-            None => Ok(()),
+            None => {
+                if let Some(ended) = timeline_ended {
+                    info!(
+                        source = self.name.as_str(),
+                        slot = %slot,
+                        timeline = server.timeline,
+                        old_timeline_ended = %continuity::lsn(ended),
+                        "The database was promoted and kept the slot (a failover slot); herald's position is in its history: the capture goes on."
+                    );
+                }
+                Ok(())
+            }
         }
     }
 

@@ -17,5 +17,5 @@ mod slot;
 mod stream;
 
 pub(crate) use position::{Progress, WalPosition};
-pub(crate) use slot::{check_history, drop_capture, ensure, replication_config, slot_state, WalNames};
+pub(crate) use slot::{check_history, drop_capture, ensure, replication_config, slot_state, timeline_ended, WalNames};
 pub(crate) use stream::WalStream;

@@ -269,6 +269,24 @@ async fn publication_exists(conn: &mut PgConnection, publication: &str) -> Resul
 
 /// The replication connection's settings, from the source's URL. Values come back in text as
 /// the session formats them, so the session is pinned to UTC and ISO dates.
+/// Where timeline `ended` ended in the history of the server's timeline `now`, read with
+/// `TIMELINE_HISTORY` on a replication session (the role herald captures with may run it), or
+/// `None` when `ended` is not an ancestor of `now` there.
+pub(crate) async fn timeline_ended(
+    config: ReplicationConfig,
+    now: u32,
+    ended: u32,
+) -> Result<Option<u64>, SourceError> {
+    let mut client = pgwire_replication::ReplicationClient::connect_gated(config)
+        .await
+        .map_err(SourceError::replication("connecting to read the timeline history"))?;
+    let history = client.timeline_history(now).await.map_err(SourceError::replication("reading the timeline history"));
+    // Never started: dropping the client ends the session.
+    drop(client);
+    let history = history?;
+    Ok(crate::continuity::timeline_ended(&String::from_utf8_lossy(&history.content), ended))
+}
+
 pub(crate) fn replication_config(
     url: &SecretString,
     application_name: &str,
