@@ -7,46 +7,12 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::private_pg::PrivatePostgres;
 use common::*;
+use herald_testkit::{Endpoint, PrivatePostgres};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
-use tokio::net::{TcpListener, TcpStream};
-
-/// An endpoint that forwards each new connection to the port it points at now; moving it leaves
-/// connections already open where they were (they die with their server).
-struct Endpoint {
-    port: u16,
-    target: Arc<AtomicU16>,
-}
-
-impl Endpoint {
-    async fn start(target: u16) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let target = Arc::new(AtomicU16::new(target));
-        let to = target.clone();
-        tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                let port = to.load(Ordering::SeqCst);
-                tokio::spawn(async move {
-                    if let Ok(mut server) = TcpStream::connect(("127.0.0.1", port)).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                    }
-                });
-            }
-        });
-        Self { port, target }
-    }
-
-    fn move_to(&self, port: u16) {
-        self.target.store(port, Ordering::SeqCst);
-    }
-}
 
 async fn count(pool: &PgPool, sql: &str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
@@ -79,12 +45,12 @@ async fn wait_for(pool: &PgPool, sql: &str, wanted: i64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failover_to_a_standby_is_waited_out_never_written_and_every_event_lands_once_on_the_promoted_server() {
-    let primary = PrivatePostgres::start();
+    let primary = PrivatePostgres::start().unwrap();
     let primary_pool = PgPoolOptions::new().max_connections(2).connect(&primary.url()).await.unwrap();
     // herald's tables exist before the standby is made from the primary.
     sqlx::query("SELECT 1").execute(&primary_pool).await.unwrap();
-    let endpoint = Endpoint::start(primary.port()).await;
-    let url = format!("postgres://herald@127.0.0.1:{}/postgres", endpoint.port);
+    let endpoint = Endpoint::start(primary.port()).await.unwrap();
+    let url = format!("postgres://herald@127.0.0.1:{}/postgres", endpoint.port());
     let topic = unique("failover");
     create_topic(&topic, 1).await;
     let (route, dlq) = (unique("to-db"), unique("dlq"));
@@ -97,7 +63,7 @@ async fn a_failover_to_a_standby_is_waited_out_never_written_and_every_event_lan
     ));
     let migrate = herald().args(["migrate", "--config"]).arg(&config.path).output().unwrap();
     assert!(migrate.status.success(), "{}", String::from_utf8_lossy(&migrate.stderr));
-    let standby = PrivatePostgres::standby_of(&primary);
+    let standby = PrivatePostgres::standby_of(&primary).unwrap();
     let standby_pool = PgPoolOptions::new().max_connections(2).connect(&standby.url()).await.unwrap();
 
     let mut herald = Herald::run(&config);
@@ -112,7 +78,7 @@ async fn a_failover_to_a_standby_is_waited_out_never_written_and_every_event_lan
 
     // The primary dies; the endpoint moves to the standby, still in recovery.
     primary_pool.close().await;
-    primary.control("stop -m immediate");
+    primary.control("stop -m immediate").unwrap();
     endpoint.move_to(standby.port());
     let second: Vec<String> =
         (50..100).map(|seq| event_json(&format!("S{}", seq % 5), "bronze", "SUCCESS", seq)).collect();
@@ -135,7 +101,7 @@ async fn a_failover_to_a_standby_is_waited_out_never_written_and_every_event_lan
     assert!(ready.contains("sink failing") && ready.contains("standby"), "readiness says why: {ready}");
 
     // Promoted: the writes go through, every event once.
-    standby.control("promote");
+    standby.control("promote").unwrap();
     wait_for(&standby_pool, history, 100).await;
     let distinct = "SELECT count(DISTINCT kafka_offset) FROM public.pipeline_status";
     assert_eq!(count(&standby_pool, distinct).await, 100, "each offset once");
@@ -153,13 +119,14 @@ async fn a_failover_to_a_standby_is_waited_out_never_written_and_every_event_lan
 
 /// The standby is behind when the primary dies (it was stopped while 50 events were written):
 /// the promoted server has lost what herald had written. herald finds its stored offsets behind
-/// what it committed, reads again from there and writes what was lost: every event once.
+/// what it committed — while idle, with no new event to write — reads again from there and
+/// writes what was lost: every event once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_failover_to_a_standby_that_was_behind_herald_writes_again_what_the_database_lost() {
-    let primary = PrivatePostgres::start();
+    let primary = PrivatePostgres::start().unwrap();
     let primary_pool = PgPoolOptions::new().max_connections(2).connect(&primary.url()).await.unwrap();
-    let endpoint = Endpoint::start(primary.port()).await;
-    let url = format!("postgres://herald@127.0.0.1:{}/postgres", endpoint.port);
+    let endpoint = Endpoint::start(primary.port()).await.unwrap();
+    let url = format!("postgres://herald@127.0.0.1:{}/postgres", endpoint.port());
     let topic = unique("failover-behind");
     create_topic(&topic, 1).await;
     let route = unique("to-db");
@@ -171,7 +138,7 @@ async fn after_a_failover_to_a_standby_that_was_behind_herald_writes_again_what_
     ));
     let migrate = herald().args(["migrate", "--config"]).arg(&config.path).output().unwrap();
     assert!(migrate.status.success(), "{}", String::from_utf8_lossy(&migrate.stderr));
-    let standby = PrivatePostgres::standby_of(&primary);
+    let standby = PrivatePostgres::standby_of(&primary).unwrap();
     let standby_pool = PgPoolOptions::new().max_connections(2).connect(&standby.url()).await.unwrap();
     let produce_range = |range: std::ops::Range<usize>| {
         let topic = topic.clone();
@@ -192,17 +159,21 @@ async fn after_a_failover_to_a_standby_that_was_behind_herald_writes_again_what_
 
     // The standby stops receiving; 50 more land on the primary alone; the primary dies.
     standby_pool.close().await;
-    standby.control("stop");
+    standby.control("stop").unwrap();
     produce_range(50..100).await;
     wait_for(&primary_pool, history, 100).await;
     primary_pool.close().await;
-    primary.control("stop -m immediate");
+    primary.control("stop -m immediate").unwrap();
     // The standby comes back with what it had, is promoted, and the endpoint follows it.
-    standby.control("start");
-    standby.control("promote");
+    standby.control("start").unwrap();
+    standby.control("promote").unwrap();
     endpoint.move_to(standby.port());
     let promoted = PgPoolOptions::new().max_connections(2).connect(&standby.url()).await.unwrap();
     assert_eq!(count(&promoted, history).await, 50, "the failover lost 50 events herald had written");
+    // No event comes: the idle route asks the database anyway, and writes again what it lost.
+    if !reaches(&promoted, history, 100).await {
+        panic!("the idle route did not write the lost events again; herald's log:\n{}", herald.log());
+    }
 
     produce_range(100..120).await;
     if !reaches(&promoted, history, 120).await {
@@ -231,10 +202,10 @@ async fn after_a_failover_to_a_standby_that_was_behind_herald_writes_again_what_
 /// exits 0.
 async fn a_source_across_a_failover(capture: &str) {
     use common::source::{insert, json, read_committed};
-    let primary = PrivatePostgres::start();
+    let primary = PrivatePostgres::start().unwrap();
     let primary_pool = PgPoolOptions::new().max_connections(2).connect(&primary.url()).await.unwrap();
-    let endpoint = Endpoint::start(primary.port()).await;
-    let url = format!("postgres://herald@127.0.0.1:{}/postgres", endpoint.port);
+    let endpoint = Endpoint::start(primary.port()).await.unwrap();
+    let url = format!("postgres://herald@127.0.0.1:{}/postgres", endpoint.port());
     let (name, topic) = (unique("src"), unique("failover-src"));
     let config = TempConfig::new(&format!(
         "{kafka}[admin]\nlisten = \"127.0.0.1:0\"\n[[source]]\nname = \"{name}\"\ntype = \"postgres\"\n\
@@ -246,8 +217,11 @@ async fn a_source_across_a_failover(capture: &str) {
     assert!(migrate.status.success(), "{}", String::from_utf8_lossy(&migrate.stderr));
     // In WAL mode the standby keeps the slot (as a failover slot would): the promotion is then
     // judged by where the old timeline ended, which the standby that was behind had not reached.
-    let standby =
-        if capture == "wal" { PrivatePostgres::copy_of(&primary) } else { PrivatePostgres::standby_of(&primary) };
+    let standby = if capture == "wal" {
+        PrivatePostgres::copy_of(&primary).unwrap()
+    } else {
+        PrivatePostgres::standby_of(&primary).unwrap()
+    };
     let standby_pool = PgPoolOptions::new().max_connections(2).connect(&standby.url()).await.unwrap();
     let rows = "SELECT count(*) FROM public.pipeline_status";
     let records = |messages: &[rdkafka::message::OwnedMessage]| -> Vec<i64> {
@@ -265,15 +239,15 @@ async fn a_source_across_a_failover(capture: &str) {
 
     // The standby stops receiving; five jobs complete on the primary alone and are published.
     standby_pool.close().await;
-    standby.control("stop");
+    standby.control("stop").unwrap();
     for seq in 10..15 {
         insert(&primary_pool, "public", &format!("P{}", seq % 5), "bronze", "FAILED", seq).await;
     }
     assert_eq!(records(&read_committed(&topic, 15)), (0..15).collect::<Vec<_>>());
     // The primary dies; the endpoint moves to the standby, still in recovery: the source waits.
     primary_pool.close().await;
-    primary.control("stop -m immediate");
-    standby.control("start");
+    primary.control("stop -m immediate").unwrap();
+    standby.control("start").unwrap();
     endpoint.move_to(standby.port());
     let deadline = Instant::now() + PATIENCE;
     loop {
@@ -287,7 +261,7 @@ async fn a_source_across_a_failover(capture: &str) {
     }
 
     // Promoted: a new timeline, so the source resyncs against the topic.
-    standby.control("promote");
+    standby.control("promote").unwrap();
     let promoted = PgPoolOptions::new().max_connections(2).connect(&standby.url()).await.unwrap();
     assert_eq!(count(&promoted, rows).await, 10, "the failover lost the 5 rows the standby never received");
     herald.wait_for_log("Capture lost; resyncing");
@@ -347,9 +321,9 @@ async fn a_wal_source_waits_out_a_standby_and_resyncs_once_promoted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wal_source_goes_on_when_the_promotion_kept_its_slot_and_everything_it_published() {
     use common::source::{insert, json, read_committed};
-    let primary = PrivatePostgres::start();
-    let endpoint = Endpoint::start(primary.port()).await;
-    let url = format!("postgres://herald@127.0.0.1:{}/postgres", endpoint.port);
+    let primary = PrivatePostgres::start().unwrap();
+    let endpoint = Endpoint::start(primary.port()).await.unwrap();
+    let url = format!("postgres://herald@127.0.0.1:{}/postgres", endpoint.port());
     let (name, topic) = (unique("src"), unique("failover-slot"));
     let config = TempConfig::new(&format!(
         "{kafka}[[source]]\nname = \"{name}\"\ntype = \"postgres\"\nurl = \"{url}\"\nschema = \"public\"\n\
@@ -358,7 +332,7 @@ async fn a_wal_source_goes_on_when_the_promotion_kept_its_slot_and_everything_it
     ));
     let migrate = herald().args(["migrate", "--config"]).arg(&config.path).output().unwrap();
     assert!(migrate.status.success(), "{}", String::from_utf8_lossy(&migrate.stderr));
-    let standby = PrivatePostgres::copy_of(&primary);
+    let standby = PrivatePostgres::copy_of(&primary).unwrap();
     let primary_pool = PgPoolOptions::new().max_connections(2).connect(&primary.url()).await.unwrap();
     let standby_pool = PgPoolOptions::new().max_connections(2).connect(&standby.url()).await.unwrap();
     let records = |messages: &[rdkafka::message::OwnedMessage]| -> Vec<i64> {
@@ -377,9 +351,9 @@ async fn a_wal_source_goes_on_when_the_promotion_kept_its_slot_and_everything_it
     let caught_up = format!("SELECT (pg_last_wal_replay_lsn() >= '{written}')::int::bigint");
     wait_for(&standby_pool, &caught_up, 1).await;
     primary_pool.close().await;
-    primary.control("stop -m immediate");
+    primary.control("stop -m immediate").unwrap();
     standby_pool.close().await;
-    standby.control("promote");
+    standby.control("promote").unwrap();
     endpoint.move_to(standby.port());
     herald.wait_for_log("kept the slot (a failover slot)");
     let promoted = PgPoolOptions::new().max_connections(2).connect(&standby.url()).await.unwrap();

@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::private_pg::PrivatePostgres;
 use common::*;
+use herald_testkit::PrivatePostgres;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message};
 use sqlx::postgres::PgPoolOptions;
@@ -51,7 +51,7 @@ struct Journey {
 
 impl Journey {
     async fn start(capture: &'static str) -> Self {
-        let server = PrivatePostgres::start();
+        let server = PrivatePostgres::start().unwrap();
         let pool = PgPoolOptions::new().max_connections(4).connect(&server.url()).await.unwrap();
         sqlx::query(LEGACY_TABLE).execute(&pool).await.unwrap();
         Self {
@@ -334,7 +334,7 @@ async fn the_four_phases(capture: &'static str) {
     journey.assert_phase_done("phase 2", &phase2, &consumers, true).await;
 
     // Postgres restarts under a running herald: the source and the sink reconnect.
-    journey.server.control("restart");
+    journey.server.control("restart").unwrap();
     journey.pool = PgPoolOptions::new().max_connections(4).connect(&journey.server.url()).await.unwrap();
 
     // Phase 3: move pollers. Consumers use events; the table stays current for stragglers.

@@ -6,9 +6,9 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::private_pg::PrivatePostgres;
 use common::*;
 use herald_kafka::headers::connect as headers;
+use herald_testkit::PrivatePostgres;
 use rand::Rng;
 use rdkafka::Message;
 use sqlx::postgres::PgPoolOptions;
@@ -143,7 +143,7 @@ async fn exactly_once_into_postgres_across_repeated_sigkills() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_stopped_and_restarted_mid_stream_loses_nothing() {
-    let server = PrivatePostgres::start();
+    let server = PrivatePostgres::start().unwrap();
     let pool = pool(&server.url()).await;
     let topic = unique("events");
     create_topic(&topic, 2).await;
@@ -159,12 +159,12 @@ async fn postgres_stopped_and_restarted_mid_stream_loses_nothing() {
     wait_for_count(&pool, count_sql, first.len() as i64, &mut herald).await;
     pool.close().await;
 
-    server.control("stop");
+    server.control("stop").unwrap();
     let second: Vec<String> = (200..500).map(|seq| event_json("A", "bronze_ingest", "SUCCESS", seq)).collect();
     let batch: Vec<(Option<&str>, &[u8])> = second.iter().map(|m| (Some("A"), m.as_bytes())).collect();
     produce(&topic, &batch).await;
     herald.wait_for_log("Sink write failed; retrying.");
-    server.control("start");
+    server.control("start").unwrap();
 
     let pool = self::pool(&server.url()).await;
     wait_for_count(&pool, count_sql, 500, &mut herald).await;

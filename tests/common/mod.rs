@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-pub mod private_pg;
 pub mod source;
 
 use herald_kafka::KafkaProperties;

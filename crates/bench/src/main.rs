@@ -11,6 +11,7 @@
 
 mod baseline;
 mod expect;
+mod failover;
 mod limit;
 mod load;
 mod observe;
@@ -185,6 +186,17 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// A database failover under a Postgres route, the standby behind: endpoint moved → the
+    /// lost events written again, beside the route draining as many into a healthy server,
+    /// alternating.
+    Failover {
+        /// Events the failover loses (written on the primary alone).
+        #[arg(long, default_value_t = 5_000)]
+        lost: u64,
+        /// Rounds of (failover, drain).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// Draws baseline.svg again from a results.json that `all` wrote.
     Plot {
         /// The results.json.
@@ -262,6 +274,7 @@ async fn main() -> Result<()> {
         Command::Baseline { rate, duration } => baseline::run(&services, rate, events_in(rate, duration)).await?,
         Command::Startup => vec![startup::run(&services).await?],
         Command::Restart { rounds } => restart::run(&services, rounds).await?,
+        Command::Failover { lost, rounds } => failover::run(&services, lost, rounds).await?,
         Command::Expect { pairs, rounds } => expect::run(&services, pairs, rounds).await?,
         Command::Publish { rounds } => publish::run(&services, rounds).await?,
         Command::LimitStdout { events, rounds, event_bytes } => {

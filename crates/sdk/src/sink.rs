@@ -260,6 +260,16 @@ pub trait Sink: Send + Sync {
         Ok(())
     }
 
+    /// Called while the route is idle (no message for a few seconds), at most that often, for
+    /// a sink that stores offsets: whether its destination still holds what it acknowledged.
+    /// A database that lost acknowledged commits (a failover to a standby that was behind)
+    /// answers [`SinkError::Behind`], and the route writes the lost events again at once rather
+    /// than at the next event, which on a quiet topic may be hours away. Any other error is
+    /// left to the next write. The default checks nothing.
+    async fn check_still_held(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+
     /// Whether this sink stores the consumed offsets with its data ([`Sink::stored_offsets`]):
     /// it then counts every record before the newest it accepted as delivered. The runtime never
     /// writes past a record it has not settled for such a sink, so a record it suspects of

@@ -464,6 +464,39 @@ impl Sink for PostgresSink {
         Ok(offsets)
     }
 
+    /// The database's stored offsets of every partition this sink committed, against what it
+    /// committed: behind after a failover that lost commits (a partition whose row is gone
+    /// stands at 0).
+    async fn check_still_held(&mut self) -> Result<(), SinkError> {
+        let partitions: Vec<(String, i32)> = {
+            let committed = self.committed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            committed.keys().cloned().collect()
+        };
+        if partitions.is_empty() {
+            return Ok(());
+        }
+        let (topics, numbers): (Vec<&str>, Vec<i32>) = partitions.iter().map(|(t, p)| (t.as_str(), *p)).unzip();
+        let rows = sqlx::query(&format!(
+            "SELECT p.topic, p.partition, coalesce(o.next_offset, 0)
+             FROM UNNEST($2::text[], $3::int[]) AS p(topic, partition)
+             LEFT JOIN {schema}.herald_offsets o
+               ON o.consumer_group = $1 AND o.topic = p.topic AND o.partition = p.partition",
+            schema = self.schema
+        ))
+        .bind(&self.consumer_group)
+        .bind(&topics)
+        .bind(&numbers)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(PostgresSinkError::Query)?;
+        let stored = rows
+            .iter()
+            .map(|row| Ok(((row.try_get(0)?, row.try_get(1)?), row.try_get(2)?)))
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(PostgresSinkError::Query)?;
+        Ok(self.check_not_behind(&stored)?)
+    }
+
     async fn dead_letters_sent(&mut self, rejected: &[(String, i32, i64)]) -> Result<(), SinkError> {
         if rejected.is_empty() {
             return Ok(());

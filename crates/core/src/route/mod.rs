@@ -123,14 +123,21 @@ impl RouteWorker {
                         consumer: &self.consumer,
                         max_events: self.max_events,
                         reading,
+                        checks_still_held: self.sink.stores_offsets(),
                     };
                     // Coerced here to a borrow as short as this batch's.
                     let sink: &mut dyn Sink = self.sink.as_mut();
                     let next =
                         feed.next_batch(Some(sink), &mut self.resumption, &mut self.held, &mut pause_requests, cancel);
-                    match next.await? {
-                        Some(next) => next,
-                        None => continue,
+                    match next.await {
+                        Ok(Some(next)) => next,
+                        Ok(None) => continue,
+                        // Found while idle: the destination lost what it acknowledged.
+                        Err(RouteError::Sink(SinkError::Behind { events, source })) => {
+                            self.read_again_from_the_sink(Vec::new(), events, &*source).await?;
+                            continue;
+                        }
+                        Err(err) => return Err(err),
                     }
                 }
             };
@@ -251,6 +258,7 @@ impl RouteWorker {
                 held: Vec::new(),
                 max_events: self.max_events,
                 reading,
+                checks_still_held: self.sink.stores_offsets(),
                 pause_requests: pause_requests.clone(),
                 cancel: reading_cancel.clone(),
             };
@@ -362,6 +370,9 @@ struct ConsumerBatches<'a> {
     reading: ReadSettings,
     sink: Option<&'a mut dyn Sink>,
     resumption: &'a mut Resumption,
+    /// When to ask the sink whether its destination still holds what it acknowledged, if no
+    /// message came by then (a sink that stores offsets).
+    still_held_check: Option<tokio::time::Instant>,
 }
 
 impl BatchSource for ConsumerBatches<'_> {
@@ -395,7 +406,11 @@ impl BatchSource for ConsumerBatches<'_> {
             // A change whose signal another batch took (the read-ahead task hands it over).
             Some(std::time::Duration::ZERO)
         } else {
-            self.resumption.retry_after()
+            let check = self.still_held_check.map(|at| at.saturating_duration_since(tokio::time::Instant::now()));
+            match (self.resumption.retry_after(), check) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
         };
         IdleWakeups { signal: Some(self.consumer.context().rebalances.signal()), retry_after }
     }
@@ -415,10 +430,31 @@ impl BatchSource for ConsumerBatches<'_> {
                 self.apply_assignment_changes(changes, cancel).await?;
             }
         }
+        if self.still_held_check.is_some_and(|at| at <= tokio::time::Instant::now()) {
+            self.still_held_check = Some(tokio::time::Instant::now() + STILL_HELD_CHECK);
+            if batch.is_empty() {
+                match self.sink.as_deref_mut() {
+                    // The read-ahead task ends its empty batch: the worker, with the sink, asks.
+                    None => return Ok(true),
+                    Some(sink) => match sink.check_still_held().await {
+                        Ok(()) => {}
+                        Err(error @ SinkError::Behind { .. }) => return Err(RouteError::Sink(error)),
+                        // The next write meets it, and retries as for any write.
+                        Err(error) => {
+                            debug!(route = %self.route.name, error = %error, "Idle check of the sink failed.")
+                        }
+                    },
+                }
+            }
+        }
         self.resumption.seek_early(self.route, self.consumer, batch);
         Ok(false)
     }
 }
+
+/// How long a route that stores offsets in its sink waits idle before asking the sink whether
+/// its destination still holds what it acknowledged (then again as often while idle).
+const STILL_HELD_CHECK: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What the task reading the next batch takes along, and gives back with the batch.
 struct ReadAhead {
@@ -431,6 +467,9 @@ struct ReadAhead {
     max_events: usize,
     /// How the route reads messages, for its sink.
     reading: ReadSettings,
+    /// Whether an idle wait ends the batch for the worker to ask the sink
+    /// ([`Sink::check_still_held`]).
+    checks_still_held: bool,
     pause_requests: tokio::sync::watch::Receiver<bool>,
     cancel: CancellationToken,
 }
@@ -443,6 +482,7 @@ impl ReadAhead {
             consumer: &self.consumer,
             max_events: self.max_events,
             reading: self.reading,
+            checks_still_held: self.checks_still_held,
         };
         let read =
             feed.next_batch(None, &mut self.resumption, &mut self.held, &mut self.pause_requests, &self.cancel).await;
@@ -458,6 +498,9 @@ struct BatchReader<'a> {
     /// The route's `batch.max_events`, or the sink's default.
     max_events: usize,
     reading: ReadSettings,
+    /// Whether the sink stores offsets, and so is asked while idle whether its destination
+    /// still holds what it acknowledged ([`Sink::check_still_held`]).
+    checks_still_held: bool,
 }
 
 impl<'a> BatchReader<'a> {
@@ -481,6 +524,7 @@ impl<'a> BatchReader<'a> {
             messages: self.consumer.stream(),
             last_topic: None,
             reading: self.reading,
+            still_held_check: self.checks_still_held.then(|| tokio::time::Instant::now() + STILL_HELD_CHECK),
             sink,
             resumption,
         };
