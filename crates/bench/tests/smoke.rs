@@ -56,3 +56,15 @@ fn the_polling_baseline_reports_herald_and_both_pollers_on_the_same_events() {
     }
     assert!(rows[1][11].contains("queries/s"), "{:?}", rows[1]);
 }
+
+#[test]
+fn a_failover_run_writes_every_lost_event_once_and_reports_both_rows() {
+    // The measure itself checks that the promoted server ends with every event once.
+    let rows = bench(&["failover", "--lost", "300", "--rounds", "1"]);
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(rows[0][0].starts_with("failover: endpoint moved"), "{:?}", rows[0]);
+    assert!(rows[1][11].contains("failover / drain"), "{:?}", rows[1]);
+    for row in &rows {
+        assert_eq!(row[1], "300", "{row:?}");
+    }
+}

@@ -106,6 +106,9 @@ impl RouteWorker {
         self.stats.update(|state| state.status = "running");
         let mut prefetched: Option<(Vec<FetchedMessage>, PreparedBatch)> = None;
         let reading = ReadSettings::new(&self.route, self.sink.as_ref());
+        // The read-ahead task came back with nothing: it waited idle already, so the next wait
+        // asks the sink at once whether its destination still holds what it acknowledged.
+        let mut idle_already = false;
         while !cancel.is_cancelled() {
             if *pause_requests.borrow_and_update() {
                 // Read but not written: held, and delivered first after resuming.
@@ -123,8 +126,13 @@ impl RouteWorker {
                         consumer: &self.consumer,
                         max_events: self.max_events,
                         reading,
-                        checks_still_held: self.sink.stores_offsets(),
+                        still_held_after: self.sink.stores_offsets().then_some(if idle_already {
+                            std::time::Duration::ZERO
+                        } else {
+                            STILL_HELD_CHECK
+                        }),
                     };
+                    idle_already = false;
                     // Coerced here to a borrow as short as this batch's.
                     let sink: &mut dyn Sink = self.sink.as_mut();
                     let next =
@@ -147,7 +155,10 @@ impl RouteWorker {
                 self.deliver(&batch, prepared, cancel).await.map(|()| None)
             };
             prefetched = match delivered {
-                Ok(next) => next,
+                Ok(next) => {
+                    idle_already = next.is_none() && self.sink.read_ahead();
+                    next
+                }
                 Err(RouteError::Sink(SinkError::Behind { events, source })) => {
                     self.read_again_from_the_sink(batch, events, &*source).await?;
                     None
@@ -258,7 +269,7 @@ impl RouteWorker {
                 held: Vec::new(),
                 max_events: self.max_events,
                 reading,
-                checks_still_held: self.sink.stores_offsets(),
+                still_held_after: self.sink.stores_offsets().then_some(STILL_HELD_CHECK),
                 pause_requests: pause_requests.clone(),
                 cancel: reading_cancel.clone(),
             };
@@ -439,9 +450,12 @@ impl BatchSource for ConsumerBatches<'_> {
                     Some(sink) => match sink.check_still_held().await {
                         Ok(()) => {}
                         Err(error @ SinkError::Behind { .. }) => return Err(RouteError::Sink(error)),
-                        // The next write meets it, and retries as for any write.
+                        // The next write meets it, and retries as for any write. Meanwhile
+                        // the destination is away (a failover under way?): asked again sooner,
+                        // so what it lost is written again soon after it is back.
                         Err(error) => {
-                            debug!(route = %self.route.name, error = %error, "Idle check of the sink failed.")
+                            debug!(route = %self.route.name, error = %error, "Idle check of the sink failed.");
+                            self.still_held_check = Some(tokio::time::Instant::now() + STILL_HELD_RETRY);
                         }
                     },
                 }
@@ -454,7 +468,10 @@ impl BatchSource for ConsumerBatches<'_> {
 
 /// How long a route that stores offsets in its sink waits idle before asking the sink whether
 /// its destination still holds what it acknowledged (then again as often while idle).
-const STILL_HELD_CHECK: std::time::Duration = std::time::Duration::from_secs(5);
+const STILL_HELD_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How soon the idle check is made again after it failed (the destination did not answer).
+const STILL_HELD_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What the task reading the next batch takes along, and gives back with the batch.
 struct ReadAhead {
@@ -467,9 +484,9 @@ struct ReadAhead {
     max_events: usize,
     /// How the route reads messages, for its sink.
     reading: ReadSettings,
-    /// Whether an idle wait ends the batch for the worker to ask the sink
-    /// ([`Sink::check_still_held`]).
-    checks_still_held: bool,
+    /// After how long idle the batch ends for the worker to ask the sink
+    /// ([`Sink::check_still_held`]); `None` for a sink that does not store offsets.
+    still_held_after: Option<std::time::Duration>,
     pause_requests: tokio::sync::watch::Receiver<bool>,
     cancel: CancellationToken,
 }
@@ -482,7 +499,7 @@ impl ReadAhead {
             consumer: &self.consumer,
             max_events: self.max_events,
             reading: self.reading,
-            checks_still_held: self.checks_still_held,
+            still_held_after: self.still_held_after,
         };
         let read =
             feed.next_batch(None, &mut self.resumption, &mut self.held, &mut self.pause_requests, &self.cancel).await;
@@ -498,9 +515,10 @@ struct BatchReader<'a> {
     /// The route's `batch.max_events`, or the sink's default.
     max_events: usize,
     reading: ReadSettings,
-    /// Whether the sink stores offsets, and so is asked while idle whether its destination
-    /// still holds what it acknowledged ([`Sink::check_still_held`]).
-    checks_still_held: bool,
+    /// For a sink that stores offsets: after how long idle it is asked whether its destination
+    /// still holds what it acknowledged ([`Sink::check_still_held`]), then every
+    /// [`STILL_HELD_CHECK`] while idle.
+    still_held_after: Option<std::time::Duration>,
 }
 
 impl<'a> BatchReader<'a> {
@@ -524,7 +542,7 @@ impl<'a> BatchReader<'a> {
             messages: self.consumer.stream(),
             last_topic: None,
             reading: self.reading,
-            still_held_check: self.checks_still_held.then(|| tokio::time::Instant::now() + STILL_HELD_CHECK),
+            still_held_check: self.still_held_after.map(|after| tokio::time::Instant::now() + after),
             sink,
             resumption,
         };
