@@ -14,6 +14,21 @@ use herald_testkit::{Endpoint, PrivatePostgres};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
+/// Polls the admin API's `path` (`/routes`, `/sources`) until it says `waiting`, asserting that
+/// it never says `failed` meanwhile: a standby is waited out, never a failure.
+async fn waits_out_the_standby(admin: &str, path: &str, waiting: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (_, units) = http(admin, "GET", path);
+        assert!(!units.contains("\"failed\""), "failed on a standby: {units}");
+        if units.contains(waiting) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{path} never said `{waiting}`: {units}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn count(pool: &PgPool, sql: &str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
 }
@@ -85,16 +100,7 @@ async fn a_failover_to_a_standby_is_waited_out_never_written_and_every_event_lan
     let messages: Vec<(Option<&str>, &[u8])> = second.iter().map(|e| (Some("k"), e.as_bytes())).collect();
     produce(&topic, &messages).await;
     // herald keeps trying; the standby takes nothing and the route does not fail.
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let (_, routes) = http(&admin, "GET", "/routes");
-        assert!(!routes.contains("\"failed\""), "the route failed on a standby: {routes}");
-        if routes.contains("\"retrying\"") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the route never retried: {routes}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    waits_out_the_standby(&admin, "/routes", "\"retrying\"").await;
     assert_eq!(count(&standby_pool, history).await, 50, "nothing written to a standby");
     let (status, ready) = http(&admin, "GET", "/health/ready");
     assert_eq!(status, 503, "{ready}");
@@ -249,16 +255,7 @@ async fn a_source_across_a_failover(capture: &str) {
     primary.control("stop -m immediate").unwrap();
     standby.control("start").unwrap();
     endpoint.move_to(standby.port());
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let (_, sources) = http(&admin, "GET", "/sources");
-        assert!(!sources.contains("\"failed\""), "the source failed on a standby: {sources}");
-        if sources.contains("standby (in recovery)") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the source never said it waits for a primary: {sources}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    waits_out_the_standby(&admin, "/sources", "standby (in recovery)").await;
 
     // Promoted: a new timeline, so the source resyncs against the topic.
     standby.control("promote").unwrap();

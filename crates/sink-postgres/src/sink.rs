@@ -379,6 +379,28 @@ impl PostgresSink {
             })
             .collect())
     }
+
+    /// Runs `sql`, a query of this sink's offsets taking the consumer group (`$1`) and
+    /// `partitions` as arrays of topics (`$2`) and partition numbers (`$3`), and returning
+    /// `(topic, partition, offset)` rows.
+    async fn offsets_of(
+        &self,
+        sql: &str,
+        partitions: &[(String, i32)],
+    ) -> Result<Vec<((String, i32), i64)>, PostgresSinkError> {
+        let (topics, numbers): (Vec<&str>, Vec<i32>) = partitions.iter().map(|(t, p)| (t.as_str(), *p)).unzip();
+        let rows = sqlx::query(sql)
+            .bind(&self.consumer_group)
+            .bind(&topics)
+            .bind(&numbers)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(PostgresSinkError::Query)?;
+        rows.iter()
+            .map(|row| Ok(((row.try_get(0)?, row.try_get(1)?), row.try_get(2)?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(PostgresSinkError::Query)
+    }
 }
 
 /// Refuses a connection that landed on a server in recovery (a standby: an endpoint not yet moved
@@ -438,10 +460,9 @@ impl Sink for PostgresSink {
     }
 
     async fn stored_offsets(&mut self, partitions: &[(String, i32)]) -> Result<Vec<((String, i32), i64)>, SinkError> {
-        let (topics, numbers): (Vec<&str>, Vec<i32>) = partitions.iter().map(|(t, p)| (t.as_str(), *p)).unzip();
         // A refusal whose dead letter is not acknowledged yet holds the partition back: the
         // route reads it again and this sink hands it back as rejected (`previous_rejections`).
-        let rows = sqlx::query(&format!(
+        let sql = format!(
             "SELECT o.topic, o.partition, LEAST(o.next_offset, (
                  SELECT min(r.\"offset\") FROM {schema}.herald_rejections r
                  WHERE r.consumer_group = o.consumer_group AND r.topic = o.topic AND r.partition = o.partition
@@ -449,19 +470,8 @@ impl Sink for PostgresSink {
              FROM {schema}.herald_offsets o
              WHERE o.consumer_group = $1 AND (o.topic, o.partition) IN (SELECT * FROM UNNEST($2::text[], $3::int[]))",
             schema = self.schema
-        ))
-        .bind(&self.consumer_group)
-        .bind(&topics)
-        .bind(&numbers)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(PostgresSinkError::Query)?;
-        let offsets = rows
-            .iter()
-            .map(|row| Ok(((row.try_get(0)?, row.try_get(1)?), row.try_get(2)?)))
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(PostgresSinkError::Query)?;
-        Ok(offsets)
+        );
+        Ok(self.offsets_of(&sql, partitions).await?)
     }
 
     /// The database's stored offsets of every partition this sink committed, against what it
@@ -475,25 +485,14 @@ impl Sink for PostgresSink {
         if partitions.is_empty() {
             return Ok(());
         }
-        let (topics, numbers): (Vec<&str>, Vec<i32>) = partitions.iter().map(|(t, p)| (t.as_str(), *p)).unzip();
-        let rows = sqlx::query(&format!(
+        let sql = format!(
             "SELECT p.topic, p.partition, coalesce(o.next_offset, 0)
              FROM UNNEST($2::text[], $3::int[]) AS p(topic, partition)
              LEFT JOIN {schema}.herald_offsets o
                ON o.consumer_group = $1 AND o.topic = p.topic AND o.partition = p.partition",
             schema = self.schema
-        ))
-        .bind(&self.consumer_group)
-        .bind(&topics)
-        .bind(&numbers)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(PostgresSinkError::Query)?;
-        let stored = rows
-            .iter()
-            .map(|row| Ok(((row.try_get(0)?, row.try_get(1)?), row.try_get(2)?)))
-            .collect::<Result<Vec<_>, sqlx::Error>>()
-            .map_err(PostgresSinkError::Query)?;
+        );
+        let stored = self.offsets_of(&sql, &partitions).await?;
         Ok(self.check_not_behind(&stored)?)
     }
 
