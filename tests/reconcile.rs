@@ -335,18 +335,6 @@ async fn bad_reconcile_requests_are_clear_errors() {
     assert_eq!(neither.status.code(), Some(2), "clap: one of --source or --route");
 }
 
-async fn wait_for_rows(pool: &sqlx::PgPool, table: &str, count: i64) {
-    let deadline = std::time::Instant::now() + PATIENCE;
-    loop {
-        let rows: Result<i64, _> = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}")).fetch_one(pool).await;
-        if rows.as_ref().is_ok_and(|rows| *rows >= count) {
-            return;
-        }
-        assert!(std::time::Instant::now() < deadline, "{table} has {rows:?} rows, not {count}");
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
-}
-
 /// The seed of a generated case: `HERALD_TEST_SEED` to replay one, else a new one (printed).
 fn seed() -> u64 {
     let seed = std::env::var("HERALD_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);

@@ -2,6 +2,7 @@
 
 mod check;
 mod migrate;
+mod offsets;
 mod publish;
 mod reconcile;
 mod reload;
@@ -66,6 +67,8 @@ pub enum Command {
     /// Compare a status table with a topic, pair by pair; exit 3 when they differ. `--repair`
     /// makes them agree where herald can.
     Reconcile(reconcile::ReconcileArgs),
+    /// Where each route resumes and each source stands: `offsets show`.
+    Offsets(offsets::OffsetsArgs),
 }
 
 /// Runs a subcommand; `Ok` carries the process exit code.
@@ -78,6 +81,7 @@ pub async fn execute(command: Command) -> Result<ExitCode> {
         Command::Wait(args) => wait::wait(args).await,
         Command::Status(args) => status::status(args).await,
         Command::Reconcile(args) => reconcile::reconcile(args).await,
+        Command::Offsets(args) => offsets::offsets(args).await,
     }
 }
 
@@ -151,4 +155,28 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// Loads the config, with the file named in the error.
 pub fn load_config(path: &std::path::Path) -> Result<Config> {
     Config::load(path).with_context(|| "invalid configuration".to_string())
+}
+
+/// The `[[route]]` named `name` in `config` (read from `path`), or an error listing the routes.
+pub fn find_route<'c>(config: &'c Config, name: &str, path: &std::path::Path) -> Result<&'c herald_core::RouteConfig> {
+    config.routes.iter().find(|route| route.name == name).ok_or_else(|| {
+        let known: Vec<&str> = config.routes.iter().map(|route| route.name.as_str()).collect();
+        anyhow::anyhow!("{}: no [[route]] named `{name}` (routes: {})", path.display(), list(&known))
+    })
+}
+
+/// The `[[source]]` named `name` in `config` (read from `path`), or an error listing the sources.
+pub fn find_source<'c>(config: &'c Config, name: &str, path: &std::path::Path) -> Result<&'c herald_core::SourceSpec> {
+    config.sources.iter().find(|spec| spec.name == name).ok_or_else(|| {
+        let known: Vec<&str> = config.sources.iter().map(|spec| spec.name.as_str()).collect();
+        anyhow::anyhow!("{}: no [[source]] named `{name}` (sources: {})", path.display(), list(&known))
+    })
+}
+
+fn list(names: &[&str]) -> String {
+    if names.is_empty() {
+        "none".to_owned()
+    } else {
+        names.join(", ")
+    }
 }

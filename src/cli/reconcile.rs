@@ -75,10 +75,7 @@ pub async fn reconcile(args: ReconcileArgs) -> Result<ExitCode> {
 
 /// The subject of `--source NAME`: a Postgres `[[source]]`.
 fn source_subject(config: &Config, name: &str, path: &std::path::Path) -> Result<Subject> {
-    let Some(spec) = config.sources.iter().find(|spec| spec.name == name) else {
-        let known: Vec<&str> = config.sources.iter().map(|spec| spec.name.as_str()).collect();
-        bail!("{}: no [[source]] named `{name}` (sources: {})", path.display(), list(&known));
-    };
+    let spec = super::find_source(config, name, path)?;
     match registry::source_subject(spec)? {
         Some(subject) => Ok(subject),
         None => bail!("source `{name}` is of type `{}`; reconcile compares Postgres tables", spec.kind),
@@ -87,21 +84,10 @@ fn source_subject(config: &Config, name: &str, path: &std::path::Path) -> Result
 
 /// The subject of `--route NAME`: a `[[route]]` with a Postgres sink.
 fn route_subject(config: &Config, name: &str, path: &std::path::Path) -> Result<Subject> {
-    let Some(route) = config.routes.iter().find(|route| route.name == name) else {
-        let known: Vec<&str> = config.routes.iter().map(|route| route.name.as_str()).collect();
-        bail!("{}: no [[route]] named `{name}` (routes: {})", path.display(), list(&known));
-    };
+    let route = super::find_route(config, name, path)?;
     match registry::route_subject(route)? {
         Some(subject) => Ok(subject),
         None => bail!("route `{name}` writes to a `{}` sink; reconcile compares Postgres tables", route.sink.kind),
-    }
-}
-
-fn list(names: &[&str]) -> String {
-    if names.is_empty() {
-        "none".to_owned()
-    } else {
-        names.join(", ")
     }
 }
 

@@ -485,3 +485,16 @@ pub async fn recover_a_lost_capture_as_printed(
     assert_eq!(seen.keys().cloned().collect::<Vec<_>>(), expected, "the statuses on the topic: {seen:?}");
     assert!(seen.values().all(|&count| count == 1), "each status once, none twice: {seen:?}");
 }
+
+/// Waits until `table` holds at least `count` rows.
+pub async fn wait_for_rows(pool: &PgPool, table: &str, count: i64) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let rows: Result<i64, _> = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}")).fetch_one(pool).await;
+        if rows.as_ref().is_ok_and(|rows| *rows >= count) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{table} has {rows:?} rows, not {count}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

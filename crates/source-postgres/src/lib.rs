@@ -65,6 +65,7 @@ pub use config::{Capture, OnCaptureLost, PostgresSourceConfig, SkipWhen, Snapsho
 pub use error::SourceError;
 pub use instance::PostgresSource;
 pub use latest_rows::{RowToPublish, TableRow, UnreadableRow};
+pub use offsets::StoredPosition;
 
 /// The `type` that selects this source in a `[[source]]` table.
 pub const KIND: &str = "postgres";

@@ -188,3 +188,37 @@ fn read_latest_records(
         }
     }
 }
+
+/// Where a source stands, as `herald offsets show --source` prints it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct StoredPosition {
+    /// The position in words: `LSN 0/1A2B3C8` (WAL capture) or `transaction 812, change 40`
+    /// (trigger capture).
+    pub position: String,
+    /// When it was stored.
+    pub at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The server's timeline it was read on, when recorded.
+    pub timeline: Option<u32>,
+}
+
+impl crate::instance::PostgresSource {
+    /// The position this source committed last on its offsets topic (everything before it is
+    /// published), or `None` before its first start; read without a producer, so a running
+    /// source is not disturbed.
+    pub async fn position(&self, kafka: &KafkaProperties) -> Result<Option<StoredPosition>, SourceError> {
+        let (topic, name) = (&self.config.offsets_topic, self.name.as_str());
+        let stored = match self.config.capture {
+            crate::config::Capture::Wal => read_committed::<crate::wal::WalPosition>(kafka, topic, name)
+                .await?
+                .map(|c| (format!("LSN {}", crate::continuity::lsn(c.position.lsn)), c.at, c.server)),
+            crate::config::Capture::Trigger => read_committed::<Cursor>(kafka, topic, name)
+                .await?
+                .map(|c| (format!("transaction {}, change {}", c.position.txid, c.position.id), c.at, c.server)),
+        };
+        Ok(stored.map(|(position, at, server)| StoredPosition {
+            position,
+            at,
+            timeline: server.map(|server| server.timeline),
+        }))
+    }
+}

@@ -1,0 +1,105 @@
+//! `herald offsets show`: where a route resumes (its sink's stored offsets, or its group's) and
+//! where a source stands, end to end against the services.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::source::*;
+use common::*;
+
+fn show(config: &TempConfig, args: &[&str]) -> serde_json::Value {
+    let out = herald().args(["offsets", "show", "--json", "--config"]).arg(&config.path).args(args).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("not JSON: {text}"))
+}
+
+/// Sums a numeric field over the partitions.
+fn total(report: &serde_json::Value, field: &str) -> i64 {
+    report["partitions"].as_array().unwrap().iter().map(|p| p[field].as_i64().unwrap_or(0)).sum()
+}
+
+async fn produce_events(topic: &str, range: std::ops::Range<usize>) {
+    let events: Vec<String> = range.map(|seq| event_json(&format!("S{seq}"), "bronze", "SUCCESS", seq)).collect();
+    let keys: Vec<String> = (0..events.len()).map(|i| format!("k{i}")).collect();
+    let messages: Vec<(Option<&str>, &[u8])> =
+        events.iter().zip(&keys).map(|(e, k)| (Some(k.as_str()), e.as_bytes())).collect();
+    produce(topic, &messages).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_route_resumes_from_its_sink_s_offsets_and_a_stdout_route_from_its_group_s() {
+    let pool = pool().await;
+    let schema = unique("offs").replace('-', "_");
+    let topic = unique("events");
+    create_topic(&topic, 2).await;
+    let (to_db, to_stdout) = (unique("to-db"), unique("to-stdout"));
+    let db = TempConfig::new(&route_config(
+        &to_db,
+        &topic,
+        "",
+        &format!("[route.sink]\ntype = \"postgres\"\nurl = \"{URL}\"\nschema = \"{schema}\"\nmode = \"append\"\n"),
+    ));
+    let stdout = TempConfig::new(&stdout_route_config(&to_stdout, &topic, ""));
+    produce_events(&topic, 0..10).await;
+    for config in [&db, &stdout] {
+        let mut herald = Herald::run(config);
+        if std::ptr::eq(config, &db) {
+            wait_for_rows(&pool, &format!("{schema}.pipeline_status"), 10).await;
+        } else {
+            herald.wait_for_lines(10);
+        }
+        herald.signal("TERM");
+        assert!(herald.wait_exit().success(), "{}", herald.log());
+    }
+    // Five more, read by neither yet.
+    produce_events(&topic, 10..15).await;
+
+    let report = show(&db, &["--route", &to_db]);
+    assert_eq!(report["group"], format!("herald.{to_db}"), "{report}");
+    let partitions = report["partitions"].as_array().unwrap();
+    assert_eq!(partitions.len(), 2, "{report}");
+    assert!(partitions.iter().all(|p| p["kept_by"] == "sink"), "the Postgres sink keeps them: {report}");
+    assert_eq!((total(&report, "resumes_from"), total(&report, "log_end"), total(&report, "lag")), (10, 15, 5));
+    for partition in partitions {
+        let lag = partition["lag"].as_i64().unwrap();
+        assert_eq!(partition["next_event_at"].is_string(), lag > 0, "the next event's time where one waits: {report}");
+    }
+
+    let report = show(&stdout, &["--route", &to_stdout]);
+    let partitions = report["partitions"].as_array().unwrap();
+    assert!(partitions.iter().all(|p| p["kept_by"] == "group"), "{report}");
+    assert_eq!((total(&report, "resumes_from"), total(&report, "lag")), (10, 5), "{report}");
+
+    // The text form names who keeps them.
+    let out = herald().args(["offsets", "show", "--route", &to_db, "--config"]).arg(&db.path).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("resumes from its sink's stored offsets") && text.contains(&topic), "{text}");
+    // A wrong name is named, with the ones there are.
+    let out = herald().args(["offsets", "show", "--route", "nope", "--config"]).arg(&db.path).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("routes: {to_db}")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_shows_no_position_before_its_start_and_its_cursor_after() {
+    let pool = pool().await;
+    let schema = greenfield(&pool).await;
+    let (name, topic) = (unique("src"), unique("events"));
+    let config = TempConfig::new(&source_config(&name, &schema, &topic, ""));
+    let out = herald().args(["migrate", "--config"]).arg(&config.path).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report = show(&config, &["--source", &name]);
+    assert!(report["position"].is_null(), "{report}");
+
+    let mut herald = Herald::run(&config);
+    herald.wait_for_log("Source active");
+    insert(&pool, &schema, "A", "bronze", "SUCCESS", 1).await;
+    read_committed(&topic, 1);
+    herald.signal("TERM");
+    assert!(herald.wait_exit().success(), "{}", herald.log());
+    let report = show(&config, &["--source", &name]);
+    let position = report["position"]["position"].as_str().unwrap();
+    assert!(position.starts_with("transaction ") && position.contains(", change "), "{report}");
+    assert!(report["position"]["at"].is_string(), "{report}");
+}
