@@ -103,3 +103,105 @@ async fn a_source_shows_no_position_before_its_start_and_its_cursor_after() {
     assert!(position.starts_with("transaction ") && position.contains(", change "), "{report}");
     assert!(report["position"]["at"].is_string(), "{report}");
 }
+
+fn reset(config: &TempConfig, args: &[&str]) -> (bool, String) {
+    let out = herald().args(["offsets", "reset", "--config"]).arg(&config.path).args(args).output().unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_of_a_postgres_route_moves_its_stored_offsets_and_replays_exactly_the_window() {
+    let pool = pool().await;
+    let schema = unique("offr").replace('-', "_");
+    let topic = unique("events");
+    create_topic(&topic, 1).await;
+    let route = unique("to-db");
+    let config = TempConfig::new(&route_config(
+        &route,
+        &topic,
+        "",
+        &format!("[route.sink]\ntype = \"postgres\"\nurl = \"{URL}\"\nschema = \"{schema}\"\nmode = \"append\"\n"),
+    ));
+    produce_events(&topic, 0..10).await;
+    let history = format!("{schema}.pipeline_status");
+    let mut herald = Herald::run(&config);
+    wait_for_rows(&pool, &history, 10).await;
+
+    // Refused while a herald runs the route, naming it.
+    let (moved, text) = reset(&config, &["--route", &route, "--to-offset", &format!("{topic}:0:6")]);
+    assert!(!moved && text.contains("is running") && text.contains("members ("), "{text}");
+    herald.signal("TERM");
+    assert!(herald.wait_exit().success(), "{}", herald.log());
+
+    // A dry run says before → after and moves nothing.
+    let (moved, text) = reset(&config, &["--route", &route, "--to-offset", &format!("{topic}:0:6"), "--dry-run"]);
+    assert!(moved && text.contains(&format!("{topic}[0]: 10 → 6")) && text.contains("nothing moved"), "{text}");
+    assert_eq!(show(&config, &["--route", &route])["partitions"][0]["resumes_from"], 10);
+    // An offset the log does not hold is refused.
+    let (moved, text) = reset(&config, &["--route", &route, "--to-offset", &format!("{topic}:0:99")]);
+    assert!(!moved && text.contains("outside"), "{text}");
+
+    let (moved, text) = reset(&config, &["--route", &route, "--to-offset", &format!("{topic}:0:6")]);
+    assert!(moved, "{text}");
+    let report = show(&config, &["--route", &route]);
+    assert_eq!(
+        (report["partitions"][0]["resumes_from"].as_i64(), report["partitions"][0]["lag"].as_i64()),
+        (Some(6), Some(4))
+    );
+    let mut herald = Herald::run(&config);
+    wait_for_rows(&pool, &history, 14).await;
+    herald.signal("TERM");
+    assert!(herald.wait_exit().success(), "{}", herald.log());
+    let twice: Vec<i64> = sqlx::query_scalar(&format!(
+        "SELECT kafka_offset FROM {history} GROUP BY kafka_offset HAVING count(*) = 2 ORDER BY kafka_offset"
+    ))
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(twice, [6, 7, 8, 9], "exactly the window from offset 6 was written again");
+    assert_eq!(
+        sqlx::query_scalar::<_, i64>(&format!("SELECT count(*) FROM {history}")).fetch_one(&pool).await.unwrap(),
+        14
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_of_a_stdout_route_moves_its_group_s_offsets_by_time_and_to_the_start() {
+    let topic = unique("events");
+    create_topic(&topic, 1).await;
+    let route = unique("to-stdout");
+    let config = TempConfig::new(&stdout_route_config(&route, &topic, ""));
+    produce_events(&topic, 0..5).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let between = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    produce_events(&topic, 5..10).await;
+    let mut herald = Herald::run(&config);
+    herald.wait_for_lines(10);
+    herald.signal("TERM");
+    assert!(herald.wait_exit().success(), "{}", herald.log());
+
+    let (moved, text) = reset(&config, &["--route", &route, "--to-time", &between]);
+    assert!(moved && text.contains(&format!("{topic}[0]: 10 → 5")), "{text}");
+    let report = show(&config, &["--route", &route]);
+    assert_eq!(report["partitions"][0]["kept_by"], "group", "{report}");
+    let records = |lines: &[String]| -> Vec<i64> {
+        lines
+            .iter()
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()["records"].as_i64().unwrap())
+            .collect()
+    };
+    let mut herald = Herald::run(&config);
+    let lines = herald.wait_for_lines(5);
+    herald.signal("TERM");
+    assert!(herald.wait_exit().success(), "{}", herald.log());
+    assert_eq!(records(&lines), [5, 6, 7, 8, 9], "the events produced after the instant, once");
+
+    let (moved, text) = reset(&config, &["--route", &route, "--to-earliest"]);
+    assert!(moved && text.contains(&format!("{topic}[0]: 10 → 0")), "{text}");
+    let mut herald = Herald::run(&config);
+    let lines = herald.wait_for_lines(10);
+    herald.signal("TERM");
+    assert!(herald.wait_exit().success(), "{}", herald.log());
+    assert_eq!(records(&lines), (0..10).collect::<Vec<i64>>());
+}

@@ -2,13 +2,17 @@
 //! where the sink keeps them, else the group's), with the log's ends, the lag and the next
 //! event's time; and where a source stands (its committed position, and when). Read-only: no
 //! group is joined and nothing is committed, so it is safe while herald runs.
+//!
+//! `herald offsets reset`: moves where a route resumes — the sink's stored offsets, in one
+//! transaction, where the sink keeps them (the route reads from there), and the group's — to
+//! replay a window or skip one; refused while any process runs the route.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Subcommand};
-use herald_offsets::{KeptBy, Position};
+use clap::{ArgGroup, Args, Subcommand};
+use herald_offsets::{KeptBy, Position, ResetTo};
 
 use crate::registry;
 
@@ -27,6 +31,57 @@ pub enum OffsetsCommand {
     /// group), the log's start and end, the lag, the next event's time. For a source: its
     /// committed position and when it was stored.
     Show(ShowArgs),
+    /// Moves where a route resumes (its sink's stored offsets where it keeps them, and its
+    /// group's), printing before → after; refused while any process runs the route.
+    Reset(ResetArgs),
+}
+
+/// Arguments of `herald offsets reset`.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("to").required(true).args(["to_earliest", "to_latest", "to_time", "to_offset"])))]
+pub struct ResetArgs {
+    /// The config file that names the route.
+    #[arg(long, short, env = "HERALD_CONFIG")]
+    pub config: PathBuf,
+    /// The route.
+    #[arg(long, value_name = "NAME")]
+    pub route: String,
+    /// Every partition to its oldest event still in the log: replay everything.
+    #[arg(long)]
+    pub to_earliest: bool,
+    /// Every partition to its end: skip everything in the log now.
+    #[arg(long)]
+    pub to_latest: bool,
+    /// Every partition to its first event produced at or after TIME: an RFC 3339 instant
+    /// (`2026-12-07T10:00:00Z`) or a duration ago (`2h`).
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub to_time: Option<chrono::DateTime<chrono::Utc>>,
+    /// One partition to OFFSET (`TOPIC:PARTITION:OFFSET`); the others stay: skip a poison event
+    /// by giving the offset after it.
+    #[arg(long, value_name = "TOPIC:PARTITION:OFFSET", value_parser = parse_offset)]
+    pub to_offset: Option<(String, i32, i64)>,
+    /// Print what would move, and move nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    if let Ok(at) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(at.with_timezone(&chrono::Utc));
+    }
+    let ago = super::parse_duration(text)
+        .map_err(|_| format!("`{text}` is neither an RFC 3339 instant (2026-12-07T10:00:00Z) nor a duration (2h)"))?;
+    chrono::Duration::from_std(ago).map(|ago| chrono::Utc::now() - ago).map_err(|_| format!("`{text}` is too long ago"))
+}
+
+fn parse_offset(text: &str) -> Result<(String, i32, i64), String> {
+    let invalid = || format!("`{text}` is not TOPIC:PARTITION:OFFSET (e.g. pipeline.stage.events:0:1234)");
+    let (rest, offset) = text.rsplit_once(':').ok_or_else(invalid)?;
+    let (topic, partition) = rest.rsplit_once(':').ok_or_else(invalid)?;
+    if topic.is_empty() {
+        return Err(invalid());
+    }
+    Ok((topic.to_owned(), partition.parse().map_err(|_| invalid())?, offset.parse().map_err(|_| invalid())?))
 }
 
 /// Arguments of `herald offsets show`.
@@ -49,7 +104,85 @@ pub struct ShowArgs {
 pub async fn offsets(args: OffsetsArgs) -> Result<ExitCode> {
     match args.command {
         OffsetsCommand::Show(args) => show(args).await,
+        OffsetsCommand::Reset(args) => reset(args).await,
     }
+}
+
+/// A route's group, the sink's table when the sink keeps offsets, and where it stands.
+struct RouteState {
+    group: String,
+    table: Option<herald_sink_postgres::RouteTable>,
+    positions: Vec<Position>,
+}
+
+async fn route_state(config: &crate::config::Config, route: &herald_core::RouteConfig) -> Result<RouteState> {
+    let name = &route.name;
+    if let Some(pattern) = route.topics.iter().find(|topic| topic.starts_with('^')) {
+        bail!("route `{name}` subscribes to a pattern ({pattern}): name its topics to see their offsets");
+    }
+    let group = route.group_id();
+    // A Postgres sink keeps the offsets with its rows; the route reads from there.
+    let table = match registry::route_subject(route)? {
+        Some(herald_reconcile::Subject::Route { table, .. }) => Some(table),
+        _ => None,
+    };
+    let stored = match &table {
+        Some(table) => Some(table.written(&group).await.with_context(|| format!("route `{name}`"))?.next_offsets),
+        None => None,
+    };
+    let positions = herald_offsets::route_positions(&config.kafka, &group, &route.topics, stored)
+        .await
+        .with_context(|| format!("route `{name}`"))?;
+    Ok(RouteState { group, table, positions })
+}
+
+async fn reset(args: ResetArgs) -> Result<ExitCode> {
+    let config = super::load_config(&args.config)?;
+    let route = super::find_route(&config, &args.route, &args.config)?;
+    let name = &route.name;
+    let to = match (&args.to_time, &args.to_offset) {
+        _ if args.to_earliest => ResetTo::Earliest,
+        _ if args.to_latest => ResetTo::Latest,
+        (Some(at), _) => ResetTo::Time(*at),
+        (None, Some((topic, partition, offset))) => {
+            ResetTo::Offset { topic: topic.clone(), partition: *partition, offset: *offset }
+        }
+        (None, None) => bail!("say where to: --to-earliest, --to-latest, --to-time or --to-offset"),
+    };
+    let state = route_state(&config, route).await?;
+    let members = herald_offsets::group_members(&config.kafka, &state.group).await?;
+    if !members.is_empty() {
+        bail!(
+            "route `{name}` is running: its consumer group `{}` has members ({}). Stop those heralds, or remove \
+             the route from their config and reload, then reset",
+            state.group,
+            members.join(", ")
+        );
+    }
+    let targets = herald_offsets::targets(&config.kafka, &state.positions, &to).await?;
+    println!("route `{name}` (group `{}`):", state.group);
+    for ((topic, partition), after) in &targets {
+        let before = state
+            .positions
+            .iter()
+            .find(|p| &p.topic == topic && p.partition == *partition)
+            .and_then(|p| p.resumes_from)
+            .map_or_else(|| "start_from".to_owned(), |offset| offset.to_string());
+        println!("  {topic}[{partition}]: {before} → {after}");
+    }
+    if args.dry_run {
+        println!("dry run: nothing moved");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(table) = &state.table {
+        table.move_offsets(&state.group, &targets).await.with_context(|| format!("route `{name}`"))?;
+    }
+    // Also where the group's own tools look (and where a route whose sink keeps none resumes).
+    herald_offsets::commit_group(&config.kafka, &state.group, &targets).await?;
+    let keeper =
+        if state.table.is_some() { "the sink's stored offsets and the group's" } else { "the group's offsets" };
+    println!("moved {keeper}; the route reads from there when it next starts");
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn show(args: ShowArgs) -> Result<ExitCode> {
@@ -76,21 +209,7 @@ async fn show(args: ShowArgs) -> Result<ExitCode> {
     }
     let Some(name) = &args.route else { bail!("say what to show: --route NAME or --source NAME") };
     let route = super::find_route(&config, name, &args.config)?;
-    let patterns: Vec<&String> = route.topics.iter().filter(|topic| topic.starts_with('^')).collect();
-    if !patterns.is_empty() {
-        bail!("route `{name}` subscribes to a pattern ({}): name its topics to show their offsets", patterns[0]);
-    }
-    let group = route.group_id();
-    // A Postgres sink keeps the offsets with its rows; the route reads from there.
-    let stored = match registry::route_subject(route)? {
-        Some(herald_reconcile::Subject::Route { table, .. }) => {
-            Some(table.written(&group).await.with_context(|| format!("route `{name}`"))?.next_offsets)
-        }
-        _ => None,
-    };
-    let positions = herald_offsets::route_positions(&config.kafka, &group, &route.topics, stored)
-        .await
-        .with_context(|| format!("route `{name}`"))?;
+    let RouteState { group, positions, .. } = route_state(&config, route).await?;
     if args.json {
         let json = serde_json::json!({ "route": name, "group": group, "partitions": positions });
         println!("{}", serde_json::to_string_pretty(&json)?);

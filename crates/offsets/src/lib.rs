@@ -3,8 +3,9 @@
 //! data, as the Postgres sink does, else the consumer group's committed offsets), the log's
 //! start and end, the lag, and the time of the next event it will read.
 //!
-//! Nothing is committed and no group is joined: reading a group's committed offsets and one
-//! message per partition leaves the group as it was.
+//! Reading joins no group and commits nothing: reading a group's committed offsets and one
+//! message per partition leaves the group as it was. Moving a route ([`ResetTo`]) is for a
+//! route no process runs: its group must be empty ([`group_members`]).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -35,6 +36,28 @@ pub enum OffsetsError {
     /// A topic the route reads is not in the cluster.
     #[error("topic `{0}` does not exist")]
     NoTopic(String),
+    /// `--to-offset` named a partition the route does not read.
+    #[error("the route does not read partition {partition} of `{topic}`")]
+    NoPartition {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+    },
+    /// `--to-offset` named an offset the log does not hold.
+    #[error("offset {offset} is outside `{topic}` partition {partition}'s log ({log_start} to its end, {log_end})")]
+    OutOfRange {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// The offset asked for.
+        offset: i64,
+        /// The log's oldest offset.
+        log_start: i64,
+        /// One past its newest.
+        log_end: i64,
+    },
     /// The blocking task reading Kafka died.
     #[error("internal task failed: {0}")]
     Task(String),
@@ -91,9 +114,7 @@ pub async fn route_positions(
     stored: Option<HashMap<(String, i32), i64>>,
 ) -> Result<Vec<Position>, OffsetsError> {
     let (props, group, topics) = (props.clone(), group.to_owned(), topics.to_vec());
-    tokio::task::spawn_blocking(move || read_positions(&props, &group, &topics, stored.as_ref()))
-        .await
-        .map_err(|err| OffsetsError::Task(err.to_string()))?
+    blocking(move || read_positions(&props, &group, &topics, stored.as_ref())).await
 }
 
 fn read_positions(
@@ -188,4 +209,133 @@ fn next_event_times(consumer: &BaseConsumer, positions: &mut [Position]) -> Resu
         let _ = consumer.pause(&done);
     }
     Ok(())
+}
+
+/// Where `herald offsets reset` moves a route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResetTo {
+    /// Each partition's oldest event still in the log.
+    Earliest,
+    /// Each partition's end: everything in the log now is skipped.
+    Latest,
+    /// Each partition's first event produced at or after this instant (its end when none).
+    Time(DateTime<Utc>),
+    /// One partition, to this offset; the others stay.
+    Offset {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// The offset read next.
+        offset: i64,
+    },
+}
+
+/// The members of consumer group `group` now, as `client id @ host`: empty when no process
+/// runs the route.
+pub async fn group_members(props: &KafkaProperties, group: &str) -> Result<Vec<String>, OffsetsError> {
+    let (props, group) = (props.clone(), group.to_owned());
+    blocking(move || {
+        let consumer: BaseConsumer =
+            herald_kafka::client_config(&props).create().map_err(kafka("creating a client"))?;
+        let groups =
+            consumer.fetch_group_list(Some(&group), KAFKA_TIMEOUT).map_err(kafka("describing the consumer group"))?;
+        Ok(groups
+            .groups()
+            .iter()
+            .filter(|found| found.name() == group)
+            .flat_map(|found| found.members().iter().map(|m| format!("{} @ {}", m.client_id(), m.client_host())))
+            .collect())
+    })
+    .await
+}
+
+/// The offset `to` means for each of `positions` (for [`ResetTo::Offset`], its one partition,
+/// which must be one of them and whose log must hold the offset or end there).
+pub async fn targets(
+    props: &KafkaProperties,
+    positions: &[Position],
+    to: &ResetTo,
+) -> Result<Vec<((String, i32), i64)>, OffsetsError> {
+    match to {
+        ResetTo::Earliest => Ok(positions.iter().map(|p| ((p.topic.clone(), p.partition), p.log_start)).collect()),
+        ResetTo::Latest => Ok(positions.iter().map(|p| ((p.topic.clone(), p.partition), p.log_end)).collect()),
+        ResetTo::Offset { topic, partition, offset } => {
+            let position = positions
+                .iter()
+                .find(|p| &p.topic == topic && p.partition == *partition)
+                .ok_or_else(|| OffsetsError::NoPartition { topic: topic.clone(), partition: *partition })?;
+            if *offset < position.log_start || *offset > position.log_end {
+                return Err(OffsetsError::OutOfRange {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    offset: *offset,
+                    log_start: position.log_start,
+                    log_end: position.log_end,
+                });
+            }
+            Ok(vec![((topic.clone(), *partition), *offset)])
+        }
+        ResetTo::Time(at) => {
+            let (props, at) = (props.clone(), at.timestamp_millis());
+            let wanted: Vec<(String, i32, i64)> =
+                positions.iter().map(|p| (p.topic.clone(), p.partition, p.log_end)).collect();
+            blocking(move || {
+                let consumer: BaseConsumer =
+                    herald_kafka::client_config(&props).create().map_err(kafka("creating a client"))?;
+                let mut list = TopicPartitionList::new();
+                for (topic, partition, _) in &wanted {
+                    list.add_partition_offset(topic, *partition, Offset::Offset(at))
+                        .map_err(kafka("choosing the instant"))?;
+                }
+                let found =
+                    consumer.offsets_for_times(list, KAFKA_TIMEOUT).map_err(kafka("finding offsets by time"))?;
+                Ok(wanted
+                    .into_iter()
+                    .map(|(topic, partition, log_end)| {
+                        let offset = found
+                            .find_partition(&topic, partition)
+                            .and_then(|element| match element.offset() {
+                                Offset::Offset(offset) => Some(offset),
+                                _ => None,
+                            })
+                            .unwrap_or(log_end);
+                        ((topic, partition), offset)
+                    })
+                    .collect())
+            })
+            .await
+        }
+    }
+}
+
+/// Commits `offsets` as consumer group `group`'s: where a route whose sink keeps no offsets
+/// resumes. Only for a group no process runs ([`group_members`] empty): the broker refuses a
+/// commit from outside a group that has members.
+pub async fn commit_group(
+    props: &KafkaProperties,
+    group: &str,
+    offsets: &[((String, i32), i64)],
+) -> Result<(), OffsetsError> {
+    let (props, group, offsets) = (props.clone(), group.to_owned(), offsets.to_vec());
+    blocking(move || {
+        let consumer: BaseConsumer = herald_kafka::client_config(&props)
+            .set("group.id", &group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .map_err(kafka("creating a consumer"))?;
+        let mut list = TopicPartitionList::new();
+        for ((topic, partition), offset) in &offsets {
+            list.add_partition_offset(topic, *partition, Offset::Offset(*offset))
+                .map_err(kafka("choosing the offsets"))?;
+        }
+        consumer.commit(&list, rdkafka::consumer::CommitMode::Sync).map_err(kafka("committing the group's offsets"))
+    })
+    .await
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, OffsetsError> + Send + 'static,
+) -> Result<T, OffsetsError> {
+    tokio::task::spawn_blocking(work).await.map_err(|err| OffsetsError::Task(err.to_string()))?
 }

@@ -183,6 +183,44 @@ impl RouteTable {
         })
     }
 
+    /// Sets where consumer group `consumer_group` resumes: each of `offsets` (topic, partition,
+    /// next offset) stored in one transaction, a partition without a row given one. For a route
+    /// no herald runs (the caller makes sure its group is empty): a running sink would not see
+    /// the change until its partitions are assigned again.
+    pub async fn move_offsets(
+        &self,
+        consumer_group: &str,
+        offsets: &[((String, i32), i64)],
+    ) -> Result<(), PostgresSinkError> {
+        let schema = self.config.schema_ident()?;
+        let mut topics = Vec::with_capacity(offsets.len());
+        let mut partitions = Vec::with_capacity(offsets.len());
+        let mut next = Vec::with_capacity(offsets.len());
+        for ((topic, partition), offset) in offsets {
+            topics.push(topic.as_str());
+            partitions.push(*partition);
+            next.push(*offset);
+        }
+        let mut conn = self.connect_for_reconcile().await?;
+        let mut tx = conn.begin().await?;
+        sqlx::query(&format!(
+            "INSERT INTO {schema}.herald_offsets (consumer_group, topic, partition, next_offset)
+             SELECT $1, u.topic, u.partition, u.next_offset
+             FROM UNNEST($2::text[], $3::int[], $4::bigint[]) AS u(topic, partition, next_offset)
+             ON CONFLICT (consumer_group, topic, partition)
+             DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()"
+        ))
+        .bind(consumer_group)
+        .bind(&topics)
+        .bind(&partitions)
+        .bind(&next)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let _ = conn.close().await;
+        Ok(())
+    }
+
     /// Writes `records` (events the compared table lacks, with the Kafka coordinates they were
     /// read at) into every table of the route in one transaction, as the sink writes them. An
     /// append table that keeps the Kafka coordinates gets only the events it does not hold yet
