@@ -205,3 +205,62 @@ async fn a_reset_of_a_stdout_route_moves_its_group_s_offsets_by_time_and_to_the_
     assert!(herald.wait_exit().success(), "{}", herald.log());
     assert_eq!(records(&lines), (0..10).collect::<Vec<i64>>());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_of_a_redis_route_moves_its_group_s_offsets_and_replays_exactly_the_window() {
+    use redis::AsyncCommands;
+    let topic = unique("events");
+    create_topic(&topic, 1).await;
+    let (route, stream) = (unique("to-redis"), unique("stream"));
+    let config = TempConfig::new(&route_config(
+        &route,
+        &topic,
+        "",
+        &format!(
+            "[route.sink]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\nstream = {{ key = \"{stream}\", max_len = 0 }}\n"
+        ),
+    ));
+    let client = redis::Client::open("redis://127.0.0.1:6379").unwrap();
+    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+    let records_in_stream = |mut redis: redis::aio::MultiplexedConnection, stream: String| async move {
+        let entries: redis::streams::StreamRangeReply = redis.xrange_all(&stream).await.unwrap();
+        entries
+            .ids
+            .iter()
+            .map(|id| {
+                let event: String = id.get("event").unwrap();
+                serde_json::from_str::<serde_json::Value>(&event).unwrap()["records"].as_i64().unwrap()
+            })
+            .collect::<Vec<i64>>()
+    };
+    let until_len = |wanted: usize| {
+        let (redis, stream) = (redis.clone(), stream.clone());
+        async move {
+            let deadline = std::time::Instant::now() + PATIENCE;
+            loop {
+                let mut redis = redis.clone();
+                let len: usize = redis.xlen(&stream).await.unwrap();
+                if len >= wanted {
+                    return;
+                }
+                assert!(std::time::Instant::now() < deadline, "{len} entries in {stream}, not {wanted}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    };
+    produce_events(&topic, 0..10).await;
+    let mut herald = Herald::run(&config);
+    until_len(10).await;
+    herald.signal("TERM");
+    assert!(herald.wait_exit().success(), "{}", herald.log());
+
+    let (moved, text) = reset(&config, &["--route", &route, "--to-offset", &format!("{topic}:0:4")]);
+    assert!(moved && text.contains(&format!("{topic}[0]: 10 → 4")) && text.contains("the group's offsets"), "{text}");
+    let mut herald = Herald::run(&config);
+    until_len(16).await;
+    herald.signal("TERM");
+    assert!(herald.wait_exit().success(), "{}", herald.log());
+    let expected: Vec<i64> = (0..10).chain(4..10).collect();
+    assert_eq!(records_in_stream(redis.clone(), stream.clone()).await, expected, "exactly offsets 4–9 again");
+    let _: () = redis.del(&stream).await.unwrap();
+}
