@@ -20,6 +20,7 @@ than loses (at-least-once). Sinks that can store offsets with the data do better
 - [`runtime`]: [`run`], every route at work until shutdown.
 - [`source`]: the [`source::Source`] plug-in contract, for sources that publish to Kafka.
 - [`observe`]: Prometheus metrics and each route's live state, for the admin API.
+- [`tap`]: each message a route handles and its outcome, for whoever watches.
 - `route`: one route's consume → sink → commit loop (its own layout in `route/mod.rs`).
 
 # Where each concept lives
@@ -49,6 +50,7 @@ mod route;
 pub mod runtime;
 pub mod source;
 pub mod source_runtime;
+pub mod tap;
 
 pub use config::{RouteConfig, RuntimeConfig, SinkSpec};
 pub use error::{RouteError, RuntimeError};

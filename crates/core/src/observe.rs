@@ -196,6 +196,7 @@ impl Observer {
             kafka_up: AtomicBool::new(false),
             sink_failing: AtomicBool::new(false),
             skipped_in_a_row: AtomicU64::new(0),
+            tap: crate::tap::Tap::default(),
             paused,
             state: Mutex::new(RouteState::default()),
         });
@@ -475,6 +476,8 @@ pub struct RouteShared {
     /// Events the filter passed over since it last let one through: a long run says the filter
     /// may name a value no event has.
     pub skipped_in_a_row: AtomicU64,
+    /// Each message handled and its outcome, for whoever watches (`/routes/{name}/tap`).
+    pub tap: crate::tap::Tap,
     paused: watch::Sender<bool>,
     state: Mutex<RouteState>,
 }

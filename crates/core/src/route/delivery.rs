@@ -4,8 +4,9 @@
 //! "offsets advance only after the sink has the data" is decided here, and tested here with a
 //! fake sink under paused time.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -15,11 +16,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::fetched::FetchedMessage;
+use super::isolate::Written;
 use super::read::PreparedBatch;
 use crate::config::{RetryConfig, RouteConfig};
 use crate::dlq::{DeadLetter, DeadLetterQueue, FailedStage};
 use crate::error::RouteError;
 use crate::observe::RouteShared;
+use crate::tap::{Outcome, Tapped};
 use herald_sdk::error_chain;
 use herald_sdk::printable::{printable, LOG_CHARS};
 use herald_sdk::sink::Sink;
@@ -77,6 +80,10 @@ impl Delivery<'_> {
         self.stats.skipped.inc_by(prepared.skipped);
         self.note_skip_streak(&prepared);
         let PreparedBatch { records, record_origin, mut letters, .. } = prepared;
+        let tapping = self.stats.tap.is_watched();
+        if tapping {
+            tap_skipped(self.stats, messages, &record_origin, &letters);
+        }
         // Without a dead-letter topic, fail before writing anything: the operator fixes the
         // config and the batch is read again from its first offset.
         self.require_dead_letter_topic(&letters)?;
@@ -90,6 +97,9 @@ impl Delivery<'_> {
                 return Ok(None);
             };
             self.stats.delivered.inc_by(written.accepted as u64);
+            if tapping {
+                tap_delivered(self.stats, messages, &record_origin, &written);
+            }
             self.stats.update(|state| state.last_event_at = Some(chrono::Utc::now()));
             for rejection in written.rejected {
                 let Some(message) = record_origin.get(rejection.index).and_then(|&i| messages.get(i)) else {
@@ -145,6 +155,17 @@ impl Delivery<'_> {
         }
         self.require_dead_letter_topic(letters)?;
         let Some(queue) = self.dead_letters else { return Ok(()) };
+        if self.stats.tap.is_watched() {
+            self.stats.tap.offer(letters.iter().map(|letter| {
+                let message = &letter.message;
+                Tapped::new(
+                    (Arc::from(message.topic()), message.partition(), message.offset()),
+                    Outcome::DeadLettered,
+                    message.payload(),
+                    Some(letter.reason()),
+                )
+            }));
+        }
         for letter in letters {
             warn!(
                 route = %self.route.name, topic = letter.message.topic(), partition = letter.message.partition(),
@@ -171,6 +192,41 @@ impl Delivery<'_> {
             _ => Ok(()),
         }
     }
+}
+
+/// Shows the watchers of the route's tap the messages of a batch its filter passed over: those
+/// neither made into a record nor dead-lettered.
+fn tap_skipped(stats: &RouteShared, messages: &[FetchedMessage], record_origin: &[usize], letters: &[DeadLetter]) {
+    let mut handled = vec![false; messages.len()];
+    for &index in record_origin {
+        if let Some(slot) = handled.get_mut(index) {
+            *slot = true;
+        }
+    }
+    let unreadable: BTreeSet<(i32, i64)> =
+        letters.iter().map(|letter| (letter.message.partition(), letter.message.offset())).collect();
+    stats.tap.offer(messages.iter().zip(handled).filter_map(|(message, handled)| {
+        let skipped = !handled && !unreadable.contains(&(message.partition(), message.offset()));
+        skipped.then(|| Tapped::new(where_from(message), Outcome::Skipped, message.payload(), None))
+    }));
+}
+
+/// Shows the watchers of the route's tap the records the sink accepted: all but those it
+/// refused or that were dead-lettered as poison (those are shown as they are dead-lettered).
+fn tap_delivered(stats: &RouteShared, messages: &[FetchedMessage], record_origin: &[usize], written: &Written) {
+    let not_delivered: BTreeSet<usize> =
+        written.rejected.iter().map(|rejection| rejection.index).chain(written.poisoned.iter().copied()).collect();
+    stats.tap.offer(record_origin.iter().enumerate().filter(|(record, _)| !not_delivered.contains(record)).filter_map(
+        |(_, &index)| {
+            let message = messages.get(index)?;
+            Some(Tapped::new(where_from(message), Outcome::Delivered, message.payload(), None))
+        },
+    ));
+}
+
+/// Where `message` was read: topic, partition, offset.
+pub(super) fn where_from(message: &FetchedMessage) -> (Arc<str>, i32, i64) {
+    (message.shared_topic(), message.partition(), message.offset())
 }
 
 /// The route's backoff: exponential with jitter between its bounds, `limit` delays at most.

@@ -34,10 +34,11 @@ use tokio::time::sleep;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::delivery::Delivery;
+use super::delivery::{where_from, Delivery};
 use super::fetched::FetchedMessage;
 use crate::dlq::{DeadLetter, FailedStage};
 use crate::error::RouteError;
+use crate::tap::{Outcome, Tapped};
 use herald_sdk::error_chain;
 use herald_sdk::sink::{SinkError, SinkRecord};
 
@@ -48,6 +49,8 @@ pub(crate) struct Written {
     pub(crate) accepted: usize,
     /// Records the sink refused for good, by index into the batch's records.
     pub(crate) rejected: Vec<Rejection>,
+    /// Records dead-lettered as poison, by index into the batch's records.
+    pub(crate) poisoned: Vec<usize>,
 }
 
 /// A record dead-lettered as poison: why.
@@ -124,6 +127,7 @@ impl Delivery<'_> {
                     if settled.accepted > 0 && !suspects.is_empty() {
                         // A record after them was accepted: the destination answers.
                         for suspect in std::mem::take(&mut suspects) {
+                            written.poisoned.push(suspect.index);
                             self.poison(messages, records, record_origin, suspect).await?;
                         }
                     }
@@ -177,6 +181,7 @@ impl Delivery<'_> {
                     let alone = queue.len() == 1 && suspects.is_empty();
                     if self.sink.stores_offsets() || alone || every_record_failed {
                         queue.pop_front();
+                        written.poisoned.push(suspect.index);
                         self.poison(messages, records, record_origin, suspect).await?;
                     } else {
                         queue.pop_front();
@@ -186,6 +191,13 @@ impl Delivery<'_> {
                 }
             }
             self.stats.retries.inc();
+            if self.stats.tap.is_watched() {
+                let retried = piece.pending.indexes().iter().filter_map(|&record| {
+                    let message = record_origin.get(record).and_then(|&i| messages.get(i))?;
+                    Some(Tapped::new(where_from(message), Outcome::Retried, message.payload(), Some(reason.clone())))
+                });
+                self.stats.tap.offer(retried);
+            }
             let delay = backoff(&policy, failures);
             warn!(
                 route = %self.route.name, attempt = failures, retry_in = ?delay, records = left,

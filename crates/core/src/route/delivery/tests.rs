@@ -510,3 +510,40 @@ async fn hostile_payloads_are_dead_lettered_as_unparsable_and_the_rest_written()
     let dead: Vec<i64> = letters.sent.lock().unwrap().iter().map(|&(_, offset, _)| offset).collect();
     assert_eq!(dead, (1..=9).collect::<Vec<_>>(), "every hostile payload, in order");
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_tap_shows_each_message_with_its_outcome_delivered_skipped_dead_lettered_retried() {
+    let route = route(
+        "filter = { status = \"SUCCESS\" }\nretry = { initial_backoff = \"10ms\", max_backoff = \"1s\", poison_after = 3 }",
+    );
+    let (stats, letters) = (stats(), Letters::default());
+    let mut watch = stats.tap.watch(1_000);
+    let mut sink = ScriptedSink { poison: vec![3], ..ScriptedSink::default() };
+    let messages = [
+        event(0, 0, 1, "SUCCESS"),
+        message(0, 1, b"{nope"),
+        event(0, 2, 2, "FAILED"),
+        event(0, 3, 3, "SUCCESS"),
+        event(0, 4, 4, "SUCCESS"),
+    ];
+    let settled = settle(&route, &mut sink, Some(&letters), &stats, &messages, &CancellationToken::new()).await;
+    assert_eq!(settled.unwrap(), Some(offsets(&[(0, 5)])));
+    let mut by_offset: BTreeMap<i64, Vec<&'static str>> = BTreeMap::new();
+    while let Some(tapped) = watch.try_recv() {
+        assert_eq!((&*tapped.topic, tapped.partition), ("t", 0));
+        by_offset.entry(tapped.offset).or_default().push(tapped.outcome.as_str());
+        if tapped.offset == 1 {
+            assert!(tapped.error.as_deref().is_some_and(|e| !e.is_empty()), "a dead letter says why: {tapped:?}");
+            assert_eq!(tapped.event.as_deref(), Some("{nope"));
+        }
+    }
+    let last = |offset: i64| by_offset.get(&offset).and_then(|outcomes| outcomes.last().copied());
+    assert_eq!(last(0), Some("delivered"));
+    assert_eq!(by_offset[&1], ["dead_lettered"], "unparsable");
+    assert_eq!(by_offset[&2], ["skipped"], "the filter");
+    assert!(by_offset[&3].contains(&"retried"), "{by_offset:?}");
+    assert_eq!(last(3), Some("dead_lettered"), "poison, after its retries");
+    assert_eq!(last(4), Some("delivered"));
+    assert!(!by_offset[&4].contains(&"dead_lettered") && !by_offset[&0].contains(&"dead_lettered"));
+    assert_eq!(watch.missed(), 0);
+}
