@@ -21,9 +21,13 @@ fn main() -> ExitCode {
     let default_level = match cli.command {
         // sqlx reports Postgres NOTICEs ("relation … already exists, skipping") at info.
         Command::Run(_) | Command::Check(_) | Command::Migrate(_) => "info,sqlx=warn",
-        Command::Publish(_) | Command::Wait(_) | Command::Status(_) | Command::Reconcile(_) | Command::Offsets(_) => {
-            "warn"
-        }
+        Command::Publish(_)
+        | Command::Wait(_)
+        | Command::Status(_)
+        | Command::Reconcile(_)
+        | Command::Offsets(_)
+        | Command::Tap(_)
+        | Command::Redrive(_) => "warn",
     };
     let filter = cli
         .log

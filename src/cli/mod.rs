@@ -5,9 +5,11 @@ mod migrate;
 mod offsets;
 mod publish;
 mod reconcile;
+mod redrive;
 mod reload;
 mod run;
 mod status;
+mod tap;
 mod wait;
 
 use std::path::PathBuf;
@@ -69,6 +71,12 @@ pub enum Command {
     Reconcile(reconcile::ReconcileArgs),
     /// Where each route resumes and each source stands: `offsets show`.
     Offsets(offsets::OffsetsArgs),
+    /// Watch a running route: each message it handles and what became of it (delivered,
+    /// skipped, dead-lettered, retried), from `herald run`'s admin API.
+    Tap(tap::TapArgs),
+    /// Send a route's dead letters back through it once their cause is fixed: each once, from
+    /// where the last redrive left off; those that fail again stay dead, with their new error.
+    Redrive(redrive::RedriveArgs),
 }
 
 /// Runs a subcommand; `Ok` carries the process exit code.
@@ -82,6 +90,8 @@ pub async fn execute(command: Command) -> Result<ExitCode> {
         Command::Status(args) => status::status(args).await,
         Command::Reconcile(args) => reconcile::reconcile(args).await,
         Command::Offsets(args) => offsets::offsets(args).await,
+        Command::Tap(args) => tap::tap(args).await,
+        Command::Redrive(args) => redrive::redrive(args).await,
     }
 }
 

@@ -149,16 +149,17 @@ async fn reset(args: ResetArgs) -> Result<ExitCode> {
         }
         (None, None) => bail!("say where to: --to-earliest, --to-latest, --to-time or --to-offset"),
     };
-    let state = route_state(&config, route).await?;
-    let members = herald_offsets::group_members(&config.kafka, &state.group).await?;
+    // Asked first: a running route is refused before anything is read.
+    let group = route.group_id();
+    let members = herald_offsets::group_members(&config.kafka, &group).await?;
     if !members.is_empty() {
         bail!(
-            "route `{name}` is running: its consumer group `{}` has members ({}). Stop those heralds, or remove \
-             the route from their config and reload, then reset",
-            state.group,
+            "route `{name}` is running: its consumer group `{group}` has members ({}). Stop those heralds, or \
+             remove the route from their config and reload, then reset",
             members.join(", ")
         );
     }
+    let state = route_state(&config, route).await?;
     let targets = herald_offsets::targets(&config.kafka, &state.positions, &to).await?;
     println!("route `{name}` (group `{}`):", state.group);
     for ((topic, partition), after) in &targets {

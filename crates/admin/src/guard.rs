@@ -96,7 +96,9 @@ pub(crate) async fn guard(State(guard): State<Guard>, request: Request, next: Ne
     // `/health/live` says only that the process serves: a container's health check or a
     // liveness probe reads it without a token, whatever `auth` says.
     let liveness = request.uri().path() == "/health/live" && !changes;
-    if (changes || (guard.scope == AuthScope::All && !liveness)) && !guard.authorized(&request) {
+    // A tap shows events' payloads: it needs the token whenever one is set.
+    let tap = request.uri().path().ends_with("/tap");
+    if (changes || tap || (guard.scope == AuthScope::All && !liveness)) && !guard.authorized(&request) {
         let mut refusal = refuse(StatusCode::UNAUTHORIZED, "this needs `Authorization: Bearer <admin.token>`");
         refusal.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return with_security_headers(refusal);

@@ -11,6 +11,7 @@ herald-admin: the HTTP API operators use, what Kafka Connect's REST API gives th
 | `POST /routes/{name}/pause`, `/resume` | stop or restart consuming, keeping the group membership |
 | `POST /reload` | re-read the config: `200` with what changed (only changed routes restart, and failed ones start again), or `422` with why it was refused (the old config runs on) |
 | `POST /routes/{name}/restart`, `POST /sources/{name}/restart` | stop the route or source if it runs and start it again from the running config: a `failed` one whose cause was fixed comes back; `200`, or `422` with why not |
+| `GET /routes/{name}/tap` | each message the route handles, live, as server-sent events: `tapped` (topic, partition, offset, `outcome` — `delivered`, `skipped`, `dead_lettered` or `retried` — the error, the payload) and `missed` (messages a slow client did not get: a fast route is sampled, never slowed); `?limit=N` ends after N; needs the token whenever one is set |
 | `GET /board` | the status board (when `[board] topics` is set): a live page, one row per source, one column per stage |
 | `GET /board/state` | the board as JSON: `stages` (`[board] stages` first, then first-seen order), `cells` (latest event per source and stage, with `diverged` marks) and `reconciled_at` |
 | `GET /board/events` | the board live, as server-sent events: a `snapshot`, then a `cell` per change and a `reconciled` per periodic reconcile |
@@ -36,6 +37,7 @@ mod board_page;
 mod config;
 mod guard;
 mod serve;
+mod tap;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -103,7 +105,7 @@ pub async fn bind(
         tokio::net::TcpListener::bind(address).await.map_err(|source| AdminError::Bind { address, source })?;
     let bound = listener.local_addr().map_err(|source| AdminError::Bind { address, source })?;
     info!(address = %bound, token = token.is_some(), "Admin API listening.");
-    let mut app = router(observer);
+    let mut app = router(Arc::clone(&observer)).merge(tap::router(observer, config.max_event_streams, stop.clone()));
     if let Some(board) = board {
         app = app.merge(board_page::router(board, config.max_event_streams, stop.clone()));
     }

@@ -153,6 +153,10 @@ pub struct RouteConfig {
     pub max_message_bytes: usize,
     /// The sink: `type` picks the kind (e.g. `"stdout"`), the other keys are that sink's settings.
     pub sink: SinkSpec,
+    /// Set by `herald redrive`, never read from the file: only the messages at these
+    /// (partition, offset) are delivered; the route skips the others (as its filter would).
+    #[serde(skip)]
+    pub only: Option<std::sync::Arc<BTreeSet<(i32, i64)>>>,
 }
 
 impl RouteConfig {

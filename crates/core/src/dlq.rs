@@ -129,20 +129,28 @@ impl DeadLetterQueue {
 
     fn outgoing(&self, letter: &DeadLetter) -> Outgoing {
         let original = &letter.message;
+        let partition = original.partition().to_string();
+        let offset = original.offset().to_string();
+        // A dead letter read back from this very topic (by `herald redrive`) that failed again
+        // keeps where it was first read; its error headers are replaced, not repeated.
+        let redriven = original.topic() == self.topic;
+        let origin = redriven.then(|| herald_kafka::headers::dead_letter_of(original.headers())).flatten();
+        let (origin_topic, origin_partition, origin_offset) = match &origin {
+            Some((_, topic, partition, offset)) => (topic.as_str(), partition.to_string(), offset.to_string()),
+            None => (original.topic(), partition, offset),
+        };
         let mut headers = OwnedHeaders::new();
         if let Some(existing) = original.headers() {
-            for header in existing.iter() {
+            for header in existing.iter().filter(|header| !header.key.starts_with(headers::PREFIX)) {
                 headers = headers.insert(Header { key: header.key, value: header.value });
             }
         }
-        let partition = original.partition().to_string();
-        let offset = original.offset().to_string();
         let message = letter.error_chain.first().map(String::as_str).unwrap_or_default();
         let stacktrace = letter.error_chain.join("\ncaused by: ");
         for (key, value) in [
-            (headers::TOPIC, original.topic()),
-            (headers::PARTITION, partition.as_str()),
-            (headers::OFFSET, offset.as_str()),
+            (headers::TOPIC, origin_topic),
+            (headers::PARTITION, origin_partition.as_str()),
+            (headers::OFFSET, origin_offset.as_str()),
             (headers::CONNECTOR, self.route.as_str()),
             (headers::TASK_ID, "0"),
             (headers::STAGE, letter.stage.connect_name()),

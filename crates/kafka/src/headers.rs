@@ -33,6 +33,8 @@ pub fn dead_letter_of(headers: Option<&impl rdkafka::message::Headers>) -> Optio
 
 /// Kafka Connect's header names.
 pub mod connect {
+    /// What every one of these names starts with.
+    pub const PREFIX: &str = "__connect.errors.";
     /// Topic the message was read from.
     pub const TOPIC: &str = "__connect.errors.topic";
     /// Partition it was read from.

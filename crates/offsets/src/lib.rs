@@ -7,6 +7,8 @@
 //! message per partition leaves the group as it was. Moving a route ([`ResetTo`]) is for a
 //! route no process runs: its group must be empty ([`group_members`]).
 
+pub mod letters;
+
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -57,6 +59,14 @@ pub enum OffsetsError {
         log_start: i64,
         /// One past its newest.
         log_end: i64,
+    },
+    /// Reading a window of a topic stopped short: no message for 30 s before its end.
+    #[error("reading `{topic}` stalled before the end of partitions {partitions:?}")]
+    Stalled {
+        /// The topic.
+        topic: String,
+        /// The partitions not read to their end.
+        partitions: Vec<i32>,
     },
     /// The blocking task reading Kafka died.
     #[error("internal task failed: {0}")]

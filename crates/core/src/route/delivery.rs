@@ -155,17 +155,6 @@ impl Delivery<'_> {
         }
         self.require_dead_letter_topic(letters)?;
         let Some(queue) = self.dead_letters else { return Ok(()) };
-        if self.stats.tap.is_watched() {
-            self.stats.tap.offer(letters.iter().map(|letter| {
-                let message = &letter.message;
-                Tapped::new(
-                    (Arc::from(message.topic()), message.partition(), message.offset()),
-                    Outcome::DeadLettered,
-                    message.payload(),
-                    Some(letter.reason()),
-                )
-            }));
-        }
         for letter in letters {
             warn!(
                 route = %self.route.name, topic = letter.message.topic(), partition = letter.message.partition(),
@@ -178,6 +167,17 @@ impl Delivery<'_> {
             .await
             .map_err(|source| RouteError::DeadLetter { topic: queue.topic().to_owned(), source })?;
         self.stats.dead_lettered.inc_by(letters.len() as u64);
+        if self.stats.tap.is_watched() {
+            self.stats.tap.offer(letters.iter().map(|letter| {
+                let message = &letter.message;
+                Tapped::new(
+                    (Arc::from(message.topic()), message.partition(), message.offset()),
+                    Outcome::DeadLettered,
+                    message.payload(),
+                    Some(letter.reason()),
+                )
+            }));
+        }
         Ok(())
     }
 
