@@ -264,3 +264,89 @@ async fn a_reset_of_a_redis_route_moves_its_group_s_offsets_and_replays_exactly_
     assert_eq!(records_in_stream(redis.clone(), stream.clone()).await, expected, "exactly offsets 4–9 again");
     let _: () = redis.del(&stream).await.unwrap();
 }
+
+/// `PATCH /routes/{name}/offsets` with a JSON `body`.
+fn patch_offsets(admin: &str, route: &str, body: &str) -> (u16, serde_json::Value) {
+    let (status, text) = request_with_body(
+        admin,
+        "PATCH",
+        &format!("/routes/{route}/offsets"),
+        "Content-Type: application/json\r\n",
+        body,
+    );
+    (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {status} {text}")))
+}
+
+fn route_status(admin: &str, route: &str) -> String {
+    let (_, body) = http(admin, "GET", "/routes");
+    let routes: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let found = routes.as_array().unwrap().iter().find(|r| r["name"] == route).cloned().unwrap_or_default();
+    found["status"].as_str().unwrap_or("").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_moves_a_paused_route_and_refuses_a_running_one_and_a_second_reset_moves_nothing() {
+    let topic = unique("events");
+    create_topic(&topic, 1).await;
+    let route = unique("to-stdout");
+    let config =
+        TempConfig::new(&format!("[admin]\nlisten = \"127.0.0.1:0\"\n{}", stdout_route_config(&route, &topic, "")));
+    produce_events(&topic, 0..10).await;
+    let mut herald = Herald::run(&config);
+    let admin = admin_address(&mut herald);
+    herald.wait_for_lines(10);
+
+    let to_four = format!(r#"{{"to_offset": {{"topic": "{topic}", "partition": 0, "offset": 4}}}}"#);
+    let (status, answer) = patch_offsets(&admin, &route, &to_four);
+    assert!(status == 422 && answer["error"].as_str().unwrap().contains("pause it first"), "{status} {answer}");
+    let (status, answer) = patch_offsets(&admin, &route, r#"{"to_earliest": true, "to_latest": true}"#);
+    assert!(status == 400 && answer["error"].as_str().unwrap().contains("exactly one"), "{status} {answer}");
+
+    let (status, _) = request(&admin, "POST", &format!("/routes/{route}/pause"), "");
+    assert_eq!(status, 202);
+    // The group's offsets are committed within a second of the events' delivery.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let (status, body) = http(&admin, "GET", &format!("/routes/{route}/offsets"));
+        let shown: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(status, 200, "{shown}");
+        if shown["partitions"][0]["resumes_from"] == 10 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{shown}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+
+    // A dry run moves nothing; the reset moves 10 → 4 and the route stays paused.
+    let dry_run = format!(r#"{{"to_offset": {{"topic": "{topic}", "partition": 0, "offset": 4}}, "dry_run": true}}"#);
+    let (status, answer) = patch_offsets(&admin, &route, &dry_run);
+    assert_eq!((status, &answer["dry_run"]), (200, &serde_json::json!(true)), "{answer}");
+    let (status, answer) = patch_offsets(&admin, &route, &to_four);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        (&answer["moved"][0]["before"], &answer["moved"][0]["after"]),
+        (&serde_json::json!(10), &serde_json::json!(4))
+    );
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while route_status(&admin, &route) != "paused" {
+        assert!(std::time::Instant::now() < deadline, "not paused again: {}", route_status(&admin, &route));
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // The same reset again: 4 → 4, nothing replayed twice.
+    let (status, answer) = patch_offsets(&admin, &route, &to_four);
+    assert_eq!((status, &answer["moved"][0]["before"]), (200, &serde_json::json!(4)), "{answer}");
+    assert_eq!(herald.lines().len(), 10, "nothing read while paused");
+
+    let (status, _) = request(&admin, "POST", &format!("/routes/{route}/resume"), "");
+    assert_eq!(status, 202);
+    let lines = herald.wait_for_lines(16);
+    let replayed: Vec<usize> = lines[10..]
+        .iter()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()["seq"].as_u64().unwrap() as usize)
+        .collect();
+    assert_eq!(replayed, [4, 5, 6, 7, 8, 9], "exactly the window, once");
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert_eq!(herald.lines().len(), 16);
+    herald.signal("TERM");
+    assert!(herald.wait_exit().success(), "{}", herald.log());
+}

@@ -2,7 +2,7 @@
 
 mod check;
 mod migrate;
-mod offsets;
+pub(crate) mod offsets;
 mod publish;
 mod reconcile;
 mod redrive;

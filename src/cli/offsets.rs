@@ -13,6 +13,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{ArgGroup, Args, Subcommand};
 use herald_offsets::{KeptBy, Position, ResetTo};
+use serde::Serialize;
 
 use crate::registry;
 
@@ -139,7 +140,6 @@ async fn route_state(config: &crate::config::Config, route: &herald_core::RouteC
 async fn reset(args: ResetArgs) -> Result<ExitCode> {
     let config = super::load_config(&args.config)?;
     let route = super::find_route(&config, &args.route, &args.config)?;
-    let name = &route.name;
     let to = match (&args.to_time, &args.to_offset) {
         _ if args.to_earliest => ResetTo::Earliest,
         _ if args.to_latest => ResetTo::Latest,
@@ -149,9 +149,59 @@ async fn reset(args: ResetArgs) -> Result<ExitCode> {
         }
         (None, None) => bail!("say where to: --to-earliest, --to-latest, --to-time or --to-offset"),
     };
-    // Asked first: a running route is refused before anything is read.
+    let reset = reset_route(&config, route, &to, args.dry_run).await?;
+    println!("route `{}` (group `{}`):", route.name, reset.group);
+    for moved in &reset.moved {
+        let before = moved.before.map_or_else(|| "start_from".to_owned(), |offset| offset.to_string());
+        println!("  {}[{}]: {before} → {}", moved.topic, moved.partition, moved.after);
+    }
+    if args.dry_run {
+        println!("dry run: nothing moved");
+    } else {
+        println!("moved {}; the route reads from there when it next starts", reset.kept_by);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One partition a reset moves.
+#[derive(Debug, Serialize)]
+pub struct Moved {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+    /// Where the route resumed (`None`: from `start_from`, nothing kept).
+    pub before: Option<i64>,
+    /// Where it resumes now.
+    pub after: i64,
+}
+
+/// What a reset moved, or would move.
+#[derive(Debug, Serialize)]
+pub struct Reset {
+    /// The route's consumer group.
+    pub group: String,
+    /// Each partition moved.
+    pub moved: Vec<Moved>,
+    /// Who keeps the position: the sink's stored offsets and the group's, or the group's.
+    pub kept_by: &'static str,
+    /// Whether nothing was moved (a dry run).
+    pub dry_run: bool,
+}
+
+/// Moves where `route` resumes to `to` (with `dry_run`, only says where): refused while any
+/// process runs the route's group, naming its members.
+pub async fn reset_route(
+    config: &crate::config::Config,
+    route: &herald_core::RouteConfig,
+    to: &ResetTo,
+    dry_run: bool,
+) -> Result<Reset> {
+    let name = &route.name;
+    // Asked first: a running route is refused before anything is read. A dry run moves
+    // nothing, so it answers for a running (or paused) route too.
     let group = route.group_id();
-    let members = herald_offsets::group_members(&config.kafka, &group).await?;
+    let members = if dry_run { Vec::new() } else { herald_offsets::group_members(&config.kafka, &group).await? };
     if !members.is_empty() {
         bail!(
             "route `{name}` is running: its consumer group `{group}` has members ({}). Stop those heralds, or \
@@ -159,31 +209,40 @@ async fn reset(args: ResetArgs) -> Result<ExitCode> {
             members.join(", ")
         );
     }
-    let state = route_state(&config, route).await?;
-    let targets = herald_offsets::targets(&config.kafka, &state.positions, &to).await?;
-    println!("route `{name}` (group `{}`):", state.group);
-    for ((topic, partition), after) in &targets {
-        let before = state
-            .positions
-            .iter()
-            .find(|p| &p.topic == topic && p.partition == *partition)
-            .and_then(|p| p.resumes_from)
-            .map_or_else(|| "start_from".to_owned(), |offset| offset.to_string());
-        println!("  {topic}[{partition}]: {before} → {after}");
-    }
-    if args.dry_run {
-        println!("dry run: nothing moved");
-        return Ok(ExitCode::SUCCESS);
-    }
-    if let Some(table) = &state.table {
-        table.move_offsets(&state.group, &targets).await.with_context(|| format!("route `{name}`"))?;
-    }
-    // Also where the group's own tools look (and where a route whose sink keeps none resumes).
-    herald_offsets::commit_group(&config.kafka, &state.group, &targets).await?;
-    let keeper =
+    let state = route_state(config, route).await?;
+    let targets = herald_offsets::targets(&config.kafka, &state.positions, to).await?;
+    let moved = targets
+        .iter()
+        .map(|((topic, partition), after)| Moved {
+            topic: topic.clone(),
+            partition: *partition,
+            before: state
+                .positions
+                .iter()
+                .find(|p| &p.topic == topic && p.partition == *partition)
+                .and_then(|p| p.resumes_from),
+            after: *after,
+        })
+        .collect();
+    let kept_by =
         if state.table.is_some() { "the sink's stored offsets and the group's" } else { "the group's offsets" };
-    println!("moved {keeper}; the route reads from there when it next starts");
-    Ok(ExitCode::SUCCESS)
+    if !dry_run {
+        if let Some(table) = &state.table {
+            table.move_offsets(&state.group, &targets).await.with_context(|| format!("route `{name}`"))?;
+        }
+        // Also where the group's own tools look (and where a route whose sink keeps none resumes).
+        herald_offsets::commit_group(&config.kafka, &state.group, &targets).await?;
+    }
+    Ok(Reset { group: state.group, moved, kept_by, dry_run })
+}
+
+/// Where `route` resumes, per topic-partition, as `offsets show --json` prints it.
+pub async fn positions_json(
+    config: &crate::config::Config,
+    route: &herald_core::RouteConfig,
+) -> Result<serde_json::Value> {
+    let RouteState { group, positions, .. } = route_state(config, route).await?;
+    Ok(serde_json::json!({ "route": route.name, "group": group, "partitions": positions }))
 }
 
 async fn show(args: ShowArgs) -> Result<ExitCode> {
@@ -210,11 +269,10 @@ async fn show(args: ShowArgs) -> Result<ExitCode> {
     }
     let Some(name) = &args.route else { bail!("say what to show: --route NAME or --source NAME") };
     let route = super::find_route(&config, name, &args.config)?;
-    let RouteState { group, positions, .. } = route_state(&config, route).await?;
     if args.json {
-        let json = serde_json::json!({ "route": name, "group": group, "partitions": positions });
-        println!("{}", serde_json::to_string_pretty(&json)?);
+        println!("{}", serde_json::to_string_pretty(&positions_json(&config, route).await?)?);
     } else {
+        let RouteState { group, positions, .. } = route_state(&config, route).await?;
         print!("{}", render(name, &group, &positions));
     }
     Ok(ExitCode::SUCCESS)

@@ -47,6 +47,10 @@ pub async fn serve(
             Control::Reload => reload(&path, &mut current, &changes, &observer).await,
             Control::RestartRoute(name) => restart_route(&current, name, &changes).await,
             Control::RestartSource(name) => restart_source(&current, name, &changes).await,
+            Control::Offsets(name) => route_offsets(&current, name).await,
+            Control::ResetOffsets { route, to, dry_run } => {
+                reset_offsets(&current, route, to, *dry_run, &changes, &observer).await
+            }
         };
         // Whatever a library put in an answer, a secret of the config does not leave herald.
         let outcome = outcome
@@ -75,6 +79,60 @@ async fn restart_route(current: &Config, name: &str, changes: &Changes) -> Resul
     changes.routes.send(change).await.map_err(|_| "herald is stopping".to_owned())?;
     outcome.await.map_err(|_| "herald is stopping".to_owned())??;
     Ok(format!("route `{name}`"))
+}
+
+/// Where route `name` resumes, as `offsets show --json` prints it.
+async fn route_offsets(current: &Config, name: &str) -> Result<String, String> {
+    let Some(route) = current.routes.iter().find(|route| route.name == name) else {
+        return Err(format!("no route `{name}` in the running config"));
+    };
+    let positions = crate::cli::offsets::positions_json(current, route).await.map_err(|err| format!("{err:#}"))?;
+    Ok(positions.to_string())
+}
+
+/// Moves where route `name` resumes, as `offsets reset` does, for a route paused or stopped
+/// here (Kafka Connect's offsets API likewise needs the connector stopped). A paused route
+/// leaves its group for the move and starts again, still paused; a running one is refused.
+async fn reset_offsets(
+    current: &Config,
+    name: &str,
+    to: &herald_offsets::ResetTo,
+    dry_run: bool,
+    changes: &Changes,
+    observer: &Observer,
+) -> Result<String, String> {
+    let Some(route) = current.routes.iter().find(|route| route.name == name) else {
+        return Err(format!("no route `{name}` in the running config"));
+    };
+    let status = observer.routes().into_iter().find(|shared| shared.name == name).map(|shared| shared.state().status);
+    let paused = match status {
+        Some("paused") => true,
+        Some("stopped" | "failed") | None => false,
+        Some(status) => {
+            return Err(format!(
+                "route `{name}` is {status}: pause it first (POST /routes/{name}/pause); its offsets move only while it is paused or stopped"
+            ))
+        }
+    };
+    if paused && !dry_run {
+        let (done, outcome) = oneshot::channel();
+        let change = RouteChanges { stop: vec![name.to_owned()], start: Vec::new(), done };
+        changes.routes.send(change).await.map_err(|_| "herald is stopping".to_owned())?;
+        outcome.await.map_err(|_| "herald is stopping".to_owned())??;
+    }
+    let reset = crate::cli::offsets::reset_route(current, route, to, dry_run).await.map_err(|err| format!("{err:#}"));
+    if paused && !dry_run {
+        // Started again whatever the reset said: paused before it starts (a stopped route's
+        // state is forgotten), so it reads nothing until resumed, from where its offsets now are.
+        observer.route(name).set_paused(true);
+        let start = vec![registry::bind(route).await.map_err(|err| format!("{err:#}"))?];
+        let (done, outcome) = oneshot::channel();
+        let change = RouteChanges { stop: Vec::new(), start, done };
+        changes.routes.send(change).await.map_err(|_| "herald is stopping".to_owned())?;
+        outcome.await.map_err(|_| "herald is stopping".to_owned())??;
+    }
+    let reset = reset?;
+    serde_json::to_string(&reset).map_err(|err| err.to_string())
 }
 
 /// Stops source `name` if it runs and starts it again with its settings in `current`.

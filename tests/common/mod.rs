@@ -357,12 +357,18 @@ pub fn http(address: &str, method: &str, path: &str) -> (u16, String) {
 /// `"Content-Type: application/json\r\n"`); the status code and the body. A reload may take a
 /// while: answers are awaited up to a minute.
 pub fn request(address: &str, method: &str, path: &str, headers: &str) -> (u16, String) {
+    request_with_body(address, method, path, headers, "")
+}
+
+/// One HTTP/1.1 request with `body` (send a `Content-Type` among `headers`).
+pub fn request_with_body(address: &str, method: &str, path: &str, headers: &str, body: &str) -> (u16, String) {
     use std::io::Read;
     let mut stream = std::net::TcpStream::connect(address).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {address}\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
     )
     .unwrap();
     let mut response = String::new();

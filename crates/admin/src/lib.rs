@@ -12,6 +12,8 @@ herald-admin: the HTTP API operators use, what Kafka Connect's REST API gives th
 | `POST /reload` | re-read the config: `200` with what changed (only changed routes restart, and failed ones start again), or `422` with why it was refused (the old config runs on) |
 | `POST /routes/{name}/restart`, `POST /sources/{name}/restart` | stop the route or source if it runs and start it again from the running config: a `failed` one whose cause was fixed comes back; `200`, or `422` with why not |
 | `GET /routes/{name}/tap` | each message the route handles, live, as server-sent events: `tapped` (topic, partition, offset, `outcome` — `delivered`, `skipped`, `dead_lettered` or `retried` — the error, the payload) and `missed` (messages a slow client did not get: a fast route is sampled, never slowed); `?limit=N` ends after N; needs the token whenever one is set |
+| `GET /routes/{name}/offsets` | where the route resumes, per topic-partition (its sink's stored offsets where it keeps them, else its group's), the log's ends, the lag, the next event's time: `herald offsets show --json` |
+| `PATCH /routes/{name}/offsets` | move where a **paused or stopped** route resumes (`{"to_earliest": true}`, `{"to_latest": true}`, `{"to_time": "2026-12-07T10:00:00Z"}` or `{"to_offset": {"topic": …, "partition": 0, "offset": 6}}`, and `"dry_run"`): a paused route leaves its group, is moved and starts again paused; `200` with before → after, `422` when it runs (pause it first) or another process runs it |
 | `GET /board` | the status board (when `[board] topics` is set): a live page, one row per source, one column per stage |
 | `GET /board/state` | the board as JSON: `stages` (`[board] stages` first, then first-seen order), `cells` (latest event per source and stage, with `diverged` marks) and `reconciled_at` |
 | `GET /board/events` | the board live, as server-sent events: a `snapshot`, then a `cell` per change and a `reconciled` per periodic reconcile |
@@ -67,6 +69,18 @@ pub enum Control {
     RestartRoute(String),
     /// The same for source `name` (`POST /sources/{name}/restart`).
     RestartSource(String),
+    /// Where route `name` resumes, per topic-partition, as JSON (`GET /routes/{name}/offsets`).
+    Offsets(String),
+    /// Move where a paused or stopped route resumes (`PATCH /routes/{name}/offsets`); the
+    /// answer is what moved, as JSON.
+    ResetOffsets {
+        /// The route.
+        route: String,
+        /// Where to.
+        to: herald_offsets::ResetTo,
+        /// Only say what would move.
+        dry_run: bool,
+    },
 }
 
 /// Where the admin API sends a [`Control`] request; the answer is what was done, or why not.
@@ -115,6 +129,7 @@ pub async fn bind(
                 .route("/reload", post(reload_config))
                 .route("/routes/{name}/restart", post(restart_route))
                 .route("/sources/{name}/restart", post(restart_source))
+                .route("/routes/{name}/offsets", get(route_offsets).patch(reset_route_offsets))
                 .with_state(control),
         );
     }
@@ -244,6 +259,70 @@ async fn restart_route(State(control): State<ControlRequests>, Path(name): Path<
 
 async fn restart_source(State(control): State<ControlRequests>, Path(name): Path<String>) -> Response {
     restarted(ask(&control, Control::RestartSource(name)).await)
+}
+
+async fn route_offsets(State(control): State<ControlRequests>, Path(name): Path<String>) -> Response {
+    json_answer(ask(&control, Control::Offsets(name)).await)
+}
+
+/// The body of `PATCH /routes/{name}/offsets`: one of the `to_*` fields, as
+/// `herald offsets reset` takes them, and `dry_run`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResetBody {
+    #[serde(default)]
+    to_earliest: bool,
+    #[serde(default)]
+    to_latest: bool,
+    to_time: Option<chrono::DateTime<chrono::Utc>>,
+    to_offset: Option<OffsetTarget>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OffsetTarget {
+    topic: String,
+    partition: i32,
+    offset: i64,
+}
+
+async fn reset_route_offsets(
+    State(control): State<ControlRequests>,
+    Path(name): Path<String>,
+    body: Result<Json<ResetBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let refuse = |why: String| (StatusCode::BAD_REQUEST, Json(serde_json::json!({ "error": why }))).into_response();
+    let Json(body) = match body {
+        Ok(body) => body,
+        Err(rejection) => return refuse(format!("the body is not a reset: {rejection}")),
+    };
+    let chosen = [body.to_earliest, body.to_latest, body.to_time.is_some(), body.to_offset.is_some()];
+    if chosen.iter().filter(|chosen| **chosen).count() != 1 {
+        return refuse("give exactly one of to_earliest, to_latest, to_time, to_offset".to_owned());
+    }
+    let to = match (body.to_time, body.to_offset) {
+        _ if body.to_earliest => herald_offsets::ResetTo::Earliest,
+        _ if body.to_latest => herald_offsets::ResetTo::Latest,
+        (Some(at), _) => herald_offsets::ResetTo::Time(at),
+        (None, Some(OffsetTarget { topic, partition, offset })) => {
+            herald_offsets::ResetTo::Offset { topic, partition, offset }
+        }
+        (None, None) => return refuse("give exactly one of to_earliest, to_latest, to_time, to_offset".to_owned()),
+    };
+    json_answer(ask(&control, Control::ResetOffsets { route: name, to, dry_run: body.dry_run }).await)
+}
+
+/// `200` with the answer (JSON text), or `422` with why not.
+fn json_answer(outcome: Result<String, String>) -> Response {
+    match outcome {
+        Ok(json) => match serde_json::from_str::<serde_json::Value>(&json) {
+            Ok(value) => (StatusCode::OK, Json(value)).into_response(),
+            Err(_) => (StatusCode::OK, json).into_response(),
+        },
+        Err(why) => (StatusCode::UNPROCESSABLE_ENTITY, Json(serde_json::json!({ "error": why }))).into_response(),
+    }
 }
 
 /// `200` with what restarted, or `422` with why not.
