@@ -230,6 +230,19 @@ async fn the_tap_shows_delivered_skipped_dead_lettered_and_retried() {
     assert!(!outcome_at(1, "delivered") && !outcome_at(0, "skipped"), "one outcome each: {all:?}");
     tap.kill().unwrap();
     let _ = tap.wait();
+
+    // The same redrive over the admin API: the unparsable letter would go back, and fails again.
+    let json = "Content-Type: application/json\r\n";
+    let path = format!("/routes/{route}/redrive");
+    let (status, body) = request_with_body(&admin, "POST", &path, json, r#"{"dry_run": true}"#);
+    let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((status, report["letters"].as_u64(), count(&report, "redriven")), (200, Some(1), 1), "{report}");
+    let (status, body) = request_with_body(&admin, "POST", &path, json, "");
+    let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((status, count(&report, "failed_again")), (200, 1), "{report}");
+    assert!(report["failed_again"][0]["error"].as_str().unwrap().contains("not a valid stage event"), "{report}");
+    let (status, body) = request_with_body(&admin, "POST", &path, json, r#"{"since": "soon"}"#);
+    assert!(status == 400 && body.contains("not a redrive"), "{status} {body}");
     herald.signal("TERM");
     assert!(herald.wait_exit().success(), "{}", herald.log());
 }

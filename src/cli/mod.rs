@@ -5,7 +5,7 @@ mod migrate;
 pub(crate) mod offsets;
 mod publish;
 mod reconcile;
-mod redrive;
+pub(crate) mod redrive;
 mod reload;
 mod run;
 mod status;

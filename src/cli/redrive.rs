@@ -58,7 +58,7 @@ fn parse_field(text: &str) -> Result<(String, String), String> {
 
 /// What became of the letters of one error class.
 #[derive(Debug, Default, Serialize)]
-struct ClassCounts {
+pub struct ClassCounts {
     /// Sent back and delivered (for a dry run: would be sent back).
     redriven: u64,
     /// Sent back and dead again.
@@ -71,15 +71,16 @@ struct ClassCounts {
 
 /// A letter that failed again, and why.
 #[derive(Debug, Serialize)]
-struct FailedAgain {
+pub struct FailedAgain {
     partition: i32,
     offset: i64,
     error_class: String,
     error: String,
 }
 
+/// What a redrive did, per error class, and the letters that failed again.
 #[derive(Debug, Serialize)]
-struct Report {
+pub struct Report {
     route: String,
     dead_letter_topic: String,
     group: String,
@@ -96,6 +97,24 @@ const TAP_BUFFER: usize = 1 << 20;
 pub async fn redrive(args: RedriveArgs) -> Result<ExitCode> {
     let config = super::load_config(&args.config)?;
     let route = super::find_route(&config, &args.route, &args.config)?;
+    let choice = Choice {
+        since: args.since.and_then(|ago| chrono::Duration::from_std(ago).ok()).map(|ago| chrono::Utc::now() - ago),
+        fields: args.filter.clone(),
+    };
+    let report = redrive_route(&config, route, choice, args.dry_run).await?;
+    print_report(&report, args.json)?;
+    // Like `reconcile`: 3 says something is left to look at.
+    Ok(if report.failed_again.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(3) })
+}
+
+/// Sends `route`'s dead letters that `choice` picks back through it (with `dry_run`, only
+/// counts them), as `herald redrive` and `POST /routes/{name}/redrive` do.
+pub async fn redrive_route(
+    config: &crate::config::Config,
+    route: &RouteConfig,
+    choice: Choice,
+    dry_run: bool,
+) -> Result<Report> {
     let name = &route.name;
     let Some(topic) = route.dead_letter_topic.clone() else {
         bail!("route `{name}` has no dead_letter_topic: it keeps no dead letters to send back");
@@ -117,9 +136,17 @@ pub async fn redrive(args: RedriveArgs) -> Result<ExitCode> {
     let positions =
         match herald_offsets::route_positions(&config.kafka, &group, std::slice::from_ref(&topic), stored).await {
             Ok(positions) => positions,
+            // Its dead-letter topic does not exist yet: nothing died.
             Err(herald_offsets::OffsetsError::NoTopic(_)) => {
-                println!("route `{name}`: its dead-letter topic `{topic}` does not exist yet: nothing to send back");
-                return Ok(ExitCode::SUCCESS);
+                return Ok(Report {
+                    route: name.clone(),
+                    dead_letter_topic: topic,
+                    group,
+                    dry_run,
+                    letters: 0,
+                    classes: BTreeMap::new(),
+                    failed_again: Vec::new(),
+                })
             }
             Err(err) => return Err(err.into()),
         };
@@ -129,16 +156,12 @@ pub async fn redrive(args: RedriveArgs) -> Result<ExitCode> {
         .collect();
     let starts: HashMap<i32, i64> = windows.iter().map(|(partition, from, _)| (*partition, *from)).collect();
     let letters = letters::read_letters(&config.kafka, &topic, windows.clone()).await?;
-    let choice = Choice {
-        since: args.since.and_then(|ago| chrono::Duration::from_std(ago).ok()).map(|ago| chrono::Utc::now() - ago),
-        fields: args.filter.clone(),
-    };
     let verdicts = letters::judge(&letters, &choice, &starts);
     let mut report = Report {
         route: name.clone(),
         dead_letter_topic: topic.clone(),
         group: group.clone(),
-        dry_run: args.dry_run,
+        dry_run,
         letters: letters.len(),
         classes: BTreeMap::new(),
         failed_again: Vec::new(),
@@ -146,16 +169,15 @@ pub async fn redrive(args: RedriveArgs) -> Result<ExitCode> {
     for (letter, verdict) in letters.iter().zip(&verdicts) {
         let counts = report.classes.entry(letter.error_class.clone()).or_default();
         match verdict {
-            Verdict::Redrive if args.dry_run => counts.redriven += 1,
+            Verdict::Redrive if dry_run => counts.redriven += 1,
             Verdict::Redrive => {}
             Verdict::Keep | Verdict::AlreadyKept | Verdict::Superseded => counts.kept += 1,
         }
     }
     // Nothing chosen: nothing is sent, kept or passed over, so the same redrive run again
     // changes nothing either.
-    if args.dry_run || !verdicts.contains(&Verdict::Redrive) {
-        print_report(&report, args.json)?;
-        return Ok(ExitCode::SUCCESS);
+    if dry_run || !verdicts.contains(&Verdict::Redrive) {
+        return Ok(report);
     }
     let kept: Vec<&Letter> = letters
         .iter()
@@ -176,7 +198,7 @@ pub async fn redrive(args: RedriveArgs) -> Result<ExitCode> {
     redrive_route.group_id = Some(group.clone());
     redrive_route.start_from = herald_core::config::StartFrom::Earliest;
     redrive_route.only = Some(Arc::new(chosen.clone()));
-    let outcomes = run_once(&config, redrive_route, &letters, &chosen).await?;
+    let outcomes = run_once(config, redrive_route, &letters, &chosen).await?;
     // Every letter of the window is settled (sent back, dead again, kept or passed over): the
     // next redrive starts at its end. Skipped letters do not move a sink's stored offsets, so
     // they are moved here, where the window ends.
@@ -215,9 +237,7 @@ pub async fn redrive(args: RedriveArgs) -> Result<ExitCode> {
             Outcome::Retried => {}
         }
     }
-    print_report(&report, args.json)?;
-    // Like `reconcile`: 3 says something is left to look at.
-    Ok(if report.failed_again.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(3) })
+    Ok(report)
 }
 
 /// Runs `route` (the redrive) until every letter of the window is settled, and returns the

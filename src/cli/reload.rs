@@ -43,6 +43,11 @@ pub async fn serve(
     observer: Arc<Observer>,
 ) {
     while let Some((request, answer)) = requests.recv().await {
+        if let Control::Redrive { route, since, filter, dry_run } = request {
+            // Runs beside the others: a long redrive holds no reload up.
+            tokio::spawn(redrive(current.clone(), route, since, filter, dry_run, answer));
+            continue;
+        }
         let outcome = match &request {
             Control::Reload => reload(&path, &mut current, &changes, &observer).await,
             Control::RestartRoute(name) => restart_route(&current, name, &changes).await,
@@ -51,6 +56,7 @@ pub async fn serve(
             Control::ResetOffsets { route, to, dry_run } => {
                 reset_offsets(&current, route, to, *dry_run, &changes, &observer).await
             }
+            Control::Redrive { .. } => continue,
         };
         // Whatever a library put in an answer, a secret of the config does not leave herald.
         let outcome = outcome
@@ -79,6 +85,34 @@ async fn restart_route(current: &Config, name: &str, changes: &Changes) -> Resul
     changes.routes.send(change).await.map_err(|_| "herald is stopping".to_owned())?;
     outcome.await.map_err(|_| "herald is stopping".to_owned())??;
     Ok(format!("route `{name}`"))
+}
+
+/// `herald redrive` of route `name` in the running config; the answer is its report as JSON.
+async fn redrive(
+    current: Config,
+    name: String,
+    since: Option<std::time::Duration>,
+    filter: Vec<(String, String)>,
+    dry_run: bool,
+    answer: oneshot::Sender<Result<String, String>>,
+) {
+    let outcome = async {
+        let Some(route) = current.routes.iter().find(|route| route.name == name) else {
+            return Err(format!("no route `{name}` in the running config"));
+        };
+        let since = since.and_then(|ago| chrono::Duration::from_std(ago).ok()).map(|ago| chrono::Utc::now() - ago);
+        let choice = herald_offsets::letters::Choice { since, fields: filter };
+        let report = crate::cli::redrive::redrive_route(&current, route, choice, dry_run)
+            .await
+            .map_err(|err| herald_config::redact(&format!("{err:#}")).into_owned())?;
+        info!(route = %name, "Redrive done: {}", serde_json::to_string(&report).unwrap_or_default());
+        serde_json::to_string(&report).map_err(|err| err.to_string())
+    }
+    .await;
+    if let Err(why) = &outcome {
+        warn!(route = %name, "Redrive refused or failed: {why}");
+    }
+    let _ = answer.send(outcome);
 }
 
 /// Where route `name` resumes, as `offsets show --json` prints it.

@@ -14,6 +14,7 @@ herald-admin: the HTTP API operators use, what Kafka Connect's REST API gives th
 | `GET /routes/{name}/tap` | each message the route handles, live, as server-sent events: `tapped` (topic, partition, offset, `outcome` — `delivered`, `skipped`, `dead_lettered` or `retried` — the error, the payload) and `missed` (messages a slow client did not get: a fast route is sampled, never slowed); `?limit=N` ends after N; needs the token whenever one is set |
 | `GET /routes/{name}/offsets` | where the route resumes, per topic-partition (its sink's stored offsets where it keeps them, else its group's), the log's ends, the lag, the next event's time: `herald offsets show --json` |
 | `PATCH /routes/{name}/offsets` | move where a **paused or stopped** route resumes (`{"to_earliest": true}`, `{"to_latest": true}`, `{"to_time": "2026-12-07T10:00:00Z"}` or `{"to_offset": {"topic": …, "partition": 0, "offset": 6}}`, and `"dry_run"`): a paused route leaves its group, is moved and starts again paused; `200` with before → after, `422` when it runs (pause it first) or another process runs it |
+| `POST /routes/{name}/redrive` | `herald redrive` of the route (body, all optional: `{"since": "2h", "filter": {"source": "OrdersDB"}, "dry_run": true}`): `200` with the report per error class once done, `422` with why not |
 | `GET /board` | the status board (when `[board] topics` is set): a live page, one row per source, one column per stage |
 | `GET /board/state` | the board as JSON: `stages` (`[board] stages` first, then first-seen order), `cells` (latest event per source and stage, with `diverged` marks) and `reconciled_at` |
 | `GET /board/events` | the board live, as server-sent events: a `snapshot`, then a `cell` per change and a `reconciled` per periodic reconcile |
@@ -81,6 +82,18 @@ pub enum Control {
         /// Only say what would move.
         dry_run: bool,
     },
+    /// Send route `route`'s dead letters back through it (`POST /routes/{name}/redrive`); the
+    /// answer is the report, as JSON.
+    Redrive {
+        /// The route.
+        route: String,
+        /// Only letters that died within this long.
+        since: Option<std::time::Duration>,
+        /// Only letters whose event has each of these field values.
+        filter: Vec<(String, String)>,
+        /// Only count what would go back.
+        dry_run: bool,
+    },
 }
 
 /// Where the admin API sends a [`Control`] request; the answer is what was done, or why not.
@@ -130,6 +143,7 @@ pub async fn bind(
                 .route("/routes/{name}/restart", post(restart_route))
                 .route("/sources/{name}/restart", post(restart_source))
                 .route("/routes/{name}/offsets", get(route_offsets).patch(reset_route_offsets))
+                .route("/routes/{name}/redrive", post(redrive))
                 .with_state(control),
         );
     }
@@ -312,6 +326,46 @@ async fn reset_route_offsets(
         (None, None) => return refuse("give exactly one of to_earliest, to_latest, to_time, to_offset".to_owned()),
     };
     json_answer(ask(&control, Control::ResetOffsets { route: name, to, dry_run: body.dry_run }).await)
+}
+
+/// The body of `POST /routes/{name}/redrive` (all optional): `since` (`"2h"`), `filter`
+/// (`{"source": "OrdersDB"}`), `dry_run`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RedriveBody {
+    #[serde(default, with = "humantime_serde")]
+    since: Option<std::time::Duration>,
+    #[serde(default)]
+    filter: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+async fn redrive(
+    State(control): State<ControlRequests>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let body: RedriveBody = if body.iter().all(u8::is_ascii_whitespace) {
+        RedriveBody::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(body) => body,
+            Err(err) => {
+                let why = format!(
+                    "the body is not a redrive ({{\"since\": \"2h\", \"filter\": {{…}}, \"dry_run\": true}}): {err}"
+                );
+                return (StatusCode::BAD_REQUEST, Json(serde_json::json!({ "error": why }))).into_response();
+            }
+        }
+    };
+    let request = Control::Redrive {
+        route: name,
+        since: body.since,
+        filter: body.filter.into_iter().collect(),
+        dry_run: body.dry_run,
+    };
+    json_answer(ask(&control, request).await)
 }
 
 /// `200` with the answer (JSON text), or `422` with why not.
