@@ -14,7 +14,7 @@ use sqlx::PgPool;
 
 use crate::load::{self, Pace};
 use crate::process::HeraldProcess;
-use crate::stats::Row;
+use crate::stats::{median, runs_row as row, Row};
 use crate::Services;
 
 /// Events written while the standby is in step, before it falls behind.
@@ -27,11 +27,6 @@ pub async fn run(services: &Services, lost: u64, rounds: usize) -> Result<Vec<Ro
         failover.push(failover_once(services, lost).await?);
         drain.push(drain_once(services, lost).await?);
     }
-    let median = |seconds: &[f64]| {
-        let mut sorted = seconds.to_vec();
-        sorted.sort_by(f64::total_cmp);
-        sorted.get(sorted.len() / 2).copied().unwrap_or_default()
-    };
     let ratio = median(&failover) / median(&drain).max(f64::EPSILON);
     Ok(vec![
         row(&format!("failover: endpoint moved → the {lost} lost events written again"), lost, &failover, ""),
@@ -127,22 +122,4 @@ async fn drain_once(services: &Services, events: u64) -> Result<f64> {
     let done = until_rows(&pool, events, Duration::from_secs(300)).await?;
     herald.stop()?;
     Ok(done.duration_since(assigned).as_secs_f64())
-}
-
-fn row(what: &str, events: u64, seconds: &[f64], more: &str) -> Row {
-    let mut sorted = seconds.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let median = sorted.get(sorted.len() / 2).copied().unwrap_or_default();
-    let listed: Vec<String> = seconds.iter().map(|s| format!("{s:.2}")).collect();
-    Row {
-        name: what.to_owned(),
-        events: events as usize,
-        offered_rate: None,
-        throughput: events as f64 / median.max(f64::EPSILON),
-        drain_rate: None,
-        latency: None,
-        usage: None,
-        cpu_percent: None,
-        note: format!("median {median:.2} s over {} runs ({} s, in run order){more}", seconds.len(), listed.join(", ")),
-    }
 }

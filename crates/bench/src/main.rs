@@ -18,6 +18,7 @@ mod observe;
 mod plot;
 mod process;
 mod publish;
+mod recovery;
 mod restart;
 mod routes;
 mod sinks;
@@ -197,6 +198,16 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// After an incident, into Postgres: a replay (`offsets reset --to-earliest`) and a redrive
+    /// of as many dead letters, beside the route's own drain, in turn.
+    Recovery {
+        /// Events per measure.
+        #[arg(long, default_value_t = 20_000)]
+        events: u64,
+        /// Rounds of (drain, replay, redrive).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// Draws baseline.svg again from a results.json that `all` wrote.
     Plot {
         /// The results.json.
@@ -275,6 +286,7 @@ async fn main() -> Result<()> {
         Command::Startup => vec![startup::run(&services).await?],
         Command::Restart { rounds } => restart::run(&services, rounds).await?,
         Command::Failover { lost, rounds } => failover::run(&services, lost, rounds).await?,
+        Command::Recovery { events, rounds } => recovery::run(&services, events, rounds).await?,
         Command::Expect { pairs, rounds } => expect::run(&services, pairs, rounds).await?,
         Command::Publish { rounds } => publish::run(&services, rounds).await?,
         Command::LimitStdout { events, rounds, event_bytes } => {

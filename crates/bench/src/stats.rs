@@ -111,3 +111,28 @@ mod tests {
         assert!(Percentiles::of(Vec::new()).is_none());
     }
 }
+
+/// The median of `seconds` (the upper one of an even count).
+pub fn median(seconds: &[f64]) -> f64 {
+    let mut sorted = seconds.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or_default()
+}
+
+/// A row for `events` handled in each of `seconds` (one per run, in run order): throughput at
+/// the median, and every run listed, then `more`.
+pub fn runs_row(what: &str, events: u64, seconds: &[f64], more: &str) -> Row {
+    let median = median(seconds);
+    let listed: Vec<String> = seconds.iter().map(|s| format!("{s:.2}")).collect();
+    Row {
+        name: what.to_owned(),
+        events: events as usize,
+        offered_rate: None,
+        throughput: events as f64 / median.max(f64::EPSILON),
+        drain_rate: None,
+        latency: None,
+        usage: None,
+        cpu_percent: None,
+        note: format!("median {median:.2} s over {} runs ({} s, in run order){more}", seconds.len(), listed.join(", ")),
+    }
+}

@@ -68,3 +68,16 @@ fn a_failover_run_writes_every_lost_event_once_and_reports_both_rows() {
         assert_eq!(row[1], "300", "{row:?}");
     }
 }
+
+#[test]
+fn a_recovery_run_replays_and_redrives_every_event_and_reports_each_beside_the_drain() {
+    // The measure itself checks that the table ends with every event three times and that the
+    // redrive sent back every dead letter.
+    let rows = bench(&["recovery", "--events", "300", "--rounds", "1"]);
+    assert_eq!(rows.len(), 5, "{rows:?}");
+    assert!(rows[2][0].starts_with("replay:") && rows[2][11].contains("replay / drain"), "{:?}", rows[2]);
+    assert!(rows[4][0].starts_with("redrive:") && rows[4][11].contains("redrive / drain"), "{:?}", rows[4]);
+    for row in &rows {
+        assert_eq!(row[1], "300", "{row:?}");
+    }
+}
