@@ -98,20 +98,6 @@ impl Row {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn nearest_rank_percentiles() {
-        let p = Percentiles::of((1..=100).map(f64::from).collect()).unwrap();
-        assert_eq!((p.count, p.p50, p.p95, p.p99, p.max), (100, 50.0, 95.0, 99.0, 100.0));
-        let one = Percentiles::of(vec![7.0]).unwrap();
-        assert_eq!((one.p50, one.p99, one.max), (7.0, 7.0, 7.0));
-        assert!(Percentiles::of(Vec::new()).is_none());
-    }
-}
-
 /// The median of `seconds` (the upper one of an even count).
 pub fn median(seconds: &[f64]) -> f64 {
     let mut sorted = seconds.to_vec();
@@ -134,5 +120,19 @@ pub fn runs_row(what: &str, events: u64, seconds: &[f64], more: &str) -> Row {
         usage: None,
         cpu_percent: None,
         note: format!("median {median:.2} s over {} runs ({} s, in run order){more}", seconds.len(), listed.join(", ")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let p = Percentiles::of((1..=100).map(f64::from).collect()).unwrap();
+        assert_eq!((p.count, p.p50, p.p95, p.p99, p.max), (100, 50.0, 95.0, 99.0, 100.0));
+        let one = Percentiles::of(vec![7.0]).unwrap();
+        assert_eq!((one.p50, one.p99, one.max), (7.0, 7.0, 7.0));
+        assert!(Percentiles::of(Vec::new()).is_none());
     }
 }
