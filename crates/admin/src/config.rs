@@ -38,7 +38,8 @@ pub struct AdminConfig {
     /// still answered. Default `64`.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
-    /// Most live board streams (`/board/events`) at once; more get `503`. Default `16`.
+    /// Most live board streams (`/board/events`) at once, and as many route taps
+    /// (`/routes/{name}/tap`); more get `503`. Default `16`.
     #[serde(default = "default_max_event_streams")]
     pub max_event_streams: usize,
     /// Longest a client may take to send a request's headers. Default `"10s"`.
