@@ -89,6 +89,9 @@ pub struct Report {
     letters: usize,
     classes: BTreeMap<String, ClassCounts>,
     failed_again: Vec<FailedAgain>,
+    /// Seconds spent reading the window to judge it, and sending back (the route's own run).
+    read_seconds: f64,
+    send_seconds: f64,
 }
 
 /// Letters a redrive's tap may hold before it counts some as missed.
@@ -146,6 +149,8 @@ pub async fn redrive_route(
                     letters: 0,
                     classes: BTreeMap::new(),
                     failed_again: Vec::new(),
+                    read_seconds: 0.0,
+                    send_seconds: 0.0,
                 })
             }
             Err(err) => return Err(err.into()),
@@ -155,7 +160,9 @@ pub async fn redrive_route(
         .map(|p| (p.partition, p.resumes_from.unwrap_or(p.log_start).max(p.log_start), p.log_end))
         .collect();
     let starts: HashMap<i32, i64> = windows.iter().map(|(partition, from, _)| (*partition, *from)).collect();
+    let reading = std::time::Instant::now();
     let letters = letters::read_letters(&config.kafka, &topic, windows.clone()).await?;
+    let read_seconds = reading.elapsed().as_secs_f64();
     let verdicts = letters::judge(&letters, &choice, &starts);
     let mut report = Report {
         route: name.clone(),
@@ -165,6 +172,8 @@ pub async fn redrive_route(
         letters: letters.len(),
         classes: BTreeMap::new(),
         failed_again: Vec::new(),
+        read_seconds,
+        send_seconds: 0.0,
     };
     for (letter, verdict) in letters.iter().zip(&verdicts) {
         let counts = report.classes.entry(letter.error_class.clone()).or_default();
@@ -197,8 +206,13 @@ pub async fn redrive_route(
     redrive_route.topics = vec![topic.clone()];
     redrive_route.group_id = Some(group.clone());
     redrive_route.start_from = herald_core::config::StartFrom::Earliest;
-    redrive_route.only = Some(Arc::new(chosen.clone()));
+    redrive_route.only = Some(Arc::new(herald_core::Only {
+        chosen: chosen.clone(),
+        ends: windows.iter().map(|(partition, _, end)| (*partition, *end)).collect(),
+    }));
+    let sending = std::time::Instant::now();
     let outcomes = run_once(config, redrive_route, &letters, &chosen).await?;
+    report.send_seconds = sending.elapsed().as_secs_f64();
     // Every letter of the window is settled (sent back, dead again, kept or passed over): the
     // next redrive starts at its end. Skipped letters do not move a sink's stored offsets, so
     // they are moved here, where the window ends.

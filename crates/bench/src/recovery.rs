@@ -27,6 +27,9 @@ struct Round {
     drain: (f64, f64),
     replay: (f64, f64),
     redrive: f64,
+    /// The redrive's own account: reading the window to judge it, and sending back.
+    redrive_read: f64,
+    redrive_send: f64,
 }
 
 /// `rounds` of (drain, replay, redrive), `events` each.
@@ -54,6 +57,13 @@ pub async fn run(services: &Services, events: u64, rounds: usize) -> Result<Vec<
             events,
             &redrive,
             &format!("; redrive / drain = {:.2}×", ratio(&redrive)),
+        ),
+        row("  of which reading the letters to judge them", events, &column(|r| r.redrive_read), ""),
+        row(
+            "  of which sending back: the route run once (sink connected, group joined → all settled, left)",
+            events,
+            &column(|r| r.redrive_send),
+            "",
         ),
     ])
 }
@@ -106,7 +116,8 @@ async fn round(services: &Services, events: u64) -> Result<Round> {
     ensure!(rows == (3 * events) as i64, "{rows} rows after the redrive, not {}", 3 * events);
     sqlx::query(&format!("DROP SCHEMA {schema} CASCADE")).execute(&pool).await?;
     let _ = std::fs::remove_file(&path);
-    Ok(Round { drain, replay, redrive })
+    let seconds = |key: &str| report[key].as_f64().unwrap_or_default();
+    Ok(Round { drain, replay, redrive, redrive_read: seconds("read_seconds"), redrive_send: seconds("send_seconds") })
 }
 
 /// Runs herald until `table` holds `rows`; seconds from exec and from the partitions assigned.

@@ -74,7 +74,7 @@ fn a_recovery_run_replays_and_redrives_every_event_and_reports_each_beside_the_d
     // The measure itself checks that the table ends with every event three times and that the
     // redrive sent back every dead letter.
     let rows = bench(&["recovery", "--events", "300", "--rounds", "1"]);
-    assert_eq!(rows.len(), 5, "{rows:?}");
+    assert_eq!(rows.len(), 7, "{rows:?}");
     assert!(rows[2][0].starts_with("replay:") && rows[2][11].contains("replay / drain"), "{:?}", rows[2]);
     assert!(rows[4][0].starts_with("redrive:") && rows[4][11].contains("redrive / drain"), "{:?}", rows[4]);
     for row in &rows {

@@ -153,10 +153,21 @@ pub struct RouteConfig {
     pub max_message_bytes: usize,
     /// The sink: `type` picks the kind (e.g. `"stdout"`), the other keys are that sink's settings.
     pub sink: SinkSpec,
-    /// Set by `herald redrive`, never read from the file: only the messages at these
-    /// (partition, offset) are delivered; the route skips the others (as its filter would).
+    /// Set by `herald redrive`, never read from the file: which messages the route delivers,
+    /// and where it stops.
     #[serde(skip)]
-    pub only: Option<std::sync::Arc<BTreeSet<(i32, i64)>>>,
+    pub only: Option<std::sync::Arc<Only>>,
+}
+
+/// A one-off run over a window of a topic (`herald redrive`): only the chosen messages are
+/// delivered, the route skips the others (as its filter would), and no offset past the window's
+/// end is stored, so what arrived after the window is left for the next run.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Only {
+    /// The (partition, offset) of each message to deliver.
+    pub chosen: BTreeSet<(i32, i64)>,
+    /// Per partition, one past the window's last offset.
+    pub ends: std::collections::BTreeMap<i32, i64>,
 }
 
 impl RouteConfig {

@@ -52,7 +52,7 @@ pub mod source;
 pub mod source_runtime;
 pub mod tap;
 
-pub use config::{RouteConfig, RuntimeConfig, SinkSpec};
+pub use config::{Only, RouteConfig, RuntimeConfig, SinkSpec};
 pub use error::{RouteError, RuntimeError};
 pub use filter::Filter;
 pub use observe::Observer;

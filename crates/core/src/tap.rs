@@ -135,18 +135,25 @@ impl Tap {
     }
 
     /// Offers each of `tapped` to every watcher, never waiting: what does not fit is counted as
-    /// missed. A watcher that went away is forgotten.
-    pub(crate) fn offer(&self, tapped: impl IntoIterator<Item = Tapped>) {
+    /// missed. Each is made only when some watcher has room for it, so a tap whose watchers
+    /// fell behind costs the route a count, not a copy of each payload. A watcher that went
+    /// away is forgotten.
+    pub(crate) fn offer<Make: FnOnce() -> Tapped>(&self, tapped: impl IntoIterator<Item = Make>) {
         let mut watchers = self.watchers.lock().unwrap_or_else(PoisonError::into_inner);
-        for message in tapped {
-            watchers.retain(|watcher| match watcher.sender.try_send(message.clone()) {
-                Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(_)) => {
+        watchers.retain(|watcher| !watcher.sender.is_closed());
+        for make in tapped {
+            if watchers.iter().all(|watcher| watcher.sender.capacity() == 0) {
+                for watcher in watchers.iter() {
                     watcher.missed.fetch_add(1, Ordering::Relaxed);
-                    true
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
-            });
+                continue;
+            }
+            let message = make();
+            for watcher in watchers.iter() {
+                if watcher.sender.try_send(message.clone()).is_err() {
+                    watcher.missed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
         }
         watchers.retain(|watcher| !watcher.sender.is_closed());
         self.watching.store(watchers.len(), Ordering::Relaxed);
@@ -167,11 +174,11 @@ mod tests {
         assert!(!tap.is_watched());
         let mut watch = tap.watch(2);
         assert!(tap.is_watched());
-        tap.offer((0..5).map(tapped));
+        tap.offer((0..5).map(|offset| move || tapped(offset)));
         assert_eq!(watch.recv().await.map(|t| t.offset), Some(0));
         assert_eq!(watch.recv().await.map(|t| t.offset), Some(1));
         assert_eq!(watch.missed(), 3);
-        tap.offer([tapped(5)]);
+        tap.offer([|| tapped(5)]);
         assert_eq!(watch.recv().await.map(|t| t.offset), Some(5));
     }
 
@@ -180,7 +187,7 @@ mod tests {
         let tap = Tap::default();
         let watch = tap.watch(4);
         drop(watch);
-        tap.offer([tapped(0)]);
+        tap.offer([|| tapped(0)]);
         assert!(!tap.is_watched());
     }
 }

@@ -169,13 +169,15 @@ impl Delivery<'_> {
         self.stats.dead_lettered.inc_by(letters.len() as u64);
         if self.stats.tap.is_watched() {
             self.stats.tap.offer(letters.iter().map(|letter| {
-                let message = &letter.message;
-                Tapped::new(
-                    (Arc::from(message.topic()), message.partition(), message.offset()),
-                    Outcome::DeadLettered,
-                    message.payload(),
-                    Some(letter.reason()),
-                )
+                move || {
+                    let message = &letter.message;
+                    Tapped::new(
+                        (Arc::from(message.topic()), message.partition(), message.offset()),
+                        Outcome::DeadLettered,
+                        message.payload(),
+                        Some(letter.reason()),
+                    )
+                }
             }));
         }
         Ok(())
@@ -207,7 +209,7 @@ fn tap_skipped(stats: &RouteShared, messages: &[FetchedMessage], record_origin: 
         letters.iter().map(|letter| (letter.message.partition(), letter.message.offset())).collect();
     stats.tap.offer(messages.iter().zip(handled).filter_map(|(message, handled)| {
         let skipped = !handled && !unreadable.contains(&(message.partition(), message.offset()));
-        skipped.then(|| Tapped::new(where_from(message), Outcome::Skipped, message.payload(), None))
+        skipped.then_some(move || Tapped::new(where_from(message), Outcome::Skipped, message.payload(), None))
     }));
 }
 
@@ -219,7 +221,7 @@ fn tap_delivered(stats: &RouteShared, messages: &[FetchedMessage], record_origin
     stats.tap.offer(record_origin.iter().enumerate().filter(|(record, _)| !not_delivered.contains(record)).filter_map(
         |(_, &index)| {
             let message = messages.get(index)?;
-            Some(Tapped::new(where_from(message), Outcome::Delivered, message.payload(), None))
+            Some(move || Tapped::new(where_from(message), Outcome::Delivered, message.payload(), None))
         },
     ));
 }

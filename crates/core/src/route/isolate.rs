@@ -194,7 +194,10 @@ impl Delivery<'_> {
             if self.stats.tap.is_watched() {
                 let retried = piece.pending.indexes().iter().filter_map(|&record| {
                     let message = record_origin.get(record).and_then(|&i| messages.get(i))?;
-                    Some(Tapped::new(where_from(message), Outcome::Retried, message.payload(), Some(reason.clone())))
+                    let reason = &reason;
+                    Some(move || {
+                        Tapped::new(where_from(message), Outcome::Retried, message.payload(), Some(reason.clone()))
+                    })
                 });
                 self.stats.tap.offer(retried);
             }

@@ -354,7 +354,11 @@ impl RouteWorker {
 /// Marks every message of a settled batch as done: the next commit includes them.
 fn store_offsets(route: &RouteConfig, consumer: &RouteConsumer, next: NextOffsets) {
     let mut offsets = TopicPartitionList::new();
-    for ((topic, partition), offset) in next {
+    for ((topic, partition), mut offset) in next {
+        // A one-off run over a window stores nothing past its end (see `Only`).
+        if let Some(end) = route.only.as_ref().and_then(|only| only.ends.get(&partition)) {
+            offset = offset.min(*end);
+        }
         if let Err(err) = offsets.add_partition_offset(&topic, partition, Offset::Offset(offset)) {
             warn!(route = %route.name, error = %err, "Cannot record an offset to store.");
         }

@@ -61,7 +61,7 @@ pub(crate) fn prepare(route: &RouteConfig, messages: &mut [FetchedMessage], read
         skipped: 0,
     };
     for (index, message) in messages.iter_mut().enumerate() {
-        if route.only.as_ref().is_some_and(|only| !only.contains(&(message.partition(), message.offset()))) {
+        if route.only.as_ref().is_some_and(|only| !only.chosen.contains(&(message.partition(), message.offset()))) {
             // Not chosen (by `herald redrive`): skipped unread, so it cannot fail either.
             prepared.skipped += 1;
             continue;
