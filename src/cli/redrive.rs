@@ -265,7 +265,7 @@ async fn run_once(
     let name = route.name.clone();
     let observer = Observer::new()?;
     let shared = observer.route(&name);
-    let watch = shared.tap.watch(TAP_BUFFER);
+    let watch = shared.tap.watch(TAP_BUFFER, None);
     let last: HashMap<i32, i64> = letters.iter().fold(HashMap::new(), |mut last, letter| {
         let at = last.entry(letter.partition).or_insert(letter.offset);
         *at = (*at).max(letter.offset);

@@ -25,6 +25,9 @@ pub struct TapArgs {
     /// Stop after N messages. Default: until interrupted.
     #[arg(long, value_name = "N")]
     pub limit: Option<u64>,
+    /// At most N messages a second (1 to 20,000); the others are counted as not shown.
+    #[arg(long, value_name = "N", default_value_t = 1_000)]
+    pub rate: u32,
     /// One JSON object per message (and `{"missed": N}` lines), for `jq`.
     #[arg(long)]
     pub json: bool,
@@ -48,9 +51,9 @@ pub async fn tap(args: TapArgs) -> Result<ExitCode> {
         ),
     };
     let token = config.admin.resolve_token().context("cannot read admin.token_file")?;
-    let mut url = format!("http://{address}/routes/{}/tap", args.route);
+    let mut url = format!("http://{address}/routes/{}/tap?rate={}", args.route, args.rate);
     if let Some(limit) = args.limit {
-        url.push_str(&format!("?limit={limit}"));
+        url.push_str(&format!("&limit={limit}"));
     }
     let client = reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).build()?;
     let mut request = client.get(&url).header("accept", "text/event-stream");
@@ -85,7 +88,10 @@ fn print_event(event: &str, data: &str, json: bool) {
     }
     let Ok(value) = serde_json::from_str::<serde_json::Value>(data) else { return };
     match event {
-        "missed" => println!("… {} messages not shown (sampled: the route is faster than the tap)", value["missed"]),
+        "missed" => println!(
+            "… {} messages not shown so far (sampled: the route is faster than the tap's rate)",
+            value["missed"]
+        ),
         "tapped" => {
             let text = |key: &str| value[key].as_str().unwrap_or("").to_owned();
             let mut line = format!(

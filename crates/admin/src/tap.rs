@@ -2,9 +2,9 @@
 //! server-sent events — what `herald tap` prints.
 //!
 //! Bounded like the board's streams: at most `max_event_streams` taps at once (more get `503`),
-//! each with a buffer of its own that the route never waits on. When the client reads slower
-//! than the route handles messages, what does not fit is counted and sent as a `missed` event:
-//! the tap of a fast route is a sample. Payloads are shown, so a tap needs the token whenever
+//! each with a buffer of its own that the route never waits on, and at most `?rate=N` messages
+//! a second (default 1,000). What does not fit, in the buffer or the rate, is counted and sent as
+//! a `missed` event: the tap of a fast route is a sample. Payloads are shown, so a tap needs the token whenever
 //! one is set (the guard treats it as a change).
 
 use std::convert::Infallible;
@@ -46,19 +46,33 @@ pub(crate) fn router(observer: Arc<Observer>, max_streams: usize, stop: Cancella
     })
 }
 
-/// `?limit=N`: end the stream after N messages. `Err` names what is wrong.
-fn limit_of(uri: &Uri) -> Result<Option<u64>, String> {
-    let Some(query) = uri.query() else { return Ok(None) };
-    let mut limit = None;
+/// Messages a tap sends a second unless `?rate=N` says otherwise; what a person can follow, and
+/// what keeps the tap of a fast route cheap.
+const DEFAULT_RATE: u32 = 1_000;
+/// The most `?rate=N` may ask.
+const MAX_RATE: u32 = 20_000;
+
+/// `?limit=N` (end the stream after N messages) and `?rate=N` (at most N a second, default
+/// 1,000, at most 20,000). `Err` names what is wrong.
+fn query_of(uri: &Uri) -> Result<(Option<u64>, u32), String> {
+    let (mut limit, mut rate) = (None, DEFAULT_RATE);
+    let Some(query) = uri.query() else { return Ok((limit, rate)) };
     for pair in query.split('&').filter(|pair| !pair.is_empty()) {
         match pair.split_once('=') {
             Some(("limit", value)) => {
                 limit = Some(value.parse::<u64>().map_err(|_| format!("limit must be a count, not `{value}`"))?)
             }
-            _ => return Err(format!("unknown query parameter `{pair}` (the tap takes `limit=N`)")),
+            Some(("rate", value)) => {
+                rate = value
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|rate| (1..=MAX_RATE).contains(rate))
+                    .ok_or_else(|| format!("rate must be 1 to {MAX_RATE} messages a second, not `{value}`"))?
+            }
+            _ => return Err(format!("unknown query parameter `{pair}` (the tap takes `limit=N` and `rate=N`)")),
         }
     }
-    Ok(limit)
+    Ok((limit, rate))
 }
 
 /// A tap's stream as it unfolds: the route's watch, messages left to send, missed count last sent.
@@ -72,8 +86,8 @@ struct Tapping {
 /// A `tapped` event per message (`Tapped` as JSON), and a `missed` event (`{"missed": N}`, the
 /// total so far) whenever messages did not fit the buffer.
 async fn tap(State(state): State<TapState>, Path(name): Path<String>, uri: Uri) -> Response {
-    let limit = match limit_of(&uri) {
-        Ok(limit) => limit,
+    let (limit, rate) = match query_of(&uri) {
+        Ok(query) => query,
         Err(why) => return (StatusCode::BAD_REQUEST, Json(serde_json::json!({ "error": why }))).into_response(),
     };
     let Some(route) = state.observer.routes().into_iter().find(|route| route.name == name) else {
@@ -88,7 +102,8 @@ async fn tap(State(state): State<TapState>, Path(name): Path<String>, uri: Uri) 
         )
             .into_response();
     };
-    let tapping = Tapping { watch: route.tap.watch(TAP_BUFFER), left: limit, missed_sent: 0, _permit: permit };
+    let tapping =
+        Tapping { watch: route.tap.watch(TAP_BUFFER, Some(rate)), left: limit, missed_sent: 0, _permit: permit };
     let events = stream::unfold(tapping, |mut tapping| async move {
         if tapping.left == Some(0) {
             return None;

@@ -25,6 +25,7 @@ mod sinks;
 mod source;
 mod startup;
 mod stats;
+mod tap;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -208,6 +209,16 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// What a tap costs the route it watches: one stdout route draining with and without
+    /// `herald tap` attached, alternating.
+    Tap {
+        /// Events per drain.
+        #[arg(long, default_value_t = 300_000)]
+        events: u64,
+        /// Rounds of (without, with).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// Draws baseline.svg again from a results.json that `all` wrote.
     Plot {
         /// The results.json.
@@ -287,6 +298,7 @@ async fn main() -> Result<()> {
         Command::Restart { rounds } => restart::run(&services, rounds).await?,
         Command::Failover { lost, rounds } => failover::run(&services, lost, rounds).await?,
         Command::Recovery { events, rounds } => recovery::run(&services, events, rounds).await?,
+        Command::Tap { events, rounds } => tap::run(&services, events, rounds).await?,
         Command::Expect { pairs, rounds } => expect::run(&services, pairs, rounds).await?,
         Command::Publish { rounds } => publish::run(&services, rounds).await?,
         Command::LimitStdout { events, rounds, event_bytes } => {

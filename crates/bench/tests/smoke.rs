@@ -81,3 +81,11 @@ fn a_recovery_run_replays_and_redrives_every_event_and_reports_each_beside_the_d
         assert_eq!(row[1], "300", "{row:?}");
     }
 }
+
+#[test]
+fn a_tap_run_drains_every_event_with_and_without_a_tap_and_the_tap_shows_some() {
+    let rows = bench(&["tap", "--events", "2000", "--rounds", "1"]);
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(rows[1][0].contains("herald tap"), "{:?}", rows[1]);
+    assert!(rows[1][11].contains("the tap printed") && !rows[1][11].contains("printed 0 "), "{:?}", rows[1]);
+}

@@ -8,6 +8,7 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -109,6 +110,24 @@ impl TapWatch {
 struct Watcher {
     sender: mpsc::Sender<Tapped>,
     missed: Arc<AtomicU64>,
+    /// At most this many messages a second (`None`: as many as the buffer takes).
+    rate: Option<u32>,
+    /// The second being counted, and how many were sent in it.
+    second: (Instant, u32),
+}
+
+impl Watcher {
+    /// Whether the watcher takes one more message now: room in its buffer, and in its rate.
+    fn has_room(&mut self, now: Instant) -> bool {
+        if self.sender.capacity() == 0 {
+            return false;
+        }
+        let Some(rate) = self.rate else { return true };
+        if now.duration_since(self.second.0) >= std::time::Duration::from_secs(1) {
+            self.second = (now, 0);
+        }
+        self.second.1 < rate
+    }
 }
 
 /// A route's tap: the watchers of its outcomes.
@@ -119,12 +138,14 @@ pub struct Tap {
 }
 
 impl Tap {
-    /// Starts watching, with room for `buffer` messages not yet read (at least 1).
-    pub fn watch(&self, buffer: usize) -> TapWatch {
+    /// Starts watching, with room for `buffer` messages not yet read (at least 1), and at most
+    /// `rate` messages a second (`None`: every message the buffer takes, as a redrive needs):
+    /// a person reads a few a second, and a rate keeps a tap on a fast route cheap.
+    pub fn watch(&self, buffer: usize, rate: Option<u32>) -> TapWatch {
         let (sender, receiver) = mpsc::channel(buffer.max(1));
         let missed = Arc::new(AtomicU64::new(0));
         let mut watchers = self.watchers.lock().unwrap_or_else(PoisonError::into_inner);
-        watchers.push(Watcher { sender, missed: Arc::clone(&missed) });
+        watchers.push(Watcher { sender, missed: Arc::clone(&missed), rate, second: (Instant::now(), 0) });
         self.watching.store(watchers.len(), Ordering::Relaxed);
         TapWatch { receiver, missed }
     }
@@ -141,18 +162,23 @@ impl Tap {
     pub(crate) fn offer<Make: FnOnce() -> Tapped>(&self, tapped: impl IntoIterator<Item = Make>) {
         let mut watchers = self.watchers.lock().unwrap_or_else(PoisonError::into_inner);
         watchers.retain(|watcher| !watcher.sender.is_closed());
+        let now = Instant::now();
+        let mut room: Vec<bool> = watchers.iter_mut().map(|watcher| watcher.has_room(now)).collect();
         for make in tapped {
-            if watchers.iter().all(|watcher| watcher.sender.capacity() == 0) {
+            if !room.contains(&true) {
                 for watcher in watchers.iter() {
                     watcher.missed.fetch_add(1, Ordering::Relaxed);
                 }
                 continue;
             }
             let message = make();
-            for watcher in watchers.iter() {
-                if watcher.sender.try_send(message.clone()).is_err() {
+            for (watcher, room) in watchers.iter_mut().zip(room.iter_mut()) {
+                if *room && watcher.sender.try_send(message.clone()).is_ok() {
+                    watcher.second.1 += 1;
+                } else {
                     watcher.missed.fetch_add(1, Ordering::Relaxed);
                 }
+                *room = watcher.has_room(now);
             }
         }
         watchers.retain(|watcher| !watcher.sender.is_closed());
@@ -172,7 +198,7 @@ mod tests {
     async fn a_full_buffer_counts_what_it_misses_and_never_waits() {
         let tap = Tap::default();
         assert!(!tap.is_watched());
-        let mut watch = tap.watch(2);
+        let mut watch = tap.watch(2, None);
         assert!(tap.is_watched());
         tap.offer((0..5).map(|offset| move || tapped(offset)));
         assert_eq!(watch.recv().await.map(|t| t.offset), Some(0));
@@ -183,9 +209,19 @@ mod tests {
     }
 
     #[test]
+    fn a_rate_caps_what_a_watcher_gets_each_second() {
+        let tap = Tap::default();
+        let mut watch = tap.watch(100, Some(3));
+        tap.offer((0..10).map(|offset| move || tapped(offset)));
+        let got: Vec<i64> = std::iter::from_fn(|| watch.try_recv()).map(|t| t.offset).collect();
+        assert_eq!(got, [0, 1, 2]);
+        assert_eq!(watch.missed(), 7);
+    }
+
+    #[test]
     fn a_watcher_that_left_is_forgotten() {
         let tap = Tap::default();
-        let watch = tap.watch(4);
+        let watch = tap.watch(4, None);
         drop(watch);
         tap.offer([|| tapped(0)]);
         assert!(!tap.is_watched());

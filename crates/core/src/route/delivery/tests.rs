@@ -517,7 +517,7 @@ async fn the_tap_shows_each_message_with_its_outcome_delivered_skipped_dead_lett
         "filter = { status = \"SUCCESS\" }\nretry = { initial_backoff = \"10ms\", max_backoff = \"1s\", poison_after = 3 }",
     );
     let (stats, letters) = (stats(), Letters::default());
-    let mut watch = stats.tap.watch(1_000);
+    let mut watch = stats.tap.watch(1_000, None);
     let mut sink = ScriptedSink { poison: vec![3], ..ScriptedSink::default() };
     let messages = [
         event(0, 0, 1, "SUCCESS"),
