@@ -60,40 +60,68 @@ async fn produce_numbered(topic: &str, range: std::ops::Range<usize>) {
     produce(topic, &messages).await;
 }
 
+/// The incident: a Postgres route whose table has `check` (named `incident`), run over events
+/// numbered `numbered` until `dead` of them are dead letters, then stopped.
+struct Incident {
+    pool: sqlx::PgPool,
+    schema: String,
+    topic: String,
+    dlq: String,
+    route: String,
+    config: TempConfig,
+}
+
+impl Incident {
+    async fn new(check: &str, numbered: std::ops::Range<usize>, dead: usize) -> Self {
+        let pool = pool().await;
+        let schema = unique("redrive").replace('-', "_");
+        let (topic, dlq, route) = (unique("events"), unique("dlq"), unique("to-db"));
+        create_topic(&topic, 1).await;
+        let config = postgres_route(&route, &topic, &dlq, &schema, "");
+        let out = herald().args(["migrate", "--config"]).arg(&config.path).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        sqlx::query(&format!("ALTER TABLE {schema}.pipeline_status ADD CONSTRAINT incident CHECK ({check})"))
+            .execute(&pool)
+            .await
+            .unwrap();
+        produce_numbered(&topic, numbered.clone()).await;
+        let mut herald = Herald::run(&config);
+        wait_for_rows(&pool, &format!("{schema}.pipeline_status"), (numbered.len() - dead) as i64).await;
+        assert_eq!(consume_all(&dlq, dead).len(), dead);
+        herald.signal("TERM");
+        assert!(herald.wait_exit().success(), "{}", herald.log());
+        Self { pool, schema, topic, dlq, route, config }
+    }
+
+    /// Its cause fixed.
+    async fn fix(&self) {
+        let schema = &self.schema;
+        sqlx::query(&format!("ALTER TABLE {schema}.pipeline_status DROP CONSTRAINT incident"))
+            .execute(&self.pool)
+            .await
+            .unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redrive_after_fixing_a_constraint_delivers_every_dead_letter_once_and_a_second_redrive_nothing() {
-    let pool = pool().await;
-    let schema = unique("redrive").replace('-', "_");
-    let (topic, dlq, route) = (unique("events"), unique("dlq"), unique("to-db"));
-    create_topic(&topic, 1).await;
-    let config = postgres_route(&route, &topic, &dlq, &schema, "");
-    let out = herald().args(["migrate", "--config"]).arg(&config.path).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // The incident: a constraint refuses records >= 5.
-    sqlx::query(&format!("ALTER TABLE {schema}.pipeline_status ADD CONSTRAINT few CHECK (records < 5)"))
-        .execute(&pool)
-        .await
-        .unwrap();
-    produce_numbered(&topic, 0..10).await;
-    let mut herald = Herald::run(&config);
-    wait_for_rows(&pool, &format!("{schema}.pipeline_status"), 5).await;
-    assert_eq!(consume_all(&dlq, 5).len(), 5);
-    herald.signal("TERM");
-    assert!(herald.wait_exit().success(), "{}", herald.log());
-    assert_eq!(rows(&pool, &schema).await, [0, 1, 2, 3, 4]);
+    let incident = Incident::new("records < 5", 0..10, 5).await;
+    let Incident { pool, schema, topic, dlq, route, config } = &incident;
+    assert_eq!(rows(pool, schema).await, [0, 1, 2, 3, 4]);
 
     // A dry run says what would go back, and sends nothing.
-    let (code, report) = redrive(&config, &route, &["--dry-run"]);
+    let (code, report) = redrive(config, route, &["--dry-run"]);
     assert_eq!((code, count(&report, "redriven"), report["letters"].as_u64()), (0, 5, Some(5)), "{report}");
-    assert_eq!(rows(&pool, &schema).await.len(), 5);
+    assert_eq!(rows(pool, schema).await.len(), 5);
 
     // Before the fix every letter fails again: counted, shown with its new error, dead still.
-    let (code, report) = redrive(&config, &route, &[]);
+    let (code, report) = redrive(config, route, &[]);
     assert_eq!((code, count(&report, "redriven"), count(&report, "failed_again")), (3, 0, 5), "{report}");
     let failed = report["failed_again"].as_array().unwrap();
-    assert!(failed.iter().all(|f| f["error"].as_str().unwrap().contains("few")), "the constraint named: {report}");
-    assert_eq!(rows(&pool, &schema).await.len(), 5);
-    let letters = consume_all(&dlq, 10);
+    assert!(failed.iter().all(|f| f["error"].as_str().unwrap().contains("incident")), "the constraint named: {report}");
+    assert_eq!(rows(pool, schema).await.len(), 5);
+    let letters = consume_all(dlq, 10);
     let again = &letters[5];
     let header = |name: &str| {
         use rdkafka::message::{Headers, Message};
@@ -109,53 +137,39 @@ async fn a_redrive_after_fixing_a_constraint_delivers_every_dead_letter_once_and
     assert_eq!(header("__connect.errors.offset"), ["5"]);
 
     // Fixed: each letter delivered once, in order.
-    sqlx::query(&format!("ALTER TABLE {schema}.pipeline_status DROP CONSTRAINT few")).execute(&pool).await.unwrap();
-    let (code, report) = redrive(&config, &route, &[]);
+    incident.fix().await;
+    let (code, report) = redrive(config, route, &[]);
     assert_eq!((code, count(&report, "redriven"), count(&report, "failed_again")), (0, 5, 0), "{report}");
-    assert_eq!(rows(&pool, &schema).await, (0..10).collect::<Vec<i64>>());
+    assert_eq!(rows(pool, schema).await, (0..10).collect::<Vec<i64>>());
 
     // A second redrive sends nothing back.
-    let (code, report) = redrive(&config, &route, &[]);
+    let (code, report) = redrive(config, route, &[]);
     assert_eq!((code, report["letters"].as_u64(), count(&report, "redriven")), (0, Some(0), 0), "{report}");
-    assert_eq!(rows(&pool, &schema).await, (0..10).collect::<Vec<i64>>());
+    assert_eq!(rows(pool, schema).await, (0..10).collect::<Vec<i64>>());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn letters_not_chosen_stay_dead_for_the_next_redrive_and_none_goes_back_twice() {
-    let pool = pool().await;
-    let schema = unique("redrivef").replace('-', "_");
-    let (topic, dlq, route) = (unique("events"), unique("dlq"), unique("to-db"));
-    create_topic(&topic, 1).await;
-    let config = postgres_route(&route, &topic, &dlq, &schema, "");
-    let out = herald().args(["migrate", "--config"]).arg(&config.path).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    sqlx::query(&format!("ALTER TABLE {schema}.pipeline_status ADD CONSTRAINT none CHECK (records < 0)"))
-        .execute(&pool)
-        .await
-        .unwrap();
-    produce_numbered(&topic, 0..5).await;
-    let mut herald = Herald::run(&config);
-    assert_eq!(consume_all(&dlq, 5).len(), 5);
-    herald.signal("TERM");
-    assert!(herald.wait_exit().success(), "{}", herald.log());
-    sqlx::query(&format!("ALTER TABLE {schema}.pipeline_status DROP CONSTRAINT none")).execute(&pool).await.unwrap();
+    let incident = Incident::new("records < 0", 0..5, 5).await;
+    incident.fix().await;
+    let Incident { pool, schema, dlq, route, config, .. } = &incident;
 
     // Only S2 goes back; the four others stay dead.
-    let (code, report) = redrive(&config, &route, &["--filter", "source=S2"]);
+    let (code, report) = redrive(config, route, &["--filter", "source=S2"]);
     assert_eq!((code, count(&report, "redriven"), count(&report, "kept")), (0, 1, 4), "{report}");
-    assert_eq!(rows(&pool, &schema).await, [2]);
+    assert_eq!(rows(pool, schema).await, [2]);
     // Run again with the same choice: nothing more goes back, and nothing is kept twice.
-    let (code, report) = redrive(&config, &route, &["--filter", "source=S2"]);
+    let (code, report) = redrive(config, route, &["--filter", "source=S2"]);
     assert_eq!((code, count(&report, "redriven"), count(&report, "kept")), (0, 0, 4), "{report}");
-    assert_eq!(log_end(&dlq), 9, "the 5 letters and one copy of each of the 4 kept, once");
+    assert_eq!(log_end(dlq), 9, "the 5 letters and one copy of each of the 4 kept, once");
     // Then everything: the other four, once each.
-    let (code, report) = redrive(&config, &route, &[]);
+    let (code, report) = redrive(config, route, &[]);
     assert_eq!((code, count(&report, "redriven"), count(&report, "failed_again")), (0, 4, 0), "{report}");
-    assert_eq!(rows(&pool, &schema).await, [0, 1, 2, 3, 4]);
-    let (code, report) = redrive(&config, &route, &[]);
+    assert_eq!(rows(pool, schema).await, [0, 1, 2, 3, 4]);
+    let (code, report) = redrive(config, route, &[]);
     assert_eq!((code, count(&report, "redriven")), (0, 0), "{report}");
-    assert_eq!(rows(&pool, &schema).await, [0, 1, 2, 3, 4]);
-    assert_eq!(log_end(&dlq), 9, "nothing dead again, nothing kept twice");
+    assert_eq!(rows(pool, schema).await, [0, 1, 2, 3, 4]);
+    assert_eq!(log_end(dlq), 9, "nothing dead again, nothing kept twice");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

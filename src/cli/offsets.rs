@@ -122,19 +122,31 @@ async fn route_state(config: &crate::config::Config, route: &herald_core::RouteC
         bail!("route `{name}` subscribes to a pattern ({pattern}): name its topics to see their offsets");
     }
     let group = route.group_id();
-    // A Postgres sink keeps the offsets with its rows; the route reads from there.
+    let (table, positions) = positions_as(config, route, &group, &route.topics).await?;
+    Ok(RouteState { group, table, positions: positions.with_context(|| format!("route `{name}`"))? })
+}
+
+/// Where consumer group `group` of `route`'s sink resumes on `topics`: the sink's stored offsets
+/// where it keeps them (a Postgres sink keeps them with its rows, and the route reads from
+/// there), else the group's; with the sink's table, when it has one.
+pub async fn positions_as(
+    config: &crate::config::Config,
+    route: &herald_core::RouteConfig,
+    group: &str,
+    topics: &[String],
+) -> Result<(Option<herald_sink_postgres::RouteTable>, Result<Vec<Position>, herald_offsets::OffsetsError>)> {
     let table = match registry::route_subject(route)? {
         Some(herald_reconcile::Subject::Route { table, .. }) => Some(table),
         _ => None,
     };
     let stored = match &table {
-        Some(table) => Some(table.written(&group).await.with_context(|| format!("route `{name}`"))?.next_offsets),
+        Some(table) => {
+            Some(table.written(group).await.with_context(|| format!("route `{}`", route.name))?.next_offsets)
+        }
         None => None,
     };
-    let positions = herald_offsets::route_positions(&config.kafka, &group, &route.topics, stored)
-        .await
-        .with_context(|| format!("route `{name}`"))?;
-    Ok(RouteState { group, table, positions })
+    let positions = herald_offsets::route_positions(&config.kafka, group, topics, stored).await;
+    Ok((table, positions))
 }
 
 async fn reset(args: ResetArgs) -> Result<ExitCode> {

@@ -128,33 +128,25 @@ pub async fn redrive_route(
         bail!("a redrive of route `{name}` is running already (group `{group}`: {})", members.join(", "));
     }
     // Where the last redrive left off: the sink's stored offsets where it keeps them, else the group's.
-    let table = match registry::route_subject(route)? {
-        Some(herald_reconcile::Subject::Route { table, .. }) => Some(table),
-        _ => None,
+    let (table, positions) = super::offsets::positions_as(config, route, &group, std::slice::from_ref(&topic)).await?;
+    let positions = match positions {
+        Ok(positions) => positions,
+        // Its dead-letter topic does not exist yet: nothing died.
+        Err(herald_offsets::OffsetsError::NoTopic(_)) => {
+            return Ok(Report {
+                route: name.clone(),
+                dead_letter_topic: topic,
+                group,
+                dry_run,
+                letters: 0,
+                classes: BTreeMap::new(),
+                failed_again: Vec::new(),
+                read_seconds: 0.0,
+                send_seconds: 0.0,
+            })
+        }
+        Err(err) => return Err(err.into()),
     };
-    let stored = match &table {
-        Some(table) => Some(table.written(&group).await.with_context(|| format!("route `{name}`"))?.next_offsets),
-        None => None,
-    };
-    let positions =
-        match herald_offsets::route_positions(&config.kafka, &group, std::slice::from_ref(&topic), stored).await {
-            Ok(positions) => positions,
-            // Its dead-letter topic does not exist yet: nothing died.
-            Err(herald_offsets::OffsetsError::NoTopic(_)) => {
-                return Ok(Report {
-                    route: name.clone(),
-                    dead_letter_topic: topic,
-                    group,
-                    dry_run,
-                    letters: 0,
-                    classes: BTreeMap::new(),
-                    failed_again: Vec::new(),
-                    read_seconds: 0.0,
-                    send_seconds: 0.0,
-                })
-            }
-            Err(err) => return Err(err.into()),
-        };
     let windows: Vec<(i32, i64, i64)> = positions
         .iter()
         .map(|p| (p.partition, p.resumes_from.unwrap_or(p.log_start).max(p.log_start), p.log_end))
