@@ -1,7 +1,7 @@
 //! The configuration file, composed from the sections each crate owns: `[kafka]`
 //! (herald-kafka), `[runtime]` and `[[route]]` (herald-core), `[[source]]` (herald-core's
 //! source contract, each kind's settings in its crate), `[admin]` (herald-admin), `[board]`
-//! (herald-board), `[expectations]` and `[[expect]]` (herald-expect), `[reconcile]`
+//! (herald-board), `[ingest]` (herald-ingest), `[expectations]` and `[[expect]]` (herald-expect), `[reconcile]`
 //! (herald-reconcile). Loading (`${VAR}`,
 //! `HERALD__…` overrides, errors naming file and key) is herald-config's; this file only puts
 //! the sections together and asks each to check itself.
@@ -13,6 +13,7 @@ use herald_board::BoardConfig;
 use herald_config::{ConfigError, Invalid};
 use herald_core::{RouteConfig, RuntimeConfig, SourceSpec};
 use herald_expect::{ExpectConfig, ExpectationsConfig};
+use herald_ingest::IngestConfig;
 use herald_kafka::KafkaProperties;
 use herald_reconcile::ReconcileConfig;
 use serde::Deserialize;
@@ -31,6 +32,10 @@ pub struct Config {
     /// The admin HTTP API (metrics, health, routes). Off unless `listen` is set.
     #[serde(default)]
     pub admin: AdminConfig,
+    /// The ingest listener: OpenLineage run events and stage events over HTTP, published to
+    /// Kafka (`POST /api/v1/lineage`, `POST /events`). Off unless `listen` is set.
+    #[serde(default)]
+    pub ingest: IngestConfig,
     /// The live status board on the admin API (`GET /board`). Off unless `topics` is set.
     #[serde(default)]
     pub board: BoardConfig,
@@ -79,11 +84,15 @@ impl Config {
     /// source, expectation or board. `run` refuses such a file and a reload refuses it too (a
     /// file read while an editor was writing it is often empty).
     pub fn nothing_to_run(&self, path: &Path) -> Option<String> {
-        let idle =
-            self.routes.is_empty() && self.sources.is_empty() && self.board.topics.is_empty() && self.expect.is_empty();
+        let idle = self.routes.is_empty()
+            && self.sources.is_empty()
+            && self.board.topics.is_empty()
+            && self.expect.is_empty()
+            && self.ingest.listen.is_none();
         idle.then(|| {
             format!(
-                "{}: no [[route]], [[source]], [[expect]] or [board] topics are configured, so there is nothing to run",
+                "{}: no [[route]], [[source]], [[expect]], [board] topics or [ingest] listen are configured, so there \
+                 is nothing to run",
                 path.display()
             )
         })
@@ -107,6 +116,7 @@ impl Config {
         }
         herald_core::source::validate_sources(&self.sources)?;
         self.admin.validate()?;
+        self.ingest.validate()?;
         self.board.validate(self.admin.listen.is_some())?;
         self.reconcile.validate()?;
         herald_expect::validate(&self.expect)

@@ -109,6 +109,12 @@ pub async fn check(args: CheckArgs) -> Result<ExitCode> {
             Err(err) => report.fail("admin token", format!("{err} (admin.token_file)")),
         }
     }
+    if config.ingest.token_file.is_some() {
+        match config.ingest.resolve_token() {
+            Ok(_) => report.ok("ingest token", "readable and long enough"),
+            Err(err) => report.fail("ingest token", err.to_string()),
+        }
+    }
     for (property, file) in
         config.kafka.iter().filter(|(name, _)| name.ends_with(".location") || name.ends_with(".keytab"))
     {
@@ -202,6 +208,15 @@ pub async fn check(args: CheckArgs) -> Result<ExitCode> {
             Err(err) => report.fail(
                 "admin",
                 format!("cannot listen on {listen} (admin.listen): {err}; is another herald running on it?"),
+            ),
+        }
+    }
+    if let Some(listen) = config.ingest.listen {
+        match tokio::net::TcpListener::bind(listen).await {
+            Ok(_) => report.ok("ingest", format!("{listen} is free; events go to `{}`", config.ingest.topic)),
+            Err(err) => report.fail(
+                "ingest",
+                format!("cannot listen on {listen} (ingest.listen): {err}; is another herald running on it?"),
             ),
         }
     }

@@ -73,7 +73,8 @@ pub async fn migrate(args: MigrateArgs) -> Result<ExitCode> {
 }
 
 /// Creates the topics herald writes that are missing, with `[kafka.topic_defaults]`: each
-/// route's dead-letter topic, each source's events, dead-letter and offsets topics, and with
+/// route's dead-letter topic, each source's events, dead-letter and offsets topics, the ingest
+/// listener's topic, and with
 /// `[[expect]]` rules the alerts' topic and the evaluator's state topic (as many partitions as
 /// the alerts' topic, compacted).
 async fn create_topics(config: &Config) -> Result<()> {
@@ -88,6 +89,9 @@ async fn create_topics(config: &Config) -> Result<()> {
     }
     if !config.expect.is_empty() {
         topics.push(TopicSpec::events(config.expectations.topic.as_str()));
+    }
+    if config.ingest.listen.is_some() {
+        topics.push(TopicSpec::events(config.ingest.topic.as_str()));
     }
     let kafka = &config.kafka;
     let brokers = kafka.bootstrap_servers();

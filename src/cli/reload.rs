@@ -400,6 +400,7 @@ fn sections_needing_restart(current: &Config, next: &Config) -> Vec<&'static str
         ("[kafka]", current.kafka.iter().ne(next.kafka.iter())),
         ("[runtime]", current.runtime != next.runtime),
         ("[admin]", current.admin != next.admin),
+        ("[ingest]", current.ingest != next.ingest),
         ("[board]", current.board != next.board),
         ("[expectations]/[[expect]]", current.expectations != next.expectations || current.expect != next.expect),
         ("[reconcile]", current.reconcile != next.reconcile),

@@ -122,6 +122,12 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         .context("admin API")?;
         tokio::spawn(serve);
     }
+    if let Some(listen) = config.ingest.listen {
+        let (_, serve) = herald_ingest::bind(listen, &config.ingest, &config.kafka, stop.clone())
+            .await
+            .context("ingest listener")?;
+        tokio::spawn(serve);
+    }
     // Routes and sources run side by side; one that fails stops alone (see `stop_when_failed`).
     let run_routes = async {
         let result = herald_core::run(

@@ -119,7 +119,7 @@ impl AdminConfig {
             return Err(Invalid::new("admin.token", "give `token` or `token_file`, not both"));
         }
         if let Some(token) = &self.token {
-            check_token(token.expose_secret().trim()).map_err(|why| Invalid::new("admin.token", why))?;
+            herald_http::check_token(token.expose_secret().trim()).map_err(|why| Invalid::new("admin.token", why))?;
         }
         let has_token = self.token.is_some() || self.token_file.is_some();
         if self.auth == AuthScope::All && !has_token {
@@ -158,37 +158,10 @@ impl AdminConfig {
     /// run` and `herald check` both call this, so `check` passes only what `run` takes.
     pub fn resolve_token(&self) -> Result<Option<SecretString>, std::io::Error> {
         if let Some(path) = &self.token_file {
-            let text = std::fs::read_to_string(path)?;
-            let token = text.lines().next().unwrap_or("").trim().to_owned();
-            if let Err(why) = check_token(&token) {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("{} (admin.token_file): its first line: {why}", path.display()),
-                ));
-            }
-            herald_config::secrets::remember(&{
-                let mut secrets = herald_config::Secrets::default();
-                secrets.add_plain(&token);
-                secrets
-            });
-            return Ok(Some(SecretString::from(token)));
+            return herald_http::read_token_file(path, "admin.token_file").map(Some);
         }
         Ok(self.token.as_ref().map(|token| SecretString::from(token.expose_secret().trim().to_owned())))
     }
-}
-
-/// A bearer token must be long enough not to be guessed and be one header value: visible ASCII,
-/// no spaces (RFC 6750's `b64token`, loosely). The reason never shows the token.
-fn check_token(token: &str) -> Result<(), String> {
-    if token.chars().count() < 16 {
-        return Err("a token shorter than 16 characters is guessable".into());
-    }
-    if !token.chars().all(|c| c.is_ascii_graphic()) {
-        return Err("a token must be visible ASCII characters without spaces (it is sent in an HTTP header); \
-                    the value is not shown"
-            .into());
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -230,20 +203,11 @@ mod tests {
 
     #[test]
     fn a_token_file_is_read_and_checked_as_the_token_is() {
-        let dir = std::env::temp_dir().join(format!("herald-admin-token-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let with_file =
-            |path: &std::path::Path| AdminConfig { token_file: Some(path.to_owned()), ..AdminConfig::default() };
-        let missing = with_file(&dir.join("missing")).resolve_token().unwrap_err();
-        assert_eq!(missing.kind(), std::io::ErrorKind::NotFound);
-        let short = dir.join("short");
-        std::fs::write(&short, "tooshort\n").unwrap();
-        let err = with_file(&short).resolve_token().unwrap_err().to_string();
-        assert!(err.contains("shorter than 16") && !err.contains("tooshort"), "{err}");
-        let good = dir.join("good");
-        std::fs::write(&good, "0123456789abcdef0123\nsecond line ignored\n").unwrap();
-        let token = with_file(&good).resolve_token().unwrap().unwrap();
-        assert_eq!(token.expose_secret(), "0123456789abcdef0123");
-        std::fs::remove_dir_all(&dir).unwrap();
+        let path = std::env::temp_dir().join(format!("herald-admin-token-{}", std::process::id()));
+        std::fs::write(&path, "tooshort\n").unwrap();
+        let admin = AdminConfig { token_file: Some(path.clone()), ..AdminConfig::default() };
+        let err = admin.resolve_token().unwrap_err().to_string();
+        assert!(err.contains("admin.token_file") && err.contains("shorter than 16"), "{err}");
+        std::fs::remove_file(&path).unwrap();
     }
 }

@@ -39,7 +39,6 @@ It shows no configuration, hence no secrets.
 mod board_page;
 mod config;
 mod guard;
-mod serve;
 mod tap;
 
 use std::future::Future;
@@ -149,12 +148,13 @@ pub async fn bind(
     }
     let guard = guard::Guard::new(bound, token, config.auth);
     let app = app.layer(axum::middleware::from_fn_with_state(guard, guard::guard));
-    let limits = serve::Limits {
+    let limits = herald_http::Limits {
         max_connections: config.max_connections,
         header_timeout: config.header_timeout,
         idle_timeout: config.idle_timeout,
+        name: "admin API",
     };
-    Ok((bound, serve::serve(listener, app, limits, stop)))
+    Ok((bound, herald_http::serve(listener, app, limits, stop)))
 }
 
 /// The API's routes over `observer` (the board's are added by [`bind`]).

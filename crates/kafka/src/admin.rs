@@ -59,8 +59,12 @@ pub async fn ensure_topics(props: &KafkaProperties, topics: &[TopicSpec]) -> Res
     let defaults = props.topic_defaults();
     let admin: AdminClient<DefaultClientContext> = client_config(props).create()?;
     let replicas = defaults.replication_factor.unwrap_or(-1);
+    // A topic named twice (the ingest listener's and the alerts' may be one) is asked for once:
+    // the broker refuses a request that names one topic twice.
+    let mut named = std::collections::HashSet::new();
     let new_topics: Vec<NewTopic<'_>> = topics
         .iter()
+        .filter(|spec| named.insert(spec.name.as_str()))
         .map(|spec| {
             let partitions = spec.partitions.or(defaults.partitions).unwrap_or(-1);
             spec.configs.iter().fold(

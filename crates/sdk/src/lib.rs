@@ -20,6 +20,7 @@ crash, and a sink that returns a retriable error gets the same batch again.
 - [`factory`]: a sink kind as a plug-in ([`SinkPlugin`]), registered in the binary with one line.
 - [`template`]: `{field}` templates for channels, keys, topics and URLs, values encoded for
   where they go.
+- [`openlineage`]: OpenLineage `RunEvent`s mapped to stage events ([`LineageMapping`]).
 - [`printable`]: producer values made safe to show in a terminal or a log line.
 */
 #![deny(missing_docs)]
@@ -29,6 +30,7 @@ pub mod event;
 pub mod factory;
 pub mod fields;
 pub mod offsets;
+pub mod openlineage;
 pub mod printable;
 pub mod sink;
 pub mod template;
@@ -39,6 +41,7 @@ pub use factory::{
 };
 pub use fields::{check_field, EVENT_FIELDS};
 pub use offsets::next_offsets;
+pub use openlineage::{Lineage, LineageError, LineageMapping, LINEAGE_FIELDS};
 pub use sink::{
     BoxError, EventFields, LazyEvent, Pending, Rejection, Settled, Sink, SinkError, SinkRecord, Unfinished,
     WriteOutcome,

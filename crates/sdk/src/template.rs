@@ -74,6 +74,11 @@ impl Template {
         Ok(Self { source: text.to_owned(), parts })
     }
 
+    /// The template `{name}`: one field's value, built without parsing (for defaults).
+    pub(crate) fn of_field(name: &str) -> Self {
+        Self { source: format!("{{{name}}}"), parts: vec![Part::Field(name.to_owned())] }
+    }
+
     /// Fills the template from `event`: a [`crate::StageEvent`], or a record's
     /// [`crate::LazyEvent`], which reads the known fields without parsing. Values are written as
     /// they are; see [`Template::render_with`] for values placed in URLs and keys. The error

@@ -26,17 +26,22 @@ use tracing::{debug, warn};
 
 /// The bounds of [`serve`].
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Limits {
-    pub(crate) max_connections: usize,
-    pub(crate) header_timeout: Duration,
-    pub(crate) idle_timeout: Duration,
+pub struct Limits {
+    /// Most connections open at once; at the cap a new one closes the oldest.
+    pub max_connections: usize,
+    /// Longest a client may take to send a request's headers.
+    pub header_timeout: Duration,
+    /// A connection that moves no byte, either way, for this long is closed.
+    pub idle_timeout: Duration,
+    /// What the server is, in its log lines: `"admin API"`, `"ingest listener"`.
+    pub name: &'static str,
 }
 
 /// How long open connections get to finish when the server stops.
 const DRAIN: Duration = Duration::from_secs(5);
 
 /// Serves `app` on `listener` within `limits` until `stop`.
-pub(crate) async fn serve(listener: TcpListener, app: Router, limits: Limits, stop: CancellationToken) {
+pub async fn serve(listener: TcpListener, app: Router, limits: Limits, stop: CancellationToken) {
     let mut connections = JoinSet::new();
     // Oldest first; finished ones are skipped when one must be closed.
     let mut by_age: VecDeque<AbortHandle> = VecDeque::new();
@@ -48,7 +53,7 @@ pub(crate) async fn serve(listener: TcpListener, app: Router, limits: Limits, st
                 Ok(accepted) => accepted,
                 Err(err) => {
                     // Out of file descriptors, most likely: the sinks need them more; wait a little.
-                    warn!(error = %err, "Admin API cannot accept a connection; pausing 100 ms.");
+                    warn!(server = limits.name, error = %err, "Cannot accept a connection; pausing 100 ms.");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -61,7 +66,7 @@ pub(crate) async fn serve(listener: TcpListener, app: Router, limits: Limits, st
                 oldest.abort();
                 evicted += 1;
                 if evicted.is_power_of_two() {
-                    warn!(peer = %peer, evicted, max = limits.max_connections, "Admin API at its connection limit (admin.max_connections); closing the oldest connections.");
+                    warn!(server = limits.name, peer = %peer, evicted, max = limits.max_connections, "At the connection limit (max_connections); closing the oldest connections.");
                 }
             }
         }
@@ -84,7 +89,7 @@ pub(crate) async fn serve(listener: TcpListener, app: Router, limits: Limits, st
                 }
             };
             if let Err(err) = served {
-                debug!(peer = %peer, error = %err, "Admin connection ended.");
+                debug!(server = limits.name, peer = %peer, error = %err, "Connection ended.");
             }
         }));
     }
@@ -111,7 +116,7 @@ impl Idle {
     /// On a poll that made no progress: an error once the deadline passed.
     fn check(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
         match self.deadline.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, "admin connection idle")),
+            Poll::Ready(()) => Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, "connection idle")),
             Poll::Pending => Poll::Pending,
         }
     }
