@@ -283,3 +283,77 @@ sink = {{ type = "stdout" }}
     let lines = running.wait_for_lines(10);
     assert_eq!(seqs(&lines).into_iter().map(|(_, s)| s).collect::<Vec<_>>(), (0..10).collect::<Vec<_>>());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ingest_listener_answers_503_while_the_broker_is_down_and_loses_nothing_it_acknowledged() {
+    let mut kafka = PrivateKafka::start();
+    let topic = unique("ingest");
+    herald_kafka::ensure_topic(&kafka.props(), &topic, 3).await.unwrap();
+    let config = TempConfig::new(&format!(
+        "[kafka]\nbootstrap.servers = \"{}\"\n[ingest]\nlisten = \"127.0.0.1:0\"\ntopic = \"{topic}\"\npublish_timeout = \"2s\"\n",
+        kafka.brokers()
+    ));
+    let mut herald = Herald::run(&config);
+    let address = logged_address(&mut herald, "Ingest listener listening.");
+    let post = |seq: usize| {
+        let event = event_json(["A", "B", "C"][seq % 3], "bronze", "SUCCESS", seq);
+        request_with_body(&address, "POST", "/events", "Content-Type: application/json\r\n", &event)
+    };
+    let (mut acknowledged, mut refused) = (BTreeSet::new(), 0);
+    let mut seq = 0;
+    // Each event is posted once: a 200 is a promise, a 503 is the client's to keep.
+    let mut post_until = |acknowledged: &mut BTreeSet<usize>,
+                          refused: &mut usize,
+                          done: &dyn Fn(usize, usize) -> bool| {
+        let deadline = Instant::now() + PATIENCE;
+        let (mut ok, mut unavailable) = (0, 0);
+        while !done(ok, unavailable) {
+            assert!(Instant::now() < deadline, "{ok} acknowledged and {unavailable} refused; log:\n{}", herald.log());
+            let (status, body) = post(seq);
+            match status {
+                200 => {
+                    acknowledged.insert(seq);
+                    ok += 1;
+                }
+                503 => {
+                    assert!(body.contains("does not answer"), "{body}");
+                    *refused += 1;
+                    unavailable += 1;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                other => panic!("answered {other}: {body}"),
+            }
+            seq += 1;
+        }
+    };
+    post_until(&mut acknowledged, &mut refused, &|ok, _| ok >= 20);
+    kafka.stop();
+    post_until(&mut acknowledged, &mut refused, &|_, unavailable| unavailable >= 3);
+    kafka.launch();
+    post_until(&mut acknowledged, &mut refused, &|ok, _| ok >= 20);
+    assert!(refused >= 3 && acknowledged.len() >= 40, "{refused} refused, {} acknowledged", acknowledged.len());
+
+    // Every acknowledged event is on the topic.
+    let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka.brokers())
+        .set("group.id", unique("ingest-reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    rdkafka::consumer::Consumer::subscribe(&consumer, &[topic.as_str()]).unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    let mut seen = BTreeSet::new();
+    while !acknowledged.is_subset(&seen) {
+        assert!(
+            Instant::now() < deadline,
+            "acknowledged but missing: {:?}",
+            acknowledged.difference(&seen).collect::<Vec<_>>()
+        );
+        if let Some(message) = consumer.poll(Duration::from_millis(500)) {
+            let message = message.unwrap();
+            let event: serde_json::Value =
+                serde_json::from_slice(rdkafka::Message::payload(&message).unwrap()).unwrap();
+            seen.insert(event["seq"].as_u64().unwrap() as usize);
+        }
+    }
+}

@@ -11,15 +11,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn python() -> PathBuf {
-    let cache = std::env::var_os("HERALD_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache"));
-    let python = cache.join("venv/bin/python");
-    assert!(python.exists(), "{} is missing: start the test services with `scripts/services up`", python.display());
-    python
-}
-
 fn seed_script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/seed.py")
 }

@@ -378,10 +378,28 @@ pub fn request_with_body(address: &str, method: &str, path: &str, headers: &str,
     (status, body)
 }
 
+/// The Python of `scripts/services up`'s virtualenv, which holds the article's client
+/// (confluent-kafka) and the orchestrators' (openlineage-python).
+pub fn python() -> PathBuf {
+    let cache = std::env::var_os("HERALD_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache"));
+    let python = cache.join("venv/bin/python");
+    assert!(python.exists(), "{} is missing: start the test services with `scripts/services up`", python.display());
+    python
+}
+
+/// The address a running herald logged on the line that says `listening` (e.g. `"Admin API
+/// listening."`, `"Ingest listener listening."`).
+pub fn logged_address(herald: &mut Herald, listening: &str) -> String {
+    herald.wait_for_log(listening);
+    let log = herald.log();
+    let line = log.lines().find(|line| line.contains(listening)).unwrap();
+    let start = line.find("address=").unwrap() + "address=".len();
+    line[start..].split_whitespace().next().unwrap().to_owned()
+}
+
 /// The admin API address a running herald logged.
 pub fn admin_address(herald: &mut Herald) -> String {
-    herald.wait_for_log("Admin API listening.");
-    let log = herald.log();
-    let start = log.find("address=").unwrap() + "address=".len();
-    log[start..].split_whitespace().next().unwrap().to_owned()
+    logged_address(herald, "Admin API listening.")
 }
