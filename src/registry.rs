@@ -123,7 +123,7 @@ pub fn route_subject(route: &RouteConfig) -> Result<Option<Subject>> {
     let Some(sink) = typed_sink::<herald_sink_postgres::PostgresSinkConfig>(route)? else { return Ok(None) };
     let table =
         herald_sink_postgres::RouteTable::new(&route.name, sink).with_context(|| format!("route `{}`", route.name))?;
-    Ok(Some(Subject::Route { route: route.clone(), table }))
+    Ok(Some(Subject::Route { route: Box::new(route.clone()), table }))
 }
 
 /// Every Postgres source and Postgres sink route of `config`: what `herald run` reconciles

@@ -203,3 +203,54 @@ async fn bad_bodies_and_wrong_tokens_publish_nothing_and_say_why() {
         .collect();
     assert_eq!(seen, [("A".to_owned(), 10), ("B".to_owned(), 11), ("A".to_owned(), 12)]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_reads_what_the_openlineage_kafka_transport_writes_as_stage_events() {
+    let (topic, dlq) = (unique("lineage"), unique("lineage-dlq"));
+    create_topic(&topic, 1).await;
+    let namespace = unique("Billing");
+    let sent = Command::new(python())
+        .arg(lineage_script())
+        .args(["kafka", BROKERS, &topic, &namespace])
+        .args(["bronze:START", "bronze:COMPLETE:5,7", "DATASET", "silver:FAIL::boom"])
+        .output()
+        .unwrap();
+    assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stderr));
+    // A message that is no OpenLineage event at all, among them.
+    produce(&topic, &[(Some("x"), br#"{"eventType":"COMPLETE","run":{"runId":1}}"#)]).await;
+    let route = stdout_route_config(
+        &unique("route"),
+        &topic,
+        &format!("input = \"openlineage\"\ndead_letter_topic = \"{dlq}\""),
+    );
+    let config = TempConfig::new(&route);
+    let mut herald = Herald::run(&config);
+
+    // The three run transitions, mapped as the ingest listener maps them; the DatasetEvent is
+    // skipped and the unreadable message dead-lettered.
+    let lines = herald.wait_for_lines(3);
+    let events: Vec<serde_json::Value> = lines.iter().map(|line| serde_json::from_str(line).unwrap()).collect();
+    let seen: Vec<(&str, &str, &str)> = events
+        .iter()
+        .map(|event| {
+            (event["stage"].as_str().unwrap(), event["event"].as_str().unwrap(), event["status"].as_str().unwrap())
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("bronze", "STAGE_STARTED", "RUNNING"),
+            ("bronze", "STAGE_COMPLETE", "SUCCESS"),
+            ("silver", "STAGE_COMPLETE", "FAILED")
+        ]
+    );
+    assert!(events.iter().all(|event| event["source"] == namespace.as_str()));
+    assert_eq!(events[1]["records"], 12);
+    assert_eq!(events[2]["error_message"], "boom");
+    let letters = consume_all(&dlq, 1);
+    let why = header(&letters[0], "__connect.errors.exception.message").unwrap_or_default();
+    let chain = header(&letters[0], "__connect.errors.exception.stacktrace").unwrap_or_default();
+    assert!(why.contains("OpenLineage") && chain.contains("run.runId"), "{why} / {chain}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(herald.lines().len(), 3, "nothing else was delivered: {:?}", herald.lines());
+}

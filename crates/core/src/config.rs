@@ -151,6 +151,17 @@ pub struct RouteConfig {
     /// unparsed. Default `1048576` (1 MiB); stage events are a few hundred bytes.
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
+    /// What the route's topics hold: `"stage_events"` (default), or `"openlineage"`: the run
+    /// events the OpenLineage Kafka transport writes (Airflow, dbt, Spark, …), each mapped to a
+    /// stage event before the filter and the sink see it, as the ingest listener maps them. An
+    /// OpenLineage event of no run (a `DatasetEvent`, a `JobEvent`) is skipped; one that cannot
+    /// be read goes to the dead-letter topic.
+    #[serde(default)]
+    pub input: Input,
+    /// With `input = "openlineage"`: templates for the stage event's `source` (default
+    /// `"{job.namespace}"`) and `stage` (default `"{job.name}"`). Written `[route.openlineage]`.
+    #[serde(default)]
+    pub openlineage: Option<herald_sdk::LineageMapping>,
     /// The sink: `type` picks the kind (e.g. `"stdout"`), the other keys are that sink's settings.
     pub sink: SinkSpec,
     /// Set by `herald redrive`, never read from the file: which messages the route delivers,
@@ -175,6 +186,27 @@ impl RouteConfig {
     pub fn group_id(&self) -> String {
         self.group_id.clone().unwrap_or_else(|| format!("herald.{}", self.name))
     }
+
+    /// How an OpenLineage event becomes a stage event, when the route reads OpenLineage.
+    pub(crate) fn lineage(&self) -> Option<std::borrow::Cow<'_, herald_sdk::LineageMapping>> {
+        match (self.input, &self.openlineage) {
+            (Input::StageEvents, _) => None,
+            (Input::OpenLineage, Some(mapping)) => Some(std::borrow::Cow::Borrowed(mapping)),
+            (Input::OpenLineage, None) => Some(std::borrow::Cow::Owned(herald_sdk::LineageMapping::default())),
+        }
+    }
+}
+
+/// What a route's topics hold.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Input {
+    /// Stage events (JSON), as the seed's producer, `herald publish` and herald's source write them.
+    #[default]
+    StageEvents,
+    /// OpenLineage events (JSON), as the OpenLineage Kafka transport writes them.
+    #[serde(rename = "openlineage")]
+    OpenLineage,
 }
 
 /// Where a consumer group with no committed offsets starts reading.
@@ -340,6 +372,12 @@ pub fn validate_routes(routes: &[RouteConfig]) -> Result<(), Invalid> {
         for field in route.filter.fields() {
             herald_sdk::check_field(field, &route.extra_fields)
                 .map_err(|reason| Invalid::new(at(&format!("filter.{field}")), reason))?;
+        }
+        if let Some(mapping) = &route.openlineage {
+            if route.input != Input::OpenLineage {
+                return Err(Invalid::new(at("openlineage"), "is read only with `input = \"openlineage\"`"));
+            }
+            mapping.check().map_err(|(setting, why)| Invalid::new(at(&format!("openlineage.{setting}")), why))?;
         }
     }
     Ok(())

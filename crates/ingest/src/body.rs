@@ -70,7 +70,8 @@ pub fn stage_events(body: &[u8], max_events: usize) -> Result<Vec<StageEvent>, B
         return Err(BodyError::Empty);
     }
     let event_of = |at: String, text: &str| {
-        StageEvent::from_json_str(text).map_err(|err| BodyError::Event { at, reason: err.to_string() })
+        StageEvent::from_json_str(text)
+            .map_err(|err| BodyError::Event { at, reason: herald_sdk::error_chain(&err).join(": ") })
     };
     let lines: Vec<(usize, &str)> =
         text.lines().enumerate().filter(|(_, line)| !line.trim().is_empty()).map(|(i, line)| (i + 1, line)).collect();

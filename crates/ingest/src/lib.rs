@@ -148,7 +148,7 @@ async fn lineage(State(shared): State<Arc<Listener>>, headers: HeaderMap, body: 
     let event = match shared.mapping.map(&body) {
         Ok(Lineage::Event(event)) => *event,
         Ok(Lineage::NotARun(why)) => return answer(StatusCode::OK, json!({"published": 0, "ignored": why})),
-        Err(err) => return answer(StatusCode::BAD_REQUEST, json!({"error": err.to_string()})),
+        Err(err) => return answer(StatusCode::BAD_REQUEST, json!({"error": herald_sdk::error_chain(&err).join(": ")})),
     };
     publish(&shared, vec![event]).await
 }

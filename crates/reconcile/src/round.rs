@@ -29,7 +29,7 @@ pub enum Subject {
     /// A Postgres sink route: the topics it reads against its table.
     Route {
         /// The route (its topics, filter and consumer group).
-        route: RouteConfig,
+        route: Box<RouteConfig>,
         /// The table its sink writes.
         table: RouteTable,
     },

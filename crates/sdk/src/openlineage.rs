@@ -81,7 +81,7 @@ pub enum Lineage {
 #[derive(Debug, thiserror::Error)]
 pub enum LineageError {
     /// Not JSON, or a field of the wrong type; `path` says where.
-    #[error("not an OpenLineage event: at `{path}`: {source}")]
+    #[error("not an OpenLineage event at `{path}`")]
     Invalid {
         /// Where in the document, e.g. `outputs[0].outputFacets.outputStatistics.rowCount`.
         path: String,
@@ -90,10 +90,10 @@ pub enum LineageError {
         source: serde_json::Error,
     },
     /// `eventTime` is not an ISO 8601 time.
-    #[error("`eventTime`: {0}")]
+    #[error("`eventTime` is not a time")]
     Time(#[from] crate::event::TimestampError),
     /// A mapping template needs a field this event lacks.
-    #[error("the mapping cannot be filled from this event: {0}")]
+    #[error("the mapping cannot be filled from this event")]
     Mapping(#[from] RenderError),
     /// A required value is empty.
     #[error("`{0}` is empty")]
@@ -396,7 +396,7 @@ mod tests {
         assert_eq!((event.source.as_str(), event.stage.as_str()), ("orders_dag", "bronze_ingest:bronze/orders"));
         let mut no_parent = run_event("COMPLETE");
         no_parent["run"]["facets"] = Value::Null;
-        let err = mapping.map(no_parent.to_string().as_bytes()).unwrap_err().to_string();
+        let err = crate::error_chain(&mapping.map(no_parent.to_string().as_bytes()).unwrap_err()).join(": ");
         assert!(err.contains("parent.job.name"), "{err}");
         let typo: LineageMapping = serde_json::from_value(json!({"source": "{job.namespce}"})).unwrap();
         let (setting, why) = typo.check().unwrap_err();
@@ -408,7 +408,7 @@ mod tests {
     fn a_body_that_is_no_run_event_says_where() {
         let mapping = LineageMapping::default();
         for (body, expected) in [
-            ("not json", "at `.`"),
+            ("not json", "at `.`: expected"),
             (r#"{"eventType":"COMPLETE","run":{"runId":7},"job":{"namespace":"n","name":"j"}}"#, "run.runId"),
             (
                 r#"{"eventType":"COMPLETE","eventTime":"2026-12-07T10:00:00Z","run":{"runId":"r"},"job":{"namespace":"n","name":"j"},
@@ -428,7 +428,7 @@ mod tests {
                 "at `.`",
             ),
         ] {
-            let err = mapping.map(body.as_bytes()).unwrap_err().to_string();
+            let err = crate::error_chain(&mapping.map(body.as_bytes()).unwrap_err()).join(": ");
             assert!(err.contains(expected), "{body}: {err}");
         }
         let huge = r#"{"eventType":"COMPLETE","eventTime":"2026-12-07T10:00:00Z","run":{"runId":"r"},"job":{"namespace":"n","name":"j"},

@@ -37,6 +37,9 @@ pub(crate) struct ReadSettings {
     pub(crate) parse_now: bool,
     /// Every message's key and headers are kept; else only those of messages that fail to read.
     pub(crate) keys_and_headers: bool,
+    /// The topics hold OpenLineage events (`input = "openlineage"`): each is mapped when its
+    /// batch is prepared, where one of no run can be skipped.
+    pub(crate) lineage: bool,
 }
 
 impl ReadSettings {
@@ -46,6 +49,7 @@ impl ReadSettings {
             max_message_bytes: route.max_message_bytes,
             parse_now: sink.reads_fields(),
             keys_and_headers: sink.needs_keys_and_headers(),
+            lineage: route.input == crate::config::Input::OpenLineage,
         }
     }
 }
@@ -60,6 +64,7 @@ pub(crate) fn prepare(route: &RouteConfig, messages: &mut [FetchedMessage], read
         letters: Vec::new(),
         skipped: 0,
     };
+    let lineage = route.lineage();
     for (index, message) in messages.iter_mut().enumerate() {
         if route.only.as_ref().is_some_and(|only| !only.chosen.contains(&(message.partition(), message.offset()))) {
             // Not chosen (by `herald redrive`): skipped unread, so it cannot fail either.
@@ -69,7 +74,18 @@ pub(crate) fn prepare(route: &RouteConfig, messages: &mut [FetchedMessage], read
         let read = match message.take_reading() {
             Some(Ok(event)) => Ok((event, payload_text(message))),
             Some(Err(err)) => Err(*err),
-            None => read(message, reading),
+            None => match &lineage {
+                None => read(message, reading),
+                Some(mapping) => match read_lineage(message, mapping, reading) {
+                    Ok(Some(read)) => Ok(read),
+                    // An OpenLineage event of no run: nothing to deliver, as if filtered out.
+                    Ok(None) => {
+                        prepared.skipped += 1;
+                        continue;
+                    }
+                    Err(err) => Err(err),
+                },
+            },
         };
         match read {
             Ok((event, raw)) if route.filter.is_empty() || route.filter.matches(&event) => {
@@ -99,7 +115,7 @@ pub(crate) fn fetch(
     last_topic: &mut Option<Arc<str>>,
     reading: ReadSettings,
 ) -> FetchedMessage {
-    if reading.keys_and_headers {
+    if reading.keys_and_headers || reading.lineage {
         return FetchedMessage::copy(message, last_topic, None);
     }
     let reader =
@@ -118,18 +134,41 @@ fn payload_text(message: &FetchedMessage) -> Arc<str> {
 /// The event in `message`, parsed now or only validated and indexed, and its payload as received
 /// (checked as UTF-8 when fetched, and shared).
 fn read(message: &FetchedMessage, reading: ReadSettings) -> Result<(LazyEvent, Arc<str>), EventError> {
-    let (size, limit) = (message.payload().map_or(0, <[u8]>::len), reading.max_message_bytes);
-    if size > limit {
-        return Err(EventError::TooLarge { size, limit });
-    }
-    let raw = match message.text() {
-        Ok(Some(text)) => Arc::clone(text),
-        Ok(None) => return Err(EventError::Empty),
-        Err(err) => return Err(EventError::NotUtf8(err)),
-    };
+    let raw = text_within_limit(message, reading)?;
     if reading.parse_now {
         let event = StageEvent::from_json_str(&raw)?;
         return Ok((event.into(), raw));
     }
     Ok((LazyEvent::validated(Arc::clone(&raw))?, raw))
+}
+
+/// The stage event `mapping` makes of the OpenLineage event in `message`, and its JSON, which
+/// the sink receives as the payload; `None` for an event of no run.
+fn read_lineage(
+    message: &FetchedMessage,
+    mapping: &herald_sdk::LineageMapping,
+    reading: ReadSettings,
+) -> Result<Option<(LazyEvent, Arc<str>)>, EventError> {
+    let raw = text_within_limit(message, reading)?;
+    match mapping.map(raw.as_bytes()) {
+        Ok(herald_sdk::Lineage::Event(event)) => {
+            let json: Arc<str> = Arc::from(event.to_json());
+            Ok(Some((LazyEvent::from(*event), json)))
+        }
+        Ok(herald_sdk::Lineage::NotARun(_)) => Ok(None),
+        Err(err) => Err(EventError::NotLineage(Box::new(err))),
+    }
+}
+
+/// The payload as text, within the route's size limit.
+fn text_within_limit(message: &FetchedMessage, reading: ReadSettings) -> Result<Arc<str>, EventError> {
+    let (size, limit) = (message.payload().map_or(0, <[u8]>::len), reading.max_message_bytes);
+    if size > limit {
+        return Err(EventError::TooLarge { size, limit });
+    }
+    match message.text() {
+        Ok(Some(text)) => Ok(Arc::clone(text)),
+        Ok(None) => Err(EventError::Empty),
+        Err(err) => Err(EventError::NotUtf8(err)),
+    }
 }

@@ -295,6 +295,10 @@ pub enum EventError {
     /// The message has no value at all (a tombstone).
     #[error("message has no value")]
     Empty,
+    /// The message is not an OpenLineage event the route's mapping can read (`input =
+    /// "openlineage"`).
+    #[error("message is not an OpenLineage run event herald can map")]
+    NotLineage(#[source] Box<crate::openlineage::LineageError>),
     /// The message is larger than the route accepts.
     #[error("message is {size} bytes, over the route's max_message_bytes of {limit}")]
     TooLarge {
@@ -313,6 +317,7 @@ impl EventError {
             EventError::Invalid { .. } => "herald_core::event::EventError::Invalid",
             EventError::Empty => "herald_core::event::EventError::Empty",
             EventError::TooLarge { .. } => "herald_core::event::EventError::TooLarge",
+            EventError::NotLineage(_) => "herald_core::event::EventError::NotLineage",
         }
     }
 }

@@ -168,7 +168,12 @@ async fn settle(
 ) -> Result<Option<NextOffsets>, RouteError> {
     let mut delivery = Delivery { route, sink, dead_letters: letters.map(|l| l as &dyn DeadLetters), stats };
     let mut batch: Vec<FetchedMessage> = messages.iter().map(|m| FetchedMessage::from(m.to_owned_message())).collect();
-    let reading = ReadSettings { max_message_bytes: route.max_message_bytes, parse_now: true, keys_and_headers: true };
+    let reading = ReadSettings {
+        max_message_bytes: route.max_message_bytes,
+        parse_now: true,
+        keys_and_headers: true,
+        lineage: false,
+    };
     let prepared = prepare(route, &mut batch, reading);
     delivery.deliver(&batch, prepared, cancel).await
 }
