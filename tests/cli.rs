@@ -440,6 +440,7 @@ fn every_shipped_config_file_and_its_sink_settings_are_valid() {
         ("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE"),
         ("AWS_SECRET_ACCESS_KEY", "s3cret/key+with=signs"),
         ("HERALD_ADMIN_TOKEN", "0123456789abcdef0123"),
+        ("HERALD_INGEST_TOKEN", "ingest-0123456789abcdef"),
     ];
     let mut count = 0;
     let files = std::fs::read_dir("config").unwrap().chain(std::fs::read_dir("docker").unwrap());

@@ -12,6 +12,7 @@
 mod baseline;
 mod expect;
 mod failover;
+mod ingest;
 mod limit;
 mod load;
 mod observe;
@@ -219,6 +220,16 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// The ingest listener: a request's latency and throughput, beside a long-lived Kafka
+    /// producer, `herald publish` and `kcat -P`, alternating.
+    Ingest {
+        /// Events per throughput measure (a quarter of it for one-event requests).
+        #[arg(long, default_value_t = 20_000)]
+        events: u64,
+        /// Rounds of every arm.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// Draws baseline.svg again from a results.json that `all` wrote.
     Plot {
         /// The results.json.
@@ -299,6 +310,7 @@ async fn main() -> Result<()> {
         Command::Failover { lost, rounds } => failover::run(&services, lost, rounds).await?,
         Command::Recovery { events, rounds } => recovery::run(&services, events, rounds).await?,
         Command::Tap { events, rounds } => tap::run(&services, events, rounds).await?,
+        Command::Ingest { events, rounds } => ingest::run(&services, events, rounds).await?,
         Command::Expect { pairs, rounds } => expect::run(&services, pairs, rounds).await?,
         Command::Publish { rounds } => publish::run(&services, rounds).await?,
         Command::LimitStdout { events, rounds, event_bytes } => {

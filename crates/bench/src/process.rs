@@ -107,13 +107,18 @@ impl HeraldProcess {
         if let Some(address) = &self.admin {
             return Ok(address.clone());
         }
-        self.wait_for_log("Admin API listening.", Duration::from_secs(30))?;
-        let log = self.log_text();
-        let line = log.lines().find(|line| line.contains("Admin API listening.")).unwrap_or_default();
-        let address = line.split("address=").nth(1).and_then(|rest| rest.split_whitespace().next());
-        let address = address.map(str::to_owned).with_context(|| format!("no address in {line:?}"))?;
+        let address = self.logged_address("Admin API listening.")?;
         self.admin = Some(address.clone());
         Ok(address)
+    }
+
+    /// The address on the log line that says `listening` (e.g. `"Ingest listener listening."`).
+    pub fn logged_address(&mut self, listening: &str) -> Result<String> {
+        self.wait_for_log(listening, Duration::from_secs(30))?;
+        let log = self.log_text();
+        let line = log.lines().find(|line| line.contains(listening)).unwrap_or_default();
+        let address = line.split("address=").nth(1).and_then(|rest| rest.split_whitespace().next());
+        address.map(str::to_owned).with_context(|| format!("no address in {line:?}"))
     }
 
     /// `POST path` to the admin API.

@@ -89,3 +89,13 @@ fn a_tap_run_drains_every_event_with_and_without_a_tap_and_the_tap_shows_some() 
     assert!(rows[1][0].contains("herald tap"), "{:?}", rows[1]);
     assert!(rows[1][11].contains("the tap printed") && !rows[1][11].contains("printed 0 "), "{:?}", rows[1]);
 }
+
+#[test]
+fn an_ingest_run_reports_latency_for_each_arm_and_throughput_beside_kcat() {
+    let rows = bench(&["ingest", "--events", "2000", "--rounds", "1"]);
+    assert_eq!(rows.len(), 7, "{rows:?}");
+    // 300 requests, 300 producer sends and 15 processes, each with percentiles.
+    assert_eq!([&rows[0][1], &rows[1][1], &rows[2][1]], ["300", "300", "15"], "{rows:?}");
+    assert!(rows[..3].iter().all(|row| row[7] != "–"), "{rows:?}");
+    assert!(rows[3..].iter().all(|row| row[3] != "–" && row[11].contains("× kcat")), "{rows:?}");
+}
