@@ -28,12 +28,8 @@ const SCRAM_PASSWORD: &str = "herald-scram-secret";
 
 impl PrivateKafka {
     fn libs() -> PathBuf {
-        let cache = std::env::var_os("HERALD_CACHE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache"));
-        let libs = cache.join("kafka-libs");
-        assert!(libs.join(".complete").exists(), "{} is missing: run `scripts/services up`", libs.display());
-        libs
+        // The jars are complete once `.complete` is there.
+        installed("kafka-libs/.complete").parent().unwrap().to_path_buf()
     }
 
     fn start() -> Self {

@@ -11,9 +11,8 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::*;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::OwnedMessage;
-use rdkafka::{ClientConfig, Message};
+use rdkafka::Message;
 
 const TOKEN: &str = "ingest-test-token-0123456789";
 
@@ -48,36 +47,6 @@ fn wait(topic: &str, source: &str, stage: &str, timeout: &str) -> Output {
         .args(["wait", "--topic", topic, "--source", source, "--stage", stage, "--since", "10m", "--timeout", timeout])
         .output()
         .unwrap()
-}
-
-/// Every message on `topic`, read until none came for 3 s after at least `count` arrived: a
-/// test that expects `count` sees any extra one too.
-fn read_exactly(topic: &str, count: usize) -> Vec<OwnedMessage> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", BROKERS)
-        .set("group.id", unique("ingest-reader"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
-    let mut messages = consume_all_from(&consumer, topic, count);
-    while let Some(extra) = consumer.poll(Duration::from_secs(3)) {
-        messages.push(extra.unwrap().detach());
-    }
-    messages
-}
-
-fn consume_all_from(consumer: &BaseConsumer, topic: &str, count: usize) -> Vec<OwnedMessage> {
-    let deadline = std::time::Instant::now() + PATIENCE;
-    let mut messages = Vec::new();
-    while messages.len() < count {
-        assert!(std::time::Instant::now() < deadline, "only {} of {count} messages arrived on {topic}", messages.len());
-        if let Some(result) = consumer.poll(Duration::from_millis(500)) {
-            messages.push(result.unwrap().detach());
-        }
-    }
-    messages
 }
 
 fn value(message: &OwnedMessage) -> serde_json::Value {
@@ -118,7 +87,7 @@ async fn openlineage_runs_posted_by_the_python_client_become_stage_events_that_w
     assert_eq!(failure["error_message"], "division by zero");
 
     // Exactly the four run transitions, keyed by source (the job's namespace), in order.
-    let messages = read_exactly(&topic, 4);
+    let messages = consume_exactly(&topic, 4);
     let seen: Vec<(String, String, String)> = messages
         .iter()
         .map(|message| {
@@ -194,7 +163,7 @@ async fn bad_bodies_and_wrong_tokens_publish_nothing_and_say_why() {
     let (status, answer) = request_with_body(&address, "POST", "/events", &authorized, &batch);
     assert_eq!(status, 200, "{answer}");
     assert!(answer.contains("\"published\":3"), "{answer}");
-    let messages = read_exactly(&topic, 3);
+    let messages = consume_exactly(&topic, 3);
     let seen: Vec<(String, u64)> = messages
         .iter()
         .map(|message| {

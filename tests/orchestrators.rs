@@ -20,11 +20,7 @@ struct Dagster {
 
 impl Dagster {
     fn start() -> Self {
-        let cache = std::env::var_os("HERALD_CACHE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache"));
-        let webserver = cache.join("dagster-venv/bin/dagster-webserver");
-        assert!(webserver.exists(), "{} is missing: run `scripts/services up`", webserver.display());
+        let webserver = installed("dagster-venv/bin/dagster-webserver");
         let dir = std::env::temp_dir().join(unique("herald-dagster"));
         std::fs::create_dir_all(dir.join("home")).unwrap();
         std::fs::write(dir.join("home/dagster.yaml"), "telemetry:\n  enabled: false\n").unwrap();

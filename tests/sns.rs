@@ -4,7 +4,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -22,11 +21,7 @@ struct PrivateMoto {
 
 impl PrivateMoto {
     fn start() -> Self {
-        let cache = std::env::var_os("HERALD_CACHE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache"));
-        let server = cache.join("venv/bin/moto_server");
-        assert!(server.exists(), "{} is missing: start the test services with `scripts/services up`", server.display());
+        let server = installed("venv/bin/moto_server");
         // A port another process took makes the server exit at once: try another. A loaded
         // machine makes it slow to start: give it time.
         for _ in 0..3 {

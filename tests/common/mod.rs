@@ -118,6 +118,16 @@ pub async fn produce_events(topic: &str, sources: &[&str], count: usize) -> Vec<
 
 /// Reads every message of `topic` until `count` have arrived.
 pub fn consume_all(topic: &str, count: usize) -> Vec<OwnedMessage> {
+    consume(topic, count, Duration::ZERO)
+}
+
+/// [`consume_all`], then on until no message came for 3 s: a test that expects `count` sees any
+/// extra one too.
+pub fn consume_exactly(topic: &str, count: usize) -> Vec<OwnedMessage> {
+    consume(topic, count, Duration::from_secs(3))
+}
+
+fn consume(topic: &str, count: usize, quiet: Duration) -> Vec<OwnedMessage> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", BROKERS)
         .set("group.id", unique("test-reader"))
@@ -132,6 +142,12 @@ pub fn consume_all(topic: &str, count: usize) -> Vec<OwnedMessage> {
         assert!(Instant::now() < deadline, "only {} of {count} messages arrived on {topic}", messages.len());
         if let Some(result) = consumer.poll(Duration::from_millis(500)) {
             messages.push(result.unwrap().detach());
+        }
+    }
+    while !quiet.is_zero() {
+        match consumer.poll(quiet) {
+            Some(extra) => messages.push(extra.unwrap().detach()),
+            None => break,
         }
     }
     messages
@@ -378,15 +394,25 @@ pub fn request_with_body(address: &str, method: &str, path: &str, headers: &str,
     (status, body)
 }
 
-/// The Python of `scripts/services up`'s virtualenv, which holds the article's client
-/// (confluent-kafka) and the orchestrators' (openlineage-python).
-pub fn python() -> PathBuf {
+/// `path` under what `scripts/services up` installs (`$HERALD_CACHE`, default `.cache`): the
+/// Kafka jars, the virtualenvs; the test fails naming the command when it is missing.
+pub fn installed(path: &str) -> PathBuf {
     let cache = std::env::var_os("HERALD_CACHE")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache"));
-    let python = cache.join("venv/bin/python");
-    assert!(python.exists(), "{} is missing: start the test services with `scripts/services up`", python.display());
-    python
+    let installed = cache.join(path);
+    assert!(
+        installed.exists(),
+        "{} is missing: start the test services with `scripts/services up`",
+        installed.display()
+    );
+    installed
+}
+
+/// The Python of `scripts/services up`'s virtualenv, which holds the article's client
+/// (confluent-kafka) and the orchestrators' (openlineage-python).
+pub fn python() -> PathBuf {
+    installed("venv/bin/python")
 }
 
 /// The address a running herald logged on the line that says `listening` (e.g. `"Admin API

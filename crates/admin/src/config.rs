@@ -115,29 +115,17 @@ impl AdminConfig {
     /// Checks what the types cannot: a `listen` other machines can reach needs `allow_remote`
     /// and a token; one token source; limits above zero.
     pub fn validate(&self) -> Result<(), Invalid> {
-        if self.token.is_some() && self.token_file.is_some() {
-            return Err(Invalid::new("admin.token", "give `token` or `token_file`, not both"));
+        herald_http::Exposure {
+            section: "admin",
+            listen: self.listen,
+            allow_remote: self.allow_remote,
+            token: self.token.as_ref(),
+            token_file: self.token_file.is_some(),
         }
-        if let Some(token) = &self.token {
-            herald_http::check_token(token.expose_secret().trim()).map_err(|why| Invalid::new("admin.token", why))?;
-        }
+        .check()?;
         let has_token = self.token.is_some() || self.token_file.is_some();
         if self.auth == AuthScope::All && !has_token {
             return Err(Invalid::new("admin.auth", "\"all\" needs `token` or `token_file`"));
-        }
-        if let Some(listen) = self.listen {
-            if !listen.ip().is_loopback() && !self.allow_remote {
-                return Err(Invalid::new(
-                    "admin.listen",
-                    format!("{listen} is reachable from other machines; set `admin.allow_remote = true` to mean it"),
-                ));
-            }
-            if !listen.ip().is_loopback() && !has_token {
-                return Err(Invalid::new(
-                    "admin.listen",
-                    format!("{listen} is reachable from other machines: set `admin.token` (or `token_file`) too"),
-                ));
-            }
         }
         if self.max_connections == 0 || self.max_event_streams == 0 {
             return Err(Invalid::new("admin", "`max_connections` and `max_event_streams` must be at least 1"));

@@ -14,4 +14,4 @@ pub mod serve;
 pub mod token;
 
 pub use serve::{serve, Limits};
-pub use token::{carries_token, check_token, read_token_file};
+pub use token::{carries_token, check_token, read_token_file, Exposure};

@@ -20,6 +20,50 @@ pub fn check_token(token: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Who can reach a server and with what: checked the same for the admin API and the ingest
+/// listener. `section` names the config table (`"admin"`, `"ingest"`) in the error.
+pub struct Exposure<'a> {
+    /// The config table.
+    pub section: &'a str,
+    /// Where the server listens, if it does.
+    pub listen: Option<std::net::SocketAddr>,
+    /// Whether `listen` may be reachable from other machines.
+    pub allow_remote: bool,
+    /// The token, when the config gives it.
+    pub token: Option<&'a SecretString>,
+    /// Whether the config reads the token from a file instead.
+    pub token_file: bool,
+}
+
+impl Exposure<'_> {
+    /// One token source, a token that [`check_token`] takes, and a `listen` other machines can
+    /// reach only with `allow_remote` and a token.
+    pub fn check(&self) -> Result<(), herald_config::Invalid> {
+        use herald_config::Invalid;
+        let section = self.section;
+        if self.token.is_some() && self.token_file {
+            return Err(Invalid::new(format!("{section}.token"), "give `token` or `token_file`, not both"));
+        }
+        if let Some(token) = self.token {
+            check_token(token.expose_secret().trim()).map_err(|why| Invalid::new(format!("{section}.token"), why))?;
+        }
+        let Some(listen) = self.listen.filter(|listen| !listen.ip().is_loopback()) else { return Ok(()) };
+        if !self.allow_remote {
+            return Err(Invalid::new(
+                format!("{section}.listen"),
+                format!("{listen} is reachable from other machines; set `{section}.allow_remote = true` to mean it"),
+            ));
+        }
+        if self.token.is_none() && !self.token_file {
+            return Err(Invalid::new(
+                format!("{section}.listen"),
+                format!("{listen} is reachable from other machines: set `{section}.token` (or `token_file`) too"),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The token in the first line of `path` (a mounted secret), checked as [`check_token`] does;
 /// `setting` names the config key in the error (`admin.token_file`). The token is remembered as
 /// a secret, so no error or log line ever shows it.
@@ -86,6 +130,31 @@ mod tests {
             assert!(!with(wrong), "{wrong}");
         }
         assert!(!carries_token(&HeaderMap::new(), &token));
+    }
+
+    #[test]
+    fn a_server_stays_on_loopback_unless_allowed_and_guarded_with_one_good_token() {
+        let token = SecretString::from("0123456789abcdef0123");
+        let short = SecretString::from("short");
+        let exposure = |listen: &str, allow_remote, token, token_file| Exposure {
+            section: "x",
+            listen: Some(listen.parse().unwrap()),
+            allow_remote,
+            token,
+            token_file,
+        };
+        assert!(exposure("127.0.0.1:1", false, None, false).check().is_ok());
+        assert!(exposure("0.0.0.0:1", true, Some(&token), false).check().is_ok());
+        assert!(exposure("0.0.0.0:1", true, None, true).check().is_ok());
+        for (bad, key, says) in [
+            (exposure("0.0.0.0:1", false, Some(&token), false), "x.listen", "allow_remote"),
+            (exposure("0.0.0.0:1", true, None, false), "x.listen", "x.token"),
+            (exposure("127.0.0.1:1", false, Some(&token), true), "x.token", "not both"),
+            (exposure("127.0.0.1:1", false, Some(&short), false), "x.token", "shorter than 16"),
+        ] {
+            let err = bad.check().unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains(says), "{err}");
+        }
     }
 
     #[test]
