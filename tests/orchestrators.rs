@@ -59,17 +59,17 @@ impl Dagster {
     }
 
     /// The materializations of `asset`, oldest first (Dagster lists the newest first):
-    /// (description, data version).
-    fn materializations(&self, asset: &str) -> Vec<(String, String)> {
+    /// (description, data version, the `records` metadata entry as an integer).
+    fn materializations(&self, asset: &str) -> Vec<(String, String, Option<i64>)> {
         let query = format!(
-            r#"{{ assetOrError(assetKey: {{path: ["{asset}"]}}) {{ ... on Asset {{ assetMaterializations(limit: 100) {{ timestamp description tags {{ key value }} }} }} }} }}"#
+            r#"{{ assetOrError(assetKey: {{path: ["{asset}"]}}) {{ ... on Asset {{ assetMaterializations(limit: 100) {{ timestamp description tags {{ key value }} metadataEntries {{ label ... on IntMetadataEntry {{ intValue }} }} }} }} }} }}"#
         );
         let body = serde_json::json!({ "query": query }).to_string();
         let (status, answer) =
             request_with_body(&self.address(), "POST", "/graphql", "Content-Type: application/json\r\n", &body);
         assert_eq!(status, 200, "{answer}");
         let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
-        let mut found: Vec<(String, String)> = answer["data"]["assetOrError"]["assetMaterializations"]
+        let mut found: Vec<(String, String, Option<i64>)> = answer["data"]["assetOrError"]["assetMaterializations"]
             .as_array()
             .cloned()
             .unwrap_or_default()
@@ -80,7 +80,11 @@ impl Dagster {
                     .and_then(|tags| tags.iter().find(|tag| tag["key"] == "dagster/data_version"))
                     .map(|tag| tag["value"].as_str().unwrap().to_owned())
                     .unwrap_or_default();
-                (m["description"].as_str().unwrap_or_default().to_owned(), version)
+                let records = m["metadataEntries"]
+                    .as_array()
+                    .and_then(|entries| entries.iter().find(|entry| entry["label"] == "records"))
+                    .and_then(|entry| entry["intValue"].as_i64());
+                (m["description"].as_str().unwrap_or_default().to_owned(), version, records)
             })
             .collect();
         found.reverse();
@@ -124,7 +128,8 @@ async fn successful_stages_become_dagster_asset_materializations_through_the_htt
         r#"[route.sink]
 type = "http"
 body = "event"
-url = "http://{}/report_asset_materialization/{{source}}?description={{stage}}&data_version={{timestamp}}""#,
+url = "http://{}/report_asset_materialization/{{source}}"
+body_template = {{ description = "{{stage}}", data_version = "{{timestamp}}", metadata = {{ records = "{{records}}", status = "{{status}}" }} }}"#,
         dagster.address()
     );
     let route =
@@ -138,10 +143,11 @@ url = "http://{}/report_asset_materialization/{{source}}?description={{stage}}&d
         std::thread::sleep(Duration::from_millis(300));
         seen = dagster.materializations(&asset);
     }
-    // Exactly the three successes of this source, in order, each with its stage and its time.
-    let expected: Vec<(String, String)> = [("bronze_ingest", 1), ("silver_build", 4), ("gold_report", 5)]
+    // Exactly the three successes of this source, in order, each with its stage, its time and
+    // its records (an integer entry: the body template kept the number a number).
+    let expected: Vec<(String, String, Option<i64>)> = [("bronze_ingest", 1), ("silver_build", 4), ("gold_report", 5)]
         .iter()
-        .map(|(stage, seq)| (stage.to_string(), format!("2026-11-26T10:15:00.{seq:06}")))
+        .map(|(stage, seq)| (stage.to_string(), format!("2026-11-26T10:15:00.{seq:06}"), Some(*seq as i64)))
         .collect();
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(dagster.materializations(&asset), expected);

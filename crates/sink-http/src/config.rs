@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::client::Client;
 use crate::error::HttpSinkError;
+use crate::shape::BodyTemplate;
 use crate::sink::HttpSink;
 
 /// `sink = { type = "http", url = "https://hooks.example/{source}", … }`.
@@ -52,6 +53,14 @@ pub struct HttpSinkConfig {
     /// Default `"10s"`.
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// The body in the receiver's own shape: a table whose strings are `{field}` templates, e.g.
+    /// `{ asset_id = 7, extra = { source = "{source}", records = "{records}" } }` for Airflow's
+    /// asset events. A string that is exactly one field takes that field's JSON value (a number
+    /// stays a number); any other string stays a string; the structure is the table's whatever
+    /// the values hold. An event missing a field it names goes to the dead-letter topic. With
+    /// `body = "array"` the body is an array of these. Default: the stage event itself.
+    #[serde(default)]
+    pub body_template: Option<BodyTemplate>,
     /// `"json"` (default): the body is the stage event (or an array of them) as JSON;
     /// `"cloudevents"`: each event is wrapped in a CloudEvents 1.0 envelope, structured mode
     /// (`application/cloudevents+json`, or `application/cloudevents-batch+json` for an array).
@@ -139,6 +148,12 @@ impl HttpSinkConfig {
                 reason: format!("must be between 1 and {MAX_CONCURRENCY}, not {}", self.concurrency),
             });
         }
+        if self.body_template.is_some() && self.format == BodyFormat::CloudEvents {
+            return Err(HttpSinkError::Config {
+                key: "body_template",
+                reason: "shapes the body itself: leave `format` at \"json\"".into(),
+            });
+        }
         if self.cloudevents_source.is_empty() {
             return Err(HttpSinkError::Config { key: "cloudevents_source", reason: "must not be empty".into() });
         }
@@ -166,7 +181,8 @@ impl SinkPlugin for HttpSinkConfig {
     const KIND: &'static str = crate::KIND;
 
     fn fields_named(&self) -> Vec<(&'static str, String)> {
-        self.url.fields().map(|field| ("url", field.to_owned())).collect()
+        let body = self.body_template.iter().flat_map(BodyTemplate::fields).map(|field| ("body_template", field));
+        self.url.fields().map(|field| ("url", field.to_owned())).chain(body).collect()
     }
 
     /// Checks the settings without connecting; reads `ca_file` to check it is a PEM bundle.

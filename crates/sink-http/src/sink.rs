@@ -53,6 +53,8 @@ fn origin_of(template: &herald_sdk::Template) -> Option<String> {
 struct Request {
     url: String,
     indexes: Vec<usize>,
+    /// With `body_template`: each record's body, rendered when the request was planned.
+    shaped: Vec<String>,
 }
 
 impl HttpSink {
@@ -83,6 +85,16 @@ impl HttpSink {
         let mut rejected = Vec::new();
         let mut by_url: HashMap<String, usize> = HashMap::new();
         for (index, record) in batch.iter().enumerate() {
+            let shaped = match &self.config.body_template {
+                None => None,
+                Some(template) => match template.render(&record.event) {
+                    Ok(body) => Some(body),
+                    Err(error) => {
+                        rejected.push(Rejection { index, error: Box::new(error) });
+                        continue;
+                    }
+                },
+            };
             let url = match self.url(record) {
                 Ok(url) => url,
                 Err(error) => {
@@ -90,16 +102,18 @@ impl HttpSink {
                     continue;
                 }
             };
-            match self.config.body {
-                BodyMode::Event => requests.push(Request { url, indexes: vec![index] }),
-                BodyMode::Array => match by_url.get(&url) {
-                    Some(&position) => requests[position].indexes.push(index),
-                    None => {
+            let position = match (self.config.body, by_url.get(&url)) {
+                (BodyMode::Array, Some(&position)) => position,
+                (mode, _) => {
+                    if mode == BodyMode::Array {
                         by_url.insert(url.clone(), requests.len());
-                        requests.push(Request { url, indexes: vec![index] });
                     }
-                },
-            }
+                    requests.push(Request { url, indexes: Vec::new(), shaped: Vec::new() });
+                    requests.len() - 1
+                }
+            };
+            requests[position].indexes.push(index);
+            requests[position].shaped.extend(shaped);
         }
         (requests, rejected)
     }
@@ -131,18 +145,21 @@ impl HttpSink {
         lanes
     }
 
-    /// The body of one request.
-    fn body(&self, records: &[&SinkRecord]) -> String {
+    /// The body of one request: its records' bodies as `body_template` shaped them (`shaped`),
+    /// or the events as JSON or CloudEvents.
+    fn body(&self, records: &[&SinkRecord], shaped: Vec<String>) -> String {
         let one = |record: &SinkRecord| match self.config.format {
             BodyFormat::Json => record.event.to_json(),
             BodyFormat::CloudEvents => cloud_event(record, &self.config.cloudevents_source),
         };
+        let mut bodies: Vec<String> = if self.config.body_template.is_some() {
+            shaped
+        } else {
+            records.iter().map(|record| one(record)).collect()
+        };
         match self.config.body {
-            BodyMode::Event => records.first().map(|record| one(record)).unwrap_or_default(),
-            BodyMode::Array => {
-                let events: Vec<String> = records.iter().map(|record| one(record)).collect();
-                format!("[{}]", events.join(","))
-            }
+            BodyMode::Event => bodies.pop().unwrap_or_default(),
+            BodyMode::Array => format!("[{}]", bodies.join(",")),
         }
     }
 
@@ -152,9 +169,9 @@ impl HttpSink {
     async fn send_lane(&self, batch: &[SinkRecord], lane: Vec<Request>) -> LaneResult {
         let mut result = LaneResult::default();
         let mut requests = lane.into_iter();
-        while let Some(Request { url, indexes }) = requests.next() {
+        while let Some(Request { url, indexes, shaped }) = requests.next() {
             let records: Vec<&SinkRecord> = indexes.iter().map(|&index| &batch[index]).collect();
-            let body = self.body(&records);
+            let body = self.body(&records, shaped);
             match self.client.post(&url, body.into_bytes(), &idempotency_key(&records)).await {
                 Ok(()) => {}
                 Err(err) if err.is_retriable() => {
