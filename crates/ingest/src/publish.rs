@@ -13,7 +13,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// Why a request's events are not all acknowledged.
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +53,11 @@ const PROBE_EVERY: Duration = Duration::from_secs(1);
 
 /// The listener's producer, shared by every request.
 pub(crate) struct Publisher {
-    producer: FutureProducer,
+    /// Replaced when it fails fatally (an idempotent producer can, e.g. on a sequence gap after
+    /// an unclean leader election), so one such error does not refuse every later request.
+    producer: std::sync::RwLock<FutureProducer>,
+    /// How the producer is made, for its replacement.
+    config: rdkafka::ClientConfig,
     topic: String,
     brokers: String,
     timeout: Duration,
@@ -69,23 +73,24 @@ impl Publisher {
         stop: CancellationToken,
     ) -> Result<Self, PublishError> {
         let millis = timeout.as_millis().max(1).to_string();
-        let producer: FutureProducer = reliable_producer_config(kafka)
+        let mut config = reliable_producer_config(kafka);
+        config
             .set("client.id", "herald-ingest")
             .set("linger.ms", "1")
             // No event waits longer than a request does: a request answered 503 leaves nothing
             // queued that could still be published after its client gave up.
             .set("message.timeout.ms", &millis)
-            .set("topic.metadata.propagation.max.ms", &millis)
-            .create()
-            .map_err(PublishError::Producer)?;
+            .set("topic.metadata.propagation.max.ms", &millis);
+        let producer: FutureProducer = config.create().map_err(PublishError::Producer)?;
         let publisher = Self {
-            producer,
+            producer: std::sync::RwLock::new(producer.clone()),
+            config,
             topic: topic.to_owned(),
             brokers: kafka.bootstrap_servers().to_owned(),
             timeout,
             state: Arc::new(AtomicU8::new(UNKNOWN)),
         };
-        tokio::spawn(probe(publisher.producer.clone(), publisher.topic.clone(), Arc::clone(&publisher.state), stop));
+        tokio::spawn(probe(producer, publisher.topic.clone(), Arc::clone(&publisher.state), stop));
         Ok(publisher)
     }
 
@@ -108,11 +113,20 @@ impl Publisher {
     /// says the brokers do not answer.
     pub(crate) async fn publish(&self, events: &[StageEvent]) -> Result<usize, PublishError> {
         self.ready()?;
+        let producer = self.producer.read().map_or_else(|poisoned| poisoned.into_inner().clone(), |held| held.clone());
+        let published = self.publish_with(&producer, events).await;
+        if published.is_err() {
+            self.replace_if_fatal(&producer);
+        }
+        published
+    }
+
+    async fn publish_with(&self, producer: &FutureProducer, events: &[StageEvent]) -> Result<usize, PublishError> {
         let mut deliveries = Vec::with_capacity(events.len());
         for event in events {
             let payload = event.to_json();
             let record = FutureRecord::to(&self.topic).key(event.key()).payload(&payload);
-            match self.producer.send_result(record) {
+            match producer.send_result(record) {
                 Ok(delivery) => deliveries.push(delivery),
                 Err((err, _)) => {
                     // The queue is full: what was queued is still awaited below, so the answer
@@ -136,6 +150,21 @@ impl Publisher {
         match first_error {
             None => Ok(events.len()),
             Some(err) => Err(self.classify(err)),
+        }
+    }
+
+    /// A producer that failed fatally refuses everything from then on: a new one takes its
+    /// place, so the request after this one is published again (this one was answered with
+    /// the error, and its client retries).
+    fn replace_if_fatal(&self, failed: &FutureProducer) {
+        let Some((code, reason)) = failed.client().fatal_error() else { return };
+        match self.config.create::<FutureProducer>() {
+            Ok(fresh) => {
+                error!(error = %code, reason = %reason, "Ingest producer failed fatally; replaced with a new one.");
+                let mut held = self.producer.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+                *held = fresh;
+            }
+            Err(err) => error!(error = %err, "Ingest producer failed fatally and cannot be replaced."),
         }
     }
 
