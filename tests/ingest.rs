@@ -223,3 +223,36 @@ async fn a_route_reads_what_the_openlineage_kafka_transport_writes_as_stage_even
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(herald.lines().len(), 3, "nothing else was delivered: {:?}", herald.lines());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_rate_a_request_gets_429_and_publishes_nothing_of_it() {
+    let topic = unique("ingest-rate");
+    create_topic(&topic, 1).await;
+    let (_herald, _config, address) = ingest(&topic, "max_events_per_second = 1");
+    let authorized = format!("Authorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\n");
+    let post = |body: &str| request_with_body(&address, "POST", "/events", &authorized, body);
+
+    // More events in one request than a second allows can never pass.
+    let two = format!("{}\n{}", event_json("A", "bronze", "SUCCESS", 0), event_json("A", "bronze", "SUCCESS", 1));
+    assert_eq!(post(&two).0, 413);
+    // One a second: back to back, a request soon finds the budget spent.
+    let (mut published, mut refused) = (Vec::new(), Vec::new());
+    for seq in 10..20 {
+        let (status, answer) = post(&event_json("A", "bronze", "SUCCESS", seq));
+        match status {
+            200 => published.push(seq as u64),
+            429 => {
+                assert!(answer.contains("max_events_per_second"), "{answer}");
+                refused.push(seq);
+            }
+            other => panic!("{other}: {answer}"),
+        }
+        if !refused.is_empty() && !published.is_empty() {
+            break;
+        }
+    }
+    assert!(!published.is_empty() && !refused.is_empty(), "published {published:?}, refused {refused:?}");
+    let seen: Vec<u64> =
+        consume_exactly(&topic, published.len()).iter().map(|m| value(m)["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seen, published, "exactly the accepted events");
+}
