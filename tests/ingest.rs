@@ -115,7 +115,9 @@ async fn openlineage_runs_posted_by_the_python_client_become_stage_events_that_w
 async fn bad_bodies_and_wrong_tokens_publish_nothing_and_say_why() {
     let topic = unique("ingest");
     create_topic(&topic, 1).await;
-    let (_herald, _config, address) = ingest(&topic, "max_body_bytes = 4096\nmax_events_per_request = 3");
+    let (mut herald, _config, address) =
+        ingest(&topic, "max_body_bytes = 4096\nmax_events_per_request = 3\n[admin]\nlisten = \"127.0.0.1:0\"");
+    let admin = admin_address(&mut herald);
     let authorized = format!("Authorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\n");
     let good = |source: &str, seq: usize| event_json(source, "bronze", "SUCCESS", seq);
 
@@ -171,6 +173,24 @@ async fn bad_bodies_and_wrong_tokens_publish_nothing_and_say_why() {
         })
         .collect();
     assert_eq!(seen, [("A".to_owned(), 10), ("B".to_owned(), 11), ("A".to_owned(), 12)]);
+
+    // The admin API counts answers by endpoint and status, and the events published; a path of
+    // the client's choosing is `other`, never a label of its own.
+    let _ = request_with_body(&address, "POST", "/made-up/path", &authorized, "{}");
+    let (_, metrics) = http(&admin, "GET", "/metrics");
+    for line in [
+        r#"herald_ingest_events_total{endpoint="/events"} 3"#,
+        r#"herald_ingest_requests_total{endpoint="/events",status="200"} 1"#,
+        r#"herald_ingest_requests_total{endpoint="/events",status="400"} 2"#,
+        r#"herald_ingest_requests_total{endpoint="/events",status="401"} 2"#,
+        r#"herald_ingest_requests_total{endpoint="/events",status="413"} 2"#,
+        r#"herald_ingest_requests_total{endpoint="/events",status="415"} 1"#,
+        r#"herald_ingest_requests_total{endpoint="/api/v1/lineage",status="400"} 2"#,
+        r#"herald_ingest_requests_total{endpoint="other",status="404"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
+    assert!(!metrics.contains("made-up"), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

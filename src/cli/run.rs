@@ -123,9 +123,10 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         tokio::spawn(serve);
     }
     if let Some(listen) = config.ingest.listen {
-        let (_, serve) = herald_ingest::bind(listen, &config.ingest, &config.kafka, stop.clone())
-            .await
-            .context("ingest listener")?;
+        let (_, serve) =
+            herald_ingest::bind(listen, &config.ingest, &config.kafka, Some(observer.registry()), stop.clone())
+                .await
+                .context("ingest listener")?;
         tokio::spawn(serve);
     }
     // Routes and sources run side by side; one that fails stops alone (see `stop_when_failed`).

@@ -41,6 +41,12 @@ pub struct Observer {
 }
 
 impl Observer {
+    /// The registry `/metrics` renders, for a part of herald outside the route runtime to
+    /// register its own metrics in (the ingest listener).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// A fresh observer with its metrics registered.
     pub fn new() -> Result<Arc<Self>, prometheus::Error> {
         let registry = Registry::new_custom(Some("herald".into()), None)?;

@@ -66,28 +66,78 @@ pub enum IngestError {
     /// The producer could not be made.
     #[error(transparent)]
     Publish(#[from] PublishError),
+    /// The metrics could not be registered (a second listener in one process).
+    #[error("cannot register the ingest metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
 }
 
 /// What every request shares.
 struct Listener {
     publisher: Publisher,
+    metrics: Metrics,
     mapping: LineageMapping,
     max_body_bytes: usize,
     max_events_per_request: usize,
     rate: Option<Rate>,
 }
 
+/// `herald_ingest_requests_total{endpoint, status}` and `herald_ingest_events_total{endpoint}`.
+#[derive(Clone)]
+struct Metrics {
+    requests: prometheus::IntCounterVec,
+    events: prometheus::IntCounterVec,
+}
+
+/// The endpoints, as metric labels: any other path counts as `other`, so a client cannot make a
+/// label of its own.
+const ENDPOINTS: [&str; 3] = ["/api/v1/lineage", "/events", "/health"];
+
+impl Metrics {
+    fn new(registry: Option<&prometheus::Registry>) -> Result<Self, prometheus::Error> {
+        let requests = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "ingest_requests_total",
+                "Requests the ingest listener answered, by endpoint and status.",
+            ),
+            &["endpoint", "status"],
+        )?;
+        let events = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "ingest_events_total",
+                "Events the ingest listener published (Kafka acknowledged), by endpoint.",
+            ),
+            &["endpoint"],
+        )?;
+        if let Some(registry) = registry {
+            registry.register(Box::new(requests.clone()))?;
+            registry.register(Box::new(events.clone()))?;
+        }
+        Ok(Self { requests, events })
+    }
+}
+
+/// Counts every answer by endpoint and status.
+async fn count(State(metrics): State<Metrics>, request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    let endpoint = ENDPOINTS.into_iter().find(|endpoint| *endpoint == path).unwrap_or("other");
+    let response = next.run(request).await;
+    metrics.requests.with_label_values(&[endpoint, response.status().as_str()]).inc();
+    response
+}
+
 /// The events-per-second budget over all requests.
 type Rate = governor::DefaultDirectRateLimiter;
 
-/// Binds `config.listen` (which the caller checked is set) and returns the bound address and
-/// the server, which runs until `stop`.
+/// Binds `address` and returns the bound address and the server, which runs until `stop`; its
+/// metrics go to `registry` (the admin API's `/metrics`) when one is given.
 pub async fn bind(
     address: SocketAddr,
     config: &IngestConfig,
     kafka: &KafkaProperties,
+    registry: Option<&prometheus::Registry>,
     stop: CancellationToken,
 ) -> Result<(SocketAddr, impl Future<Output = ()>), IngestError> {
+    let metrics = Metrics::new(registry)?;
     let token = config.resolve_token().map_err(IngestError::Token)?;
     let publisher = Publisher::new(kafka, &config.topic, config.publish_timeout, stop.clone())?;
     let listener =
@@ -96,6 +146,7 @@ pub async fn bind(
     info!(address = %bound, topic = %config.topic, token = token.is_some(), "Ingest listener listening.");
     let shared = Arc::new(Listener {
         publisher,
+        metrics: metrics.clone(),
         mapping: config.openlineage.clone(),
         max_body_bytes: config.max_body_bytes,
         max_events_per_request: config.max_events_per_request,
@@ -103,7 +154,7 @@ pub async fn bind(
             .max_events_per_second
             .map(|per_second| governor::RateLimiter::direct(governor::Quota::per_second(per_second))),
     });
-    let app = router(shared, token, config.max_body_bytes);
+    let app = router(shared, token, config.max_body_bytes).layer(axum::middleware::from_fn_with_state(metrics, count));
     let limits = herald_http::Limits {
         max_connections: config.max_connections,
         header_timeout: Duration::from_secs(10),
@@ -150,7 +201,7 @@ async fn lineage(State(shared): State<Arc<Listener>>, headers: HeaderMap, body: 
         Ok(Lineage::NotARun(why)) => return answer(StatusCode::OK, json!({"published": 0, "ignored": why})),
         Err(err) => return answer(StatusCode::BAD_REQUEST, json!({"error": herald_sdk::error_chain(&err).join(": ")})),
     };
-    publish(&shared, vec![event]).await
+    publish(&shared, "/api/v1/lineage", vec![event]).await
 }
 
 /// `POST /events`: one stage event, or NDJSON; all of it or none.
@@ -158,7 +209,7 @@ async fn events(State(shared): State<Arc<Listener>>, headers: HeaderMap, body: B
     let events = body::inflate(&body, content_encoding(&headers), shared.max_body_bytes)
         .and_then(|body| body::stage_events(&body, shared.max_events_per_request));
     match events {
-        Ok(events) => publish(&shared, events).await,
+        Ok(events) => publish(&shared, "/events", events).await,
         Err(err) => refuse_body(err),
     }
 }
@@ -172,7 +223,7 @@ async fn health(State(shared): State<Arc<Listener>>) -> Response {
 }
 
 /// Publishes `events` within the rate, answering `200` once all are acknowledged.
-async fn publish(shared: &Listener, events: Vec<StageEvent>) -> Response {
+async fn publish(shared: &Listener, endpoint: &str, events: Vec<StageEvent>) -> Response {
     if let Some(rate) = &shared.rate {
         let count = NonZeroU32::new(u32::try_from(events.len()).unwrap_or(u32::MAX)).unwrap_or(NonZeroU32::MIN);
         match rate.check_n(count) {
@@ -194,7 +245,10 @@ async fn publish(shared: &Listener, events: Vec<StageEvent>) -> Response {
         }
     }
     match shared.publisher.publish(&events).await {
-        Ok(published) => answer(StatusCode::OK, json!({"published": published, "topic": shared.publisher.topic()})),
+        Ok(published) => {
+            shared.metrics.events.with_label_values(&[endpoint]).inc_by(published as u64);
+            answer(StatusCode::OK, json!({"published": published, "topic": shared.publisher.topic()}))
+        }
         Err(err) => {
             warn!(error = %err, events = events.len(), "Ingest request not published.");
             unavailable(&err)
