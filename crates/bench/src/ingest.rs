@@ -5,7 +5,6 @@
 //! throughput (many events in flight: NDJSON requests, concurrent one-event requests) against
 //! the producer pipelined and `kcat -P` (the raw tool).
 
-use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -70,7 +69,8 @@ pub async fn run(services: &Services, events: u64, rounds: usize) -> Result<Vec<
         throughput.ndjson.push(ingest_ndjson(&client, &url, &run, base + 2_000_000, events).await?);
         throughput.requests.push(ingest_requests(&client, &url, &run, base + 3_000_000, events / 4).await?);
         throughput.producer.push(producer_pipelined(&producer, &topic, &run, base + 4_000_000, events).await?);
-        throughput.kcat.push(kcat(services, &topic, &run, base + 5_000_000, events)?);
+        let seconds = load::kcat(&services.brokers, &topic, &run, base + 5_000_000..base + 5_000_000 + events)?;
+        throughput.kcat.push(events as f64 / seconds);
     }
     let usage = herald.usage().ok();
     herald.stop()?;
@@ -263,27 +263,4 @@ async fn producer_pipelined(producer: &FutureProducer, topic: &str, run: &str, b
         delivery.context("the producer went away")?.map_err(|(err, _)| err)?;
     }
     Ok(events as f64 / started.elapsed().as_secs_f64())
-}
-
-/// `kcat -P` of the same events (key and value per line), from a file, timed exec to exit.
-fn kcat(services: &Services, topic: &str, run: &str, base: u64, events: u64) -> Result<f64> {
-    let path = std::env::temp_dir().join(format!("herald-bench-{run}-{base}.txt"));
-    let mut file = std::io::BufWriter::new(std::fs::File::create(&path)?);
-    for seq in base..base + events {
-        let (key, event) = load::event(run, seq);
-        writeln!(file, "{key}\t{event}")?;
-    }
-    file.flush()?;
-    drop(file);
-    let started = Instant::now();
-    let status = Command::new("kcat")
-        .args(["-P", "-b", &services.brokers, "-t", topic, "-K", "\t", "-X", "acks=all", "-l"])
-        .arg(&path)
-        .stdout(Stdio::null())
-        .status()
-        .context("running kcat (apt-get install kcat)")?;
-    let rate = events as f64 / started.elapsed().as_secs_f64();
-    let _ = std::fs::remove_file(&path);
-    ensure!(status.success(), "kcat failed: {status}");
-    Ok(rate)
 }

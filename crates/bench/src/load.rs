@@ -103,3 +103,28 @@ pub async fn send_warmup(producer: &FutureProducer, topic: &str, run: &str) -> R
         .context("producing the warm-up event")?;
     Ok(())
 }
+
+/// `kcat -P` of the events numbered `seqs` (key and value per line, `acks=all`) from a file,
+/// timed exec to exit: the raw tool's floor. The seconds it took.
+pub fn kcat(brokers: &str, topic: &str, run: &str, seqs: std::ops::Range<u64>) -> Result<f64> {
+    use std::io::Write;
+    let path = std::env::temp_dir().join(format!("herald-bench-{run}-{}.txt", seqs.start));
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&path)?);
+    for seq in seqs {
+        let (key, event) = event(run, seq);
+        writeln!(file, "{key}\t{event}")?;
+    }
+    file.flush()?;
+    drop(file);
+    let started = Instant::now();
+    let status = std::process::Command::new("kcat")
+        .args(["-P", "-b", brokers, "-t", topic, "-K", "\t", "-X", "acks=all", "-l"])
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("running kcat (apt-get install kcat)")?;
+    let seconds = started.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(&path);
+    anyhow::ensure!(status.success(), "kcat failed: {status}");
+    Ok(seconds)
+}

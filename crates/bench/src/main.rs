@@ -10,6 +10,7 @@
 //! ```
 
 mod baseline;
+mod burst;
 mod expect;
 mod failover;
 mod ingest;
@@ -220,6 +221,16 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// A burst into a status table under WAL and trigger capture (one `INSERT … SELECT`, and
+    /// single-row transactions), beside pg_recvlogical and kcat, alternating.
+    SourceBurst {
+        /// Rows per burst.
+        #[arg(long, default_value_t = 100_000)]
+        rows: u64,
+        /// Rounds of every shape and mode.
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+    },
     /// The ingest listener: a request's latency and throughput, beside a long-lived Kafka
     /// producer, `herald publish` and `kcat -P`, alternating.
     Ingest {
@@ -311,6 +322,7 @@ async fn main() -> Result<()> {
         Command::Recovery { events, rounds } => recovery::run(&services, events, rounds).await?,
         Command::Tap { events, rounds } => tap::run(&services, events, rounds).await?,
         Command::Ingest { events, rounds } => ingest::run(&services, events, rounds).await?,
+        Command::SourceBurst { rows, rounds } => burst::run(&services, rows, rounds).await?,
         Command::Expect { pairs, rounds } => expect::run(&services, pairs, rounds).await?,
         Command::Publish { rounds } => publish::run(&services, rounds).await?,
         Command::LimitStdout { events, rounds, event_bytes } => {

@@ -42,7 +42,7 @@ impl Capture {
         }
     }
 
-    fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Capture::Off => "no capture",
             Capture::Trigger => "trigger capture",
@@ -53,17 +53,17 @@ impl Capture {
 }
 
 /// A status table and, unless `capture` is off, a herald source watching it.
-struct Watched {
-    pool: PgPool,
-    schema: String,
-    topic: String,
-    slot: String,
-    herald: Option<HeraldProcess>,
+pub(crate) struct Watched {
+    pub(crate) pool: PgPool,
+    pub(crate) schema: String,
+    pub(crate) topic: String,
+    pub(crate) slot: String,
+    pub(crate) herald: Option<HeraldProcess>,
     recvlogical: Option<std::process::Child>,
 }
 
 impl Watched {
-    async fn create(services: &Services, capture: Capture) -> Result<Self> {
+    pub(crate) async fn create(services: &Services, capture: Capture) -> Result<Self> {
         let run = services.run_name(&format!("source-{}", capture.slug()));
         let schema = Services::schema_for(&run);
         let topic = format!("bench.{run}");
@@ -109,7 +109,7 @@ impl Watched {
     }
 
     /// Waits until the slot has confirmed all WAL written so far (pg_recvlogical's progress).
-    async fn wait_slot_caught_up(&self) -> Result<()> {
+    pub(crate) async fn wait_slot_caught_up(&self) -> Result<()> {
         let target: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
             .fetch_one(&self.pool)
             .await
@@ -169,7 +169,7 @@ constants = {{ event = "STAGE_COMPLETE" }}
     }
 
     /// Stops herald, drops the schema, the slot and the publication.
-    async fn drop(mut self) -> Result<()> {
+    pub(crate) async fn drop(mut self) -> Result<()> {
         if let Some(herald) = self.herald.take() {
             herald.stop()?;
         }
@@ -375,7 +375,7 @@ pub async fn writer_overhead(services: &Services, rows: u64, rounds: usize) -> R
 }
 
 /// User + system CPU seconds of every `postgres` process now (backends, WAL sender, writers).
-fn postgres_cpu_seconds() -> f64 {
+pub(crate) fn postgres_cpu_seconds() -> f64 {
     let Ok(entries) = std::fs::read_dir("/proc") else { return 0.0 };
     entries
         .filter_map(Result::ok)
@@ -392,7 +392,7 @@ fn postgres_cpu_seconds() -> f64 {
 }
 
 /// A `read_committed` consumer of partition 0 of `topic`, from the beginning, on its own thread.
-fn read_committed(
+pub(crate) fn read_committed(
     brokers: &str,
     topic: &str,
     visible: Arc<Visible>,

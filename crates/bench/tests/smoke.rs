@@ -99,3 +99,14 @@ fn an_ingest_run_reports_latency_for_each_arm_and_throughput_beside_kcat() {
     assert!(rows[..3].iter().all(|row| row[7] != "–"), "{rows:?}");
     assert!(rows[3..].iter().all(|row| row[3] != "–" && row[11].contains("× kcat")), "{rows:?}");
 }
+
+#[test]
+fn a_source_burst_run_sees_every_row_in_both_modes_beside_both_floors() {
+    let rows = bench(&["source-burst", "--rows", "500", "--rounds", "1"]);
+    assert_eq!(rows.len(), 7, "{rows:?}");
+    for row in &rows {
+        assert_eq!(row[1], "500", "{row:?}");
+        assert_ne!(row[3], "–", "a rate for every run: {row:?}");
+    }
+    assert!(rows[0][11].contains("herald peak RSS") && rows[2][11].contains("× the slower floor"), "{rows:?}");
+}
