@@ -480,7 +480,7 @@ async fn a_trigger_dropped_or_disabled_behind_herald_s_back_stops_the_source_say
     let status = herald.wait_exit();
     let log = herald.log();
     assert!(!status.success(), "{log}");
-    assert!(log.contains("the capture trigger `herald_capture`") && log.contains("is gone"), "{log}");
+    assert!(log.contains("capture trigger (`herald_capture`") && log.contains("is gone"), "{log}");
     assert!(log.contains("herald published every change up to transaction"), "{log}");
     let check = common::herald().args(["check", "--config"]).arg(&config.path).output().unwrap();
     let said = format!("{}{}", String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
@@ -576,4 +576,158 @@ async fn on_capture_lost_resync_publishes_what_the_topic_lacks_once_and_streams_
     assert_eq!(records(&messages).len(), 7, "the trigger is back: F streamed, nothing twice; {}", herald.log());
     herald.signal("TERM");
     assert!(herald.wait_exit().success(), "{}", herald.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_row_of_a_multi_row_statement_is_published_once_in_the_order_it_was_written() {
+    let pool = pool().await;
+    let schema = greenfield(&pool).await;
+    let topic = unique("events");
+    let config = TempConfig::new(&source_config(&unique("src"), &schema, &topic, "batch_size = 70"));
+    let mut herald = Herald::run(&config);
+    herald.wait_for_log("Source active");
+    let table = format!("{schema}.pipeline_status");
+
+    // A bulk writer: 300 rows in one INSERT … SELECT (more than four Kafka transactions' worth).
+    sqlx::query(&format!(
+        "INSERT INTO {table} (event, stage, source, records, status)
+         SELECT 'STAGE_COMPLETE', 's', 'bulk', g, 'SUCCESS' FROM generate_series(1, 300) AS g"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    // Three of them updated by one statement; one UPDATE that matches nothing.
+    sqlx::query(&format!(
+        "UPDATE {table} SET status = 'FAILED', records = records + 1000 WHERE source = 'bulk' AND records <= 3"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(&format!("UPDATE {table} SET status = 'FAILED' WHERE source = 'nobody'")).execute(&pool).await.unwrap();
+    // An upsert that both updates a row and inserts one, and two statements in one transaction.
+    let last: i64 =
+        sqlx::query_scalar(&format!("SELECT id FROM {table} WHERE records = 300")).fetch_one(&pool).await.unwrap();
+    sqlx::query(&format!(
+        "INSERT INTO {table} (id, event, stage, source, records, status) VALUES
+           ($1, 'STAGE_COMPLETE', 's', 'bulk', 2000, 'SUCCESS'),
+           ($1 + 100000, 'STAGE_COMPLETE', 's', 'upsert', 2001, 'SUCCESS')
+         ON CONFLICT (id) DO UPDATE SET records = EXCLUDED.records"
+    ))
+    .bind(last)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mut transaction = pool.begin().await.unwrap();
+    for records in [3000, 3001] {
+        sqlx::query(&format!(
+            "INSERT INTO {table} (event, stage, source, records, status) VALUES ('STAGE_COMPLETE', 's', 'tx', $1, 'SUCCESS')"
+        ))
+        .bind(records)
+        .execute(&mut *transaction)
+        .await
+        .unwrap();
+    }
+    transaction.commit().await.unwrap();
+
+    let messages = read_committed(&topic, 307);
+    let log = herald.log();
+    assert_eq!(messages.len(), 307, "each row once, the UPDATE matching nothing publishes nothing: {log}");
+    let records: Vec<i64> = messages.iter().map(|m| json(m)["records"].as_i64().unwrap()).collect();
+    let operations: Vec<String> =
+        messages.iter().map(|m| header(m, "herald.origin.operation").unwrap_or_default()).collect();
+    assert_eq!(records[..300], (1..=300).collect::<Vec<_>>(), "the bulk insert in the order it wrote: {log}");
+    assert!(operations[..300].iter().all(|op| op == "INSERT"));
+    let mut updated = records[300..303].to_vec();
+    updated.sort_unstable();
+    assert_eq!(updated, [1001, 1002, 1003]);
+    assert!(operations[300..303].iter().all(|op| op == "UPDATE"));
+    // Within the upsert, Postgres runs the INSERT statement trigger before the UPDATE one.
+    let mut upserted: Vec<(i64, &str)> =
+        records[303..305].iter().copied().zip(operations[303..305].iter().map(String::as_str)).collect();
+    upserted.sort_unstable();
+    assert_eq!(upserted, [(2000, "UPDATE"), (2001, "INSERT")]);
+    assert_eq!(records[305..], [3000, 3001], "the transaction's statements in order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_level_capture_of_an_earlier_herald_is_swapped_in_one_transaction_losing_and_doubling_nothing() {
+    let pool = pool().await;
+    let schema = greenfield(&pool).await;
+    let topic = unique("events");
+    let config = TempConfig::new(&source_config(&unique("src"), &schema, &topic, ""));
+    let table = format!("{schema}.pipeline_status");
+    let mut herald = Herald::run(&config);
+    herald.wait_for_log("Source active");
+    insert(&pool, &schema, "A", "s", "SUCCESS", 1).await;
+    read_committed(&topic, 1);
+    herald.signal("TERM");
+    herald.wait_exit();
+    // The capture as an earlier herald installed it: one row-level trigger.
+    sqlx::raw_sql(&format!(
+        "DROP TRIGGER herald_capture ON {table}; DROP TRIGGER herald_capture_update ON {table};
+         CREATE TRIGGER herald_capture AFTER INSERT OR UPDATE ON {table}
+         FOR EACH ROW EXECUTE FUNCTION {schema}.herald_capture()"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    // The row-level trigger is a whole capture: with herald's position in Kafka, nothing is lost.
+    let check = common::herald().args(["check", "--config"]).arg(&config.path).output().unwrap();
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    // A writer's transaction is open as herald starts: the swap waits for it (500 ms at a time,
+    // out of the lock queue), and its rows are captured by the row-level trigger.
+    let mut writer = pool.begin().await.unwrap();
+    sqlx::query(&format!(
+        "INSERT INTO {table} (event, stage, source, records, status) VALUES ('STAGE_COMPLETE', 's', 'W', 2, 'SUCCESS')"
+    ))
+    .execute(&mut *writer)
+    .await
+    .unwrap();
+    let mut herald = Herald::run(&config);
+    herald.wait_for_log("did not get its lock in time");
+    sqlx::query(&format!(
+        "INSERT INTO {table} (event, stage, source, records, status) VALUES ('STAGE_COMPLETE', 's', 'W', 3, 'SUCCESS')"
+    ))
+    .execute(&mut *writer)
+    .await
+    .unwrap();
+    writer.commit().await.unwrap();
+    herald.wait_for_log("Source active");
+    insert(&pool, &schema, "B", "s", "SUCCESS", 4).await;
+    sqlx::query(&format!("UPDATE {table} SET records = 5 WHERE records = 4")).execute(&pool).await.unwrap();
+
+    let messages = read_committed(&topic, 5);
+    let records: Vec<i64> = messages.iter().map(|m| json(m)["records"].as_i64().unwrap()).collect();
+    assert_eq!(records, [1, 2, 3, 4, 5], "each row once, in order, across the swap: {}", herald.log());
+    let kinds: Vec<(String, i16)> = sqlx::query_as(&format!(
+        "SELECT tgname::text, tgtype FROM pg_trigger WHERE tgrelid = '{table}'::regclass AND NOT tgisinternal ORDER BY 1"
+    ))
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        kinds,
+        [("herald_capture".to_owned(), 4), ("herald_capture_update".to_owned(), 16)],
+        "statement-level now"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_update_trigger_dropped_alone_is_a_lost_capture_too() {
+    let pool = pool().await;
+    let schema = greenfield(&pool).await;
+    let topic = unique("events");
+    let config = TempConfig::new(&source_config(&unique("src"), &schema, &topic, ""));
+    let mut herald = Herald::run(&config);
+    herald.wait_for_log("Source active");
+    insert(&pool, &schema, "A", "s", "SUCCESS", 1).await;
+    read_committed(&topic, 1);
+    // Inserts are still captured; updates made now would not be.
+    sqlx::query(&format!("DROP TRIGGER herald_capture_update ON {schema}.pipeline_status"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    let status = herald.wait_exit();
+    let log = herald.log();
+    assert!(!status.success() && log.contains("`herald_capture_update`") && log.contains("is gone"), "{log}");
 }

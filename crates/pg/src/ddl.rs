@@ -36,8 +36,10 @@ impl Default for Ddl {
 }
 
 impl Ddl {
-    /// Runs one DDL statement `sql` (what it does: `what`) under `lock_timeout` until it
-    /// succeeds, fails for another reason, or `give_up_after` has passed. `relations` (e.g.
+    /// Runs the DDL `sql` (what it does: `what`) under `lock_timeout` until it succeeds, fails
+    /// for another reason, or `give_up_after` has passed. `sql` may be several statements
+    /// separated by `;`: they run as one transaction (the simple query protocol's implicit one),
+    /// all or none, so a swap of one object for another is never seen half done. `relations` (e.g.
     /// `"ops"."job_status"`) and `schema` say whose locks to report when a try times out.
     pub async fn execute(
         &self,
@@ -50,7 +52,8 @@ impl Ddl {
         let mut attempts = self.attempts(what, relations, schema);
         loop {
             attempts.arm(conn).await?;
-            let result = sqlx::query(sql).execute(&mut *conn).await.map(drop).map_err(PgError::query(what));
+            // A bare `&str` runs through the simple query protocol: several statements, one transaction.
+            let result = sqlx::Executor::execute(&mut *conn, sql).await.map(drop).map_err(PgError::query(what));
             if let Some(done) = attempts.settle(conn, result).await? {
                 return Ok(done);
             }

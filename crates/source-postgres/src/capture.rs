@@ -28,8 +28,13 @@ pub(crate) struct Change {
     pub(crate) writer: Option<String>,
 }
 
-/// `tgtype` of `AFTER INSERT OR UPDATE … FOR EACH ROW` (ROW 1 | INSERT 4 | UPDATE 16).
-const TRIGGER_TYPE: i16 = 1 | 4 | 16;
+/// herald's triggers on a watched table, each `AFTER <event> REFERENCING NEW TABLE … FOR EACH
+/// STATEMENT` calling `herald_capture_statement()`: its name and `tgtype` (INSERT 4, UPDATE 16;
+/// no ROW bit). A transition table is only allowed on a trigger of one event, hence two.
+const TRIGGERS: [(&str, &str, i16); 2] = [("herald_capture", "INSERT", 4), ("herald_capture_update", "UPDATE", 16)];
+
+/// The capture's trigger function (statement-level, reading the transition table).
+const FUNCTION: &str = "herald_capture_statement()";
 
 /// herald's capture migrations (`herald_changes`, its clean-up ledger, the trigger function),
 /// plus the greenfield tables when the source watches `pipeline_status`.
@@ -55,18 +60,22 @@ pub(crate) async fn installed(
     if herald_pg::pending_migrations(conn, schema, &migrators(greenfield)).await? {
         return Ok(false);
     }
-    let trigger = sqlx::query_scalar::<_, i32>(
-        "SELECT 1 FROM pg_trigger
-         WHERE tgrelid = to_regclass($1) AND tgname = 'herald_capture' AND NOT tgisinternal
-           AND tgenabled <> 'D' AND tgtype = $2 AND tgfoid = to_regprocedure($3)",
+    let names: Vec<String> = TRIGGERS.iter().map(|(name, _, _)| (*name).to_owned()).collect();
+    let types: Vec<i16> = TRIGGERS.iter().map(|(_, _, tgtype)| *tgtype).collect();
+    let current: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_trigger t JOIN unnest($2::text[], $3::int2[]) AS wanted(name, tgtype)
+           ON t.tgname = wanted.name AND t.tgtype = wanted.tgtype
+         WHERE t.tgrelid = to_regclass($1) AND NOT t.tgisinternal AND t.tgenabled <> 'D'
+           AND t.tgnewtable IS NOT NULL AND t.tgfoid = to_regprocedure($4)",
     )
     .bind(quoted(table)?)
-    .bind(TRIGGER_TYPE)
-    .bind(format!("{schema}.herald_capture()"))
-    .fetch_optional(&mut *conn)
+    .bind(names)
+    .bind(types)
+    .bind(format!("{schema}.{FUNCTION}"))
+    .fetch_one(&mut *conn)
     .await
-    .map_err(SourceError::postgres("looking for the capture trigger"))?;
-    Ok(trigger.is_some())
+    .map_err(SourceError::postgres("looking for the capture triggers"))?;
+    Ok(current == TRIGGERS.len() as i64)
 }
 
 /// The trigger capture of `table` as it stands: the trigger, the change ids used so far, the
@@ -77,20 +86,19 @@ pub(crate) async fn observe(
     table: &str,
     server: crate::continuity::ServerIdentity,
 ) -> Result<crate::continuity::TriggerCapture, SourceError> {
-    use crate::continuity::{TriggerCapture, TriggerState};
-    let enabled: Option<String> = sqlx::query_scalar(
-        "SELECT tgenabled::text FROM pg_trigger
-         WHERE tgrelid = to_regclass($1) AND tgname = 'herald_capture' AND NOT tgisinternal",
+    use crate::continuity::TriggerCapture;
+    // Each of herald's triggers, enabled or not. A row-level `herald_capture` (an install that
+    // has not been swapped to statement-level capture yet) captures both events alone.
+    let found: Vec<(String, String, i16)> = sqlx::query_as(
+        "SELECT tgname::text, tgenabled::text, tgtype FROM pg_trigger
+         WHERE tgrelid = to_regclass($1) AND tgname = ANY($2) AND NOT tgisinternal",
     )
     .bind(quoted(table)?)
-    .fetch_optional(&mut *conn)
+    .bind(TRIGGERS.iter().map(|(name, _, _)| (*name).to_owned()).collect::<Vec<String>>())
+    .fetch_all(&mut *conn)
     .await
-    .map_err(SourceError::postgres("looking for the capture trigger"))?;
-    let trigger = match enabled.as_deref() {
-        None => TriggerState::Missing,
-        Some("D") => TriggerState::Disabled,
-        Some(_) => TriggerState::Enabled,
-    };
+    .map_err(SourceError::postgres("looking for the capture triggers"))?;
+    let trigger = trigger_state(&found);
     let last_change_id = match sqlx::query_scalar::<_, Option<String>>("SELECT pg_get_serial_sequence($1, 'id')")
         .bind(format!("{schema}.herald_changes"))
         .fetch_one(&mut *conn)
@@ -130,13 +138,52 @@ pub(crate) async fn install(
     herald_pg::migrate_in_schema(conn, schema, migrators(greenfield), ddl).await?;
     let resolved = resolve(conn, table).await?;
     let watched = quoted(&resolved)?;
-    let statement = format!(
-        "CREATE OR REPLACE TRIGGER herald_capture AFTER INSERT OR UPDATE ON {watched}
-         FOR EACH ROW EXECUTE FUNCTION {schema}.herald_capture()"
-    );
-    ddl.execute(conn, "creating the capture trigger", std::slice::from_ref(&watched), None, &statement).await?;
+    ddl.execute(
+        conn,
+        "creating the capture triggers",
+        std::slice::from_ref(&watched),
+        None,
+        &install_triggers(schema, &watched),
+    )
+    .await?;
     info!(table = %resolved, "Change capture installed.");
     Ok(resolved)
+}
+
+/// The DDL installing herald's statement-level triggers on `watched`, as one transaction: an
+/// earlier row-level `herald_capture` is dropped in the same transaction its replacements are
+/// created in, so no statement of a writer is captured twice or not at all across the swap.
+fn install_triggers(schema: &Ident, watched: &str) -> String {
+    let mut ddl = String::new();
+    for (name, event, _) in TRIGGERS {
+        // Dropped and created rather than replaced: CREATE OR REPLACE cannot turn a row-level
+        // trigger into a statement-level one with a transition table.
+        ddl.push_str(&format!(
+            "DROP TRIGGER IF EXISTS {name} ON {watched};
+             CREATE TRIGGER {name} AFTER {event} ON {watched}
+             REFERENCING NEW TABLE AS herald_new_rows
+             FOR EACH STATEMENT EXECUTE FUNCTION {schema}.{FUNCTION};"
+        ));
+    }
+    ddl
+}
+
+/// The capture's state from herald's triggers found on the table (name, `tgenabled`, `tgtype`):
+/// missing when one is, disabled when one is. A row-level `herald_capture` alone (installed by
+/// an earlier herald, capturing inserts and updates) is a whole capture.
+fn trigger_state(found: &[(String, String, i16)]) -> crate::continuity::TriggerState {
+    use crate::continuity::TriggerState;
+    /// `tgtype` bit of a row-level trigger.
+    const ROW: i16 = 1;
+    let row_level = found.iter().any(|(name, _, tgtype)| name == TRIGGERS[0].0 && tgtype & ROW != 0);
+    let complete = row_level || TRIGGERS.iter().all(|(name, _, _)| found.iter().any(|(found, _, _)| found == name));
+    if !complete {
+        TriggerState::Missing
+    } else if found.iter().any(|(_, enabled, _)| enabled == "D") {
+        TriggerState::Disabled
+    } else {
+        TriggerState::Enabled
+    }
 }
 
 /// Whether herald's table `name` exists in `schema`.
@@ -190,8 +237,9 @@ pub(crate) async fn uninstall(
     ddl: &Ddl,
 ) -> Result<(), SourceError> {
     let watched = quoted(table)?;
-    let statement = format!("DROP TRIGGER IF EXISTS herald_capture ON {watched}");
-    ddl.execute(conn, "dropping the capture trigger", std::slice::from_ref(&watched), None, &statement).await?;
+    let statement: String =
+        TRIGGERS.iter().map(|(name, _, _)| format!("DROP TRIGGER IF EXISTS {name} ON {watched};")).collect();
+    ddl.execute(conn, "dropping the capture triggers", std::slice::from_ref(&watched), None, &statement).await?;
     if exists(conn, schema, "herald_changes").await? {
         loop {
             let deleted = sqlx::query(&format!(
@@ -409,4 +457,42 @@ pub(crate) async fn backlog(
     .fetch_one(&mut *conn)
     .await
     .map_err(SourceError::postgres("counting unpublished changes"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::continuity::TriggerState;
+
+    fn found(triggers: &[(&str, &str, i16)]) -> Vec<(String, String, i16)> {
+        triggers.iter().map(|(name, enabled, tgtype)| ((*name).into(), (*enabled).into(), *tgtype)).collect()
+    }
+
+    #[test]
+    fn both_statement_triggers_or_the_earlier_row_trigger_make_a_whole_capture() {
+        assert_eq!(
+            trigger_state(&found(&[("herald_capture", "O", 4), ("herald_capture_update", "O", 16)])),
+            TriggerState::Enabled
+        );
+        assert_eq!(trigger_state(&found(&[("herald_capture", "O", 1 | 4 | 16)])), TriggerState::Enabled);
+        assert_eq!(trigger_state(&found(&[("herald_capture", "O", 4)])), TriggerState::Missing, "updates not captured");
+        assert_eq!(trigger_state(&found(&[("herald_capture_update", "O", 16)])), TriggerState::Missing);
+        assert_eq!(trigger_state(&found(&[])), TriggerState::Missing);
+        assert_eq!(
+            trigger_state(&found(&[("herald_capture", "O", 4), ("herald_capture_update", "D", 16)])),
+            TriggerState::Disabled
+        );
+        assert_eq!(trigger_state(&found(&[("herald_capture", "D", 1 | 4 | 16)])), TriggerState::Disabled);
+    }
+
+    #[test]
+    fn the_swap_drops_and_creates_both_triggers_in_one_script() {
+        let schema = Ident::trusted("herald");
+        let ddl = install_triggers(&schema, "\"ops\".\"jobs\"");
+        assert_eq!(ddl.matches("DROP TRIGGER IF EXISTS").count(), 2);
+        assert!(ddl.contains("AFTER INSERT ON \"ops\".\"jobs\""));
+        assert!(ddl.contains("AFTER UPDATE ON \"ops\".\"jobs\""));
+        assert_eq!(ddl.matches("FOR EACH STATEMENT").count(), 2);
+        assert!(!ddl.contains("FOR EACH ROW"));
+    }
 }

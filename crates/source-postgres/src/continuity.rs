@@ -66,11 +66,11 @@ impl<C> Committed<C> {
 /// The trigger capture as the catalog shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum TriggerState {
-    /// On the table and enabled.
+    /// Every trigger of the capture on the table and enabled.
     Enabled,
-    /// On the table, disabled (`ALTER TABLE … DISABLE TRIGGER`).
+    /// On the table, one at least disabled (`ALTER TABLE … DISABLE TRIGGER`).
     Disabled,
-    /// Not on the table.
+    /// One at least not on the table.
     Missing,
 }
 
@@ -130,9 +130,9 @@ impl std::fmt::Display for Lost {
                 lsn(*position)
             ),
             Lost::Trigger { table, state: TriggerState::Disabled } => {
-                write!(f, "the capture trigger `herald_capture` on {table} is disabled")
+                write!(f, "a capture trigger (`herald_capture` or `herald_capture_update`) on {table} is disabled")
             }
-            Lost::Trigger { table, .. } => write!(f, "the capture trigger `herald_capture` on {table} is gone"),
+            Lost::Trigger { table, .. } => write!(f, "a capture trigger (`herald_capture` or `herald_capture_update`) on {table} is gone"),
             Lost::ChangesRestarted { last_change_id, position } => write!(
                 f,
                 "herald_changes started over (its last change id is {}, herald's position is {position})",
