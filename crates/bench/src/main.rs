@@ -102,13 +102,17 @@ enum Command {
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         duration: Duration,
     },
-    /// What capture costs the watched table's writers: insert rate and Postgres CPU with no
-    /// capture, trigger capture, WAL capture and pg_recvlogical, alternating.
+    /// What capture costs the watched table's writers, single-row and one bulk `INSERT …
+    /// SELECT`: insert rate and Postgres CPU with no capture, trigger capture, the row-level
+    /// trigger of earlier versions, WAL capture and pg_recvlogical, alternating.
     SourceOverhead {
         /// Single-row transactions per run.
         #[arg(long, default_value_t = 5_000)]
         rows: u64,
-        /// Rounds of the three modes.
+        /// Rows of the one `INSERT … SELECT` per run, after the single rows.
+        #[arg(long, default_value_t = 100_000)]
+        bulk_rows: u64,
+        /// Rounds of the arms.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
@@ -314,7 +318,7 @@ async fn main() -> Result<()> {
         Command::Source { capture, rate, duration } => {
             vec![source::run(&services, capture, rate, events_in(rate, duration)).await?]
         }
-        Command::SourceOverhead { rows, rounds } => source::writer_overhead(&services, rows, rounds).await?,
+        Command::SourceOverhead { rows, bulk_rows, rounds } => source::writer_overhead(&services, rows, bulk_rows, rounds).await?,
         Command::Baseline { rate, duration } => baseline::run(&services, rate, events_in(rate, duration)).await?,
         Command::Startup => vec![startup::run(&services).await?],
         Command::Restart { rounds } => restart::run(&services, rounds).await?,
@@ -402,7 +406,7 @@ async fn all(services: &Services, out: &std::path::Path) -> Result<()> {
         record("source", source::run(services, capture, 100.0, 1000).await.map(|row| vec![row]));
         record("source", source::run(services, capture, 1000.0, 10_000).await.map(|row| vec![row]));
     }
-    record("source overhead", source::writer_overhead(services, 5_000, 3).await);
+    record("source overhead", source::writer_overhead(services, 5_000, 100_000, 3).await);
     let baseline = baseline::run(services, 10.0, 300).await;
     if let Ok(baseline_rows) = &baseline {
         plot::latency_bars(baseline_rows, BASELINE_TITLE, &out.join("baseline.svg"))?;

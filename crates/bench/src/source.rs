@@ -169,6 +169,24 @@ constants = {{ event = "STAGE_COMPLETE" }}
     }
 
     /// Stops herald, drops the schema, the slot and the publication.
+    /// Stops herald and puts the row-level trigger of earlier versions in place of herald's
+    /// statement-level ones (the function it calls is still in herald's schema).
+    async fn swap_to_row_trigger(&mut self) -> Result<()> {
+        if let Some(herald) = self.herald.take() {
+            herald.stop()?;
+        }
+        let schema = &self.schema;
+        sqlx::raw_sql(&format!(
+            "DROP TRIGGER herald_capture ON {schema}.status; DROP TRIGGER herald_capture_update ON {schema}.status;
+             CREATE TRIGGER herald_capture AFTER INSERT OR UPDATE ON {schema}.status
+             FOR EACH ROW EXECUTE FUNCTION {schema}.herald_capture()"
+        ))
+        .execute(&self.pool)
+        .await
+        .context("swapping in the row-level trigger")?;
+        Ok(())
+    }
+
     pub(crate) async fn drop(mut self) -> Result<()> {
         if let Some(herald) = self.herald.take() {
             herald.stop()?;
@@ -270,27 +288,64 @@ pub async fn run(services: &Services, capture: Capture, rate: f64, rows: u64) ->
     })
 }
 
+/// One arm of the writer-overhead measure: a capture mode, or the row-level trigger an earlier
+/// herald installed (its `herald_capture()` function, one call per row), kept as the "before"
+/// of the statement-level capture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Arm {
+    Capture(Capture),
+    /// herald installs its capture, stops, and the statement-level triggers are swapped for the
+    /// earlier row-level one. No herald reads meanwhile (the writer's cost does not depend on
+    /// it: the trigger runs in the writer's transaction).
+    RowTrigger,
+}
+
+impl Arm {
+    fn label(self) -> &'static str {
+        match self {
+            Arm::Capture(capture) => capture.label(),
+            Arm::RowTrigger => "row-level trigger (before issue 38), no herald",
+        }
+    }
+}
+
 /// What capture costs the table's writers: one writer inserts `rows` single-row transactions as
-/// fast as it can, into a table with no capture, trigger capture, WAL capture and
-/// `pg_recvlogical` (the floor of any WAL reader) in turn
-/// (`rounds` times, alternating, each round starting with the next mode, each run with only its
-/// own reader running), and waits until
-/// herald has published them all. Reports per mode the median insert rate (and its range), the
-/// ratio to no capture, and Postgres's CPU time (every `postgres` process) per 1,000 rows.
-pub async fn writer_overhead(services: &Services, rows: u64, rounds: usize) -> Result<Vec<Row>> {
-    let modes = [Capture::Off, Capture::Trigger, Capture::Wal, Capture::PgRecvlogical];
-    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
-    let mut cpu_per_k: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
+/// fast as it can, then one `INSERT … SELECT` of `bulk_rows` rows, into a table with no capture,
+/// trigger capture, WAL capture, `pg_recvlogical` (the floor of any WAL reader) and the
+/// row-level trigger of earlier versions in turn (`rounds` times, alternating, each round
+/// starting with the next arm, each run with only its own reader running), and waits until
+/// herald has published them all. Reports per arm and writer the median insert rate (and its
+/// range), the ratio to no capture in the same round, and Postgres's CPU time (every `postgres`
+/// process) per 1,000 rows.
+pub async fn writer_overhead(services: &Services, rows: u64, bulk_rows: u64, rounds: usize) -> Result<Vec<Row>> {
+    let arms = [
+        Arm::Capture(Capture::Off),
+        Arm::Capture(Capture::Trigger),
+        Arm::RowTrigger,
+        Arm::Capture(Capture::Wal),
+        Arm::Capture(Capture::PgRecvlogical),
+    ];
+    let mut single = Samples::new(arms.len());
+    let mut bulk = Samples::new(arms.len());
     for round in 0..rounds {
-        // Each round starts with another mode, so no mode always runs first (or after the same
+        // Each round starts with another arm, so no arm always runs first (or after the same
         // neighbour).
-        for step in 0..modes.len() {
-            let index = (round + step) % modes.len();
-            let capture = &modes[index];
-            let watched = Watched::create(services, *capture).await?;
+        for step in 0..arms.len() {
+            let index = (round + step) % arms.len();
+            let arm = arms[index];
+            let capture = match arm {
+                Arm::Capture(capture) => capture,
+                Arm::RowTrigger => Capture::Trigger,
+            };
+            let mut watched = Watched::create(services, capture).await?;
+            if arm == Arm::RowTrigger {
+                watched.swap_to_row_trigger().await?;
+            }
             let visible = Arc::new(Visible::default());
             let stop = Arc::new(AtomicBool::new(false));
-            let reader = matches!(capture, Capture::Trigger | Capture::Wal)
+            let reader = watched
+                .herald
+                .is_some()
                 .then(|| read_committed(&services.brokers, &watched.topic, Arc::clone(&visible), Arc::clone(&stop)))
                 .transpose()?;
             let mut writer = watched.pool.acquire().await.context("connecting the writer")?;
@@ -319,14 +374,37 @@ pub async fn writer_overhead(services: &Services, rows: u64, rounds: usize) -> R
                     .await
                     .context("inserting a row")?;
             }
-            rates[index].push(rows as f64 / started.elapsed().as_secs_f64());
+            let elapsed = started.elapsed().as_secs_f64();
             if reader.is_some() {
                 visible.wait_for(rows as usize, Duration::from_secs(120)).await?;
             }
-            if *capture == Capture::PgRecvlogical {
+            if capture == Capture::PgRecvlogical {
                 watched.wait_slot_caught_up().await?;
             }
-            cpu_per_k[index].push((postgres_cpu_seconds() - cpu_before) / rows as f64 * 1000.0);
+            single.push(index, rows as f64 / elapsed, postgres_cpu_seconds() - cpu_before, rows);
+
+            // The bulk writer: one statement, sequence numbers after the single rows'.
+            let cpu_before = postgres_cpu_seconds();
+            let started = Instant::now();
+            sqlx::query(&format!(
+                "INSERT INTO {}.status (source, stage, status, seq)
+                 SELECT 'source-' || (g % {sources}), 'bench', 'SUCCESS', g FROM generate_series($1::bigint, $2::bigint) AS g",
+                watched.schema,
+                sources = crate::load::SOURCES
+            ))
+            .bind(i64::try_from(rows).unwrap_or(i64::MAX))
+            .bind(i64::try_from(rows + bulk_rows).unwrap_or(i64::MAX) - 1)
+            .execute(&mut *writer)
+            .await
+            .context("inserting the bulk rows")?;
+            let elapsed = started.elapsed().as_secs_f64();
+            if reader.is_some() {
+                visible.wait_for((rows + bulk_rows) as usize, Duration::from_secs(300)).await?;
+            }
+            if capture == Capture::PgRecvlogical {
+                watched.wait_slot_caught_up().await?;
+            }
+            bulk.push(index, bulk_rows as f64 / elapsed, postgres_cpu_seconds() - cpu_before, bulk_rows);
             stop.store(true, Ordering::Relaxed);
             if let Some(reader) = reader {
                 let _ = reader.join();
@@ -335,43 +413,79 @@ pub async fn writer_overhead(services: &Services, rows: u64, rounds: usize) -> R
             watched.drop().await?;
         }
     }
-    let median = |values: &[f64]| {
-        let mut sorted = values.to_vec();
-        sorted.sort_by(f64::total_cmp);
-        sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
-    };
-    Ok(modes
-        .iter()
-        .enumerate()
-        .map(|(index, capture)| {
-            let runs: Vec<String> = rates[index].iter().map(|rate| format!("{rate:.0}")).collect();
-            // Each round's rate against the same round's no-capture rate: the machine's drift
-            // through the day cancels out of a ratio taken minutes apart, not of one taken hours
-            // apart.
-            let ratios: Vec<f64> =
-                rates[index].iter().zip(&rates[0]).map(|(rate, off)| rate / off.max(f64::EPSILON)).collect();
-            let mut sorted_ratios = ratios.clone();
-            sorted_ratios.sort_by(f64::total_cmp);
-            Row {
-                name: format!("writer inserts, {} (single-row transactions)", capture.label()),
-                events: rows as usize,
-                offered_rate: None,
-                throughput: median(&rates[index]),
-                drain_rate: None,
-                latency: None,
-                usage: None,
-                cpu_percent: None,
-                note: format!(
-                    "runs {}; vs off in the same round: median {:.0}% (range {:.0}–{:.0}%); Postgres CPU {:.2} s per 1,000 rows (median), all published",
-                    runs.join(", "),
-                    median(&ratios) * 100.0,
-                    sorted_ratios.first().copied().unwrap_or(0.0) * 100.0,
-                    sorted_ratios.last().copied().unwrap_or(0.0) * 100.0,
-                    median(&cpu_per_k[index])
-                ),
-            }
-        })
-        .collect())
+    let mut table = single.rows(&arms, rows, "single-row transactions");
+    table.extend(bulk.rows(&arms, bulk_rows, "one INSERT … SELECT"));
+    Ok(table)
+}
+
+/// Insert rates and Postgres CPU per arm, one sample per round.
+struct Samples {
+    rates: Vec<Vec<f64>>,
+    cpu_per_k: Vec<Vec<f64>>,
+}
+
+impl Samples {
+    fn new(arms: usize) -> Self {
+        Self { rates: vec![Vec::new(); arms], cpu_per_k: vec![Vec::new(); arms] }
+    }
+
+    fn push(&mut self, arm: usize, rate: f64, cpu_seconds: f64, rows: u64) {
+        self.rates[arm].push(rate);
+        self.cpu_per_k[arm].push(cpu_seconds / rows.max(1) as f64 * 1000.0);
+    }
+
+    /// A row per arm: its median rate, and each round's rate against the same round's
+    /// no-capture rate (arm 0): the machine's drift through the day cancels out of a ratio
+    /// taken minutes apart, not of one taken hours apart.
+    fn rows(&self, arms: &[Arm], rows: u64, writer: &str) -> Vec<Row> {
+        arms.iter()
+            .enumerate()
+            .map(|(index, arm)| {
+                let runs: Vec<String> = self.rates[index].iter().map(|rate| format!("{rate:.0}")).collect();
+                let ratios: Vec<f64> = self.rates[index]
+                    .iter()
+                    .zip(&self.rates[0])
+                    .map(|(rate, off)| rate / off.max(f64::EPSILON))
+                    .collect();
+                let (low, high) = range(&ratios);
+                Row {
+                    name: format!("writer inserts, {} ({writer})", arm.label()),
+                    events: rows as usize,
+                    offered_rate: None,
+                    throughput: median(&self.rates[index]),
+                    drain_rate: None,
+                    latency: None,
+                    usage: None,
+                    cpu_percent: None,
+                    note: format!(
+                        "runs {}; vs off in the same round: median {:.0}% (range {:.0}–{:.0}%), i.e. {:.2}× the time; Postgres CPU {:.2} s per 1,000 rows (median), all published",
+                        runs.join(", "),
+                        median(&ratios) * 100.0,
+                        low * 100.0,
+                        high * 100.0,
+                        1.0 / median(&ratios).max(f64::EPSILON),
+                        median(&self.cpu_per_k[index])
+                    ),
+                }
+            })
+            .collect()
+    }
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn range(values: &[f64]) -> (f64, f64) {
+    let low = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let high = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if values.is_empty() {
+        (0.0, 0.0)
+    } else {
+        (low, high)
+    }
 }
 
 /// User + system CPU seconds of every `postgres` process now (backends, WAL sender, writers).

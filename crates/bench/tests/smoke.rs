@@ -110,3 +110,15 @@ fn a_source_burst_run_sees_every_row_in_both_modes_beside_both_floors() {
     }
     assert!(rows[0][11].contains("herald peak RSS") && rows[2][11].contains("× the slower floor"), "{rows:?}");
 }
+
+#[test]
+fn a_source_overhead_run_times_single_row_and_bulk_writers_under_every_arm() {
+    let rows = bench(&["source-overhead", "--rows", "30", "--bulk-rows", "400", "--rounds", "1"]);
+    assert_eq!(rows.len(), 10, "five arms, two writers: {rows:?}");
+    assert_eq!(rows.iter().filter(|row| row[0].contains("one INSERT … SELECT")).count(), 5, "{rows:?}");
+    assert!(rows.iter().any(|row| row[0].contains("row-level trigger")), "{rows:?}");
+    for row in &rows {
+        assert_ne!(row[3], "–", "a rate for every run: {row:?}");
+        assert!(row[11].contains("all published"), "{row:?}");
+    }
+}
