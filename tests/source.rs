@@ -239,10 +239,13 @@ async fn published_changes_are_deleted_and_a_sigkill_mid_stream_duplicates_nothi
         .unwrap();
     }
     let held = |pool: PgPool, schema: String| async move {
-        sqlx::query_scalar::<_, i64>(&format!("SELECT count(*) FROM {schema}.herald_changes"))
-            .fetch_one(&pool)
-            .await
-            .unwrap()
+        // Changes, not recorded rows: a statement's rows are recorded in chunks of 100.
+        sqlx::query_scalar::<_, i64>(&format!(
+            "SELECT coalesce(sum(coalesce(json_array_length(changed_rows), 1)), 0)::int8 FROM {schema}.herald_changes"
+        ))
+        .fetch_one(&pool)
+        .await
+        .unwrap()
     };
     assert_eq!(held(pool.clone(), schema.clone()).await, total);
 
@@ -637,6 +640,13 @@ async fn every_row_of_a_multi_row_statement_is_published_once_in_the_order_it_wa
         messages.iter().map(|m| header(m, "herald.origin.operation").unwrap_or_default()).collect();
     assert_eq!(records[..300], (1..=300).collect::<Vec<_>>(), "the bulk insert in the order it wrote: {log}");
     assert!(operations[..300].iter().all(|op| op == "INSERT"));
+    // Recorded in chunks of 100 rows, each row named by its chunk's change id and its place.
+    let change = |index: usize| header(&messages[index], "herald.origin.change").unwrap_or_default();
+    let (first, place) = change(0).split_once('.').map(|(id, n)| (id.to_owned(), n.to_owned())).unwrap();
+    assert_eq!(place, "1");
+    assert_eq!(change(99), format!("{first}.100"));
+    assert!(change(100).ends_with(".1") && !change(100).starts_with(&format!("{first}.")), "{}", change(100));
+    assert!(!change(305).contains('.'), "a one-row statement keeps a plain change id: {}", change(305));
     let mut updated = records[300..303].to_vec();
     updated.sort_unstable();
     assert_eq!(updated, [1001, 1002, 1003]);

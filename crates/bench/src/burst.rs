@@ -199,6 +199,11 @@ async fn burst(services: &Services, capture: Capture, shape: Shape, rows: u64) -
         Instant::now()
     };
     let after = watched.herald.as_ref().map(|h| h.usage()).transpose()?;
+    if std::env::var_os("HERALD_BENCH_SHOW_LOG").is_some() {
+        if let Some(herald) = &watched.herald {
+            eprintln!("{}", herald.log_text());
+        }
+    }
     stop.store(true, Ordering::Relaxed);
     let _ = watcher.await;
     if let Some(reader) = reader {

@@ -318,7 +318,9 @@ async fn main() -> Result<()> {
         Command::Source { capture, rate, duration } => {
             vec![source::run(&services, capture, rate, events_in(rate, duration)).await?]
         }
-        Command::SourceOverhead { rows, bulk_rows, rounds } => source::writer_overhead(&services, rows, bulk_rows, rounds).await?,
+        Command::SourceOverhead { rows, bulk_rows, rounds } => {
+            source::writer_overhead(&services, rows, bulk_rows, rounds).await?
+        }
         Command::Baseline { rate, duration } => baseline::run(&services, rate, events_in(rate, duration)).await?,
         Command::Startup => vec![startup::run(&services).await?],
         Command::Restart { rounds } => restart::run(&services, rounds).await?,

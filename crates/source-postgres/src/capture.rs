@@ -21,7 +21,11 @@ pub struct Cursor {
 /// One captured row change.
 #[derive(Debug, Clone)]
 pub(crate) struct Change {
+    /// The recorded row it came from; every row of a statement's chunk shares it.
     pub(crate) cursor: Cursor,
+    /// What `herald.origin.change` says: the change id, and for a chunk of several rows the
+    /// row's place in it (`1234.7`).
+    pub(crate) position: String,
     pub(crate) operation: String,
     pub(crate) row: serde_json::Map<String, serde_json::Value>,
     /// Who wrote it: `<application_name> (<role>)`, when the capture recorded it.
@@ -324,7 +328,8 @@ pub(crate) async fn forget(conn: &mut PgConnection, schema: &Ident, source: &str
     Ok(done.rows_affected() > 0)
 }
 
-/// How many changes of `table` `herald_changes` holds, counted up to `limit`.
+/// How many changes of `table` `herald_changes` holds (a statement's chunk counts its rows),
+/// counted over up to `limit` recorded rows.
 pub(crate) async fn held_rows(
     conn: &mut PgConnection,
     schema: &Ident,
@@ -332,7 +337,8 @@ pub(crate) async fn held_rows(
     limit: i64,
 ) -> Result<i64, SourceError> {
     sqlx::query_scalar(&format!(
-        "SELECT count(*) FROM (SELECT 1 FROM {schema}.herald_changes WHERE source_table = $1 LIMIT $2) AS held"
+        "SELECT coalesce(sum(coalesce(json_array_length(changed_rows), 1)), 0)::int8 FROM (
+             SELECT changed_rows FROM {schema}.herald_changes WHERE source_table = $1 LIMIT $2) AS held"
     ))
     .bind(table)
     .bind(limit)
@@ -381,10 +387,6 @@ pub(crate) async fn missing_columns(
     Ok(wanted.filter(|column| !present.contains(column)).cloned().collect())
 }
 
-/// Up to `limit` changes after `cursor`, from transactions older than every transaction still
-/// running, in (txid, id) order. A transaction still open may have taken a lower change id than
-/// one already committed; it is read once it ends, and it sorts after everything read so far
-/// because its txid is at least the xmin this read was bounded by.
 /// `<application_name> (<role>)` of a change's writer; an empty application name is said so.
 fn writer(application: Option<String>, role: Option<String>) -> Option<String> {
     let role = role?;
@@ -392,6 +394,10 @@ fn writer(application: Option<String>, role: Option<String>) -> Option<String> {
     Some(format!("{application} ({role})"))
 }
 
+/// Up to `limit` changes (more when a statement's chunk straddles it) after `cursor`, from transactions older than every transaction still
+/// running, in (txid, id) order. A transaction still open may have taken a lower change id than
+/// one already committed; it is read once it ends, and it sorts after everything read so far
+/// because its txid is at least the xmin this read was bounded by.
 pub(crate) async fn read_changes(
     conn: &mut PgConnection,
     schema: &Ident,
@@ -399,13 +405,24 @@ pub(crate) async fn read_changes(
     cursor: Cursor,
     limit: usize,
 ) -> Result<Vec<Change>, SourceError> {
+    // The first `limit` recorded rows, then as many of them as hold fewer than `limit` changes
+    // before them: a statement's chunk (up to 100 rows) is never split, so a batch may hold up
+    // to 99 changes more than `limit`, and always at least one recorded row.
     let rows = sqlx::query(&format!(
-        "SELECT id, txid::text, operation, row_data, writer_application, writer_role FROM {schema}.herald_changes
-         WHERE source_table = $1
-           AND txid < pg_snapshot_xmin(pg_current_snapshot())
-           AND (txid, id) > ($2::text::xid8, $3)
-         ORDER BY txid, id
-         LIMIT $4"
+        "SELECT id, txid::text, operation, row_data, changed_rows, writer_application, writer_role FROM (
+             SELECT *, sum(changes) OVER (ORDER BY txid, id) AS through FROM (
+                 SELECT id, txid, operation, row_data, changed_rows, writer_application, writer_role,
+                        coalesce(json_array_length(changed_rows), 1) AS changes
+                 FROM {schema}.herald_changes
+                 WHERE source_table = $1
+                   AND txid < pg_snapshot_xmin(pg_current_snapshot())
+                   AND (txid, id) > ($2::text::xid8, $3)
+                 ORDER BY txid, id
+                 LIMIT $4
+             ) AS first
+         ) AS counted
+         WHERE through - changes < $4
+         ORDER BY txid, id"
     ))
     .bind(table)
     .bind(cursor.txid.to_string())
@@ -416,31 +433,46 @@ pub(crate) async fn read_changes(
     .map_err(SourceError::postgres("reading changes"))?;
     let mut changes = Vec::with_capacity(rows.len());
     for row in rows {
+        let id: i64 = row.try_get(0).map_err(SourceError::postgres("decoding a change"))?;
         let txid: String = row.try_get(1).map_err(SourceError::postgres("decoding a change"))?;
-        let data: serde_json::Value = row.try_get(3).map_err(SourceError::postgres("decoding a change"))?;
         let txid = txid.parse().map_err(|_| SourceError::Config {
             key: "(herald_changes.txid)".into(),
             reason: format!("`{txid}` is not an xid8"),
         })?;
-        changes.push(Change {
-            cursor: Cursor { txid, id: row.try_get(0).map_err(SourceError::postgres("decoding a change"))? },
-            operation: row.try_get(2).map_err(SourceError::postgres("decoding a change"))?,
-            row: match data {
-                serde_json::Value::Object(map) => map,
-                _ => BTreeMap::<String, serde_json::Value>::new().into_iter().collect(),
-            },
-            writer: writer(
-                row.try_get(4).map_err(SourceError::postgres("decoding a change"))?,
-                row.try_get(5).map_err(SourceError::postgres("decoding a change"))?,
-            ),
-        });
+        let operation: String = row.try_get(2).map_err(SourceError::postgres("decoding a change"))?;
+        let single: Option<serde_json::Value> = row.try_get(3).map_err(SourceError::postgres("decoding a change"))?;
+        let chunk: Option<serde_json::Value> = row.try_get(4).map_err(SourceError::postgres("decoding a change"))?;
+        let writer = writer(
+            row.try_get(5).map_err(SourceError::postgres("decoding a change"))?,
+            row.try_get(6).map_err(SourceError::postgres("decoding a change"))?,
+        );
+        let cursor = Cursor { txid, id };
+        let recorded = match chunk {
+            Some(serde_json::Value::Array(rows)) => rows,
+            Some(other) => vec![other],
+            None => single.into_iter().collect(),
+        };
+        let many = recorded.len() > 1;
+        for (index, data) in recorded.into_iter().enumerate() {
+            changes.push(Change {
+                cursor,
+                // A row of a chunk: the change id and its place in the statement's chunk.
+                position: if many { format!("{id}.{}", index + 1) } else { id.to_string() },
+                operation: operation.clone(),
+                row: match data {
+                    serde_json::Value::Object(map) => map,
+                    _ => BTreeMap::<String, serde_json::Value>::new().into_iter().collect(),
+                },
+                writer: writer.clone(),
+            });
+        }
     }
     Ok(changes)
 }
 
 /// How many captured changes after `cursor` are not published yet — after a full catch-up,
 /// those the xmin bound still holds back (a transaction older than them is open), worth looking
-/// at again soon rather than at the next poll. Counted up to 10,000.
+/// at again soon rather than at the next poll. Counted over up to 10,000 recorded rows.
 pub(crate) async fn backlog(
     conn: &mut PgConnection,
     schema: &Ident,
@@ -448,8 +480,9 @@ pub(crate) async fn backlog(
     cursor: Cursor,
 ) -> Result<i64, SourceError> {
     sqlx::query_scalar(&format!(
-        "SELECT count(*) FROM (SELECT 1 FROM {schema}.herald_changes
-         WHERE source_table = $1 AND (txid, id) > ($2::text::xid8, $3) LIMIT 10000) AS pending"
+        "SELECT coalesce(sum(changes), 0)::int8 FROM (
+             SELECT coalesce(json_array_length(changed_rows), 1) AS changes FROM {schema}.herald_changes
+             WHERE source_table = $1 AND (txid, id) > ($2::text::xid8, $3) LIMIT 10000) AS pending"
     ))
     .bind(table)
     .bind(cursor.txid.to_string())

@@ -541,8 +541,7 @@ impl Worker<'_> {
                 .iter()
                 .filter(|change| !self.skip.as_ref().is_some_and(|snapshot| snapshot.sees(change.cursor.txid)))
                 .filter_map(|change| {
-                    let position = change.cursor.id.to_string();
-                    self.rows.message(&change.row, &position, &change.operation, change.writer.as_deref())
+                    self.rows.message(&change.row, &change.position, &change.operation, change.writer.as_deref())
                 })
                 .collect();
             let count = messages.len();
