@@ -169,12 +169,18 @@ constants = {{ event = "STAGE_COMPLETE" }}
     }
 
     /// Stops herald, drops the schema, the slot and the publication.
-    /// Stops herald and puts the row-level trigger of earlier versions in place of herald's
-    /// statement-level ones (the function it calls is still in herald's schema).
-    async fn swap_to_row_trigger(&mut self) -> Result<()> {
+    /// Stops herald, leaving its capture installed.
+    fn stop_herald(&mut self) -> Result<()> {
         if let Some(herald) = self.herald.take() {
             herald.stop()?;
         }
+        Ok(())
+    }
+
+    /// Stops herald and puts the row-level trigger of earlier versions in place of herald's
+    /// statement-level ones (the function it calls is still in herald's schema).
+    async fn swap_to_row_trigger(&mut self) -> Result<()> {
+        self.stop_herald()?;
         let schema = &self.schema;
         sqlx::raw_sql(&format!(
             "DROP TRIGGER herald_capture ON {schema}.status; DROP TRIGGER herald_capture_update ON {schema}.status;
@@ -298,6 +304,9 @@ enum Arm {
     /// earlier row-level one. No herald reads meanwhile (the writer's cost does not depend on
     /// it: the trigger runs in the writer's transaction).
     RowTrigger,
+    /// herald installs its statement-level capture and stops: the "after" beside
+    /// [`Arm::RowTrigger`], with no reader competing for the CPU either.
+    StatementTrigger,
 }
 
 impl Arm {
@@ -305,6 +314,7 @@ impl Arm {
         match self {
             Arm::Capture(capture) => capture.label(),
             Arm::RowTrigger => "row-level trigger (before issue 38), no herald",
+            Arm::StatementTrigger => "statement-level trigger, no herald",
         }
     }
 }
@@ -322,6 +332,7 @@ pub async fn writer_overhead(services: &Services, rows: u64, bulk_rows: u64, rou
         Arm::Capture(Capture::Off),
         Arm::Capture(Capture::Trigger),
         Arm::RowTrigger,
+        Arm::StatementTrigger,
         Arm::Capture(Capture::Wal),
         Arm::Capture(Capture::PgRecvlogical),
     ];
@@ -335,11 +346,13 @@ pub async fn writer_overhead(services: &Services, rows: u64, bulk_rows: u64, rou
             let arm = arms[index];
             let capture = match arm {
                 Arm::Capture(capture) => capture,
-                Arm::RowTrigger => Capture::Trigger,
+                Arm::RowTrigger | Arm::StatementTrigger => Capture::Trigger,
             };
             let mut watched = Watched::create(services, capture).await?;
-            if arm == Arm::RowTrigger {
-                watched.swap_to_row_trigger().await?;
+            match arm {
+                Arm::RowTrigger => watched.swap_to_row_trigger().await?,
+                Arm::StatementTrigger => watched.stop_herald()?,
+                Arm::Capture(_) => {}
             }
             let visible = Arc::new(Visible::default());
             let stop = Arc::new(AtomicBool::new(false));

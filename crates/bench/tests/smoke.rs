@@ -114,8 +114,8 @@ fn a_source_burst_run_sees_every_row_in_both_modes_beside_both_floors() {
 #[test]
 fn a_source_overhead_run_times_single_row_and_bulk_writers_under_every_arm() {
     let rows = bench(&["source-overhead", "--rows", "30", "--bulk-rows", "400", "--rounds", "1"]);
-    assert_eq!(rows.len(), 10, "five arms, two writers: {rows:?}");
-    assert_eq!(rows.iter().filter(|row| row[0].contains("one INSERT … SELECT")).count(), 5, "{rows:?}");
+    assert_eq!(rows.len(), 12, "six arms, two writers: {rows:?}");
+    assert_eq!(rows.iter().filter(|row| row[0].contains("one INSERT … SELECT")).count(), 6, "{rows:?}");
     assert!(rows.iter().any(|row| row[0].contains("row-level trigger")), "{rows:?}");
     for row in &rows {
         assert_ne!(row[3], "–", "a rate for every run: {row:?}");
