@@ -241,7 +241,7 @@ async fn published_changes_are_deleted_and_a_sigkill_mid_stream_duplicates_nothi
     let held = |pool: PgPool, schema: String| async move {
         // Changes, not recorded rows: a statement's rows are recorded in chunks of 100.
         sqlx::query_scalar::<_, i64>(&format!(
-            "SELECT coalesce(sum(coalesce(json_array_length(changed_rows), 1)), 0)::int8 FROM {schema}.herald_changes"
+            "SELECT coalesce(sum(coalesce(changed_count, 1)), 0)::int8 FROM {schema}.herald_changes"
         ))
         .fetch_one(&pool)
         .await

@@ -337,8 +337,8 @@ pub(crate) async fn held_rows(
     limit: i64,
 ) -> Result<i64, SourceError> {
     sqlx::query_scalar(&format!(
-        "SELECT coalesce(sum(coalesce(json_array_length(changed_rows), 1)), 0)::int8 FROM (
-             SELECT changed_rows FROM {schema}.herald_changes WHERE source_table = $1 LIMIT $2) AS held"
+        "SELECT coalesce(sum(coalesce(changed_count, 1)), 0)::int8 FROM (
+             SELECT changed_count FROM {schema}.herald_changes WHERE source_table = $1 LIMIT $2) AS held"
     ))
     .bind(table)
     .bind(limit)
@@ -412,7 +412,7 @@ pub(crate) async fn read_changes(
         "SELECT id, txid::text, operation, row_data, changed_rows, writer_application, writer_role FROM (
              SELECT *, sum(changes) OVER (ORDER BY txid, id) AS through FROM (
                  SELECT id, txid, operation, row_data, changed_rows, writer_application, writer_role,
-                        coalesce(json_array_length(changed_rows), 1) AS changes
+                        coalesce(changed_count, 1) AS changes
                  FROM {schema}.herald_changes
                  WHERE source_table = $1
                    AND txid < pg_snapshot_xmin(pg_current_snapshot())
@@ -481,7 +481,7 @@ pub(crate) async fn backlog(
 ) -> Result<i64, SourceError> {
     sqlx::query_scalar(&format!(
         "SELECT coalesce(sum(changes), 0)::int8 FROM (
-             SELECT coalesce(json_array_length(changed_rows), 1) AS changes FROM {schema}.herald_changes
+             SELECT coalesce(changed_count, 1) AS changes FROM {schema}.herald_changes
              WHERE source_table = $1 AND (txid, id) > ($2::text::xid8, $3) LIMIT 10000) AS pending"
     ))
     .bind(table)

@@ -19,6 +19,8 @@
 -- table not swapped yet.
 ALTER TABLE herald_changes ALTER COLUMN row_data DROP NOT NULL;
 ALTER TABLE herald_changes ADD COLUMN IF NOT EXISTS changed_rows json;
+-- How many rows the chunk holds, so a reader limits its batch without parsing the arrays.
+ALTER TABLE herald_changes ADD COLUMN IF NOT EXISTS changed_count integer;
 
 CREATE OR REPLACE FUNCTION herald_capture_statement() RETURNS trigger
 LANGUAGE plpgsql
@@ -31,8 +33,8 @@ BEGIN
     -- The table's name, the writer's application and role sit in the chunks' select list: they
     -- are evaluated once per chunk, not per row (a DECLARE initialiser would cost each single-row
     -- statement three evaluations more than the row-level trigger paid).
-    INSERT INTO herald_changes (source_table, operation, changed_rows, writer_application, writer_role)
-    SELECT TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, TG_OP, json_agg(changed ORDER BY place),
+    INSERT INTO herald_changes (source_table, operation, changed_rows, changed_count, writer_application, writer_role)
+    SELECT TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, TG_OP, json_agg(changed ORDER BY place), count(*),
            current_setting('application_name', true), current_user
     FROM (SELECT changed, row_number() OVER () AS place FROM herald_new_rows AS changed) AS numbered
     GROUP BY (place - 1) / 100
