@@ -527,11 +527,12 @@ impl Worker<'_> {
     /// Publishes every readable change after `cursor`, a transaction per batch. Returns whether
     /// some changes are still held back by an open transaction.
     async fn catch_up(&self, conn: &mut PgConnection, cursor: &mut Cursor) -> Result<bool, SourceError> {
+        let batch_size = self.config.batch_size;
+        let started = std::time::Instant::now();
+        let mut changes = capture::read_changes(conn, &self.plan.schema, self.table, *cursor, batch_size).await?;
+        let mut read = started.elapsed();
         loop {
             let started = std::time::Instant::now();
-            let changes =
-                capture::read_changes(conn, &self.plan.schema, self.table, *cursor, self.config.batch_size).await?;
-            let read = started.elapsed();
             let Some(last) = changes.last().map(|c| c.cursor) else {
                 let backlog = capture::backlog(conn, &self.plan.schema, self.table, *cursor).await?;
                 self.metrics.backlog.set(backlog);
@@ -545,8 +546,22 @@ impl Worker<'_> {
                 })
                 .collect();
             let count = messages.len();
-            self.publisher.publish(messages, &last, &|message, error| self.rows.too_large(message, error)).await?;
-            let published = started.elapsed() - read;
+            let full = changes.len() >= batch_size;
+            let too_large = |message, error: &str| self.rows.too_large(message, error);
+            let publish = self.publisher.publish(messages, &last, &too_large);
+            // A full batch says more may be waiting: the next one is read while Kafka commits
+            // this one. It starts after `last` whether or not this commit succeeds (on failure
+            // it is dropped with the error), so nothing is read twice or passed over.
+            let upcoming = if full {
+                let (published, upcoming) =
+                    tokio::join!(publish, capture::read_changes(conn, &self.plan.schema, self.table, last, batch_size));
+                published?;
+                Some(upcoming?)
+            } else {
+                publish.await?;
+                None
+            };
+            let took = started.elapsed();
             *cursor = last;
             self.published.send_replace(last);
             self.metrics.published.inc_by(count as u64);
@@ -557,13 +572,19 @@ impl Worker<'_> {
                 changes = changes.len(),
                 published = count,
                 read_ms = read.as_secs_f64() * 1000.0,
-                publish_ms = published.as_secs_f64() * 1000.0,
-                "Published a batch of changes."
+                publish_ms = took.as_secs_f64() * 1000.0,
+                "Published a batch of changes (the next batch read meanwhile when this one was full)."
             );
-            if changes.len() < self.config.batch_size {
-                let backlog = capture::backlog(conn, &self.plan.schema, self.table, *cursor).await?;
-                self.metrics.backlog.set(backlog);
-                return Ok(backlog > 0);
+            match upcoming {
+                Some(next) => {
+                    changes = next;
+                    read = std::time::Duration::ZERO;
+                }
+                None => {
+                    let backlog = capture::backlog(conn, &self.plan.schema, self.table, *cursor).await?;
+                    self.metrics.backlog.set(backlog);
+                    return Ok(backlog > 0);
+                }
             }
         }
     }
