@@ -6,8 +6,9 @@ consumers see them as ordinary stage events within milliseconds, keyed and shape
 `herald publish` writes them, with a `herald.origin` header naming the table.
 
 The decisions to know:
-- **Capture**: a trigger records each inserted or updated row in `herald_changes` with the id of
-  its transaction, and `pg_notify`s; herald `LISTEN`s, and also catches up from its cursor on
+- **Capture**: statement-level triggers record each statement's inserted or updated rows in
+  `herald_changes` (chunks of up to 100 rows, published whole) with the id of its transaction,
+  and `pg_notify`; herald `LISTEN`s, and also catches up from its cursor on
   start, after a lost connection and on a slow safety interval.
 - **No row missed**: an id or timestamp cursor misses rows whose transactions commit out of
   order. herald reads only changes of transactions older than the snapshot's `xmin` (no
