@@ -14,7 +14,7 @@ use sqlx::PgPool;
 
 use crate::observe::Visible;
 use crate::process::HeraldProcess;
-use crate::stats::{Percentiles, Row};
+use crate::stats::{median, Percentiles, Row};
 use crate::Services;
 
 /// How the measured source captures changes.
@@ -483,12 +483,6 @@ impl Samples {
             })
             .collect()
     }
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
 }
 
 fn range(values: &[f64]) -> (f64, f64) {
